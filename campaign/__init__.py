@@ -1,0 +1,1 @@
+"""campaign: see DESIGN.md (later issues)."""

@@ -1,0 +1,36 @@
+"""Platforms, plans and the cost model (analytic evaluator and discrete-event simulator).
+
+Light on purpose: importing it never imports torch, so workers stay fast.
+"""
+
+from __future__ import annotations
+
+from ._compute import KernelPricer, OpTable, allgather_time, allreduce_time, group_link, p2p_time, pair_link
+from ._metrics import Metrics
+from ._plan import SCHEDULES, Plan, Stage
+from ._platform import Device, Link, Platform, get_platform, platform_from_dict, preset_names
+from ._profile import Efficiency, LinkCalibration, Profile, load_profile
+
+__all__ = [
+    "SCHEDULES",
+    "Device",
+    "Efficiency",
+    "KernelPricer",
+    "Link",
+    "LinkCalibration",
+    "Metrics",
+    "OpTable",
+    "Plan",
+    "Platform",
+    "Profile",
+    "Stage",
+    "allgather_time",
+    "allreduce_time",
+    "get_platform",
+    "group_link",
+    "load_profile",
+    "p2p_time",
+    "pair_link",
+    "platform_from_dict",
+    "preset_names",
+]

@@ -1,0 +1,118 @@
+"""Reading user files field by field, with errors that name the file, the field and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class FieldReader:
+    """Typed access to a mapping loaded from ``where`` (a file name, or a description).
+
+    Example:
+        >>> r = FieldReader({"nodes": 2}, "my.yaml")
+        >>> r.int("nodes", minimum=1)
+        2
+    """
+
+    def __init__(self, data: Any, where: str, prefix: str = "") -> None:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: {prefix or 'the file'} must be a mapping of field: value")
+        self.data = data
+        self.where = where
+        self.prefix = prefix
+        self.seen: set[str] = set()
+
+    def path(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, message: str) -> ValueError:
+        return ValueError(f"{self.where}: field '{self.path(name)}' {message}")
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str, default: Any = ...) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is ...:
+                raise self.error(name, "is missing")
+            return default
+        return self.data[name]
+
+    def float(self, name: str, default: Any = ..., *, minimum: float | None = None, positive: bool = False) -> float:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(name, f"must be a number, got {value!r}")
+        if positive and value <= 0:
+            raise self.error(name, f"must be > 0, got {value}")
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"must be >= {minimum}, got {value}")
+        return float(value)
+
+    def int(self, name: str, default: Any = ..., *, minimum: int | None = None) -> int:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def str(self, name: str, default: Any = ..., *, choices: tuple[str, ...] | None = None) -> str:
+        value = self.raw(name, default)
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.error(name, f"is {value!r}; allowed: {', '.join(choices)}")
+        return value
+
+    def child(self, name: str, default: Any = ...) -> FieldReader:
+        return FieldReader(self.raw(name, default), self.where, self.path(name))
+
+    def finish(self) -> None:
+        """Reject fields nobody read: a typo must not be silently ignored."""
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            where = f" in '{self.prefix}'" if self.prefix else ""
+            raise ValueError(
+                f"{self.where}: unknown field(s){where}: {', '.join(unknown)}; allowed: {', '.join(sorted(self.seen))}"
+            )
+
+
+def load_yaml(path: Path) -> Any:
+    """Load a YAML file; syntax errors name the file and line."""
+    if not path.is_file():
+        raise ValueError(f"{path}: file does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: str, where: str) -> dict[str, Any]:
+    """Apply ``a.b=v,c=w`` overrides to a nested mapping (values parsed as YAML scalars)."""
+    data = _deep_copy(data)
+    for item in overrides.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{where}: override {item!r} must look like field=value")
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"{where}: override {key!r}: '{part}' is not a group of fields")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"{where}: override {key!r}: no field '{parts[-1]}'; fields: {', '.join(node)}")
+        node[parts[-1]] = yaml.safe_load(value)
+    return data
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data

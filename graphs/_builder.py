@@ -1,0 +1,239 @@
+"""Build the operator-level TaskGraph of a zoo transformer for one phase.
+
+Counting conventions (the importer follows the same ones, so both agree):
+
+* A linear layer costs 2 x params x tokens FLOPs (bias adds are not counted).
+* Attention scores and weighted values cost 4 x batch x q_len x kv_len x hidden
+  FLOPs, *not* halved for causal masking: that is what
+  ``torch.utils.flop_counter`` reports for scaled-dot-product attention. Causal
+  kernels (FlashAttention) skip about half of the prefill score blocks; the
+  cost model prices what the kernel runs, not this count.
+* Element-wise ops and norms count 0 FLOPs: they are priced by their bytes.
+* In prefill the LM head runs on the last token of each sequence only (what
+  serving engines do); in training on every token, followed by the loss.
+* A decode step reads each MoE expert at most once; with B tokens routed to
+  top_k of E experts, the expected number of experts touched is
+  E x (1 - (1 - top_k/E)^B).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from ._task import Op, Task
+from ._taskgraph import GraphMeta, TaskGraph
+from ._zoo import ModelSpec, get_model
+
+#: Backward costs twice the forward FLOPs (input and weight gradients).
+BACKWARD_FLOP_FACTOR = 2.0
+#: Adam with fp32 master weights: bytes moved per parameter by the optimizer step
+#: (read grad, master, m, v; write master, m, v and the low-precision copy).
+OPTIMIZER_BYTES_PER_PARAM = 30.0
+OPTIMIZER_FLOPS_PER_PARAM = 12.0
+
+
+class _Builder:
+    """Appends ops as tasks in program order and wires the data edges."""
+
+    def __init__(self, spec: ModelSpec, meta: GraphMeta) -> None:
+        self.spec = spec
+        self.meta = meta
+        self.graph = TaskGraph(meta)
+        self.forward: list[Task] = []
+
+    def add(self, op: Op, *, layer: int, block: str, scope: str, inputs: Iterable[str]) -> str:
+        task = Task.from_op(op, layer=layer, block=block, scope=scope)
+        self.graph.add_task(task)
+        for src in inputs:
+            self.graph.add_edge(src, task.id, self.graph.task(src).output_bytes)
+        if op.step == "forward":
+            self.forward.append(task)
+        return task.id
+
+
+def _matmul(
+    name: str, tokens: float, k: int, n: int, dt: int, *, shard: str, params: int | None = None,
+    allreduce: bool = False, weight_bytes: float | None = None, kind: str = "matmul",
+) -> Op:  # fmt: skip
+    params = k * n if params is None else params
+    wbytes = params * dt if weight_bytes is None else weight_bytes
+    out = tokens * n * dt
+    return Op(
+        name=name, kind=kind, flops=2.0 * tokens * k * n, bytes=wbytes + tokens * k * dt + out,
+        weight_bytes=wbytes, param_bytes=params * dt, output_bytes=out,
+        allreduce_bytes=out if allreduce else 0.0, shard=shard,
+    )  # fmt: skip
+
+
+def _pointwise(name: str, kind: str, elems_in: float, elems_out: float, dt: int, *, shard: str, params: int = 0) -> Op:
+    return Op(
+        name=name, kind=kind, bytes=(elems_in + elems_out) * dt + params * dt, weight_bytes=params * dt,
+        param_bytes=params * dt, output_bytes=elems_out * dt, shard=shard,
+    )  # fmt: skip
+
+
+def _layer(b: _Builder, i: int, x: str, tokens: float, q_len: int, kv_len: int) -> str:
+    """Append one transformer layer reading activation task ``x``; return its output task."""
+    s, dt = b.spec, b.spec.dtype_bytes
+    h, kvd, batch = s.hidden, s.kv_dim, b.meta.batch
+    p = f"L{i}."
+    scope = f"layers.{i}"
+    norm_p = s.norm_params()
+    th = tokens * h
+    # -- attention block ----------------------------------------------------
+    n1 = b.add(_pointwise(p + "attn_norm", "norm", th, th, dt, shard="replicated", params=norm_p),
+               layer=i, block="attn", scope=scope + ".input_norm", inputs=[x])  # fmt: skip
+    qkv_n = h + 2 * kvd
+    qkv = b.add(_matmul(p + "attn_qkv", tokens, h, qkv_n, dt, shard="column",
+                        params=h * qkv_n + int(s.bias) * qkv_n),
+                layer=i, block="attn", scope=scope + ".attn.qkv_proj", inputs=[n1])  # fmt: skip
+    prev = qkv
+    if not s.positions:  # rotary embedding on q and k
+        prev = b.add(_pointwise(p + "attn_rope", "elementwise", tokens * (h + kvd), tokens * (h + kvd), dt,
+                                shard="heads"),
+                     layer=i, block="attn", scope=scope + ".attn.rotary", inputs=[qkv])  # fmt: skip
+    kv_per_token = 2.0 * kvd * dt
+    kv_read = batch * kv_len * kv_per_token if b.meta.phase == "decode" else tokens * 2 * kvd * dt
+    attn = Op(
+        name=p + "attention", kind="attention", flops=4.0 * batch * q_len * kv_len * h,
+        bytes=kv_read + 2 * th * dt, output_bytes=th * dt,
+        kv_bytes_per_token=0.0 if b.meta.phase == "train" else kv_per_token,
+        shard="heads", shard_max=s.kv_heads, causal=s.arch == "decoder" and q_len > 1,
+    )  # fmt: skip
+    core = b.add(attn, layer=i, block="attn", scope=scope + ".attn.core", inputs=[prev, qkv] if prev != qkv else [qkv])
+    out = b.add(_matmul(p + "attn_out", tokens, h, h, dt, shard="row", params=h * h + int(s.bias) * h, allreduce=True),
+                layer=i, block="attn", scope=scope + ".attn.o_proj", inputs=[core])  # fmt: skip
+    res1 = b.add(_pointwise(p + "attn_residual", "elementwise", 2 * th, th, dt, shard="replicated"),
+                 layer=i, block="attn", scope=scope + ".attn.residual", inputs=[out, x])  # fmt: skip
+    # -- MLP block ----------------------------------------------------------
+    n2 = b.add(_pointwise(p + "mlp_norm", "norm", th, th, dt, shard="replicated", params=norm_p),
+               layer=i, block="mlp", scope=scope + ".post_attention_norm", inputs=[res1])  # fmt: skip
+    up_n = (2 if s.gated_mlp else 1) * s.ffn
+    bias = int(s.bias)
+    if s.experts:
+        e, k = s.experts, s.top_k
+        touched = e * (1.0 - (1.0 - k / e) ** tokens)
+        router = b.add(_matmul(p + "moe_router", tokens, h, e, dt, shard="replicated"),
+                       layer=i, block="mlp", scope=scope + ".moe.gate", inputs=[n2])  # fmt: skip
+        routed = tokens * k
+        up = b.add(_matmul(p + "moe_up", routed, h, up_n, dt, shard="experts", kind="moe", params=e * h * up_n,
+                           weight_bytes=touched * h * up_n * dt),
+                   layer=i, block="mlp", scope=scope + ".moe.experts.up", inputs=[n2, router])  # fmt: skip
+        act = b.add(_pointwise(p + "moe_act", "elementwise", routed * up_n, routed * s.ffn, dt, shard="experts"),
+                    layer=i, block="mlp", scope=scope + ".moe.experts.act", inputs=[up])  # fmt: skip
+        down_op = _matmul(p + "moe_down", routed, s.ffn, h, dt, shard="experts", kind="moe", params=e * s.ffn * h,
+                          weight_bytes=touched * s.ffn * h * dt)  # fmt: skip
+        # Expert outputs are combined per token (top_k weighted sum): th elements leave the block.
+        down_op = _with(down_op, output_bytes=th * dt, allreduce_bytes=th * dt)
+        down = b.add(down_op, layer=i, block="mlp", scope=scope + ".moe.experts.down", inputs=[act])
+    else:
+        up = b.add(_matmul(p + "mlp_up", tokens, h, up_n, dt, shard="column", params=h * up_n + bias * up_n),
+                   layer=i, block="mlp", scope=scope + ".mlp.up_proj", inputs=[n2])  # fmt: skip
+        act = b.add(_pointwise(p + "mlp_act", "elementwise", tokens * up_n, tokens * s.ffn, dt, shard="column"),
+                    layer=i, block="mlp", scope=scope + ".mlp.act", inputs=[up])  # fmt: skip
+        down = b.add(_matmul(p + "mlp_down", tokens, s.ffn, h, dt, shard="row", params=s.ffn * h + bias * h,
+                             allreduce=True),
+                     layer=i, block="mlp", scope=scope + ".mlp.down_proj", inputs=[act])  # fmt: skip
+    return b.add(_pointwise(p + "mlp_residual", "elementwise", 2 * th, th, dt, shard="replicated"),
+                 layer=i, block="mlp", scope=scope + ".mlp.residual", inputs=[down, res1])  # fmt: skip
+
+
+def _with(op: Op, **changes: float) -> Op:
+    return replace(op, **changes)
+
+
+def _backward(b: _Builder) -> None:
+    """Mirror the forward ops in reverse with 2x FLOPs, then the optimizer step per layer.
+
+    Backward of a column-parallel matmul all-reduces its input gradient (the
+    Megatron ``f`` operator), so training pays four all-reduces per layer.
+    """
+    dt = b.spec.dtype_bytes
+    grad_of: dict[str, str] = {}
+    consumers: dict[str, list[str]] = {t.id: list(b.graph.nx.successors(t.id)) for t in b.forward}
+    for task in reversed(b.forward):
+        (op,) = task.ops
+        in_bytes = max(op.bytes - op.weight_bytes - op.output_bytes, 0.0)
+        ar = in_bytes if op.shard in ("column", "heads") and op.kind == "matmul" else 0.0
+        bwd = Op(
+            name=op.name + ".bwd", kind=op.kind, flops=BACKWARD_FLOP_FACTOR * op.flops,
+            bytes=2.0 * op.bytes, weight_bytes=op.weight_bytes, output_bytes=in_bytes or op.output_bytes,
+            allreduce_bytes=ar, shard=op.shard, shard_max=op.shard_max, step="backward", causal=op.causal,
+        )  # fmt: skip
+        inputs = [task.id] + [grad_of[c] for c in consumers[task.id] if c in grad_of]
+        grad_of[task.id] = b.add(bwd, layer=task.layer, block=task.block, scope=task.scope + ".grad", inputs=inputs)
+    # One optimizer task per layer (and embedding, head) updates that layer's weights.
+    by_layer: dict[int, list[Task]] = {}
+    for task in b.forward:
+        if task.param_bytes:
+            by_layer.setdefault(task.layer, []).append(task)
+    for layer, tasks in sorted(by_layer.items()):
+        n_params = sum(t.param_bytes for t in tasks) / dt
+        opt = Op(
+            name=f"L{layer}.optimizer" if 0 <= layer < b.spec.layers else f"{tasks[0].block}.optimizer",
+            kind="optimizer", flops=OPTIMIZER_FLOPS_PER_PARAM * n_params,
+            bytes=OPTIMIZER_BYTES_PER_PARAM * n_params, shard="column", step="optimizer",
+        )  # fmt: skip
+        b.add(opt, layer=layer, block="optimizer", scope="optimizer", inputs=[grad_of[t.id] for t in tasks])
+
+
+def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, context: int = 0) -> TaskGraph:
+    """Operator-level graph of ``spec`` for ``phase`` and the workload shape.
+
+    Args:
+        spec: the model.
+        phase: ``prefill`` (batch x prompt ``seq``), ``decode`` (one new token per
+            sequence reading a KV cache of ``context`` tokens) or ``train``
+            (batch x ``seq``, forward + backward + optimizer).
+        batch: sequences in the batch.
+        seq: prompt (prefill) or sequence (train) length; ignored by decode.
+        context: KV length of a decode step (defaults to ``seq``).
+    """
+    if spec.arch == "encoder" and phase == "decode":
+        raise ValueError(f"model {spec.name!r} is an encoder: phase 'decode' is not defined (use prefill or train)")
+    context = context or (seq if phase == "decode" else 0)
+    meta = GraphMeta(
+        model=spec.name, phase=phase, batch=batch, seq=seq, context=context, n_layers=spec.layers,
+        heads=spec.heads, kv_heads=spec.kv_heads, hidden=spec.hidden, dtype=spec.dtype, spec=spec.to_dict(),
+    )  # fmt: skip
+    b = _Builder(spec, meta)
+    s, dt = spec, spec.dtype_bytes
+    q_len = 1 if phase == "decode" else seq
+    kv_len = context + 1 if phase == "decode" else seq
+    tokens = float(batch * q_len)
+    th = tokens * s.hidden
+    emb_params = s.vocab * s.hidden
+    emb = Op(
+        name="embed", kind="embedding", bytes=2 * th * dt, weight_bytes=0.0,
+        param_bytes=emb_params * dt, output_bytes=th * dt, allreduce_bytes=th * dt, shard="vocab",
+    )  # fmt: skip
+    x = b.add(emb, layer=-1, block="embed", scope="embed_tokens", inputs=[])
+    extra = (s.positions + s.type_vocab) * s.hidden
+    if extra:
+        x = b.add(_pointwise("embed_positions", "embedding", th, th, dt, shard="replicated", params=extra),
+                  layer=-1, block="embed", scope="embed_positions", inputs=[x])  # fmt: skip
+    if s.arch == "encoder":
+        x = b.add(_pointwise("embed_norm", "norm", th, th, dt, shard="replicated", params=s.norm_params()),
+                  layer=-1, block="embed", scope="embed_norm", inputs=[x])  # fmt: skip
+    for i in range(s.layers):
+        x = _layer(b, i, x, tokens, q_len, kv_len)
+    n = s.layers
+    head_tokens = float(batch) if phase == "prefill" and s.arch == "decoder" else tokens
+    fn = b.add(_pointwise("final_norm", "norm", head_tokens * s.hidden, head_tokens * s.hidden, dt,
+                          shard="replicated", params=s.norm_params()),
+               layer=n, block="head", scope="final_norm", inputs=[x])  # fmt: skip
+    head = _matmul("lm_head", head_tokens, s.hidden, s.vocab, dt, shard="vocab",
+                   params=0 if s.tied_embeddings else emb_params, weight_bytes=emb_params * dt)  # fmt: skip
+    x = b.add(head, layer=n, block="head", scope="lm_head", inputs=[fn])
+    if phase == "train":
+        loss = _pointwise("loss", "loss", head_tokens * s.vocab, head_tokens, 4, shard="vocab")
+        b.add(_with(loss, flops=5.0 * head_tokens * s.vocab), layer=n, block="head", scope="loss", inputs=[x])
+        _backward(b)
+    return b.graph
+
+
+def build_graph(model: str | ModelSpec, *, phase: str, batch: int, seq: int, context: int = 0) -> TaskGraph:
+    """Build the op-level graph of a zoo model (name, ``name:field=v``, YAML path or spec)."""
+    spec = get_model(model) if isinstance(model, str) else model
+    return build_spec_graph(spec, phase=phase, batch=batch, seq=seq, context=context)
