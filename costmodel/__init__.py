@@ -8,7 +8,7 @@ from __future__ import annotations
 from ._compute import KernelPricer, OpTable, allgather_time, allreduce_time, group_link, p2p_time, pair_link
 from ._metrics import Metrics
 from ._plan import SCHEDULES, Plan, Stage
-from ._platform import Device, Link, Platform, get_platform, platform_from_dict, preset_names
+from ._platform import Device, Link, Platform, get_platform, platform_from_dict, platforms_dir, preset_names
 from ._profile import Efficiency, LinkCalibration, Profile, load_profile
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "p2p_time",
     "pair_link",
     "platform_from_dict",
+    "platforms_dir",
     "preset_names",
 ]

@@ -27,6 +27,7 @@ import numpy as np
 from ..graphs import Op
 from ._platform import Platform
 
+
 @dataclass(frozen=True)
 class OpTable:
     """Columns of a list of ops, for vectorised pricing (one row per op)."""

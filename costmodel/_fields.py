@@ -13,7 +13,7 @@ class FieldReader:
 
     Example:
         >>> r = FieldReader({"nodes": 2}, "my.yaml")
-        >>> r.int("nodes", minimum=1)
+        >>> r.integer("nodes", minimum=1)
         2
     """
 
@@ -42,7 +42,7 @@ class FieldReader:
             return default
         return self.data[name]
 
-    def float(self, name: str, default: Any = ..., *, minimum: float | None = None, positive: bool = False) -> float:
+    def number(self, name: str, default: Any = ..., *, minimum: float | None = None, positive: bool = False) -> float:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, f"must be a number, got {value!r}")
@@ -52,7 +52,7 @@ class FieldReader:
             raise self.error(name, f"must be >= {minimum}, got {value}")
         return float(value)
 
-    def int(self, name: str, default: Any = ..., *, minimum: int | None = None) -> int:
+    def integer(self, name: str, default: Any = ..., *, minimum: int | None = None) -> int:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"must be an integer, got {value!r}")
@@ -60,7 +60,7 @@ class FieldReader:
             raise self.error(name, f"must be >= {minimum}, got {value}")
         return value
 
-    def str(self, name: str, default: Any = ..., *, choices: tuple[str, ...] | None = None) -> str:
+    def text(self, name: str, default: Any = ..., *, choices: tuple[str, ...] | None = None) -> str:
         value = self.raw(name, default)
         if not isinstance(value, str):
             raise self.error(name, f"must be a string, got {value!r}")

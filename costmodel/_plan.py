@@ -126,7 +126,8 @@ class Plan:
             out.append(f"micro_batches ({self.micro_batches}) and replicas ({self.replicas}) must be >= 1")
         elif meta.batch % (self.micro_batches * self.replicas):
             out.append(
-                f"replicas x micro_batches = {self.replicas} x {self.micro_batches} must divide the batch ({meta.batch})"
+                f"replicas x micro_batches = {self.replicas} x {self.micro_batches} "
+                f"must divide the batch ({meta.batch})"
             )
         seen: dict[int, int] = {}
         for i, s in enumerate(self.stages):
@@ -211,7 +212,9 @@ class Plan:
         for i, raw in enumerate(raw_stages):
             s = FieldReader(raw, where, f"stages[{i}]")
             devices = s.raw("devices")
-            if not isinstance(devices, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in devices):
+            if not isinstance(devices, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in devices
+            ):
                 raise s.error("devices", f"must be a list of device ids (integers), got {devices!r}")
             layers = s.raw("layers", None)
             if layers is not None and (
@@ -225,9 +228,9 @@ class Plan:
                 raise s.error("layers", "exactly one of 'layers' and 'tasks' must be given")
             stages.append(
                 Stage(
-                    tp=s.int("tp", minimum=1),
+                    tp=s.integer("tp", minimum=1),
                     devices=tuple(devices),
-                    layers=tuple(layers) if layers is not None else None,  # type: ignore[arg-type]
+                    layers=(layers[0], layers[1]) if layers is not None else None,
                     tasks=tuple(tasks) if tasks is not None else None,
                     recompute=bool(s.raw("recompute", False)),
                 )
@@ -235,10 +238,10 @@ class Plan:
             s.finish()
         plan = cls(
             stages=tuple(stages),
-            granularity=r.str("granularity", "layer"),
-            micro_batches=r.int("micro_batches", 1, minimum=1),
-            replicas=r.int("replicas", 1, minimum=1),
-            schedule=r.str("schedule", "1f1b", choices=SCHEDULES),
+            granularity=r.text("granularity", "layer"),
+            micro_batches=r.integer("micro_batches", 1, minimum=1),
+            replicas=r.integer("replicas", 1, minimum=1),
+            schedule=r.text("schedule", "1f1b", choices=SCHEDULES),
         )
         r.raw("meta", None)
         r.finish()

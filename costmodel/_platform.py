@@ -17,6 +17,7 @@ field (``mesh:rows=8,cols=8``, ``dgx-h100:links.inter.bandwidth_gbs=25``).
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -94,7 +95,7 @@ class Platform:
         if self.topology != "mesh" or len(devices) < 2:
             return 1
         pos = [divmod(d, self.cols) for d in sorted(devices)]
-        return max(abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in zip(pos, pos[1:], strict=False))
+        return max(abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in itertools.pairwise(pos))
 
     def link_terms(self, link_class: str) -> tuple[float, float]:
         """(alpha seconds, achieved bytes/s) of a link class, calibration applied."""
@@ -140,34 +141,34 @@ def preset_names() -> list[str]:
 def platform_from_dict(data: Any, where: str) -> Platform:
     """Validate a platform mapping; errors name ``where``, the field and what is allowed."""
     r = FieldReader(data, where)
-    name = r.str("name")
-    topology = r.str("topology", "switch", choices=TOPOLOGIES)
+    name = r.text("name")
+    topology = r.text("topology", "switch", choices=TOPOLOGIES)
     dr = r.child("device")
     pr = dr.child("peak_tflops")
     peaks = {}
     for dtype in list(pr.data):
         if dtype not in ("fp32", "bf16", "fp16", "fp8"):
             raise pr.error(dtype, "is not a dtype; allowed: fp32, bf16, fp16, fp8")
-        peaks[dtype] = pr.float(dtype, positive=True) * 1e12
+        peaks[dtype] = pr.number(dtype, positive=True) * 1e12
     if not peaks:
         raise dr.error("peak_tflops", "needs at least one dtype (e.g. bf16: 989)")
     device = Device(
-        name=dr.str("name"),
+        name=dr.text("name"),
         peak_flops=peaks,
-        memory_bytes=dr.float("memory_gib", positive=True) * GIB,
-        memory_bw=dr.float("memory_bw_gbs", positive=True) * 1e9,
-        reserved_bytes=dr.float("reserved_gib", 0.0, minimum=0.0) * GIB,
+        memory_bytes=dr.number("memory_gib", positive=True) * GIB,
+        memory_bw=dr.number("memory_bw_gbs", positive=True) * 1e9,
+        reserved_bytes=dr.number("reserved_gib", 0.0, minimum=0.0) * GIB,
     )
     dr.finish()
     if device.reserved_bytes >= device.memory_bytes:
         raise dr.error("reserved_gib", "must be smaller than memory_gib")
     rows = cols = 0
     if topology == "mesh":
-        rows, cols = r.int("rows", minimum=1), r.int("cols", minimum=1)
+        rows, cols = r.integer("rows", minimum=1), r.integer("cols", minimum=1)
         nodes, per_node = 1, rows * cols
         needed: tuple[str, ...] = ("mesh",)
     else:
-        nodes, per_node = r.int("nodes", 1, minimum=1), r.int("devices_per_node", minimum=1)
+        nodes, per_node = r.integer("nodes", 1, minimum=1), r.integer("devices_per_node", minimum=1)
         needed = ("intra", "inter") if nodes > 1 else ("intra",)
     lr = r.child("links")
     links = {}
@@ -175,21 +176,24 @@ def platform_from_dict(data: Any, where: str) -> Platform:
         if cls_name not in ("intra", "inter", "mesh", "host"):
             raise lr.error(cls_name, "is not a link class; allowed: intra, inter, mesh, host")
         c = lr.child(cls_name)
-        links[cls_name] = Link(c.str("name", cls_name), c.float("bandwidth_gbs", positive=True) * 1e9,
-                               c.float("latency_us", 0.0, minimum=0.0) * 1e-6)  # fmt: skip
+        links[cls_name] = Link(
+            c.text("name", cls_name),
+            c.number("bandwidth_gbs", positive=True) * 1e9,
+            c.number("latency_us", 0.0, minimum=0.0) * 1e-6,
+        )
         c.finish()
         lr.seen.add(cls_name)
     for cls_name in needed:
         if cls_name not in links:
             raise lr.error(cls_name, f"is missing: a {topology} platform with {nodes} node(s) needs it")
-    profile_name = r.str("profile")
+    profile_name = r.text("profile")
     try:
         profile = load_profile(profile_name)
     except ValueError as exc:
         raise r.error("profile", str(exc)) from None
     platform = Platform(
         name=name,
-        description=r.str("description", ""),
+        description=r.text("description", ""),
         device=device,
         topology=topology,
         nodes=nodes,

@@ -93,10 +93,10 @@ class Profile:
             table = {}
             for kind in list(g.data):
                 c = g.child(kind)
-                peak = c.float("peak", positive=True)
+                peak = c.number("peak", positive=True)
                 if peak > 1.0:
                     raise c.error("peak", f"is a fraction of the datasheet peak and must be <= 1, got {peak}")
-                half = c.float(half_name if c.has(half_name) else "half", minimum=0.0)
+                half = c.number(half_name if c.has(half_name) else "half", minimum=0.0)
                 c.finish()
                 g.seen.add(kind)
                 table[kind] = Efficiency(peak, half)
@@ -107,21 +107,21 @@ class Profile:
         lr = r.child("links")
         for cls_name in list(lr.data):
             lc = lr.child(cls_name)
-            eff = lc.float("efficiency", positive=True)
+            eff = lc.number("efficiency", positive=True)
             if eff > 1.0:
                 raise lc.error("efficiency", f"must be <= 1, got {eff}")
-            links[cls_name] = LinkCalibration(eff, lc.float("latency_us", minimum=0.0) * 1e-6)
+            links[cls_name] = LinkCalibration(eff, lc.number("latency_us", minimum=0.0) * 1e-6)
             lc.finish()
             lr.seen.add(cls_name)
         if "default" not in links:
             raise lr.error("default", "is missing: links need a 'default' entry")
         ranges = {k: (float(v[0]), float(v[1])) for k, v in (r.raw("ranges", {}) or {}).items()}
         prof = cls(
-            name=r.str("name"),
-            source=r.str("source"),
+            name=r.text("name"),
+            source=r.text("source"),
             compute=curves["compute_efficiency"],
             memory=curves["memory_efficiency"],
-            kernel_overhead_s=r.float("kernel_overhead_us", minimum=0.0) * 1e-6,
+            kernel_overhead_s=r.number("kernel_overhead_us", minimum=0.0) * 1e-6,
             links=links,
             ranges=ranges,
             holdout_error=r.raw("holdout_error", {}) or {},

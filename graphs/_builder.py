@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 from ._task import Op, Task
 from ._taskgraph import GraphMeta, TaskGraph
@@ -53,24 +54,44 @@ class _Builder:
 
 
 def _matmul(
-    name: str, tokens: float, k: int, n: int, dt: int, *, shard: str, params: int | None = None,
-    allreduce: bool = False, weight_bytes: float | None = None, kind: str = "matmul",
-) -> Op:  # fmt: skip
+    name: str,
+    tokens: float,
+    k: int,
+    n: int,
+    dt: int,
+    *,
+    shard: str,
+    params: int | None = None,
+    allreduce: bool = False,
+    weight_bytes: float | None = None,
+    kind: str = "matmul",
+) -> Op:
     params = k * n if params is None else params
     wbytes = params * dt if weight_bytes is None else weight_bytes
     out = tokens * n * dt
     return Op(
-        name=name, kind=kind, flops=2.0 * tokens * k * n, bytes=wbytes + tokens * k * dt + out,
-        weight_bytes=wbytes, param_bytes=params * dt, output_bytes=out,
-        allreduce_bytes=out if allreduce else 0.0, shard=shard,
-    )  # fmt: skip
+        name=name,
+        kind=kind,
+        flops=2.0 * tokens * k * n,
+        bytes=wbytes + tokens * k * dt + out,
+        weight_bytes=wbytes,
+        param_bytes=params * dt,
+        output_bytes=out,
+        allreduce_bytes=out if allreduce else 0.0,
+        shard=shard,
+    )
 
 
 def _pointwise(name: str, kind: str, elems_in: float, elems_out: float, dt: int, *, shard: str, params: int = 0) -> Op:
     return Op(
-        name=name, kind=kind, bytes=(elems_in + elems_out) * dt + params * dt, weight_bytes=params * dt,
-        param_bytes=params * dt, output_bytes=elems_out * dt, shard=shard,
-    )  # fmt: skip
+        name=name,
+        kind=kind,
+        bytes=(elems_in + elems_out) * dt + params * dt,
+        weight_bytes=params * dt,
+        param_bytes=params * dt,
+        output_bytes=elems_out * dt,
+        shard=shard,
+    )
 
 
 def _layer(b: _Builder, i: int, x: str, tokens: float, q_len: int, kv_len: int) -> str:
@@ -82,64 +103,149 @@ def _layer(b: _Builder, i: int, x: str, tokens: float, q_len: int, kv_len: int) 
     norm_p = s.norm_params()
     th = tokens * h
     # -- attention block ----------------------------------------------------
-    n1 = b.add(_pointwise(p + "attn_norm", "norm", th, th, dt, shard="replicated", params=norm_p),
-               layer=i, block="attn", scope=scope + ".input_norm", inputs=[x])  # fmt: skip
+    n1 = b.add(
+        _pointwise(p + "attn_norm", "norm", th, th, dt, shard="replicated", params=norm_p),
+        layer=i,
+        block="attn",
+        scope=scope + ".input_norm",
+        inputs=[x],
+    )
     qkv_n = h + 2 * kvd
-    qkv = b.add(_matmul(p + "attn_qkv", tokens, h, qkv_n, dt, shard="column",
-                        params=h * qkv_n + int(s.bias) * qkv_n),
-                layer=i, block="attn", scope=scope + ".attn.qkv_proj", inputs=[n1])  # fmt: skip
+    qkv = b.add(
+        _matmul(p + "attn_qkv", tokens, h, qkv_n, dt, shard="column", params=h * qkv_n + int(s.bias) * qkv_n),
+        layer=i,
+        block="attn",
+        scope=scope + ".attn.qkv_proj",
+        inputs=[n1],
+    )
     prev = qkv
     if not s.positions:  # rotary embedding on q and k
-        prev = b.add(_pointwise(p + "attn_rope", "elementwise", tokens * (h + kvd), tokens * (h + kvd), dt,
-                                shard="heads"),
-                     layer=i, block="attn", scope=scope + ".attn.rotary", inputs=[qkv])  # fmt: skip
+        prev = b.add(
+            _pointwise(p + "attn_rope", "elementwise", tokens * (h + kvd), tokens * (h + kvd), dt, shard="heads"),
+            layer=i,
+            block="attn",
+            scope=scope + ".attn.rotary",
+            inputs=[qkv],
+        )
     kv_per_token = 2.0 * kvd * dt
     kv_read = batch * kv_len * kv_per_token if b.meta.phase == "decode" else tokens * 2 * kvd * dt
     attn = Op(
-        name=p + "attention", kind="attention", flops=4.0 * batch * q_len * kv_len * h,
-        bytes=kv_read + 2 * th * dt, output_bytes=th * dt,
+        name=p + "attention",
+        kind="attention",
+        flops=4.0 * batch * q_len * kv_len * h,
+        bytes=kv_read + 2 * th * dt,
+        output_bytes=th * dt,
         kv_bytes_per_token=0.0 if b.meta.phase == "train" else kv_per_token,
-        shard="heads", shard_max=s.kv_heads, causal=s.arch == "decoder" and q_len > 1,
-    )  # fmt: skip
+        shard="heads",
+        shard_max=s.kv_heads,
+        causal=s.arch == "decoder" and q_len > 1,
+    )
     core = b.add(attn, layer=i, block="attn", scope=scope + ".attn.core", inputs=[prev, qkv] if prev != qkv else [qkv])
-    out = b.add(_matmul(p + "attn_out", tokens, h, h, dt, shard="row", params=h * h + int(s.bias) * h, allreduce=True),
-                layer=i, block="attn", scope=scope + ".attn.o_proj", inputs=[core])  # fmt: skip
-    res1 = b.add(_pointwise(p + "attn_residual", "elementwise", 2 * th, th, dt, shard="replicated"),
-                 layer=i, block="attn", scope=scope + ".attn.residual", inputs=[out, x])  # fmt: skip
+    out = b.add(
+        _matmul(p + "attn_out", tokens, h, h, dt, shard="row", params=h * h + int(s.bias) * h, allreduce=True),
+        layer=i,
+        block="attn",
+        scope=scope + ".attn.o_proj",
+        inputs=[core],
+    )
+    res1 = b.add(
+        _pointwise(p + "attn_residual", "elementwise", 2 * th, th, dt, shard="replicated"),
+        layer=i,
+        block="attn",
+        scope=scope + ".attn.residual",
+        inputs=[out, x],
+    )
     # -- MLP block ----------------------------------------------------------
-    n2 = b.add(_pointwise(p + "mlp_norm", "norm", th, th, dt, shard="replicated", params=norm_p),
-               layer=i, block="mlp", scope=scope + ".post_attention_norm", inputs=[res1])  # fmt: skip
+    n2 = b.add(
+        _pointwise(p + "mlp_norm", "norm", th, th, dt, shard="replicated", params=norm_p),
+        layer=i,
+        block="mlp",
+        scope=scope + ".post_attention_norm",
+        inputs=[res1],
+    )
     up_n = (2 if s.gated_mlp else 1) * s.ffn
     bias = int(s.bias)
     if s.experts:
         e, k = s.experts, s.top_k
         touched = e * (1.0 - (1.0 - k / e) ** tokens)
-        router = b.add(_matmul(p + "moe_router", tokens, h, e, dt, shard="replicated"),
-                       layer=i, block="mlp", scope=scope + ".moe.gate", inputs=[n2])  # fmt: skip
+        router = b.add(
+            _matmul(p + "moe_router", tokens, h, e, dt, shard="replicated"),
+            layer=i,
+            block="mlp",
+            scope=scope + ".moe.gate",
+            inputs=[n2],
+        )
         routed = tokens * k
-        up = b.add(_matmul(p + "moe_up", routed, h, up_n, dt, shard="experts", kind="moe", params=e * h * up_n,
-                           weight_bytes=touched * h * up_n * dt),
-                   layer=i, block="mlp", scope=scope + ".moe.experts.up", inputs=[n2, router])  # fmt: skip
-        act = b.add(_pointwise(p + "moe_act", "elementwise", routed * up_n, routed * s.ffn, dt, shard="experts"),
-                    layer=i, block="mlp", scope=scope + ".moe.experts.act", inputs=[up])  # fmt: skip
-        down_op = _matmul(p + "moe_down", routed, s.ffn, h, dt, shard="experts", kind="moe", params=e * s.ffn * h,
-                          weight_bytes=touched * s.ffn * h * dt)  # fmt: skip
+        up = b.add(
+            _matmul(
+                p + "moe_up",
+                routed,
+                h,
+                up_n,
+                dt,
+                shard="experts",
+                kind="moe",
+                params=e * h * up_n,
+                weight_bytes=touched * h * up_n * dt,
+            ),
+            layer=i,
+            block="mlp",
+            scope=scope + ".moe.experts.up",
+            inputs=[n2, router],
+        )
+        act = b.add(
+            _pointwise(p + "moe_act", "elementwise", routed * up_n, routed * s.ffn, dt, shard="experts"),
+            layer=i,
+            block="mlp",
+            scope=scope + ".moe.experts.act",
+            inputs=[up],
+        )
+        down_op = _matmul(
+            p + "moe_down",
+            routed,
+            s.ffn,
+            h,
+            dt,
+            shard="experts",
+            kind="moe",
+            params=e * s.ffn * h,
+            weight_bytes=touched * s.ffn * h * dt,
+        )
         # Expert outputs are combined per token (top_k weighted sum): th elements leave the block.
         down_op = _with(down_op, output_bytes=th * dt, allreduce_bytes=th * dt)
         down = b.add(down_op, layer=i, block="mlp", scope=scope + ".moe.experts.down", inputs=[act])
     else:
-        up = b.add(_matmul(p + "mlp_up", tokens, h, up_n, dt, shard="column", params=h * up_n + bias * up_n),
-                   layer=i, block="mlp", scope=scope + ".mlp.up_proj", inputs=[n2])  # fmt: skip
-        act = b.add(_pointwise(p + "mlp_act", "elementwise", tokens * up_n, tokens * s.ffn, dt, shard="column"),
-                    layer=i, block="mlp", scope=scope + ".mlp.act", inputs=[up])  # fmt: skip
-        down = b.add(_matmul(p + "mlp_down", tokens, s.ffn, h, dt, shard="row", params=s.ffn * h + bias * h,
-                             allreduce=True),
-                     layer=i, block="mlp", scope=scope + ".mlp.down_proj", inputs=[act])  # fmt: skip
-    return b.add(_pointwise(p + "mlp_residual", "elementwise", 2 * th, th, dt, shard="replicated"),
-                 layer=i, block="mlp", scope=scope + ".mlp.residual", inputs=[down, res1])  # fmt: skip
+        up = b.add(
+            _matmul(p + "mlp_up", tokens, h, up_n, dt, shard="column", params=h * up_n + bias * up_n),
+            layer=i,
+            block="mlp",
+            scope=scope + ".mlp.up_proj",
+            inputs=[n2],
+        )
+        act = b.add(
+            _pointwise(p + "mlp_act", "elementwise", tokens * up_n, tokens * s.ffn, dt, shard="column"),
+            layer=i,
+            block="mlp",
+            scope=scope + ".mlp.act",
+            inputs=[up],
+        )
+        down = b.add(
+            _matmul(p + "mlp_down", tokens, s.ffn, h, dt, shard="row", params=s.ffn * h + bias * h, allreduce=True),
+            layer=i,
+            block="mlp",
+            scope=scope + ".mlp.down_proj",
+            inputs=[act],
+        )
+    return b.add(
+        _pointwise(p + "mlp_residual", "elementwise", 2 * th, th, dt, shard="replicated"),
+        layer=i,
+        block="mlp",
+        scope=scope + ".mlp.residual",
+        inputs=[down, res1],
+    )
 
 
-def _with(op: Op, **changes: float) -> Op:
+def _with(op: Op, **changes: Any) -> Op:
     return replace(op, **changes)
 
 
@@ -157,10 +263,18 @@ def _backward(b: _Builder) -> None:
         in_bytes = max(op.bytes - op.weight_bytes - op.output_bytes, 0.0)
         ar = in_bytes if op.shard in ("column", "heads") and op.kind == "matmul" else 0.0
         bwd = Op(
-            name=op.name + ".bwd", kind=op.kind, flops=BACKWARD_FLOP_FACTOR * op.flops,
-            bytes=2.0 * op.bytes, weight_bytes=op.weight_bytes, output_bytes=in_bytes or op.output_bytes,
-            allreduce_bytes=ar, shard=op.shard, shard_max=op.shard_max, step="backward", causal=op.causal,
-        )  # fmt: skip
+            name=op.name + ".bwd",
+            kind=op.kind,
+            flops=BACKWARD_FLOP_FACTOR * op.flops,
+            bytes=2.0 * op.bytes,
+            weight_bytes=op.weight_bytes,
+            output_bytes=in_bytes or op.output_bytes,
+            allreduce_bytes=ar,
+            shard=op.shard,
+            shard_max=op.shard_max,
+            step="backward",
+            causal=op.causal,
+        )
         inputs = [task.id] + [grad_of[c] for c in consumers[task.id] if c in grad_of]
         grad_of[task.id] = b.add(bwd, layer=task.layer, block=task.block, scope=task.scope + ".grad", inputs=inputs)
     # One optimizer task per layer (and embedding, head) updates that layer's weights.
@@ -172,9 +286,12 @@ def _backward(b: _Builder) -> None:
         n_params = sum(t.param_bytes for t in tasks) / dt
         opt = Op(
             name=f"L{layer}.optimizer" if 0 <= layer < b.spec.layers else f"{tasks[0].block}.optimizer",
-            kind="optimizer", flops=OPTIMIZER_FLOPS_PER_PARAM * n_params,
-            bytes=OPTIMIZER_BYTES_PER_PARAM * n_params, shard="column", step="optimizer",
-        )  # fmt: skip
+            kind="optimizer",
+            flops=OPTIMIZER_FLOPS_PER_PARAM * n_params,
+            bytes=OPTIMIZER_BYTES_PER_PARAM * n_params,
+            shard="column",
+            step="optimizer",
+        )
         b.add(opt, layer=layer, block="optimizer", scope="optimizer", inputs=[grad_of[t.id] for t in tasks])
 
 
@@ -194,9 +311,18 @@ def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, conte
         raise ValueError(f"model {spec.name!r} is an encoder: phase 'decode' is not defined (use prefill or train)")
     context = context or (seq if phase == "decode" else 0)
     meta = GraphMeta(
-        model=spec.name, phase=phase, batch=batch, seq=seq, context=context, n_layers=spec.layers,
-        heads=spec.heads, kv_heads=spec.kv_heads, hidden=spec.hidden, dtype=spec.dtype, spec=spec.to_dict(),
-    )  # fmt: skip
+        model=spec.name,
+        phase=phase,
+        batch=batch,
+        seq=seq,
+        context=context,
+        n_layers=spec.layers,
+        heads=spec.heads,
+        kv_heads=spec.kv_heads,
+        hidden=spec.hidden,
+        dtype=spec.dtype,
+        spec=spec.to_dict(),
+    )
     b = _Builder(spec, meta)
     s, dt = spec, spec.dtype_bytes
     q_len = 1 if phase == "decode" else seq
@@ -205,26 +331,62 @@ def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, conte
     th = tokens * s.hidden
     emb_params = s.vocab * s.hidden
     emb = Op(
-        name="embed", kind="embedding", bytes=2 * th * dt, weight_bytes=0.0,
-        param_bytes=emb_params * dt, output_bytes=th * dt, allreduce_bytes=th * dt, shard="vocab",
-    )  # fmt: skip
+        name="embed",
+        kind="embedding",
+        bytes=2 * th * dt,
+        weight_bytes=0.0,
+        param_bytes=emb_params * dt,
+        output_bytes=th * dt,
+        allreduce_bytes=th * dt,
+        shard="vocab",
+    )
     x = b.add(emb, layer=-1, block="embed", scope="embed_tokens", inputs=[])
     extra = (s.positions + s.type_vocab) * s.hidden
     if extra:
-        x = b.add(_pointwise("embed_positions", "embedding", th, th, dt, shard="replicated", params=extra),
-                  layer=-1, block="embed", scope="embed_positions", inputs=[x])  # fmt: skip
+        x = b.add(
+            _pointwise("embed_positions", "embedding", th, th, dt, shard="replicated", params=extra),
+            layer=-1,
+            block="embed",
+            scope="embed_positions",
+            inputs=[x],
+        )
     if s.arch == "encoder":
-        x = b.add(_pointwise("embed_norm", "norm", th, th, dt, shard="replicated", params=s.norm_params()),
-                  layer=-1, block="embed", scope="embed_norm", inputs=[x])  # fmt: skip
+        x = b.add(
+            _pointwise("embed_norm", "norm", th, th, dt, shard="replicated", params=s.norm_params()),
+            layer=-1,
+            block="embed",
+            scope="embed_norm",
+            inputs=[x],
+        )
     for i in range(s.layers):
         x = _layer(b, i, x, tokens, q_len, kv_len)
     n = s.layers
     head_tokens = float(batch) if phase == "prefill" and s.arch == "decoder" else tokens
-    fn = b.add(_pointwise("final_norm", "norm", head_tokens * s.hidden, head_tokens * s.hidden, dt,
-                          shard="replicated", params=s.norm_params()),
-               layer=n, block="head", scope="final_norm", inputs=[x])  # fmt: skip
-    head = _matmul("lm_head", head_tokens, s.hidden, s.vocab, dt, shard="vocab",
-                   params=0 if s.tied_embeddings else emb_params, weight_bytes=emb_params * dt)  # fmt: skip
+    fn = b.add(
+        _pointwise(
+            "final_norm",
+            "norm",
+            head_tokens * s.hidden,
+            head_tokens * s.hidden,
+            dt,
+            shard="replicated",
+            params=s.norm_params(),
+        ),
+        layer=n,
+        block="head",
+        scope="final_norm",
+        inputs=[x],
+    )
+    head = _matmul(
+        "lm_head",
+        head_tokens,
+        s.hidden,
+        s.vocab,
+        dt,
+        shard="vocab",
+        params=0 if s.tied_embeddings else emb_params,
+        weight_bytes=emb_params * dt,
+    )
     x = b.add(head, layer=n, block="head", scope="lm_head", inputs=[fn])
     if phase == "train":
         loss = _pointwise("loss", "loss", head_tokens * s.vocab, head_tokens, 4, shard="vocab")

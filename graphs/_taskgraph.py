@@ -105,7 +105,8 @@ class TaskGraph:
 
     def task(self, task_id: str) -> Task:
         try:
-            return self.nx.nodes[task_id]["task"]  # type: ignore[no-any-return]
+            task: Task = self.nx.nodes[task_id]["task"]
+            return task
         except KeyError:
             raise KeyError(f"no task {task_id!r} in the graph") from None
 
@@ -183,7 +184,9 @@ class TaskGraph:
         if data.get("format") != "paratune.taskgraph":
             raise ValueError(f"{where}: not a paratune task graph (field 'format' must be 'paratune.taskgraph')")
         if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{where}: field 'version' is {data.get('version')!r}; this paratune reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"{where}: field 'version' is {data.get('version')!r}; this paratune reads {FORMAT_VERSION}"
+            )
         graph = cls(GraphMeta(**data["meta"]))
         for t in data["tasks"]:
             graph.add_task(Task.from_dict(t))
@@ -213,4 +216,5 @@ class TaskGraph:
 
     def __repr__(self) -> str:
         m = self.meta
-        return f"TaskGraph({m.model!r}, {m.phase}, granularity={m.granularity}, tasks={self.num_tasks}, edges={self.num_edges})"
+        size = f"tasks={self.num_tasks}, edges={self.num_edges}"
+        return f"TaskGraph({m.model!r}, {m.phase}, granularity={m.granularity}, {size})"

@@ -150,9 +150,19 @@ class ModelSpec:
 
 def _gpt2(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
     return ModelSpec(
-        name=name, layers=layers, hidden=hidden, heads=heads, kv_heads=heads, ffn=4 * hidden, vocab=50257,
-        gated_mlp=False, tied_embeddings=True, norm="layernorm", bias=True, positions=1024,
-    )  # fmt: skip
+        name=name,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=heads,
+        ffn=4 * hidden,
+        vocab=50257,
+        gated_mlp=False,
+        tied_embeddings=True,
+        norm="layernorm",
+        bias=True,
+        positions=1024,
+    )
 
 
 def _llama(name: str, layers: int, hidden: int, heads: int, kv: int, ffn: int, vocab: int) -> ModelSpec:
@@ -167,10 +177,21 @@ PRESETS: dict[str, ModelSpec] = {
         _gpt2("gpt2-large", 36, 1280, 20),
         _gpt2("gpt2-xl", 48, 1600, 25),
         ModelSpec(
-            name="bert-large", layers=24, hidden=1024, heads=16, kv_heads=16, ffn=4096, vocab=30522,
-            gated_mlp=False, tied_embeddings=True, arch="encoder", norm="layernorm", bias=True, positions=512,
+            name="bert-large",
+            layers=24,
+            hidden=1024,
+            heads=16,
+            kv_heads=16,
+            ffn=4096,
+            vocab=30522,
+            gated_mlp=False,
+            tied_embeddings=True,
+            arch="encoder",
+            norm="layernorm",
+            bias=True,
+            positions=512,
             type_vocab=2,
-        ),  # fmt: skip
+        ),
         _llama("llama2-7b", 32, 4096, 32, 32, 11008, 32000),
         _llama("llama2-13b", 40, 5120, 40, 40, 13824, 32000),
         _llama("llama2-70b", 80, 8192, 64, 8, 28672, 32000),

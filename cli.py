@@ -1,0 +1,321 @@
+"""The ``paratune`` command line.
+
+JSON output (``--json``) is a contract that later tools parse: keys are only
+ever added. User mistakes (unknown model, bad field, invalid plan) exit with
+code 2 and a one-line message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="paratune: find how to run a large neural network on several accelerators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
+platforms_app = typer.Typer(help="Platform presets.", no_args_is_help=True)
+graph_app = typer.Typer(help="Task graphs.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(platforms_app, name="platforms")
+app.add_typer(graph_app, name="graph")
+
+# Wide enough for the tables when the output is piped (rich falls back to 80 columns).
+console = Console() if sys.stdout.isatty() else Console(width=160)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn user mistakes (ValueError, KeyError, FileNotFoundError) into a one-line message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"error: {message}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]
+
+
+# -- models -----------------------------------------------------------------
+@models_app.command("list")
+@user_errors
+def models_list(as_json: JsonOpt = False) -> None:
+    """List the zoo's presets with their sizes."""
+    from .graphs import PRESETS
+
+    rows = [spec.describe() for spec in PRESETS.values()]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="model zoo")
+    for col in ("name", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "params", "active"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            str(r["layers"]),
+            str(r["hidden"]),
+            str(r["heads"]),
+            str(r["kv_heads"]),
+            str(r["ffn"]),
+            str(r["vocab"]),
+            _si(r["params"]),
+            _si(r["active_params"]),
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+@user_errors
+def models_show(
+    name: Annotated[str, typer.Argument(help="Preset, preset:field=v,... or a model YAML file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one model's shape and parameter counts."""
+    from .graphs import get_model
+
+    info = get_model(name).describe()
+    if as_json:
+        _print_json(info)
+        return
+    table = Table(title=info["name"], show_header=False)
+    for key, value in info.items():
+        table.add_row(key, _si(value) if key in ("params", "active_params", "weight_bytes") else str(value))
+    console.print(table)
+
+
+# -- platforms --------------------------------------------------------------
+@platforms_app.command("list")
+@user_errors
+def platforms_list(as_json: JsonOpt = False) -> None:
+    """List the platform presets (add xN for N nodes, e.g. dgx-h100x4)."""
+    from .costmodel import get_platform, preset_names
+
+    rows = [get_platform(n).describe() for n in preset_names()]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="platform presets (NAMExN for N nodes; NAME:field=value to override)")
+    for col in ("name", "devices", "device", "bf16 TFLOP/s", "memory GiB", "HBM GB/s", "profile"):
+        table.add_column(col)
+    for r in rows:
+        d = r["device"]
+        table.add_row(
+            r["name"],
+            str(r["devices"]),
+            d["name"],
+            f"{d['peak_tflops'].get('bf16', 0):g}",
+            f"{d['memory_gib']:g}",
+            f"{d['memory_bw_gbs']:g}",
+            r["profile"]["name"],
+        )
+    console.print(table)
+
+
+@platforms_app.command("show")
+@user_errors
+def platforms_show(
+    name: Annotated[str, typer.Argument(help="Preset, NAMExN, NAME:field=v or a YAML file.")], as_json: JsonOpt = False
+) -> None:
+    """Show a platform: devices, links, topology and the calibration profile in use."""
+    from .costmodel import get_platform
+
+    info = get_platform(name).describe()
+    if as_json:
+        _print_json(info)
+        return
+    console.print_json(json.dumps(info))
+
+
+# -- graphs -----------------------------------------------------------------
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Zoo name[:field=v], model YAML, graph JSON, hf:TYPE or module:PATH:FACTORY."),
+]
+PhaseOpt = Annotated[str, typer.Option("--phase", help="prefill | decode | train.")]
+BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")]
+SeqOpt = Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")]
+ContextOpt = Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step.")]
+GranOpt = Annotated[str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")]
+
+
+def _load_graph(model: str, phase: str, batch: int, seq: int, context: int, granularity: str) -> Any:
+    from .graphs import PHASES, load_graph
+
+    if phase not in PHASES:
+        raise ValueError(f"--phase is {phase!r}; allowed: {', '.join(PHASES)}")
+    if phase == "decode" and not context:
+        context = seq
+    return load_graph(model, phase=phase, batch=batch, seq=seq, context=context, granularity=granularity)
+
+
+@graph_app.command("build")
+@user_errors
+def graph_build(
+    model: ModelOpt,
+    phase: PhaseOpt = "prefill",
+    batch: BatchOpt = 1,
+    seq: SeqOpt = 2048,
+    context: ContextOpt = 0,
+    granularity: GranOpt = "op",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the graph as JSON.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a task graph, print its summary, optionally save it."""
+    graph = _load_graph(model, phase, batch, seq, context, granularity)
+    if output is not None:
+        graph.save(output)
+    summary = graph.summary()
+    if output is not None:
+        summary["output"] = str(output)
+    if as_json:
+        _print_json(summary)
+        return
+    table = Table(title=f"{summary['model']} {phase} graph", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, _si(value) if key in ("flops", "param_bytes", "edge_bytes") else str(value))
+    console.print(table)
+
+
+# -- evaluate ---------------------------------------------------------------
+@app.command("evaluate")
+@user_errors
+def evaluate(
+    model: ModelOpt,
+    platform: Annotated[str, typer.Option("--platform", "-p", help="Platform preset, NAMExN or YAML file.")],
+    phase: PhaseOpt = "decode",
+    batch: BatchOpt = 1,
+    seq: SeqOpt = 2048,
+    context: ContextOpt = 0,
+    tp: Annotated[int, typer.Option("--tp", min=1, help="Tensor-parallel degree of every stage.")] = 1,
+    pp: Annotated[int, typer.Option("--pp", min=1, help="Pipeline stages (layers split evenly).")] = 1,
+    micro_batches: Annotated[int, typer.Option("--micro-batches", min=1, help="Micro-batches in flight.")] = 1,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="Data-parallel replicas.")] = 1,
+    schedule: Annotated[str, typer.Option("--schedule", help="Training schedule: 1f1b | gpipe.")] = "1f1b",
+    recompute: Annotated[bool, typer.Option("--recompute", help="Full activation recomputation (train).")] = False,
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="A plan JSON file instead of --tp/--pp.")] = None,
+    granularity: GranOpt = "layer",
+    simulate: Annotated[bool, typer.Option("--simulate", help="Use the discrete-event simulator.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict latency, throughput and memory of a parallel plan on a platform."""
+    from .costmodel import Plan, get_platform
+
+    plat = get_platform(platform)
+    if plan_file is not None:
+        plan = Plan.load(plan_file)
+        granularity = plan.granularity
+    graph = _load_graph(model, phase, batch, seq, context, granularity)
+    if plan_file is None:
+        plan = Plan.uniform(
+            graph.meta.n_layers,
+            tp=tp,
+            pp=pp,
+            micro_batches=micro_batches,
+            replicas=replicas,
+            schedule=schedule,
+            recompute=recompute,
+        )
+    plan.check(graph, plat)
+    if simulate or not graph.is_layered or not plan.is_layered:
+        from .costmodel import Simulator
+
+        metrics = Simulator(graph, plat).evaluate(plan)
+    else:
+        from .costmodel import AnalyticEvaluator
+
+        metrics = AnalyticEvaluator(graph, plat).evaluate(plan)
+    data = metrics.to_dict()
+    data.update(
+        model=graph.meta.model,
+        platform=plat.name,
+        profile=plat.profile.name,
+        plan=plan.to_dict(),
+        evaluator="simulator" if simulate else "analytic",
+    )
+    if as_json:
+        _print_json(data)
+        return
+    _metrics_table(data, plat.device.usable_memory)
+
+
+def _metrics_table(d: dict[str, Any], usable: float) -> None:
+    title = f"{d['model']} on {d['platform']} ({d['phase']}, profile {d['profile']}, {d['evaluator']})"
+    table = Table(title=title, show_header=False)
+    table.add_row("feasible", "[green]yes[/green]" if d["feasible"] else f"[red]no[/red]: {d['reason']}")
+    for key, label in (("ttft_s", "TTFT"), ("tbt_s", "TBT"), ("step_s", "step time")):
+        if d.get(key) is not None:
+            table.add_row(label, _ms(d[key]))
+    table.add_row("tokens/s", f"{d['tokens_per_s']:,.1f}")
+    if d.get("mfu") is not None:
+        table.add_row("MFU", f"{100 * d['mfu']:.1f}%")
+    table.add_row("lower bound", _ms(d["lower_bound_s"]))
+    for key, value in d["breakdown"].items():
+        table.add_row(f"  {key.removesuffix('_s')}", _ms(value))
+    mem = [m for m in d["peak_memory_bytes"] if m > 0]
+    if mem:
+        gib = 1024**3
+        table.add_row(
+            "peak memory / device",
+            f"max {max(mem) / gib:.2f} GiB, min {min(mem) / gib:.2f} GiB (usable {usable / gib:.1f} GiB)",
+        )
+    table.add_row("devices used", str(d["devices_used"]))
+    stages = d["plan"]["stages"]
+    table.add_row(
+        "plan",
+        f"{len(stages)} stage(s), tp {[s['tp'] for s in stages]}, micro-batches "
+        f"{d['plan']['micro_batches']}, replicas {d['plan']['replicas']}",
+    )
+    for w in d.get("warnings", []):
+        table.add_row("[yellow]warning[/yellow]", w)
+    console.print(table)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.3f} ms"
+
+
+def _si(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return str(value)
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:g}"
+
+
+def main() -> None:
+    """Entry point of the ``paratune`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

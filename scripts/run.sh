@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# paratune's one entry point for a fresh machine: sets itself up, then runs a job.
+#   bash scripts/run.sh demo     the main job: evaluate plans on the embedded default and print metrics
+#   bash scripts/run.sh test     lint (ruff), types (mypy), the test suite (pytest)
+#   bash scripts/run.sh setup    only create/refresh the virtual environment (.venv)
+#   bash scripts/run.sh paratune ARGS...   run the CLI inside the environment
+# Set-up: a venv in .venv (PARATUNE_VENV to move it); torch is installed as the CPU build 2.13.0 unless a
+# torch is already importable there (users with GPUs keep theirs). Re-runs only when pyproject.toml changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${PARATUNE_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "paratune needs Python >= 3.11" >&2; exit 1; }
+        "$PY" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.paratune-setup" want
+    want=$(cat pyproject.toml scripts/run.sh | sha256sum | cut -c1-16)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "setting up $VENV (once; about 2 minutes on a fresh machine)..." >&2
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+        if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+            "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+        fi
+        "$VENV/bin/python" -m pip install -q -e ".[import,dev]"
+        echo "$want" > "$stamp"
+    fi
+}
+
+cmd=${1:-demo}
+[ $# -gt 0 ] && shift
+setup
+export PATH="$PWD/$VENV/bin:$PATH"
+case "$cmd" in
+    setup) ;;
+    demo)
+        paratune models show llama2-70b
+        paratune evaluate --model llama2-70b --platform dgx-h100 --phase decode --batch 16 --context 4096 --tp 8
+        paratune evaluate --model llama2-70b --platform dgx-h100x2 --phase prefill --batch 8 --seq 2048 --tp 8 --pp 2 --micro-batches 4
+        paratune evaluate --model llama3-8b --platform dgx-a100 --phase train --batch 32 --seq 4096 --tp 2 --pp 2 --micro-batches 8 --replicas 2
+        ;;
+    test)
+        ruff check .
+        ruff format --check .
+        mypy .
+        pytest -q "$@"
+        ;;
+    paratune) paratune "$@" ;;
+    *) echo "usage: bash scripts/run.sh demo|test|setup|paratune ARGS..." >&2; exit 2 ;;
+esac
