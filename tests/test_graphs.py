@@ -56,9 +56,9 @@ def test_layer_granularity_counts() -> None:
 
 
 def test_bad_granularity_and_bad_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="granularity 'layers:0'"):
+    with pytest.raises(ValueError, match=r"granularity 'layers:0'"):
         parse_granularity("layers:0")
     path = tmp_path / "x.json"
     path.write_text('{"format": "something-else"}')
-    with pytest.raises(ValueError, match="x.json: not a paratune task graph"):
+    with pytest.raises(ValueError, match=r"x\.json: not a paratune task graph"):
         TaskGraph.load(path)
