@@ -5,14 +5,20 @@ Light on purpose: importing it never imports torch, so workers stay fast.
 
 from __future__ import annotations
 
+from ._analytic import AnalyticEvaluator
+from ._batch import BatchResult, PlanBatch, random_plans
 from ._compute import KernelPricer, OpTable, allgather_time, allreduce_time, group_link, p2p_time, pair_link
 from ._metrics import Metrics
 from ._plan import SCHEDULES, Plan, Stage
 from ._platform import Device, Link, Platform, get_platform, platform_from_dict, platforms_dir, preset_names
 from ._profile import Efficiency, LinkCalibration, Profile, load_profile
+from ._simulator import SimulationResult, Simulator, TimelineEvent
+from ._toy import toy_platform
 
 __all__ = [
     "SCHEDULES",
+    "AnalyticEvaluator",
+    "BatchResult",
     "Device",
     "Efficiency",
     "KernelPricer",
@@ -21,9 +27,13 @@ __all__ = [
     "Metrics",
     "OpTable",
     "Plan",
+    "PlanBatch",
     "Platform",
     "Profile",
+    "SimulationResult",
+    "Simulator",
     "Stage",
+    "TimelineEvent",
     "allgather_time",
     "allreduce_time",
     "get_platform",
@@ -34,4 +44,6 @@ __all__ = [
     "platform_from_dict",
     "platforms_dir",
     "preset_names",
+    "random_plans",
+    "toy_platform",
 ]

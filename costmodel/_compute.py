@@ -143,5 +143,11 @@ def group_link(platform: Platform, devices: tuple[int, ...] | list[int]) -> tupl
 
 
 def pair_link(platform: Platform, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[float, float]:
-    """(alpha, bytes/s) of a transfer from group ``src`` to group ``dst``."""
-    return group_link(platform, (src[-1], dst[0]))
+    """(alpha, bytes/s) of a transfer between groups ``src`` and ``dst``, the same both ways.
+
+    The pair that carries it is the last device of the group with the lower ids and the
+    first of the other (neighbours on a switch or a mesh), so activations forward and
+    gradients backward cross the same link.
+    """
+    low, high = (src, dst) if src[0] <= dst[0] else (dst, src)
+    return group_link(platform, (low[-1], high[0]))

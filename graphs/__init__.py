@@ -12,6 +12,7 @@ from ._coarsen import coarsen, parse_granularity
 from ._sources import load_graph
 from ._task import KINDS, SHARD_RULES, STEPS, Op, Task
 from ._taskgraph import PHASES, GraphMeta, TaskGraph
+from ._toy import toy_graph
 from ._zoo import DTYPE_BYTES, PRESETS, ModelSpec, get_model
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "import_torch_graph",
     "load_graph",
     "parse_granularity",
+    "toy_graph",
 ]
 
 

@@ -41,7 +41,9 @@ def _group_key(task: Task, level: str, k: int, n_layers: int) -> tuple[str, ...]
     step = "" if task.step == "forward" else ("bwd" if task.step == "backward" else "opt")
     suffix = (step,) if step else ()
     if task.layer < 0 or task.layer >= n_layers:
-        return (task.block, *suffix)
+        # Work before the first layer (embedding) and after the last (head) stays apart,
+        # optimizer included, so each side's optimizer runs where its weights live.
+        return ("embed" if task.layer < 0 else "head", *suffix)
     if level == "sublayer":
         return (f"L{task.layer}", task.block, *suffix)
     if level == "layer" or k == 1:

@@ -1,0 +1,264 @@
+"""The fast analytic evaluator: closed-form pipeline formulas over per-unit prefix sums.
+
+For layered graphs only (the discrete-event simulator prices any DAG and must
+agree with these formulas within 1% on layered graphs). Kernels are priced by
+:meth:`KernelPricer.op_times`, collectives by :func:`allreduce_time` /
+:func:`p2p_time` on :func:`group_link` / :func:`pair_link`, memory by
+:mod:`._memory`; this module only adds them up.
+
+Notation: a plan has p stages, m micro-batches, r replicas; stage s has TP
+degree t_s on devices D_s (replica k uses D_s shifted by k x devices per replica).
+
+* Batch split: each replica runs batch/r sequences; a micro-batch is batch/(r m)
+  sequences; kernels are priced with ``scale = 1/(r m)`` (weights are read whole
+  by every micro-batch).
+* Stage time: tau_s = sum of the kernel times of its units + its TP all-reduces
+  on ``group_link(D_s)``. Stage 0 also holds the pre-layer unit (embedding), the
+  last stage the post-layer unit (final norm, LM head, loss). The all-reduces of
+  a unit are sum over ops of allreduce_time(bytes_op x scale, t, alpha, B) =
+  allreduce_time(sum bytes x scale, t, n_ops x alpha, B) (ring formula is linear).
+* Boundary s -> s+1: c_s = p2p_time(boundary_bytes x scale, *pair_link(D_s, D_s+1)),
+  boundary_bytes = the forward activations crossing the cut, from the graph's
+  edges, each tensor once (x feeds two ops of the next layer but is sent once):
+  the hidden state leaving the stage's last layer.
+* prefill: TTFT = sum tau_s + sum c_s + (m-1) max(max tau_s, max c_s) (flow shop
+  of identical jobs; links are machines too). tokens/s = batch x seq / TTFT.
+* decode: one step of all m micro-batches; path = sum tau_s + sum c_s;
+  TBT = max(path, m max(max tau_s, max c_s)); tokens/s = batch / TBT.
+* train: tau_s = tauf_s + taub_s (backward kernels and backward all-reduces; with
+  recompute, backward also re-runs the forward kernels and forward all-reduces).
+  1F1B and GPipe alike: pipeline = sum tau_s + 2 sum c_s + (m-1) max tau_s.
+  dp_s = allreduce_time(stage weight bytes per device, r, *group_link({d + k x dpr}))
+  with d the stage's first device, opt_s = the stage's optimizer kernels at
+  scale 1 (once per step); step = pipeline + max_s(dp_s + opt_s).
+  tokens/s = batch x seq / step; mfu = forward+backward FLOPs as counted in the
+  graph (causal not halved) / (step x devices used x peak(dtype)).
+* Breakdown (the path the latency formula follows): compute = sum of stage
+  kernel times + (m-1) x the bottleneck stage's kernels (+ the optimizer of the
+  stage that sets max(dp+opt)); communication = TP all-reduces + p2p (+ DP) on
+  the same path, (m-1) x the slowest link's transfer when a link is the
+  bottleneck; idle = latency - both. For decode the path is one micro-batch's,
+  so idle = TBT - path: the wait when m x bottleneck > path.
+
+Memory per device (the same for every device of a stage and every replica):
+weights + [train: gradients and optimizer state + activation stash] + [prefill /
+decode: KV cache of batch/r sequences of seq (prefill) or context+1 (decode)
+tokens] + workspace. Stash per micro-batch = sum of the stage's forward op
+outputs / split x scale; with recompute only the inputs of each unit (the bytes
+entering it, each tensor once) plus the largest unit's full stash (a unit is one
+layer, or one merged task of k layers at granularity layers:k, whose cuts must
+fall where a task starts). 1F1B stage i (0-based) keeps min(m, p-i) micro-batches,
+GPipe keeps m. Workspace = 2 x the largest forward op output / split x scale
+(input and output of the biggest op live at once). The simulator tracks tensor
+lifetimes instead, so its peaks differ; latency must agree.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..graphs import TaskGraph
+from ._analytic_eval import evaluate_plan
+from ._bounds import lower_bound_s
+from ._compute import KernelPricer, allreduce_time, group_link, pair_link
+from ._metrics import Metrics
+from ._plan import SCHEDULES, Plan
+from ._platform import GIB, Platform
+from ._units import ScaledTables, TpTables, UnitIndex, contiguous_links
+
+if TYPE_CHECKING:
+    from ._batch import BatchResult, PlanBatch
+
+
+class AnalyticEvaluator:
+    """Prices layered plans in microseconds; tables are built lazily per TP degree and batch share.
+
+    Example:
+        >>> from paratune.costmodel import Plan, get_platform
+        >>> from paratune.graphs import build_graph, coarsen
+        >>> g = coarsen(build_graph("llama2-7b", phase="decode", batch=8, seq=1024), "layer")
+        >>> ev = AnalyticEvaluator(g, get_platform("dgx-h100"))
+        >>> m = ev.evaluate(Plan.uniform(32, tp=2, pp=2))
+        >>> m.feasible and m.tbt_s > m.lower_bound_s
+        True
+    """
+
+    def __init__(self, graph: TaskGraph, platform: Platform) -> None:
+        if not graph.is_layered:
+            raise ValueError(
+                f"graph {graph.meta.model!r} ({graph.meta.granularity}) is not layered: "
+                "the analytic evaluator needs layer ranges; use the discrete-event simulator"
+            )
+        self.graph, self.platform = graph, platform
+        meta = graph.meta
+        self.phase, self.n_layers, self.batch = meta.phase, meta.n_layers, meta.batch
+        self.kv_len = meta.seq if meta.phase == "prefill" else meta.context + 1
+        self.tokens = meta.batch * meta.seq
+        self.pricer = KernelPricer(platform, meta.dtype)
+        self.units = UnitIndex(graph)
+        self.cut = self.units.cut.tolist()
+        self._starts = self.units.allowed_start.tolist()
+        self.usable = platform.device.usable_memory
+        self.candidates = [t for t in range(1, min(meta.heads, platform.num_devices) + 1) if meta.heads % t == 0]
+        self._tp: dict[int, TpTables] = {}
+        self._scaled: dict[tuple[int, int], ScaledTables] = {}
+        self._links: dict[tuple[int, ...], tuple[float, float]] = {}
+        self._pairs: dict[tuple[int, int], tuple[float, float]] = {}
+        self._dp_links: dict[tuple[int, int, int], tuple[float, float]] = {}
+        self._lower: float | None = None
+        self._contiguous: dict[str, np.ndarray] | None = None
+        self._batch: dict[Any, Any] = {}  # stacked tables of the batched evaluator
+
+    # -- cached tables ----------------------------------------------------
+    def tp_tables(self, tp: int) -> TpTables:
+        tables = self._tp.get(tp)
+        if tables is None:
+            tables = self._tp[tp] = TpTables.build(self.units, self.pricer, tp, self.graph.meta.dtype)
+        return tables
+
+    def scaled_tables(self, tp: int, share: int) -> ScaledTables:
+        """Kernel tables for TP ``tp`` and micro-batches of batch/``share`` (share = replicas x micro_batches)."""
+        tables = self._scaled.get((tp, share))
+        if tables is None:
+            tables = self._scaled[(tp, share)] = ScaledTables.build(self.units, self.pricer, tp, 1.0 / share)
+        return tables
+
+    def link(self, devices: tuple[int, ...]) -> tuple[float, float]:
+        terms = self._links.get(devices)
+        if terms is None:
+            terms = self._links[devices] = group_link(self.platform, devices)
+        return terms
+
+    def pair(self, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[float, float]:
+        """Link of a pipeline boundary (``pair_link``), cached by the two devices it joins."""
+        key = (src[-1], dst[0])
+        terms = self._pairs.get(key)
+        if terms is None:
+            terms = self._pairs[key] = pair_link(self.platform, src, dst)
+        return terms
+
+    def dp_link(self, first: int, stride: int, replicas: int) -> tuple[float, float]:
+        """Link of the data-parallel group of device ``first``: its copies in every replica."""
+        key = (first, stride, replicas)
+        terms = self._dp_links.get(key)
+        if terms is None:
+            group = tuple(first + k * stride for k in range(replicas))
+            terms = self._dp_links[key] = group_link(self.platform, group)
+        return terms
+
+    @property
+    def lower_bound(self) -> float:
+        if self._lower is None:
+            self._lower = lower_bound_s(self.graph, self.platform)
+        return self._lower
+
+    def contiguous_links(self) -> dict[str, np.ndarray]:
+        if self._contiguous is None:
+            self._contiguous = contiguous_links(self.platform, self.candidates)
+        return self._contiguous
+
+    def unit_forward_times(self, tp: int, devices: tuple[int, ...], *, share: int = 1) -> list[float]:
+        """Forward seconds of each unit (kernels + TP all-reduces) on ``devices``; unit i+1 is layer i."""
+        sc, tt = self.scaled_tables(tp, share), self.tp_tables(tp).lists
+        alpha, bw = self.link(devices)
+        out = []
+        for u in range(self.n_layers + 2):
+            n_ar = tt["ar_fwd_n"][u + 1] - tt["ar_fwd_n"][u]
+            ar_bytes = (tt["ar_fwd_b"][u + 1] - tt["ar_fwd_b"][u]) / share
+            ar = allreduce_time(ar_bytes, tp, n_ar * alpha, bw) if n_ar > 0.5 else 0.0
+            out.append(sc.fwd_l[u + 1] - sc.fwd_l[u] + ar)
+        return out
+
+    # -- validity ---------------------------------------------------------
+    def problems(self, plan: Plan) -> list[str]:
+        """``plan.problems`` plus what only the analytic evaluator needs (layer ranges, merged-task cuts)."""
+        try:
+            out = plan.problems(self.graph, self.platform)
+        except Exception as exc:  # a malformed plan must give a reason, never a crash
+            return [f"malformed plan: {exc}"]
+        if not out and not plan.is_layered:
+            out.append("the analytic evaluator prices layer ranges: give each stage 'layers' or use the simulator")
+        if not out:
+            starts = self.units.allowed_start
+            for i, st in enumerate(plan.stages):
+                if not starts[st.layers[0]]:  # type: ignore[index]
+                    out.append(
+                        f"stage {i}: starts at layer {st.layers[0]} inside a merged task of a "  # type: ignore[index]
+                        f"{self.graph.meta.granularity} graph; cut where a task starts"
+                    )
+        return out
+
+    def _valid_fast(self, plan: Plan) -> bool:
+        try:
+            return self._quick_valid(plan)
+        except (TypeError, ValueError, IndexError):  # malformed: let problems() say what is wrong
+            return False
+
+    def _quick_valid(self, plan: Plan) -> bool:
+        """True only when :meth:`problems` would find nothing (its checks, without the graph walk it repeats)."""
+        stages = plan.stages
+        m, r = plan.micro_batches, plan.replicas
+        if not stages or plan.schedule not in SCHEDULES or m < 1 or r < 1 or self.batch % (m * r):
+            return False
+        heads, starts, expected, dpr = self.graph.meta.heads, self._starts, 0, 0
+        seen: set[int] = set()
+        for st in stages:
+            t, layers = st.tp, st.layers
+            if t < 1 or heads % t or len(st.devices) != t or layers is None:
+                return False
+            a, b = layers
+            if a != expected or b < a or not starts[a]:
+                return False
+            expected = b + 1
+            seen.update(st.devices)
+            dpr += t
+        n_dev = self.platform.num_devices
+        return (
+            expected == self.n_layers
+            and len(seen) == dpr
+            and dpr * r <= n_dev
+            and min(seen) >= 0
+            and max(seen) + (r - 1) * dpr < n_dev
+        )
+
+    # -- single plan --------------------------------------------------------
+    def evaluate(self, plan: Plan, *, check: bool = True) -> Metrics:
+        """Metrics of ``plan``; an invalid plan gives ``feasible=False`` with its problems as the reason.
+
+        ``check=False`` skips validation (for tuners whose plans are valid by construction).
+        """
+        if check and not self._valid_fast(plan):
+            problems = self.problems(plan)
+            if problems:
+                return Metrics(
+                    feasible=False, reason="invalid plan: " + "; ".join(problems), phase=self.phase,
+                    latency_s=float("inf"), memory_capacity_bytes=self.usable, lower_bound_s=self.lower_bound,
+                    devices_used=plan.num_devices,
+                )  # fmt: skip
+        return evaluate_plan(self, plan)
+
+    # -- many plans ---------------------------------------------------------
+    def evaluate_batch(self, batch: PlanBatch) -> BatchResult:
+        """Vectorised evaluation of contiguous plans (see :class:`PlanBatch`); same numbers as :meth:`evaluate`."""
+        from ._batch import evaluate_batch
+
+        return evaluate_batch(self, batch)
+
+    def random_plans(
+        self, n: int, rng: np.random.Generator, *, max_stages: int = 8, max_micro_batches: int | None = None
+    ) -> PlanBatch:
+        """``n`` random valid contiguous plans (see :func:`random_plans`)."""
+        from ._batch import random_plans
+
+        return random_plans(
+            self.graph, self.platform, n, rng, max_stages=max_stages, max_micro_batches=max_micro_batches
+        )
+
+    def over_reason(self, device: int, stage: int, need: float) -> str:
+        over = need - self.usable
+        return (
+            f"device {device} (stage {stage}) needs {need / GIB:.1f} GiB > {self.usable / GIB:.1f} GiB usable "
+            f"(over by {over / GIB:.1f} GiB)"
+        )

@@ -1,0 +1,126 @@
+"""Turning a plan into the event loop's input: task durations, transfers, data-parallel all-reduces.
+
+Every time comes from the shared pricing functions: kernels from the simulator's
+cached :meth:`KernelPricer.op_times` tables (per TP degree and batch share, summed
+per task), TP all-reduces from :func:`allreduce_time` on the stage's
+:func:`group_link`, transfers from :func:`p2p_time` on :func:`pair_link`.
+
+Transfers: a tensor goes once to each consumer stage (``output_bytes`` of its
+producer, capped by the bytes of the edges it feeds there: two ops of the next
+layer read the hidden state, it is sent once); gradients flowing into one backward
+task from several producers on another stage are summed there and sent once, with
+the size of the forward tensor they are the gradient of (what autograd does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._compute import allreduce_time, group_link, p2p_time, pair_link
+from ._plan import Plan
+from ._simengine import BACKWARD, SimInput
+
+if TYPE_CHECKING:
+    from ._simulator import Simulator
+
+#: Per stage: (op seconds, task seconds, op all-reduce seconds, task all-reduce seconds) at the plan's share.
+StagePrices = tuple[np.ndarray, list[float], np.ndarray, list[float]]
+
+
+@dataclass
+class Built:
+    """The event loop's input and what reading its output needs."""
+
+    inp: SimInput
+    ar_part: list[float]  # all-reduce seconds inside each task's duration
+    x_bytes: list[float]  # bytes of each transfer, whole batch
+    per_stage: list[StagePrices]
+    links: list[tuple[float, float]]  # (alpha, bytes/s) of each stage's group
+
+
+def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -> Built:
+    """Per-task durations, transfers and the schedule of ``plan`` for the event loop."""
+    T, stages = len(sim.ids), plan.stages
+    links = [group_link(sim.platform, st.devices) for st in stages]
+    per_stage: list[StagePrices] = []
+    for s, st in enumerate(stages):
+        k_times, k_sums = sim.kernels(st.tp, scale)
+        a_times, a_sums = sim.allreduces(st.tp, scale, links[s])
+        per_stage.append((k_times, k_sums, a_times, a_sums))
+    dur, ar_part = [0.0] * T, [0.0] * T
+    for i in range(T):
+        s = stage_of[i]
+        if sim.once[i]:
+            tp = stages[s].tp
+            k_sums, a_sums = sim.kernels(tp, 1.0)[1], sim.allreduces(tp, 1.0, links[s])[1]
+        else:
+            k_sums, a_sums = per_stage[s][1], per_stage[s][3]
+        kern, ar = k_sums[i], a_sums[i]
+        f = sim.fwd_of[i]
+        if f >= 0 and stages[s].recompute:
+            kern, ar = kern + k_sums[f], ar + a_sums[f]
+        dur[i], ar_part[i] = kern + ar, ar
+    local_succ: list[list[int]] = [[] for _ in range(T)]
+    sends: list[list[int]] = [[] for _ in range(T)]
+    groups: dict[tuple[int, int, int], int] = {}
+    x_src: list[list[int]] = []
+    x_dst: list[list[int]] = []
+    x_sum: list[float] = []
+    x_cap: list[float] = []
+    x_label: list[int] = []
+    step = sim.step
+    for u, v, nbytes in sim.edges:
+        su, sv = stage_of[u], stage_of[v]
+        if su == sv:
+            local_succ[u].append(v)
+            continue
+        # A tensor goes once to each consumer stage; gradients for one consumer are summed, then sent once.
+        grad = step[u] == BACKWARD and step[v] == BACKWARD
+        key = (1, v, su) if grad else (0, u, sv)
+        x = groups.get(key)
+        if x is None:
+            x = groups[key] = len(x_src)
+            x_src.append([])
+            x_dst.append([])
+            x_sum.append(0.0)
+            x_cap.append(sim.out_bytes[sim.fwd_of[v]] if grad and sim.fwd_of[v] >= 0 else sim.out_bytes[u])
+            x_label.append(v if grad else u)
+        if u not in x_src[x]:
+            x_src[x].append(u)
+            sends[u].append(x)
+        if v not in x_dst[x]:
+            x_dst[x].append(v)
+        x_sum[x] += nbytes
+    link_id: dict[tuple[int, int], int] = {}
+    x_link, x_dur, x_dur_once, x_bytes = [], [], [], []
+    for x, srcs in enumerate(x_src):
+        su, sv = stage_of[srcs[0]], stage_of[x_dst[x][0]]
+        nbytes = min(x_cap[x], x_sum[x]) if x_cap[x] > 0 else x_sum[x]
+        terms = pair_link(sim.platform, stages[su].devices, stages[sv].devices)
+        x_link.append(link_id.setdefault((su, sv), len(link_id)))
+        x_dur.append(p2p_time(nbytes * scale, *terms))
+        x_dur_once.append(p2p_time(nbytes, *terms))
+        x_bytes.append(nbytes)
+    train = sim.phase == "train"
+    m, r, p = plan.micro_batches, plan.replicas, plan.pp
+    dp = None
+    if train:
+        dpr = plan.devices_per_replica
+        dp = []
+        for s, st in enumerate(stages):
+            weights = sim.stage_weights(stage_of, s, st.tp)
+            group = tuple(st.devices[0] + k * dpr for k in range(r))
+            dp.append(allreduce_time(weights, r, *group_link(sim.platform, group)) if r > 1 else 0.0)
+    inp = SimInput(
+        n_stages=p, n_links=len(link_id), stage_of=stage_of, step=sim.step, once=sim.once, dur=dur,
+        local_succ=local_succ, sends=sends, x_link=x_link, x_dur=x_dur, x_dur_once=x_dur_once, x_dst=x_dst,
+        x_src=x_src, x_label=x_label,
+        instances=m * sim.decode_steps if sim.phase == "decode" else m,
+        chain=m if sim.phase == "decode" else 0,
+        schedule=plan.schedule if train else "plain",
+        warmup=[min(m, p - s) for s in range(p)], dp_dur=dp, strict=train and plan.is_layered,
+    )  # fmt: skip
+    return Built(inp, ar_part, x_bytes, per_stage, links)

@@ -1,0 +1,362 @@
+"""The discrete-event simulator: any DAG, any placement, with a timeline a dashboard can draw.
+
+Where the analytic evaluator applies closed-form pipeline formulas to layered
+graphs, the simulator *runs* the plan: list scheduling of every task instance on
+its stage (a TP group runs one task at a time) and of every cross-stage tensor on
+its directed link (one transfer at a time), driven by a heap of events
+(:mod:`._simengine`). The formulas are emergent: a pipeline of m micro-batches gives
+``sum tau + sum c + (m-1) max(tau, c)``; m decode micro-batches cycling through the
+stages give ``max(path, m max tau)``; 1F1B and GPipe give the same step as the
+analytic for balanced stages. Both evaluators price with the same functions:
+kernels through :meth:`KernelPricer.op_times` (one table of all the graph's ops,
+summed per task with ``np.add.reduceat``), collectives through
+:func:`allreduce_time` / :func:`p2p_time` on :func:`group_link` / :func:`pair_link`,
+static memory through :mod:`._memory`, the bound through :mod:`._bounds`.
+
+Semantics (the same as the analytic's where both apply):
+
+* batch split: replicas are identical, so replica 0 is simulated; each instance is a
+  micro-batch of batch/(r m) sequences, kernels priced with scale 1/(r m);
+* a task runs its ops back to back; an op with ``allreduce_bytes`` is followed by an
+  all-reduce of those bytes x scale on its stage's group;
+* a tensor crossing stages is sent once per consumer stage, a gradient summed over
+  its producers on a stage before it is sent (see :mod:`._simbuild`);
+* prefill: TTFT = makespan of the m instances; decode: ``decode_steps`` steps of each
+  micro-batch, step k+1 of a micro-batch waiting for its step k; TBT = the time
+  between the ends of the last two steps; train: forwards and backwards per
+  micro-batch (1F1B or GPipe), then on each stage the data-parallel gradient
+  all-reduce and the optimizer tasks (once, at full batch); recompute re-runs a
+  backward's forward kernels and all-reduces first;
+* breakdown: compute, communication and idle along the critical path (the chain of
+  jobs that each started when the previous one ended), clipped to the measured
+  window, so the three sum to the latency.
+
+Activation memory comes from tensor lifetimes (:mod:`._simmemory`) instead of the
+analytic's formulas, and is lower than them where the formulas are conservative:
+
+* 1F1B: the analytic holds min(m, p-i) whole stashes on stage i for the whole step;
+  here a micro-batch's stash is freed op by op as its backward runs, and the
+  last micro-batches of the cool-down hold fewer;
+* workspace: the analytic adds twice the largest op output of a micro-batch;
+  here only tensors alive at the same time count (at layer granularity a task's
+  largest inner output while it runs);
+* recompute: the analytic keeps every unit's inputs plus the largest unit's stash;
+  here the checkpoints are the stage's received inputs and one backward's forward
+  outputs at a time.
+
+It can be higher where the formula ignores tensors that are alive: the residual
+stream held across a block while the MLP runs (op granularity: GPT-2 prefill peaks
+at up + act + residual, above the analytic's 2 x up), a later micro-batch's input
+received while the stage still works on an earlier one (m > 1), and on the last
+training stage the gradients of the head next to its stash. Over the test grid
+(tests/test_simulator.py: 3 models x 3 phases x layer/op x pp, tp, m, r) the excess
+is at most two hidden-state tensors of a micro-batch per device; the totals (static
+memory equal, activations within that slack) are what feasibility compares.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from ..graphs import TaskGraph
+from ._bounds import lower_bound_s
+from ._compute import KernelPricer, OpTable, allreduce_time
+from ._memory import kv_cache_memory, training_state_memory, weight_memory
+from ._metrics import Metrics
+from ._plan import Plan
+from ._platform import GIB, Platform
+from ._profile import in_range
+from ._simbuild import build_input
+from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
+from ._simmemory import TensorSizes, activation_peaks
+from ._simtrace import critical_breakdown, timeline_events
+
+#: Profile range keys checked for extrapolation (as the analytic evaluator does).
+RANGE_KEYS = ("flops_per_device", "bytes_per_device")
+STEP_CODE = {"forward": FORWARD, "backward": BACKWARD, "optimizer": OPTIMIZER}
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """One bar of the timeline: a task's kernels, an all-reduce, or a transfer between stages.
+
+    ``stage`` is the stage whose group does the work (the sender for a transfer,
+    ``dst_stage`` the receiver); ``micro_batch`` is -1 for once-per-step work
+    (data-parallel all-reduce, optimizer); ``step`` is the decode step. A task whose
+    ops all-reduce is drawn as back-to-back bars (kernels, all-reduce, kernels, ...);
+    a transfer is drawn under its producer (or, for a summed gradient, its consumer).
+    """
+
+    stage: int
+    task: str
+    micro_batch: int
+    start: float
+    end: float
+    kind: str  # compute | allreduce | transfer
+    step: int = 0
+    dst_stage: int = -1
+
+
+@dataclass
+class SimulationResult:
+    """Metrics, the timeline and, when asked, the live activation bytes of each stage over time."""
+
+    metrics: Metrics
+    timeline: list[TimelineEvent]
+    memory_timeline: dict[int, list[tuple[float, float]]] | None = None
+    static_memory_bytes: list[float] = field(default_factory=list)  # per stage: weights + training state or KV
+    activation_bytes: list[float] = field(default_factory=list)  # per stage: peak of live activations
+
+
+def _rows(table: OpTable, idx: np.ndarray) -> OpTable:
+    """The rows ``idx`` of an op table (so per-stage memory goes through :mod:`._memory`)."""
+    cols = {f.name: getattr(table, f.name) for f in fields(table) if f.name != "kinds"}
+    return OpTable(**{k: v[idx] for k, v in cols.items()}, kinds=tuple(table.kinds[i] for i in idx))
+
+
+class Simulator:
+    """Simulates plans of one graph on one platform; per-task prices are cached per (TP, batch share).
+
+    Example:
+        >>> from paratune.costmodel import Plan, Stage, toy_platform
+        >>> from paratune.graphs import toy_graph
+        >>> sim = Simulator(toy_graph(), toy_platform())
+        >>> plan = Plan((Stage(1, (0,), tasks=("a", "b", "d")), Stage(1, (1,), tasks=("c",))), granularity="op")
+        >>> res = sim.run(plan)
+        >>> res.metrics.feasible, sorted({e.task for e in res.timeline if e.kind == "compute"})
+        (True, ['a', 'b', 'c', 'd'])
+    """
+
+    def __init__(self, graph: TaskGraph, platform: Platform, *, decode_steps: int = 4) -> None:
+        if decode_steps < 2:
+            raise ValueError(f"decode_steps must be >= 2 (TBT is the gap between two steps), got {decode_steps}")
+        self.graph, self.platform, self.decode_steps = graph, platform, decode_steps
+        meta = graph.meta
+        self.phase = meta.phase
+        tasks = graph.tasks
+        self.tasks = tasks
+        self.ids = [t.id for t in tasks]
+        self.index = {tid: i for i, tid in enumerate(self.ids)}
+        ops = [op for t in tasks for op in t.ops]
+        self.table = OpTable.from_ops(ops)
+        counts = np.array([len(t.ops) for t in tasks], dtype=np.intp)
+        self.offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
+        self.last_op = self.offsets + counts - 1
+        self.step = [STEP_CODE[t.step] for t in tasks]
+        self.once = [s == OPTIMIZER for s in self.step]
+        self.layer = [t.layer for t in tasks]
+        self.edges = [(self.index[u], self.index[v], b) for u, v, b in graph.edges()]
+        self.out_bytes = [t.output_bytes for t in tasks]
+        self.bwd_of = [
+            self.index.get(tid + ".bwd", -1) if s == FORWARD else -1 for tid, s in zip(self.ids, self.step, strict=True)
+        ]
+        self.fwd_of = [-1] * len(tasks)
+        for f, b in enumerate(self.bwd_of):
+            if b >= 0:
+                self.fwd_of[b] = f
+        op_task = np.repeat(np.arange(len(tasks)), counts)
+        step_of_op = np.array(self.step, dtype=np.intp)[op_task]
+        self.op_task, self.fwd_ops = op_task, step_of_op == FORWARD
+        self.ar_ops = np.flatnonzero(self.table.allreduce_bytes > 0).tolist()
+        self.pricer = KernelPricer(platform, meta.dtype)
+        self.kv_len = meta.seq if self.phase == "prefill" else meta.context + 1
+        is_last = np.zeros(len(ops), dtype=bool)
+        is_last[self.last_op] = True
+        self._inner_mask = ~is_last
+        self._kernels: dict[tuple[int, float], tuple[np.ndarray, list[float]]] = {}
+        self._ars: dict[tuple[int, float, float, float], tuple[np.ndarray, list[float]]] = {}
+        self._sizes: dict[int, TensorSizes] = {}
+        self._outside: dict[tuple[int, float], list[float]] = {}
+        self._work_ops = step_of_op != OPTIMIZER
+        self._lower: float | None = None
+
+    # -- cached prices ------------------------------------------------------------
+    @property
+    def lower_bound(self) -> float:
+        if self._lower is None:
+            self._lower = lower_bound_s(self.graph, self.platform)
+        return self._lower
+
+    def kernels(self, tp: int, scale: float) -> tuple[np.ndarray, list[float]]:
+        """Seconds of every op, and their sums per task, on a TP group of ``tp`` for a ``scale`` share."""
+        key = (tp, scale)
+        hit = self._kernels.get(key)
+        if hit is None:
+            times = self.pricer.op_times(self.table, tp, scale)
+            hit = self._kernels[key] = (times, np.add.reduceat(times, self.offsets).tolist())
+        return hit
+
+    def allreduces(self, tp: int, scale: float, link: tuple[float, float]) -> tuple[np.ndarray, list[float]]:
+        """TP all-reduce seconds after every op, and their sums per task, on a group with ``link`` terms."""
+        key = (tp, scale, *link)
+        hit = self._ars.get(key)
+        if hit is None:
+            times = np.zeros(len(self.table))
+            ar = self.table.allreduce_bytes
+            for k in self.ar_ops:
+                times[k] = allreduce_time(float(ar[k]) * scale, tp, *link)
+            hit = self._ars[key] = (times, np.add.reduceat(times, self.offsets).tolist())
+        return hit
+
+    def outside(self, tp: int, scale: float) -> list[float]:
+        """Per task: forward/backward kernels whose per-device work lies outside the profile's calibrated ranges."""
+        key = (tp, scale)
+        hit = self._outside.get(key)
+        if hit is None:
+            prof, table = self.platform.profile, self.table
+            counts = np.zeros(len(table))
+            if any(k in prof.ranges for k in RANGE_KEYS):
+                split = table.split(tp)
+                flops = np.where(table.causal, 0.5, 1.0) * table.flops * scale / split
+                nbytes = (table.weight_bytes + (table.bytes - table.weight_bytes) * scale) / split
+                for quantity, values in zip(RANGE_KEYS, (flops, nbytes), strict=True):
+                    for k in np.flatnonzero(self._work_ops & (values > 0)):
+                        counts[k] += not in_range(prof, quantity, values[k : k + 1])
+            hit = self._outside[key] = np.add.reduceat(counts, self.offsets).tolist()
+        return hit
+
+    def tensor_sizes(self, tp: int) -> TensorSizes:
+        sizes = self._sizes.get(tp)
+        if sizes is None:
+            per_op = self.table.output_bytes / self.table.split(tp)
+            inner = np.where(self._inner_mask, per_op, 0.0)
+            sizes = self._sizes[tp] = TensorSizes(
+                out=per_op[self.last_op].tolist(),
+                inner=np.add.reduceat(inner, self.offsets).tolist(),
+                largest_inner=np.maximum.reduceat(inner, self.offsets).tolist(),
+            )
+        return sizes
+
+    # -- placement --------------------------------------------------------------------
+    def placement(self, plan: Plan) -> list[int]:
+        """Stage of every task: by layer range (embedding with layer 0, head with the last layer) or task list."""
+        if plan.is_layered:
+            n = self.graph.meta.n_layers
+            of_layer = [0] * (n + 2)
+            for s, st in enumerate(plan.stages):
+                first, last = st.layers  # type: ignore[misc]
+                for layer in range(first, last + 1):
+                    of_layer[layer + 1] = s
+            of_layer[0], of_layer[n + 1] = of_layer[1], of_layer[n]
+            return [of_layer[layer + 1] for layer in self.layer]
+        out = [0] * len(self.ids)
+        for s, st in enumerate(plan.stages):
+            for tid in st.tasks or ():
+                out[self.index[tid]] = s
+        return out
+
+    # -- evaluation ---------------------------------------------------------------------
+    def evaluate(self, plan: Plan) -> Metrics:
+        """Metrics of ``plan`` (no timeline kept)."""
+        return self.run(plan, timeline=False).metrics
+
+    def run(self, plan: Plan, *, timeline: bool = True) -> SimulationResult:
+        """Simulate ``plan``; an invalid plan gives ``feasible=False`` with its problems, never an exception."""
+        try:
+            problems = plan.problems(self.graph, self.platform)
+        except Exception as exc:  # a malformed plan must give a reason, never a crash
+            problems = [f"malformed plan: {exc}"]
+        if problems:
+            metrics = Metrics(
+                feasible=False, reason="invalid plan: " + "; ".join(problems), phase=self.phase,
+                latency_s=float("inf"), memory_capacity_bytes=self.platform.device.usable_memory,
+                lower_bound_s=self.lower_bound, devices_used=plan.num_devices,
+            )  # fmt: skip
+            return SimulationResult(metrics, [])
+        return self._run(plan, timeline)
+
+    def _stage_ops(self, stage_of: list[int], s: int) -> OpTable:
+        on_stage = np.array(stage_of, dtype=np.intp)[self.op_task] == s
+        return _rows(self.table, np.flatnonzero(on_stage & self.fwd_ops))
+
+    def stage_weights(self, stage_of: list[int], s: int, tp: int) -> float:
+        """Weight bytes per device of stage ``s`` (what its data-parallel all-reduce moves)."""
+        return weight_memory(self._stage_ops(stage_of, s), tp)
+
+    def static_memory(self, plan: Plan, stage_of: list[int] | None = None) -> list[float]:
+        """Per stage: weights + training state (train) or the KV cache of batch/r sequences (inference)."""
+        stage_of = self.placement(plan) if stage_of is None else stage_of
+        out = []
+        for s, st in enumerate(plan.stages):
+            table = self._stage_ops(stage_of, s)
+            need = weight_memory(table, st.tp)
+            if self.phase == "train":
+                need += training_state_memory(table, st.tp, self.graph.meta.dtype)
+            else:
+                need += kv_cache_memory(table, st.tp, self.graph.meta.batch // plan.replicas, self.kv_len)
+            out.append(need)
+        return out
+
+    def _run(self, plan: Plan, keep: bool) -> SimulationResult:
+        meta, m, r = self.graph.meta, plan.micro_batches, plan.replicas
+        scale = 1.0 / (r * m)
+        stage_of = self.placement(plan)
+        built = build_input(self, plan, stage_of, scale)
+        inp = built.inp
+        out: SimOutput = simulate(inp)
+        if min(out.inst_last, default=0) < 0:
+            raise RuntimeError("simulation stalled: some task instances never ran (a bug: please report the plan)")
+        if self.phase == "decode":
+            ends = [max(out.inst_end[k * m : (k + 1) * m]) for k in range(self.decode_steps)]
+            w0, w1 = ends[-2], ends[-1]
+            last = (self.decode_steps - 1) * m
+            final = out.inst_last[max(range(last, last + m), key=out.inst_end.__getitem__)]
+        else:
+            final = out.last_job
+            w0, w1 = 0.0, out.end[final]
+        latency = w1 - w0
+        compute, comm, idle = critical_breakdown(inp, out, built.ar_part, final, w0, w1)
+        static = self.static_memory(plan, stage_of)
+        recompute = [st.recompute and self.phase == "train" for st in plan.stages]
+        sizes = [self.tensor_sizes(st.tp) for st in plan.stages]
+        acts, curves = activation_peaks(
+            inp, out, sizes, built.x_bytes, self.bwd_of, recompute, scale, keep_timeline=keep
+        )
+        needs = [a + b for a, b in zip(static, acts, strict=True)]
+        dpr = plan.devices_per_replica
+        memory = [0.0] * self.platform.num_devices
+        for st, need in zip(plan.stages, needs, strict=True):
+            for d in st.devices:
+                for k in range(r):
+                    memory[d + k * dpr] = need
+        usable = self.platform.device.usable_memory
+        worst = max(needs)
+        reason = ""
+        if worst > usable:
+            s = needs.index(worst)
+            reason = (
+                f"device {plan.stages[s].devices[0]} (stage {s}) needs {worst / GIB:.1f} GiB > {usable / GIB:.1f} GiB "
+                f"usable (over by {(worst - usable) / GIB:.1f} GiB)"
+            )
+        stage_times = [0.0] * plan.pp
+        outside = [0.0] * plan.pp
+        counts = [self.outside(st.tp, scale) for st in plan.stages]
+        for i, s in enumerate(stage_of):
+            if not self.once[i]:
+                stage_times[s] += inp.dur[i]
+                outside[s] += counts[s][i]
+        warnings = [
+            f"stage {s} (tp {st.tp}): {int(n)} kernel(s) run per-device work outside the calibrated range of "
+            f"profile {self.platform.profile.name}: the prediction extrapolates"
+            for s, (st, n) in enumerate(zip(plan.stages, outside, strict=True))
+            if n > 0.5
+        ]
+        tokens = meta.batch if self.phase == "decode" else meta.batch * meta.seq
+        mfu = None
+        if self.phase == "train":
+            flops = float(self.table.flops[~np.array(self.once)[self.op_task]].sum())
+            mfu = flops / (latency * plan.num_devices * self.pricer.peak) if latency > 0 else 0.0
+        metrics = Metrics(
+            feasible=not reason, reason=reason, phase=self.phase, latency_s=latency,
+            ttft_s=latency if self.phase == "prefill" else None, tbt_s=latency if self.phase == "decode" else None,
+            step_s=latency if self.phase == "train" else None,
+            tokens_per_s=tokens / latency if latency > 0 else math.inf, mfu=mfu, peak_memory_bytes=memory,
+            memory_capacity_bytes=usable, lower_bound_s=self.lower_bound,
+            breakdown={"compute_s": compute, "communication_s": comm, "idle_s": idle},
+            stage_times_s=stage_times, devices_used=plan.num_devices, warnings=warnings,
+        )  # fmt: skip
+        events = timeline_events(self, plan, inp, out, built.per_stage, built.links, TimelineEvent) if keep else []
+        return SimulationResult(metrics, events, curves, static, acts)
