@@ -7,16 +7,15 @@ code 2 and a one-line message on stderr, never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from ._cli_calibrate import calibrate_app
+from ._cli_common import JsonOpt, console, print_json, user_errors
 
 app = typer.Typer(
     help="paratune: find how to run a large neural network on several accelerators.",
@@ -30,38 +29,7 @@ graph_app = typer.Typer(help="Task graphs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(platforms_app, name="platforms")
 app.add_typer(graph_app, name="graph")
-
-# Wide enough for the tables when the output is piped (rich falls back to 80 columns).
-console = Console() if sys.stdout.isatty() else Console(width=160)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(func: F) -> F:
-    """Turn user mistakes (ValueError, KeyError, FileNotFoundError) into a one-line message and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (ValueError, KeyError, FileNotFoundError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"error: {message}", file=sys.stderr)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]
+app.add_typer(calibrate_app, name="calibrate")
 
 
 # -- models -----------------------------------------------------------------
@@ -73,7 +41,7 @@ def models_list(as_json: JsonOpt = False) -> None:
 
     rows = [spec.describe() for spec in PRESETS.values()]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title="model zoo")
     for col in ("name", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "params", "active"):
@@ -104,7 +72,7 @@ def models_show(
 
     info = get_model(name).describe()
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     table = Table(title=info["name"], show_header=False)
     for key, value in info.items():
@@ -121,7 +89,7 @@ def platforms_list(as_json: JsonOpt = False) -> None:
 
     rows = [get_platform(n).describe() for n in preset_names()]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title="platform presets (NAMExN for N nodes; NAME:field=value to override)")
     for col in ("name", "devices", "device", "bf16 TFLOP/s", "memory GiB", "HBM GB/s", "profile"):
@@ -150,7 +118,7 @@ def platforms_show(
 
     info = get_platform(name).describe()
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     console.print_json(json.dumps(info))
 
@@ -197,7 +165,7 @@ def graph_build(
     if output is not None:
         summary["output"] = str(output)
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     table = Table(title=f"{summary['model']} {phase} graph", show_header=False)
     for key, value in summary.items():
@@ -262,7 +230,7 @@ def evaluate(
         evaluator="simulator" if simulate else "analytic",
     )
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     _metrics_table(data, plat.device.usable_memory)
 

@@ -1,0 +1,97 @@
+"""``paratune calibrate``: fit the cost model to measurements, check it, measure a machine.
+
+The work is done in :mod:`paratune.costmodel.calibration`; this module only parses
+arguments and prints. Measuring needs torch (``paratune[import]``), fitting and
+checking do not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ._cli_common import JsonOpt, console, print_json, user_errors
+
+calibrate_app = typer.Typer(help="Fit the cost model to measured profiles, check it, measure this machine.",
+                            no_args_is_help=True)  # fmt: skip
+
+ProfilesOpt = Annotated[
+    Path, typer.Option("--profiles", help="Directory of measured profiles in Vidur's format (compute/, network/).")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Device folder in the profiles: a100, h100, cpu, cuda, ...")]
+
+
+@calibrate_app.command("fit")
+@user_errors
+def fit(
+    profiles: ProfilesOpt,
+    device: DeviceOpt,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the fitted profile (YAML).")],
+    holdout: Annotated[str, typer.Option("--holdout", help="Models kept out of the fit, comma separated.")] = "",
+    name: Annotated[str, typer.Option("--name", help="Profile name (default: DEVICE-fit).")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit efficiency curves, kernel overheads and link terms; report the error on held-out rows."""
+    from .costmodel.calibration import fit_profile, write_profile
+
+    held = [h.strip() for h in holdout.split(",") if h.strip()]
+    result = fit_profile(profiles, device, holdout=held, name=name or None)
+    write_profile(result.profile, output)
+    report = {**result.report, "output": str(output)}
+    if as_json:
+        print_json(report)
+        return
+    _error_table(f"fit of {device} on {profiles} (held out: {', '.join(held) or 'none'})", report)
+    console.print(f"profile written to {output}")
+
+
+@calibrate_app.command("check")
+@user_errors
+def check(
+    profiles: ProfilesOpt,
+    device: DeviceOpt,
+    profile: Annotated[str, typer.Option("--profile", help="Profile name or YAML file (default: the preset's).")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict every row of a profile directory and print the error per op class and overall."""
+    from .costmodel import load_profile
+    from .costmodel.calibration import check_profile, default_profile_for
+
+    prof = load_profile(profile) if profile else default_profile_for(device)
+    report = check_profile(profiles, device, prof).to_dict()
+    if as_json:
+        print_json(report)
+        return
+    _error_table(f"profile {prof.name} on {profiles} ({device})", report)
+
+
+@calibrate_app.command("measure")
+@user_errors
+def measure(
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write the profiles to.")],
+    quick: Annotated[bool, typer.Option("--quick", help="A small grid (for tests and a first look).")] = False,
+) -> None:
+    """Run microbenchmarks with torch and write them in the Vidur profile format."""
+    from .costmodel.calibration import measure as run_measure
+
+    written = run_measure(device, output, quick=quick)
+    console.print(f"measured profiles written to {written}")
+
+
+def _error_table(title: str, report: dict) -> None:  # type: ignore[type-arg]
+    table = Table(title=title)
+    for col in ("op class", "rows", "MAPE %", "max |error| %"):
+        table.add_column(col, justify="left" if col == "op class" else "right")
+    for op, row in sorted(report.get("per_op", {}).items()):
+        table.add_row(op, str(row["rows"]), f"{row['mape']:.1f}", f"{row['max_abs_pct_error']:.1f}")
+    table.add_row("[bold]all[/bold]", str(report.get("rows", "")), f"{report.get('mape', float('nan')):.1f}",
+                  f"{report.get('max_abs_pct_error', float('nan')):.1f}")  # fmt: skip
+    console.print(table)
+    extra = {k: v for k, v in report.items() if k not in ("per_op", "rows", "mape", "max_abs_pct_error")}
+    if extra:
+        console.print_json(json.dumps(extra, default=str))
