@@ -18,7 +18,7 @@ Counting conventions (the importer follows the same ones, so both agree):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +34,15 @@ OPTIMIZER_BYTES_PER_PARAM = 30.0
 OPTIMIZER_FLOPS_PER_PARAM = 12.0
 
 
+def _add_task(graph: TaskGraph, op: Op, *, layer: int, block: str, scope: str, inputs: Iterable[str]) -> Task:
+    """Append ``op`` as a one-op task reading the whole output of each task in ``inputs``."""
+    task = Task.from_op(op, layer=layer, block=block, scope=scope)
+    graph.add_task(task)
+    for src in inputs:
+        graph.add_edge(src, task.id, graph.task(src).output_bytes)
+    return task
+
+
 class _Builder:
     """Appends ops as tasks in program order and wires the data edges."""
 
@@ -44,10 +53,7 @@ class _Builder:
         self.forward: list[Task] = []
 
     def add(self, op: Op, *, layer: int, block: str, scope: str, inputs: Iterable[str]) -> str:
-        task = Task.from_op(op, layer=layer, block=block, scope=scope)
-        self.graph.add_task(task)
-        for src in inputs:
-            self.graph.add_edge(src, task.id, self.graph.task(src).output_bytes)
+        task = _add_task(self.graph, op, layer=layer, block=block, scope=scope, inputs=inputs)
         if op.step == "forward":
             self.forward.append(task)
         return task.id
@@ -249,16 +255,19 @@ def _with(op: Op, **changes: Any) -> Op:
     return replace(op, **changes)
 
 
-def _backward(b: _Builder) -> None:
-    """Mirror the forward ops in reverse with 2x FLOPs, then the optimizer step per layer.
+def add_backward_and_optimizer(graph: TaskGraph, forward: Sequence[Task], *, dtype_bytes: int, n_layers: int) -> None:
+    """Mirror the forward tasks in reverse with 2x FLOPs, then add one optimizer step per layer.
 
+    Shared by the zoo and the importer, so both price training alike. ``forward``
+    holds the one-op tasks that get a gradient, in program order; ``dtype_bytes``
+    turns their ``param_bytes`` into parameters; optimizer tasks outside layers
+    ``0..n_layers-1`` are named after their block (``embed.optimizer``).
     Backward of a column-parallel matmul all-reduces its input gradient (the
     Megatron ``f`` operator), so training pays four all-reduces per layer.
     """
-    dt = b.spec.dtype_bytes
     grad_of: dict[str, str] = {}
-    consumers: dict[str, list[str]] = {t.id: list(b.graph.nx.successors(t.id)) for t in b.forward}
-    for task in reversed(b.forward):
+    consumers: dict[str, list[str]] = {t.id: list(graph.nx.successors(t.id)) for t in forward}
+    for task in reversed(forward):
         (op,) = task.ops
         in_bytes = max(op.bytes - op.weight_bytes - op.output_bytes, 0.0)
         ar = in_bytes if op.shard in ("column", "heads") and op.kind == "matmul" else 0.0
@@ -276,23 +285,24 @@ def _backward(b: _Builder) -> None:
             causal=op.causal,
         )
         inputs = [task.id] + [grad_of[c] for c in consumers[task.id] if c in grad_of]
-        grad_of[task.id] = b.add(bwd, layer=task.layer, block=task.block, scope=task.scope + ".grad", inputs=inputs)
+        grad = _add_task(graph, bwd, layer=task.layer, block=task.block, scope=task.scope + ".grad", inputs=inputs)
+        grad_of[task.id] = grad.id
     # One optimizer task per layer (and embedding, head) updates that layer's weights.
     by_layer: dict[int, list[Task]] = {}
-    for task in b.forward:
+    for task in forward:
         if task.param_bytes:
             by_layer.setdefault(task.layer, []).append(task)
     for layer, tasks in sorted(by_layer.items()):
-        n_params = sum(t.param_bytes for t in tasks) / dt
+        n_params = sum(t.param_bytes for t in tasks) / dtype_bytes
         opt = Op(
-            name=f"L{layer}.optimizer" if 0 <= layer < b.spec.layers else f"{tasks[0].block}.optimizer",
+            name=f"L{layer}.optimizer" if 0 <= layer < n_layers else f"{tasks[0].block}.optimizer",
             kind="optimizer",
             flops=OPTIMIZER_FLOPS_PER_PARAM * n_params,
             bytes=OPTIMIZER_BYTES_PER_PARAM * n_params,
             shard="column",
             step="optimizer",
         )
-        b.add(opt, layer=layer, block="optimizer", scope="optimizer", inputs=[grad_of[t.id] for t in tasks])
+        _add_task(graph, opt, layer=layer, block="optimizer", scope="optimizer", inputs=[grad_of[t.id] for t in tasks])
 
 
 def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, context: int = 0) -> TaskGraph:
@@ -391,7 +401,7 @@ def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, conte
     if phase == "train":
         loss = _pointwise("loss", "loss", head_tokens * s.vocab, head_tokens, 4, shard="vocab")
         b.add(_with(loss, flops=5.0 * head_tokens * s.vocab), layer=n, block="head", scope="loss", inputs=[x])
-        _backward(b)
+        add_backward_and_optimizer(b.graph, b.forward, dtype_bytes=dt, n_layers=s.layers)
     return b.graph
 
 
