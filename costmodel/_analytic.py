@@ -44,11 +44,12 @@ Memory per device (the same for every device of a stage and every replica):
 weights + [train: gradients and optimizer state + activation stash] + [prefill /
 decode: KV cache of batch/r sequences of seq (prefill) or context+1 (decode)
 tokens] + workspace. Stash per micro-batch = sum of the stage's forward op
-outputs / split x scale; with recompute only the inputs of each unit (the bytes
-entering it, each tensor once) plus the largest unit's full stash (a unit is one
-layer, or one merged task of k layers at granularity layers:k, whose cuts must
-fall where a task starts). 1F1B stage i (0-based) keeps min(m, p-i) micro-batches,
-GPipe keeps m. Workspace = 2 x the largest forward op output / split x scale
+outputs / split x scale. 1F1B stage i (0-based) keeps min(m, p-i) micro-batches
+in flight, GPipe keeps m. With recompute each micro-batch in flight keeps only the
+inputs of each unit (the bytes entering it, each tensor once), and the largest
+unit's full stash is rebuilt once, for the micro-batch being backpropagated (a unit
+is one layer, or one merged task of k layers at granularity layers:k, whose cuts
+must fall where a task starts). Workspace = 2 x the largest forward op output / split x scale
 (input and output of the biggest op live at once). The simulator tracks tensor
 lifetimes instead, so its peaks differ; latency must agree.
 """

@@ -64,17 +64,19 @@ def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
             n_ar = col[hi] - col[lo]
             col = tl["ar_bwd_b"]
             comm_b = allreduce_time((col[hi] - col[lo]) * scale, t, n_ar * alpha, bw) if n_ar > 0.5 else 0.0
+            kept = m if gpipe else min(m, p - i)
             if st.recompute:
+                # Each micro-batch in flight keeps only its layer inputs; one layer's full
+                # activations are rebuilt at a time, for the micro-batch being backpropagated.
                 kern_b += kern
                 comm_b += comm
                 col = tl["inputs"]
-                stash = (col[hi] - col[lo] + range_max(tt.stash_max_l, lo, hi)) * scale
+                stash = ((col[hi] - col[lo]) * kept + range_max(tt.stash_max_l, lo, hi)) * scale
             else:
                 col = tl["stash"]
-                stash = (col[hi] - col[lo]) * scale
-            kept = m if gpipe else min(m, p - i)
+                stash = (col[hi] - col[lo]) * scale * kept
             col = tl["state"]
-            need += col[hi] - col[lo] + stash * kept
+            need += col[hi] - col[lo] + stash
             kern += kern_b
             comm += comm_b
             col = tl["opt"]

@@ -162,10 +162,11 @@ def evaluate_arrays(ev: AnalyticEvaluator, batch: PlanBatch) -> BatchResult:
         rec = f.recompute
         kern_b = np.where(rec, kern_b + kern, kern_b)
         comm_b = np.where(rec, comm_b + comm, comm_b)
-        stash = np.where(rec, (diff("inputs") + rmax("stash_max")) * scale, diff("stash") * scale)
         ms = m.take(owner)
         kept = np.where(batch.gpipe.take(owner), ms, np.minimum(ms, f.pp.take(owner) - f.pos))  # 1F1B: min(m, p-i)
-        need += diff("state") + stash * kept
+        # Recomputation keeps the layer inputs of every micro-batch in flight and one layer's full activations.
+        stash = np.where(rec, diff("inputs") * kept + rmax("stash_max"), diff("stash") * kept) * scale
+        need += diff("state") + stash
         kern += kern_b
         comm += comm_b
         dpr = per_plan(np.add, tp)
