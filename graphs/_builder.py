@@ -100,10 +100,75 @@ def _pointwise(name: str, kind: str, elems_in: float, elems_out: float, dt: int,
     )
 
 
+def _attention(b: _Builder, i: int, inputs: list[str], tokens: float, q_len: int, kv_len: int) -> str:
+    """Attention core of layer ``i``: one fused kernel (flash) or scores, softmax and context (unfused).
+
+    Unfused attention (Megatron-LM before FlashAttention) materialises the scores,
+    batch x heads x q_len x kv_len elements: the score and context bmm's write and read
+    them, the fused scale-mask-softmax reads and writes them, and training stashes the
+    probabilities for backward. It computes the masked half too (no causal saving).
+    """
+    s, dt = b.spec, b.spec.dtype_bytes
+    h, kvd, batch, phase = s.hidden, s.kv_dim, b.meta.batch, b.meta.phase
+    th = tokens * h
+    kv_per_token = 2.0 * kvd * dt
+    kv_read = batch * kv_len * kv_per_token if phase == "decode" else tokens * 2 * kvd * dt
+    kv_store = 0.0 if phase == "train" else kv_per_token
+    scope = f"layers.{i}.attn"
+    if s.attention == "flash":
+        op = Op(
+            name=f"L{i}.attention",
+            kind="attention",
+            flops=4.0 * batch * q_len * kv_len * h,
+            bytes=kv_read + 2 * th * dt,
+            output_bytes=th * dt,
+            kv_bytes_per_token=kv_store,
+            causal=s.arch == "decoder" and q_len > 1,
+            shard="heads",
+            shard_max=s.kv_heads,
+        )
+        return b.add(op, layer=i, block="attn", scope=scope + ".core", inputs=inputs)
+    scores = batch * s.heads * q_len * kv_len * dt
+    half_kv = kv_read / 2  # K for the scores, V for the context
+    ops = (
+        Op(
+            name=f"L{i}.attn_scores",
+            kind="matmul",
+            flops=2.0 * batch * q_len * kv_len * h,
+            bytes=th * dt + half_kv + scores,
+            output_bytes=scores,
+            kv_bytes_per_token=kv_store,
+            shard="heads",
+            shard_max=s.kv_heads,
+        ),
+        Op(
+            name=f"L{i}.attn_softmax",
+            kind="elementwise",
+            bytes=2 * scores,
+            output_bytes=scores,
+            shard="heads",
+            shard_max=s.kv_heads,
+        ),
+        Op(
+            name=f"L{i}.attn_context",
+            kind="matmul",
+            flops=2.0 * batch * q_len * kv_len * h,
+            bytes=scores + half_kv + th * dt,
+            output_bytes=th * dt,
+            shard="heads",
+            shard_max=s.kv_heads,
+        ),
+    )
+    names = ("scores", "softmax", "context")
+    for op, name in zip(ops, names, strict=True):
+        inputs = [b.add(op, layer=i, block="attn", scope=f"{scope}.{name}", inputs=inputs)]
+    return inputs[0]
+
+
 def _layer(b: _Builder, i: int, x: str, tokens: float, q_len: int, kv_len: int) -> str:
     """Append one transformer layer reading activation task ``x``; return its output task."""
     s, dt = b.spec, b.spec.dtype_bytes
-    h, kvd, batch = s.hidden, s.kv_dim, b.meta.batch
+    h, kvd = s.hidden, s.kv_dim
     p = f"L{i}."
     scope = f"layers.{i}"
     norm_p = s.norm_params()
@@ -133,20 +198,7 @@ def _layer(b: _Builder, i: int, x: str, tokens: float, q_len: int, kv_len: int) 
             scope=scope + ".attn.rotary",
             inputs=[qkv],
         )
-    kv_per_token = 2.0 * kvd * dt
-    kv_read = batch * kv_len * kv_per_token if b.meta.phase == "decode" else tokens * 2 * kvd * dt
-    attn = Op(
-        name=p + "attention",
-        kind="attention",
-        flops=4.0 * batch * q_len * kv_len * h,
-        bytes=kv_read + 2 * th * dt,
-        output_bytes=th * dt,
-        kv_bytes_per_token=0.0 if b.meta.phase == "train" else kv_per_token,
-        shard="heads",
-        shard_max=s.kv_heads,
-        causal=s.arch == "decoder" and q_len > 1,
-    )
-    core = b.add(attn, layer=i, block="attn", scope=scope + ".attn.core", inputs=[prev, qkv] if prev != qkv else [qkv])
+    core = _attention(b, i, [prev, qkv] if prev != qkv else [qkv], tokens, q_len, kv_len)
     out = b.add(
         _matmul(p + "attn_out", tokens, h, h, dt, shard="row", params=h * h + int(s.bias) * h, allreduce=True),
         layer=i,
@@ -270,7 +322,9 @@ def add_backward_and_optimizer(graph: TaskGraph, forward: Sequence[Task], *, dty
     for task in reversed(forward):
         (op,) = task.ops
         in_bytes = max(op.bytes - op.weight_bytes - op.output_bytes, 0.0)
-        ar = in_bytes if op.shard in ("column", "heads") and op.kind == "matmul" else 0.0
+        # Column-parallel linears (and the vocab-parallel head) all-reduce their input gradient: the
+        # Megatron "f" operator. Per-head attention bmm's need nothing: each rank owns its heads.
+        ar = in_bytes if op.shard in ("column", "vocab") and op.kind == "matmul" else 0.0
         bwd = Op(
             name=op.name + ".bwd",
             kind=op.kind,

@@ -19,6 +19,7 @@ import yaml
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 ARCHS = ("decoder", "encoder")
 NORMS = ("rmsnorm", "layernorm")
+ATTENTIONS = ("flash", "unfused")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ModelSpec:
         bias: linear layers have biases (GPT-2, BERT).
         positions: learned position embeddings (0 for rotary).
         type_vocab: token-type embeddings (BERT).
+        attention: how attention runs: ``flash`` (one fused kernel, causal half skipped) or
+            ``unfused`` (scores materialised, as in Megatron-LM before FlashAttention).
     """
 
     name: str
@@ -62,6 +65,7 @@ class ModelSpec:
     bias: bool = False
     positions: int = 0
     type_vocab: int = 0
+    attention: str = "flash"
 
     def __post_init__(self) -> None:
         where = f"model {self.name!r}"
@@ -78,6 +82,8 @@ class ModelSpec:
             raise ValueError(f"{where}: field 'dtype' is {self.dtype!r}; allowed: bf16, fp16, fp8")
         if self.arch not in ARCHS:
             raise ValueError(f"{where}: field 'arch' is {self.arch!r}; allowed: {', '.join(ARCHS)}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"{where}: field 'attention' is {self.attention!r}; allowed: {', '.join(ATTENTIONS)}")
         if self.norm not in NORMS:
             raise ValueError(f"{where}: field 'norm' is {self.norm!r}; allowed: {', '.join(NORMS)}")
 

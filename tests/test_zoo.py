@@ -90,3 +90,17 @@ def test_yaml_model(tmp_path: Path) -> None:
     bad.write_text("layers: 2\nhidden: 256\nheads: 4\nffn: 512\nvocab: 1000\ncolour: red\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown field\(s\) colour"):
         get_model(str(bad))
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode", "train"])
+def test_unfused_attention_counts_the_same_flops_and_moves_the_scores(phase: str) -> None:
+    flash = build_graph("llama2-7b:layers=2", phase=phase, batch=2, seq=512, context=512)
+    unfused = build_graph("llama2-7b:layers=2,attention=unfused", phase=phase, batch=2, seq=512, context=512)
+    assert unfused.flops == pytest.approx(flash.flops, rel=1e-12)
+    assert unfused.param_bytes == flash.param_bytes
+    q_len = 1 if phase == "decode" else 512
+    kv_len = 513 if phase == "decode" else 512
+    scores = 2 * 32 * q_len * kv_len * 2  # batch x heads x q x kv x bf16, per layer
+    extra = sum(t.bytes for t in unfused.tasks) - sum(t.bytes for t in flash.tasks)
+    assert extra > 2 * 3 * scores  # written, read and written by softmax, read: at least 3 passes per layer
+    assert not any(op.causal for t in unfused.tasks for op in t.ops)

@@ -7,7 +7,9 @@ achieved TFLOP/s per GPU counted with the paper's model-FLOPs formula
 ``96 B s l h^2 (1 + s/(6h) + V/(16 l h))`` (recomputation included). The paper does
 not list micro-batch sizes in that table; we use one sequence per micro-batch when
 pipelining (the paper's setting for its largest runs) and the whole per-replica batch
-otherwise, and the 1F1B schedule (not the interleaved one).
+otherwise, and the 1F1B schedule (not the interleaved one). Attention ran unfused then
+(scores materialised, fused scale-mask-softmax), which the zoo's ``attention=unfused``
+describes.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class MegatronRun:
             norm="layernorm",
             bias=True,
             positions=SEQ,
+            attention="unfused",
         )
 
     def plan(self) -> Plan:
