@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -83,7 +83,30 @@ def measure(
     console.print(f"measured profiles written to {written}")
 
 
-def _error_table(title: str, report: dict) -> None:  # type: ignore[type-arg]
+@calibrate_app.command("published")
+@user_errors
+def published(
+    platform: Annotated[str, typer.Option("--platform", help="Preset the runs are predicted on.")] = "dgx-a100",
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict published end-to-end figures (Megatron-LM Table 1, LLMCompass GPT-3 layer) and print the errors."""
+    from .costmodel.calibration import compare_published
+
+    rows = [c.to_dict() for c in compare_published(platform)]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"published figures against paratune on {platform}")
+    for col in ("run", "published", "predicted", "unit", "error %"):
+        table.add_column(col, justify="left" if col in ("run", "unit") else "right")
+    for r in rows:
+        table.add_row(
+            str(r["name"]), f"{r['measured']:.3g}", f"{r['predicted']:.3g}", str(r["unit"]), f"{r['error_pct']:+.1f}"
+        )
+    console.print(table)
+
+
+def _error_table(title: str, report: dict[str, Any]) -> None:
     table = Table(title=title)
     for col in ("op class", "rows", "MAPE %", "max |error| %"):
         table.add_column(col, justify="left" if col == "op class" else "right")

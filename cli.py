@@ -248,6 +248,12 @@ def _metrics_table(d: dict[str, Any], usable: float) -> None:
     table.add_row("lower bound", _ms(d["lower_bound_s"]))
     for key, value in d["breakdown"].items():
         table.add_row(f"  {key.removesuffix('_s')}", _ms(value))
+    if d.get("expected_error_pct") is None:
+        trust = "[yellow]hand-set profile: no measured error[/yellow]"
+    else:
+        inside = "inside" if d["calibrated"] else "[yellow]outside[/yellow]"
+        trust = f"{inside} the calibrated range, expected error ±{d['expected_error_pct']:.0f}%"
+    table.add_row("calibration", trust)
     mem = [m for m in d["peak_memory_bytes"] if m > 0]
     if mem:
         gib = 1024**3

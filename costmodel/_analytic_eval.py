@@ -13,6 +13,7 @@ from ._compute import allreduce_time, p2p_time
 from ._metrics import Metrics
 from ._pipeline import training_makespan
 from ._plan import Plan
+from ._trust import annotate
 from ._units import range_max
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
     hops: list[float] = []
     tails: list[tuple[float, float, float]] = []  # train: (backward, dp all-reduce, optimizer) per stage
     warnings: list[str] = []
+    kernel_error = 0.0  # kernel seconds x held-out error of their kind
     for i, st in enumerate(stages):
         t = st.tp
         a, b = st.layers  # type: ignore[misc]
@@ -85,6 +87,8 @@ def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
         else:
             col = tl["kv"]
             need += (col[hi] - col[lo]) * sequences * kv_len
+        el = sc.error_l
+        kernel_error += el[hi] - el[lo]
         ol = sc.outside_l
         if ol[hi] - ol[lo] > 0.5:
             warnings.append(
@@ -98,7 +102,9 @@ def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
             nxt = stages[i + 1].devices
             alpha, bw = pairs.get((st.devices[-1], nxt[0])) or ev.pair(st.devices, nxt)
             hops.append(p2p_time(ev.cut[b + 1] * scale, alpha, bw))
-    return _finish(ev, plan, kerns, comms, hops, tails, needs, warnings, dpr)
+    metrics = _finish(ev, plan, kerns, comms, hops, tails, needs, warnings, dpr)
+    annotate(metrics, ev.pricer.errors, ev.platform, plan, kernel_error, sum(kerns), sum(comms) + sum(hops))
+    return metrics
 
 
 def _finish(

@@ -6,16 +6,25 @@ computes a time itself: they call :func:`op_times` for kernels and
 
 Kernel time on one device of a TP group (roofline with efficiency):
 
-    t = max(F / (peak * eff_c(F)), B / (bw * eff_m(B))) + overhead
+    c = F / (peak * eff_c(F)),  m = B / (bw * eff_m(B))
+    t = (c^k + m^k)^(1/k) + overhead(kind)        (k = profile.roofline_exponent)
+    t = max(c, m) + overhead(kind)                (no exponent: the hand-set profiles)
 
-with F and B the FLOPs and bytes of the op on that device (divided by the op's
-split under TP, scaled by the micro-batch share of the batch-dependent part;
-weights are read whole by every micro-batch). Causal attention kernels run
-half of the counted score FLOPs.
+with F and B the FLOPs and bytes of the op on that device (:meth:`OpTable.per_device`:
+divided by the op's split under TP, scaled by the micro-batch share of the
+batch-dependent part; weights are read whole by every micro-batch; a memory-bound
+output that is all-reduced is written whole by every rank), eff_c and eff_m the profile's
+saturating curves of the op's kind. Causal attention kernels run half of the
+counted score FLOPs. Why a smooth maximum: a GEMM near the ridge point neither
+streams its operands nor computes at full rate, both pipelines stall each other;
+measured A100/H100 GEMMs are up to 30% slower there than ``max(c, m)``, and a
+fitted k of about 1.2-1.5 removes that bias (see ``calibration/_fit.py``).
 
 Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 2(n-1)·alpha + 2(n-1)/n·S/B; all-gather / reduce-scatter (n-1)·alpha + (n-1)/n·S/B;
-point-to-point alpha + S/B. B and alpha are those of the slowest link the group spans.
+point-to-point alpha + S/B. B and alpha are those of the slowest link the group spans;
+a calibrated per-collective base latency is folded into the group's alpha
+(:func:`group_link`), point-to-point uses the link's own p2p terms (:func:`pair_link`).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import numpy as np
 
 from ..graphs import Op
 from ._platform import Platform
+from ._trust import ErrorModel
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,26 @@ class OpTable:
         split = np.where(self.shard_max > 0, np.minimum(tp, self.shard_max), tp)
         return np.where(self.replicated, 1.0, split)
 
+    def per_device(self, tp: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(FLOPs, bytes) of each op on one device of a TP group of ``tp``, for a ``scale`` share of the batch.
+
+        FLOPs and bytes are divided by the op's split, except: causal attention runs
+        half its counted FLOPs; weights are read whole by every micro-batch; and a
+        memory-bound op (no FLOPs) whose output is all-reduced over the group, the
+        vocab-parallel embedding, writes that whole (masked) output on every rank
+        before the reduction, as Vidur's TP profiles show (its time at t = 2..8 is
+        0.9-1x the single-GPU time, not 1/t). A row-parallel GEMM also writes a whole
+        output, but from the epilogue of each tile while other tiles compute: counting
+        it makes held-out GEMM errors worse (H100 8.1% -> 8.7% at >= 512 tokens), so
+        GEMM outputs stay divided by the split.
+        """
+        split = self.split(tp)
+        flops = np.where(self.causal, 0.5, 1.0) * self.flops * scale / split
+        act = (self.bytes - self.weight_bytes) * scale
+        whole_output = (self.allreduce_bytes > 0) & (self.flops == 0)
+        whole = np.where(whole_output, np.minimum(self.output_bytes * scale, act), 0.0)
+        return flops, (self.weight_bytes + act - whole) / split + whole
+
 
 class KernelPricer:
     """Per-op efficiencies of one platform and dtype, cached per op kind.
@@ -91,28 +121,50 @@ class KernelPricer:
         self.peak = dev.peak(dtype)
         self.bw = dev.memory_bw
         self.overhead = prof.kernel_overhead_s
+        self.exponent = prof.roofline_exponent
         self._prof = prof
+        self.errors = ErrorModel.from_profile(prof)
+
+    def error_weights(self, table: OpTable) -> np.ndarray:
+        """Held-out MAPE (fraction) of each op's kind; zeros when the profile is hand-set."""
+        if self.errors is None:
+            return np.zeros(len(table))
+        return np.array([self.errors.of(k) for k in table.kinds])
 
     def op_times(self, table: OpTable, tp: int, scale: float = 1.0) -> np.ndarray:
         """Seconds of each op on one device of a TP group of ``tp``, for a ``scale`` share of the batch."""
-        split = table.split(tp)
-        flops = table.flops * scale / split
-        flops = np.where(table.causal, 0.5 * flops, flops)
-        nbytes = (table.weight_bytes + (table.bytes - table.weight_bytes) * scale) / split
+        flops, nbytes = table.per_device(tp, scale)
         comp = np.zeros(len(table))
         mem = np.zeros(len(table))
-        for kind in set(table.kinds):
+        fixed = np.full(len(table), self.overhead)
+        for kind in sorted(set(table.kinds)):
             idx = np.fromiter((k == kind for k in table.kinds), dtype=bool, count=len(table))
             ce, me = self._prof.compute_eff(kind), self._prof.memory_eff(kind)
             f, b = flops[idx], nbytes[idx]
             with np.errstate(divide="ignore", invalid="ignore"):
                 comp[idx] = np.where(f > 0, f / (self.peak * ce(f)), 0.0)
                 mem[idx] = np.where(b > 0, b / (self.bw * me(b)), 0.0)
-        return np.maximum(comp, mem) + self.overhead
+            fixed[idx] = self._prof.overhead(kind)
+        return roofline(comp, mem, self.exponent) + fixed
 
     def op_time(self, op: Op, tp: int, scale: float = 1.0) -> float:
         """Seconds of one op (convenience for a single op; prefer :meth:`op_times`)."""
         return float(self.op_times(OpTable.from_ops([op]), tp, scale)[0])
+
+
+def roofline(comp: np.ndarray, mem: np.ndarray, exponent: float | None) -> np.ndarray:
+    """Join compute and memory seconds: ``max`` or the smooth ``(c^k + m^k)^(1/k)``.
+
+    The smooth form is computed relative to the larger term, so it neither
+    overflows nor underflows whatever the magnitudes.
+    """
+    hi = np.maximum(comp, mem)
+    if exponent is None:
+        return hi
+    lo = np.minimum(comp, mem)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(hi > 0, lo / hi, 0.0)
+    return hi * (1.0 + ratio**exponent) ** (1.0 / exponent)
 
 
 def allreduce_time(nbytes: float, ranks: int, alpha: float, bandwidth: float) -> float:
@@ -137,9 +189,20 @@ def p2p_time(nbytes: float, alpha: float, bandwidth: float) -> float:
 
 
 def group_link(platform: Platform, devices: tuple[int, ...] | list[int]) -> tuple[float, float]:
-    """(alpha, bytes/s) for collectives of a device group: its slowest link, mesh hops included."""
-    alpha, bw = platform.link_terms(platform.link_class(devices))
-    return alpha * platform.hops(devices), bw
+    """(alpha, bytes/s) for collectives of a device group: its slowest link, mesh hops included.
+
+    The link class's per-collective base latency is spread over the 2(n-1) steps of a
+    ring all-reduce of the group's n ranks, so every evaluator keeps the ring formula
+    (and its linearity in alpha) and an all-reduce costs base + 2(n-1)·alpha + ...;
+    an all-gather, half a ring, pays half the base.
+    """
+    link_class = platform.link_class(devices)
+    alpha, bw = platform.link_terms(link_class)
+    alpha *= platform.hops(devices)
+    base = platform.profile.link(link_class).base_latency_s
+    if base and len(devices) > 1:
+        alpha += base / (2 * (len(devices) - 1))
+    return alpha, bw
 
 
 def pair_link(platform: Platform, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[float, float]:
@@ -147,7 +210,10 @@ def pair_link(platform: Platform, src: tuple[int, ...], dst: tuple[int, ...]) ->
 
     The pair that carries it is the last device of the group with the lower ids and the
     first of the other (neighbours on a switch or a mesh), so activations forward and
-    gradients backward cross the same link.
+    gradients backward cross the same link. It is priced with the link class's
+    point-to-point terms (``Platform.p2p_terms``), mesh hops included.
     """
     low, high = (src, dst) if src[0] <= dst[0] else (dst, src)
-    return group_link(platform, (low[-1], high[0]))
+    pair = (low[-1], high[0])
+    alpha, bw = platform.p2p_terms(platform.link_class(pair))
+    return alpha * platform.hops(pair), bw

@@ -17,7 +17,10 @@ class Metrics:
     and ``idle_s`` (pipeline bubbles and waits). ``lower_bound_s`` is the physical
     bound of the same work on all devices of the platform (peak FLOP/s and
     memory bandwidth, no communication). ``warnings`` lists predictions outside
-    the calibrated range of the profile.
+    the calibrated range of the profile. ``calibrated`` is true when the profile was
+    fitted to measurements and nothing in the prediction lies outside what it was
+    fitted on; ``expected_error_pct`` is the time-weighted held-out error of the
+    kernels and collectives it sums (None for a hand-set profile).
     """
 
     feasible: bool
@@ -36,6 +39,8 @@ class Metrics:
     stage_times_s: list[float] = field(default_factory=list)
     devices_used: int = 0
     warnings: list[str] = field(default_factory=list)
+    calibrated: bool = False
+    expected_error_pct: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -103,6 +103,12 @@ class Platform:
         cal = self.profile.link(link_class)
         return cal.latency_s + link.latency_s, link.bandwidth * cal.efficiency
 
+    def p2p_terms(self, link_class: str) -> tuple[float, float]:
+        """(alpha seconds, achieved bytes/s) of a point-to-point transfer on a link class."""
+        link = self.links[link_class]
+        latency, efficiency = self.profile.link(link_class).p2p_terms()
+        return latency + link.latency_s, link.bandwidth * efficiency
+
     def describe(self) -> dict[str, Any]:
         """What ``paratune platforms show --json`` prints."""
         d = self.device

@@ -6,6 +6,14 @@ efficiencies are saturating curves of the work per device,
 large ones reach a plateau below the datasheet (Roofline with efficiency,
 as in LLMCompass and Calculon). Curves may differ per op kind. Links get an
 achieved-bandwidth fraction and a latency (alpha) per link class.
+
+Fields added by calibration are optional, and their defaults give the behaviour
+of the hand-set profiles written before it: ``roofline_exponent`` (absent: the
+hard ``max`` of compute and memory time), ``kernel_overhead_us`` as a mapping per
+op kind (a plain number: one overhead for every kind), and per link class
+``base_latency_us`` (a fixed cost per collective, 0) and ``p2p_efficiency`` /
+``p2p_latency_us`` (point-to-point terms; absent: the collective ones). ``fit``
+keeps the free-form record of how a profile was fitted.
 """
 
 from __future__ import annotations
@@ -38,10 +46,41 @@ class Efficiency:
 
 @dataclass(frozen=True)
 class LinkCalibration:
-    """Achieved fraction of a link's datasheet bandwidth, and its per-message latency (alpha)."""
+    """Achieved fraction of a link's datasheet bandwidth, and its per-message latency (alpha).
+
+    ``base_latency_s`` is paid once per collective on top of the ring's 2(n-1) alphas
+    (NCCL's launch and synchronisation: measured all-reduces on NVSwitch cost about
+    the same 30-40 us at 2, 4 and 8 ranks, which 2(n-1) x alpha alone cannot give).
+    Point-to-point sends use ``p2p_efficiency`` / ``p2p_latency_s`` when set: a
+    send/recv uses the link's copy engines, not the collective kernels.
+    """
 
     efficiency: float
     latency_s: float
+    base_latency_s: float = 0.0
+    p2p_efficiency: float | None = None
+    p2p_latency_s: float | None = None
+
+    def p2p_terms(self) -> tuple[float, float]:
+        """(latency seconds, efficiency) of a point-to-point transfer on this link class."""
+        eff = self.efficiency if self.p2p_efficiency is None else self.p2p_efficiency
+        lat = self.latency_s if self.p2p_latency_s is None else self.p2p_latency_s
+        return lat, eff
+
+    def to_dict(self) -> dict[str, float]:
+        out = {"efficiency": self.efficiency, "latency_us": _us(self.latency_s)}
+        if self.base_latency_s:
+            out["base_latency_us"] = _us(self.base_latency_s)
+        if self.p2p_efficiency is not None:
+            out["p2p_efficiency"] = self.p2p_efficiency
+        if self.p2p_latency_s is not None:
+            out["p2p_latency_us"] = _us(self.p2p_latency_s)
+        return out
+
+
+def _us(seconds: float) -> float:
+    """Seconds as microseconds, rounded so that a value read from YAML in us writes back the same."""
+    return float(f"{seconds * 1e6:.12g}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +90,9 @@ class Profile:
     ``compute`` and ``memory`` map an op kind to its curve, with a ``default``
     entry for kinds not listed. ``ranges`` records, per quantity, the span of the
     calibration data (e.g. ``flops_per_device: [min, max]``) so the cost model
-    can say when a prediction extrapolates.
+    can say when a prediction extrapolates. ``kernel_overhead_s`` is the fixed time
+    of a kernel of a kind not in ``kernel_overheads``. ``roofline_exponent`` k joins
+    compute time c and memory time m as ``(c^k + m^k)^(1/k)`` (None: ``max(c, m)``).
     """
 
     name: str
@@ -62,6 +103,13 @@ class Profile:
     links: dict[str, LinkCalibration]
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     holdout_error: dict[str, Any] = field(default_factory=dict)
+    kernel_overheads: dict[str, float] = field(default_factory=dict)
+    roofline_exponent: float | None = None
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def overhead(self, kind: str) -> float:
+        """Fixed seconds of one kernel of ``kind`` (launch, prologue, tail)."""
+        return self.kernel_overheads.get(kind, self.kernel_overhead_s)
 
     def compute_eff(self, kind: str) -> Efficiency:
         return self.compute.get(kind, self.compute["default"])
@@ -73,16 +121,26 @@ class Profile:
         return self.links.get(link_class, self.links["default"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The YAML mapping :meth:`from_dict` reads back into an equal profile."""
+        default_us = _us(self.kernel_overhead_s)
+        overhead: float | dict[str, float] = default_us
+        if self.kernel_overheads:
+            overhead = {"default": default_us, **{k: _us(v) for k, v in self.kernel_overheads.items()}}
+        out: dict[str, Any] = {
             "name": self.name,
             "source": self.source,
             "compute_efficiency": {k: v.to_dict() for k, v in self.compute.items()},
             "memory_efficiency": {k: v.to_dict() for k, v in self.memory.items()},
-            "kernel_overhead_us": self.kernel_overhead_s * 1e6,
-            "links": {k: {"efficiency": v.efficiency, "latency_us": v.latency_s * 1e6} for k, v in self.links.items()},
-            "ranges": {k: list(v) for k, v in self.ranges.items()},
-            "holdout_error": self.holdout_error,
+            "kernel_overhead_us": overhead,
         }
+        if self.roofline_exponent is not None:
+            out["roofline_exponent"] = self.roofline_exponent
+        out["links"] = {k: v.to_dict() for k, v in self.links.items()}
+        out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
+        out["holdout_error"] = self.holdout_error
+        if self.fit:
+            out["fit"] = self.fit
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Profile:
@@ -110,25 +168,52 @@ class Profile:
             eff = lc.number("efficiency", positive=True)
             if eff > 1.0:
                 raise lc.error("efficiency", f"must be <= 1, got {eff}")
-            links[cls_name] = LinkCalibration(eff, lc.number("latency_us", minimum=0.0) * 1e-6)
+            p2p_eff = lc.number("p2p_efficiency", None, positive=True) if lc.has("p2p_efficiency") else None
+            if p2p_eff is not None and p2p_eff > 1.0:
+                raise lc.error("p2p_efficiency", f"must be <= 1, got {p2p_eff}")
+            p2p_lat = lc.number("p2p_latency_us", minimum=0.0) * 1e-6 if lc.has("p2p_latency_us") else None
+            links[cls_name] = LinkCalibration(
+                eff,
+                lc.number("latency_us", minimum=0.0) * 1e-6,
+                base_latency_s=lc.number("base_latency_us", 0.0, minimum=0.0) * 1e-6,
+                p2p_efficiency=p2p_eff,
+                p2p_latency_s=p2p_lat,
+            )
             lc.finish()
             lr.seen.add(cls_name)
         if "default" not in links:
             raise lr.error("default", "is missing: links need a 'default' entry")
         ranges = {k: (float(v[0]), float(v[1])) for k, v in (r.raw("ranges", {}) or {}).items()}
+        default_overhead, overheads = _overheads(r)
+        exponent = r.number("roofline_exponent", None, minimum=1.0) if r.has("roofline_exponent") else None
         prof = cls(
             name=r.text("name"),
             source=r.text("source"),
             compute=curves["compute_efficiency"],
             memory=curves["memory_efficiency"],
-            kernel_overhead_s=r.number("kernel_overhead_us", minimum=0.0) * 1e-6,
+            kernel_overhead_s=default_overhead,
             links=links,
             ranges=ranges,
             holdout_error=r.raw("holdout_error", {}) or {},
+            kernel_overheads=overheads,
+            roofline_exponent=exponent,
+            fit=r.raw("fit", {}) or {},  # free-form record of how the profile was fitted
         )
-        r.raw("fit", None)  # free-form record of how the profile was fitted
         r.finish()
         return prof
+
+
+def _overheads(r: FieldReader) -> tuple[float, dict[str, float]]:
+    """``kernel_overhead_us``: one number for every kind, or a mapping per kind with a ``default``."""
+    if not isinstance(r.data.get("kernel_overhead_us"), dict):
+        return r.number("kernel_overhead_us", minimum=0.0) * 1e-6, {}
+    o = r.child("kernel_overhead_us")
+    per_kind = {}
+    for kind in list(o.data):
+        per_kind[kind] = o.number(kind, minimum=0.0) * 1e-6
+    if "default" not in per_kind:
+        raise o.error("default", "is missing: a per-kind kernel overhead needs a 'default'")
+    return per_kind.pop("default"), per_kind
 
 
 def profiles_dir() -> Path:

@@ -69,10 +69,11 @@ from ._metrics import Metrics
 from ._plan import Plan
 from ._platform import GIB, Platform
 from ._profile import in_range
-from ._simbuild import build_input
+from ._simbuild import Built, build_input
 from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
 from ._simmemory import TensorSizes, activation_peaks
 from ._simtrace import critical_breakdown, timeline_events
+from ._trust import annotate
 
 #: Profile range keys checked for extrapolation (as the analytic evaluator does).
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
@@ -189,6 +190,11 @@ class Simulator:
             hit = self._kernels[key] = (times, np.add.reduceat(times, self.offsets).tolist())
         return hit
 
+    def kernel_errors(self, tp: int, scale: float) -> list[float]:
+        """Per task: kernel seconds weighted by the held-out error of each op's kind (see :mod:`._trust`)."""
+        times = self.kernels(tp, scale)[0]
+        return np.add.reduceat(times * self.pricer.error_weights(self.table), self.offsets).tolist()
+
     def allreduces(self, tp: int, scale: float, link: tuple[float, float]) -> tuple[np.ndarray, list[float]]:
         """TP all-reduce seconds after every op, and their sums per task, on a group with ``link`` terms."""
         key = (tp, scale, *link)
@@ -209,9 +215,7 @@ class Simulator:
             prof, table = self.platform.profile, self.table
             counts = np.zeros(len(table))
             if any(k in prof.ranges for k in RANGE_KEYS):
-                split = table.split(tp)
-                flops = np.where(table.causal, 0.5, 1.0) * table.flops * scale / split
-                nbytes = (table.weight_bytes + (table.bytes - table.weight_bytes) * scale) / split
+                flops, nbytes = table.per_device(tp, scale)
                 for quantity, values in zip(RANGE_KEYS, (flops, nbytes), strict=True):
                     for k in np.flatnonzero(self._work_ops & (values > 0)):
                         counts[k] += not in_range(prof, quantity, values[k : k + 1])
@@ -290,6 +294,20 @@ class Simulator:
             out.append(need)
         return out
 
+    def _annotate(self, metrics: Metrics, plan: Plan, stage_of: list[int], built: Built, scale: float) -> None:
+        """Calibrated-or-not and the expected error, from the same sums as the analytic evaluator."""
+        if self.pricer.errors is None:
+            return
+        errs = [self.kernel_errors(st.tp, scale) for st in plan.stages]
+        kern = error = comm = 0.0
+        for i, s in enumerate(stage_of):
+            if not self.once[i]:
+                kern += built.per_stage[s][1][i]
+                error += errs[s][i]
+                comm += built.per_stage[s][3][i]
+        comm += sum(built.inp.x_dur)
+        annotate(metrics, self.pricer.errors, self.platform, plan, error, kern, comm)
+
     def _run(self, plan: Plan, keep: bool) -> SimulationResult:
         meta, m, r = self.graph.meta, plan.micro_batches, plan.replicas
         scale = 1.0 / (r * m)
@@ -358,5 +376,6 @@ class Simulator:
             breakdown={"compute_s": compute, "communication_s": comm, "idle_s": idle},
             stage_times_s=stage_times, devices_used=plan.num_devices, warnings=warnings,
         )  # fmt: skip
+        self._annotate(metrics, plan, stage_of, built, scale)
         events = timeline_events(self, plan, inp, out, built.per_stage, built.links, TimelineEvent) if keep else []
         return SimulationResult(metrics, events, curves, static, acts)

@@ -212,6 +212,8 @@ class ScaledTables:
     bwd_l: list[float]
     #: Prefix count of ops whose per-device work lies outside the profile's calibrated ranges.
     outside_l: list[float]
+    #: Prefix sums of kernel seconds x held-out error of their kind (forward + backward).
+    error_l: list[float]
 
     @classmethod
     def build(cls, idx: UnitIndex, pricer: KernelPricer, tp: int, scale: float) -> ScaledTables:
@@ -222,15 +224,16 @@ class ScaledTables:
         outside = np.zeros(n)
         prof = pricer.platform.profile
         if any(k in prof.ranges for k in RANGE_KEYS):
-            split = table.split(tp)
-            flops = np.where(table.causal, 0.5, 1.0) * table.flops * scale / split
-            nbytes = (table.weight_bytes + (table.bytes - table.weight_bytes) * scale) / split
+            flops, nbytes = table.per_device(tp, scale)
             work = idx.fwd | idx.bwd
             for key, values in zip(RANGE_KEYS, (flops, nbytes), strict=True):
                 for i in np.flatnonzero(work & (values > 0)):
                     if not in_range(prof, key, values[i : i + 1]):
                         outside[unit[i]] += 1
-        return cls(fwd, bwd, fwd.tolist(), bwd.tolist(), _prefix(outside).tolist())
+        weighted = times * pricer.error_weights(table)
+        work = idx.fwd | idx.bwd
+        error = _prefix(np.bincount(unit[work], weights=weighted[work], minlength=n))
+        return cls(fwd, bwd, fwd.tolist(), bwd.tolist(), _prefix(outside).tolist(), error.tolist())
 
 
 def contiguous_links(platform: Platform, candidates: list[int]) -> dict[str, np.ndarray]:

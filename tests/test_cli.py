@@ -28,7 +28,7 @@ def test_models_and_platforms_json() -> None:
     assert show["params"] > show["active_params"] > 0  # type: ignore[index]
     assert show["layers"] == 32  # type: ignore[index]
     plat = run_json("platforms", "show", "dgx-h100x2")
-    assert plat["devices"] == 16 and plat["profile"]["name"] == "h100-default"  # type: ignore[index]
+    assert plat["devices"] == 16 and plat["profile"]["name"] == "h100-vidur"  # type: ignore[index]
 
 
 def test_graph_build_json_and_file(tmp_path: Path) -> None:
@@ -118,3 +118,13 @@ def test_user_mistakes_exit_2_with_one_line(args: list[str], message: str) -> No
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_says_how_far_to_trust_the_prediction() -> None:
+    args = ["evaluate", "--model", "llama2-70b", "--phase", "decode", "--batch", "16", "--context", "2048"]
+    inside = run_json(*args, "--platform", "dgx-h100", "--tp", "8")
+    assert inside["calibrated"] is True and 0 < inside["expected_error_pct"] < 30  # type: ignore[index]
+    beyond = run_json(*args, "--platform", "dgx-h100x2", "--tp", "16")  # TP 16 was never measured
+    assert beyond["calibrated"] is False and beyond["expected_error_pct"] is not None  # type: ignore[index]
+    hand_set = run_json(*args, "--platform", "dgx-h100:profile=h100-default", "--tp", "8")
+    assert hand_set["calibrated"] is False and hand_set["expected_error_pct"] is None  # type: ignore[index]

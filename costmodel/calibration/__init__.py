@@ -7,5 +7,38 @@ Public API (used by ``paratune calibrate``):
 * ``check_profile(profiles_dir, device, profile) -> CheckReport`` (``.to_dict()``: ``mape``,
   ``max_abs_pct_error``, ``rows``, ``per_op``);
 * ``default_profile_for(device) -> Profile`` (the profile shipped for a device folder name);
-* ``measure(device, out_dir, *, quick=False) -> Path`` (microbenchmarks with torch, imported lazily).
+* ``measure(device, out_dir, *, quick=False) -> Path`` (microbenchmarks with torch, imported lazily);
+* ``fit_with_attention(profiles_dir, device, ...) -> FitResult``: ``fit_profile`` plus the attention
+  curves of a measured ``attention.csv`` (``fit_attention``);
+* ``validate_cpu(...) -> dict``: a real model run on this CPU (1 process, TP2, PP2) against the cost model.
 """
+
+from ._attention import fit_attention, fit_with_attention
+from ._check import CheckReport, check_profile
+from ._devices import default_profile_for, platform_for
+from ._e2e import validate_cpu
+from ._fit import FitResult, fit_profile
+from ._measure import measure
+from ._published import MEGATRON_TABLE1, PublishedComparison, compare_llmcompass, compare_megatron, compare_published
+from ._read import read_measurements
+from ._write import write_profile
+
+__all__ = [
+    "MEGATRON_TABLE1",
+    "CheckReport",
+    "FitResult",
+    "PublishedComparison",
+    "check_profile",
+    "compare_llmcompass",
+    "compare_megatron",
+    "compare_published",
+    "default_profile_for",
+    "fit_attention",
+    "fit_profile",
+    "fit_with_attention",
+    "measure",
+    "platform_for",
+    "read_measurements",
+    "validate_cpu",
+    "write_profile",
+]

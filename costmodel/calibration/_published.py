@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...graphs import ModelSpec, build_spec_graph, coarsen
+from ...graphs import ModelSpec, build_graph, build_spec_graph, coarsen
 from .._analytic import AnalyticEvaluator
 from .._plan import Plan
 from .._platform import get_platform
@@ -40,8 +40,8 @@ class MegatronRun:
 
     def model_flops(self) -> float:
         """The paper's FLOPs per iteration (forward, backward and recomputation)."""
-        b, s, l, h = self.batch, SEQ, self.layers, self.hidden
-        return 96.0 * b * s * l * h * h * (1 + s / (6 * h) + VOCAB / (16 * l * h))
+        b, s, n, h = self.batch, SEQ, self.layers, self.hidden
+        return 96.0 * b * s * n * h * h * (1 + s / (6 * h) + VOCAB / (16 * n * h))
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
@@ -126,3 +126,35 @@ def compare_megatron(preset: str = "dgx-a100") -> list[PublishedComparison]:
             )
         )
     return out
+
+
+#: LLMCompass (Zhang et al., ISCA'24; PrincetonUniversity/LLMCompass ae/figure5, BSD-3-Clause): one GPT-3
+#: 175B layer, TP 4 on 4 x A100 80GB, fp16, sum of the measured ops (tests/data/llmcompass has the rows).
+LLMCOMPASS_LAYER = (
+    ("prefill", {"batch": 8, "seq": 2048}, 66.747e-3),
+    ("decode", {"batch": 8, "seq": 1, "context": 3071}, 1.111e-3),  # KV length 3072
+)
+
+
+def compare_llmcompass(preset: str = "dgx-a100") -> list[PublishedComparison]:
+    """One GPT-3 layer's forward time (kernels and TP all-reduces, no embedding or head) against LLMCompass."""
+    out = []
+    for phase, shape, measured in LLMCOMPASS_LAYER:
+        graph = build_graph("gpt3-175b:layers=1,dtype=fp16", phase=phase, **shape)
+        predicted = AnalyticEvaluator(graph, get_platform(preset)).unit_forward_times(4, (0, 1, 2, 3))[1]
+        out.append(
+            PublishedComparison(
+                name=f"LLMCompass GPT-3 layer {phase} (TP4, 4 x A100)",
+                measured=measured * 1e3,
+                predicted=predicted * 1e3,
+                unit="ms",
+                feasible=True,
+                note="",
+            )
+        )
+    return out
+
+
+def compare_published(preset: str = "dgx-a100") -> list[PublishedComparison]:
+    """Every published comparison: Megatron-LM Table 1 and the LLMCompass GPT-3 layer."""
+    return compare_megatron(preset) + compare_llmcompass(preset)
