@@ -127,6 +127,7 @@ def _finish(
     b = taus.index(top)
     phase = ev.phase
     ttft = tbt = step = mfu = None
+    pipelined = 0.0
     if phase == "train":
         backs = [t[0] for t in tails]
         fwds = [tau - b_ for tau, b_ in zip(taus, backs, strict=True)]
@@ -150,6 +151,7 @@ def _finish(
             else:
                 comm += (m - 1) * top_hop
             tokens = ev.tokens / latency
+            pipelined = ev.tokens / (m * bottleneck)
         else:
             latency = tbt = path if path >= m * bottleneck else m * bottleneck
             tokens = ev.batch / latency
@@ -176,6 +178,7 @@ def _finish(
         tbt_s=tbt,
         step_s=step,
         tokens_per_s=tokens,
+        pipelined_tokens_per_s=pipelined or tokens,
         mfu=mfu,
         peak_memory_bytes=memory,
         memory_capacity_bytes=ev.usable,

@@ -13,6 +13,10 @@ class Metrics:
     Inference fills ``ttft_s`` (prefill) or ``tbt_s`` (decode) and ``tokens_per_s``;
     training fills ``step_s``, ``tokens_per_s`` and ``mfu``. ``peak_memory_bytes``
     has one entry per device of the platform (0 for unused devices).
+    ``pipelined_tokens_per_s`` is the steady state of a stream of such batches with
+    the pipeline kept full (prefill: tokens / (micro-batches x the bottleneck stage
+    or link); decode and train: equal to ``tokens_per_s``, since a decode step needs
+    the previous one and a training step ends with its flush).
     ``breakdown`` splits the critical path into ``compute_s``, ``communication_s``
     and ``idle_s`` (pipeline bubbles and waits). ``lower_bound_s`` is the physical
     bound of the same work on all devices of the platform (peak FLOP/s and
@@ -31,6 +35,7 @@ class Metrics:
     tbt_s: float | None = None
     step_s: float | None = None
     tokens_per_s: float = 0.0
+    pipelined_tokens_per_s: float = 0.0
     mfu: float | None = None
     peak_memory_bytes: list[float] = field(default_factory=list)
     memory_capacity_bytes: float = 0.0

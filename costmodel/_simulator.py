@@ -294,6 +294,16 @@ class Simulator:
             out.append(need)
         return out
 
+    def _pipelined(self, tokens: float, latency: float, plan: Plan, stage_times: list[float], built: Built) -> float:
+        """Steady-state tokens/s of a stream of batches (prefill: the bottleneck stage or link sets the pace)."""
+        if self.phase != "prefill" or latency <= 0:
+            return tokens / latency if latency > 0 else math.inf
+        per_link = [0.0] * built.inp.n_links  # a link carries its transfers one at a time
+        for link, duration in zip(built.inp.x_link, built.inp.x_dur, strict=True):
+            per_link[link] += duration
+        bottleneck = max([*stage_times, *per_link])
+        return tokens / (plan.micro_batches * bottleneck) if bottleneck > 0 else math.inf
+
     def _annotate(self, metrics: Metrics, plan: Plan, stage_of: list[int], built: Built, scale: float) -> None:
         """Calibrated-or-not and the expected error, from the same sums as the analytic evaluator."""
         if self.pricer.errors is None:
@@ -372,6 +382,7 @@ class Simulator:
             ttft_s=latency if self.phase == "prefill" else None, tbt_s=latency if self.phase == "decode" else None,
             step_s=latency if self.phase == "train" else None,
             tokens_per_s=tokens / latency if latency > 0 else math.inf, mfu=mfu, peak_memory_bytes=memory,
+            pipelined_tokens_per_s=self._pipelined(tokens, latency, plan, stage_times, built),
             memory_capacity_bytes=usable, lower_bound_s=self.lower_bound,
             breakdown={"compute_s": compute, "communication_s": comm, "idle_s": idle},
             stage_times_s=stage_times, devices_used=plan.num_devices, warnings=warnings,
