@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ._cli_calibrate import calibrate_app
 from ._cli_common import JsonOpt, console, print_json, user_errors
+from ._cli_tune import tune, tuners_app
 
 app = typer.Typer(
     help="paratune: find how to run a large neural network on several accelerators.",
@@ -30,6 +31,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(platforms_app, name="platforms")
 app.add_typer(graph_app, name="graph")
 app.add_typer(calibrate_app, name="calibrate")
+app.add_typer(tuners_app, name="tuners")
+app.command("tune")(user_errors(tune))
 
 
 # -- models -----------------------------------------------------------------

@@ -271,4 +271,6 @@ def _over(value: float | None, bound_ms: float | None) -> float:
 
 
 def _opt(r: FieldReader, name: str, read: Any) -> Any:
-    return read(name, minimum=0) if r.has(name) else None
+    if r.raw(name, None) is None:  # marks the field as known, so typos list it among the allowed
+        return None
+    return read(name, minimum=0)

@@ -1,0 +1,224 @@
+"""``paratune tune`` and ``paratune tuners list``: run one tuner on one problem, list the tuners.
+
+The work is done in :mod:`paratune.search`; this module parses arguments, shows
+progress and prints the result (``--json`` is a contract: keys are only added).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._cli_common import JsonOpt, console, print_json, user_errors
+
+tuners_app = typer.Typer(
+    help="The tuners: heuristics, exact solvers, Optuna searches, RL policies.", no_args_is_help=True
+)
+
+
+@tuners_app.command("list")
+@user_errors
+def tuners_list(as_json: JsonOpt = False) -> None:
+    """List every tuner by name with its family and what it does."""
+    from .search import tuner_entries
+
+    rows = [{"name": e.name, "family": e.family, "description": e.description} for e in tuner_entries()]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="tuners (paratune tune --tuner NAME)")
+    for col in ("name", "family", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["family"], r["description"])
+    console.print(table)
+
+
+def _problem(
+    scenario: Path | None, model: str | None, platform: str | None, fields: dict[str, Any], limits: dict[str, Any]
+) -> Any:
+    from .search import Limits, Problem
+
+    if scenario is not None:
+        if model or platform:
+            raise ValueError("give either --scenario or --model/--platform, not both")
+        return Problem.load(scenario)
+    if not model or not platform:
+        raise ValueError("--model and --platform are required (or --scenario FILE)")
+    return Problem(model=model, platform=platform, limits=Limits(**limits), **fields)
+
+
+def tune(
+    tuner: Annotated[str, typer.Option("--tuner", "-t", help="Tuner name (paratune tuners list).")] = "dp",
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")
+    ] = None,
+    platform: Annotated[str | None, typer.Option("--platform", "-p", help="Platform preset, NAMExN or YAML.")] = None,
+    phase: Annotated[str, typer.Option("--phase", help="prefill | decode | train.")] = "decode",
+    objective: Annotated[
+        str,
+        typer.Option("--objective", "-O", help="ttft | tbt | step | throughput | tbt+memory | ... (default: by phase)"),
+    ] = "",
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")] = 1,
+    seq: Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")] = 2048,
+    context: Annotated[
+        int, typer.Option("--context", "-c", min=0, help="KV length of a decode step (default: seq).")
+    ] = 0,
+    granularity: Annotated[
+        str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")
+    ] = "layer",
+    memory_gib: Annotated[float | None, typer.Option("--memory-gib", min=0, help="Memory cap per device, GiB.")] = None,
+    tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", min=0, help="TBT SLO, ms.")] = None,
+    ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", min=0, help="TTFT SLO, ms.")] = None,
+    max_devices: Annotated[
+        int | None, typer.Option("--max-devices", min=1, help="Use at most this many devices.")
+    ] = None,
+    calibrated_only: Annotated[
+        bool, typer.Option("--calibrated-only", help="Only plans inside the calibration profile's fitted range.")
+    ] = False,
+    scenario: Annotated[
+        Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags above.")
+    ] = None,
+    budget: Annotated[
+        int | None, typer.Option("--budget", "-n", min=1, help="Evaluations (default: the tuner's).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna storage URL (optuna-* tuners), e.g. sqlite:///study.db.")
+    ] = None,
+    optimum: Annotated[
+        bool, typer.Option("--optimum/--no-optimum", help="Also run dp for the gap to the optimum.")
+    ] = True,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the best plan (JSON, for evaluate --plan).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tune a model's mapping on a platform with one tuner; print the plan, its metrics and the gap to the optimum."""
+    from .search import make_tuner
+
+    limits = dict(
+        memory_gib=memory_gib, tbt_ms=tbt_ms, ttft_ms=ttft_ms, max_devices=max_devices, calibrated_only=calibrated_only
+    )
+    fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context, granularity=granularity)
+    problem = _problem(scenario, model, platform, fields, limits)
+    options: dict[str, Any] = {"storage": storage} if storage else {}
+    if storage and not tuner.startswith("optuna-"):
+        raise ValueError(f"--storage applies to the optuna-* tuners, not {tuner!r}")
+    runner = make_tuner(tuner, **options)
+    result = _run_with_progress(runner, problem, budget, seed, quiet=as_json)
+    optimum_value, optimal_note = _optimum(problem, result, enabled=optimum)
+    if output is not None and result.best_plan is not None:
+        result.best_plan.save(output)
+    data = _result_data(problem, result, optimum_value, optimal_note, output)
+    if as_json:
+        print_json(data)
+    else:
+        _print_result(data)
+    if result.best_plan is None:
+        raise typer.Exit(1)
+
+
+def _run_with_progress(runner: Any, problem: Any, budget: int | None, seed: int, *, quiet: bool) -> Any:
+    if quiet:
+        return runner.tune(problem, budget=budget, seed=seed)
+    total = budget if budget is not None else runner.default_budget
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("best {task.fields[best]}")]  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"{runner.name} on {problem.name}", total=total, best="-")
+
+        def show(p: Any) -> None:
+            best = "-" if p.best is None else f"{p.best:.6g}"
+            bar.update(task, completed=p.evaluations, best=best)
+
+        return runner.tune(problem, budget=budget, seed=seed, callback=show)
+
+
+def _optimum(problem: Any, result: Any, *, enabled: bool) -> tuple[float | None, str]:
+    """The dp optimum when it applies (layered graph, single objective); else None and why."""
+    if result.optimal:
+        return result.objective_value, "this tuner certifies the optimum"
+    if not enabled:
+        return None, "not computed (--no-optimum)"
+    if problem.obj.multi:
+        return None, "multi-objective: see the Pareto front"
+    if not problem.graph().is_layered:
+        return None, "dp needs a layered graph (try tuner dag-exact on small DAGs)"
+    from .search import make_tuner
+
+    best = make_tuner("dp").tune(problem)
+    if not best.optimal:
+        return None, "dp could not certify the optimum: " + "; ".join(best.notes)
+    return best.objective_value, "dp"
+
+
+def _result_data(
+    problem: Any, result: Any, optimum_value: float | None, note: str, output: Path | None
+) -> dict[str, Any]:
+    from . import __version__
+    from .search._launch import launch_lines
+
+    gap = None
+    if optimum_value is not None and result.objective_value is not None:
+        gap = problem.obj.gap(result.objective_value, optimum_value)
+    data = result.to_dict()
+    data.update(
+        problem=problem.to_dict(),
+        objective_value=result.objective_value,
+        optimum_value=optimum_value,
+        optimum_source=note,
+        gap=gap,
+        paratune_version=__version__,
+        platform=problem.plat.name,
+        profile=problem.plat.profile.name,
+        launch={}
+        if result.best_plan is None
+        else {x.engine: {"command": x.command, "reason": x.reason} for x in launch_lines(result.best_plan, problem)},
+        plan_file=str(output) if output is not None and result.best_plan is not None else None,
+    )
+    return data
+
+
+def _print_result(d: dict[str, Any]) -> None:
+    title = f"{d['tuner']} on {d['problem']['name']} ({d['platform']}, profile {d['profile']})"
+    table = Table(title=title, show_header=False)
+    if d["best_plan"] is None:
+        table.add_row("[red]result[/red]", "no feasible plan found")
+        for n in d["notes"]:
+            table.add_row("note", n)
+        console.print(table)
+        return
+    plan, m = d["best_plan"], d["best_metrics"]
+    unit = "tokens/s" if d["direction"] == "maximize" else "s"
+    table.add_row(d["objective"], f"{d['objective_value']:.6g} {unit}")
+    if d["optimum_value"] is not None:
+        table.add_row("optimum", f"{d['optimum_value']:.6g} {unit} ({d['optimum_source']}); gap {100 * d['gap']:.2f}%")
+    else:
+        table.add_row("optimum", f"unknown: {d['optimum_source']}")
+    stages = ", ".join(
+        f"TP{s['tp']} layers {s['layers'][0]}-{s['layers'][1]}"
+        if "layers" in s
+        else f"TP{s['tp']} {len(s['tasks'])} tasks"
+        for s in plan["stages"]
+    )
+    table.add_row("plan", f"{len(plan['stages'])} stage(s): {stages}")
+    table.add_row(
+        "", f"micro-batches {plan['micro_batches']}, replicas {plan['replicas']}, {m['devices_used']} devices"
+    )
+    table.add_row("peak memory", f"{max(m['peak_memory_bytes'], default=0) / 2**30:.1f} GiB per device")
+    table.add_row("evaluations", f"{d['evaluations']} in {d['wall_s']:.2f} s")
+    if d["pareto"] and len(d["pareto"]) > 1:
+        front = "; ".join(f"{v[0]:.4g} s / {v[1] / 2**30:.1f} GiB" for v in (p["values"] for p in d["pareto"]))
+        table.add_row("Pareto front", front)
+    for engine, line in d["launch"].items():
+        table.add_row(engine, line["command"] or f"[yellow]not expressible[/yellow]: {line['reason']}")
+    for n in d["notes"]:
+        table.add_row("note", n)
+    if d["plan_file"]:
+        table.add_row("plan file", f"{d['plan_file']} (paratune evaluate --plan {d['plan_file']} ...)")
+    console.print(table)
