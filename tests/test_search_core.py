@@ -125,10 +125,10 @@ def test_launch_lines_say_what_engines_can_run() -> None:
 
 def test_calibrated_only_rejects_extrapolated_plans() -> None:
     """Issue 3's 'tuners can be asked to prefer plans inside the calibrated range'."""
-    kwargs = dict(phase="prefill", batch=64, seq=2048)
+    kwargs = dict(phase="prefill", batch=32, seq=2048)
     strict = Problem("llama2-7b", "dgx-a100", limits=Limits(calibrated_only=True), **kwargs)  # type: ignore[arg-type]
     loose = Problem("llama2-7b", "dgx-a100", **kwargs)  # type: ignore[arg-type]
-    outside = Plan.uniform(32, tp=1)  # 64 x 2048 tokens on one GPU: GEMMs larger than any fitted row
+    outside = Plan.uniform(32, tp=1)  # 32 x 2048 tokens on one GPU: GEMMs larger than any fitted row
     inside = Plan.uniform(32, tp=8)
     assert loose.score(outside).feasible and not strict.score(outside).feasible
     assert "outside the calibrated range" in strict.score(outside).violations
