@@ -24,7 +24,7 @@ setup() {
         if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
             "$VENV/bin/python" -m pip install -q "torch==2.13.0"
         fi
-        "$VENV/bin/python" -m pip install -q -e ".[import,dev]"
+        "$VENV/bin/python" -m pip install -q -e ".[import,rl,dev]"
         echo "$want" > "$stamp"
     fi
 }
