@@ -33,13 +33,20 @@ def fit(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the fitted profile (YAML).")],
     holdout: Annotated[str, typer.Option("--holdout", help="Models kept out of the fit, comma separated.")] = "",
     name: Annotated[str, typer.Option("--name", help="Profile name (default: DEVICE-fit).")] = "",
+    host_overhead_us: Annotated[
+        float,
+        typer.Option(
+            "--host-overhead-us",
+            help="Host time per op the timings include (ops timed one by one with a sync; 0: kernel timings).",
+        ),
+    ] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit efficiency curves, kernel overheads and link terms; report the error on held-out rows."""
     from .costmodel.calibration import fit_profile, write_profile
 
     held = [h.strip() for h in holdout.split(",") if h.strip()]
-    result = fit_profile(profiles, device, holdout=held, name=name or None)
+    result = fit_profile(profiles, device, holdout=held, name=name or None, host_overhead_us=host_overhead_us)
     write_profile(result.profile, output)
     report = {**result.report, "output": str(output)}
     if as_json:

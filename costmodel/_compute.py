@@ -7,14 +7,16 @@ computes a time itself: they call :func:`op_times` for kernels and
 Kernel time on one device of a TP group (roofline with efficiency):
 
     c = F / (peak * eff_c(F)),  m = B / (bw * eff_m(B))
-    t = (c^k + m^k)^(1/k) + overhead(kind)        (k = profile.roofline_exponent)
-    t = max(c, m) + overhead(kind)                (no exponent: the hand-set profiles)
+    t = (c^k + m^k)^(1/k) + overhead(kind) + host     (k = profile.roofline_exponent)
+    t = max(c, m) + overhead(kind) + host             (no exponent: the hand-set profiles)
 
 with F and B the FLOPs and bytes of the op on that device (:meth:`OpTable.per_device`:
 divided by the op's split under TP, scaled by the micro-batch share of the
 batch-dependent part; weights are read whole by every micro-batch; a memory-bound
 output that is all-reduced is written whole by every rank), eff_c and eff_m the profile's
-saturating curves of the op's kind. Causal attention kernels run half of the
+saturating curves of the op's kind, ``host`` the profile's exposed host time per
+kernel (``Profile.host_overhead_s``: 0 for kernel timings and CUDA graphs, tens of us
+for synchronously timed eager ops). Causal attention kernels run half of the
 counted score FLOPs. Why a smooth maximum: a GEMM near the ridge point neither
 streams its operands nor computes at full rate, both pipelines stall each other;
 measured A100/H100 GEMMs are up to 30% slower there than ``max(c, m)``, and a
@@ -120,7 +122,8 @@ class KernelPricer:
         dev, prof = platform.device, platform.profile
         self.peak = dev.peak(dtype)
         self.bw = dev.memory_bw
-        self.overhead = prof.kernel_overhead_s
+        self.host = prof.host_overhead_s
+        self.overhead = prof.kernel_overhead_s + self.host
         self.exponent = prof.roofline_exponent
         self._prof = prof
         self.errors = ErrorModel.from_profile(prof)
@@ -144,7 +147,7 @@ class KernelPricer:
             with np.errstate(divide="ignore", invalid="ignore"):
                 comp[idx] = np.where(f > 0, f / (self.peak * ce(f)), 0.0)
                 mem[idx] = np.where(b > 0, b / (self.bw * me(b)), 0.0)
-            fixed[idx] = self._prof.overhead(kind)
+            fixed[idx] = self._prof.overhead(kind) + self.host
         return roofline(comp, mem, self.exponent) + fixed
 
     def op_time(self, op: Op, tp: int, scale: float = 1.0) -> float:

@@ -12,8 +12,9 @@ of the hand-set profiles written before it: ``roofline_exponent`` (absent: the
 hard ``max`` of compute and memory time), ``kernel_overhead_us`` as a mapping per
 op kind (a plain number: one overhead for every kind), and per link class
 ``base_latency_us`` (a fixed cost per collective, 0) and ``p2p_efficiency`` /
-``p2p_latency_us`` (point-to-point terms; absent: the collective ones). ``fit``
-keeps the free-form record of how a profile was fitted.
+``p2p_latency_us`` (point-to-point terms; absent: the collective ones), and
+``host_overhead_us`` (0: see :attr:`Profile.host_overhead_s`). ``fit`` keeps the
+free-form record of how a profile was fitted.
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ class Profile:
     can say when a prediction extrapolates. ``kernel_overhead_s`` is the fixed time
     of a kernel of a kind not in ``kernel_overheads``. ``roofline_exponent`` k joins
     compute time c and memory time m as ``(c^k + m^k)^(1/k)`` (None: ``max(c, m)``).
+
+    ``host_overhead_s`` is host time per kernel that the GPU does not hide, added to
+    every kernel: 0 for kernel timings (CUDA events or CUPTI, as Vidur measures) and for
+    runs that replay CUDA graphs (vLLM, TensorRT-LLM); tens of microseconds for eager
+    PyTorch ops each timed with a synchronisation (``time.time(); op();
+    torch.cuda.synchronize()``, as LLMCompass and most microbenchmark harnesses time
+    them), where the framework's dispatch, the launch and the wake-up from the
+    synchronisation add to the kernel.
     """
 
     name: str
@@ -106,6 +115,7 @@ class Profile:
     kernel_overheads: dict[str, float] = field(default_factory=dict)
     roofline_exponent: float | None = None
     fit: dict[str, Any] = field(default_factory=dict)
+    host_overhead_s: float = 0.0
 
     def overhead(self, kind: str) -> float:
         """Fixed seconds of one kernel of ``kind`` (launch, prologue, tail)."""
@@ -135,6 +145,8 @@ class Profile:
         }
         if self.roofline_exponent is not None:
             out["roofline_exponent"] = self.roofline_exponent
+        if self.host_overhead_s:
+            out["host_overhead_us"] = _us(self.host_overhead_s)
         out["links"] = {k: v.to_dict() for k, v in self.links.items()}
         out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
         out["holdout_error"] = self.holdout_error
@@ -198,6 +210,7 @@ class Profile:
             kernel_overheads=overheads,
             roofline_exponent=exponent,
             fit=r.raw("fit", {}) or {},  # free-form record of how the profile was fitted
+            host_overhead_s=r.number("host_overhead_us", 0.0, minimum=0.0) * 1e-6,
         )
         r.finish()
         return prof

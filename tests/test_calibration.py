@@ -18,7 +18,16 @@ from typer.testing import CliRunner
 
 import paratune
 from paratune.cli import app
-from paratune.costmodel import OpTable, allreduce_time, get_platform, group_link, load_profile, p2p_time, pair_link
+from paratune.costmodel import (
+    KernelPricer,
+    OpTable,
+    allreduce_time,
+    get_platform,
+    group_link,
+    load_profile,
+    p2p_time,
+    pair_link,
+)
 from paratune.costmodel.calibration import check_profile, default_profile_for, fit_profile, write_profile
 from paratune.graphs import build_graph
 
@@ -184,3 +193,31 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, case: str, message: str
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     if case == "missing_column":
         assert "mlp.csv" in result.stderr  # names the file
+
+
+LLMCOMPASS = Path(__file__).parent / "data" / "llmcompass"
+
+
+def test_host_overhead_is_added_to_every_kernel_and_round_trips(tmp_path: Path) -> None:
+    """``host_overhead_us``: exposed host time per op (eager ops timed one by one); absent means 0."""
+    platform = get_platform("dgx-a100")
+    assert platform.profile.host_overhead_s == 0.0 and "host_overhead_us" not in platform.profile.to_dict()
+    eager = dataclasses.replace(platform.profile, host_overhead_s=22e-6)
+    path = write_profile(eager, tmp_path / "eager.yaml")
+    assert load_profile(str(path)) == eager
+    ops = [o for t in build_graph("gpt2:layers=1", phase="decode", batch=1, seq=64).tasks for o in t.ops]
+    table = OpTable.from_ops(ops)
+    kernel = KernelPricer(platform, "fp16").op_times(table, 2)
+    timed = KernelPricer(dataclasses.replace(platform, profile=eager), "fp16").op_times(table, 2)
+    assert timed - kernel == pytest.approx(np.full(len(ops), 22e-6), rel=1e-9)
+
+
+def test_a100_llmcompass_refits_from_llmcompass_gemms() -> None:
+    """LLMCompass's own GEMMs (the machine its GPT-3 layer ran on) give ``a100-llmcompass``, host time held fixed."""
+    committed = load_profile("a100-llmcompass")
+    assert committed.host_overhead_s == pytest.approx(22e-6) and "BSD 3-Clause" in committed.source
+    refit = fit_profile(LLMCOMPASS, "a100", name="a100-llmcompass", host_overhead_us=22.0)
+    assert refit.profile.to_dict() == committed.to_dict()
+    assert refit.report["mape"] <= 5.0  # on the 20 GEMMs fitted
+    # That machine sustains ~89% of the tensor peak on large GEMMs, Vidur's A100s ~74%: two machines, two profiles.
+    assert committed.compute_eff("matmul").peak > load_profile("a100-vidur").compute_eff("matmul").peak + 0.1

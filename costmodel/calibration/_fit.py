@@ -150,7 +150,12 @@ def _assemble(base: Profile, fitted: dict[str, dict[str, float]]) -> Profile:
 
 
 def fit_profile(
-    profiles_dir: Path | str, device: str, *, holdout: Sequence[str] = (), name: str | None = None
+    profiles_dir: Path | str,
+    device: str,
+    *,
+    holdout: Sequence[str] = (),
+    name: str | None = None,
+    host_overhead_us: float = 0.0,
 ) -> FitResult:
     """Fit a profile of ``device`` to the measurements under ``profiles_dir``, keeping ``holdout`` models out.
 
@@ -163,12 +168,21 @@ def fit_profile(
         holdout: model folder names left out of the fit; the report and the profile's
             ``holdout_error`` give the error on them.
         name: the profile's name (default ``<device>-fit``).
+        host_overhead_us: host time per kernel that the measurements include besides the
+            kernel (``Profile.host_overhead_s``): 0 for kernel timings (Vidur, CUDA events);
+            for ops timed one by one with a synchronisation, the harness's cost of an
+            empty op. It is held fixed, not fitted, and kept in the profile, so the fitted
+            overheads are the kernels' own.
 
     Raises:
         ValueError: unreadable or missing measurements, an unknown device or holdout model.
     """
     meas = read_measurements(profiles_dir, device)
     platform = platform_for(device, meas)
+    if host_overhead_us < 0:
+        raise ValueError(f"host_overhead_us must be >= 0, got {host_overhead_us}")
+    base = dataclasses.replace(platform.profile, host_overhead_s=host_overhead_us * 1e-6)
+    platform = dataclasses.replace(platform, profile=base)
     krows, crows = kernel_rows(meas), collective_rows(meas)
     models = sorted(set(krows.model.tolist()))
     unknown = sorted(set(holdout) - set(models))
@@ -237,10 +251,13 @@ def _finish(
         },
         "files": meas.sources(),
     }
+    if platform.profile.host_overhead_s:
+        record["host_overhead_us"] = sig(platform.profile.host_overhead_s * 1e6)
+        record["host_overhead_note"] = "held fixed: host time per op the timings include, besides the kernel"
     profile = dataclasses.replace(
         profile,
         name=name,
-        source=_source(meas, fitted_models, held_models, sorted(set(own.cluster.tolist()))),
+        source=_source(meas, fitted_models, held_models, sorted(set(own.cluster.tolist())), platform.profile.name),
         ranges=_ranges(train, own),
         holdout_error=holdout_error,
         fit=record,
@@ -308,7 +325,7 @@ def _licence(folder: Path) -> str:
     return "no LICENSE file"
 
 
-def _source(meas: Measurements, fitted: list[str], held: list[str], clusters: list[str]) -> str:
+def _source(meas: Measurements, fitted: list[str], held: list[str], clusters: list[str], base: str) -> str:
     """Which files (relative to the folder given), under which licence, fitted which models."""
 
     def rel(path: Path) -> str:
@@ -329,4 +346,5 @@ def _source(meas: Measurements, fitted: list[str], held: list[str], clusters: li
     for g in meas.gemms:
         parts.append(f"LLMCompass {rel(g.path)} ({_licence(g.path.parent)})")
     held_txt = f" Held out: {', '.join(held)}." if held else ""
-    return "Fitted by `paratune calibrate fit` to " + "; ".join(parts) + "." + held_txt
+    kept = "" if meas.compute else f" Kinds and links without rows here are kept from {base}."
+    return "Fitted by `paratune calibrate fit` to " + "; ".join(parts) + "." + held_txt + kept

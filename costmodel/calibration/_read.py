@@ -5,7 +5,10 @@ Layouts accepted for ``profiles_dir`` (so ``--profiles`` may point at any level)
 * a Vidur tree: ``compute/<device>/<org>/<model>/mlp.csv`` and
   ``network/<cluster>/{all_reduce,send_recv}.csv``;
 * a folder holding ``vidur/`` (such a tree) and optionally ``llmcompass/``
-  (``matmul_A100.csv``), like ``../shared/data/profiles``.
+  (``matmul_A100.csv``), like ``../shared/data/profiles``;
+* for ``a100``, a folder holding only LLMCompass's ``matmul_A100.csv`` (such as
+  ``../shared/data/profiles/llmcompass``): the GEMMs of LLMCompass's own A100, with
+  no Vidur rows (``configs/profiles/a100-llmcompass.yaml`` is fitted so).
 
 The network clusters of a device are ``network/<device>`` and ``network/<device>_*``
 (``a100_dgx``, ``cpu_local``); several are read and reported apart.
@@ -126,6 +129,8 @@ def read_measurements(profiles_dir: Path | str, device: str) -> Measurements:
     if not root.is_dir():
         raise ValueError(f"{root}: profiles folder does not exist")
     vidur = vidur_root(root)
+    if vidur is None and device == "a100" and (root / "matmul_A100.csv").is_file():
+        return Measurements(root, device, "fp16", (), (), (read_gemms(root / "matmul_A100.csv"),), {})
     if vidur is None:
         raise ValueError(
             f"{root}: no measured profiles (expected compute/<device>/<org>/<model>/mlp.csv and "
