@@ -1,0 +1,155 @@
+"""Observation features shared by the environments: fixed size, normalised, finite.
+
+One policy must run on any model and platform, so no feature grows with the
+model: a block (or task) is described by its share of the model's totals and by
+its cost relative to the device (memory capacity, mean block time), the
+platform by ratios and logarithms, the partial plan by fractions. Every value is
+clipped into ``[0, FEATURE_MAX]`` and ``nan``/``inf`` are replaced before a
+vector leaves this module, so a ``Box(0, FEATURE_MAX)`` holds every observation.
+
+The layout is versioned by :data:`OBS_SCHEMA_VERSION`: a saved policy records it
+and refuses to run on another layout. Bump it whenever a feature is added,
+removed, reordered or changes meaning (and bump the env id's version too).
+The names of every position are listed by :func:`mapping_feature_names` and
+:func:`placement_feature_names` (the same order as the vectors).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..search import Problem
+
+#: Version of both observation layouts (Mapping-v0 and Placement-v0).
+OBS_SCHEMA_VERSION = 1
+
+#: Upper bound of every feature (lower bound 0): ratios are clipped here.
+FEATURE_MAX = 5.0
+
+#: Blocks (or tasks) after the current one that the observation shows.
+LOOKAHEAD = 4
+
+#: TP degrees a stage or device group may take: the action menu (fixed across models).
+#: Degrees a model allows but the menu lacks (5 for GPT-2 XL's 25 heads) are not reachable.
+TP_MENU: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)
+
+#: Size of both environments' Discrete action space.
+N_ACTIONS = 1 + len(TP_MENU)
+
+PHASE_ORDER = ("prefill", "decode", "train")
+
+BLOCK_FEATURES = (
+    "present",
+    "time_frac",
+    "weight_frac",
+    "need_tp1_vs_capacity",
+    "need_maxtp_vs_capacity",
+    "boundary_time_vs_mean_block",
+    "layers_frac",
+    "has_embedding_or_head",
+)
+
+CONTEXT_FEATURES = (
+    "platform_log2_devices_per_node",
+    "platform_log2_nodes",
+    "platform_log2_max_devices",
+    "platform_inter_vs_intra_bandwidth",
+    "platform_memory_limit_per_256gib",
+    "platform_peak_per_2pflops",
+    "platform_memory_bw_per_10tbs",
+    "platform_is_mesh",
+    "phase_prefill",
+    "phase_decode",
+    "phase_train",
+    "objective_latency",
+    "objective_throughput",
+    "objective_latency_and_memory",
+    "workload_log2_batch",
+    "workload_log2_kv_len",
+    "model_log10_weight_bytes",
+    "model_need_vs_all_devices_capacity",
+    "model_log2_heads",
+)
+
+
+def clip(x: float) -> float:
+    """``x`` clipped into [0, FEATURE_MAX], 0 for nan (a plain-float helper for the step path)."""
+    if x != x:  # nan
+        return 0.0
+    return 0.0 if x < 0.0 else (FEATURE_MAX if x > FEATURE_MAX else x)
+
+
+def clip_array(values: np.ndarray) -> np.ndarray:
+    """Finite float32 values in [0, FEATURE_MAX]."""
+    out = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=FEATURE_MAX, neginf=0.0)
+    return np.clip(out, 0.0, FEATURE_MAX).astype(np.float32)
+
+
+def _log2(x: float, scale: float) -> float:
+    return math.log2(max(1.0, x)) / scale
+
+
+def context_features(problem: Problem, *, total_need: float, kv_len: int) -> list[float]:
+    """Platform, workload and model features (:data:`CONTEXT_FEATURES`), constant over an episode.
+
+    ``total_need`` is the model's memory need summed over devices at TP 1 (bytes)
+    so the policy sees how tight memory is for the devices it may use.
+    """
+    plat = problem.plat
+    dev = plat.device
+    limit = problem.memory_limit_bytes
+    if plat.topology == "mesh" or "inter" not in plat.links:
+        bw_ratio = 1.0
+    else:
+        bw_ratio = plat.links["inter"].bandwidth / max(plat.links["intra"].bandwidth, 1.0)
+    kind = problem.obj
+    dtype = problem.graph().meta.dtype
+    return [
+        _log2(plat.devices_per_node, 5.0),
+        _log2(plat.nodes, 6.0),
+        _log2(problem.max_devices, 8.0),
+        bw_ratio,
+        limit / (256 * 1024**3),
+        dev.peak(dtype) / 2e15,
+        dev.memory_bw / 1e13,
+        1.0 if plat.topology == "mesh" else 0.0,
+        *(1.0 if problem.phase == p else 0.0 for p in PHASE_ORDER),
+        1.0 if not kind.multi and kind.direction == "minimize" else 0.0,
+        1.0 if kind.direction == "maximize" else 0.0,
+        1.0 if kind.multi else 0.0,
+        _log2(problem.batch, 10.0),
+        _log2(kv_len, 17.0),
+        math.log10(max(1.0, problem.graph().param_bytes)) / 13.0,
+        total_need / max(1.0, limit * problem.max_devices),
+        _log2(problem.heads, 8.0),
+    ]
+
+
+def one_hot(index: int, size: int) -> list[float]:
+    out = [0.0] * size
+    out[index] = 1.0
+    return out
+
+
+def mapping_feature_names() -> list[str]:
+    """Names of the Mapping-v0 observation, position by position."""
+    from ._mapping import STATE_FEATURES
+
+    names = [f"block{k}_{f}" for k in range(LOOKAHEAD + 1) for f in BLOCK_FEATURES]
+    names += list(STATE_FEATURES) + list(CONTEXT_FEATURES)
+    names += [f"mask_{a}" for a in range(N_ACTIONS)]
+    return names
+
+
+def placement_feature_names() -> list[str]:
+    """Names of the Placement-v0 observation, position by position."""
+    from ._placement import GROUP_FEATURES, STATE_FEATURES, TASK_FEATURES
+
+    names = [f"task{k}_{f}" for k in range(LOOKAHEAD + 1) for f in TASK_FEATURES]
+    names += [f"inputs_from_group{g}" for g in range(N_ACTIONS)]
+    names += [f"group{g}_{f}" for g in range(N_ACTIONS) for f in GROUP_FEATURES]
+    names += list(STATE_FEATURES) + list(CONTEXT_FEATURES)
+    names += [f"mask_{a}" for a in range(N_ACTIONS)]
+    return names

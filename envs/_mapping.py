@@ -1,0 +1,419 @@
+"""``paratune/Mapping-v0``: map a layered model onto a platform one block at a time.
+
+An episode builds one contiguous plan (:func:`~paratune.search.contiguous_plan`):
+
+1. **Setup decisions** (each skipped when fixed by the constructor or by
+   ``reset(options=...)``): ``replicas``, then ``micro_batches``, then
+   ``recompute`` (training only). Action ``k`` means the value ``2**k``
+   (``recompute``: 0 off, 1 on); masks keep ``replicas x micro_batches`` a
+   divisor of the batch and leave room for one device per replica.
+2. **Block decisions**, one per block of the coarsened graph (a block is a
+   layer, or a merged task of ``k`` layers at granularity ``layers:k``, so cuts
+   fall only where a task starts): action 0 keeps the block in the current
+   stage; action ``1 + i`` closes the current stage and opens a new one of TP
+   degree ``TP_MENU[i]`` on the next contiguous devices. The first block must
+   open a stage.
+
+The granularity is chosen through ``reset(options={"granularity": ...})``
+(default: the constructor's ``granularity``, else the scenario's own). It is not
+an action, so an episode's length is known from its first step.
+
+Masks forbid: a TP degree that does not divide the heads or exceeds a node or
+the devices left for a replica, a stage that cannot fit memory (a lower bound
+from :mod:`._tables`, never excluding a feasible completion), and keeping block
+0. When nothing is allowed, the least-bad action is allowed (the largest TP cut
+the devices permit, else keep), ``info["stuck"]`` says so, and the plan ends
+infeasible with the penalty. ``info["doomed"]`` turns true as soon as the
+memory the remaining blocks need at least exceeds what the devices left can
+hold: every completion is then infeasible. An action a mask forbids (from an
+agent that ignores masks) is replaced by the allowed action of the nearest
+index and ``info["invalid_action"]`` is set.
+
+Reward and reference: see :mod:`._pool` (0 per step, ``log(reference / cost)`` at
+the end, the ``megatron`` heuristic as reference, a bounded penalty below every
+feasible plan for infeasible ones). ``info`` at the end carries ``plan``,
+``metrics``, ``feasible``, ``value``, ``violations``, ``reference`` and
+``reference_source``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ..search import Problem, contiguous_plan
+from ..search._objective import Objective
+from ._features import BLOCK_FEATURES, CONTEXT_FEATURES, FEATURE_MAX, LOOKAHEAD, N_ACTIONS, TP_MENU, clip
+from ._pool import load_pool, problem_key, reward
+from ._tables import ScenarioTables, SplitTables
+
+#: Values of the setup decisions: action k means 2**k.
+COUNT_MENU: tuple[int, ...] = tuple(2**k for k in range(N_ACTIONS))
+
+DECISIONS = ("replicas", "micro_batches", "recompute", "block")
+KEEP = 0
+
+STATE_FEATURES = (
+    "progress",
+    "remaining_time_frac",
+    "remaining_weight_frac",
+    "remaining_need_vs_capacity_left",
+    "devices_used_frac",
+    "devices_left_frac",
+    "node_offset",
+    "stage_tp_per_16",
+    "stage_need_vs_capacity",
+    "stage_time_frac",
+    "stage_time_vs_balanced",
+    "max_closed_stage_time_frac",
+    "stages_per_32",
+    "doomed",
+    "log2_replicas_per_8",
+    "log2_micro_batches_per_8",
+    "recompute",
+    *(f"decision_{d}" for d in DECISIONS),
+)
+
+OBS_SIZE = (LOOKAHEAD + 1) * len(BLOCK_FEATURES) + len(STATE_FEATURES) + len(CONTEXT_FEATURES) + N_ACTIONS
+_ROWS = LOOKAHEAD + 1
+_NB = _ROWS * len(BLOCK_FEATURES)  # end of the block features
+_NS = _NB + len(STATE_FEATURES)  # end of the state
+_NC = _NS + len(CONTEXT_FEATURES)  # end of the context; the mask follows
+
+Scenarios = str | Path | Sequence[Problem | dict[str, Any] | str | Path] | None
+
+
+class MappingEnv(gym.Env[np.ndarray, np.int64]):
+    """Sequential pipeline/tensor-parallel mapping of a layered model (see the module docstring).
+
+    Args:
+        scenarios: the pool (see :func:`~paratune.envs._pool.load_pool`); None: the default small pool.
+        granularity: graph granularity of every episode (None: each scenario's own).
+        replicas, micro_batches, recompute: fix these setup decisions (None: the agent decides).
+        schedule: training schedule of the plans (``1f1b`` or ``gpipe``).
+
+    Example:
+        >>> import gymnasium, paratune.envs
+        >>> env = gymnasium.make("paratune/Mapping-v0")
+        >>> obs, info = env.reset(seed=0)
+        >>> obs.shape == env.observation_space.shape
+        True
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium types it as an attribute)
+
+    def __init__(
+        self,
+        scenarios: Scenarios = None,
+        *,
+        granularity: str | None = None,
+        replicas: int | None = None,
+        micro_batches: int | None = None,
+        recompute: bool | None = None,
+        schedule: str = "1f1b",
+    ) -> None:
+        self.pool = load_pool(scenarios)
+        self._by_name = {p.name: p for p in self.pool}
+        self.granularity = granularity
+        self.fixed: dict[str, Any] = {"replicas": replicas, "micro_batches": micro_batches, "recompute": recompute}
+        self.schedule = schedule
+        self.action_space = spaces.Discrete(N_ACTIONS)
+        self.observation_space = spaces.Box(0.0, FEATURE_MAX, shape=(OBS_SIZE,), dtype=np.float32)
+        self._tables: dict[tuple[str, str], ScenarioTables] = {}
+        self._mask = np.zeros(N_ACTIONS, dtype=bool)
+        self._sc: ScenarioTables | None = None
+
+    # -- gymnasium API -------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        opts = dict(options or {})
+        unknown = set(opts) - {"scenario", "granularity", "replicas", "micro_batches", "recompute"}
+        if unknown:
+            raise ValueError(
+                f"reset options {sorted(unknown)} are unknown; allowed: scenario, granularity, "
+                "replicas, micro_batches, recompute"
+            )
+        problem = self._pick(opts.get("scenario"))
+        gran = opts.get("granularity") or self.granularity or problem.granularity
+        key = (problem_key(problem), gran)
+        sc = self._tables.get(key)
+        if sc is None:
+            sc = self._tables[key] = ScenarioTables(problem, gran)
+        self._sc = sc
+        self._problem = problem
+        self._obj: Objective = problem.obj
+        fixed = {k: opts.get(k, v) for k, v in self.fixed.items()}
+        self._check_fixed(sc, fixed)
+        self.replicas = fixed["replicas"]
+        self.micro_batches = fixed["micro_batches"]
+        self.recompute = bool(fixed["recompute"]) if sc.train and fixed["recompute"] is not None else None
+        if not sc.train:
+            self.recompute = False
+        # partial plan
+        self._stages: list[tuple[int, int, int]] = []
+        self._block = 0
+        self._cur_t = 0
+        self._cur_lo = 0
+        self._cur_first = 0
+        self._used = 0
+        self._max_closed = 0.0
+        self._doomed = False
+        self._split: SplitTables = sc.split(1, 1, False)
+        self._budget = sc.max_devices
+        self._log_r = math.log2(self.replicas or 1) / 8.0
+        self._log_m = math.log2(self.micro_batches or 1) / 8.0
+        self._advance_setup()
+        return self._observe(), {"scenario": problem.name, "granularity": gran}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._sc is None:
+            raise RuntimeError("call reset() before step()")
+        a = int(action)
+        info: dict[str, Any] = {}
+        mask = self._mask
+        if not (0 <= a < N_ACTIONS and mask[a]):
+            a = _nearest(mask, a)
+            info["invalid_action"] = True
+        if self._decision == 3:
+            done = self._block_step(a)
+        else:
+            if self._decision == 0:
+                self.replicas = COUNT_MENU[a]
+                self._log_r = a / 8.0
+            elif self._decision == 1:
+                self.micro_batches = COUNT_MENU[a]
+                self._log_m = a / 8.0
+            else:
+                self.recompute = a == 1
+            self._advance_setup()
+            done = False
+        if done:
+            return self._finish(info)
+        obs = self._observe()
+        info["doomed"] = self._doomed
+        if self._stuck:
+            info["stuck"] = True
+        return obs, 0.0, False, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions now (sb3-contrib ``MaskablePPO`` reads this); never all False."""
+        return self._mask.copy()
+
+    # -- scenario choice --------------------------------------------------------------
+    def _pick(self, choice: Any) -> Problem:
+        if choice is None:
+            return self.pool[int(self.np_random.integers(len(self.pool)))]
+        if isinstance(choice, Problem):
+            return choice
+        if isinstance(choice, str) and choice in self._by_name:
+            return self._by_name[choice]
+        if isinstance(choice, (str, Path, dict)):
+            return load_pool([choice])[0]
+        raise ValueError(
+            f"reset option 'scenario' must be a Problem, a pool name ({', '.join(self._by_name)}), "
+            f"a scenario mapping or a scenario file; got {choice!r}"
+        )
+
+    @staticmethod
+    def _check_fixed(sc: ScenarioTables, fixed: dict[str, Any]) -> None:
+        r, m = fixed["replicas"], fixed["micro_batches"]
+        for name, v in (("replicas", r), ("micro_batches", m)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+        if sc.batch % ((r or 1) * (m or 1)):
+            raise ValueError(f"replicas x micro_batches = {r or 1} x {m or 1} must divide the batch ({sc.batch})")
+        if r is not None and r > sc.max_devices:
+            raise ValueError(f"replicas = {r} exceeds the {sc.max_devices} devices of scenario {sc.problem.name!r}")
+
+    # -- setup decisions ---------------------------------------------------------------
+    def _advance_setup(self) -> None:
+        """Move to the next undecided setup decision, or to the blocks once all are known."""
+        sc = self._sc
+        assert sc is not None
+        self._stuck = False
+        if self.replicas is None:
+            self._decision = 0
+            budget = sc.max_devices
+            self._set_mask([sc.batch % v == 0 and v * sc.tps[0] <= budget for v in COUNT_MENU])
+            return
+        if self.micro_batches is None:
+            self._decision = 1
+            per = sc.batch // self.replicas
+            self._set_mask([per % v == 0 for v in COUNT_MENU])
+            return
+        if self.recompute is None:
+            self._decision = 2
+            self._set_mask([k < 2 for k in range(N_ACTIONS)])
+            return
+        self._decision = 3
+        self._split = sc.split(self.replicas, self.micro_batches, bool(self.recompute))
+        self._budget = sc.max_devices // self.replicas
+        self._block_mask()
+
+    def _set_mask(self, valid: list[bool]) -> None:
+        self._mask = np.array(valid, dtype=bool)
+        if not self._mask.any():  # cannot happen for setup (value 1 always divides); kept as a guard
+            self._mask[0] = True
+            self._stuck = True
+
+    # -- block decisions ------------------------------------------------------------------
+    def _block_mask(self) -> None:
+        sc, sp, j = self._sc, self._split, self._block
+        assert sc is not None
+        mask = np.zeros(N_ACTIONS, dtype=bool)
+        room = self._budget - self._used
+        hi = sc.hi[j]
+        if self._cur_t:
+            mask[KEEP] = sp.stages[self._cur_t].need(self._cur_lo, hi) <= sc.limit
+        for a, t in sp.cut_fits[j]:
+            if t <= room:
+                mask[a] = True
+        self._stuck = not mask.any()
+        if self._stuck:
+            self._doomed = True
+            fits = [t for t in sc.tps if t <= room]
+            if fits:  # the widest stage the devices allow relieves memory most
+                mask[1 + TP_MENU.index(fits[-1])] = True
+            elif self._cur_t:
+                mask[KEEP] = True
+            else:  # no stage yet and no devices: cannot happen (replicas leave one group); guard anyway
+                mask[1 + TP_MENU.index(sc.tps[0])] = True
+        self._mask = mask
+
+    def _block_step(self, a: int) -> bool:
+        sc = self._sc
+        assert sc is not None
+        j = self._block
+        if a != KEEP:
+            self._close(j - 1)
+            t = TP_MENU[a - 1]
+            self._cur_t, self._cur_lo, self._cur_first = t, sc.lo[j], sc.starts[j]
+            self._used += t
+        self._block = j + 1
+        if self._block == sc.n_blocks:
+            self._close(j)
+            return True
+        self._block_mask()
+        if not self._doomed:
+            cap = (self._budget - self._used) * sc.limit
+            if self._cur_t:
+                cap += (sc.limit - self._stage_need()) * self._cur_t
+            self._doomed = self._split.rem_need1[self._block] > cap
+        return False
+
+    def _close(self, last_block: int) -> None:
+        if not self._cur_t or last_block < 0:
+            return
+        sc = self._sc
+        assert sc is not None
+        self._stages.append((self._cur_first, sc.ends[last_block], self._cur_t))
+        time = self._split.stages[self._cur_t].time
+        stage_time = time[sc.hi[last_block]] - time[self._cur_lo]
+        self._max_closed = max(self._max_closed, stage_time)
+
+    def _stage_need(self) -> float:
+        sc = self._sc
+        assert sc is not None
+        return self._split.stages[self._cur_t].need(self._cur_lo, sc.hi[self._block - 1])
+
+    # -- end of episode -----------------------------------------------------------------
+    def _finish(self, info: dict[str, Any]) -> tuple[np.ndarray, float, bool, bool, dict]:
+        sc = self._sc
+        assert sc is not None
+        plan = contiguous_plan(
+            self._stages,
+            micro_batches=int(self.micro_batches or 1),
+            replicas=int(self.replicas or 1),
+            granularity=sc.granularity,
+            schedule=self.schedule,
+            recompute=bool(self.recompute),
+        )
+        # the evaluator directly: Problem.evaluate would re-walk the graph to check it is layered
+        evaluation = self._problem.score(plan, sc.ev.evaluate(plan))
+        ref = sc.reference
+        r = reward(self._problem, evaluation, ref)
+        self._mask = np.ones(N_ACTIONS, dtype=bool)
+        self._stuck = False
+        info.update(
+            plan=plan,
+            metrics=evaluation.metrics,
+            feasible=evaluation.feasible,
+            value=evaluation.value,
+            violations=list(evaluation.violations),
+            reference=ref.value,
+            reference_source=ref.source,
+            doomed=self._doomed,
+            scenario=self._problem.name,
+        )
+        return self._observe(), float(r), True, False, info
+
+    # -- observation ------------------------------------------------------------------------
+    def _observe(self) -> np.ndarray:
+        """The observation (layout: :func:`~paratune.envs.mapping_feature_names`).
+
+        The hot path of the env: block features and context are precomputed and
+        clipped per scenario, the state entries are clipped here as plain floats
+        (``clip`` maps nan to 0), so no numpy pass over the vector is needed.
+        """
+        sc, sp = self._sc, self._split
+        assert sc is not None
+        j = self._block
+        budget = self._budget if self._decision == 3 else sc.max_devices
+        used = self._used
+        total = sp.total_time
+        limit = sc.limit
+        cur_t = self._cur_t
+        if cur_t and j > 0:
+            hi = sc.hi[j - 1]
+            st = sp.stages[cur_t]
+            need = st.need(self._cur_lo, hi)
+            stage_time = st.time[hi] - st.time[self._cur_lo]
+            balanced = total * cur_t / budget
+        else:
+            need = stage_time = 0.0
+            balanced = 1.0
+        left = budget - used
+        cap = left * limit + (limit - need) * cur_t
+        rem = sp.rem_need1[j]
+        d = self._decision
+        state = (
+            j / sc.n_blocks,
+            sp.rem_time[j],
+            sp.rem_weight[j],
+            clip(rem / cap) if cap > 0 else (FEATURE_MAX if rem > 0 else 0.0),
+            used / budget,
+            left / budget if left > 0 else 0.0,
+            (used % sc.per_node) / sc.per_node,
+            cur_t / 16.0,
+            clip(need / limit),
+            clip(stage_time / total),
+            clip(stage_time / balanced),
+            clip(self._max_closed / total),
+            min(len(self._stages), 32) / 32.0,
+            1.0 if self._doomed else 0.0,
+            self._log_r,
+            self._log_m,
+            1.0 if self.recompute else 0.0,
+            1.0 if d == 0 else 0.0,
+            1.0 if d == 1 else 0.0,
+            1.0 if d == 2 else 0.0,
+            1.0 if d == 3 else 0.0,
+        )
+        out = np.empty(OBS_SIZE, dtype=np.float32)
+        out[:_NB] = sp.block_features[j : j + _ROWS].ravel()
+        out[_NB:_NS] = state
+        out[_NS:_NC] = sc.context
+        out[_NC:] = self._mask
+        return out
+
+
+def _nearest(mask: np.ndarray, a: int) -> int:
+    """The valid action whose index is nearest to ``a`` (ties: the lower index)."""
+    valid = np.flatnonzero(mask)
+    return int(valid[np.argmin(np.abs(valid - a))])

@@ -1,0 +1,166 @@
+"""Per-scenario tables of the Mapping env, built once per (scenario, granularity, batch split) and cached.
+
+A stage's memory and time are differences of prefix sums over units (see
+:mod:`paratune.costmodel._units`), so the env knows a partial stage's memory in
+O(1) per step. The memory here follows :func:`~paratune.costmodel._analytic_eval.evaluate_plan`
+term by term, with one relaxation for training: a 1F1B stage keeps
+``min(m, p - i)`` micro-batches in flight, which depends on the stages still to
+come, so the env counts one (the least any stage keeps). The result is a lower
+bound: a mask built on it never forbids an action that could lead to a feasible
+plan, and the final evaluation prices the exact memory.
+
+Times (for observations only) are kernel seconds plus TP all-reduces on a group
+inside one node, at the batch share the episode chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..costmodel._compute import allreduce_time, p2p_time
+from ..costmodel._units import range_max
+from ..search import Problem
+from ._features import BLOCK_FEATURES, LOOKAHEAD, TP_MENU, clip_array, context_features
+from ._pool import Reference, reference
+
+
+@dataclass
+class StageTables:
+    """Prefix lists of one TP degree at one batch split (index = unit boundary, as in ``TpTables``)."""
+
+    tp: int
+    add: list[float]  # additive memory per device: weights, KV or training state and one stash
+    out_max: list[list[float]]  # sparse table of the largest forward output per device, whole batch
+    stash_max: list[list[float]] | None  # recompute: sparse table of per-unit stash (one rebuilt at a time)
+    time: list[float]  # forward (+ backward) kernel + TP all-reduce seconds
+    scale: float
+
+    def need(self, lo: int, hi: int) -> float:
+        """Memory per device of a stage holding units [lo, hi) (a lower bound when training, see module doc)."""
+        n = self.add[hi] - self.add[lo] + 2.0 * range_max(self.out_max, lo, hi) * self.scale
+        if self.stash_max is not None:
+            n += range_max(self.stash_max, lo, hi) * self.scale
+        return n
+
+
+class ScenarioTables:
+    """What every episode on one scenario at one granularity shares: blocks, TP choices, reference."""
+
+    def __init__(self, problem: Problem, granularity: str) -> None:
+        graph = problem.graph(granularity)
+        if not graph.is_layered:
+            raise ValueError(
+                f"scenario {problem.name!r}: the {granularity} graph of {problem.model!r} is not layered; "
+                "Mapping-v0 cuts layer ranges (use paratune/Placement-v0 for any DAG)"
+            )
+        self.problem, self.granularity = problem, granularity
+        self.ev = ev = problem.evaluator(granularity)
+        self.n_layers = n = ev.n_layers
+        self.starts = [layer for layer in range(n) if ev.units.allowed_start[layer]]
+        ends = [s - 1 for s in self.starts[1:]] + [n - 1]
+        self.ends = ends
+        self.n_blocks = len(self.starts)
+        #: Unit bounds of each block: a stage of blocks a..b covers units [lo[a], hi[b]).
+        self.lo = [0 if s == 0 else s + 1 for s in self.starts]
+        self.hi = [n + 2 if e == n - 1 else e + 2 for e in ends]
+        allowed = set(problem.tp_degrees())
+        self.max_devices = problem.max_devices
+        self.tps = [t for t in TP_MENU if t in allowed and t <= self.max_devices]
+        self.limit = problem.memory_limit_bytes
+        self.per_node = max(1, min(problem.plat.devices_per_node, self.max_devices))
+        self.batch = graph.meta.batch
+        self.train = problem.phase == "train"
+        self.reference: Reference = reference(problem)
+        self._splits: dict[tuple[int, int, bool], SplitTables] = {}
+        base = self.split(1, 1, False)
+        self.context = clip_array(np.array(context_features(problem, total_need=base.total_need1, kv_len=ev.kv_len)))
+
+    def split(self, replicas: int, micro_batches: int, recompute: bool) -> SplitTables:
+        key = (replicas, micro_batches, recompute and self.train)
+        tables = self._splits.get(key)
+        if tables is None:
+            tables = self._splits[key] = SplitTables(self, *key)
+        return tables
+
+
+class SplitTables:
+    """Tables of one batch split (replicas x micro-batches, recompute): stage tables and block features."""
+
+    def __init__(self, sc: ScenarioTables, replicas: int, micro_batches: int, recompute: bool) -> None:
+        ev = sc.ev
+        share = replicas * micro_batches
+        scale = 1.0 / share
+        sequences = sc.batch / replicas
+        self.stages: dict[int, StageTables] = {}
+        for t in sc.tps:
+            tt, st = ev.tp_tables(t), ev.scaled_tables(t, share)
+            tl = tt.lists
+            devices = tuple(range(t))
+            alpha, bw = ev.link(devices)
+            add = tt.weights.copy()
+            if sc.train:
+                add = add + tt.state + (tt.inputs if recompute else tt.stash) * scale
+                kern = st.fwd + st.bwd + (st.fwd if recompute else 0.0)
+            else:
+                add = add + tt.kv * (sequences * ev.kv_len)
+                kern = st.fwd
+            units = ev.units.n_units
+            ar = np.zeros(units + 1)
+            for u in range(units):
+                for nkey, bkey in (
+                    (("ar_fwd_n", "ar_fwd_b"), ("ar_bwd_n", "ar_bwd_b")) if sc.train else (("ar_fwd_n", "ar_fwd_b"),)
+                ):
+                    cnt = tl[nkey][u + 1] - tl[nkey][u]
+                    if cnt > 0.5:
+                        ar[u + 1] += allreduce_time((tl[bkey][u + 1] - tl[bkey][u]) * scale, t, cnt * alpha, bw)
+            time = kern + np.cumsum(ar)
+            self.stages[t] = StageTables(
+                t, add.tolist(), tt.out_max_l, tt.stash_max_l if recompute and sc.train else None, time.tolist(), scale
+            )
+        one = self.stages[1]
+        nb = sc.n_blocks
+        lo, hi = sc.lo, sc.hi
+        block_time = np.array([one.time[hi[j]] - one.time[lo[j]] for j in range(nb)])
+        w = ev.tp_tables(1).weights
+        block_w = np.array([w[hi[j]] - w[lo[j]] for j in range(nb)])
+        block_need1 = np.array([one.add[hi[j]] - one.add[lo[j]] for j in range(nb)])
+        top = self.stages[sc.tps[-1]]
+        block_need_top = np.array([top.need(lo[j], hi[j]) for j in range(nb)])
+        total_time = max(float(block_time.sum()), 1e-30)
+        total_w = max(float(block_w.sum()), 1.0)
+        mean_time = total_time / nb
+        p_alpha, p_bw = ev.pair((0,), (1,)) if sc.problem.plat.num_devices > 1 else (0.0, 1.0)
+        boundary = np.array(
+            [p2p_time(ev.cut[sc.ends[j] + 1] * scale, p_alpha, p_bw) if j < nb - 1 else 0.0 for j in range(nb)]
+        )
+        layers = np.array([sc.ends[j] - sc.starts[j] + 1 for j in range(nb)], dtype=float)
+        edge = np.zeros(nb)
+        edge[0] = edge[-1] = 1.0
+        feats = np.zeros((nb + LOOKAHEAD + 1, len(BLOCK_FEATURES)))  # zero rows past the end
+        feats[:nb] = np.stack(
+            [
+                np.ones(nb),
+                block_time / total_time,
+                block_w / total_w,
+                block_need1 / sc.limit,
+                block_need_top / sc.limit,
+                boundary / mean_time,
+                layers / sc.n_layers,
+                edge,
+            ],
+            axis=1,
+        )
+        self.block_features = clip_array(feats)
+        self.total_time = total_time
+        self.total_need1 = float(block_need1.sum())
+        #: Suffix sums from block j on (index n_blocks: 0): time and weight fractions, TP-1 additive memory.
+        self.rem_time = (np.concatenate([np.cumsum(block_time[::-1])[::-1], [0.0]]) / total_time).tolist()
+        self.rem_weight = (np.concatenate([np.cumsum(block_w[::-1])[::-1], [0.0]]) / total_w).tolist()
+        self.rem_need1 = np.concatenate([np.cumsum(block_need1[::-1])[::-1], [0.0]]).tolist()
+        #: Per block: (action, tp) of the cuts whose one-block stage fits memory.
+        self.cut_fits = [
+            [(1 + TP_MENU.index(t), t) for t in sc.tps if self.stages[t].need(lo[j], hi[j]) <= sc.limit]
+            for j in range(nb)
+        ]

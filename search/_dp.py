@@ -1,0 +1,350 @@
+"""``dp``: the exact optimum of layered graphs by dynamic programming with Pareto labels and bounds.
+
+The search space is :mod:`._layered_space`'s (the same as ``enumerate``'s). For each
+(replicas r, micro-batches m) the plan is built stage by stage over contiguous
+devices; what makes it exact, and fast, differs by phase.
+
+**Inference** (prefill, decode). With (r, m) fixed every latency is a monotone
+function of S = sum of stage times + hop times and M = the largest stage or hop
+time: TTFT = S + (m-1) M, TBT = max(S, m M), prefill pipelined throughput =
+tokens / (m M). A stage's time depends on its layers, its TP degree and its
+device group's link, a hop on the two devices it joins, so the state is
+(next cut, devices used) and each state keeps the Pareto set of labels (S, M)
+(plus the peak memory for the ``*+memory`` objectives; only the features the
+objective reads). Dominated labels cannot lead to a better plan, so the DP is
+exact. Stage memory depends only on the layers, t and r (KV cache of batch/r
+sequences), so stages over the limit are never built. Labels are pruned when an
+admissible bound (each remaining segment at its fastest TP and link, hops 0)
+cannot beat the incumbent (a uniform plan scored first) or breaks an SLO.
+
+**Training.** The step is the slot-level 1F1B makespan
+(:func:`~paratune.costmodel._pipeline.training_makespan`), which is not a function
+of (sum, max). The DP runs back to front per (r, m, D devices per replica): state
+(first cut of the suffix, devices of the suffix, stages in the suffix), which
+fixes each stage's 1F1B position (it keeps min(m, p - i) micro-batches, so its
+memory is known) and its devices (the suffix occupies the last ones). Every
+suffix carries the decomposable lower bound
+
+    LB = max( max_k [F_k + m (f_k + b_k) + B_k] + tail_0 ,  max_k [F_k + m (f_k + b_k) + tail_k] )
+
+with F_k = sum_{s<k} (f_s + h_s) and B_k = sum_{s<k} (h_s + b_s): micro-batch 0
+reaches stage k after F_k, stage k is busy m (f_k + b_k), the last backward
+returns to stage 0 after B_k, and every stage ends with its tail (DP all-reduce
++ optimizer). It is exact for uniform stages. Suffixes whose bound (completed by
+the cheapest possible prefix) reaches the incumbent are dropped; every complete
+plan left is priced exactly (the makespan recursion on numpy arrays, many plans
+at once) in increasing bound order until the next bound reaches the best value.
+Nothing is dropped except by a valid bound, so the result is certified optimal;
+when the label cap (option ``max_labels``) is hit the search stops and the result
+is reported uncertified with the gap that is proven.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..costmodel import Plan
+from ..costmodel._batch import PlanBatch
+from ._layered_space import LayeredSpace
+from ._problem import Evaluation, Problem
+from ._tuner import Recorder, Tuner
+
+#: Relative slack on bounds so float rounding never prunes a plan that is better by more than this.
+SLACK = 1e-9
+
+_OPTIONS = ("max_micro_batches", "recompute", "max_labels")
+
+
+class DPSolver(Tuner):
+    """Exact dynamic programming over (cut, devices, TP) for layered graphs; see the module docstring.
+
+    Options: ``max_micro_batches`` (64), ``recompute`` ("search" | "off" | "on"), ``max_labels``
+    (training: labels kept before giving up certification, 2,000,000).
+    """
+
+    name: ClassVar[str] = "dp"
+    family: ClassVar[str] = "exact"
+    exact: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "dynamic programming over (layer, devices, TP): the optimum of layered graphs, hybrids included"
+    )
+
+    def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str]:
+        unknown = [k for k in self.options if k not in _OPTIONS]
+        if unknown:
+            raise ValueError(f"dp: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_OPTIONS)}")
+        space = LayeredSpace.build(
+            problem,
+            max_micro_batches=int(self.options.get("max_micro_batches", 64)),
+            recompute=str(self.options.get("recompute", "search")),
+        )
+        if problem.limits.calibrated_only and problem.evaluator().pricer.errors is None:
+            recorder.certified = True
+            return [f"no plan can be calibrated: profile {problem.plat.profile.name} has no held-out errors"]
+        if problem.phase == "train":
+            from ._dp_train import TrainDP
+
+            return TrainDP(space, recorder, int(self.options.get("max_labels", 2_000_000))).run()
+        return InferenceDP(space, recorder).run()
+
+
+# -- shared helpers -------------------------------------------------------------
+
+
+def seed_plans(space: LayeredSpace) -> list[Evaluation]:
+    """Feasible uniform plans (one TP, stages of even cut counts) as incumbents, best first.
+
+    Priced with the batched evaluator, then the most promising are scored with
+    ``problem.score`` (SLOs, calibration) until some are feasible.
+    """
+    problem, ev = space.problem, space.ev
+    rows: list[tuple[list[tuple[int, int, int]], int, int, bool]] = []
+    d_min = space.min_replica_devices()  # fewer devices cannot hold the weights (and state)
+    for r, m in space.pairs:
+        budget = space.max_devices // r
+        for t in space.tps:
+            for p in range(max(1, -(-d_min // t)), min(space.n_cuts, budget // t) + 1):
+                base, extra = divmod(space.n_cuts, p)
+                stages, i = [], 0
+                for s in range(p):
+                    k = base + (1 if s < extra else 0)
+                    stages.append((i, i + k - 1, t))
+                    i += k
+                for rc in space.recompute:
+                    rows.append((stages, r, m, rc))
+    if not rows:
+        return []
+    width = max(len(s) for s, *_ in rows)
+    n = len(rows)
+    first = np.zeros((n, width), dtype=np.int64)
+    last = np.zeros((n, width), dtype=np.int64)
+    tp = np.zeros((n, width), dtype=np.int64)
+    rec = np.zeros((n, width), dtype=bool)
+    for k, (stages, _r, _m, rc) in enumerate(rows):
+        for s, (i, j, t) in enumerate(stages):
+            first[k, s], last[k, s], tp[k, s], rec[k, s] = space.cuts[i], space.ends[j], t, rc
+    micro = np.array([row[2] for row in rows])
+    reps = np.array([row[1] for row in rows])
+    res = ev.evaluate_batch(PlanBatch(first, last, tp, micro, reps, rec))
+    ok = res.valid & (res.max_memory_bytes / space.limit - 1.0 <= 0)
+    order = [int(k) for k in np.argsort(np.where(ok, res.latency_s, np.inf)) if ok[k]]
+    obj = problem.obj
+    out: list[Evaluation] = []
+    for k in order[:64]:
+        stages, r, m, rc = rows[k]
+        e = problem.score(space.plan(stages, r, m, [rc] * len(stages)))
+        if e.feasible:
+            out.append(e)
+    out.sort(key=lambda e: -e.value if obj.direction == "maximize" else e.value)
+    return out
+
+
+def pareto(items: list[tuple[Any, ...]], dims: int) -> list[tuple[Any, ...]]:
+    """Non-dominated items on their first ``dims`` fields (minimised); ties keep the first."""
+    if len(items) <= 1:
+        return items
+    items = sorted(items, key=lambda x: x[:dims])
+    if dims == 1:
+        return items[:1]
+    if dims == 2:
+        out, best = [], math.inf
+        for it in items:
+            if it[1] < best:
+                out.append(it)
+                best = it[1]
+        return out
+    out = []
+    for it in items:
+        if not any(all(o[k] <= it[k] for k in range(dims)) for o in out):
+            out.append(it)
+    return out
+
+
+# -- inference ----------------------------------------------------------------------
+
+
+class InferenceDP:
+    """Forward DP over (cut, devices used) with Pareto labels (S, M[, memory]) for prefill and decode."""
+
+    def __init__(self, space: LayeredSpace, recorder: Recorder) -> None:
+        self.space, self.recorder = space, recorder
+        self.problem = space.problem
+        self.obj = self.problem.obj
+        self.multi = self.obj.multi
+        self.throughput = self.obj.name == "throughput"
+        self.prefill = self.problem.phase == "prefill"
+        lim = self.problem.limits
+        slo_ms = lim.ttft_ms if self.prefill else lim.tbt_ms
+        self.slo = None if slo_ms is None else slo_ms * 1e-3
+        self.priced = 0
+        self.slo_ms = slo_ms
+
+    # the primary key (minimised) and the SLO'd latency of (S, M) at m micro-batches
+    def latency(self, s: Any, mx: Any, m: int) -> Any:
+        if self.prefill:
+            return s + (m - 1) * mx if m > 1 else s
+        return np.maximum(s, m * mx)
+
+    def key(self, s: Any, mx: Any, m: int) -> Any:
+        if self.throughput and self.prefill:
+            return m * mx
+        return self.latency(s, mx, m)
+
+    def run(self) -> list[str]:
+        space = self.space
+        seeds = [] if self.multi else seed_plans(space)
+        incumbent = math.inf
+        if seeds:
+            best = seeds[0]
+            incumbent = self._key_of(best)
+            self.recorder.record(best, count=len(seeds))
+        finals: list[tuple[float, float, float, int, int, Any]] = []  # (key, S, M, mem, r, m, label)
+        front: list[tuple[float, float]] = []
+        for r, m in self._order():
+            incumbent = self._solve(r, m, incumbent, finals, front)
+        notes: list[str] = []
+        if self.multi:
+            self._record_front(finals)
+        else:
+            self._record_best(finals, seeds)
+        self.recorder.certified = True
+        if self.recorder.best is None:
+            notes.append(
+                "no feasible plan: no way to place the model within the memory limit, device cap and SLOs "
+                f"({space.max_devices} devices, {space.limit / 2**30:.1f} GiB per device)"
+            )
+        notes.append(f"dp priced {self.priced} stage labels over {len(space.pairs)} (replicas, micro-batches) pairs")
+        return notes
+
+    def _key_of(self, e: Evaluation) -> float:
+        mt = e.metrics
+        if self.throughput and self.prefill:
+            return self.problem.evaluator().tokens / mt.pipelined_tokens_per_s
+        return mt.latency_s
+
+    def _order(self) -> list[tuple[int, int]]:
+        """(r, m) pairs, most promising first (fewer micro-batches of a larger share first is arbitrary: all run)."""
+        return sorted(self.space.pairs, key=lambda rm: (-rm[0], rm[1]))
+
+    def _segment_bounds(self, share: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
+        """Admissible (sum, max) of covering cuts[i:] : each segment at its fastest TP and link."""
+        space = self.space
+        n = space.n_cuts
+        seg = np.full(n, np.inf)
+        for t in space.tps:
+            if t > budget or not space.tp_allowed(t):
+                continue
+            for link in {space.group_link(t, d) for d in range(budget - t + 1)}:
+                seg = np.minimum(seg, np.diag(space.inference_tau(t, share, link)))
+        seg = seg * (1.0 - SLACK)
+        rest_s = np.concatenate((np.cumsum(seg[::-1])[::-1], [0.0]))
+        rest_m = np.concatenate((np.maximum.accumulate(seg[::-1])[::-1], [0.0]))
+        return rest_s, rest_m
+
+    def _solve(self, r: int, m: int, incumbent: float, finals: list[Any], front: list[tuple[float, float]]) -> float:
+        space = self.space
+        share, budget, n = r * m, space.max_devices // r, space.n_cuts
+        rest_s, rest_m = self._segment_bounds(share, budget)
+        if not np.isfinite(rest_s[0]):
+            return incumbent
+        lb0 = self.key(rest_s[0], rest_m[0], m)
+        if lb0 * (1 - SLACK) >= incumbent or (
+            self.slo is not None and self.latency(rest_s[0], rest_m[0], m) > self.slo
+        ):
+            return incumbent
+        # stage options per (t, first device): time matrix with inf where the stage is not allowed
+        opts: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {d: [] for d in range(budget)}
+        for t in space.tps:
+            if t > budget:
+                continue
+            need = space.inference_need(t, r, m)
+            ok = space.allowed(t, share) & (need / space.limit - 1.0 <= 0)
+            if not ok.any():
+                continue
+            for d in range(budget - t + 1):
+                tau = np.where(ok, space.inference_tau(t, share, space.group_link(t, d)), np.inf)
+                opts[d].append((t, tau, need))
+        use_m = m > 1 or (self.throughput and self.prefill)
+        use_s = not (self.throughput and self.prefill) or self.slo is not None
+        # label: (f1, f2, f3, S, M, mem, parent, move) where f* are the dominance features
+        labels: dict[tuple[int, int], list[tuple[Any, ...]]] = {(0, 0): [(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None)]}
+        dims = int(use_s) + int(use_m) + int(self.multi)
+        for i in range(n):
+            for d in range(budget):
+                items = labels.pop((i, d), None)
+                if not items:
+                    continue
+                items = pareto(items, dims)
+                hop = space.hop(i, d, share) if i > 0 else 0.0
+                S = np.array([x[3] for x in items])[:, None] + hop
+                M = np.maximum(np.array([x[4] for x in items]), hop)[:, None]
+                MEM = np.array([x[5] for x in items])[:, None]
+                for t, tau, need in opts[d]:
+                    row = tau[i, i:][None, :]
+                    s2 = S + row
+                    m2 = np.maximum(M, row)
+                    mem2 = np.maximum(MEM, need[i, i:][None, :])
+                    self.priced += s2.size
+                    lb_s = s2 + rest_s[i + 1 :][None, :]
+                    lb_m = np.maximum(m2, rest_m[i + 1 :][None, :])
+                    lb = self.key(lb_s, lb_m, m)
+                    keep = np.isfinite(s2)
+                    if not self.multi:
+                        keep &= lb * (1 - SLACK) < incumbent
+                    elif front:
+                        lat = self.key(lb_s, lb_m, m)
+                        for fl, fm in front:
+                            keep &= ~((fl <= lat * (1 - SLACK)) & (fm <= mem2))
+                    if self.slo is not None:
+                        keep &= self.latency(lb_s, lb_m, m) * (1 - SLACK) <= self.slo
+                    for a, jj in zip(*np.nonzero(keep), strict=True):
+                        j = i + int(jj)
+                        sv, mv, me = float(s2[a, jj]), float(m2[a, jj]), float(mem2[a, jj])
+                        feats = [v for v, u in ((sv, use_s), (mv, use_m), (me, self.multi)) if u]
+                        feats += [0.0] * (3 - len(feats))
+                        lab = (*feats, sv, mv, me, items[a], (i, j, t))
+                        if j + 1 == n:
+                            k = float(self.key(sv, mv, m))
+                            if self.slo_ms is not None and self.latency(sv, mv, m) * 1e3 / self.slo_ms - 1.0 > 0:
+                                continue
+                            finals.append((k, sv, mv, me, r, m, lab))
+                            if self.multi:
+                                _add_front(front, (k, me))
+                            elif k < incumbent:
+                                incumbent = k
+                        else:
+                            labels.setdefault((j + 1, d + t), []).append(lab)
+        return incumbent
+
+    def _plan(self, r: int, m: int, label: tuple[Any, ...]) -> Plan:
+        stages = []
+        while label is not None and label[7] is not None:
+            stages.append(label[7])
+            label = label[6]
+        return self.space.plan(stages[::-1], r, m)
+
+    def _record_best(self, finals: list[Any], seeds: list[Evaluation]) -> None:
+        finals.sort(key=lambda x: x[0])
+        for _k, _s, _mx, _me, r, m, lab in finals[:16]:
+            e = self.problem.score(self._plan(r, m, lab))
+            if e.feasible:
+                self.recorder.record(e)
+                break
+        self.recorder.evaluations += self.priced
+        if self.recorder.best is not None:
+            self.recorder.evaluate(self.recorder.best.plan)
+
+    def _record_front(self, finals: list[Any]) -> None:
+        pts = pareto([(k, me, r, m, lab) for k, _s, _mx, me, r, m, lab in finals], 2)
+        self.recorder.evaluations += self.priced
+        for _k, _me, r, m, lab in pts:
+            self.recorder.evaluate(self._plan(r, m, lab))
+
+
+def _add_front(front: list[tuple[float, float]], pt: tuple[float, float]) -> None:
+    if any(a <= pt[0] and b <= pt[1] for a, b in front):
+        return
+    front[:] = [(a, b) for a, b in front if not (pt[0] <= a and pt[1] <= b)] + [pt]

@@ -1,0 +1,324 @@
+"""The training half of ``dp``: back-to-front branch and bound on the 1F1B makespan (see :mod:`._dp`).
+
+Per (replicas r, micro-batches m, devices per replica D) the plan is built from its
+last stage backwards: the state (first cut of the suffix, devices of the suffix,
+stages in the suffix) fixes every stage's devices (the suffix holds the last ones
+of 0..D-1), its data-parallel link (stride D) and its 1F1B position, hence the
+micro-batches it keeps in flight and its memory. A suffix carries (P, Q), the two
+maxima of the decomposable lower bound of :mod:`._dp`; prepending a stage
+(f, b, hop h to the suffix, tail) gives
+
+    P' = max(m (f + b), (f + h) + (h + b) + P),   Q' = max(m (f + b) + tail, (f + h) + Q)
+
+and a complete plan's bound is max(P + tail_0, Q). Complete plans whose bound is
+below the incumbent are priced exactly by
+:func:`~paratune.costmodel._pipeline.training_makespan` on numpy arrays (the
+evaluator's own recursion, so the same numbers), cheapest bound first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..costmodel._pipeline import training_makespan
+from ._dp import SLACK, _add_front, pareto, seed_plans
+from ._layered_space import LayeredSpace
+from ._problem import Evaluation
+from ._tuner import Recorder
+
+#: Complete plans priced per numpy pass.
+CHUNK = 512
+
+
+class TrainDP:
+    """Branch and bound over suffixes for the training step (and step+memory, throughput)."""
+
+    def __init__(self, space: LayeredSpace, recorder: Recorder, max_labels: int) -> None:
+        self.space, self.recorder, self.max_labels = space, recorder, max_labels
+        self.problem = space.problem
+        self.multi = self.problem.obj.multi
+        self.labels = 0
+        self.priced = 0
+        self.best = math.inf
+        self.best_item: tuple[Any, ...] | None = None
+        self.front: list[tuple[float, float]] = []
+        self.front_items: list[tuple[Any, ...]] = []
+        self.open_bound = math.inf  # smallest bound left unexplored when the label cap stopped the search
+
+    # -- bounds -----------------------------------------------------------------------
+    def _prefix_bounds(self, share: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
+        """Admissible (f + b, f) of covering cuts[:i]: each segment at its cheapest TP, link and recompute."""
+        space = self.space
+        n = space.n_cuts
+        fb, ff = np.full(n, np.inf), np.full(n, np.inf)
+        for t in space.tps:
+            if t > budget or not space.tp_allowed(t):
+                continue
+            for link in {space.group_link(t, d) for d in range(budget - t + 1)}:
+                for rc in space.recompute:
+                    f, b = space.train_times(t, share, link, rc)
+                    fb = np.minimum(fb, np.diag(f) + np.diag(b))
+                    ff = np.minimum(ff, np.diag(f))
+        fb, ff = fb * (1.0 - SLACK), ff * (1.0 - SLACK)
+        return np.concatenate(([0.0], np.cumsum(fb))), np.concatenate(([0.0], np.cumsum(ff)))
+
+    def _min_devices(self, share: int, m: int, dev: int) -> np.ndarray:
+        """Fewest devices that can hold cuts[:i] in stages that fit memory (each keeping at least one micro-batch).
+
+        A stage's memory grows with the micro-batches it keeps, so pricing each with one
+        is optimistic: a suffix that leaves fewer devices than this for its prefix is dropped.
+        """
+        space = self.space
+        n = space.n_cuts
+        fits = {}
+        for t in space.tps:
+            if t > dev or not space.tp_allowed(t):
+                continue
+            ok = np.zeros((n, n), dtype=bool)
+            for rc in space.recompute:
+                ok |= space.train_need(t, share, m, 1, rc) / space.limit - 1.0 <= 0
+            fits[t] = ok & space.allowed(t, share)
+        best = np.full(n + 1, dev + 1)
+        best[0] = 0
+        for j in range(n):
+            for t, ok in fits.items():
+                cand = best[: j + 1] + t
+                cand = np.where(ok[: j + 1, j], cand, dev + 1)
+                best[j + 1] = min(best[j + 1], int(cand.min()))
+        return best
+
+    def _device_seconds(self, share: int) -> np.ndarray:
+        """Admissible device-seconds of one micro-batch's forward + backward over cuts[:i], for each i.
+
+        Sum over segments of min_t t (f + b): stages covering cuts[:i] on d devices satisfy
+        sum_s t_s (f_s + b_s) >= this and sum_s t_s = d, so their slowest stage takes at
+        least this / d, and the 1F1B step at least m times that.
+        """
+        key = ("device_seconds", share)
+        if key in self.space._cache:
+            return self.space._cache[key]  # type: ignore[no-any-return]
+        space = self.space
+        best = np.full(space.n_cuts, np.inf)
+        for t in space.tps:
+            if not space.tp_allowed(t):
+                continue
+            for link in {space.group_link(t, d) for d in range(space.max_devices - t + 1)}:
+                for rc in space.recompute:
+                    f, b = space.train_times(t, share, link, rc)
+                    best = np.minimum(best, t * (np.diag(f) + np.diag(b)))
+        out = np.concatenate(([0.0], np.cumsum(best))) * (1.0 - SLACK)
+        self.space._cache[key] = out
+        return out
+
+    def _combos(self) -> list[tuple[float, int, int, int]]:
+        """(root bound, r, m, D) for every combination that memory allows, cheapest bound first."""
+        out = []
+        d_min = self.space.min_replica_devices()
+        for r, m in self.space.pairs:
+            share = r * m
+            work = self._device_seconds(share)[-1]
+            for d in range(d_min, self.space.max_devices // r + 1):
+                pre_fb, _ = self._prefix_bounds(share, d)
+                c = pre_fb[-1]
+                if not np.isfinite(c):
+                    continue
+                out.append((max(c, m * work / d), r, m, d))
+        out.sort()
+        return out
+
+    def _key(self, value: float, mem: float) -> bool:
+        """True when a plan of step >= ``value`` and memory >= ``mem`` cannot improve the answer."""
+        if self.multi:
+            return any(a <= value and b <= mem for a, b in self.front)
+        return value >= self.best
+
+    # -- search -----------------------------------------------------------------------
+    def run(self) -> list[str]:
+        space = self.space
+        d_min = space.min_replica_devices()
+        if d_min > space.max_devices:
+            self.recorder.certified = True
+            self._finish([])
+            static = d_min * space.limit / 2**40
+            return [
+                f"no feasible plan, proven: the weights and training state need at least {d_min} devices of "
+                f"{space.limit / 2**30:.1f} GiB (~{static:.1f} TiB) but at most {space.max_devices} may be used"
+            ]
+        seeds: list[Evaluation] = [] if self.multi else seed_plans(space)
+        if seeds:
+            self.best = seeds[0].metrics.latency_s
+            self.recorder.record(seeds[0], count=len(seeds))
+        stopped = False
+        combos = self._combos()
+        for k, (root, r, m, d) in enumerate(combos):
+            if not self.multi and root * (1 - SLACK) >= self.best:
+                continue
+            if self.labels > self.max_labels:
+                stopped = True
+                self.open_bound = min([self.open_bound] + [c[0] for c in combos[k:]])
+                break
+            self._solve(r, m, d)
+        notes = self._finish(seeds)
+        if stopped or self.labels > self.max_labels:
+            self.recorder.certified = False
+            gap = self.best / self.open_bound - 1.0 if self.open_bound > 0 else math.inf
+            notes.append(
+                f"label cap {self.max_labels} reached: not certified; the optimum is at most {max(gap, 0) * 100:.2f}% "
+                "better than this plan (raise option 'max_labels')"
+            )
+        else:
+            self.recorder.certified = True
+        notes.append(f"dp priced {self.labels} suffix labels and {self.priced} complete plans exactly")
+        return notes
+
+    def _solve(self, r: int, m: int, dev: int) -> None:
+        space = self.space
+        share, n = r * m, space.n_cuts
+        pre_fb, pre_f = self._prefix_bounds(share, dev)
+        pre_w = self._device_seconds(share) * m  # the prefix's bottleneck on the devices left to it
+        min_dev = self._min_devices(share, m, dev)
+        if min_dev[n] > dev:
+            return
+        # stage tables per (t, rc, first device)
+        tables: dict[tuple[int, bool, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for t in space.tps:
+            if t > dev or not space.tp_allowed(t):
+                continue
+            allowed = space.allowed(t, share)
+            for d0 in range(dev - t + 1):
+                link = space.group_link(t, d0)
+                tail = space.train_tail(t, share, d0, dev, r)
+                for rc in space.recompute:
+                    f, b = space.train_times(t, share, link, rc)
+                    tables[(t, rc, d0)] = (np.where(allowed, f, np.inf), b, tail)
+        # suffix labels per state (first cut, devices of the suffix, stages): (P, Q, mem, parent, stage)
+        states: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {(n, 0, 0): [(0.0, 0.0, 0.0, None, None)]}
+        pending: list[tuple[float, float, int, Any]] = []
+        for i_next in range(n, 0, -1):
+            keys = sorted(k for k in states if k[0] == i_next)
+            for key in keys:
+                items = states.pop(key)
+                _, dsuf, k = key
+                P = np.array([x[0] for x in items])[:, None]
+                Q = np.array([x[1] for x in items])[:, None]
+                MEM = np.array([x[2] for x in items])[:, None]
+                kept = min(m, k + 1)
+                j = i_next - 1
+                for t in space.tps:
+                    d0 = dev - dsuf - t
+                    if d0 < 0 or (t, space.recompute[0], d0) not in tables:
+                        continue
+                    hop = space.hop(i_next, d0 + t, share) if k > 0 else 0.0
+                    for rc in space.recompute:
+                        f_all, b_all, tail_all = tables[(t, rc, d0)]
+                        need = space.train_need(t, share, m, kept, rc)[:i_next, j]
+                        f = f_all[:i_next, j]
+                        ok = np.isfinite(f) & (need / space.limit - 1.0 <= 0)
+                        if not ok.any():
+                            continue
+                        b, tail = b_all[:i_next, j], tail_all[:i_next, j]
+                        c = f + b
+                        if k == 0:
+                            p2 = np.broadcast_to(m * c, (len(items), i_next))
+                            q2 = np.broadcast_to(m * c + tail, (len(items), i_next))
+                            mem2 = np.broadcast_to(need, (len(items), i_next))
+                        else:
+                            p2 = np.maximum(m * c, (f + hop) + (hop + b) + P)
+                            q2 = np.maximum(m * c + tail, (f + hop) + Q)
+                        if k > 0:
+                            mem2 = np.maximum(MEM, need)
+                        first = np.arange(i_next)
+                        complete = first == 0
+                        rest = np.maximum(p2 + pre_fb[first], q2 + pre_f[first])
+                        if d0 > 0:
+                            rest = np.maximum(rest, pre_w[first] / d0)
+                        lb = np.where(complete, np.maximum(p2 + tail, q2), rest)
+                        place = ok & ((first > 0) | (d0 == 0)) & (min_dev[first] <= d0)
+                        keep = np.broadcast_to(place, lb.shape).copy()
+                        if self.multi:
+                            for fl, fm in self.front:
+                                keep &= ~((fl <= lb * (1 - SLACK)) & (fm <= mem2))
+                        else:
+                            keep &= lb * (1 - SLACK) < self.best
+                        self.labels += int(keep.sum())
+                        for a, i in zip(*np.nonzero(keep), strict=True):
+                            stage = (int(i), j, t, rc, float(f[i]), float(b[i]), hop, float(tail[i]))
+                            lab = (float(p2[a, i]), float(q2[a, i]), float(mem2[a, i]), items[a], stage)
+                            if i == 0:
+                                pending.append((float(lb[a, i]), float(mem2[a, i]), m, lab))
+                                if len(pending) >= CHUNK:
+                                    self._price(pending, r, m, dev)
+                                    pending = []
+                            else:
+                                states.setdefault((int(i), dsuf + t, k + 1), []).append(lab)
+                if self.labels > self.max_labels:
+                    rest = [x for v in states.values() for x in v]
+                    self.open_bound = min([self.open_bound] + [lb for lb, *_ in pending])
+                    if rest:  # the open labels' own bounds are at least their P
+                        self.open_bound = min(self.open_bound, min(x[0] for x in rest))
+                    self._price(pending, r, m, dev)
+                    return
+        self._price(pending, r, m, dev)
+
+    def _price(self, pending: list[tuple[float, float, int, Any]], r: int, m: int, dev: int) -> None:
+        """Exact makespan of complete plans, cheapest bound first, until the bound reaches the best value."""
+        pending.sort(key=lambda x: x[0])
+        by_p: dict[int, list[tuple[float, float, list[tuple[Any, ...]]]]] = {}
+        for lb, mem, _m, lab in pending:
+            if not self.multi and lb * (1 - SLACK) >= self.best:
+                break
+            if self.multi and self._key(lb * (1 - SLACK), mem):
+                continue
+            chain = []
+            node = lab
+            while node is not None and node[4] is not None:
+                chain.append(node[4])
+                node = node[3]
+            by_p.setdefault(len(chain), []).append((lb, mem, chain))
+        for p, rows in by_p.items():
+            fwd = [np.array([row[2][s][4] for row in rows]) for s in range(p)]
+            back = [np.array([row[2][s][5] for row in rows]) for s in range(p)]
+            hops = [np.array([row[2][s][6] for row in rows]) for s in range(p - 1)]
+            tails = [np.array([row[2][s][7] for row in rows]) for s in range(p)]
+            zero = np.zeros(len(rows))
+            step = training_makespan(fwd, back, hops, tails, m, False, maximum=np.maximum, zero=zero)
+            self.priced += len(rows)
+            for value, (_lb, mem, chain) in zip(step.tolist(), rows, strict=True):
+                item = (value, mem, r, m, chain)
+                if self.multi:
+                    if not any(a <= value and b <= mem for a, b in self.front):
+                        _add_front(self.front, (value, mem))
+                        self.front_items.append(item)
+                elif value < self.best or (self.best_item is None and value <= self.best):
+                    self.best, self.best_item = value, item
+
+    def _plan_of(self, item: tuple[Any, ...]) -> Any:
+        _v, _mem, r, m, chain = item
+        stages = [(s[0], s[1], s[2]) for s in chain]
+        return self.space.plan(stages, r, m, [s[3] for s in chain])
+
+    def _finish(self, seeds: list[Evaluation]) -> list[str]:
+        count = self.labels + self.priced
+        notes: list[str] = []
+        if self.multi:
+            pts = pareto([(it[0], it[1], it) for it in self.front_items], 2)
+            self.recorder.evaluations += count
+            for _v, _mem, item in pts:
+                self.recorder.evaluate(self._plan_of(item))
+        elif self.best_item is not None:
+            e = self.problem.score(self._plan_of(self.best_item))
+            self.recorder.record(e, count=max(1, count))
+            self.recorder.evaluate(e.plan)
+        else:
+            self.recorder.evaluations += count
+            if self.recorder.best is not None:
+                self.recorder.evaluate(self.recorder.best.plan)
+        if self.recorder.best is None:
+            notes.append(
+                "no feasible plan: the model does not fit within the memory limit and device cap "
+                f"({self.space.max_devices} devices, {self.space.limit / 2**30:.1f} GiB per device)"
+            )
+        return notes

@@ -1,0 +1,80 @@
+"""``enumerate``: brute force over every plan of the dp's search space, for tiny problems.
+
+It exists to check ``dp``: the same space (:mod:`._layered_space`), every plan
+priced by ``problem.score`` (the analytic evaluator plus the limits), nothing
+pruned, so its optimum (and Pareto front) is certified by exhaustion. It refuses
+problems whose space holds more than ``max_plans`` plans rather than run for hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+
+from ._layered_space import LayeredSpace
+from ._problem import Problem
+from ._tuner import Recorder, Tuner
+
+DEFAULT_MAX_PLANS = 200_000
+
+
+class Enumerate(Tuner):
+    """Every plan of the layered space, each scored by ``problem.score`` (options: ``max_plans``,
+    ``max_micro_batches``, ``recompute``)."""
+
+    name: ClassVar[str] = "enumerate"
+    family: ClassVar[str] = "exact"
+    exact: ClassVar[bool] = True
+    description: ClassVar[str] = "brute force over every plan of the dp's space (tiny problems only)"
+
+    def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str]:
+        opts = dict(self.options)
+        cap = int(opts.pop("max_plans", DEFAULT_MAX_PLANS))
+        space = LayeredSpace.build(
+            problem,
+            max_micro_batches=int(opts.pop("max_micro_batches", 64)),
+            recompute=str(opts.pop("recompute", "search")),
+        )
+        if opts:
+            raise ValueError(
+                f"enumerate: unknown option(s) {', '.join(opts)}; allowed: max_plans, max_micro_batches, recompute"
+            )
+        total = space.count_plans()
+        if total > cap:
+            raise ValueError(
+                f"enumerate: the space of {problem.name} holds {total} plans, more than the cap of {cap}; "
+                "raise option 'max_plans' or use the 'dp' tuner"
+            )
+        for r, m in space.pairs:
+            for stages in _compositions(space, 0, space.max_devices // r):
+                for flags in _flags(space.recompute, len(stages)):
+                    recorder.record(problem.score(space.plan(stages, r, m, flags)))
+        notes = [f"enumerated all {total} plans of the layered space"]
+        if recorder.best is None:
+            notes.append("no plan of the space is feasible (memory, SLOs, device cap or calibrated range)")
+        recorder.certified = not recorder.stopped
+        return notes
+
+
+def _compositions(space: LayeredSpace, i: int, budget: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Every stage sequence covering cuts[i:] with at most ``budget`` devices."""
+    for t in space.tps:
+        if t > budget:
+            continue
+        for j in range(i, space.n_cuts):
+            if j == space.n_cuts - 1:
+                yield [(i, j, t)]
+            else:
+                for rest in _compositions(space, j + 1, budget - t):
+                    yield [(i, j, t), *rest]
+
+
+def _flags(choices: tuple[bool, ...], n: int) -> Iterator[list[bool]]:
+    if n == 0:
+        yield []
+        return
+    for head in choices:
+        for rest in _flags(choices, n - 1):
+            yield [head, *rest]

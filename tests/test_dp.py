@@ -1,0 +1,112 @@
+"""The exact solvers: ``dp`` equals ``enumerate`` (brute force over the same space) on random tiny problems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from paratune.search import Limits, Problem, TuneResult, tune
+from paratune.search._layered_space import LayeredSpace
+
+OBJECTIVES = [
+    ("prefill", "ttft"),
+    ("prefill", "throughput"),
+    ("prefill", "ttft+memory"),
+    ("decode", "tbt"),
+    ("decode", "throughput"),
+    ("decode", "tbt+memory"),
+    ("train", "step"),
+    ("train", "throughput"),
+    ("train", "step+memory"),
+]
+GIB = 1024**3
+
+
+def _random_problem(rng: np.random.Generator, phase: str, objective: str) -> Problem:
+    """A tiny random problem whose space enumerate can walk in well under a second."""
+    while True:
+        heads = int(rng.choice([4, 8, 12]))
+        layers = int(rng.integers(2, 7))
+        model = (
+            f"llama2-7b:layers={layers},hidden={heads * 64},heads={heads},kv_heads={heads},ffn={heads * 256},vocab=1000"
+        )
+        if rng.random() < 0.25:
+            platform = "mesh:rows=2,cols=2"
+        else:
+            platform = f"dgx-a100:devices_per_node={int(rng.choice([2, 4]))},nodes={int(rng.integers(1, 3))}"
+        batch = int(rng.choice([1, 2, 4]))
+        p = Problem(model, platform, phase=phase, objective=objective, batch=batch, seq=int(rng.choice([64, 256])))
+        if rng.random() < 0.4:  # tight memory: a fraction of the weights (+ state when training) per device
+            total = p.evaluator().tp_tables(1).weights[-1] * (8 if phase == "train" else 1)
+            p = p.with_(limits=Limits(memory_gib=float(total * rng.uniform(0.25, 0.8) / GIB)))
+        if LayeredSpace.build(p, max_micro_batches=4).count_plans() <= 3000:
+            return p
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+
+
+def _covers(front: list[tuple[float, ...]], other: list[tuple[float, ...]]) -> bool:
+    """Every point of ``other`` is matched (to 1e-9) or dominated by a point of ``front``."""
+    return all(any(all(x <= y * (1 + 1e-9) for x, y in zip(f, o, strict=True)) for f in front) for o in other)
+
+
+def _check(p: Problem) -> tuple[TuneResult, TuneResult]:
+    a = tune(p, "enumerate", max_micro_batches=4)
+    b = tune(p, "dp", max_micro_batches=4)
+    assert _same(a.objective_value, b.objective_value), (p, a.objective_value, b.objective_value)
+    assert (a.best_plan is None) == (b.best_plan is None)
+    if b.best_plan is not None:
+        e = p.score(b.best_plan)
+        assert e.feasible and _same(e.value, b.objective_value)
+        assert b.optimal
+    if p.obj.multi:
+        fa, fb = [v for _, v in a.pareto], [v for _, v in b.pareto]
+        assert _covers(fa, fb) and _covers(fb, fa), (p, fa, fb)
+    return a, b
+
+
+@pytest.mark.parametrize(("phase", "objective"), OBJECTIVES)
+def test_dp_equals_enumerate(phase: str, objective: str) -> None:
+    rng = np.random.default_rng(sum(map(ord, phase + objective)))
+    for _ in range(6):  # 9 objectives x 6 = 54 random problems
+        _check(_random_problem(rng, phase, objective))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("phase", "objective"), OBJECTIVES)
+def test_dp_equals_enumerate_more(phase: str, objective: str) -> None:
+    rng = np.random.default_rng(1000 + sum(map(ord, phase + objective)))
+    for _ in range(25):
+        _check(_random_problem(rng, phase, objective))
+
+
+def test_hybrid_optimum() -> None:
+    """Tight memory makes the best plan mix TP degrees across stages; dp finds it like enumerate."""
+    # a large vocabulary makes the embedding and LM-head stages heavy: they need TP 2, the middle fits TP 1
+    model = "llama2-7b:layers=3,hidden=512,heads=8,kv_heads=8,ffn=2048,vocab=128000"
+    p = Problem(model, "dgx-a100", phase="decode", batch=1, seq=64, limits=Limits(memory_gib=0.08, max_devices=5))
+    _, b = _check(p)
+    assert b.best_plan is not None
+    assert len({st.tp for st in b.best_plan.stages}) > 1, b.best_plan
+
+
+def test_infeasible_problem_gives_no_plan() -> None:
+    p = Problem("llama2-7b:layers=2", "dgx-a100:devices_per_node=2", phase="train", batch=2, seq=128,
+                limits=Limits(memory_gib=0.01))  # fmt: skip
+    for name in ("dp", "enumerate"):
+        res = tune(p, name)
+        assert res.best_plan is None and not res.optimal and res.notes
+
+
+def test_enumerate_refuses_large_spaces_and_options_are_checked() -> None:
+    p = Problem("llama2-7b", "dgx-a100x2", phase="decode", batch=8)
+    with pytest.raises(ValueError, match=r"plans, more than the cap of 1000; raise option 'max_plans'"):
+        tune(p, "enumerate", max_plans=1000)
+    with pytest.raises(ValueError, match="option 'recompute' is 'maybe'; allowed: search, off, on"):
+        tune(p, "dp", recompute="maybe")
+    with pytest.raises(ValueError, match="unknown option"):
+        tune(p, "dp", colour="red")
