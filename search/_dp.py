@@ -62,7 +62,7 @@ class DPSolver(Tuner):
     """Exact dynamic programming over (cut, devices, TP) for layered graphs; see the module docstring.
 
     Options: ``max_micro_batches`` (64), ``recompute`` ("search" | "off" | "on"), ``max_labels``
-    (training: labels kept before giving up certification, 2,000,000).
+    (training: labels kept before giving up certification, 300,000).
     """
 
     name: ClassVar[str] = "dp"
@@ -87,7 +87,7 @@ class DPSolver(Tuner):
         if problem.phase == "train":
             from ._dp_train import TrainDP
 
-            return TrainDP(space, recorder, int(self.options.get("max_labels", 2_000_000))).run()
+            return TrainDP(space, recorder, int(self.options.get("max_labels", 300_000))).run()
         return InferenceDP(space, recorder).run()
 
 

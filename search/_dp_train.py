@@ -161,13 +161,15 @@ class TrainDP:
                 self.open_bound = min([self.open_bound] + [c[0] for c in combos[k:]])
                 break
             self._solve(r, m, d)
+            if self.labels > self.max_labels:  # this combination was cut short: only its root bound holds
+                self.open_bound = min(self.open_bound, root * (1 - SLACK))
         notes = self._finish(seeds)
         if stopped or self.labels > self.max_labels:
             self.recorder.certified = False
             gap = self.best / self.open_bound - 1.0 if self.open_bound > 0 else math.inf
             notes.append(
-                f"label cap {self.max_labels} reached: not certified; the optimum is at most {max(gap, 0) * 100:.2f}% "
-                "better than this plan (raise option 'max_labels')"
+                f"label cap {self.max_labels} reached: not certified; proven lower bound {self.open_bound:.6g} s, so "
+                f"the optimum is at most {max(gap, 0) * 100:.1f}% better than this plan (raise option 'max_labels')"
             )
         else:
             self.recorder.certified = True
@@ -254,11 +256,7 @@ class TrainDP:
                                     pending = []
                             else:
                                 states.setdefault((int(i), dsuf + t, k + 1), []).append(lab)
-                if self.labels > self.max_labels:
-                    rest = [x for v in states.values() for x in v]
-                    self.open_bound = min([self.open_bound] + [lb for lb, *_ in pending])
-                    if rest:  # the open labels' own bounds are at least their P
-                        self.open_bound = min(self.open_bound, min(x[0] for x in rest))
+                if self.labels > self.max_labels:  # run() falls back on this combination's root bound
                     self._price(pending, r, m, dev)
                     return
         self._price(pending, r, m, dev)
