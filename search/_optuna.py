@@ -1,0 +1,234 @@
+"""Optuna black-box searches: ``optuna-tpe``, ``-cmaes``, ``-gp``, ``-random``, ``-qmc``, ``-nsga2``.
+
+One trial = one plan from a define-by-run space (:mod:`._spaces`) = one evaluation
+counted by the recorder, so the budget is the number of trials.
+
+Infeasible plans (over the memory limit, an SLO or the device cap) are handled the
+Optuna way, never with a made-up large value that would distort the sampler:
+
+* TPE, NSGA-II and GP model constraints: every trial completes with its real
+  objective value(s) and its constraints set with ``Trial.set_constraint`` (one
+  named value per constraint, <= 0 when met: Optuna 5's API; ``constraints_func``
+  is deprecated there). Their split / domination / acquisition rank infeasible
+  trials behind feasible ones, and ``study.best_trial(s)`` only returns feasible ones.
+* Random and QMC do not learn from values: trials complete with their constraints
+  set, which keeps ``study.best_trial`` feasible and shows them in optuna-dashboard.
+* CMA-ES ignores constraints (it warns when they are set): infeasible trials are
+  *pruned* (their violations kept in the user attribute ``violations``), and
+  CMA-ES updates its distribution from the feasible ones only.
+
+A plan the cost model calls invalid (the spaces repair dependent choices, so this
+should not happen) is pruned with its reason in the user attribute ``invalid``.
+
+The study lives in memory unless ``storage`` (any Optuna storage URL) is given:
+a database write per trial costs about 0.1 s here, against microseconds for the
+cost model. With a storage URL the study is created or resumed (``study_name``,
+``load_if_exists``), for optuna-dashboard or for several workers sharing it.
+The last study is kept as ``tuner.study``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..costmodel import Metrics, Plan
+from ._problem import Evaluation, Problem
+from ._spaces import SPACES, make_space
+from ._tuner import Recorder, Tuner
+
+if TYPE_CHECKING:
+    import optuna
+
+SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "nsga2")
+#: Samplers that read ``trial.constraints`` when they sample.
+CONSTRAINED = frozenset({"tpe", "gp", "nsga2"})
+#: Samplers that model integers better than categoricals (or hand categoricals to a random fall-back).
+ORDINAL_ONLY = frozenset({"cmaes", "qmc"})
+#: Names of :attr:`Evaluation.constraints`, in order (see ``Problem.score``).
+CONSTRAINT_NAMES = ("memory", "tbt_slo", "ttft_slo", "devices", "calibrated")
+#: Default trials: the GP sampler costs 1-4 s per trial on 2 cores (torch), the others milliseconds.
+DEFAULT_BUDGET = {"gp": 50}
+
+
+class OptunaTuner(Tuner):
+    """An Optuna study over a plan space (options: ``sampler``, ``space``, ``storage``, ...).
+
+    Options:
+        sampler: one of tpe, cmaes, gp, random, qmc, nsga2.
+        space: uniform, hybrid or placement (default: hybrid for layered graphs, placement otherwise).
+        granularities: granularities the ``uniform`` space visits (default layer, layers:2, layers:4
+            where they divide the layers).
+        max_stages: cap on the stages of the ``hybrid`` space (default 16).
+        storage: an Optuna storage URL (``sqlite:///study.db``, ``postgresql://...``); default in memory.
+        study_name: the study's name in that storage (default: the tuner and problem names).
+        population_size: NSGA-II's population (default: budget / 8, between 8 and 50).
+
+    Example:
+        >>> from paratune.search import Problem, tune
+        >>> p = Problem("llama2-7b:layers=4", "dgx-a100", phase="decode", batch=8, context=512)
+        >>> tune(p, "optuna-tpe", budget=20, seed=1).best_plan is not None
+        True
+    """
+
+    name: ClassVar[str] = "optuna"
+    family: ClassVar[str] = "optuna"
+    stochastic: ClassVar[bool] = True
+    default_budget: ClassVar[int | None] = 200
+    description: ClassVar[str] = "Optuna sampler over a define-by-run plan space"
+
+    def __init__(
+        self,
+        *,
+        sampler: str = "tpe",
+        space: str | None = None,
+        storage: str | None = None,
+        study_name: str | None = None,
+        **options: Any,
+    ) -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown Optuna sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+        if space is not None and space not in SPACES:
+            raise ValueError(f"unknown search space {space!r}; allowed: {', '.join(SPACES)}")
+        allowed = {"granularities", "max_stages", "population_size"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {', '.join(unknown)} for optuna-{sampler}; allowed: sampler, space, storage, "
+                f"study_name, {', '.join(sorted(allowed))}"
+            )
+        super().__init__(sampler=sampler, space=space, storage=storage, study_name=study_name, **options)
+        self.sampler_name, self.space_name = sampler, space
+        self.storage, self.study_name = storage, study_name
+        # The registry makes one class serve six names: the name and default budget are per instance.
+        setattr(self, "name", f"optuna-{sampler}")  # noqa: B010 (a ClassVar of the base, set per sampler)
+        setattr(self, "default_budget", DEFAULT_BUDGET.get(sampler, 200))  # noqa: B010
+        self.study: optuna.Study | None = None
+
+    # -- the search -------------------------------------------------------
+    def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
+        import optuna
+
+        space = make_space(
+            self.space_name,
+            problem,
+            ordinal_only=self.sampler_name in ORDINAL_ONLY,
+            granularities=self.options.get("granularities"),
+            max_stages=self.options.get("max_stages"),
+        )
+        budget = recorder.remaining
+        n_trials = None if budget is None else budget
+        directions = [
+            optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+            for d in problem.obj.directions
+        ]
+        previous = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            with warnings.catch_warnings():
+                # Experimental-feature notices (multivariate TPE, with_margin, QMC, GP) say nothing to a user here.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                sampler = self._sampler(optuna, seed, n_trials or 200)
+                study = optuna.create_study(
+                    storage=self.storage,
+                    sampler=sampler,
+                    study_name=self.study_name or (f"{self.name}:{problem.name}" if self.storage else None),
+                    directions=directions,
+                    load_if_exists=self.storage is not None,
+                )
+                self.study = study
+                tally: Counter[str] = Counter()
+                objective = self._objective(problem, recorder, space, tally)
+
+                def stop(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+                    if recorder.done:
+                        study.stop()
+
+                study.optimize(objective, n_trials=n_trials, callbacks=[stop], catch=())
+        finally:
+            optuna.logging.set_verbosity(previous)
+        return self._notes(space.describe(), tally, recorder)
+
+    def _objective(self, problem: Problem, recorder: Recorder, space: Any, tally: Counter[str]) -> Any:
+        import optuna
+
+        cache: dict[Plan, Metrics] = {}
+        constrained = self.sampler_name != "cmaes"
+        active = _active_constraints(problem)
+        prune_infeasible = self.sampler_name == "cmaes"
+
+        def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+            plan = space.suggest(trial)
+            metrics = cache.get(plan)
+            if metrics is None:
+                metrics = cache[plan] = problem.evaluate(plan)
+            ev: Evaluation = recorder.record_metrics(plan, metrics)
+            tally["trials"] += 1
+            if any(math.isnan(v) for v in ev.values):
+                tally["invalid"] += 1
+                trial.set_user_attr("invalid", "; ".join(ev.violations))
+                raise optuna.TrialPruned(ev.violations[0] if ev.violations else "invalid plan")
+            if not ev.feasible:
+                tally["infeasible"] += 1
+                if prune_infeasible:
+                    tally["pruned"] += 1
+                    trial.set_user_attr("violations", list(ev.violations))
+                    raise optuna.TrialPruned("; ".join(ev.violations))
+            if constrained:
+                for i in active:
+                    trial.set_constraint(CONSTRAINT_NAMES[i], ev.constraints[i])
+            return ev.values if len(ev.values) > 1 else ev.value
+
+        return objective
+
+    def _sampler(self, optuna: Any, seed: int, budget: int) -> optuna.samplers.BaseSampler:
+        s = self.sampler_name
+        if s == "tpe":
+            # Multivariate TPE models the joint distribution of the plan's numbers (TP and layer
+            # shares interact); constraints are read from the trials (set_constraint).
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        if s == "cmaes":
+            # with_margin keeps integer parameters from collapsing onto one value (CMA-ES with margin).
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, with_margin=True)
+        if s == "gp":
+            return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True, warn_independent_sampling=False)
+        if s == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s == "qmc":
+            return optuna.samplers.QMCSampler(
+                qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False,
+                warn_asynchronous_seeding=False,
+            )  # fmt: skip
+        population = self.options.get("population_size") or max(8, min(50, budget // 8))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(population))
+
+    def _notes(self, space: str, tally: Counter[str], recorder: Recorder) -> list[str]:
+        how = {
+            "cmaes": "pruned (CMA-ES ignores constraints)",
+            "random": "completed with their constraints set",
+            "qmc": "completed with their constraints set",
+        }.get(self.sampler_name, "reported to the sampler as constraint violations (Trial.set_constraint)")
+        notes = [
+            space,
+            f"{tally['trials']} trials: {tally['infeasible']} infeasible, {how}; {tally['invalid']} invalid, pruned",
+        ]
+        if self.storage:
+            notes.append(f"study {self.study.study_name if self.study else '?'} in {self.storage}")
+        if recorder.best is None:
+            notes.append("no feasible plan found within the budget")
+        return notes
+
+
+def _active_constraints(problem: Problem) -> list[int]:
+    """Indices of the constraints that can be violated on ``problem`` (memory, and the limits it sets).
+
+    Constant constraints carry no information and cost a Gaussian process each in the GP sampler;
+    the device count never exceeds the cap since every space sizes plans to ``problem.max_devices``.
+    """
+    lim = problem.limits
+    flags = (True, lim.tbt_ms is not None, lim.ttft_ms is not None, False, lim.calibrated_only)
+    return [i for i, on in enumerate(flags) if on]
