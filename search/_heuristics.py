@@ -1,0 +1,358 @@
+"""Practitioners' heuristics: the mappings people launch today without a tuner.
+
+Each heuristic encodes one published practice as a rule and evaluates only the
+one or few plans the rule names (a probe for memory, a fallback with activation
+recomputation), so the gap of the best tuner to these rules is the value of
+tuning. The rules never crash: when a rule cannot produce a feasible plan, the
+plan it would launch is recorded as infeasible and a note says why (the result
+then has no best plan).
+
+Shared conventions (documented once, used by every rule):
+
+* Plans are built at ``layer`` granularity with contiguous device groups
+  (:func:`~paratune.search.contiguous_plan`), the layout Megatron-LM and vLLM use.
+* "Nodes" are ``problem.max_devices // devices per node`` (at least one); the
+  ``mesh`` accelerator is one node of ``rows x cols`` chips.
+* Micro-batches: ``4 x PP`` for training (Megatron-LM's guidance that the
+  number of micro-batches be a multiple of the stages, here 4x, to shrink the
+  1F1B bubble), ``PP`` for inference (one batch in flight per stage, which is
+  what vLLM's pipeline "virtual engines" do); both clipped to the largest
+  divisor of the per-replica batch.
+* A plan "fits" when its peak memory per device is within the problem's memory
+  limit (SLOs are not part of the rule: a plan that fits but misses an SLO is
+  what the practitioner would launch, and is reported infeasible).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..costmodel import Plan
+from ._plans import contiguous_plan, divisors, even_cuts
+from ._problem import GIB, Evaluation, Problem
+from ._tuner import Recorder, Tuner
+
+GRANULARITY = "layer"
+
+
+class _NoPlan(Exception):
+    """The rule cannot even build a plan (the message is the note for the user)."""
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What every rule reads off the problem: layers, TP choices, node structure, batch."""
+
+    n_layers: int
+    tps: list[int]
+    per_node: int
+    nodes: int
+    devices: int
+    batch: int
+    train: bool
+
+
+def _shape(problem: Problem) -> _Shape:
+    graph = problem.graph(GRANULARITY)
+    if not graph.is_layered or graph.meta.n_layers < 1:
+        raise _NoPlan(f"{problem.model}: heuristics cut layer ranges, but its graph is not layered")
+    devices = problem.max_devices
+    per_node = min(problem.plat.devices_per_node, devices)
+    tps = problem.tp_degrees()
+    if not tps:
+        raise _NoPlan(f"{problem.model}: no TP degree divides its {problem.heads} heads within one node")
+    return _Shape(
+        n_layers=graph.meta.n_layers,
+        tps=tps,
+        per_node=per_node,
+        nodes=max(1, devices // per_node),
+        devices=devices,
+        batch=graph.meta.batch,
+        train=problem.phase == "train",
+    )
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is <= ``limit`` (1 at least)."""
+    return max(d for d in divisors(n) if d <= max(1, limit))
+
+
+def _micro_batches(shape: _Shape, pp: int, replicas: int) -> int:
+    """4 x PP when training, PP for inference, clipped to a divisor of the per-replica batch."""
+    target = 4 * pp if shape.train else pp
+    return _largest_divisor(shape.batch // replicas, target)
+
+
+def _fill_replicas(shape: _Shape, devices_per_replica: int) -> int:
+    """As many replicas as the devices hold, reduced until they divide the batch."""
+    return _largest_divisor(shape.batch, shape.devices // devices_per_replica)
+
+
+def _variants(shape: _Shape, stages: list[tuple[int, int, int]], micro_batches: int, replicas: int) -> list[Plan]:
+    """The plan, and when training the same plan with full activation recomputation (the fallback)."""
+    flags = [False, True] if shape.train else [False]
+    return [
+        contiguous_plan(
+            stages, micro_batches=micro_batches, replicas=replicas, granularity=GRANULARITY, recompute=recompute
+        )
+        for recompute in flags
+    ]
+
+
+def _fits(problem: Problem, ev: Evaluation) -> bool:
+    m = ev.metrics
+    if m.reason.startswith("invalid plan") or m.latency_s == float("inf"):
+        return False
+    return m.max_memory_bytes <= problem.memory_limit_bytes
+
+
+def _miss(problem: Problem, plan: Plan, ev: Evaluation, rule: str) -> str:
+    """Why the rule's plan is not feasible, in words a user can act on."""
+    tp = "/".join(str(t) for t in sorted({s.tp for s in plan.stages}))
+    where = f"TP {tp} x PP {plan.pp} x {plan.replicas} replica(s) ({plan.num_devices} devices)"
+    if not _fits(problem, ev):
+        if ev.metrics.reason.startswith("invalid plan"):
+            return f"{rule}: {where} is not a valid plan: {ev.metrics.reason}"
+        need = ev.metrics.max_memory_bytes / GIB
+        limit = problem.memory_limit_bytes / GIB
+        total = sum(ev.metrics.peak_memory_bytes) / plan.replicas / GIB
+        return (
+            f"{rule}: {problem.model} does not fit at {where}: the busiest device needs {need:.1f} GiB > "
+            f"{limit:.1f} GiB ({total:.0f} GiB per replica on {plan.devices_per_replica} devices holding "
+            f"{limit * plan.devices_per_replica:.0f} GiB)"
+        )
+    return f"{rule}: {where} fits in memory but misses a limit: " + "; ".join(ev.violations)
+
+
+class _Heuristic(Tuner):
+    """Shared driver: ask the rule for candidate plans, record each, stop at the rule's choice."""
+
+    family = "heuristic"
+    stochastic = False
+    exact = False
+    default_budget = None
+
+    def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
+        try:
+            shape = _shape(problem)
+            return self._rule(problem, shape, recorder)
+        except _NoPlan as exc:
+            return [str(exc)]
+
+    def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
+        raise NotImplementedError
+
+    def _probe(self, problem: Problem, recorder: Recorder, plans: list[Plan]) -> list[str]:
+        """Evaluate ``plans`` in order and stop at the first that fits memory (the rule's choice).
+
+        When none fits, the last one (the rule's last resort) stays recorded as
+        infeasible and the note says why.
+        """
+        last: tuple[Plan, Evaluation] | None = None
+        for plan in plans:
+            if recorder.done:
+                return [f"{self.name}: the budget ran out after {recorder.evaluations} evaluation(s)"]
+            ev = recorder.evaluate(plan)
+            last = (plan, ev)
+            if _fits(problem, ev):
+                return [] if ev.feasible else [_miss(problem, plan, ev, self.name)]
+        if last is None:
+            return [f"{self.name}: the rule names no plan for {problem.plat.num_devices} devices"]
+        return [_miss(problem, last[0], last[1], self.name)]
+
+
+class Megatron(_Heuristic):
+    """Megatron-LM's recipe: TP inside a node, PP across nodes, even layers, 4 x PP micro-batches.
+
+    Source: Narayanan et al., "Efficient Large-Scale Language Model Training on
+    GPU Clusters Using Megatron-LM" (SC'21), takeaways 1-3 (tensor parallelism
+    up to the GPUs of a server, pipeline parallelism across servers, data
+    parallelism for the rest; micro-batches a multiple of the stages), and the
+    Megatron-LM README (``--tensor-model-parallel-size 8``,
+    ``--pipeline-model-parallel-size`` = servers, layers divided evenly).
+
+    Rule: TP = the GPUs per node reduced to the largest degree dividing the heads
+    (``problem.tp_degrees()[-1]``); PP = the number of nodes (capped at the
+    layers); layers split evenly (earlier stages take the remainder); training
+    uses ``4 x PP`` micro-batches and replicates over the devices left (data
+    parallel; none are left when TP is the full node), inference runs one
+    replica with PP micro-batches. If that does not fit memory: more stages
+    while the devices allow it (only when TP < GPUs per node), and for training
+    full activation recomputation (``--recompute-granularity full``) on the
+    same layout, which is what a Megatron-LM user turns on first.
+    """
+
+    name = "megatron"
+    description = "TP = GPUs per node, PP = nodes, even layers, 4 x PP micro-batches when training"
+
+    def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
+        tp = shape.tps[-1]
+        plans = []
+        for pp in range(min(shape.nodes, shape.n_layers), shape.n_layers + 1):
+            if tp * pp > shape.devices:
+                break
+            replicas = _fill_replicas(shape, tp * pp) if shape.train else 1
+            m = _micro_batches(shape, pp, replicas)
+            plans += _variants(shape, even_cuts(shape.n_layers, pp, tp), m, replicas)
+        return self._probe(problem, recorder, plans)
+
+
+class ServingDefault(_Heuristic):
+    """vLLM's documented default: TP = the GPUs of a node, PP = the nodes needed, one instance.
+
+    Source: vLLM documentation, "Distributed inference and serving": a model
+    that fits one node uses tensor parallelism over its GPUs; a model too large
+    for one node uses tensor parallelism of the GPUs per node and pipeline
+    parallelism of the number of nodes. One ``vllm serve`` launch is one model
+    instance, so replicas = 1 (data-parallel serving is a separate choice).
+
+    Rule: TP = the largest degree inside one node that divides the heads; PP =
+    the smallest number of nodes (1, 2, ... up to the nodes available) at which
+    the model fits memory; layers split evenly (vLLM's default partition);
+    micro-batches = PP (vLLM runs one batch per pipeline stage in flight, its
+    "virtual engines"), 1 without PP. Training problems get the same layout
+    with Megatron's 4 x PP micro-batches and the recomputation fallback (vLLM
+    does not train; the rule is kept so the heuristic answers every problem).
+    """
+
+    name = "serving-default"
+    description = "largest TP inside one node that fits memory, PP only across nodes (vLLM's default)"
+
+    def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
+        tp = shape.tps[-1]
+        plans = []
+        for pp in range(1, min(shape.nodes, shape.n_layers) + 1):
+            plans += _variants(shape, even_cuts(shape.n_layers, pp, tp), _micro_batches(shape, pp, 1), 1)
+        return self._probe(problem, recorder, plans)
+
+
+class MinTpReplicas(_Heuristic):
+    """MLPerf-style throughput serving: the smallest model-parallel group that fits, replicated.
+
+    Source: MLPerf Inference submissions (e.g. NVIDIA's Llama-2-70B and GPT-J
+    entries run one model copy per GPU or per small TP group and scale with data
+    parallel copies, since every TP all-reduce costs throughput); the same
+    practice as "data parallelism first" in training guides (ZeRO/FSDP papers).
+
+    Rule: the smallest TP (dividing the heads, within a node) at PP = 1 that
+    fits memory; if none does, the smallest PP with the smallest TP that fits
+    (PP grows first, TP within it, so the group stays as small as possible);
+    layers split evenly; the group is replicated over the remaining devices,
+    taking the largest replica count that divides the batch; micro-batches
+    as in the module conventions (4 x PP training, PP inference). When
+    training, activation recomputation is tried at a group size before the
+    group grows (a smaller group with recomputation is still "the smallest").
+    """
+
+    name = "min-tp-replicas"
+    description = "smallest TP that fits memory, replicated over the remaining devices (MLPerf throughput)"
+
+    def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
+        plans = []
+        for pp in range(1, shape.n_layers + 1):
+            for tp in shape.tps:
+                if tp * pp > shape.devices:
+                    continue
+                replicas = _fill_replicas(shape, tp * pp)
+                m = _micro_batches(shape, pp, replicas)
+                plans += _variants(shape, even_cuts(shape.n_layers, pp, tp), m, replicas)
+            if shape.tps[0] * (pp + 1) > shape.devices:
+                break
+        return self._probe(problem, recorder, plans)
+
+
+def layer_flops(problem: Problem) -> list[float]:
+    """FLOPs per layer unit, the embedding added to the first layer and the LM head to the last.
+
+    Training graphs count forward, backward and optimizer work, so the
+    balance is of the whole step. Used by :class:`BalancedPP` (and its tests).
+    """
+    graph = problem.graph(GRANULARITY)
+    n = graph.meta.n_layers
+    flops = [0.0] * n
+    for task in graph.tasks:
+        flops[min(max(task.layer, 0), n - 1)] += task.flops
+    return flops
+
+
+def balanced_cuts(flops: list[float], pp: int) -> list[tuple[int, int]]:
+    """Split layers into ``pp`` contiguous non-empty stages minimising the largest stage's FLOPs.
+
+    The classic linear-partition dynamic programme (the partitioner of GPipe
+    and DeepSpeed's ``partition_method``, here exact): the heaviest stage is at
+    most the mean plus one layer unit.
+    """
+    n = len(flops)
+    if not 1 <= pp <= n:
+        raise ValueError(f"pp must be in 1..{n} (the number of layers), got {pp}")
+    prefix = np.concatenate([[0.0], np.cumsum(flops)])
+    inf = float("inf")
+    best = np.full((pp + 1, n + 1), inf)  # best[k][j]: max stage FLOPs of layers 0..j-1 in k stages
+    arg = np.zeros((pp + 1, n + 1), dtype=int)
+    best[0][0] = 0.0
+    for k in range(1, pp + 1):
+        for j in range(k, n - (pp - k) + 1):
+            starts = np.arange(k - 1, j)
+            costs = np.maximum(best[k - 1][starts], prefix[j] - prefix[starts])
+            i = int(np.argmin(costs))
+            best[k][j], arg[k][j] = costs[i], starts[i]
+    cuts, j = [], n
+    for k in range(pp, 0, -1):
+        i = int(arg[k][j])
+        cuts.append((i, j - 1))
+        j = i
+    return cuts[::-1]
+
+
+class BalancedPP(_Heuristic):
+    """Pipeline stages balanced by FLOPs with one TP degree; the best (TP, PP) pair by the objective.
+
+    Source: GPipe (Huang et al., NeurIPS 2019) partitions a sequential model to
+    balance the estimated cost per stage; DeepSpeed's ``PipelineModule``
+    (``partition_method``) and PipeDream (Narayanan et al., SOSP 2019) do the
+    same. Balancing by FLOPs is what a practitioner can compute without a cost
+    model; it ignores memory-bound decode, communication and memory skew, which
+    is where tuners gain.
+
+    Rule: for every TP degree (dividing the heads, within a node) and every PP
+    with TP x PP within the devices, cut the layers into PP stages minimising
+    the largest stage's FLOPs (the first stage carries the embedding, the last
+    the LM head), replicate over the devices left (largest count dividing the
+    batch), micro-batches as in the module conventions; when training and the
+    plan does not fit, the same plan with activation recomputation. Every plan
+    is recorded; the best feasible one by the objective is the answer.
+    """
+
+    name = "balanced-pp"
+    description = "stages balanced by FLOPs, one TP degree (best of the TP/PP pairs that fit)"
+
+    def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
+        flops = layer_flops(problem)
+        cache: dict[int, list[tuple[int, int]]] = {}
+        fitted = 0
+        last: tuple[Plan, Evaluation] | None = None
+        for tp in reversed(shape.tps):
+            for pp in range(1, min(shape.n_layers, shape.devices // tp) + 1):
+                if pp not in cache:
+                    cache[pp] = balanced_cuts(flops, pp)
+                replicas = _fill_replicas(shape, tp * pp)
+                m = _micro_batches(shape, pp, replicas)
+                for plan in _variants(shape, [(a, b, tp) for a, b in cache[pp]], m, replicas):
+                    if recorder.done:
+                        return [f"{self.name}: the budget ran out after {recorder.evaluations} evaluation(s)"]
+                    ev = recorder.evaluate(plan)
+                    last = (plan, ev)
+                    if _fits(problem, ev):
+                        fitted += 1
+                        break
+        if recorder.best is not None:
+            return []
+        if last is None:
+            return [f"{self.name}: no TP x PP pair fits {shape.devices} devices"]
+        if fitted:
+            return [
+                f"{self.name}: {fitted} plan(s) fit in memory but none meets the limits; last: {last[1].violations}"
+            ]
+        return [_miss(problem, last[0], last[1], self.name) + " (and no other TP x PP pair fits)"]
