@@ -46,6 +46,8 @@ class TrainDP:
         self.best_item: tuple[Any, ...] | None = None
         self.front: list[tuple[float, float]] = []
         self.front_items: list[tuple[Any, ...]] = []
+        self.dominance = False  # the quick first pass (see run)
+        self.first_pass = 0  # labels of that pass
         self.open_bound = math.inf  # smallest bound left unexplored when the label cap stopped the search
 
     # -- bounds -----------------------------------------------------------------------
@@ -153,6 +155,15 @@ class TrainDP:
             self.recorder.record(seeds[0], count=len(seeds))
         stopped = False
         combos = self._combos()
+        # A first pass keeps only the labels of each state that no other beats on (P, Q, memory): not exact
+        # (the makespan is not a function of them) but it reaches complete near-optimal plans quickly, whose
+        # exact step time makes the incumbent that the exact pass below prunes with.
+        self.dominance = True
+        for root, r, m, d in combos:
+            if self.multi or root * (1 - SLACK) < self.best:
+                self._solve(r, m, d)
+        self.dominance = False
+        self.first_pass, self.labels = self.labels, 0
         for k, (root, r, m, d) in enumerate(combos):
             if not self.multi and root * (1 - SLACK) >= self.best:
                 continue
@@ -173,7 +184,9 @@ class TrainDP:
             )
         else:
             self.recorder.certified = True
-        notes.append(f"dp priced {self.labels} suffix labels and {self.priced} complete plans exactly")
+        notes.append(
+            f"dp priced {self.first_pass + self.labels} suffix labels and {self.priced} complete plans exactly"
+        )
         return notes
 
     def _solve(self, r: int, m: int, dev: int) -> None:
@@ -203,6 +216,8 @@ class TrainDP:
             keys = sorted(k for k in states if k[0] == i_next)
             for key in keys:
                 items = states.pop(key)
+                if self.dominance:
+                    items = [x[-1] for x in pareto([(x[0], x[1], x[2], x) for x in items], 3)]
                 _, dsuf, k = key
                 P = np.array([x[0] for x in items])[:, None]
                 Q = np.array([x[1] for x in items])[:, None]
@@ -299,7 +314,7 @@ class TrainDP:
         return self.space.plan(stages, r, m, [s[3] for s in chain])
 
     def _finish(self, seeds: list[Evaluation]) -> list[str]:
-        count = self.labels + self.priced
+        count = self.first_pass + self.labels + self.priced
         notes: list[str] = []
         if self.multi:
             pts = pareto([(it[0], it[1], it) for it in self.front_items], 2)

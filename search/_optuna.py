@@ -113,6 +113,11 @@ class OptunaTuner(Tuner):
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
         import optuna
 
+        if self.sampler_name == "cmaes" and problem.obj.multi:
+            raise ValueError(
+                f"optuna-cmaes optimises one objective; {problem.objective!r} has two: use optuna-nsga2 or optuna-tpe"
+            )
+
         space = make_space(
             self.space_name,
             problem,
