@@ -249,6 +249,7 @@ class Plan:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2))
         tmp.replace(path)

@@ -51,6 +51,11 @@ case "$cmd" in
         paratune evaluate --model llama2-70b --platform dgx-h100 --phase decode --batch 16 --context 4096 --tp 8
         paratune evaluate --model llama2-70b --platform dgx-h100x2 --phase prefill --batch 8 --seq 2048 --tp 8 --pp 2 --micro-batches 4
         paratune evaluate --model llama3-8b --platform dgx-a100 --phase train --batch 32 --seq 4096 --tp 2 --pp 2 --micro-batches 8 --replicas 2
+        # tuners on one scenario of the suite: a practitioner's heuristic, Optuna, and the certified optimum
+        scenario=benchmarks/scenarios/llama3-70b-a100x2-decode-tbt-12gpu.yaml
+        paratune tune --scenario "$scenario" --tuner megatron
+        paratune tune --scenario "$scenario" --tuner optuna-tpe --budget 200 --no-optimum
+        paratune tune --scenario "$scenario" --tuner dp -o runs/demo/best_plan.json
         ;;
     test)
         ruff check .
