@@ -90,6 +90,9 @@ def tune(
     storage: Annotated[
         str | None, typer.Option("--storage", help="Optuna storage URL (optuna-* tuners), e.g. sqlite:///study.db.")
     ] = None,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file for --tuner rl (default: the shipped policy).")
+    ] = None,
     optimum: Annotated[
         bool, typer.Option("--optimum/--no-optimum", help="Also run dp for the gap to the optimum.")
     ] = True,
@@ -109,6 +112,10 @@ def tune(
     options: dict[str, Any] = {"storage": storage} if storage else {}
     if storage and not tuner.startswith("optuna-"):
         raise ValueError(f"--storage applies to the optuna-* tuners, not {tuner!r}")
+    if policy is not None:
+        if tuner != "rl":
+            raise ValueError(f"--policy applies to --tuner rl, not {tuner!r}")
+        options["policy"] = str(policy)
     runner = make_tuner(tuner, **options)
     result = _run_with_progress(runner, problem, budget, seed, quiet=as_json)
     optimum_value, optimal_note = _optimum(problem, result, enabled=optimum)

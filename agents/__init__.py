@@ -1,1 +1,49 @@
-"""agents: see DESIGN.md (later issues)."""
+"""Learned mapping policies: training (stable-baselines3), saved policies, the ``rl`` tuner, transfer.
+
+* :func:`train` / :func:`finetune` (:mod:`._train`): MaskablePPO, PPO or A2C on
+  ``paratune/Mapping-v0`` over a scenario pool, with vectorised envs,
+  TensorBoard, evaluation and checkpoint callbacks, seeds everywhere.
+* :func:`load_policy` / :class:`Policy` (:mod:`._policy`): an SB3 zip plus JSON
+  metadata; loading refuses a policy trained on another observation schema.
+* :class:`RLTuner` (:mod:`._rl_tuner`): a policy as a tuner (greedy rollout, then
+  best of sampled rollouts), registered as ``rl``.
+* :func:`transfer` (:mod:`._transfer`): zero-shot and fine-tuned results on a new
+  scenario, with gaps to the ``dp`` optimum and to the best heuristic.
+
+Names are loaded lazily: ``import paratune.agents`` imports neither torch nor
+stable-baselines3 until a name that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "train": "._train",
+    "finetune": "._train",
+    "make_vec_env": "._train",
+    "TrainResult": "._train",
+    "DEFAULT_ENV_ID": "._train",
+    "Policy": "._policy",
+    "load_policy": "._policy",
+    "save_policy": "._policy",
+    "default_policy_path": "._policy",
+    "POLICY_FORMAT_VERSION": "._policy",
+    "ALGOS": "._policy",
+    "RLTuner": "._rl_tuner",
+    "rollout": "._rl_tuner",
+    "transfer": "._transfer",
+    "TransferReport": "._transfer",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

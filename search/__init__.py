@@ -77,6 +77,13 @@ for _sampler, _text in (
     ("nsga2", "Optuna NSGA-II (multi-objective: Pareto front of latency vs memory)"),
 ):
     register_tuner(f"optuna-{_sampler}", "optuna", _O, "OptunaTuner", _text, sampler=_sampler)
+register_tuner(
+    "rl",
+    "rl",
+    "paratune.agents._rl_tuner",
+    "RLTuner",
+    "a trained RL policy (option policy, default: the shipped one): greedy rollout, then best of sampled rollouts",
+)
 
 
 def tune(

@@ -1,0 +1,169 @@
+"""``paratune train`` and ``paratune transfer``: train a policy on a scenario pool, measure how it transfers.
+
+The lead's ``cli.py`` adds these commands with :func:`register`; the module also
+runs on its own (``python -m paratune._cli_rl train ...``), which is how
+``scripts/train_default_policy.sh`` trains the shipped policy. Torch and
+stable-baselines3 are imported inside the commands, never at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ._cli_common import JsonOpt, console, print_json, user_errors
+
+
+@user_errors
+def train_command(
+    scenarios: Annotated[
+        Path, typer.Option("--scenarios", help="Scenario pool: a YAML list of scenarios or a directory of them.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (policy.zip, policy.json, tb/, ...).")],
+    algo: Annotated[str, typer.Option("--algo", help="maskable-ppo | ppo | a2c.")] = "maskable-ppo",
+    timesteps: Annotated[int, typer.Option("--timesteps", "-n", min=1, help="Environment steps in all.")] = 100_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    n_envs: Annotated[int, typer.Option("--n-envs", min=1, help="Parallel environments.")] = 1,
+    vec_env: Annotated[
+        str, typer.Option("--vec-env", help="auto (subprocesses when --n-envs > 1) | subproc | dummy (one process).")
+    ] = "auto",
+    granularity: Annotated[
+        str | None, typer.Option("--granularity", "-g", help="layer | layers:k | ... (default: each scenario's).")
+    ] = None,
+    env_id: Annotated[str, typer.Option("--env", help="paratune/Mapping-v0 | paratune/Placement-v0.")] = (
+        "paratune/Mapping-v0"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a policy (stable-baselines3) on a scenario pool; write OUT/policy.zip + OUT/policy.json."""
+    from .agents import train
+    from .agents._policy import ALGOS
+
+    if algo not in ALGOS:  # before torch loads: a typo fails fast
+        raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
+    result = train(
+        scenarios,
+        algo=algo,
+        timesteps=timesteps,
+        seed=seed,
+        out=out,
+        n_envs=n_envs,
+        granularity=granularity,
+        env_id=env_id,
+        vec_env=vec_env,
+        progress_bar=progress and not as_json,
+    )
+    meta = result.metadata
+    data = {
+        "policy": str(result.policy_path),
+        "metadata": str(result.policy_path.with_suffix(".json")),
+        "tensorboard": str(Path(out) / "tb"),
+        "algo": meta["algo"],
+        "timesteps": meta["timesteps"],
+        "wall_s": round(result.wall_s, 2),
+        "scenarios": len(meta["scenarios"]),
+    }
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=f"trained {meta['algo']} on {len(meta['scenarios'])} scenarios", show_header=False)
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@user_errors
+def transfer_command(
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy zip (default: the shipped default policy).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")
+    ] = None,
+    platform: Annotated[str | None, typer.Option("--platform", "-p", help="Platform preset, NAMExN or YAML.")] = None,
+    phase: Annotated[str, typer.Option("--phase", help="prefill | decode | train.")] = "decode",
+    objective: Annotated[str, typer.Option("--objective", "-O", help="Objective (default: by phase).")] = "",
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")] = 1,
+    seq: Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt or sequence length.")] = 2048,
+    context: Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step.")] = 0,
+    granularity: Annotated[str, typer.Option("--granularity", "-g", help="layer | layers:k | ...")] = "layer",
+    memory_gib: Annotated[float | None, typer.Option("--memory-gib", min=0, help="Memory cap per device.")] = None,
+    scenario: Annotated[Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags.")] = None,
+    finetune_steps: Annotated[
+        int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps on this scenario (0: skip).")
+    ] = 2048,
+    rollouts: Annotated[
+        int, typer.Option("--rollouts", min=1, help="Rollouts of the rl tuner (greedy + sampled).")
+    ] = 32,
+    temperature: Annotated[
+        float, typer.Option("--temperature", min=0.01, help="Temperature of the sampled rollouts.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Zero-shot and fine-tuned results of a policy on one scenario, with gaps to the dp optimum and heuristics."""
+    from ._cli_tune import _problem
+    from .agents import transfer
+
+    limits: dict[str, Any] = {"memory_gib": memory_gib}
+    fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context, granularity=granularity)
+    problem = _problem(scenario, model, platform, fields, limits)
+    report = transfer(
+        problem, policy=policy, finetune_steps=finetune_steps, rollouts=rollouts, seed=seed, temperature=temperature
+    )
+    data = report.to_dict()
+    if as_json:
+        print_json(data)
+        return
+    _print_transfer(data)
+
+
+def _fmt_gap(gap: float | None) -> str:
+    return "-" if gap is None else f"{100 * gap:+.2f}%"
+
+
+def _print_transfer(d: dict[str, Any]) -> None:
+    opt = d["optimum"]
+    opt_text = "unknown" if opt["value"] is None else f"{opt['value']:.6g} ({opt['source']})"
+    table = Table(title=f"transfer of {d['policy']} to {d['problem']['name']}; optimum {opt_text}")
+    for col in ("result", "value", "gap to optimum", "gap to best heuristic", "rollouts", "wall s"):
+        table.add_column(col)
+    for row in d["rows"]:
+        value = "infeasible" if row["value"] is None else f"{row['value']:.6g}"
+        table.add_row(
+            row["label"],
+            value,
+            _fmt_gap(row["gap_to_optimum"]),
+            _fmt_gap(row["gap_to_heuristic"]),
+            str(row.get("rollouts") or "-"),
+            f"{row['wall_s']:.2f}",
+        )
+    console.print(table)
+    for note in d["notes"]:
+        console.print(f"note: {note}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``transfer`` to ``app`` (the main ``paratune`` app, or a test's)."""
+    app.command("train")(train_command)
+    app.command("transfer")(transfer_command)
+
+
+def main() -> None:
+    """Run the two commands on their own (``python -m paratune._cli_rl``)."""
+    app = typer.Typer(
+        help="paratune RL commands: train, transfer.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""A saved policy: a stable-baselines3 zip plus a JSON file that describes it.
+
+``policy.zip`` holds the weights (SB3's own format); ``policy.json`` next to it
+says what the weights mean: the environment id and version they were trained
+on, the observation layout (:data:`~paratune.envs.OBS_SCHEMA_VERSION`), the
+action count, the training scenarios (names and full scenario mappings), the
+algorithm, timesteps, seed, wall time, date and library versions. A policy is
+only meaningful on the observation layout it was trained on, so
+:func:`load_policy` refuses one whose schema, env id or action count differs
+from this installation's, naming both versions, instead of running a network
+on features it has never seen (the SB3 ``save_util`` / Optuna-upgrade habit of
+artifacts that describe themselves).
+
+Example:
+    >>> policy = load_policy(default_policy_path())  # doctest: +SKIP
+    >>> policy.metadata["algo"]  # doctest: +SKIP
+    'maskable-ppo'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Version of the metadata layout written next to a policy zip.
+POLICY_FORMAT_VERSION = 1
+
+#: Algorithms a policy may be trained with: name -> (module, class).
+ALGOS: dict[str, tuple[str, str]] = {
+    "maskable-ppo": ("sb3_contrib", "MaskablePPO"),
+    "ppo": ("stable_baselines3", "PPO"),
+    "a2c": ("stable_baselines3", "A2C"),
+}
+
+_PACKAGES = ("paratune", "stable-baselines3", "sb3-contrib", "gymnasium", "torch", "numpy")
+
+
+def algo_class(algo: str) -> Any:
+    """The SB3 class of ``algo`` (imported lazily: torch loads only when a policy is used)."""
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
+    import importlib
+
+    module, attr = ALGOS[algo]
+    return getattr(importlib.import_module(module), attr)
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a policy depends on (``unknown`` when not installed as a package)."""
+    out: dict[str, str] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    if out["paratune"] == "unknown":
+        from .. import __version__
+
+        out["paratune"] = __version__
+    return out
+
+
+def default_policy_path() -> Path:
+    """The pretrained policy shipped inside the package (``agents/policies/default.zip``)."""
+    return Path(__file__).resolve().parent / "policies" / "default.zip"
+
+
+def metadata_path(path: str | Path) -> Path:
+    """The JSON file that describes the policy zip ``path`` (same stem, ``.json``)."""
+    return Path(path).with_suffix(".json")
+
+
+def env_spec_of(env_id: str) -> tuple[int, int]:
+    """(observation size, action count) of the registered env ``env_id`` on this installation."""
+    import gymnasium as gym
+
+    from .. import envs
+
+    if env_id not in envs.ENV_IDS:
+        raise ValueError(f"unknown env id {env_id!r}; this paratune registers {', '.join(envs.ENV_IDS)}")
+    env = gym.make(env_id)
+    try:
+        shape = env.observation_space.shape
+        assert shape is not None
+        return int(shape[0]), int(env.action_space.n)  # type: ignore[attr-defined]
+    finally:
+        env.close()
+
+
+def check_metadata(meta: dict[str, Any], where: str) -> None:
+    """Raise ValueError unless the policy described by ``meta`` runs on this installation's env.
+
+    The message names the field and both versions (the policy's and this
+    installation's), e.g. an observation schema 1 policy on a schema 2 env.
+    """
+    from .. import envs
+
+    fmt = meta.get("format_version")
+    if fmt != POLICY_FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: policy metadata format_version {fmt!r} is not supported (this paratune reads "
+            f"{POLICY_FORMAT_VERSION}); retrain the policy with `paratune train`"
+        )
+    schema = meta.get("obs_schema_version")
+    if schema != envs.OBS_SCHEMA_VERSION:
+        raise ValueError(
+            f"{where}: the policy was trained on observation schema version {schema!r} but this paratune's "
+            f"environments use observation schema version {envs.OBS_SCHEMA_VERSION}; the features differ, so "
+            "the policy cannot run here: retrain it with `paratune train` (or use the paratune version "
+            f"{meta.get('versions', {}).get('paratune', '?')} it was trained with)"
+        )
+    env_id = meta.get("env_id")
+    if env_id not in envs.ENV_IDS:
+        raise ValueError(
+            f"{where}: the policy was trained on env id {env_id!r}, which this paratune does not register "
+            f"(it registers {', '.join(envs.ENV_IDS)}); retrain it with `paratune train`"
+        )
+    n_actions = meta.get("n_actions")
+    if n_actions != envs.N_ACTIONS:
+        raise ValueError(
+            f"{where}: the policy has {n_actions!r} actions but {env_id} has {envs.N_ACTIONS} "
+            f"(TP menu {list(envs.TP_MENU)}); retrain it with `paratune train`"
+        )
+    obs_size, _ = env_spec_of(env_id)
+    if meta.get("obs_size") != obs_size:
+        raise ValueError(
+            f"{where}: the policy's observation has {meta.get('obs_size')!r} features but {env_id} has "
+            f"{obs_size} at observation schema version {envs.OBS_SCHEMA_VERSION}; retrain it with `paratune train`"
+        )
+    if meta.get("algo") not in ALGOS:
+        raise ValueError(f"{where}: field 'algo' is {meta.get('algo')!r}; allowed: {', '.join(ALGOS)}")
+
+
+@dataclass
+class Policy:
+    """A loaded policy: the SB3 model and its metadata (build one with :func:`load_policy`)."""
+
+    model: Any  # an SB3 OnPolicyAlgorithm (MaskablePPO, PPO or A2C)
+    metadata: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def env_id(self) -> str:
+        return str(self.metadata["env_id"])
+
+    @property
+    def algo(self) -> str:
+        return str(self.metadata["algo"])
+
+    def action_probs(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The policy's action probabilities at ``obs``, restricted to ``mask`` and renormalised.
+
+        ``obs`` is one observation or a batch (rows), ``mask`` the matching
+        valid actions; the result has the mask's shape. PPO and A2C policies
+        know nothing of masks; restricting their distribution here gives them
+        the same masked greedy and sampled rollouts as MaskablePPO (whose own
+        masking gives the same numbers).
+        """
+        import torch
+
+        policy = self.model.policy
+        with torch.no_grad():
+            obs_t, _ = policy.obs_to_tensor(obs)
+            dist = policy.get_distribution(obs_t)
+            probs = dist.distribution.probs.cpu().numpy().astype(np.float64).reshape(np.shape(mask))
+        probs = np.where(mask, probs, 0.0)
+        total = probs.sum(axis=-1, keepdims=True)
+        dead = ~np.isfinite(total) | (total <= 0.0)  # no mass on any allowed action: uniform over the allowed
+        if dead.any():
+            probs = np.where(dead, mask.astype(np.float64), probs)
+            total = probs.sum(axis=-1, keepdims=True)
+        return probs / total
+
+    def predict(self, obs: np.ndarray, mask: np.ndarray, *, deterministic: bool = True) -> int:
+        """One action through SB3's ``predict`` (masks passed to MaskablePPO; others ignore them)."""
+        if self.algo == "maskable-ppo":
+            action, _ = self.model.predict(obs, deterministic=deterministic, action_masks=mask)
+        else:
+            action, _ = self.model.predict(obs, deterministic=deterministic)
+        return int(action)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.zip) and its metadata JSON; returns the zip path."""
+        return save_policy(self.model, path, self.metadata)
+
+
+def save_policy(model: Any, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Save ``model`` to ``path`` (``.zip`` added if missing) and ``metadata`` to the JSON next to it."""
+    zip_path = Path(path)
+    if zip_path.suffix != ".zip":
+        zip_path = zip_path.with_suffix(".zip")
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(zip_path))
+    meta = {"format_version": POLICY_FORMAT_VERSION, **metadata}
+    metadata_path(zip_path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return zip_path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata JSON of the policy zip ``path`` (errors name the file)."""
+    meta_file = metadata_path(path)
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file}: policy metadata not found (a policy is NAME.zip plus NAME.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_file}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file}: expected a JSON object of policy metadata")
+    return meta
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """Load a saved policy (None: the shipped default), refusing one this installation cannot run.
+
+    Raises:
+        FileNotFoundError: the zip or its JSON is missing.
+        ValueError: the observation schema, env id, action count or observation
+            size differ from this installation's (the message names both).
+    """
+    zip_path = default_policy_path() if path is None else Path(path)
+    if zip_path.suffix != ".zip" and not zip_path.is_file() and zip_path.with_suffix(".zip").is_file():
+        zip_path = zip_path.with_suffix(".zip")
+    if not zip_path.is_file():
+        raise FileNotFoundError(f"{zip_path}: no such policy file (train one with `paratune train`)")
+    meta = read_metadata(zip_path)
+    check_metadata(meta, str(metadata_path(zip_path)))
+    model = algo_class(meta["algo"]).load(str(zip_path), device="cpu")
+    return Policy(model, meta, zip_path)

@@ -1,0 +1,163 @@
+"""The ``rl`` tuner: a trained policy used as a tuner, so it enters the same comparisons as every other.
+
+A rollout is one episode of the policy's environment on the problem; its final
+plan is one evaluation (the environment already priced it; the recorder scores
+it against the problem's limits). The tuner spends its budget as:
+
+1. the **greedy rollout**: at each step the most probable action the masks
+   allow (what ``model.predict(deterministic=True, action_masks=...)`` picks);
+2. **sampled rollouts** while budget remains: actions drawn from the policy's
+   masked distribution with the tuner's seeded generator, several episodes
+   stepped together so the network runs on a batch. The best feasible plan
+   of all rollouts is the result.
+
+So ``budget=1`` is the pure zero-shot policy and larger budgets trade a few
+milliseconds per rollout for quality. Results depend only on the seed (the
+policy is fixed, the sampling uses the tuner's generator). Options:
+``policy`` (a path to a policy zip or a loaded :class:`~._policy.Policy`;
+default: the shipped default policy), ``granularity`` (default: the
+problem's) and ``temperature`` of the sampled rollouts (default 1: the
+policy's own distribution; above 1 explores more, which helps where the
+trained policy is confident and wrong).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..search import Evaluation, Problem, Recorder, Tuner
+from ._policy import Policy, default_policy_path, load_policy
+
+#: Episodes stepped together in the sampled phase (one network call per step for all of them).
+ROLLOUT_BATCH = 16
+
+_CACHE: dict[tuple[str, float], Policy] = {}
+
+
+def resolve_policy(policy: str | Path | Policy | None) -> Policy:
+    """A loaded policy from a path (cached by path and modification time), a Policy, or None (the default)."""
+    if isinstance(policy, Policy):
+        return policy
+    path = Path(policy) if policy is not None else default_policy_path()
+    if path.suffix != ".zip" and path.with_suffix(".zip").is_file():
+        path = path.with_suffix(".zip")
+    key = (str(path.resolve()), path.stat().st_mtime if path.is_file() else 0.0)
+    cached = _CACHE.get(key)
+    if cached is None:
+        cached = _CACHE[key] = load_policy(path)
+    return cached
+
+
+def make_env(policy: Policy, problem: Problem) -> Any:
+    """A raw (unwrapped) instance of the policy's environment whose pool is ``problem`` alone."""
+    import gymnasium as gym
+
+    from .. import envs  # noqa: F401  (registers the ids)
+
+    return gym.make(policy.env_id, scenarios=[problem]).unwrapped
+
+
+def rollout(
+    policy: Policy,
+    problem: Problem,
+    *,
+    n: int = 1,
+    rng: np.random.Generator | None = None,
+    granularity: str | None = None,
+    envs: list[Any] | None = None,
+    temperature: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Run ``n`` episodes of ``policy`` on ``problem`` together; the final ``info`` of each.
+
+    ``rng`` None: greedy (the most probable allowed action; ``n`` identical
+    episodes, so use ``n=1``); else actions are sampled from the masked policy
+    with ``rng``, sharpened or flattened by ``temperature`` (probabilities to
+    the power ``1 / temperature``, renormalised). Each info carries ``plan``, ``metrics``, ``feasible``,
+    ``value`` and the episode's ``reward``.
+    """
+    gran = granularity or problem.granularity
+    pool = envs if envs is not None else []
+    while len(pool) < n:
+        pool.append(make_env(policy, problem))
+    active = pool[:n]
+    obs = np.stack([e.reset(seed=0, options={"scenario": problem, "granularity": gran})[0] for e in active])
+    results: list[dict[str, Any] | None] = [None] * n
+    live = list(range(n))
+    while live:
+        masks = np.stack([active[i].action_masks() for i in live])
+        probs = policy.action_probs(obs[live], masks)
+        if rng is None:
+            actions = probs.argmax(axis=1)
+        else:
+            if temperature != 1.0:
+                probs = probs ** (1.0 / temperature)
+                probs /= probs.sum(axis=1, keepdims=True)
+            # inverse CDF with one uniform per live episode: the draw order is fixed, so seeded
+            u = rng.random(len(live))[:, None]
+            actions = np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), probs.shape[1] - 1)
+            actions = np.where(masks[np.arange(len(live)), actions], actions, probs.argmax(axis=1))
+        still = []
+        for i, a in zip(live, actions, strict=True):
+            o, r, terminated, truncated, info = active[i].step(int(a))
+            if terminated or truncated:
+                results[i] = {**info, "reward": float(r)}
+            else:
+                obs[i] = o
+                still.append(i)
+        live = still
+    return [r for r in results if r is not None]
+
+
+class RLTuner(Tuner):
+    """A trained policy as a tuner: greedy rollout, then the best of sampled rollouts (see the module)."""
+
+    name: ClassVar[str] = "rl"
+    family: ClassVar[str] = "rl"
+    stochastic: ClassVar[bool] = True
+    exact: ClassVar[bool] = False
+    default_budget: ClassVar[int | None] = 64
+    description: ClassVar[str] = "a trained RL policy: greedy rollout, then best of sampled rollouts (option policy)"
+
+    def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
+        unknown = set(self.options) - {"policy", "granularity", "temperature"}
+        if unknown:
+            raise ValueError(
+                f"rl tuner: unknown option(s) {sorted(unknown)}; allowed: policy, granularity, temperature"
+            )
+        temperature = float(self.options.get("temperature", 1.0))
+        if not temperature > 0:
+            raise ValueError(f"rl tuner: option temperature must be > 0, got {temperature}")
+        policy = resolve_policy(self.options.get("policy"))
+        gran = self.options.get("granularity") or problem.granularity
+        if policy.env_id == "paratune/Mapping-v0" and not problem.graph(gran).is_layered:
+            raise ValueError(
+                f"rl tuner: policy {policy.path or '(in memory)'} maps layered graphs (paratune/Mapping-v0), but "
+                f"{problem.name!r} at granularity {gran!r} is not layered; use granularity layer or layers:k"
+            )
+        envs: list[Any] = []
+        greedy = rollout(policy, problem, granularity=gran, envs=envs)[0]
+        first = self._record(problem, recorder, greedy)
+        sampled = 0
+        while not recorder.done:
+            remaining = recorder.remaining
+            k = ROLLOUT_BATCH if remaining is None else min(ROLLOUT_BATCH, remaining)
+            for info in rollout(policy, problem, n=k, rng=rng, granularity=gran, envs=envs, temperature=temperature):
+                self._record(problem, recorder, info)
+                sampled += 1
+                if recorder.done:
+                    break
+        meta = policy.metadata
+        source = str(policy.path) if policy.path is not None else "in-memory policy"
+        greedy_text = f"{first.value:.6g}" if first.feasible else "infeasible (" + "; ".join(first.violations) + ")"
+        return [
+            f"policy {source}: {meta.get('algo')} on {meta.get('env_id')}, {meta.get('timesteps')} timesteps over "
+            f"{len(meta.get('scenarios', []))} scenarios" + (" + fine-tuning" if "finetuned" in meta else ""),
+            f"greedy rollout: {greedy_text}; then {sampled} sampled rollout(s)",
+        ]
+
+    @staticmethod
+    def _record(problem: Problem, recorder: Recorder, info: dict[str, Any]) -> Evaluation:
+        return recorder.record(problem.score(info["plan"], info["metrics"]))

@@ -1,0 +1,277 @@
+"""Training and fine-tuning policies with stable-baselines3 on the paratune environments.
+
+:func:`train` reuses SB3's machinery rather than re-writing it: vectorised
+environments (``SubprocVecEnv`` when ``n_envs > 1``, ``DummyVecEnv`` for one;
+``vec_env="dummy"`` keeps several envs in one process, which is faster for an
+env as cheap as Mapping-v0 on a two-core machine), ``Monitor`` for episode
+statistics, TensorBoard logs, an evaluation callback (sb3-contrib's
+``MaskableEvalCallback`` for MaskablePPO, so evaluation respects masks; SB3's
+``EvalCallback`` otherwise), a ``CheckpointCallback`` and SB3's progress bar
+(tqdm + rich). Every random choice comes from ``seed``: ``set_random_seed``,
+the algorithm's seed, the training envs' seeds (``seed + i``) and the
+evaluation env's (``seed + 10_000``).
+
+Output directory::
+
+    OUT/policy.zip, OUT/policy.json   the trained policy and its metadata (see ._policy)
+    OUT/best_model.zip                the best policy seen by the evaluation callback
+    OUT/eval/evaluations.npz          evaluation rewards over training
+    OUT/checkpoints/policy_*_steps.zip
+    OUT/tb/<ALGO>_1/events.*          TensorBoard (``tensorboard --logdir OUT/tb``)
+
+:func:`finetune` continues training a loaded policy on one scenario (the
+transfer experiment's "fine-tuned" result).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ..search import Problem
+from ._policy import ALGOS, Policy, algo_class, env_spec_of, library_versions, save_policy
+
+#: The environment policies are trained on unless told otherwise.
+DEFAULT_ENV_ID = "paratune/Mapping-v0"
+
+#: Algorithm hyperparameters (besides n_steps and batch_size, sized from the run): small MLP, episodic reward.
+HYPERPARAMS: dict[str, dict[str, Any]] = {
+    "maskable-ppo": {"learning_rate": 3e-4, "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.01, "n_epochs": 10},
+    "ppo": {"learning_rate": 3e-4, "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.01, "n_epochs": 10},
+    "a2c": {"learning_rate": 7e-4, "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.01},
+}
+NET_ARCH = [128, 128]
+VEC_ENVS = ("auto", "subproc", "dummy")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` produced."""
+
+    policy_path: Path
+    metadata: dict[str, Any]
+    wall_s: float
+
+
+def _make_env(env_id: str, scenarios: list[dict[str, Any]], granularity: str | None) -> Any:
+    """One monitored env (a module-level function so SubprocVecEnv workers can unpickle it)."""
+    import gymnasium as gym
+    from stable_baselines3.common.monitor import Monitor
+
+    from .. import envs  # noqa: F401  (registers the ids in a fresh worker)
+
+    return Monitor(gym.make(env_id, scenarios=scenarios, granularity=granularity))
+
+
+def make_vec_env(
+    env_id: str,
+    scenarios: Sequence[Problem],
+    *,
+    n_envs: int = 1,
+    seed: int = 0,
+    granularity: str | None = None,
+    vec_env: str = "auto",
+) -> Any:
+    """``n_envs`` seeded copies of ``env_id`` over ``scenarios`` (see the module docstring for ``vec_env``)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    if vec_env not in VEC_ENVS:
+        raise ValueError(f"vec_env must be one of {', '.join(VEC_ENVS)}, got {vec_env!r}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    dicts = [p.to_dict() for p in scenarios]
+    fns: list[Callable[[], Any]] = [partial(_make_env, env_id, dicts, granularity) for _ in range(n_envs)]
+    use_subproc = vec_env == "subproc" or (vec_env == "auto" and n_envs > 1)
+    vec = SubprocVecEnv(fns) if use_subproc else DummyVecEnv(fns)
+    vec.seed(seed)
+    vec.action_space.seed(seed)
+    return vec
+
+
+def _sizes(timesteps: int, n_envs: int, n_steps: int | None) -> tuple[int, int]:
+    """(n_steps per env, batch size): about 2048 transitions per update, fewer for tiny runs."""
+    if n_steps is None:
+        n_steps = max(16, min(2048 // n_envs, timesteps // n_envs))
+    per_update = n_steps * n_envs
+    batch = min(256, per_update)
+    while per_update % batch:  # a batch size dividing the update avoids SB3's truncated-batch warning
+        batch -= 1
+    return n_steps, batch
+
+
+def train(
+    scenarios: str | Path | Sequence[Problem | dict[str, Any] | str | Path],
+    *,
+    algo: str = "maskable-ppo",
+    timesteps: int = 100_000,
+    seed: int = 0,
+    out: str | Path,
+    n_envs: int = 1,
+    granularity: str | None = None,
+    env_id: str = DEFAULT_ENV_ID,
+    vec_env: str = "auto",
+    n_steps: int | None = None,
+    eval_freq: int | None = None,
+    n_evals: int = 10,
+    checkpoints: int = 4,
+    progress_bar: bool = True,
+    verbose: int = 0,
+) -> TrainResult:
+    """Train a policy on a scenario pool and save it as ``OUT/policy.zip`` + ``OUT/policy.json``.
+
+    Args:
+        scenarios: the pool (a YAML list of scenarios, a directory, or problems; see
+            :func:`paratune.envs.load_pool`).
+        algo: ``maskable-ppo`` (masks in training and evaluation), ``ppo`` or ``a2c``.
+        timesteps: environment steps in all (over every env).
+        out: output directory (created).
+        n_envs: parallel envs; ``vec_env`` ``auto`` runs them in subprocesses when > 1.
+        granularity: graph granularity of every episode (None: each scenario's own).
+        eval_freq: evaluate every this many steps per env (None: ``n_evals`` times per run).
+        checkpoints: checkpoints per run (0: none).
+
+    Raises:
+        ValueError: unknown algo, bad pool file or field (the message names it), bad sizes.
+    """
+    import torch
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.utils import set_random_seed
+
+    from ..envs import OBS_SCHEMA_VERSION, load_pool
+
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    pool = load_pool(scenarios)
+    obs_size, n_actions = env_spec_of(env_id)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_random_seed(seed)
+    torch.set_num_threads(1)  # small MLPs: more threads only contend (STACK.md: up to 3x faster)
+
+    start = time.perf_counter()
+    vec = make_vec_env(env_id, pool, n_envs=n_envs, seed=seed, granularity=granularity, vec_env=vec_env)
+    eval_env = make_vec_env(env_id, pool, n_envs=1, seed=seed + 10_000, granularity=granularity, vec_env="dummy")
+    steps, batch = _sizes(timesteps, n_envs, n_steps)
+    cls = algo_class(algo)
+    kwargs: dict[str, Any] = dict(HYPERPARAMS[algo], n_steps=steps, policy_kwargs={"net_arch": NET_ARCH})
+    if algo != "a2c":
+        kwargs["batch_size"] = batch
+    model = cls("MlpPolicy", vec, seed=seed, tensorboard_log=str(out / "tb"), verbose=verbose, device="cpu", **kwargs)
+
+    per_env = max(1, timesteps // n_envs)
+    freq = eval_freq or max(steps, per_env // max(1, n_evals))
+    callbacks: list[Any] = [_eval_callback(algo, eval_env, out, freq, n_episodes=min(len(pool), 24))]
+    if checkpoints > 0:
+        callbacks.append(
+            CheckpointCallback(
+                save_freq=max(1, per_env // checkpoints), save_path=str(out / "checkpoints"), name_prefix="policy"
+            )
+        )
+    try:
+        model.learn(
+            total_timesteps=timesteps,
+            callback=CallbackList(callbacks),
+            progress_bar=progress_bar,
+            tb_log_name=cls.__name__,
+        )
+    finally:
+        vec.close()
+        eval_env.close()
+    wall = time.perf_counter() - start
+    meta = {
+        "env_id": env_id,
+        "env_version": int(env_id.rsplit("-v", 1)[1]),
+        "obs_schema_version": OBS_SCHEMA_VERSION,
+        "obs_size": obs_size,
+        "n_actions": n_actions,
+        "algo": algo,
+        "timesteps": int(model.num_timesteps),
+        "requested_timesteps": timesteps,
+        "seed": seed,
+        "n_envs": n_envs,
+        "granularity": granularity,
+        "hyperparameters": {**kwargs, "policy_kwargs": {"net_arch": NET_ARCH}},
+        "pool": str(scenarios) if isinstance(scenarios, (str, Path)) else "in-memory",
+        "scenarios": [p.to_dict() for p in pool],
+        "scenario_names": [p.name for p in pool],
+        "train_wall_s": round(wall, 2),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+    path = save_policy(model, out / "policy.zip", meta)
+    return TrainResult(path, meta, wall)
+
+
+def _eval_callback(algo: str, eval_env: Any, out: Path, freq: int, *, n_episodes: int) -> Any:
+    """MaskableEvalCallback for MaskablePPO (evaluation through masks), SB3's EvalCallback otherwise."""
+    opts: dict[str, Any] = dict(
+        n_eval_episodes=n_episodes,
+        eval_freq=freq,
+        best_model_save_path=str(out),
+        log_path=str(out / "eval"),
+        deterministic=True,
+        verbose=0,
+    )
+    if algo == "maskable-ppo":
+        from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+
+        return MaskableEvalCallback(eval_env, **opts)
+    from stable_baselines3.common.callbacks import EvalCallback
+
+    return EvalCallback(eval_env, **opts)
+
+
+def finetune(
+    policy: Policy,
+    problem: Problem,
+    steps: int,
+    *,
+    seed: int = 0,
+    granularity: str | None = None,
+    n_steps: int = 256,
+) -> Policy:
+    """A copy of ``policy`` trained ``steps`` more environment steps on ``problem`` alone (one env).
+
+    The copy is rebuilt from the saved weights with the new env, so its rollout
+    buffer fits one env whatever the original was trained with; the original
+    is left untouched. The metadata records the fine-tuning.
+    """
+    import torch
+    from stable_baselines3.common.utils import set_random_seed
+
+    if steps < 1:
+        raise ValueError(f"finetune steps must be >= 1, got {steps}")
+    torch.set_num_threads(1)
+    set_random_seed(seed)
+    vec = make_vec_env(policy.env_id, [problem], n_envs=1, seed=seed, granularity=granularity, vec_env="dummy")
+    buf = io.BytesIO()
+    policy.model.save(buf)
+    buf.seek(0)
+    n, batch = _sizes(steps, 1, min(n_steps, steps))
+    custom: dict[str, Any] = {"n_steps": n}
+    if policy.algo != "a2c":
+        custom["batch_size"] = batch
+    model = algo_class(policy.algo).load(buf, env=vec, device="cpu", custom_objects=custom)
+    model.set_random_seed(seed)
+    model.tensorboard_log = None
+    start = time.perf_counter()
+    try:
+        model.learn(total_timesteps=steps, reset_num_timesteps=True, progress_bar=False)
+    finally:
+        vec.close()
+    meta = dict(policy.metadata)
+    meta["finetuned"] = {
+        "scenario": problem.to_dict(),
+        "steps": int(model.num_timesteps),
+        "seed": seed,
+        "wall_s": round(time.perf_counter() - start, 2),
+    }
+    return Policy(model, meta, None)
