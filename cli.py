@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from ._cli_calibrate import calibrate_app
+from ._cli_campaign import campaign_app
 from ._cli_common import JsonOpt, console, print_json, user_errors
 from ._cli_rl import register as register_rl
 from ._cli_tune import tune, tuners_app
@@ -33,6 +34,7 @@ app.add_typer(platforms_app, name="platforms")
 app.add_typer(graph_app, name="graph")
 app.add_typer(calibrate_app, name="calibrate")
 app.add_typer(tuners_app, name="tuners")
+app.add_typer(campaign_app, name="campaign")
 app.command("tune")(user_errors(tune))
 register_rl(app)
 

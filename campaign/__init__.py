@@ -1,1 +1,47 @@
-"""campaign: see DESIGN.md (later issues)."""
+"""Campaigns: many tuners x scenarios x seeds, stored in a database, resumable, shared by workers.
+
+* :class:`CampaignSpec` (:mod:`._spec`): the YAML spec (``configs/campaigns/demo.yaml``),
+  validated with errors that name the file and the field; list-valued scenario
+  fields expand to their product.
+* :class:`Store` (:mod:`._store`): results and the job queue on SQLite (default, in
+  the run folder) or any SQLAlchemy URL such as PostgreSQL; jobs are claimed
+  atomically by the database, with heartbeats so a killed worker's job is re-run.
+* :func:`run_campaign`, :func:`resume_campaign`, :func:`work`, :func:`campaign_status`
+  (:mod:`._runner`): the ``paratune campaign run | resume | worker | status`` commands.
+
+Names load lazily: a process that only claims jobs (``Store``) imports SQLAlchemy, not the
+tuners; nothing here imports Optuna or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "CampaignSpec": "._spec",
+    "JobSpec": "._spec",
+    "TunerSpec": "._spec",
+    "JobLost": "._store",
+    "Store": "._store",
+    "Worker": "._store",
+    "Located": "._runner",
+    "Outcome": "._runner",
+    "campaign_status": "._runner",
+    "create_campaign": "._runner",
+    "locate": "._runner",
+    "resume_campaign": "._runner",
+    "run_campaign": "._runner",
+    "work": "._runner",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -61,6 +61,10 @@ case "$cmd" in
         ruff check .
         ruff format --check .
         typecheck
+        # a throwaway PostgreSQL server on 127.0.0.1 for the campaign tests (installs Debian's package if missing)
+        PARATUNE_PG_URL="$(bash scripts/postgres.sh)"
+        export PARATUNE_PG_URL
+        trap 'bash scripts/postgres.sh stop >/dev/null 2>&1 || true' EXIT
         pytest -q "$@"
         ;;
     paratune) paratune "$@" ;;

@@ -101,7 +101,7 @@ class TrainDP:
         """
         key = ("device_seconds", share)
         if key in self.space._cache:
-            return self.space._cache[key]  # type: ignore[no-any-return]
+            return self.space._cache[key]
         space = self.space
         best = np.full(space.n_cuts, np.inf)
         for t in space.tps:

@@ -1,0 +1,569 @@
+"""Running campaigns: the launcher (``run``/``resume``), the worker loop, and status.
+
+``run`` stores the spec and its jobs, then starts ``--workers`` worker processes
+(``python -m paratune.campaign worker``) and shows progress read from the
+database; ``paratune campaign worker`` runs the same loop on any machine that
+reaches a shared database. A worker claims a job, heartbeats while it runs, writes
+one log file per job in the run folder's ``logs/``, and records the result (or the
+error) in the transaction that finishes the job. Ctrl-C (SIGINT) or SIGTERM stops
+a worker cleanly: its current job goes back to the queue. A worker killed with
+SIGKILL leaves a ``running`` job whose pid is gone (or whose heartbeat goes stale):
+``resume``, and any worker that finds the queue empty, puts it back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform as platform_module
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ._spec import CampaignSpec
+from ._store import Claim, JobLost, Store, Worker
+
+RUN_FILE = "campaign.json"
+DEFAULT_STALE_AFTER_S = 120.0
+DEFAULT_HEARTBEAT_S = 5.0
+LIBRARIES = ("numpy", "scipy", "networkx", "optuna", "sqlalchemy", "cmaes", "torch", "stable-baselines3", "sb3-contrib")
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a campaign lives: its name, its storage URL and its run folder."""
+
+    name: str
+    storage: str
+    output: Path
+
+
+@dataclass
+class Outcome:
+    """How a ``run`` or ``resume`` ended: jobs per state, whether it was interrupted, wall time."""
+
+    located: Located
+    counts: dict[str, int]
+    interrupted: bool = False
+    wall_s: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """Every job is done or failed (none waiting or running)."""
+        return self.counts["waiting"] == 0 and self.counts["running"] == 0
+
+
+# -- launching -----------------------------------------------------------------------
+
+
+def run_campaign(
+    spec_path: str | Path,
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    show: Any = None,
+) -> Outcome:
+    """Create the campaign of ``spec_path`` (or find the same one already stored) and run it with ``workers``.
+
+    ``show`` is a rich Console for progress, or None for none.
+
+    Raises:
+        ValueError: a spec error (naming file and field), a storage that cannot be
+            opened, or a campaign of the same name but another spec in the store.
+    """
+    spec = CampaignSpec.load(spec_path, storage=storage)
+    located = create_campaign(spec, spec_path, show=show)
+    outcome = _drive(located, workers, stale_after_s, heartbeat_s, show)
+    outcome.skipped = spec.skipped
+    return outcome
+
+
+def create_campaign(spec: CampaignSpec, spec_path: str | Path | None = None, *, show: Any = None) -> Located:
+    """Store ``spec`` and its jobs (unless the same campaign is already there) and write the run folder's
+    ``campaign.json``, which ``status``/``resume`` read; nothing is run."""
+    output = spec.output.resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    store = Store(spec.storage)
+    try:
+        created = store.create_campaign(spec, str(output))
+        if not created and show is not None:
+            show.print(f"campaign {spec.name!r} already exists in {store.safe_url}: continuing it")
+        _write_run_file(output, spec.name, store, spec_path or spec.where)
+    finally:
+        store.close()
+    if show is not None:
+        for note in spec.skipped:
+            show.print(f"[yellow]note[/yellow]: {_escape(note)}")
+    return Located(spec.name, spec.storage, output)
+
+
+def resume_campaign(
+    target: str,
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    retry_failed: bool = False,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    show: Any = None,
+) -> Outcome:
+    """Continue a campaign: requeue jobs of dead workers (and failed ones with ``retry_failed``), run the rest."""
+    located = locate(target, storage)
+    store = Store(located.storage)
+    try:
+        _require(store, located.name)
+        lost = store.requeue_stale(located.name, stale_after_s=stale_after_s)
+        retried = store.retry_failed(located.name) if retry_failed else 0
+    finally:
+        store.close()
+    if show is not None and (lost or retried):
+        show.print(f"requeued {len(lost)} interrupted job(s) {lost}" + (f" and {retried} failed" if retried else ""))
+    return _drive(located, workers, stale_after_s, heartbeat_s, show)
+
+
+def _drive(located: Located, workers: int, stale_after_s: float, heartbeat_s: float, show: Any) -> Outcome:
+    """Start the worker processes and follow the queue until they exit (or Ctrl-C stops them)."""
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    logs = located.output / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one core per worker: BLAS and torch threads would oversubscribe
+    cmd = [sys.executable, "-m", "paratune.campaign", "worker", "--storage", located.storage,
+           "--output", str(located.output), "--stale-after", str(stale_after_s),
+           "--heartbeat", str(heartbeat_s), located.name]  # fmt: skip
+    store = Store(located.storage)
+    start = time.time()
+    procs: list[subprocess.Popen[bytes]] = []
+    interrupted = False
+    try:
+        with _sigterm_as_interrupt():
+            for i in range(workers):
+                with open(logs / f"worker-{i}.log", "ab") as log:
+                    # A session of their own: a terminal's Ctrl-C reaches the launcher only, which forwards one
+                    # SIGINT to each worker, so none is hit twice while it puts its job back.
+                    procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                  start_new_session=True))  # fmt: skip
+            _follow(store, located.name, procs, show)
+    except KeyboardInterrupt:
+        interrupted = True
+        _stop(procs)
+        store.requeue_stale(located.name, stale_after_s=stale_after_s)
+    counts = store.counts(located.name)
+    store.close()
+    return Outcome(located, counts, interrupted, time.time() - start)
+
+
+def _follow(store: Store, name: str, procs: list[subprocess.Popen[bytes]], show: Any) -> None:
+    if show is None:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("running {task.fields[running]}, failed {task.fields[failed]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]  # fmt: skip
+    with Progress(*columns, console=show) as bar:
+        counts = store.counts(name)
+        task = bar.add_task(f"campaign {name}", total=sum(counts.values()), running=0, failed=0)
+        while True:
+            alive = any(p.poll() is None for p in procs)
+            counts = store.counts(name)
+            bar.update(task, completed=counts["done"] + counts["failed"], running=counts["running"],
+                       failed=counts["failed"])  # fmt: skip
+            if not alive:
+                break
+            time.sleep(0.5)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:
+    """One SIGINT to each worker (it puts its job back and exits), then SIGKILL after ``grace_s``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C (clean stop) while inside; a no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- finding a campaign -----------------------------------------------------------------
+
+
+def locate(target: str | Path, storage: str | None = None) -> Located:
+    """A campaign from a run folder, a spec file, a name under ``runs/``, or a name in ``storage``.
+
+    Raises:
+        ValueError: nothing found, saying where it looked.
+    """
+    path = Path(target)
+    candidates = [path, Path("runs") / str(target)]
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        spec = CampaignSpec.load(path, storage=storage, check=False)
+        if (spec.output / RUN_FILE).is_file():
+            candidates.insert(0, spec.output)
+        else:
+            return Located(spec.name, spec.storage, spec.output.resolve())
+    for folder in candidates:
+        run_file = folder / RUN_FILE
+        if run_file.is_file():
+            info = json.loads(run_file.read_text())
+            url = storage or (
+                f"sqlite:///{(folder / info['storage_file']).resolve()}"
+                if info.get("storage_file")
+                else info["storage"]
+            )
+            return Located(info["name"], url, folder.resolve())
+    if storage is not None:
+        store = Store(storage)
+        try:
+            row = _require(store, str(target))
+        finally:
+            store.close()
+        return Located(str(target), storage, Path(row["output"]))
+    raise ValueError(
+        f"no campaign {str(target)!r}: no {RUN_FILE} in {' or '.join(str(c) for c in candidates)}; "
+        "give a run folder, a spec file, or --storage URL for a campaign in a shared database"
+    )
+
+
+def _require(store: Store, name: str) -> dict[str, Any]:
+    row = store.campaign(name)
+    if row is None:
+        known = store.campaign_names()
+        raise ValueError(
+            f"no campaign {name!r} in {store.safe_url}; campaigns there: {', '.join(known) if known else 'none'}"
+        )
+    return row
+
+
+def _write_run_file(output: Path, name: str, store: Store, spec_path: str | Path) -> None:
+    info: dict[str, Any] = {"format": 1, "name": name, "storage": store.safe_url, "spec": str(Path(spec_path))}
+    database = store.engine.url.database if store.dialect == "sqlite" else None
+    if database and Path(database).resolve().parent == output.resolve():
+        info["storage_file"] = Path(database).name  # relative: the run folder can be moved or copied
+    (output / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+# -- the worker ---------------------------------------------------------------------------
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the current job's heartbeat every ``interval`` seconds; flags ``lost`` if it was requeued."""
+
+    def __init__(self, store: Store, worker: Worker, interval: float) -> None:
+        super().__init__(name="paratune-heartbeat", daemon=True)
+        self.store, self.worker, self.interval = store, worker, interval
+        self.claim: Claim | None = None
+        self.lost = False
+        self.lock = threading.Lock()
+        self.halt = threading.Event()
+
+    def hold(self, claim: Claim | None) -> None:
+        with self.lock:  # waits for a heartbeat in flight, so none lands after the job is finished
+            self.claim, self.lost = claim, False
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            with self.lock:
+                if self.claim is None:
+                    continue
+                try:
+                    if not self.store.heartbeat(self.claim, self.worker):
+                        self.lost = True
+                except Exception as exc:  # a database hiccup: try again at the next beat
+                    logging.getLogger(__name__).warning("heartbeat failed: %s", exc)
+
+
+def work(
+    storage: str,
+    name: str,
+    *,
+    output: str | Path | None = None,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    max_jobs: int | None = None,
+    say: Say = print,
+) -> int:
+    """Claim and run jobs of campaign ``name`` until none waits; returns the number of jobs run.
+
+    A KeyboardInterrupt (Ctrl-C, or SIGTERM in the ``worker`` command) puts the
+    current job back in the queue and propagates.
+    """
+    store = Store(storage)
+    row = _require(store, name)
+    folder = Path(output) if output is not None else Path(row["output"])
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    worker = Worker.here()
+    beat = _Heartbeat(store, worker, heartbeat_s)
+    beat.start()
+    problems: dict[str, Any] = {}
+    ran = 0
+    say(f"worker {worker.id} on campaign {name!r} ({store.safe_url})")
+    try:
+        while max_jobs is None or ran < max_jobs:
+            claim = store.claim(name, worker)
+            if claim is None:
+                if store.requeue_stale(name, stale_after_s=stale_after_s, host=worker.host):
+                    continue
+                break
+            beat.hold(claim)
+            try:
+                state = _run_job(store, worker, claim, beat, problems, logs)
+            finally:
+                beat.hold(None)
+            say(f"job {claim.id} ({claim.job['tuner']} on {claim.job['scenario']}, seed {claim.job['seed']}): {state}")
+            ran += 1
+    finally:
+        beat.halt.set()
+        store.close()
+    say(f"worker {worker.id}: {ran} job(s) run, queue empty" if max_jobs is None or ran < max_jobs else
+        f"worker {worker.id}: {ran} job(s) run (--max-jobs)")  # fmt: skip
+    return ran
+
+
+def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, problems: dict[str, Any], logs: Path) -> str:
+    """Run one claimed job, log it, and record its outcome; returns the job's new state."""
+    from .. import __version__
+    from ..search import Problem, make_tuner
+
+    job = claim.job
+    log_path = logs / f"job-{claim.id:05d}-{_slug(job['tuner'])}-{_slug(job['scenario'])}-s{job['seed']}.log"
+    store.set_log(claim, str(log_path))
+    log = logging.getLogger(f"paratune.campaign.job{claim.id}")
+    handler = logging.FileHandler(log_path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    started = time.time()
+    options = json.loads(job["options"])
+    log.info("job %s attempt %s: tuner %s (%s) on %s, seed %s, budget %s, options %s; worker %s",
+             claim.id, job["attempts"], job["tuner"], job["tuner_name"], job["scenario"], job["seed"],
+             job["budget"], options, worker.id)  # fmt: skip
+    try:
+        try:
+            scenario = problems.get(job["scenario"])
+            if scenario is None:
+                data = store.scenarios(job["campaign"])[job["scenario"]]
+                scenario = problems[job["scenario"]] = Problem.from_dict(data, where=f"scenario {job['scenario']}")
+                scenario.evaluator()  # the graph and pricer are built once per worker, outside any tuner's wall time
+            tuner = make_tuner(job["tuner_name"], **options)
+            result = tuner.tune(scenario, budget=job["budget"], seed=job["seed"], callback=_progress_logger(log, beat))
+        except KeyboardInterrupt:
+            log.warning("interrupted: the job goes back to the queue")
+            store.release(claim, worker)
+            raise
+        except JobLost:
+            log.warning("job %s was requeued by another process (stale heartbeat): result dropped", claim.id)
+            return "lost"
+        except Exception as exc:
+            log.error("failed: %s\n%s", exc, traceback.format_exc())
+            return _finish(store, worker, claim, log, "failed", f"{type(exc).__name__}: {exc}", None)
+        data = result.to_dict()
+        data["problem"] = scenario.to_dict()
+        record = {
+            "found": result.found,
+            "objective_value": result.objective_value,
+            "optimal": result.optimal,
+            "evaluations": result.evaluations,
+            "wall_s": result.wall_s,
+            "result": json.dumps(data, default=_json_default),
+            "provenance": json.dumps(_provenance(__version__, scenario, job, worker, started)),
+        }
+        for note in result.notes:
+            log.info("note: %s", note)
+        if not result.found:
+            error = "no feasible plan found" + (": " + "; ".join(result.notes) if result.notes else "")
+            log.error("%s (%s evaluations)", error, result.evaluations)
+            return _finish(store, worker, claim, log, "failed", error, record)
+        log.info("best %s = %.6g after %s evaluations in %.2f s%s; plan %s", result.objective, result.objective_value,
+                 result.evaluations, result.wall_s, " (certified optimal)" if result.optimal else "",
+                 json.dumps(data["best_plan"]))  # fmt: skip
+        return _finish(store, worker, claim, log, "done", None, record)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def _finish(
+    store: Store, worker: Worker, claim: Claim, log: logging.Logger, state: str, error: str | None, record: Any
+) -> str:
+    try:
+        store.finish(claim, worker, state=state, error=error, result=record)
+    except JobLost:
+        log.warning("job %s was requeued by another process (stale heartbeat): result dropped", claim.id)
+        return "lost"
+    log.info("recorded: %s", state)
+    return state
+
+
+def _progress_logger(log: logging.Logger, beat: _Heartbeat) -> Callable[[Any], bool | None]:
+    """A tuner callback: a log line on improvements (at most one per second) and abort if the job was lost."""
+    last_time, last_best = 0.0, None
+
+    def callback(p: Any) -> bool | None:
+        nonlocal last_time, last_best
+        if beat.lost:
+            raise JobLost("the job was requeued while running")
+        now = time.monotonic()
+        if p.best is not None and p.best != last_best and now - last_time >= 1.0:
+            log.info("evaluation %s: best %.6g (%.1f s)", p.evaluations, p.best, p.wall_s)
+            last_time, last_best = now, p.best
+        return None
+
+    return callback
+
+
+def _provenance(version: str, problem: Any, job: dict[str, Any], worker: Worker, started: float) -> dict[str, Any]:
+    """Everything needed to say where a result came from and to reproduce it.
+
+    ``libraries`` lists versions of the numeric stack, plus torch and stable-baselines3
+    when they are loaded in the worker (an RL job loaded them, here or earlier).
+    """
+    libraries = {}
+    for lib in LIBRARIES:
+        module = lib.replace("-", "_")
+        if lib in ("torch", "stable-baselines3", "sb3-contrib") and module not in sys.modules:
+            continue  # only when the job used them
+        try:
+            libraries[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "paratune": version,
+        "python": platform_module.python_version(),
+        "libraries": libraries,
+        "tuner": job["tuner_name"],
+        "label": job["tuner"],
+        "budget": job["budget"],
+        "options": json.loads(job["options"]),
+        "seed": job["seed"],
+        "platform": problem.plat.name,
+        "profile": problem.plat.profile.name,
+        "host": worker.host,
+        "pid": worker.pid,
+        "worker": worker.id,
+        "attempt": job["attempts"],
+        "started_at": started,
+        "finished_at": time.time(),
+        "os": platform_module.platform(),
+    }
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    out = "".join(c if c.isalnum() or c in "._=-" else "_" for c in str(text))
+    return out[:limit].strip("_") or "x"
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def campaign_status(target: str | Path, storage: str | None = None) -> dict[str, Any]:
+    """Counts, every job with its outcome, and the gap of each result to its scenario's optimum.
+
+    The mapping is the ``status --json`` contract: keys are only ever added.
+    """
+    from ..search import get_objective
+
+    located = locate(target, storage)
+    store = Store(located.storage)
+    try:
+        row = _require(store, located.name)
+        counts = store.counts(located.name)
+        jobs = store.jobs(located.name)
+        problems = store.scenarios(located.name)
+        safe = store.safe_url
+    finally:
+        store.close()
+    by_id = {j["id"]: j for j in jobs}
+    now = time.time()
+    out_jobs = []
+    for j in jobs:
+        problem = problems.get(j["scenario"], {})
+        optimum = by_id.get(j["optimum_job"]) if j["optimum_job"] is not None else None
+        optimum_value = optimum["objective_value"] if optimum and optimum["optimal"] else None
+        gap = None
+        if optimum_value is not None and j["objective_value"] is not None:
+            gap = get_objective(problem["objective"], problem["phase"]).gap(j["objective_value"], optimum_value)
+        out_jobs.append({
+            "id": j["id"], "scenario": j["scenario"], "tuner": j["tuner"], "tuner_name": j["tuner_name"],
+            "seed": j["seed"], "role": j["role"], "state": j["state"], "attempts": j["attempts"],
+            "worker": j["worker"], "error": j["error"], "log": j["log"],
+            "heartbeat_age_s": now - j["heartbeat_at"] if j["state"] == "running" and j["heartbeat_at"] else None,
+            "objective": problem.get("objective"), "objective_value": j["objective_value"],
+            "optimal": bool(j["optimal"]) if j["optimal"] is not None else None,
+            "optimum_value": optimum_value, "gap": gap, "evaluations": j["evaluations"], "wall_s": j["wall_s"],
+        })  # fmt: skip
+    return {
+        "name": located.name,
+        "description": row["description"],
+        "storage": safe,
+        "output": str(located.output),
+        "created_at": row["created_at"],
+        "counts": counts,
+        "total": sum(counts.values()),
+        "finished": counts["waiting"] == 0 and counts["running"] == 0,
+        "jobs": out_jobs,
+    }

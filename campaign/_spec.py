@@ -1,0 +1,320 @@
+"""The campaign spec: a YAML file naming scenarios x tuners x seeds, validated field by field.
+
+Example (``configs/campaigns/demo.yaml`` is a complete one)::
+
+    name: my-campaign                 # also the run folder: runs/my-campaign/
+    scenarios:
+      - ../../benchmarks/scenarios/llama2-7b-*.yaml      # files or globs (relative to this file)
+      - name: tiny-decode                                 # or a scenario written inline;
+        model: [llama2-7b:layers=4, llama3-8b:layers=4]   # a list expands to one scenario per value
+        platform: dgx-a100
+        phase: decode
+        batch: [8, 32]                                    # 2 models x 2 batches = 4 scenarios
+        limits: {memory_gib: 40}
+    tuners:
+      - megatron                                          # a name, or a mapping:
+      - {name: optuna-tpe, budget: 200, options: {space: hybrid}}
+      - {name: rl, optional: true}                        # skipped when not registered
+    seeds: 2                                              # a count (0, 1) or a list [0, 7, 42]
+    output: runs/my-campaign                              # default runs/<name>/ (relative to the current folder)
+    storage: sqlite:///runs/my-campaign/campaign.db       # default: that SQLite file; any SQLAlchemy URL
+    optimum: true                                         # run dp once per scenario for the gap to the optimum
+
+Deterministic tuners (families ``heuristic`` and ``exact``) ignore the seed, so
+they run once per scenario, with the first seed. With ``optimum`` on, every
+single-objective scenario gets one ``dp`` job (the listed ``dp`` tuner when there
+is one) whose result the other jobs of that scenario link to.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..costmodel._fields import FieldReader, load_yaml
+from ..search import Problem, tuner_entries
+from ..search._scenarios import SUFFIXES, load_scenario
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DETERMINISTIC_FAMILIES = ("heuristic", "exact")
+OPTIMUM_TUNER = "dp"
+
+
+@dataclass(frozen=True)
+class TunerSpec:
+    """One tuner of the campaign: registry ``name``, its ``budget`` (None: the tuner's default) and ``options``.
+
+    ``label`` tells two entries of the same tuner apart (e.g. two option sets); it
+    defaults to the name and is what results and reports show.
+    """
+
+    name: str
+    label: str
+    budget: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    stochastic: bool = True
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One tuner run: ``tuner`` (a label) on ``scenario`` from ``seed``; ``role`` is ``tune`` or ``optimum``."""
+
+    scenario: str
+    tuner: str
+    tuner_name: str
+    budget: int | None
+    options: dict[str, Any]
+    seed: int
+    role: str = "tune"
+
+
+@dataclass
+class CampaignSpec:
+    """A validated campaign: build with :meth:`load` (a YAML file) or :meth:`from_dict`."""
+
+    name: str
+    scenarios: list[Problem]
+    tuners: list[TunerSpec]
+    seeds: list[int]
+    output: Path
+    storage: str
+    optimum: bool = True
+    description: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    where: str = "campaign"
+
+    # -- reading --------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, *, storage: str | None = None, check: bool = True) -> CampaignSpec:
+        """Read and validate a spec file; ``storage`` (a URL) overrides the file's ``storage`` field.
+
+        Raises:
+            ValueError: naming the file and the field (``tuners[2].budget``, ``scenarios[0].model``...).
+        """
+        path = Path(path)
+        return cls.from_dict(load_yaml(path), where=str(path), base=path.parent, storage=storage, check=check)
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Any,
+        *,
+        where: str = "campaign",
+        base: Path | None = None,
+        storage: str | None = None,
+        check: bool = True,
+    ) -> CampaignSpec:
+        """Validate a spec mapping; relative scenario paths are looked up in ``base``, then the current folder.
+
+        With ``check`` each scenario's platform and model are resolved now, so a typo
+        fails before any job runs (an infeasible scenario still runs and is recorded).
+        """
+        r = FieldReader(data, where)
+        name = r.text("name")
+        if not NAME_RE.match(name):
+            raise r.error("name", f"is {name!r}; use letters, digits, '.', '_' or '-' (it names the run folder)")
+        description = r.text("description", "")
+        scenarios, sources = _scenarios(r, base or Path("."), check=check)
+        tuners, skipped = _tuners(r)
+        seeds = _seeds(r)
+        output = Path(r.text("output", f"runs/{name}"))
+        if storage is None:
+            storage = r.raw("storage", None)
+            if storage is not None and not isinstance(storage, str):
+                raise r.error("storage", f"must be a database URL string, got {storage!r}")
+        else:
+            r.raw("storage", None)
+        optimum = r.raw("optimum", True)
+        if not isinstance(optimum, bool):
+            raise r.error("optimum", f"must be true or false, got {optimum!r}")
+        r.finish()
+        if storage is None:
+            storage = default_storage(output)
+        return cls(name, scenarios, tuners, seeds, output, storage, optimum, description, sources, skipped, where)
+
+    # -- what to run ------------------------------------------------------------
+    def jobs(self) -> list[JobSpec]:
+        """Every job, optimum (dp) jobs first so gaps are known early; then by seed, scenario, tuner."""
+        out: list[JobSpec] = []
+        optimum_of: dict[str, JobSpec] = {}
+        listed_dp = next((t for t in self.tuners if t.name == OPTIMUM_TUNER), None)
+        if self.optimum:
+            for p in self.scenarios:
+                if p.obj.multi:
+                    continue  # a Pareto front has no single optimum value
+                t = listed_dp or TunerSpec(OPTIMUM_TUNER, OPTIMUM_TUNER, stochastic=False)
+                job = JobSpec(p.name, t.label, t.name, t.budget, t.options, self.seeds[0], "optimum")
+                optimum_of[p.name] = job
+                out.append(job)
+        for seed in self.seeds:
+            for p in self.scenarios:
+                for t in self.tuners:
+                    if not t.stochastic and seed != self.seeds[0]:
+                        continue
+                    if t is listed_dp and p.name in optimum_of:
+                        continue  # the optimum job is this tuner's run
+                    out.append(JobSpec(p.name, t.label, t.name, t.budget, t.options, seed))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The expanded spec (scenarios as full problem mappings), as stored with the campaign."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "scenarios": [p.to_dict() for p in self.scenarios],
+            "tuners": [
+                {"name": t.name, "label": t.label, "budget": t.budget, "options": t.options} for t in self.tuners
+            ],
+            "seeds": self.seeds,
+            "optimum": self.optimum,
+        }
+
+    def fingerprint(self) -> str:
+        """A hash of what the campaign runs (not where it writes): the same spec gives the same campaign."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_storage(output: Path) -> str:
+    """The embedded default: ``campaign.db`` (SQLite) inside the run folder."""
+    return f"sqlite:///{(output / 'campaign.db').resolve()}"
+
+
+# -- fields ------------------------------------------------------------------------
+
+
+def _scenarios(r: FieldReader, base: Path, *, check: bool) -> tuple[list[Problem], dict[str, str]]:
+    items = r.raw("scenarios")
+    if not isinstance(items, list) or not items:
+        raise r.error("scenarios", "must be a non-empty list of scenario files, globs or scenario mappings")
+    problems: list[Problem] = []
+    sources: dict[str, str] = {}
+    for i, item in enumerate(items):
+        where = f"{r.where}: scenarios[{i}]"
+        if isinstance(item, str):
+            found = [(load_scenario(f, check=check), str(f)) for f in _expand_files(item, base, where)]
+        elif isinstance(item, dict):
+            found = [(p, f"{r.where} (inline)") for p in _inline(item, where, check=check)]
+        else:
+            raise r.error(f"scenarios[{i}]", f"must be a file, a glob or a scenario mapping, got {item!r}")
+        for problem, source in found:
+            if problem.name in sources:
+                raise ValueError(
+                    f"{where}: scenario name {problem.name!r} is already used by {sources[problem.name]}; "
+                    "give the scenarios distinct 'name' fields"
+                )
+            sources[problem.name] = source
+            problems.append(problem)
+    return problems, sources
+
+
+def _expand_files(pattern: str, base: Path, where: str) -> list[Path]:
+    """Files matching ``pattern`` relative to ``base`` (the spec's folder), else to the current folder."""
+    for root in (base, Path(".")):
+        full = Path(pattern) if Path(pattern).is_absolute() else root / pattern
+        matches = sorted(Path(m) for m in glob.glob(str(full)) if Path(m).suffix in SUFFIXES and Path(m).is_file())
+        if matches:
+            return matches
+    raise ValueError(f"{where}: no scenario file matches {pattern!r} (looked in {base} and the current folder)")
+
+
+def _inline(item: dict[str, Any], where: str, *, check: bool) -> list[Problem]:
+    """One inline scenario mapping; list-valued fields (``limits`` fields too) expand to their product."""
+    axes: list[tuple[tuple[str, ...], list[Any]]] = []
+    for key, value in item.items():
+        if key == "limits" and isinstance(value, dict):
+            axes += [(("limits", k), v) for k, v in value.items() if isinstance(v, list)]
+        elif isinstance(value, list):
+            axes.append(((key,), value))
+    for keys, values in axes:
+        if not values:
+            raise ValueError(f"{where}: field '{'.'.join(keys)}' is an empty list; give at least one value")
+    out = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        data: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in item.items()}
+        suffix = []
+        for (keys, values), value in zip(axes, combo, strict=True):
+            node = data
+            for k in keys[:-1]:
+                node = node[k]
+            node[keys[-1]] = value
+            if len(values) > 1:
+                suffix.append(f"{'.'.join(keys)}={value}")
+        problem = Problem.from_dict(data, where=where)
+        if suffix:
+            problem.name = f"{problem.name}[{','.join(suffix)}]"
+        if check:
+            _resolve(problem, where)
+        out.append(problem)
+    return out
+
+
+def _resolve(problem: Problem, where: str) -> None:
+    try:
+        problem.plat  # noqa: B018 (resolves the platform: an unknown preset fails here)
+    except ValueError as exc:
+        raise ValueError(f"{where}: field 'platform': {exc}") from None
+    try:
+        problem.graph()
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{where}: field 'model': {exc}") from None
+
+
+def _tuners(r: FieldReader) -> tuple[list[TunerSpec], list[str]]:
+    items = r.raw("tuners")
+    if not isinstance(items, list) or not items:
+        raise r.error("tuners", "must be a non-empty list of tuner names or {name, budget, options} mappings")
+    families = {e.name: e.family for e in tuner_entries()}
+    out: list[TunerSpec] = []
+    skipped: list[str] = []
+    labels: dict[str, int] = {}
+    for i, item in enumerate(items):
+        tr = FieldReader({"name": item} if isinstance(item, str) else item, r.where, f"tuners[{i}]")
+        name = tr.text("name")
+        label = tr.text("label", name)
+        budget = None if tr.raw("budget", None) is None else tr.integer("budget", minimum=1)
+        options = tr.raw("options", {})
+        if not isinstance(options, dict):
+            raise tr.error("options", f"must be a mapping of option: value, got {options!r}")
+        optional = tr.raw("optional", False)
+        if not isinstance(optional, bool):
+            raise tr.error("optional", f"must be true or false, got {optional!r}")
+        tr.finish()
+        if name not in families:
+            if optional:
+                skipped.append(f"tuner {name!r} (tuners[{i}]) is not registered here: skipped (optional)")
+                continue
+            raise tr.error("name", f"is {name!r}; allowed: {', '.join(families)} (see `paratune tuners list`)")
+        if label in labels:
+            raise tr.error(
+                "label", f"{label!r} is already used by tuners[{labels[label]}]; set 'label' to tell them apart"
+            )
+        labels[label] = i
+        out.append(TunerSpec(name, label, budget, dict(options), families[name] not in DETERMINISTIC_FAMILIES))
+    if not out:
+        raise r.error("tuners", "has no tuner registered here (every listed tuner is optional and missing)")
+    return out, skipped
+
+
+def _seeds(r: FieldReader) -> list[int]:
+    value = r.raw("seeds", 1)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise r.error("seeds", f"must be a count >= 1 or a list of integers, got {value}")
+        return list(range(value))
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    ):
+        if len(set(value)) != len(value):
+            raise r.error("seeds", f"lists a seed twice: {value}")
+        return list(value)
+    raise r.error("seeds", f"must be a count >= 1 or a non-empty list of integers >= 0, got {value!r}")

@@ -1,0 +1,545 @@
+"""The results store and job queue of campaigns, on any SQLAlchemy database (SQLite by default, PostgreSQL to share).
+
+Tables (prefixed ``paratune_`` so a database shared with Optuna's studies stays tidy):
+
+* ``paratune_campaigns``: name, the expanded spec (JSON), its fingerprint, run folder.
+* ``paratune_scenarios``: each scenario of a campaign as a full problem mapping.
+* ``paratune_jobs``: one row per (campaign, scenario, tuner label, seed), the queue itself:
+  ``state`` is ``waiting`` -> ``running`` -> ``done`` | ``failed``; the claiming worker's
+  id, host and pid, ``heartbeat_at``, ``attempts``, ``error``, the log file, and
+  ``optimum_job`` (the scenario's dp job, for the gap to the optimum).
+* ``paratune_attempts``: one row per claim (worker, start, end, outcome: ``running``,
+  ``done``, ``failed``, ``interrupted``, ``lost``), the audit trail that shows no job ran twice.
+* ``paratune_results``: one row per finished job (primary key = the job): plan,
+  metrics, anytime history, Pareto front, notes (``TuneResult.to_dict``) and provenance.
+
+Claiming is done by the database, never by file locks: on PostgreSQL one
+``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING id``; on
+SQLite a ``BEGIN IMMEDIATE`` transaction (the database's write lock) around the
+select and the update; elsewhere a compare-and-set ``UPDATE ... WHERE id = :id AND
+state = 'waiting'`` that exactly one claimer wins. A result is written in the same
+transaction that moves its job from ``running`` to ``done``, and only if the job is
+still held by the same worker, so a job requeued as stale can never be recorded twice.
+
+Times are seconds since the epoch from the workers' clocks (keep hosts in NTP sync
+when sharing a campaign across machines; the stale timeout is minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+if TYPE_CHECKING:
+    from ._spec import CampaignSpec
+
+SCHEMA_VERSION = 1
+STATES = ("waiting", "running", "done", "failed")
+
+metadata = sa.MetaData()
+meta_table = sa.Table(
+    "paratune_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+campaigns = sa.Table(
+    "paratune_campaigns",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("paratune_version", sa.String(40), nullable=False),
+)
+scenarios = sa.Table(
+    "paratune_scenarios",
+    metadata,
+    sa.Column("campaign", sa.String(200), sa.ForeignKey("paratune_campaigns.name"), primary_key=True),
+    sa.Column("name", sa.String(500), primary_key=True),
+    sa.Column("problem", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False, default=""),
+)
+jobs = sa.Table(
+    "paratune_jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("campaign", sa.String(200), sa.ForeignKey("paratune_campaigns.name"), nullable=False),
+    sa.Column("scenario", sa.String(500), nullable=False),
+    sa.Column("tuner", sa.String(200), nullable=False),
+    sa.Column("tuner_name", sa.String(200), nullable=False),
+    sa.Column("budget", sa.Integer),
+    sa.Column("options", sa.Text, nullable=False, default="{}"),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(20), nullable=False, default="tune"),
+    sa.Column("optimum_job", sa.Integer),
+    sa.Column("state", sa.String(20), nullable=False, default="waiting"),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("claimed_at", sa.Float),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("log", sa.Text),
+    sa.UniqueConstraint("campaign", "scenario", "tuner", "seed", name="uq_paratune_job"),
+    sa.Index("ix_paratune_jobs_claim", "campaign", "state", "id"),
+)
+attempts = sa.Table(
+    "paratune_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.Integer, sa.ForeignKey("paratune_jobs.id"), nullable=False, index=True),
+    sa.Column("worker", sa.String(200), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("outcome", sa.String(20), nullable=False, default="running"),
+)
+results = sa.Table(
+    "paratune_results",
+    metadata,
+    sa.Column("job", sa.Integer, sa.ForeignKey("paratune_jobs.id"), primary_key=True),
+    sa.Column("campaign", sa.String(200), nullable=False, index=True),
+    sa.Column("found", sa.Boolean, nullable=False),
+    sa.Column("objective_value", sa.Float),
+    sa.Column("optimal", sa.Boolean, nullable=False),
+    sa.Column("evaluations", sa.Integer, nullable=False),
+    sa.Column("wall_s", sa.Float, nullable=False),
+    sa.Column("result", sa.Text, nullable=False),
+    sa.Column("provenance", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+class JobLost(RuntimeError):
+    """The job is no longer held by this worker (requeued as stale): its result must not be written."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Who claims jobs: a unique id plus the host and pid used to spot dead workers on the same host."""
+
+    id: str
+    host: str
+    pid: int
+
+    @classmethod
+    def here(cls) -> Worker:
+        host, pid = socket.gethostname(), os.getpid()
+        return cls(f"{host}:{pid}:{uuid.uuid4().hex[:8]}", host, pid)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed job: its row (as a mapping) and the attempt opened for it."""
+
+    job: dict[str, Any]
+    attempt: int
+
+    @property
+    def id(self) -> int:
+        return int(self.job["id"])
+
+
+class Store:
+    """A campaign database: create campaigns, claim and finish jobs, read progress and results.
+
+    Example:
+        >>> store = Store("sqlite:////tmp/x/campaign.db")  # doctest: +SKIP
+        >>> claim = store.claim("demo", Worker.here())     # doctest: +SKIP
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        self.dialect = self.engine.dialect.name
+        self._create_tables()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden (safe to print or write to the run folder)."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _create_tables(self) -> None:
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.OperationalError as exc:
+            if "locked" in str(exc) or "already exists" in str(exc):
+                time.sleep(0.2)  # another process created them at the same moment
+                metadata.create_all(self.engine)
+            else:
+                raise ValueError(f"cannot open campaign storage {self.safe_url}: {exc.orig}") from None
+        except (sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            metadata.create_all(self.engine)  # PostgreSQL: lost a CREATE race; the tables now exist
+        with self.engine.connect() as c:
+            found = c.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
+        if found is None:
+            try:
+                with self._tx() as c:
+                    c.execute(sa.insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            except sa.exc.IntegrityError:
+                pass  # written by another process just now
+        elif int(found) > SCHEMA_VERSION:
+            raise ValueError(
+                f"{self.safe_url} holds campaign schema {found}; this paratune reads up to {SCHEMA_VERSION}"
+            )
+
+    # -- campaigns ---------------------------------------------------------------
+    def create_campaign(self, spec: CampaignSpec, output: str) -> bool:
+        """Store ``spec`` and its jobs; False (nothing written) when the same campaign already exists.
+
+        Raises:
+            ValueError: a campaign of that name with a different spec is already in the store.
+        """
+        from .. import __version__
+
+        fingerprint = spec.fingerprint()
+        existing = self.campaign(spec.name)
+        if existing is not None:
+            if existing["fingerprint"] != fingerprint:
+                raise ValueError(
+                    f"{spec.where}: campaign {spec.name!r} already exists in {self.safe_url} with another spec; "
+                    "rename the campaign (field 'name') or remove its run folder / rows"
+                )
+            return False
+        job_list = spec.jobs()
+        try:
+            with self._tx() as c:
+                c.execute(
+                    sa.insert(campaigns).values(
+                        name=spec.name,
+                        description=spec.description,
+                        spec=json.dumps(spec.to_dict()),
+                        fingerprint=fingerprint,
+                        output=output,
+                        created_at=time.time(),
+                        paratune_version=__version__,
+                    )
+                )
+                c.execute(
+                    sa.insert(scenarios),
+                    [
+                        {
+                            "campaign": spec.name,
+                            "name": p.name,
+                            "problem": json.dumps(p.to_dict()),
+                            "source": spec.sources.get(p.name, ""),
+                        }
+                        for p in spec.scenarios
+                    ],
+                )
+                optimum_ids: dict[str, int] = {}
+                for j in job_list:
+                    row = dict(
+                        campaign=spec.name,
+                        scenario=j.scenario,
+                        tuner=j.tuner,
+                        tuner_name=j.tuner_name,
+                        budget=j.budget,
+                        options=json.dumps(j.options, sort_keys=True),
+                        seed=j.seed,
+                        role=j.role,
+                        optimum_job=optimum_ids.get(j.scenario),
+                        state="waiting",
+                        attempts=0,
+                    )
+                    job_id = c.execute(sa.insert(jobs).values(**row).returning(jobs.c.id)).scalar_one()
+                    if j.role == "optimum":
+                        optimum_ids[j.scenario] = job_id
+                        c.execute(sa.update(jobs).where(jobs.c.id == job_id).values(optimum_job=job_id))
+        except sa.exc.IntegrityError:
+            # another launcher created it between our check and our insert: same rules as above
+            return self.create_campaign(spec, output)
+        return True
+
+    def campaign(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(campaigns).where(campaigns.c.name == name)).mappings().first()
+        return None if row is None else dict(row)
+
+    def campaign_names(self) -> list[str]:
+        with self.engine.connect() as c:
+            return list(c.execute(sa.select(campaigns.c.name).order_by(campaigns.c.created_at)).scalars())
+
+    def scenarios(self, campaign: str) -> dict[str, dict[str, Any]]:
+        """Scenario name -> problem mapping (``Problem.from_dict`` reads it back)."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(scenarios).where(scenarios.c.campaign == campaign)).mappings()
+            return {r["name"]: json.loads(r["problem"]) for r in rows}
+
+    # -- the queue ----------------------------------------------------------------
+    def claim(self, campaign: str, worker: Worker) -> Claim | None:
+        """Atomically move the first waiting job to ``running`` for ``worker``; None when none waits."""
+        now = time.time()
+        values = dict(
+            state="running",
+            worker=worker.id,
+            host=worker.host,
+            pid=worker.pid,
+            claimed_at=now,
+            heartbeat_at=now,
+            attempts=jobs.c.attempts + 1,
+            error=None,
+        )
+        waiting = sa.select(jobs.c.id).where(jobs.c.campaign == campaign, jobs.c.state == "waiting")
+        with self._tx() as c:
+            if self.dialect == "postgresql":
+                pick = waiting.order_by(jobs.c.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
+                stmt = sa.update(jobs).where(jobs.c.id == pick, jobs.c.state == "waiting").values(**values)
+                job_id = c.execute(stmt.returning(jobs.c.id)).scalar()
+            elif self.dialect == "sqlite":  # the transaction began with BEGIN IMMEDIATE: we hold the write lock
+                job_id = c.execute(waiting.order_by(jobs.c.id).limit(1)).scalar()
+                if job_id is not None:
+                    c.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+            else:
+                job_id = self._claim_cas(c, waiting, values)
+            if job_id is None:
+                return None
+            attempt = c.execute(
+                sa.insert(attempts)
+                .values(job=job_id, worker=worker.id, host=worker.host, pid=worker.pid, started_at=now)
+                .returning(attempts.c.id)
+            ).scalar_one()
+            row = c.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().one()
+        return Claim(dict(row), attempt)
+
+    @staticmethod
+    def _claim_cas(c: Connection, waiting: sa.Select[Any], values: dict[str, Any]) -> int | None:
+        """Any other database: compare-and-set on the row's state; exactly one claimer's UPDATE matches."""
+        for job_id in c.execute(waiting.order_by(jobs.c.id).limit(16)).scalars():
+            hit = c.execute(sa.update(jobs).where(jobs.c.id == job_id, jobs.c.state == "waiting").values(**values))
+            if hit.rowcount == 1:
+                return int(job_id)
+        return None
+
+    def heartbeat(self, claim: Claim, worker: Worker) -> bool:
+        """Refresh the job's heartbeat; False when the job is no longer ours (it was requeued)."""
+        with self._tx() as c:
+            hit = c.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == "running")
+                .values(heartbeat_at=time.time())
+            )
+            return bool(hit.rowcount == 1)
+
+    def set_log(self, claim: Claim, path: str) -> None:
+        with self._tx() as c:
+            c.execute(sa.update(jobs).where(jobs.c.id == claim.id).values(log=path))
+
+    def finish(
+        self,
+        claim: Claim,
+        worker: Worker,
+        *,
+        state: str,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the outcome (``done`` or ``failed``) and the result row, in one transaction.
+
+        Raises:
+            JobLost: the job was requeued meanwhile (its heartbeat went stale); nothing is written.
+        """
+        if state not in ("done", "failed"):
+            raise ValueError(f"a finished job is done or failed, not {state!r}")
+        now = time.time()
+        with self._tx() as c:
+            hit = c.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == "running")
+                .values(state=state, error=error, finished_at=now, heartbeat_at=now)
+            )
+            if hit.rowcount != 1:
+                raise JobLost(f"job {claim.id} is no longer held by {worker.id}")
+            c.execute(sa.delete(results).where(results.c.job == claim.id))  # a retried failure replaces its row
+            if result is not None:
+                c.execute(
+                    sa.insert(results).values(job=claim.id, campaign=claim.job["campaign"], created_at=now, **result)
+                )
+            c.execute(sa.update(attempts).where(attempts.c.id == claim.attempt).values(ended_at=now, outcome=state))
+
+    def release(self, claim: Claim, worker: Worker) -> bool:
+        """Give an interrupted job back to the queue (Ctrl-C): ``waiting`` again, attempt ``interrupted``."""
+        with self._tx() as c:
+            hit = c.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == "running")
+                .values(state="waiting", worker=None, heartbeat_at=None)
+            )
+            c.execute(
+                sa.update(attempts)
+                .where(attempts.c.id == claim.attempt)
+                .values(ended_at=time.time(), outcome="interrupted")
+            )
+            return bool(hit.rowcount == 1)
+
+    def requeue_stale(self, campaign: str, *, stale_after_s: float, host: str | None = None) -> list[int]:
+        """Put ``running`` jobs whose worker is gone back to ``waiting``; returns their ids.
+
+        A worker is gone when its heartbeat is older than ``stale_after_s``, or, on
+        this ``host``, when its pid no longer exists (a SIGKILL is seen at once).
+        """
+        host = socket.gethostname() if host is None else host
+        now = time.time()
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(jobs.c.id, jobs.c.worker, jobs.c.host, jobs.c.pid, jobs.c.heartbeat_at).where(
+                    jobs.c.campaign == campaign, jobs.c.state == "running"
+                )
+            ).all()
+        gone = [
+            r
+            for r in rows
+            if (r.heartbeat_at or 0.0) < now - stale_after_s or (r.host == host and not _pid_alive(r.pid))
+        ]
+        requeued = []
+        for r in gone:
+            with self._tx() as c:
+                hit = c.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == r.id, jobs.c.worker == r.worker, jobs.c.state == "running")
+                    .values(state="waiting", worker=None, heartbeat_at=None, error=None)
+                )
+                if hit.rowcount == 1:
+                    c.execute(
+                        sa.update(attempts)
+                        .where(attempts.c.job == r.id, attempts.c.worker == r.worker, attempts.c.outcome == "running")
+                        .values(ended_at=now, outcome="lost")
+                    )
+                    requeued.append(int(r.id))
+        return requeued
+
+    def retry_failed(self, campaign: str) -> int:
+        """Put every failed job back in the queue (their old result rows are replaced when they finish)."""
+        with self._tx() as c:
+            hit = c.execute(
+                sa.update(jobs)
+                .where(jobs.c.campaign == campaign, jobs.c.state == "failed")
+                .values(state="waiting", worker=None, error=None)
+            )
+            return int(hit.rowcount)
+
+    # -- reading ------------------------------------------------------------------
+    def counts(self, campaign: str) -> dict[str, int]:
+        """Jobs per state (every state present, zeros included)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(jobs.c.state, sa.func.count()).where(jobs.c.campaign == campaign).group_by(jobs.c.state)
+            ).all()
+        out = dict.fromkeys(STATES, 0)
+        out.update({str(s): int(n) for s, n in rows})
+        return out
+
+    def jobs(self, campaign: str) -> list[dict[str, Any]]:
+        """Every job with its result columns (None until finished), in queue order."""
+        cols = [results.c.found, results.c.objective_value, results.c.optimal, results.c.evaluations, results.c.wall_s]
+        stmt = (
+            sa.select(jobs, *cols)
+            .select_from(jobs.outerjoin(results, results.c.job == jobs.c.id))
+            .where(jobs.c.campaign == campaign)
+            .order_by(jobs.c.id)
+        )
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(stmt).mappings()]
+
+    def result(self, job_id: int) -> dict[str, Any] | None:
+        """One job's full result: ``result`` (TuneResult.to_dict) and ``provenance`` decoded."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(results).where(results.c.job == job_id)).mappings().first()
+        if row is None:
+            return None
+        out = dict(row)
+        out["result"], out["provenance"] = json.loads(out["result"]), json.loads(out["provenance"])
+        return out
+
+    def attempts(self, campaign: str) -> list[dict[str, Any]]:
+        stmt = (
+            sa.select(attempts)
+            .select_from(attempts.join(jobs, jobs.c.id == attempts.c.job))
+            .where(jobs.c.campaign == campaign)
+            .order_by(attempts.c.id)
+        )
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(stmt).mappings()]
+
+
+def _engine(url: str) -> Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ValueError(f"storage {url!r} is not a database URL (e.g. sqlite:///runs/x/campaign.db, "
+                         "postgresql://user@host:5432/db)") from None  # fmt: skip
+    if parsed.get_backend_name() != "sqlite":
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+            with engine.connect():
+                pass
+        except ModuleNotFoundError as exc:
+            hint = "for PostgreSQL install psycopg[binary] (or use postgresql+psycopg2:// with psycopg2-binary)"
+            raise ValueError(f"storage {parsed.render_as_string()}: driver missing ({exc}); {hint}") from None
+        except sa.exc.OperationalError as exc:
+            raise ValueError(f"cannot connect to {parsed.render_as_string()}: {exc.orig}") from None
+        return engine
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError(f"storage {url!r}: an in-memory SQLite database cannot be shared by worker processes")
+    os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transactions out of pysqlite's hands so that ours begin with BEGIN IMMEDIATE (below).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 60000")
+        cur.execute("PRAGMA journal_mode = WAL")  # readers (status, progress) never block the workers
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # The write lock at the start of every transaction: a claim's select and update cannot interleave
+        # with another process's, and busy_timeout queues writers instead of failing them mid-transaction.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped by its parent is a zombie: gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
