@@ -67,6 +67,46 @@ class TrainDP:
         fb, ff = fb * (1.0 - SLACK), ff * (1.0 - SLACK)
         return np.concatenate(([0.0], np.cumsum(fb))), np.concatenate(([0.0], np.cumsum(ff)))
 
+    def _packed_sums(self, share: int) -> tuple[np.ndarray, np.ndarray]:
+        """Admissible min sum of (f + b), and of f, over stages covering cuts[:i] on at most d devices: ``[i, d]``.
+
+        Unlike :meth:`_prefix_bounds` the stages must fit memory (each keeping one micro-batch,
+        which is optimistic) and share the d devices, so a prefix that memory forces onto
+        small TP degrees or recomputation is priced as such; links at their fastest.
+        """
+        key = ("packed", share)
+        if key in self.space._cache:
+            return self.space._cache[key]  # type: ignore[no-any-return]
+        space = self.space
+        n, dev = space.n_cuts, space.max_devices
+        stage_fb: dict[int, np.ndarray] = {}
+        stage_f: dict[int, np.ndarray] = {}
+        for t in space.tps:
+            if t > dev or not space.tp_allowed(t):
+                continue
+            allowed = space.allowed(t, share)
+            best_fb, best_f = np.full((n, n), np.inf), np.full((n, n), np.inf)
+            for link in {space.group_link(t, d) for d in range(dev - t + 1)}:
+                for rc in space.recompute:
+                    fits = allowed & (space.train_need(t, share, 1, 1, rc) / space.limit - 1.0 <= 0)
+                    f, b = space.train_times(t, share, link, rc)
+                    best_fb = np.minimum(best_fb, np.where(fits, f + b, np.inf))
+                    best_f = np.minimum(best_f, np.where(fits, f, np.inf))
+            stage_fb[t], stage_f[t] = best_fb, best_f
+        out = []
+        for table in (stage_fb, stage_f):
+            g = np.full((n + 1, dev + 1), np.inf)
+            g[0, :] = 0.0
+            for i in range(1, n + 1):
+                for t, c in table.items():
+                    cand = (g[:i, : dev + 1 - t] + c[:i, i - 1][:, None]).min(axis=0)
+                    g[i, t:] = np.minimum(g[i, t:], cand)
+                g[i] = np.minimum.accumulate(g[i])  # at most d devices
+            out.append(g * (1.0 - SLACK))
+        result = (out[0], out[1])
+        self.space._cache[key] = result
+        return result
+
     def _min_devices(self, share: int, m: int, dev: int) -> np.ndarray:
         """Fewest devices that can hold cuts[:i] in stages that fit memory (each keeping at least one micro-batch).
 
@@ -124,7 +164,7 @@ class TrainDP:
             work = self._device_seconds(share)[-1]
             for d in range(d_min, self.space.max_devices // r + 1):
                 pre_fb, _ = self._prefix_bounds(share, d)
-                c = pre_fb[-1]
+                c = max(pre_fb[-1], self._packed_sums(share)[0][-1, d])
                 if not np.isfinite(c):
                     continue
                 out.append((max(c, m * work / d), r, m, d))
@@ -194,6 +234,7 @@ class TrainDP:
         share, n = r * m, space.n_cuts
         pre_fb, pre_f = self._prefix_bounds(share, dev)
         pre_w = self._device_seconds(share) * m  # the prefix's bottleneck on the devices left to it
+        pack_fb, pack_f = self._packed_sums(share)
         min_dev = self._min_devices(share, m, dev)
         if min_dev[n] > dev:
             return
@@ -249,7 +290,10 @@ class TrainDP:
                             mem2 = np.maximum(MEM, need)
                         first = np.arange(i_next)
                         complete = first == 0
-                        rest = np.maximum(p2 + pre_fb[first], q2 + pre_f[first])
+                        rest = np.maximum(
+                            p2 + np.maximum(pre_fb[first], pack_fb[first, d0]),
+                            q2 + np.maximum(pre_f[first], pack_f[first, d0]),
+                        )
                         if d0 > 0:
                             rest = np.maximum(rest, pre_w[first] / d0)
                         lb = np.where(complete, np.maximum(p2 + tail, q2), rest)
