@@ -30,6 +30,10 @@ TINY = {"model": "llama2-7b:layers=4", "platform": "dgx-a100", "phase": "decode"
 HEURISTICS = ["megatron", "serving-default", "min-tp-replicas", "balanced-pp"]
 
 
+#: Trials of the job that is interrupted: long enough (seconds, even on a fast machine) to be caught running.
+SLOW_BUDGET = 3000
+
+
 def write_spec(folder: Path, name: str, storage: str | None, **fields: Any) -> Path:
     """A spec file in ``folder`` whose output is ``folder/run``."""
     data = {"name": name, "output": str(folder / "run"), **fields}
@@ -146,7 +150,7 @@ def check_sigkill_then_resume(folder: Path, storage: str | None) -> dict[str, An
             "megatron",
             "balanced-pp",
             {"name": "optuna-random", "budget": 20},
-            {"name": "optuna-random", "label": "slow", "budget": 500},
+            {"name": "optuna-random", "label": "slow", "budget": SLOW_BUDGET},
         ],
         seeds=1,
     )
@@ -192,7 +196,7 @@ def check_sigkill_then_resume(folder: Path, storage: str | None) -> dict[str, An
         assert outcomes == ["lost", "done"]
         assert Counter(a["job"] for a in attempts if a["job"] != slow_id) == dict.fromkeys(kept, 1)
         assert (
-            store.result(slow_id)["result"]["evaluations"] == 500
+            store.result(slow_id)["result"]["evaluations"] == SLOW_BUDGET
         )  # the full budget: the job ran again from the start
     finally:
         store.close()
@@ -258,7 +262,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
         "interrupted",
         None,
         scenarios=[{**TINY, "name": "tiny", "batch": 8}],
-        tuners=["megatron", {"name": "optuna-random", "label": "slow", "budget": 500}],
+        tuners=["megatron", {"name": "optuna-random", "label": "slow", "budget": SLOW_BUDGET}],
         seeds=1,
     )
     code = "import sys; from paratune._cli_campaign import campaign_app; campaign_app(sys.argv[1:])"
