@@ -17,6 +17,7 @@ from rich.table import Table
 from ._cli_calibrate import calibrate_app
 from ._cli_campaign import campaign_app
 from ._cli_common import JsonOpt, console, print_json, user_errors
+from ._cli_dashboard import register as register_dashboard
 from ._cli_rl import register as register_rl
 from ._cli_tune import tune, tuners_app
 
@@ -37,6 +38,7 @@ app.add_typer(tuners_app, name="tuners")
 app.add_typer(campaign_app, name="campaign")
 app.command("tune")(user_errors(tune))
 register_rl(app)
+register_dashboard(app)
 
 
 # -- models -----------------------------------------------------------------

@@ -47,20 +47,18 @@ export PATH="$PWD/$VENV/bin:$PATH"
 case "$cmd" in
     setup) ;;
     demo)
-        paratune models show llama2-70b
-        paratune evaluate --model llama2-70b --platform dgx-h100 --phase decode --batch 16 --context 4096 --tp 8
-        paratune evaluate --model llama2-70b --platform dgx-h100x2 --phase prefill --batch 8 --seq 2048 --tp 8 --pp 2 --micro-batches 4
-        paratune evaluate --model llama3-8b --platform dgx-a100 --phase train --batch 32 --seq 4096 --tp 2 --pp 2 --micro-batches 8 --replicas 2
-        # tuners on one scenario of the suite: a practitioner's heuristic, Optuna, and the certified optimum
-        scenario=benchmarks/scenarios/llama3-70b-a100x2-decode-tbt-12gpu.yaml
-        paratune tune --scenario "$scenario" --tuner megatron
-        paratune tune --scenario "$scenario" --tuner optuna-tpe --budget 200 --no-optimum
-        paratune tune --scenario "$scenario" --tuner dp -o runs/demo/best_plan.json
+        # the demo campaign: a few scenarios x heuristics, dp, two Optuna samplers and the shipped RL policy x 2 seeds
+        paratune campaign run configs/campaigns/demo.yaml
+        paratune report runs/demo -o runs/demo/report.html
+        echo
+        echo "report:    runs/demo/report.html (one self-contained HTML file; open it in a browser)"
+        echo "dashboard: bash scripts/run.sh paratune dashboard runs/   then open http://127.0.0.1:8050"
         ;;
     test)
         ruff check .
         ruff format --check .
         typecheck
+        bash scripts/browser.sh >/dev/null   # Debian's Chromium and Playwright for the dashboard tests
         # a throwaway PostgreSQL server on 127.0.0.1 for the campaign tests (installs Debian's package if missing)
         PARATUNE_PG_URL="$(bash scripts/postgres.sh)"
         export PARATUNE_PG_URL

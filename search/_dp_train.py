@@ -76,7 +76,7 @@ class TrainDP:
         """
         key = ("packed", share)
         if key in self.space._cache:
-            return self.space._cache[key]  # type: ignore[no-any-return]
+            return self.space._cache[key]
         space = self.space
         n, dev = space.n_cuts, space.max_devices
         stage_fb: dict[int, np.ndarray] = {}

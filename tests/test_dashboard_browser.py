@@ -1,0 +1,188 @@
+"""The dashboard in a real browser: Playwright driving Debian's Chromium headless against the app on 127.0.0.1.
+
+Skipped only when Chromium or the playwright package is missing and ``CI`` is not
+set (``scripts/browser.sh`` installs both); in CI a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("PARATUNE_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (scripts/browser.sh)"
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        return f"no Chromium at {CHROMIUM} (scripts/browser.sh: apt-get install -y chromium)"
+    return None
+
+
+_why = _missing()
+if _why is not None:
+    if os.environ.get("CI"):
+        pytest.fail(f"browser tests need a browser in CI: {_why}", pytrace=False)
+    pytest.skip(_why, allow_module_level=True)
+
+from _dashboard_fixture import EVIL, make_campaign  # noqa: E402
+from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+
+from paratune.dashboard import _data as data  # noqa: E402
+from paratune.dashboard import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_campaign(tmp_path_factory.mktemp("dash-browser"))
+
+
+@pytest.fixture(scope="module")
+def base_url(run_dir: Path) -> Iterator[str]:
+    from werkzeug.serving import make_server
+
+    app = create_app(run_dir)
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)  # port 0: a free one
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[tuple[Page, list[str], list[str]]]:
+    """A fresh page that records dialogs (none may open) and JavaScript errors."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    dialogs: list[str] = []
+    errors: list[str] = []
+
+    def on_dialog(d: Any) -> None:
+        dialogs.append(d.message)
+        d.dismiss()
+
+    pg.on("dialog", on_dialog)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg, dialogs, errors
+    context.close()
+
+
+def _open(pg: Page, url: str, page_id: str) -> None:
+    pg.goto(url)
+    pg.wait_for_selector(f"#{page_id}")
+
+
+def test_every_page_loads(base_url: str, page: tuple[Page, list[str], list[str]], tmp_path: Path) -> None:
+    pg, dialogs, errors = page
+    for path, page_id, selector in [
+        ("/", "page-overview", "#campaigns-table"),
+        ("/leaderboard", "page-leaderboard", "#overall-table"),
+        ("/anytime", "page-anytime", "#anytime-e-0 .main-svg"),
+        ("/pareto", "page-pareto", "#pareto-0 .main-svg"),
+        ("/transfer", "page-transfer", "p"),
+    ]:
+        _open(pg, base_url + path, page_id)
+        pg.wait_for_selector(selector)
+    shot = tmp_path / "pareto.png"
+    pg.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert not dialogs and not errors
+
+
+def test_leaderboard_shows_the_computed_numbers(
+    base_url: str, run_dir: Path, page: tuple[Page, list[str], list[str]]
+) -> None:
+    pg, dialogs, errors = page
+    _open(pg, base_url + "/leaderboard", "page-leaderboard")
+    results = data.load_runs(run_dir)
+    key = ("fixture", "tiny-prefill")
+    entry = next(e for e in data.leaderboard(results, key) if e.tuner == "optuna-random")
+    index = list(results.scenarios).index(key)
+    row = pg.locator(f"#leaderboard-{index} tr[data-key='optuna-random']")
+    cells = row.locator("td").all_inner_texts()
+    assert cells[0] == "optuna-random"
+    assert cells[3] == data.fmt_value("ttft", entry.median)  # median value, with its unit
+    assert cells[5] == data.fmt_pct(entry.gap_median)  # gap to the dp optimum
+    assert not dialogs and not errors
+
+
+def test_tuner_filter_changes_what_is_shown(base_url: str, page: tuple[Page, list[str], list[str]]) -> None:
+    pg, dialogs, errors = page
+    _open(pg, base_url + "/leaderboard", "page-leaderboard")
+    overall = pg.locator("#overall-table tbody tr")
+    assert overall.count() == 4
+    # through the dropdown, as a user does
+    pg.click("#filter-tuner")
+    pg.keyboard.type("dp")
+    pg.get_by_role("option", name="dp", exact=True).click()
+    pg.keyboard.press("Escape")
+    pg.wait_for_function("document.querySelectorAll('#overall-table tbody tr').length === 1")
+    assert pg.locator("#overall-table tbody tr").first.get_attribute("data-key") == "dp"
+    # and through the URL (a shareable view)
+    _open(pg, base_url + "/leaderboard?tuner=megatron&tuner=balanced-pp&phase=prefill", "page-leaderboard")
+    pg.wait_for_function("document.querySelectorAll('#overall-table tbody tr').length === 2")
+    assert pg.locator("[id^=leaderboard-]").count() == 1
+    assert not dialogs and not errors
+
+
+def test_plan_view_renders_a_gantt(base_url: str, page: tuple[Page, list[str], list[str]], tmp_path: Path) -> None:
+    pg, dialogs, errors = page
+    _open(pg, base_url + "/plans", "page-plans")
+    pg.wait_for_selector("#plan-gantt .main-svg")
+    pg.wait_for_selector("#plan-stages .main-svg")
+    pg.wait_for_selector("#plan-memory .main-svg")
+    traces = pg.evaluate("document.getElementById('plan-gantt').querySelector('.js-plotly-plot').data.map(t => t.type)")
+    assert "bar" in traces
+    assert pg.locator("#plan-gantt .bars .point").count() > 10
+    shot = tmp_path / "plans.png"
+    pg.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert not dialogs and not errors
+
+
+def test_user_strings_render_as_text(base_url: str, page: tuple[Page, list[str], list[str]]) -> None:
+    pg, dialogs, errors = page
+    for path, page_id in [("/", "page-overview"), ("/leaderboard", "page-leaderboard"), ("/anytime", "page-anytime")]:
+        _open(pg, base_url + path, page_id)
+        pg.wait_for_selector(f"#{page_id} table, #{page_id} .main-svg")
+        pg.wait_for_timeout(200)
+        assert EVIL in pg.inner_text("#page"), path  # shown as the characters typed
+    _open(pg, base_url + "/", "page-overview")
+    cell = pg.locator("#scenarios-table tbody tr").first.locator("td").first
+    assert cell.inner_text() == EVIL and cell.inner_html() == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert pg.evaluate("Array.from(document.scripts).every(s => !s.textContent.includes('alert(1)'))")
+    assert not dialogs and not errors
