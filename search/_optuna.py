@@ -67,6 +67,9 @@ class OptunaTuner(Tuner):
         storage: an Optuna storage URL (``sqlite:///study.db``, ``postgresql://...``); default in memory.
         study_name: the study's name in that storage (default: the tuner and problem names).
         population_size: NSGA-II's population (default: budget / 8, between 8 and 50).
+        warm_start: enqueue the uniform plans practitioners try first (one TP degree, even stages, PP in
+            powers of two; at most a quarter of the budget) as the first trials (default true; false for a
+            pure black-box search).
 
     Example:
         >>> from paratune.search import Problem, tune
@@ -94,7 +97,7 @@ class OptunaTuner(Tuner):
             raise ValueError(f"unknown Optuna sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
         if space is not None and space not in SPACES:
             raise ValueError(f"unknown search space {space!r}; allowed: {', '.join(SPACES)}")
-        allowed = {"granularities", "max_stages", "population_size"}
+        allowed = {"granularities", "max_stages", "population_size", "warm_start"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise ValueError(
@@ -146,6 +149,10 @@ class OptunaTuner(Tuner):
                     load_if_exists=self.storage is not None,
                 )
                 self.study = study
+                if self.options.get("warm_start", True) and not study.trials:
+                    limit = max(1, (n_trials or 200) // 4)
+                    for params in space.warm_start()[:limit]:
+                        study.enqueue_trial(params, skip_if_exists=True)
                 tally: Counter[str] = Counter()
                 objective = self._objective(problem, recorder, space, tally)
 

@@ -71,6 +71,25 @@ class Space(ABC):
         """One line for the result's notes."""
 
     # -- shared pieces ----------------------------------------------------
+    def warm_start(self) -> list[dict[str, int | float]]:
+        """Parameters of the uniform plans practitioners try first (one TP degree, even stages), best-guess order.
+
+        Enqueued as the study's first trials (``Study.enqueue_trial``) when the tuner's
+        ``warm_start`` option is on; empty for spaces without a natural grid (placement).
+        """
+        return []
+
+    def _grid(self, max_pp: int) -> list[tuple[int, int, int, int]]:
+        """(tp index, pp, replicas index, micro-batches index): largest TP first, PP in powers of two."""
+        pps = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= max_pp]
+        out = []
+        for ti in reversed(range(len(self.tps))):
+            for pp in pps:
+                for ri in (0, len(self.replica_choices) - 1):
+                    for mi in (0, len(self.micro_choices) - 1):
+                        out.append((ti, pp, ri, mi))
+        return list(dict.fromkeys(out))
+
     def _index(self, trial: Trial, name: str, n: int, *, nominal: bool = False) -> int:
         """An index in 0..n-1: an integer parameter, or a categorical one for nominal choices."""
         if nominal and not self.ordinal_only:
@@ -178,6 +197,15 @@ class UniformSpace(Space):
             stages, micro_batches=micro, replicas=replicas, granularity=units.granularity, recompute=recompute
         )
 
+    def warm_start(self) -> list[dict[str, int | float]]:
+        out: list[dict[str, int | float]] = []
+        for ti, pp, ri, mi in self._grid(self.max_pp):
+            for rc in (0, 1) if self.train else (0,):
+                params: dict[str, int | float] = {"granularity": 0, "tp": ti, "pp": pp, "replicas": ri}
+                params.update(micro_batches=mi, **({"recompute": rc} if self.train else {}))
+                out.append(params)
+        return out
+
     def describe(self) -> str:
         grans = ", ".join(u.granularity for u in self.units)
         return f"uniform space: granularities [{grans}], TP {self.tps}, PP 1..{self.max_pp}"
@@ -224,6 +252,16 @@ class HybridSpace(Space):
             granularity=self.units.granularity,
             recompute=flags[:pp] if self.train else False,
         )
+
+    def warm_start(self) -> list[dict[str, int | float]]:
+        out: list[dict[str, int | float]] = []
+        for ti, pp, ri, mi in self._grid(self.max_pp):
+            for rc in (0, 1) if self.train else (0,):
+                params: dict[str, int | float] = {"stages": pp, "replicas": ri, "micro_batches": mi}
+                for s in range(self.max_pp):
+                    params.update({f"tp_{s}": ti, f"w_{s}": 1.0, **({f"recompute_{s}": rc} if self.train else {})})
+                out.append(params)
+        return out
 
     def describe(self) -> str:
         return f"hybrid space: 1..{self.max_pp} stages over {len(self.units)} cut units, TP per stage {self.tps}"

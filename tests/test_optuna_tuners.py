@@ -210,3 +210,16 @@ def test_plan_of_best_trial_is_rebuilt_from_its_params() -> None:
     r = t.tune(small(), budget=20, seed=0)
     assert t.study is not None and isinstance(r.best_plan, Plan)
     assert t.study.best_value == pytest.approx(r.objective_value)
+
+
+@pytest.mark.parametrize("space", ["uniform", "hybrid"])
+def test_warm_start_enqueues_uniform_plans_first(space: str) -> None:
+    """The first trials are the practitioners' grid (largest TP first, even stages); off: the sampler's own."""
+    problem = Problem(**SMALL)  # type: ignore[arg-type]
+    warm = make_tuner("optuna-random", space=space)
+    warm.tune(problem, budget=12, seed=0)
+    first = warm.study.trials[0]  # type: ignore[union-attr]
+    assert first.params.get("tp", first.params.get("tp_0")) == len(problem.tp_degrees()) - 1
+    cold = make_tuner("optuna-random", space=space, warm_start=False)
+    cold.tune(problem, budget=12, seed=0)
+    assert cold.study.trials[0].params != first.params  # type: ignore[union-attr]
