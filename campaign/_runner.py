@@ -394,6 +394,12 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
                 data = store.scenarios(job["campaign"])[job["scenario"]]
                 scenario = problems[job["scenario"]] = Problem.from_dict(data, where=f"scenario {job['scenario']}")
                 scenario.evaluator()  # the graph and pricer are built once per worker, outside any tuner's wall time
+            if job["tuner_name"].startswith("optuna-") and "storage" not in options:
+                # each Optuna job keeps its study in a journal file: `optuna-dashboard FILE` opens it
+                journal = logs.parent / "optuna" / f"job-{claim.id:05d}.journal"
+                journal.unlink(missing_ok=True)  # a re-run starts its study afresh
+                study = f"{job['tuner']}:{job['scenario']}:seed{job['seed']}"
+                options = {**options, "storage": f"journal:{journal}", "study_name": study}
             tuner = make_tuner(job["tuner_name"], **options)
             result = tuner.tune(scenario, budget=job["budget"], seed=job["seed"], callback=_progress_logger(log, beat))
         except KeyboardInterrupt:

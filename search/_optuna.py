@@ -64,7 +64,8 @@ class OptunaTuner(Tuner):
         granularities: granularities the ``uniform`` space visits (default layer, layers:2, layers:4
             where they divide the layers).
         max_stages: cap on the stages of the ``hybrid`` space (default 16).
-        storage: an Optuna storage URL (``sqlite:///study.db``, ``postgresql://...``); default in memory.
+        storage: an Optuna storage URL (``sqlite:///study.db``, ``postgresql://...``) or ``journal:PATH`` (an
+            append-only journal file: cheap per trial, opened by ``optuna-dashboard PATH``); default in memory.
         study_name: the study's name in that storage (default: the tuner and problem names).
         population_size: NSGA-II's population (default: budget / 8, between 8 and 50).
         warm_start: enqueue the uniform plans practitioners try first (one TP degree, even stages, PP in
@@ -142,7 +143,7 @@ class OptunaTuner(Tuner):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 sampler = self._sampler(optuna, seed, n_trials or 200)
                 study = optuna.create_study(
-                    storage=self.storage,
+                    storage=_storage(optuna, self.storage),
                     sampler=sampler,
                     study_name=self.study_name or (f"{self.name}:{problem.name}" if self.storage else None),
                     directions=directions,
@@ -244,3 +245,14 @@ def _active_constraints(problem: Problem) -> list[int]:
     lim = problem.limits
     flags = (True, lim.tbt_ms is not None, lim.ttft_ms is not None, False, lim.calibrated_only)
     return [i for i, on in enumerate(flags) if on]
+
+
+def _storage(optuna: Any, storage: str | None) -> Any:
+    """``journal:PATH`` as Optuna's journal file storage (the folder is created); anything else as given."""
+    if storage is None or not storage.startswith("journal:"):
+        return storage
+    from pathlib import Path
+
+    path = Path(storage.removeprefix("journal:"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))

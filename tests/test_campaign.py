@@ -441,3 +441,18 @@ def test_stale_heartbeat_requeues_and_the_late_result_is_dropped(tmp_path: Path)
         assert [a["outcome"] for a in store.attempts("s")] == ["lost", "done"]
     finally:
         store.close()
+
+
+def test_optuna_jobs_keep_their_study_for_optuna_dashboard(tmp_path: Path) -> None:
+    """Each Optuna job writes its study to a journal file that Optuna (and optuna-dashboard) can open."""
+    import optuna
+
+    spec = write_spec(tmp_path, "studies", None, scenarios=[TINY], tuners=[{"name": "optuna-random", "budget": 12}],
+                      seeds=1)  # fmt: skip
+    res = CliRunner().invoke(campaign_app, ["run", str(spec)])
+    assert res.exit_code == 0, res.output
+    journals = sorted((tmp_path / "run" / "optuna").glob("*.journal"))
+    assert len(journals) == 1
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journals[0])))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    assert summary.study_name.startswith("optuna-random:") and summary.n_trials == 12
