@@ -79,11 +79,11 @@ class Space(ABC):
         """
         return []
 
-    def _grid(self, max_pp: int) -> list[tuple[int, int, int, int]]:
+    def _grid(self, tps: Sequence[int], max_pp: int) -> list[tuple[int, int, int, int]]:
         """(tp index, pp, replicas index, micro-batches index): largest TP first, PP in powers of two."""
         pps = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= max_pp]
         out = []
-        for ti in reversed(range(len(self.tps))):
+        for ti in reversed(range(len(tps))):
             for pp in pps:
                 for ri in (0, len(self.replica_choices) - 1):
                     for mi in (0, len(self.micro_choices) - 1):
@@ -199,7 +199,7 @@ class UniformSpace(Space):
 
     def warm_start(self) -> list[dict[str, int | float]]:
         out: list[dict[str, int | float]] = []
-        for ti, pp, ri, mi in self._grid(self.max_pp):
+        for ti, pp, ri, mi in self._grid(self.tps, self.max_pp):
             for rc in (0, 1) if self.train else (0,):
                 params: dict[str, int | float] = {"granularity": 0, "tp": ti, "pp": pp, "replicas": ri}
                 params.update(micro_batches=mi, **({"recompute": rc} if self.train else {}))
@@ -255,7 +255,7 @@ class HybridSpace(Space):
 
     def warm_start(self) -> list[dict[str, int | float]]:
         out: list[dict[str, int | float]] = []
-        for ti, pp, ri, mi in self._grid(self.max_pp):
+        for ti, pp, ri, mi in self._grid(self.tps, self.max_pp):
             for rc in (0, 1) if self.train else (0,):
                 params: dict[str, int | float] = {"stages": pp, "replicas": ri, "micro_batches": mi}
                 for s in range(self.max_pp):
