@@ -266,13 +266,16 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
         seeds=1,
     )
     code = "import sys; from paratune._cli_campaign import campaign_app; campaign_app(sys.argv[1:])"
-    launcher = subprocess.Popen([sys.executable, "-c", code, "run", str(spec), "--workers", "1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    output = tmp_path / "launcher.out"  # a file, not a pipe: a full pipe would block the launcher's progress bar
+    with open(output, "w") as sink:
+        launcher = subprocess.Popen([sys.executable, "-c", code, "run", str(spec), "--workers", "1"],
+                                    stdout=sink, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     store = Store(sqlite_url(tmp_path))
     try:
         wait_for(lambda: any(j["tuner"] == "slow" and j["state"] == "running" for j in store.jobs("interrupted")))
         launcher.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends to the launcher
-        out, _ = launcher.communicate(timeout=30)
+        launcher.wait(timeout=60)
+        out = output.read_text()
         assert launcher.returncode == 130, out
         assert "paratune campaign resume" in out
         counts = store.counts("interrupted")
