@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    # The launcher stops workers with SIGINT; a launcher started in the background (`cmd &`) passes SIGINT on
+    # as ignored, and Python then installs no handler: restore it, or a clean stop becomes a kill.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ._runner import work
 
     try:

@@ -265,7 +265,11 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
         tuners=["megatron", {"name": "optuna-random", "label": "slow", "budget": SLOW_BUDGET}],
         seeds=1,
     )
-    code = "import sys; from paratune._cli_campaign import campaign_app; campaign_app(sys.argv[1:])"
+    # SIGINT's default handler: a test run in the background (`pytest &`) would hand SIGINT on as ignored
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from paratune._cli_campaign import campaign_app; campaign_app(sys.argv[1:])"
+    )
     output = tmp_path / "launcher.out"  # a file, not a pipe: a full pipe would block the launcher's progress bar
     with open(output, "w") as sink:
         launcher = subprocess.Popen([sys.executable, "-c", code, "run", str(spec), "--workers", "1"],
