@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -16,6 +17,16 @@ console = Console() if sys.stdout.isatty() else Console(width=160)
 F = TypeVar("F", bound=Callable[..., Any])
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]
+# Options that describe a problem, shared by `tune` and `study`.
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")]
+PlatformOpt = Annotated[str | None, typer.Option("--platform", "-p", help="Platform preset, NAMExN or YAML.")]
+PhaseOpt = Annotated[str, typer.Option("--phase", help="prefill | decode | train.")]
+ObjectiveOpt = Annotated[
+    str, typer.Option("--objective", "-O", help="ttft | tbt | step | throughput | tbt+memory | ... (default: by phase)")
+]
+MemoryOpt = Annotated[float | None, typer.Option("--memory-gib", min=0, help="Memory cap per device, GiB.")]
+ScenarioOpt = Annotated[Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags above.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
 
 
 def user_errors(func: F) -> F:

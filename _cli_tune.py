@@ -13,7 +13,19 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._cli_common import JsonOpt, console, print_json, user_errors
+from ._cli_common import (
+    JsonOpt,
+    MemoryOpt,
+    ModelOpt,
+    ObjectiveOpt,
+    PhaseOpt,
+    PlatformOpt,
+    ScenarioOpt,
+    SeedOpt,
+    console,
+    print_json,
+    user_errors,
+)
 
 tuners_app = typer.Typer(
     help="The tuners: heuristics, exact solvers, Optuna searches, RL policies.", no_args_is_help=True
@@ -54,15 +66,10 @@ def _problem(
 
 def tune(
     tuner: Annotated[str, typer.Option("--tuner", "-t", help="Tuner name (paratune tuners list).")] = "dp",
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")
-    ] = None,
-    platform: Annotated[str | None, typer.Option("--platform", "-p", help="Platform preset, NAMExN or YAML.")] = None,
-    phase: Annotated[str, typer.Option("--phase", help="prefill | decode | train.")] = "decode",
-    objective: Annotated[
-        str,
-        typer.Option("--objective", "-O", help="ttft | tbt | step | throughput | tbt+memory | ... (default: by phase)"),
-    ] = "",
+    model: ModelOpt = None,
+    platform: PlatformOpt = None,
+    phase: PhaseOpt = "decode",
+    objective: ObjectiveOpt = "",
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")] = 1,
     seq: Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")] = 2048,
     context: Annotated[
@@ -71,7 +78,7 @@ def tune(
     granularity: Annotated[
         str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")
     ] = "layer",
-    memory_gib: Annotated[float | None, typer.Option("--memory-gib", min=0, help="Memory cap per device, GiB.")] = None,
+    memory_gib: MemoryOpt = None,
     tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", min=0, help="TBT SLO, ms.")] = None,
     ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", min=0, help="TTFT SLO, ms.")] = None,
     max_devices: Annotated[
@@ -80,13 +87,11 @@ def tune(
     calibrated_only: Annotated[
         bool, typer.Option("--calibrated-only", help="Only plans inside the calibration profile's fitted range.")
     ] = False,
-    scenario: Annotated[
-        Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags above.")
-    ] = None,
+    scenario: ScenarioOpt = None,
     budget: Annotated[
         int | None, typer.Option("--budget", "-n", min=1, help="Evaluations (default: the tuner's).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    seed: SeedOpt = 0,
     storage: Annotated[
         str | None, typer.Option("--storage", help="Optuna storage URL (optuna-* tuners), e.g. sqlite:///study.db.")
     ] = None,

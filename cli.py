@@ -19,6 +19,7 @@ from ._cli_campaign import campaign_app
 from ._cli_common import JsonOpt, console, print_json, user_errors
 from ._cli_dashboard import register as register_dashboard
 from ._cli_rl import register as register_rl
+from ._cli_study import study_app
 from ._cli_tune import tune, tuners_app
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.add_typer(graph_app, name="graph")
 app.add_typer(calibrate_app, name="calibrate")
 app.add_typer(tuners_app, name="tuners")
 app.add_typer(campaign_app, name="campaign")
+app.add_typer(study_app, name="study")
 app.command("tune")(user_errors(tune))
 register_rl(app)
 register_dashboard(app)

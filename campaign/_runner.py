@@ -26,18 +26,17 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .._provenance import library_versions
 from ._spec import CampaignSpec
 from ._store import Claim, JobLost, Store, Worker
 
 RUN_FILE = "campaign.json"
 DEFAULT_STALE_AFTER_S = 120.0
 DEFAULT_HEARTBEAT_S = 5.0
-LIBRARIES = ("numpy", "scipy", "networkx", "optuna", "sqlalchemy", "cmaes", "torch", "stable-baselines3", "sb3-contrib")
 Say = Callable[[str], None]
 
 
@@ -394,6 +393,8 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
                 data = store.scenarios(job["campaign"])[job["scenario"]]
                 scenario = problems[job["scenario"]] = Problem.from_dict(data, where=f"scenario {job['scenario']}")
                 scenario.evaluator()  # the graph and pricer are built once per worker, outside any tuner's wall time
+            if job["role"] == "study":
+                return _run_study_job(store, worker, claim, beat, scenario, options, logs.parent, log, started)
             if job["tuner_name"].startswith("optuna-") and "storage" not in options:
                 # each Optuna job keeps its study in a journal file: `optuna-dashboard FILE` opens it
                 journal = logs.parent / "optuna" / f"job-{claim.id:05d}.journal"
@@ -439,6 +440,47 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
         handler.close()
 
 
+def _run_study_job(
+    store: Store,
+    worker: Worker,
+    claim: Claim,
+    beat: _Heartbeat,
+    scenario: Any,
+    options: dict[str, Any],
+    output: Path,
+    log: logging.Logger,
+    started: float,
+) -> str:
+    """Run a study job: its files go to ``output/studies/<label>-<scenario>/`` (checkpoints there make a re-run
+    after a kill resume), its study.json into the store. Exceptions propagate to :func:`_run_job`."""
+    from .. import __version__
+    from ..study import run_study
+
+    job = claim.job
+
+    def say(line: str) -> None:
+        if beat.lost:
+            raise JobLost("the job was requeued while running")
+        log.info("%s", line)
+
+    folder = output / "studies" / f"{_slug(job['tuner'])}-{_slug(job['scenario'])}"
+    kind = job["tuner_name"].split(":", 1)[1]
+    data = run_study(kind, scenario, options=options, budget=job["budget"], seed=job["seed"], out_dir=folder, say=say)
+    data = {**data, "out_dir": str(folder)}
+    headline = data.get("best", {}).get("value") if kind == "granularity" else data.get("static", {}).get("regret")
+    record = {
+        "found": True,
+        "objective_value": headline,
+        "optimal": False,
+        "evaluations": sum(int(r.get("evaluations") or 0) for r in data.get("rows", [])),
+        "wall_s": time.time() - started,
+        "result": json.dumps(data, default=_json_default),
+        "provenance": json.dumps(_provenance(__version__, scenario, job, worker, started)),
+    }
+    log.info("study written to %s", folder)
+    return _finish(store, worker, claim, log, "done", None, record)
+
+
 def _finish(
     store: Store, worker: Worker, claim: Claim, log: logging.Logger, state: str, error: str | None, record: Any
 ) -> str:
@@ -474,15 +516,7 @@ def _provenance(version: str, problem: Any, job: dict[str, Any], worker: Worker,
     ``libraries`` lists versions of the numeric stack, plus torch and stable-baselines3
     when they are loaded in the worker (an RL job loaded them, here or earlier).
     """
-    libraries = {}
-    for lib in LIBRARIES:
-        module = lib.replace("-", "_")
-        if lib in ("torch", "stable-baselines3", "sb3-contrib") and module not in sys.modules:
-            continue  # only when the job used them
-        try:
-            libraries[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            continue
+    libraries = library_versions()
     return {
         "paratune": version,
         "python": platform_module.python_version(),

@@ -19,15 +19,25 @@ Example (``configs/campaigns/demo.yaml`` is a complete one)::
     output: runs/my-campaign                              # default runs/<name>/ (relative to the current folder)
     storage: sqlite:///runs/my-campaign/campaign.db       # default: that SQLite file; any SQLAlchemy URL
     optimum: true                                         # run dp once per scenario for the gap to the optimum
+    studies:                                              # optional: studies (issue 7) on some scenarios
+      - {kind: granularity, scenarios: [tiny-decode], budget: 100, tuners: [dp, optuna-tpe]}
+      - {kind: static-vs-runtime, scenarios: [tiny-decode], workload: chat, ks: [1, 2, 4]}
 
 Deterministic tuners (families ``heuristic`` and ``exact``) ignore the seed, so
 they run once per scenario, with the first seed. With ``optimum`` on, every
 single-objective scenario gets one ``dp`` job (the listed ``dp`` tuner when there
 is one) whose result the other jobs of that scenario link to.
+
+A study is one job per (study, scenario) with role ``study``: the granularity study
+sweeps the scenario's granularity, the static-vs-runtime study replaces its batch
+and sequence lengths by the workload's shapes. Its files go to
+``<output>/studies/<label>-<scenario>/`` and its ``study.json`` into the store.
+With ``studies`` given, ``tuners`` may be left out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import itertools
@@ -74,6 +84,26 @@ class JobSpec:
     role: str = "tune"
 
 
+STUDY_KINDS = ("granularity", "static-vs-runtime")
+#: Options each study kind accepts in a campaign (besides kind, label, scenarios, budget, seed).
+STUDY_OPTIONS = {
+    "granularity": ("tuners", "granularities"),
+    "static-vs-runtime": ("workload", "ks", "max_buckets"),
+}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study of the campaign: ``kind`` on the scenarios named in ``scenarios`` (None: all of them)."""
+
+    kind: str
+    label: str
+    scenarios: tuple[str, ...] | None
+    budget: int
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class CampaignSpec:
     """A validated campaign: build with :meth:`load` (a YAML file) or :meth:`from_dict`."""
@@ -89,6 +119,7 @@ class CampaignSpec:
     sources: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     where: str = "campaign"
+    studies: list[StudySpec] = field(default_factory=list)
 
     # -- reading --------------------------------------------------------------
     @classmethod
@@ -122,8 +153,10 @@ class CampaignSpec:
             raise r.error("name", f"is {name!r}; use letters, digits, '.', '_' or '-' (it names the run folder)")
         description = r.text("description", "")
         scenarios, sources = _scenarios(r, base or Path("."), check=check)
-        tuners, skipped = _tuners(r)
+        studies_given = r.raw("studies", None) is not None
+        tuners, skipped = _tuners(r, required=not studies_given)
         seeds = _seeds(r)
+        studies = _studies(r, [p.name for p in scenarios], seeds[0]) if studies_given else []
         output = Path(r.text("output", f"runs/{name}"))
         if storage is None:
             storage = r.raw("storage", None)
@@ -137,7 +170,9 @@ class CampaignSpec:
         r.finish()
         if storage is None:
             storage = default_storage(output)
-        return cls(name, scenarios, tuners, seeds, output, storage, optimum, description, sources, skipped, where)
+        return cls(
+            name, scenarios, tuners, seeds, output, storage, optimum, description, sources, skipped, where, studies
+        )
 
     # -- what to run ------------------------------------------------------------
     def jobs(self) -> list[JobSpec]:
@@ -161,6 +196,10 @@ class CampaignSpec:
                     if t is listed_dp and p.name in optimum_of:
                         continue  # the optimum job is this tuner's run
                     out.append(JobSpec(p.name, t.label, t.name, t.budget, t.options, seed))
+        for st in self.studies:
+            for p in self.scenarios:
+                if st.scenarios is None or p.name in st.scenarios:
+                    out.append(JobSpec(p.name, st.label, f"study:{st.kind}", st.budget, st.options, st.seed, "study"))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +213,7 @@ class CampaignSpec:
             ],
             "seeds": self.seeds,
             "optimum": self.optimum,
+            **({"studies": [dataclasses.asdict(st) for st in self.studies]} if self.studies else {}),
         }
 
     def fingerprint(self) -> str:
@@ -267,8 +307,10 @@ def _resolve(problem: Problem, where: str) -> None:
         raise ValueError(f"{where}: field 'model': {exc}") from None
 
 
-def _tuners(r: FieldReader) -> tuple[list[TunerSpec], list[str]]:
-    items = r.raw("tuners")
+def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], list[str]]:
+    items = r.raw("tuners", None if required else [])
+    if not required and items == []:
+        return [], []
     if not isinstance(items, list) or not items:
         raise r.error("tuners", "must be a non-empty list of tuner names or {name, budget, options} mappings")
     families = {e.name: e.family for e in tuner_entries()}
@@ -318,3 +360,40 @@ def _seeds(r: FieldReader) -> list[int]:
             raise r.error("seeds", f"lists a seed twice: {value}")
         return list(value)
     raise r.error("seeds", f"must be a count >= 1 or a non-empty list of integers >= 0, got {value!r}")
+
+
+def _studies(r: FieldReader, scenario_names: list[str], seed: int) -> list[StudySpec]:
+    """The ``studies`` list: each entry's kind, scenarios (names of this campaign's), budget and options."""
+    from ..study import check_study_options
+
+    items = r.raw("studies")
+    if not isinstance(items, list) or not items:
+        raise r.error("studies", "must be a non-empty list of {kind, scenarios, budget, ...} mappings")
+    out: list[StudySpec] = []
+    labels: set[str] = set()
+    for i, item in enumerate(items):
+        sr = FieldReader(item, r.where, f"studies[{i}]")
+        kind = sr.text("kind", choices=STUDY_KINDS)
+        label = sr.text("label", f"study-{kind}")
+        if not NAME_RE.match(label) or label in labels:
+            raise sr.error("label", f"{label!r} must be unique and use letters, digits, '.', '_' or '-'")
+        labels.add(label)
+        names = sr.raw("scenarios", None)
+        if names is not None:
+            if isinstance(names, str):
+                names = [names]
+            if not isinstance(names, list) or not names:
+                raise sr.error("scenarios", "must be a list of scenario names of this campaign")
+            unknown = [n for n in names if n not in scenario_names]
+            if unknown:
+                raise sr.error("scenarios", f"names {unknown} not in this campaign; scenarios: {scenario_names}")
+        budget = sr.integer("budget", 300, minimum=1)
+        study_seed = sr.integer("seed", seed, minimum=0)
+        options = {k: sr.raw(k) for k in STUDY_OPTIONS[kind] if sr.raw(k, None) is not None}
+        sr.finish()
+        try:
+            check_study_options(kind, options)
+        except ValueError as exc:
+            raise ValueError(f"{r.where}: studies[{i}]: {exc}") from None
+        out.append(StudySpec(kind, label, None if names is None else tuple(names), budget, study_seed, options))
+    return out

@@ -38,6 +38,7 @@ from ._figures import (
     scenarios_table,
     stages_figure,
     status_figure,
+    study_parts,
     transfer_figure,
     transfer_table,
     tuners_table,
@@ -51,6 +52,7 @@ PAGES = {
     "/pareto": "Pareto fronts",
     "/plans": "Plans",
     "/transfer": "Transfer",
+    "/studies": "Studies",
 }
 GRAPH_CONFIG: Any = {"displaylogo": False}
 STYLE = {
@@ -165,6 +167,7 @@ def create_app(targets: str | Path | Iterable[str | Path], *, refresh_s: float =
             "/pareto": _pareto,
             "/plans": _plans,
             "/transfer": _transfer,
+            "/studies": _studies,
         }[page](results)
         return html.Div([html.H3(PAGES[page]), *body], id=f"page-{page.strip('/') or 'overview'}")
 
@@ -312,6 +315,26 @@ def _transfer(results: Results) -> list[Any]:
                 style=STYLE["note"],
             )
         )
+    return out
+
+
+def _studies(results: Results) -> list[Any]:
+    if not results.studies:
+        return [
+            html.P(
+                "No study matches the filters. Studies come from `paratune study granularity | static-vs-runtime "
+                "-o RUNS_DIR/NAME` or from a campaign's `studies:`.",
+                style=STYLE["note"],
+            )
+        ]
+    out: list[Any] = []
+    for i, study in enumerate(results.studies):
+        tables, figures, summary = study_parts(study)
+        out.append(html.H4(study.title, id=f"study-{i}-title"))
+        out.append(html.Ul([html.Li(line) for line in summary], id=f"study-{i}-summary"))
+        out += [dcc.Graph(figure=f, config=GRAPH_CONFIG, id=f"study-{i}-fig-{k}") for k, f in enumerate(figures)]
+        out += [table(t, f"study-{i}-table-{k}") for k, t in enumerate(tables)]
+        out.append(html.P(f"files: {study.where}", style=STYLE["note"]))
     return out
 
 

@@ -117,6 +117,30 @@ class Scenario:
         return str(self.problem.get(name, ""))
 
 
+@dataclass(frozen=True)
+class Study:
+    """A study's ``study.json`` (issue 7): from a campaign's study job, or a study folder found on disk."""
+
+    kind: str
+    campaign: str  # "" for a study run on its own (``paratune study ... -o DIR``)
+    scenario: str
+    where: str  # its folder
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def title(self) -> str:
+        head = f"{self.kind} study: {self.field('model')} on {self.field('platform')}, {self.field('phase')}"
+        workload = self.data.get("workload", {}).get("name") if self.kind == "static-vs-runtime" else None
+        return head + (f", workload {workload}" if workload else "") + (f" ({self.campaign})" if self.campaign else "")
+
+    def field(self, name: str) -> str:
+        """model, platform, phase or objective: at the top level (static-vs-runtime) or in ``problem``."""
+        value = self.data.get(name)
+        if value is None or isinstance(value, dict):
+            value = self.data.get("problem", {}).get(name, "")
+        return str(value)
+
+
 @dataclass
 class Results:
     """Everything loaded from one or many stores; filter with :meth:`select`."""
@@ -126,6 +150,7 @@ class Results:
     jobs: list[Job]
     transfers: list[dict[str, Any]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    studies: list[Study] = field(default_factory=list)
 
     @cached_property
     def many_campaigns(self) -> bool:
@@ -143,7 +168,7 @@ class Results:
             return list(dict.fromkeys(j.tuner for j in self.jobs))
         if name == "scenario":
             return [self.scenario_label(k) for k in self.scenarios]
-        return sorted({s.field(name) for s in self.scenarios.values()})
+        return sorted({s.field(name) for s in self.scenarios.values()} | {st.field(name) for st in self.studies})
 
     def select(self, **filters: Sequence[str] | str | None) -> Results:
         """The results whose fields are among the given values (None or empty: no filter on that field).
@@ -175,8 +200,23 @@ class Results:
         tuners = wanted.get("tuner")
         jobs = [j for j in self.jobs if (j.campaign, j.scenario) in kept and (not tuners or j.tuner in tuners)]
         names = {k[0] for k in kept}
+
+        def keep_study(st: Study) -> bool:
+            for key, values in wanted.items():
+                if key == "campaign" and st.campaign not in values:
+                    return False
+                if key in ("model", "platform", "phase", "objective") and st.field(key) not in values:
+                    return False
+            return True
+
+        studies = [st for st in self.studies if keep_study(st)]
         out = Results(
-            [c for c in self.campaigns if c.name in names or not kept], kept, jobs, self.transfers, self.sources
+            [c for c in self.campaigns if c.name in names or not kept],
+            kept,
+            jobs,
+            self.transfers,
+            self.sources,
+            studies,
         )
         out.many_campaigns = self.many_campaigns  # labels stay the same under a filter
         return out
@@ -197,10 +237,20 @@ def load_runs(targets: str | Path | Iterable[str | Path]) -> Results:
     Raises:
         ValueError: a target that is none of these (the message says what was looked for).
     """
+    from ..study import find_studies
+
     items = [targets] if isinstance(targets, (str, Path)) else list(targets)
     urls: list[tuple[str, Path | None]] = []
+    on_disk: list[tuple[Path, dict[str, Any]]] = []
     for item in items:
-        urls.extend(_store_urls(item))
+        try:
+            urls.extend(_store_urls(item))
+        except ValueError:
+            found = find_studies([item]) if Path(str(item)).is_dir() else []
+            if not found:
+                raise
+        if Path(str(item)).is_dir():
+            on_disk.extend(find_studies([item]))
     seen: set[str] = set()
     out = Results([], {}, [], [], [str(i) for i in items])
     for url, folder in urls:
@@ -210,6 +260,11 @@ def load_runs(targets: str | Path | Iterable[str | Path]) -> Results:
         _load_store(url, out)
         if folder is not None:
             out.transfers.extend(load_transfers(folder))
+    known = {Path(st.where).resolve() for st in out.studies}
+    for folder, data in on_disk:
+        if folder not in known:
+            known.add(folder)
+            out.studies.append(Study(str(data.get("kind", "")), "", "", str(folder), data))
     return out
 
 
@@ -274,13 +329,22 @@ def _load_store(url: str, out: Results) -> None:
                 for j in job_rows:
                     counts[j["state"]] = counts.get(j["state"], 0) + 1
                     r = res_rows.get(j["id"])
-                    loaded.append(_job(name, dict(j), None if r is None else dict(r)))
+                    job = _job(name, dict(j), None if r is None else dict(r))
+                    if job.role != "study":
+                        loaded.append(job)
+                    elif job.state == "done" and job.result:  # a study's result is its study.json, not a plan
+                        where = str(job.result.get("out_dir", ""))
+                        out.studies.append(
+                            Study(job.tuner_name.split(":", 1)[-1], name, job.scenario, where, job.result)
+                        )
                 out.campaigns.append(
                     Campaign(name, row["description"] or "", safe, row["output"], row["created_at"], counts)
                 )
                 out.jobs.extend(loaded)
                 order = {n: i for i, n in enumerate(dict.fromkeys(j.scenario for j in loaded))}  # queue order
                 for s in sorted(scen_rows, key=lambda s: (order.get(s["name"], len(order)), s["name"])):
+                    if s["name"] not in order and any(st.scenario == s["name"] for st in out.studies):
+                        continue  # only studies ran on it: it belongs to the Studies page, not the leaderboard
                     problem = json.loads(s["problem"])
                     key = (name, s["name"])
                     out.scenarios[key] = _scenario(

@@ -583,3 +583,12 @@ __all__ = [
     "transfer_table",
     "tuners_table",
 ]
+
+
+def study_parts(study: Any) -> tuple[list[Table], list[go.Figure], list[str]]:
+    """A study's tables (formatted), figures and summary lines, as the Studies page and the report show them."""
+    from ..study import study_outputs
+
+    tables, figures, summary = study_outputs(study.data)
+    out = [Table(t.columns, t.formatted(), t.title, t.note) for t in tables]
+    return out, figures, summary

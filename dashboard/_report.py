@@ -31,6 +31,7 @@ from ._figures import (
     scenarios_table,
     stages_figure,
     status_figure,
+    study_parts,
     transfer_figure,
     transfer_table,
     tuners_table,
@@ -71,7 +72,7 @@ def build_report(results: Results, *, title: str = "paratune campaign report") -
     add(
         '<nav><a href="#overview">overview</a><a href="#leaderboard">leaderboard</a>'
         '<a href="#anytime">anytime</a><a href="#pareto">Pareto</a><a href="#plans">plans</a>'
-        '<a href="#transfer">transfer</a></nav>'
+        '<a href="#transfer">transfer</a><a href="#studies">studies</a></nav>'
     )
     add('<h2 id="overview">Overview</h2>')
     add(figure_html(status_figure(results)))
@@ -119,6 +120,17 @@ def build_report(results: Results, *, title: str = "paratune campaign report") -
             '<p class="note">No rl tuner results in these campaigns; fine-tuning is measured by '
             "<code>paratune transfer --json</code> (save its output as RUN_DIR/transfer/NAME.json).</p>"
         )
+    add('<h2 id="studies">Studies</h2>')
+    for study in results.studies:
+        tables, figures, summary = study_parts(study)
+        add(f"<h3>{html.escape(study.title)}</h3>")
+        add("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>")
+        for fig in figures:
+            add(figure_html(fig))
+        for t in tables:
+            add(table_html(t))
+    if not results.studies:
+        add('<p class="note">No study in these folders (<code>paratune study ... -o DIR</code>).</p>')
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
     sources = ", ".join(results.sources)
     return (
@@ -135,6 +147,6 @@ def write_report(targets: str | Path | Iterable[str | Path], out: str | Path) ->
     results = load_runs(targets)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = ", ".join(c.name for c in results.campaigns)
+    names = ", ".join(c.name for c in results.campaigns) or f"{len(results.studies)} studies"
     path.write_text(build_report(results, title=f"paratune report: {names}"), encoding="utf-8")
     return path

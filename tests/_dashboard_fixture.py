@@ -4,7 +4,8 @@ Three tiny scenarios (a 4-layer Llama on one DGX A100): a decode scenario named
 ``<script>alert(1)</script>`` (user strings must render as text), a prefill one,
 and a two-objective ``tbt+memory`` one (a Pareto front; dp does not apply to it,
 so its gaps refer to the best known value). Tuners: two heuristics, dp, and
-optuna-random with a small budget over two seeds.
+optuna-random with a small budget over two seeds; and a small granularity study
+on the prefill scenario (the Studies page).
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def make_campaign(folder: Path, name: str = "fixture") -> Path:
         ],
         "tuners": ["megatron", "balanced-pp", "dp", {"name": "optuna-random", "budget": 40}],
         "seeds": 2,
+        "studies": [
+            {
+                "kind": "granularity",
+                "scenarios": ["tiny-prefill"],
+                "budget": 10,
+                "tuners": ["dp", "megatron"],
+                "granularities": ["layer", "layers:2"],
+            },
+        ],
         "output": str(folder / name),
     }
     spec_path = folder / f"{name}.yaml"

@@ -114,6 +114,7 @@ def test_every_page_loads(base_url: str, page: tuple[Page, list[str], list[str]]
         ("/anytime", "page-anytime", "#anytime-e-0 .main-svg"),
         ("/pareto", "page-pareto", "#pareto-0 .main-svg"),
         ("/transfer", "page-transfer", "p"),
+        ("/studies", "page-studies", "#study-0-fig-0 .main-svg"),
     ]:
         _open(pg, base_url + path, page_id)
         pg.wait_for_selector(selector)
@@ -171,6 +172,21 @@ def test_plan_view_renders_a_gantt(base_url: str, page: tuple[Page, list[str], l
     shot = tmp_path / "plans.png"
     pg.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    assert not dialogs and not errors
+
+
+def test_studies_page_shows_the_study(base_url: str, page: tuple[Page, list[str], list[str]]) -> None:
+    pg, dialogs, errors = page
+    _open(pg, base_url + "/studies", "page-studies")
+    pg.wait_for_selector("#study-0-table-0")
+    assert "granularity study" in pg.inner_text("#study-0-title")
+    summary = pg.inner_text("#study-0-summary")
+    assert "layer" in summary and ("%" in summary or "ms" in summary)
+    rows = pg.locator("#study-0-table-0 tbody tr")
+    assert rows.count() == 4  # 2 granularities x 2 tuners
+    _open(pg, base_url + "/studies?phase=decode", "page-studies")
+    pg.wait_for_selector("#page-studies p")
+    assert "No study matches" in pg.inner_text("#page-studies")
     assert not dialogs and not errors
 
 

@@ -1,0 +1,181 @@
+"""``paratune study granularity | static-vs-runtime | show | workloads``: the studies of :mod:`paratune.study`.
+
+Each study prints one progress line per unit of work (a tuner at a granularity, a
+bucket's optimum), writes its folder (``-o DIR``: study.json, CSV tables,
+summary.md, plots.html) and ends with its generated summary. Re-running the same
+command on the same folder reuses the finished units (an interrupted study
+resumes). ``--json`` prints study.json's data instead (a contract: keys are only added).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ._cli_common import (
+    JsonOpt,
+    MemoryOpt,
+    ModelOpt,
+    ObjectiveOpt,
+    PhaseOpt,
+    PlatformOpt,
+    ScenarioOpt,
+    SeedOpt,
+    console,
+    print_json,
+    user_errors,
+)
+
+study_app = typer.Typer(
+    help="Studies: how coarse should tasks be (granularity), which decisions must wait for run time.",
+    no_args_is_help=True,
+)
+
+OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Folder for study.json, CSV tables, plots.html.")]
+BudgetOpt = Annotated[int, typer.Option("--budget", "-n", min=1, help="Evaluations per search (Optuna tuners).")]
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _problem(scenario: Path | None, model: str | None, platform: str | None, **fields: Any) -> Any:
+    from .search import Limits, Problem
+
+    if scenario is not None:
+        if model or platform:
+            raise ValueError("give either --scenario or --model/--platform, not both")
+        return Problem.load(scenario)
+    if not model or not platform:
+        raise ValueError("--model and --platform are required (or --scenario FILE)")
+    memory_gib = fields.pop("memory_gib", None)
+    return Problem(model=model, platform=platform, limits=Limits(memory_gib=memory_gib), **fields)
+
+
+def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
+    if as_json:
+        print_json(data)
+        return
+    from .study import study_outputs
+
+    tables, _figures, summary = study_outputs(data)
+    for t in tables[:2]:
+        table = Table(title=t.title)
+        for c in t.columns:
+            table.add_column(c)
+        for row in t.formatted():
+            table.add_row(*(escape(v) for v in row))
+        console.print(table)
+    console.print("[bold]summary[/bold]")
+    for line in summary:
+        console.print(f"- {escape(line)}")
+    console.print(f"written to {escape(str(output))}/ (study.json, *.csv, summary.md, plots.html)")
+    console.print(f"view: paratune dashboard {escape(str(output))}   or open {escape(str(output / 'plots.html'))}")
+
+
+def _say(quiet: bool) -> Any:
+    return None if quiet else (lambda line: console.print(escape(line), highlight=False))
+
+
+@study_app.command("granularity")
+@user_errors
+def granularity(
+    output: OutOpt,
+    model: ModelOpt = None,
+    platform: PlatformOpt = None,
+    phase: PhaseOpt = "decode",
+    objective: ObjectiveOpt = "",
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")] = 1,
+    seq: Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt / sequence length.")] = 2048,
+    context: Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step.")] = 0,
+    memory_gib: MemoryOpt = None,
+    scenario: ScenarioOpt = None,
+    tuners: Annotated[
+        str | None, typer.Option("--tuners", help="Comma-separated tuners (default: dp, heuristics, Optuna).")
+    ] = None,
+    granularities: Annotated[
+        str | None, typer.Option("--granularities", help="Comma-separated, e.g. op,sublayer,layer,layers:4.")
+    ] = None,
+    budget: BudgetOpt = 300,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every tuner at every granularity: best value, gap, wall time, evaluations, search-space size."""
+    from .study import run_study
+
+    problem = _problem(
+        scenario, model, platform, phase=phase, objective=objective, batch=batch, seq=seq, context=context,
+        memory_gib=memory_gib,
+    )  # fmt: skip
+    options = {"tuners": _names(tuners), "granularities": _names(granularities)}
+    options = {k: v for k, v in options.items() if v}
+    data = run_study("granularity", problem, options=options, budget=budget, seed=seed, out_dir=output,
+                     say=_say(as_json))  # fmt: skip
+    _finish(data, output, as_json)
+
+
+@study_app.command("static-vs-runtime")
+@user_errors
+def static_vs_runtime(
+    output: OutOpt,
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", help="Shipped workload (paratune study workloads) or a CSV trace.")
+    ],
+    model: ModelOpt = None,
+    platform: PlatformOpt = None,
+    phase: PhaseOpt = "decode",
+    objective: ObjectiveOpt = "",
+    memory_gib: MemoryOpt = None,
+    scenario: ScenarioOpt = None,
+    ks: Annotated[str, typer.Option("--ks", help="Numbers of precompiled plans to compare.")] = "1,2,4,8",
+    max_buckets: Annotated[int, typer.Option("--max-buckets", min=1, help="Shape buckets at most.")] = 12,
+    budget: BudgetOpt = 300,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """One static plan vs per-shape optima vs K precompiled plans over a workload of request shapes."""
+    from .study import run_study
+
+    problem = _problem(scenario, model, platform, phase=phase, objective=objective, memory_gib=memory_gib)
+    try:
+        k_values = [int(k) for k in ks.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--ks must be comma-separated integers, got {ks!r}") from None
+    options = {"workload": workload, "ks": k_values, "max_buckets": max_buckets}
+    data = run_study("static-vs-runtime", problem, options=options, budget=budget, seed=seed, out_dir=output,
+                     say=_say(as_json))  # fmt: skip
+    _finish(data, output, as_json)
+
+
+@study_app.command("show")
+@user_errors
+def show(
+    folder: Annotated[Path, typer.Argument(help="A study folder (it holds study.json).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a finished study's tables and summary."""
+    from .study import load_study
+
+    _finish(load_study(folder), folder, as_json)
+
+
+@study_app.command("workloads")
+@user_errors
+def workloads(as_json: JsonOpt = False) -> None:
+    """The shipped synthetic workloads (request-shape traces) for static-vs-runtime."""
+    from .study._workload import shipped_workloads
+
+    rows = shipped_workloads()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="workloads (paratune study static-vs-runtime --workload NAME)")
+    for col in rows[0] if rows else ("name",):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(escape(str(v)) for v in r.values()))
+    console.print(table)
