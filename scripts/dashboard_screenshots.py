@@ -35,6 +35,7 @@ PAGES = [  # file, path (filters in the query), what to wait for
     ("pareto.png", "/pareto", "#pareto-0 .main-svg"),
     ("plans.png", "/plans?scenario=demo: llama2-7b-a100-train&tuner=optuna-tpe", "#plan-gantt .main-svg"),
     ("transfer.png", "/transfer?campaign=demo", "#transfer-graph .main-svg"),
+    ("studies.png", "/studies?campaign=demo", "#study-0-fig-0 .main-svg"),
 ]
 
 

@@ -417,12 +417,19 @@ def granularity_summary(data: dict[str, Any]) -> list[str]:
         out.append(text + ".")
     for t in data["tuners"]:
         mine = {r["granularity"]: r for r in ok if r["tuner"] == t}
+        if len({r["plan_granularity"] for r in mine.values()}) == 1 and len(mine) > 1:
+            continue  # a rule: its time does not depend on the study's granularity
         fine = next((g for g in grans if g in mine and granularity_rank(g)[0] < 2), None)
         if fine is not None and "layer" in mine and mine["layer"]["wall_s"]:
             ratio = (mine[fine]["wall_s"] or 0.0) / mine["layer"]["wall_s"]
+            diff = (mine[fine]["gap"] or 0.0) - (mine["layer"]["gap"] or 0.0)
+            quality = (
+                "the same quality" if abs(diff) < 1e-4 else f"{fmt_pct(abs(diff))} {'worse' if diff > 0 else 'better'}"
+            )
             out.append(
                 f"{t}: {fine} takes {ratio:.1f}x the time of layer ({fmt_seconds(mine[fine]['wall_s'])} vs "
-                f"{fmt_seconds(mine['layer']['wall_s'])}; {mine[fine]['tasks']} vs {mine['layer']['tasks']} tasks)."
+                f"{fmt_seconds(mine['layer']['wall_s'])}; {mine[fine]['tasks']} vs {mine['layer']['tasks']} tasks) "
+                f"for {quality}."
             )
     out += _finer_vs_layer(data, ok, value)
     return out + _not_ok_line(rows)

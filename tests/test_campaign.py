@@ -372,6 +372,7 @@ def test_demo_spec_is_valid() -> None:
     tuners = {t.name for t in spec.tuners}
     assert {*HEURISTICS, "dp", "optuna-tpe", "optuna-random"} <= tuners
     assert spec.seeds == [0, 1] and len(spec.scenarios) >= 3
+    assert {st.kind for st in spec.studies} == {"granularity", "static-vs-runtime"}
 
 
 # -- the store and the CLI ---------------------------------------------------------------------
