@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..costmodel import Metrics, Plan
+from ._polish import polish
 from ._problem import Evaluation, Problem
 from ._spaces import SPACES, make_space
 from ._tuner import Recorder, Tuner
@@ -53,6 +54,9 @@ ORDINAL_ONLY = frozenset({"cmaes", "qmc"})
 CONSTRAINT_NAMES = ("memory", "tbt_slo", "ttft_slo", "devices", "calibrated")
 #: Default trials: the GP sampler costs 1-4 s per trial on 2 cores (torch), the others milliseconds.
 DEFAULT_BUDGET = {"gp": 50}
+#: Share of the budget spent polishing the incumbent (:mod:`._polish`) by default, per sampler. Random and
+#: QMC stay pure baselines; NSGA-II and multi-objective problems have a front, not one incumbent.
+POLISH_SHARE = {"tpe": 0.2, "cmaes": 0.2, "gp": 0.2}
 
 
 class OptunaTuner(Tuner):
@@ -71,6 +75,9 @@ class OptunaTuner(Tuner):
         warm_start: enqueue the uniform plans practitioners try first (one TP degree, even stages, PP in
             powers of two; at most a quarter of the budget) as the first trials (default true; false for a
             pure black-box search).
+        polish: share of the budget (0 to 1) spent last on single-parameter moves around the best feasible
+            trial, enqueued as trials of the same study (:mod:`._polish`); default 0.2 for tpe, cmaes and gp,
+            0 for random, qmc and nsga2 and for two-objective problems.
 
     Example:
         >>> from paratune.search import Problem, tune
@@ -98,7 +105,11 @@ class OptunaTuner(Tuner):
             raise ValueError(f"unknown Optuna sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
         if space is not None and space not in SPACES:
             raise ValueError(f"unknown search space {space!r}; allowed: {', '.join(SPACES)}")
-        allowed = {"granularities", "max_stages", "population_size", "warm_start"}
+        allowed = {"granularities", "max_stages", "population_size", "warm_start", "polish"}
+        share = options.get("polish", POLISH_SHARE.get(sampler, 0.0))
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ValueError(f"option 'polish' must be a share of the budget between 0 and 1, got {share!r}")
+        self.polish_share = float(share)
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise ValueError(
@@ -161,7 +172,15 @@ class OptunaTuner(Tuner):
                     if recorder.done:
                         study.stop()
 
-                study.optimize(objective, n_trials=n_trials, callbacks=[stop], catch=())
+                polishing = 0 if n_trials is None or problem.obj.multi else round(self.polish_share * n_trials)
+                study.optimize(
+                    objective, n_trials=None if n_trials is None else n_trials - polishing, callbacks=[stop], catch=()
+                )
+                if polishing and not recorder.done:
+                    ran = polish(study, objective, polishing, rng, lambda: _incumbent(study), [stop])
+                    tally["polish"] += ran
+                    if not recorder.done and ran < polishing:  # a local optimum: the sampler takes the rest
+                        study.optimize(objective, n_trials=polishing - ran, callbacks=[stop], catch=())
         finally:
             optuna.logging.set_verbosity(previous)
         return self._notes(space.describe(), tally, recorder)
@@ -181,6 +200,7 @@ class OptunaTuner(Tuner):
                 metrics = cache[plan] = problem.evaluate(plan)
             ev: Evaluation = recorder.record_metrics(plan, metrics)
             tally["trials"] += 1
+            trial.set_user_attr("feasible", ev.feasible)
             if any(math.isnan(v) for v in ev.values):
                 tally["invalid"] += 1
                 trial.set_user_attr("invalid", "; ".join(ev.violations))
@@ -229,11 +249,28 @@ class OptunaTuner(Tuner):
             space,
             f"{tally['trials']} trials: {tally['infeasible']} infeasible, {how}; {tally['invalid']} invalid, pruned",
         ]
+        if tally["polish"]:
+            notes.append(f"{tally['polish']} of them polished the best trial (single-parameter moves)")
         if self.storage:
             notes.append(f"study {self.study.study_name if self.study else '?'} in {self.storage}")
         if recorder.best is None:
             notes.append("no feasible plan found within the budget")
         return notes
+
+
+def _incumbent(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best completed trial whose plan is feasible (the objective marks it), or None."""
+    import optuna
+
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("feasible")
+    ]
+    if not done:
+        return None
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return min(done, key=lambda t: (sign * float(t.value), t.number))
 
 
 def _active_constraints(problem: Problem) -> list[int]:

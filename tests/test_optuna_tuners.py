@@ -70,7 +70,7 @@ def test_tight_memory_limit_reports_constraints(sampler: str) -> None:
 
     # 8 layers of llama2-7b need about 3.7 GB of weights: under 0.9 GiB per GPU most plans do not fit.
     p = small(limits=Limits(memory_gib=0.9))
-    t = make_tuner(f"optuna-{sampler}")
+    t = make_tuner(f"optuna-{sampler}", polish=0)  # the sampler's own trials (polish moves stay near feasible)
     r = t.tune(p, budget=40, seed=0)
     assert r.best_plan is not None and p.score(r.best_plan).feasible
     assert t.study is not None
@@ -223,3 +223,38 @@ def test_warm_start_enqueues_uniform_plans_first(space: str) -> None:
     cold = make_tuner("optuna-random", space=space, warm_start=False)
     cold.tune(problem, budget=12, seed=0)
     assert cold.study.trials[0].params != first.params  # type: ignore[union-attr]
+
+
+def test_polish_moves_change_one_parameter_within_bounds() -> None:
+    import numpy as np
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from paratune.search._polish import MAX_CHOICES, neighbours
+
+    params = {"tp": 0, "w": 3.9, "group": "a", "stages": 2}
+    dists = {
+        "tp": IntDistribution(0, 3),
+        "w": FloatDistribution(0.25, 4.0, log=True),
+        "group": CategoricalDistribution(list("abcdefg")),
+        "stages": IntDistribution(1, 2),
+    }
+    moves = neighbours(params, dists, np.random.default_rng(0))
+    for m in moves:
+        assert sum(m[k] != params[k] for k in params) == 1
+        assert 0 <= m["tp"] <= 3 and 0.25 <= m["w"] <= 4.0 and 1 <= m["stages"] <= 2
+    assert sorted(m["tp"] for m in moves if m["tp"] != 0) == [1]  # 0 - 1 is out of range
+    assert sum(m["group"] != "a" for m in moves) == MAX_CHOICES
+    assert {m["w"] for m in moves if m["w"] != 3.9} == {4.0, 3.9 / 1.25}
+    assert [m["stages"] for m in moves if m["stages"] != 2] == [1]
+
+
+def test_polish_spends_its_share_inside_the_budget() -> None:
+    problem = Problem("llama2-7b:layers=8", "dgx-a100x2", phase="train", batch=16, seq=1024)
+    polished = make_tuner("optuna-tpe", polish=0.5)
+    result = polished.tune(problem, budget=40, seed=3)
+    assert result.evaluations == 40 and len(polished.study.trials) == 40
+    assert any("polished the best trial" in n for n in result.notes), result.notes
+    plain = tune(problem, "optuna-tpe", budget=40, seed=3, polish=0)
+    assert not any("polished" in n for n in plain.notes)
+    with pytest.raises(ValueError, match="polish"):
+        make_tuner("optuna-tpe", polish=1.5)
