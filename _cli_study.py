@@ -77,6 +77,20 @@ def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
     console.print(f"view: paratune dashboard {escape(str(output))}   or open {escape(str(output / 'plots.html'))}")
 
 
+def _run(kind: str, problem: Any, options: dict[str, Any], budget: int, seed: int, output: Path, quiet: bool) -> Any:
+    """Run the study; Ctrl-C keeps the finished cells and says how to resume (exit code 130)."""
+    from .study import run_study
+
+    try:
+        return run_study(kind, problem, options=options, budget=budget, seed=seed, out_dir=output, say=_say(quiet))
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: the finished cells are kept in {escape(str(output / 'cells'))}; "
+            "run the same command again to resume"
+        )
+        raise typer.Exit(130) from None
+
+
 def _say(quiet: bool) -> Any:
     return None if quiet else (lambda line: console.print(escape(line), highlight=False))
 
@@ -105,16 +119,13 @@ def granularity(
     as_json: JsonOpt = False,
 ) -> None:
     """Every tuner at every granularity: best value, gap, wall time, evaluations, search-space size."""
-    from .study import run_study
-
     problem = _problem(
         scenario, model, platform, phase=phase, objective=objective, batch=batch, seq=seq, context=context,
         memory_gib=memory_gib,
     )  # fmt: skip
     options = {"tuners": _names(tuners), "granularities": _names(granularities)}
     options = {k: v for k, v in options.items() if v}
-    data = run_study("granularity", problem, options=options, budget=budget, seed=seed, out_dir=output,
-                     say=_say(as_json))  # fmt: skip
+    data = _run("granularity", problem, options, budget, seed, output, as_json)
     _finish(data, output, as_json)
 
 
@@ -138,16 +149,13 @@ def static_vs_runtime(
     as_json: JsonOpt = False,
 ) -> None:
     """One static plan vs per-shape optima vs K precompiled plans over a workload of request shapes."""
-    from .study import run_study
-
     problem = _problem(scenario, model, platform, phase=phase, objective=objective, memory_gib=memory_gib)
     try:
         k_values = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:
         raise ValueError(f"--ks must be comma-separated integers, got {ks!r}") from None
     options = {"workload": workload, "ks": k_values, "max_buckets": max_buckets}
-    data = run_study("static-vs-runtime", problem, options=options, budget=budget, seed=seed, out_dir=output,
-                     say=_say(as_json))  # fmt: skip
+    data = _run("static-vs-runtime", problem, options, budget, seed, output, as_json)
     _finish(data, output, as_json)
 
 

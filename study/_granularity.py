@@ -142,7 +142,10 @@ def _cell_key(problem: Problem, granularity: str, tuner: str, budget: int, seed:
     """
     spec = json.dumps(_problem_spec(problem), sort_keys=True)
     digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
-    options = json.dumps(_options(_family(tuner), granularity), sort_keys=True)
+    family = _family(tuner)
+    options = json.dumps(_options(family, granularity), sort_keys=True)
+    if family not in ("optuna", "rl"):  # exact solvers and rules run to completion, whatever the budget
+        return f"{granularity}|{tuner}|{digest}|options={options}|problem={spec}"
     return f"{granularity}|{tuner}|budget={budget}|seed={seed}|{digest}|options={options}|problem={spec}"
 
 

@@ -141,3 +141,44 @@ def test_cli_study_runs_shows_and_rejects_bad_input(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["study", "static-vs-runtime", "-m", "llama2-7b:layers=4", "-p", "dgx-a100",
                                   "-w", str(tmp_path / "none.csv"), "-o", str(tmp_path / "r")])  # fmt: skip
     assert missing.exit_code == 2 and "none.csv" in missing.output
+
+
+def test_ctrl_c_keeps_finished_cells_and_the_same_command_resumes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "g"
+    args = ["study", "granularity", "-m", "llama2-7b:layers=4", "-p", "dgx-a100", "--phase", "train", "-b", "8",
+            "-s", "512", "--tuners", "dp,optuna-random", "--granularities", "layer,layers:2", "-n", "3000",
+            "-o", str(out)]  # fmt: skip
+    # SIGINT's default handler: a test run in the background (`pytest &`) would hand SIGINT on as ignored
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from paratune.cli import app; app(sys.argv[1:])"
+    )
+    log = tmp_path / "study.out"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        end = time.time() + 120
+        while not list((out / "cells").glob("*.json")) and time.time() < end and proc.poll() is None:
+            time.sleep(0.05)
+        finished = len(list((out / "cells").glob("*.json")))
+        assert finished >= 1, log.read_text()
+        proc.send_signal(signal.SIGINT)  # during the 3000-trial optuna-random cell
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 130, text
+    assert "run the same command again to resume" in text and "Traceback" not in text
+    assert not (out / "study.json").exists()  # nothing half-written
+    resumed = CliRunner().invoke(app, [*args[:-4], "-n", "30", "-o", str(out)])  # a smaller budget: new cells
+    assert resumed.exit_code == 0, resumed.output
+    # dp's cell at layer was finished before Ctrl-C, and its answer does not depend on the budget
+    assert resumed.output.count("reused") == 1 and "layer x dp" in resumed.output.split("reused")[0]
+    data = json.loads((out / "study.json").read_text())
+    assert len(data["rows"]) == 4 and all(r["status"] == "ok" for r in data["rows"])
