@@ -177,7 +177,7 @@ class OptunaTuner(Tuner):
                     objective, n_trials=None if n_trials is None else n_trials - polishing, callbacks=[stop], catch=()
                 )
                 if polishing and not recorder.done:
-                    ran = polish(study, objective, polishing, rng, lambda: _incumbent(study), [stop])
+                    ran = polish(study, objective, polishing, rng, lambda: _incumbent(study), [stop], space)
                     tally["polish"] += ran
                     if not recorder.done and ran < polishing:  # a local optimum: the sampler takes the rest
                         study.optimize(objective, n_trials=polishing - ran, callbacks=[stop], catch=())

@@ -64,6 +64,47 @@ def neighbours(params: dict[str, Any], distributions: dict[str, Any], rng: np.ra
     return [out[i] for i in order]
 
 
+def structural(params: dict[str, Any], distributions: dict[str, Any], space: Any) -> list[dict[str, Any]]:
+    """Moves of the plan's shape: two of ``space.GLOBALS`` at once, and every shape move with balanced stages.
+
+    A pipeline that needs one more stage *and* more micro-batches (or another replica
+    count) is worse after either move alone, so single moves stop in front of it; a
+    new shape also wants its stages rebalanced (``space.balanced``), and, as TP does not
+    scale linearly, each of its stages' shares one step off the even split
+    (``space.shares``).
+    """
+    from optuna.distributions import IntDistribution
+
+    steps: list[list[tuple[str, int]]] = []
+    names = [n for n in space.GLOBALS if isinstance(distributions.get(n), IntDistribution) and n in params]
+    for name in names:
+        steps += [[(name, -1)], [(name, 1)]]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            steps += [[(a, da), (b, db)] for da in (-1, 1) for db in (-1, 1)]
+    out: list[dict[str, Any]] = [space.balanced(params)]
+    for step in steps:
+        moved = dict(params)
+        for name, delta in step:
+            d = distributions[name]
+            moved[name] = params[name] + delta * d.step
+        if all(distributions[n].low <= moved[n] <= distributions[n].high for n, _ in step):
+            if len(step) == 2:
+                out.append(moved)
+            even = space.balanced(moved)
+            out.append(even)
+            for w in space.shares(even):  # the new shape's split, one stage's share off the even one
+                d = distributions.get(w)
+                if d is not None:
+                    out += [{**even, w: min(d.high, even[w] * 1.25)}, {**even, w: max(d.low, even[w] / 1.25)}]
+    unique = dict.fromkeys(_frozen(m) for m in out)
+    return [dict(m) for m in unique if m != _frozen(params)]
+
+
+def _frozen(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))
+
+
 def polish(
     study: Any,
     objective: Callable[[Any], Any],
@@ -71,11 +112,13 @@ def polish(
     rng: np.random.Generator,
     incumbent: Callable[[], Any],
     callbacks: list[Any],
+    space: Any = None,
 ) -> int:
     """Run up to ``trials`` single-parameter moves around ``incumbent()`` (a FrozenTrial or None); returns trials run.
 
     ``incumbent`` returns the best *feasible* trial so far (the caller knows what
     feasible means for its constraints); polishing stops early at a local optimum.
+    With ``space`` (:class:`~._spaces.Space`) the shape moves of :func:`structural` come first.
     """
     ran = 0
     seen: set[tuple[tuple[str, Any], ...]] = {tuple(sorted(t.params.items())) for t in study.trials}
@@ -83,7 +126,8 @@ def polish(
         best = incumbent()
         if best is None:
             break
-        moves = [m for m in neighbours(best.params, best.distributions, rng) if tuple(sorted(m.items())) not in seen]
+        shape = [] if space is None else structural(best.params, best.distributions, space)
+        moves = [m for m in shape + neighbours(best.params, best.distributions, rng) if _frozen(m) not in seen]
         improved = False
         while moves and ran < trials and not improved:
             chunk, moves = moves[: min(CHUNK, trials - ran)], moves[CHUNK:]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import networkx as nx
 
@@ -71,6 +71,17 @@ class Space(ABC):
         """One line for the result's notes."""
 
     # -- shared pieces ----------------------------------------------------
+    #: The integer parameters that shape the whole plan (the polish moves them two at a time, :mod:`._polish`).
+    GLOBALS: ClassVar[tuple[str, ...]] = ("replicas", "micro_batches")
+
+    def balanced(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with the stages' shares reset to the balanced split (spaces without shares: unchanged)."""
+        return params
+
+    def shares(self, params: dict[str, Any]) -> list[str]:
+        """Names of the share parameters of the stages ``params`` uses (none in spaces without shares)."""
+        return []
+
     def warm_start(self) -> list[dict[str, int | float]]:
         """Parameters of the uniform plans practitioners try first (one TP degree, even stages), best-guess order.
 
@@ -165,6 +176,7 @@ class UniformSpace(Space):
     """One TP degree, even stages: granularity x TP x PP x micro-batches x replicas (x recompute)."""
 
     name = "uniform"
+    GLOBALS = ("tp", "pp", "replicas", "micro_batches")
 
     def __init__(
         self, problem: Problem, *, ordinal_only: bool = False, granularities: Sequence[str] | None = None
@@ -253,6 +265,14 @@ class HybridSpace(Space):
             recompute=flags[:pp] if self.train else False,
         )
 
+    GLOBALS = ("stages", "replicas", "micro_batches")
+
+    def balanced(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {k: (1.0 if k.startswith("w_") else v) for k, v in params.items()}
+
+    def shares(self, params: dict[str, Any]) -> list[str]:
+        return [f"w_{s}" for s in range(int(params.get("stages", 1)))]
+
     def warm_start(self) -> list[dict[str, int | float]]:
         out: list[dict[str, int | float]] = []
         for ti, pp, ri, mi in self._grid(self.tps, self.max_pp):
@@ -278,6 +298,7 @@ class PlacementSpace(Space):
     """
 
     name = "placement"
+    GLOBALS = ("tp", "replicas", "micro_batches")
 
     def __init__(self, problem: Problem, *, ordinal_only: bool = False) -> None:
         super().__init__(problem, ordinal_only=ordinal_only)

@@ -258,3 +258,26 @@ def test_polish_spends_its_share_inside_the_budget() -> None:
     assert not any("polished" in n for n in plain.notes)
     with pytest.raises(ValueError, match="polish"):
         make_tuner("optuna-tpe", polish=1.5)
+
+
+def test_structural_moves_change_the_shape_two_at_a_time_and_rebalance() -> None:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from paratune.search._polish import structural
+    from paratune.search._spaces import HybridSpace
+
+    space = HybridSpace(small())
+    params = {"stages": 1, "replicas": 0, "micro_batches": 1, "tp_0": 3, "w_0": 2.0}
+    dists = {
+        "stages": IntDistribution(1, 8),
+        "replicas": IntDistribution(0, 3),
+        "micro_batches": IntDistribution(0, 3),
+        "tp_0": IntDistribution(0, 3),
+        "w_0": FloatDistribution(0.25, 4.0, log=True),
+    }
+    moves = structural(params, dists, space)
+    assert {"stages": 2, "replicas": 0, "micro_batches": 2, "tp_0": 3, "w_0": 2.0} in moves  # one more stage and m
+    assert {"stages": 2, "replicas": 0, "micro_batches": 2, "tp_0": 3, "w_0": 1.0} in moves  # ... rebalanced
+    assert {**params, "w_0": 1.0} in moves and params not in moves
+    assert all(m["stages"] >= 1 and m["replicas"] >= 0 for m in moves)  # never out of range
+    assert all(m["tp_0"] == 3 for m in moves)  # per-stage parameters are the single moves' job
