@@ -72,9 +72,9 @@ class OptunaTuner(Tuner):
             append-only journal file: cheap per trial, opened by ``optuna-dashboard PATH``); default in memory.
         study_name: the study's name in that storage (default: the tuner and problem names).
         population_size: NSGA-II's population (default: budget / 8, between 8 and 50).
-        warm_start: enqueue the uniform plans practitioners try first (one TP degree, even stages, PP in
-            powers of two; at most a quarter of the budget) as the first trials (default true; false for a
-            pure black-box search).
+        warm_start: enqueue the practitioners' plans first: the heuristics' plans (their evaluations count
+            against the budget) and the uniform plans (one TP degree, even stages, PP in powers of two), at
+            most a quarter of the budget (default true; false for a pure black-box search).
         polish: share of the budget (0 to 1) spent last on single-parameter moves around the best feasible
             trial, enqueued as trials of the same study (:mod:`._polish`); default 0.2 for tpe, cmaes and gp,
             0 for random, qmc and nsga2 and for two-objective problems.
@@ -140,8 +140,6 @@ class OptunaTuner(Tuner):
             granularities=self.options.get("granularities"),
             max_stages=self.options.get("max_stages"),
         )
-        budget = recorder.remaining
-        n_trials = None if budget is None else budget
         directions = [
             optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
             for d in problem.obj.directions
@@ -152,7 +150,7 @@ class OptunaTuner(Tuner):
             with warnings.catch_warnings():
                 # Experimental-feature notices (multivariate TPE, with_margin, QMC, GP) say nothing to a user here.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                sampler = self._sampler(optuna, seed, n_trials or 200)
+                sampler = self._sampler(optuna, seed, recorder.remaining or 200)
                 study = optuna.create_study(
                     storage=_storage(optuna, self.storage),
                     sampler=sampler,
@@ -161,9 +159,12 @@ class OptunaTuner(Tuner):
                     load_if_exists=self.storage is not None,
                 )
                 self.study = study
-                if self.options.get("warm_start", True) and not study.trials:
+                warm = self.options.get("warm_start", True) and not study.trials  # a resumed study is warm already
+                seeds = self._heuristic_seeds(problem, recorder, space, rng, seed) if warm else []
+                n_trials = recorder.remaining
+                if warm:
                     limit = max(1, (n_trials or 200) // 4)
-                    for params in space.warm_start()[:limit]:
+                    for params in (seeds + space.warm_start())[:limit]:
                         study.enqueue_trial(params, skip_if_exists=True)
                 tally: Counter[str] = Counter()
                 objective = self._objective(problem, recorder, space, tally)
@@ -173,9 +174,13 @@ class OptunaTuner(Tuner):
                         study.stop()
 
                 polishing = 0 if n_trials is None or problem.obj.multi else round(self.polish_share * n_trials)
-                study.optimize(
-                    objective, n_trials=None if n_trials is None else n_trials - polishing, callbacks=[stop], catch=()
-                )
+                if not recorder.done:  # the heuristics' seeds may have spent it (or the callback stopped)
+                    study.optimize(
+                        objective,
+                        n_trials=None if n_trials is None else n_trials - polishing,
+                        callbacks=[stop],
+                        catch=(),
+                    )
                 if polishing and not recorder.done:
                     ran = polish(study, objective, polishing, rng, lambda: _incumbent(study), [stop], space)
                     tally["polish"] += ran
@@ -184,6 +189,34 @@ class OptunaTuner(Tuner):
         finally:
             optuna.logging.set_verbosity(previous)
         return self._notes(space.describe(), tally, recorder)
+
+    def _heuristic_seeds(
+        self, problem: Problem, recorder: Recorder, space: Any, rng: np.random.Generator, seed: int
+    ) -> list[dict[str, int | float]]:
+        """The practitioners' heuristics' plans as the first trials' parameters (where the space can hold them).
+
+        Each heuristic searches on this tuner's recorder (every evaluation counted against the budget and seen
+        by the callback), within a quarter of the budget in all; their plans count as found, so a search never
+        ends behind the rules of thumb it started from.
+        """
+        from ._registry import make_tuner, tuner_entries
+
+        if problem.obj.multi or recorder.budget is None:
+            return []
+        end = recorder.evaluations + recorder.budget // 4
+        out: list[dict[str, int | float]] = []
+        for entry in tuner_entries():
+            if entry.family != "heuristic" or recorder.done or recorder.evaluations >= end:
+                continue
+            with recorder.scope(end - recorder.evaluations) as scope:
+                try:
+                    make_tuner(entry.name)._search(problem, recorder, rng, seed)
+                except ValueError:
+                    continue
+            params = None if scope.best is None else space.params_of(scope.best.plan)
+            if params is not None and params not in out:
+                out.append(params)
+        return out
 
     def _objective(self, problem: Problem, recorder: Recorder, space: Any, tally: Counter[str]) -> Any:
         import optuna

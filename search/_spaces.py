@@ -25,6 +25,7 @@ are integer indices too.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -81,6 +82,10 @@ class Space(ABC):
     def shares(self, params: dict[str, Any]) -> list[str]:
         """Names of the share parameters of the stages ``params`` uses (none in spaces without shares)."""
         return []
+
+    def params_of(self, plan: Plan) -> dict[str, int | float] | None:
+        """This space's parameters for ``plan`` (to enqueue it as a trial), or None when the space cannot hold it."""
+        return None
 
     def warm_start(self) -> list[dict[str, int | float]]:
         """Parameters of the uniform plans practitioners try first (one TP degree, even stages), best-guess order.
@@ -272,6 +277,29 @@ class HybridSpace(Space):
 
     def shares(self, params: dict[str, Any]) -> list[str]:
         return [f"w_{s}" for s in range(int(params.get("stages", 1)))]
+
+    def params_of(self, plan: Plan) -> dict[str, int | float] | None:
+        """The parameters nearest to ``plan``: exact for most plans (a stage's weight is recovered from its
+        share of the cut units and its TP degree; rounding may move a cut by one unit)."""
+        if not plan.is_layered or plan.pp > self.max_pp or any(s.tp not in self.tps for s in plan.stages):
+            return None
+        starts = self.units.starts
+        sizes = [sum(1 for u in starts if s.layers[0] <= u <= s.layers[1]) for s in plan.stages]  # type: ignore[index]
+        if any(size < 1 for size in sizes):
+            return None
+        raw = [(size - 0.5) / s.tp for size, s in zip(sizes, plan.stages, strict=True)]
+        mean = math.exp(sum(math.log(r) for r in raw) / len(raw))
+        params: dict[str, int | float] = {"stages": plan.pp}
+        for s in range(self.max_pp):
+            stage = plan.stages[min(s, plan.pp - 1)]
+            params[f"tp_{s}"] = self.tps.index(stage.tp)
+            w = raw[s] / mean if s < plan.pp else 1.0
+            params[f"w_{s}"] = min(WEIGHT_RANGE[1], max(WEIGHT_RANGE[0], w))
+            if self.train:
+                params[f"recompute_{s}"] = int(stage.recompute)
+        params["replicas"] = max(i for i, r in enumerate(self.replica_choices) if r <= plan.replicas)
+        params["micro_batches"] = max(i for i, m in enumerate(self.micro_choices) if m <= plan.micro_batches)
+        return params
 
     def warm_start(self) -> list[dict[str, int | float]]:
         out: list[dict[str, int | float]] = []

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,6 +41,13 @@ class Progress:
 Callback = Callable[[Progress], bool | None]
 
 
+@dataclass
+class Scope:
+    """The best feasible evaluation recorded inside :meth:`Recorder.scope`."""
+
+    best: Evaluation | None = None
+
+
 class Recorder:
     """Counts evaluations against the budget and keeps the best plan, history and Pareto front."""
 
@@ -53,6 +61,7 @@ class Recorder:
         self.stopped = False
         self.certified: bool | None = None  # an exact solver sets it (False when it could not certify)
         self.start = time.perf_counter()
+        self._scope: Scope | None = None
 
     @property
     def done(self) -> bool:
@@ -74,9 +83,30 @@ class Recorder:
     def record_metrics(self, plan: Plan, metrics: Metrics) -> Evaluation:
         return self.record(self.problem.score(plan, metrics))
 
+    @contextmanager
+    def scope(self, evaluations: int) -> Iterator[Scope]:
+        """A part of the search that may spend at most ``evaluations`` more (e.g. another tuner's ``_search``
+        run on this recorder, so every evaluation is counted and reported); its own best is in ``Scope.best``."""
+        scope = Scope()
+        saved, self.budget = self.budget, self.evaluations + evaluations
+        if saved is not None:
+            self.budget = min(saved, self.budget)
+        self._scope = scope
+        try:
+            yield scope
+        finally:
+            self.budget, self._scope = saved, None
+
     def record(self, ev: Evaluation, *, count: int = 1) -> Evaluation:
         """Count ``count`` evaluations ending with ``ev`` (a batch reports its best once with its size)."""
         self.evaluations += count
+        scope = self._scope
+        if (
+            scope is not None
+            and ev.feasible
+            and (scope.best is None or self.objective.better(ev.value, scope.best.value))
+        ):
+            scope.best = ev
         if ev.feasible:
             if self.best is None or self.objective.better(ev.value, self.best.value):
                 self.best = ev

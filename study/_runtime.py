@@ -226,7 +226,7 @@ def _static_search(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
-            queued = [p for p in (_space_params(space, plan) for plan in optima) if p is not None]
+            queued = [p for p in (space.params_of(plan) for plan in optima) if p is not None]
             queued += space.warm_start()[: max(0, budget // 4 - len(queued))]
             for params in queued[:budget]:
                 study.enqueue_trial(params, skip_if_exists=True)
@@ -243,34 +243,6 @@ def _static_search(
         "space": space.describe(),
         "wall_s": time.perf_counter() - start,
     }
-
-
-def _space_params(space: Any, plan: Plan) -> dict[str, int | float] | None:
-    """The hybrid space's parameters nearest to ``plan`` (exact for most plans), to enqueue it as a trial."""
-    from ..search._spaces import WEIGHT_RANGE
-
-    if plan.pp > space.max_pp or any(s.tp not in space.tps for s in plan.stages):
-        return None
-    starts = space.units.starts
-    sizes = []
-    for stage in plan.stages:
-        lo, hi = stage.layers  # type: ignore[misc]
-        sizes.append(sum(1 for u in starts if lo <= u <= hi))
-    if any(size < 1 for size in sizes):
-        return None
-    raw = [(size - 0.5) / s.tp for size, s in zip(sizes, plan.stages, strict=True)]
-    mean = math.exp(sum(math.log(r) for r in raw) / len(raw))
-    params: dict[str, int | float] = {"stages": plan.pp}
-    for s in range(space.max_pp):
-        stage = plan.stages[min(s, plan.pp - 1)]
-        params[f"tp_{s}"] = space.tps.index(stage.tp)
-        w = raw[s] / mean if s < plan.pp else 1.0
-        params[f"w_{s}"] = min(WEIGHT_RANGE[1], max(WEIGHT_RANGE[0], w))
-        if space.train:
-            params[f"recompute_{s}"] = int(stage.recompute)
-    params["replicas"] = max(i for i, r in enumerate(space.replica_choices) if r <= plan.replicas)
-    params["micro_batches"] = max(i for i, m in enumerate(space.micro_choices) if m <= plan.micro_batches)
-    return params
 
 
 def _choose(costs: list[list[float]], weights: list[float], k: int) -> tuple[list[int], str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from paratune.search._optuna import SAMPLERS
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="optuna is not installed")
 
+SCENARIOS = Path(__file__).resolve().parent.parent / "benchmarks" / "scenarios"
 SMALL = dict(model="llama2-7b:layers=8", platform="dgx-a100", phase="decode", batch=8, context=512)
 
 
@@ -109,12 +111,12 @@ def test_sqlite_storage_can_be_reloaded(tmp_path: object) -> None:
     import optuna
 
     url = f"sqlite:///{tmp_path}/study.db"
-    r = tune(small(), "optuna-tpe", budget=12, seed=0, storage=url, study_name="s1")
+    r = tune(small(), "optuna-tpe", budget=12, seed=0, storage=url, study_name="s1", warm_start=False)
     study = optuna.load_study(study_name="s1", storage=url)
     assert len(study.trials) == 12
     assert study.best_value == pytest.approx(r.objective_value)
     # A second tune with the same name resumes the study.
-    tune(small(), "optuna-tpe", budget=5, seed=1, storage=url, study_name="s1")
+    tune(small(), "optuna-tpe", budget=5, seed=1, storage=url, study_name="s1")  # no warm start: it has trials
     assert len(optuna.load_study(study_name="s1", storage=url).trials) == 17
 
 
@@ -252,12 +254,24 @@ def test_polish_spends_its_share_inside_the_budget() -> None:
     problem = Problem("llama2-7b:layers=8", "dgx-a100x2", phase="train", batch=16, seq=1024)
     polished = make_tuner("optuna-tpe", polish=0.5)
     result = polished.tune(problem, budget=40, seed=3)
-    assert result.evaluations == 40 and len(polished.study.trials) == 40
+    trials = len(polished.study.trials)  # the budget less the heuristics' evaluations (at most a quarter)
+    assert result.evaluations == 40 and 30 <= trials < 40
     assert any("polished the best trial" in n for n in result.notes), result.notes
     plain = tune(problem, "optuna-tpe", budget=40, seed=3, polish=0)
     assert not any("polished" in n for n in plain.notes)
     with pytest.raises(ValueError, match="polish"):
         make_tuner("optuna-tpe", polish=1.5)
+
+
+def test_heuristics_seed_the_search_inside_the_budget() -> None:
+    problem = Problem.load(SCENARIOS / "llama3-8b-mesh-train-step.yaml")
+    best_rule = min(tune(problem, h).objective_value for h in ("balanced-pp", "min-tp-replicas"))
+    t = make_tuner("optuna-tpe")
+    r = t.tune(problem, budget=200, seed=0)  # a quarter of it holds every rule's evaluations (42 here)
+    assert r.evaluations == 200 and len(t.study.trials) < 200  # the rules' evaluations count
+    assert r.objective_value <= best_rule  # never behind the rules of thumb it started from
+    cold = tune(problem, "optuna-tpe", budget=200, seed=0, warm_start=False)
+    assert cold.objective_value > best_rule  # this scenario is one where a cold search stays far behind
 
 
 def test_structural_moves_change_the_shape_two_at_a_time_and_rebalance() -> None:
