@@ -54,6 +54,8 @@ ORDINAL_ONLY = frozenset({"cmaes", "qmc"})
 CONSTRAINT_NAMES = ("memory", "tbt_slo", "ttft_slo", "devices", "calibrated")
 #: Default trials: the GP sampler costs 1-4 s per trial on 2 cores (torch), the others milliseconds.
 DEFAULT_BUDGET = {"gp": 50}
+#: Smallest budget whose first quarter seeds the study with the heuristics' plans.
+SEED_MIN_BUDGET = 200
 #: Share of the budget spent polishing the incumbent (:mod:`._polish`) by default, per sampler. Random and
 #: QMC stay pure baselines; NSGA-II and multi-objective problems have a front, not one incumbent.
 POLISH_SHARE = {"tpe": 0.2, "cmaes": 0.2, "gp": 0.2}
@@ -73,8 +75,9 @@ class OptunaTuner(Tuner):
         study_name: the study's name in that storage (default: the tuner and problem names).
         population_size: NSGA-II's population (default: budget / 8, between 8 and 50).
         warm_start: enqueue the practitioners' plans first: the heuristics' plans (their evaluations count
-            against the budget) and the uniform plans (one TP degree, even stages, PP in powers of two), at
-            most a quarter of the budget (default true; false for a pure black-box search).
+            against the budget; budgets of 200 or more, layer granularity, hybrid space) and the uniform plans
+            (one TP degree, even stages, PP in powers of two), at most a quarter of the budget (default true;
+            false for a pure black-box search).
         polish: share of the budget (0 to 1) spent last on single-parameter moves around the best feasible
             trial, enqueued as trials of the same study (:mod:`._polish`); default 0.2 for tpe, cmaes and gp,
             0 for random, qmc and nsga2 and for two-objective problems.
@@ -197,12 +200,15 @@ class OptunaTuner(Tuner):
 
         Each heuristic searches on this tuner's recorder (every evaluation counted against the budget and seen
         by the callback), within a quarter of the budget in all; their plans count as found, so a search never
-        ends behind the rules of thumb it started from.
+        ends behind the rules of thumb it started from. Only for budgets of :data:`SEED_MIN_BUDGET` or more and
+        problems at layer granularity whose space can hold the rules' plans (the hybrid space).
         """
         from ._registry import make_tuner, tuner_entries
 
-        if problem.obj.multi or recorder.budget is None:
-            return []
+        if problem.obj.multi or recorder.budget is None or recorder.budget < SEED_MIN_BUDGET:
+            return []  # a quarter of a small budget would cut the rules short and starve the sampler
+        if problem.granularity != "layer" or space.params_of(Plan.uniform(problem.n_layers)) is None:
+            return []  # the rules plan whole layers: another granularity's space cannot start from them
         end = recorder.evaluations + recorder.budget // 4
         out: list[dict[str, int | float]] = []
         for entry in tuner_entries():
