@@ -304,12 +304,12 @@ def _incumbent(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("feasible")
+        if t.user_attrs.get("feasible") and t.value is not None
     ]
     if not done:
         return None
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return min(done, key=lambda t: (sign * float(t.value), t.number))
+    return min(done, key=lambda t: (sign * (math.inf if t.value is None else t.value), t.number))
 
 
 def _active_constraints(problem: Problem) -> list[int]:

@@ -284,7 +284,10 @@ class HybridSpace(Space):
         if not plan.is_layered or plan.pp > self.max_pp or any(s.tp not in self.tps for s in plan.stages):
             return None
         starts = self.units.starts
-        sizes = [sum(1 for u in starts if s.layers[0] <= u <= s.layers[1]) for s in plan.stages]  # type: ignore[index]
+        sizes = []
+        for stage in plan.stages:
+            lo, hi = stage.layers or (0, -1)
+            sizes.append(sum(1 for u in starts if lo <= u <= hi))
         if any(size < 1 for size in sizes):
             return None
         raw = [(size - 0.5) / s.tp for size, s in zip(sizes, plan.stages, strict=True)]
