@@ -53,3 +53,18 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def problem_from_options(
+    scenario: Path | None, model: str | None, platform: str | None, fields: dict[str, Any], limits: dict[str, Any]
+) -> Any:
+    """The problem the options describe: ``--scenario FILE``, or ``--model/--platform`` with fields and limits."""
+    from .search import Limits, Problem
+
+    if scenario is not None:
+        if model or platform:
+            raise ValueError("give either --scenario or --model/--platform, not both")
+        return Problem.load(scenario)
+    if not model or not platform:
+        raise ValueError("--model and --platform are required (or --scenario FILE)")
+    return Problem(model=model, platform=platform, limits=Limits(**limits), **fields)

@@ -27,6 +27,7 @@ from ._cli_common import (
     SeedOpt,
     console,
     print_json,
+    problem_from_options,
     user_errors,
 )
 
@@ -41,19 +42,6 @@ BudgetOpt = Annotated[int, typer.Option("--budget", "-n", min=1, help="Evaluatio
 
 def _names(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def _problem(scenario: Path | None, model: str | None, platform: str | None, **fields: Any) -> Any:
-    from .search import Limits, Problem
-
-    if scenario is not None:
-        if model or platform:
-            raise ValueError("give either --scenario or --model/--platform, not both")
-        return Problem.load(scenario)
-    if not model or not platform:
-        raise ValueError("--model and --platform are required (or --scenario FILE)")
-    memory_gib = fields.pop("memory_gib", None)
-    return Problem(model=model, platform=platform, limits=Limits(memory_gib=memory_gib), **fields)
 
 
 def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
@@ -119,10 +107,8 @@ def granularity(
     as_json: JsonOpt = False,
 ) -> None:
     """Every tuner at every granularity: best value, gap, wall time, evaluations, search-space size."""
-    problem = _problem(
-        scenario, model, platform, phase=phase, objective=objective, batch=batch, seq=seq, context=context,
-        memory_gib=memory_gib,
-    )  # fmt: skip
+    fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context)
+    problem = problem_from_options(scenario, model, platform, fields, {"memory_gib": memory_gib})
     options = {"tuners": _names(tuners), "granularities": _names(granularities)}
     options = {k: v for k, v in options.items() if v}
     data = _run("granularity", problem, options, budget, seed, output, as_json)
@@ -149,7 +135,8 @@ def static_vs_runtime(
     as_json: JsonOpt = False,
 ) -> None:
     """One static plan vs per-shape optima vs K precompiled plans over a workload of request shapes."""
-    problem = _problem(scenario, model, platform, phase=phase, objective=objective, memory_gib=memory_gib)
+    fields = dict(phase=phase, objective=objective)
+    problem = problem_from_options(scenario, model, platform, fields, {"memory_gib": memory_gib})
     try:
         k_values = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:

@@ -24,6 +24,7 @@ from ._cli_common import (
     SeedOpt,
     console,
     print_json,
+    problem_from_options,
     user_errors,
 )
 
@@ -48,20 +49,6 @@ def tuners_list(as_json: JsonOpt = False) -> None:
     for r in rows:
         table.add_row(r["name"], r["family"], r["description"])
     console.print(table)
-
-
-def _problem(
-    scenario: Path | None, model: str | None, platform: str | None, fields: dict[str, Any], limits: dict[str, Any]
-) -> Any:
-    from .search import Limits, Problem
-
-    if scenario is not None:
-        if model or platform:
-            raise ValueError("give either --scenario or --model/--platform, not both")
-        return Problem.load(scenario)
-    if not model or not platform:
-        raise ValueError("--model and --platform are required (or --scenario FILE)")
-    return Problem(model=model, platform=platform, limits=Limits(**limits), **fields)
 
 
 def tune(
@@ -113,7 +100,7 @@ def tune(
         memory_gib=memory_gib, tbt_ms=tbt_ms, ttft_ms=ttft_ms, max_devices=max_devices, calibrated_only=calibrated_only
     )
     fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context, granularity=granularity)
-    problem = _problem(scenario, model, platform, fields, limits)
+    problem = problem_from_options(scenario, model, platform, fields, limits)
     options: dict[str, Any] = {"storage": storage} if storage else {}
     if storage and not tuner.startswith("optuna-"):
         raise ValueError(f"--storage applies to the optuna-* tuners, not {tuner!r}")
