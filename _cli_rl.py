@@ -106,12 +106,12 @@ def transfer_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot and fine-tuned results of a policy on one scenario, with gaps to the dp optimum and heuristics."""
-    from ._cli_tune import _problem
+    from ._cli_common import problem_from_options
     from .agents import transfer
 
     limits: dict[str, Any] = {"memory_gib": memory_gib}
     fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context, granularity=granularity)
-    problem = _problem(scenario, model, platform, fields, limits)
+    problem = problem_from_options(scenario, model, platform, fields, limits)
     report = transfer(
         problem, policy=policy, finetune_steps=finetune_steps, rollouts=rollouts, seed=seed, temperature=temperature
     )
