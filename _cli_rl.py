@@ -36,6 +36,19 @@ def train_command(
     env_id: Annotated[str, typer.Option("--env", help="paratune/Mapping-v0 | paratune/Placement-v0.")] = (
         "paratune/Mapping-v0"
     ),
+    random_setup: Annotated[
+        float,
+        typer.Option(
+            "--random-setup",
+            min=0.0,
+            max=1.0,
+            help="Mapping-v0: share of episodes whose setup (replicas, micro-batches, recompute) is drawn at random.",
+        ),
+    ] = 0.0,
+    imitate: Annotated[
+        bool,
+        typer.Option("--imitate/--no-imitate", help="Mapping-v0: first clone the dp optimum of every pool scenario."),
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -56,6 +69,8 @@ def train_command(
         env_id=env_id,
         vec_env=vec_env,
         progress_bar=progress and not as_json,
+        random_setup=random_setup,
+        imitate=imitate,
     )
     meta = result.metadata
     data = {
@@ -97,8 +112,8 @@ def transfer_command(
         int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps on this scenario (0: skip).")
     ] = 2048,
     rollouts: Annotated[
-        int, typer.Option("--rollouts", min=1, help="Rollouts of the rl tuner (greedy + sampled).")
-    ] = 32,
+        int, typer.Option("--rollouts", min=1, help="Rollouts of the rl tuner (greedy, setup sweep, sampled).")
+    ] = 64,
     temperature: Annotated[
         float, typer.Option("--temperature", min=0.01, help="Temperature of the sampled rollouts.")
     ] = 1.0,

@@ -6,19 +6,27 @@ it against the problem's limits). The tuner spends its budget as:
 
 1. the **greedy rollout**: at each step the most probable action the masks
    allow (what ``model.predict(deterministic=True, action_masks=...)`` picks);
-2. **sampled rollouts** while budget remains: actions drawn from the policy's
-   masked distribution with the tuner's seeded generator, several episodes
-   stepped together so the network runs on a batch. The best feasible plan
-   of all rollouts is the result.
+2. the **setup sweep**: the greedy block decisions under every other allowed
+   setup (replicas, micro-batches, recompute: the few decisions that open an
+   episode and fix the batch split), the setups the policy finds most
+   probable first (:func:`setup_order`), within half the budget. The policy
+   still makes every cut and TP choice; the sweep only stops one wrong early
+   guess from deciding the whole plan, as Alpa enumerates its outer choices
+   around an inner solver;
+3. **sampled rollouts** while budget remains: actions drawn from the policy's
+   masked distribution with the tuner's seeded generator (under the best
+   setup found, after a sweep), several episodes stepped together so the
+   network runs on a batch. The best feasible plan of all rollouts is the
+   result.
 
 So ``budget=1`` is the pure zero-shot policy and larger budgets trade a few
 milliseconds per rollout for quality. Results depend only on the seed (the
 policy is fixed, the sampling uses the tuner's generator). Options:
 ``policy`` (a path to a policy zip or a loaded :class:`~._policy.Policy`;
 default: the shipped default policy), ``granularity`` (default: the
-problem's) and ``temperature`` of the sampled rollouts (default 1: the
-policy's own distribution; above 1 explores more, which helps where the
-trained policy is confident and wrong).
+problem's), ``sweep`` (default true; false skips step 2) and ``temperature``
+of the sampled rollouts (default 1: the policy's own distribution; above 1
+explores more, which helps where the trained policy is confident and wrong).
 """
 
 from __future__ import annotations
@@ -69,8 +77,12 @@ def rollout(
     granularity: str | None = None,
     envs: list[Any] | None = None,
     temperature: float = 1.0,
+    setups: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``n`` episodes of ``policy`` on ``problem`` together; the final ``info`` of each.
+
+    ``setups``: per episode, setup decisions fixed through ``reset`` options
+    (``replicas``, ``micro_batches``, ``recompute``; see :func:`setup_order`).
 
     ``rng`` None: greedy (the most probable allowed action; ``n`` identical
     episodes, so use ``n=1``); else actions are sampled from the masked policy
@@ -83,7 +95,15 @@ def rollout(
     while len(pool) < n:
         pool.append(make_env(policy, problem))
     active = pool[:n]
-    obs = np.stack([e.reset(seed=0, options={"scenario": problem, "granularity": gran})[0] for e in active])
+    fixed = setups if setups is not None else [{}] * n
+    if len(fixed) != n:
+        raise ValueError(f"rollout: {len(fixed)} setups for {n} episodes")
+    obs = np.stack(
+        [
+            e.reset(seed=0, options={"scenario": problem, "granularity": gran, **f})[0]
+            for e, f in zip(active, fixed, strict=True)
+        ]
+    )
     results: list[dict[str, Any] | None] = [None] * n
     live = list(range(n))
     while live:
@@ -111,6 +131,40 @@ def rollout(
     return [r for r in results if r is not None]
 
 
+def setup_order(policy: Policy, problem: Problem, *, granularity: str | None = None) -> list[dict[str, Any]]:
+    """Every allowed setup (replicas, micro-batches, recompute), most probable under the policy first.
+
+    The setup decisions open a Mapping-v0 episode; their probability is the
+    product of the policy's masked probabilities along the way (the
+    observation after fixing a value through ``reset`` options is the one
+    after choosing it). Empty for environments without setup decisions.
+    """
+    from ..envs._mapping import COUNT_MENU
+
+    if policy.env_id != "paratune/Mapping-v0":
+        return []
+    gran = granularity or problem.granularity
+    env = make_env(policy, problem)
+    names = ("replicas", "micro_batches", "recompute")
+    leaves: list[tuple[float, dict[str, Any]]] = []
+
+    def walk(fixed: dict[str, Any], prob: float) -> None:
+        obs, _ = env.reset(seed=0, options={"scenario": problem, "granularity": gran, **fixed})
+        decision = env._decision
+        if decision >= len(names):
+            leaves.append((prob, fixed))
+            return
+        mask = env.action_masks()
+        probs = policy.action_probs(obs, mask)
+        for a in np.flatnonzero(mask):
+            value: Any = bool(a) if names[decision] == "recompute" else COUNT_MENU[a]
+            walk({**fixed, names[decision]: value}, prob * float(probs[a]))
+
+    walk({}, 1.0)
+    leaves.sort(key=lambda leaf: -leaf[0])  # stable: ties keep the menu order
+    return [fixed for _, fixed in leaves]
+
+
 class RLTuner(Tuner):
     """A trained policy as a tuner: greedy rollout, then the best of sampled rollouts (see the module)."""
 
@@ -122,10 +176,10 @@ class RLTuner(Tuner):
     description: ClassVar[str] = "a trained RL policy: greedy rollout, then best of sampled rollouts (option policy)"
 
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
-        unknown = set(self.options) - {"policy", "granularity", "temperature"}
+        unknown = set(self.options) - {"policy", "granularity", "temperature", "sweep"}
         if unknown:
             raise ValueError(
-                f"rl tuner: unknown option(s) {sorted(unknown)}; allowed: policy, granularity, temperature"
+                f"rl tuner: unknown option(s) {sorted(unknown)}; allowed: policy, granularity, temperature, sweep"
             )
         temperature = float(self.options.get("temperature", 1.0))
         if not temperature > 0:
@@ -140,11 +194,28 @@ class RLTuner(Tuner):
         envs: list[Any] = []
         greedy = rollout(policy, problem, granularity=gran, envs=envs)[0]
         first = self._record(problem, recorder, greedy)
+        swept = 0
+        if self.options.get("sweep", True):
+            plan = greedy["plan"]
+            done = _setup_of(plan)
+            order = [f for f in setup_order(policy, problem, granularity=gran) if not _same_setup(f, done)]
+            if recorder.budget is not None:  # half the budget at most: the sampled rollouts need the rest
+                order = order[: max(0, recorder.budget // 2 - 1)]
+            while order and not recorder.done:
+                remaining = recorder.remaining
+                k = min(ROLLOUT_BATCH, len(order)) if remaining is None else min(ROLLOUT_BATCH, len(order), remaining)
+                batch, order = order[:k], order[k:]
+                for info in rollout(policy, problem, n=k, granularity=gran, envs=envs, setups=batch):
+                    self._record(problem, recorder, info)
+                    swept += 1
         sampled = 0
         while not recorder.done:
             remaining = recorder.remaining
             k = ROLLOUT_BATCH if remaining is None else min(ROLLOUT_BATCH, remaining)
-            for info in rollout(policy, problem, n=k, rng=rng, granularity=gran, envs=envs, temperature=temperature):
+            fixed = [_setup_of(recorder.best.plan)] * k if swept and recorder.best is not None else None
+            for info in rollout(
+                policy, problem, n=k, rng=rng, granularity=gran, envs=envs, temperature=temperature, setups=fixed
+            ):
                 self._record(problem, recorder, info)
                 sampled += 1
                 if recorder.done:
@@ -152,12 +223,29 @@ class RLTuner(Tuner):
         meta = policy.metadata
         source = str(policy.path) if policy.path is not None else "in-memory policy"
         greedy_text = f"{first.value:.6g}" if first.feasible else "infeasible (" + "; ".join(first.violations) + ")"
+        cloned = meta.get("imitation")
         return [
-            f"policy {source}: {meta.get('algo')} on {meta.get('env_id')}, {meta.get('timesteps')} timesteps over "
-            f"{len(meta.get('scenarios', []))} scenarios" + (" + fine-tuning" if "finetuned" in meta else ""),
-            f"greedy rollout: {greedy_text}; then {sampled} sampled rollout(s)",
+            f"policy {source}: {meta.get('algo')} on {meta.get('env_id')}, "
+            + (f"cloned from {cloned['scenarios']} dp optima, then " if cloned else "")
+            + f"{meta.get('timesteps')} timesteps over {len(meta.get('scenarios', []))} scenarios"
+            + (" + fine-tuning" if "finetuned" in meta else ""),
+            f"greedy rollout: {greedy_text}; then {swept} greedy rollout(s) over other setups, "
+            f"{sampled} sampled rollout(s)",
         ]
 
     @staticmethod
     def _record(problem: Problem, recorder: Recorder, info: dict[str, Any]) -> Evaluation:
         return recorder.record(problem.score(info["plan"], info["metrics"]))
+
+
+def _same_setup(fixed: dict[str, Any], done: dict[str, Any]) -> bool:
+    return all(done.get(k) == v for k, v in fixed.items())
+
+
+def _setup_of(plan: Any) -> dict[str, Any]:
+    """The setup decisions of a Mapping-v0 plan, as ``reset`` options."""
+    return {
+        "replicas": plan.replicas,
+        "micro_batches": plan.micro_batches,
+        "recompute": any(st.recompute for st in plan.stages),
+    }

@@ -47,6 +47,10 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "a2c": {"learning_rate": 7e-4, "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.01},
 }
 NET_ARCH = [128, 128]
+
+#: Learning rate of :func:`finetune`: a third of training's, so a few thousand steps on one scenario
+#: adapt a policy without undoing what it learned on the pool.
+FINETUNE_LEARNING_RATE = 1e-4
 VEC_ENVS = ("auto", "subproc", "dummy")
 
 
@@ -59,14 +63,14 @@ class TrainResult:
     wall_s: float
 
 
-def _make_env(env_id: str, scenarios: list[dict[str, Any]], granularity: str | None) -> Any:
+def _make_env(env_id: str, scenarios: list[dict[str, Any]], granularity: str | None, kwargs: dict[str, Any]) -> Any:
     """One monitored env (a module-level function so SubprocVecEnv workers can unpickle it)."""
     import gymnasium as gym
     from stable_baselines3.common.monitor import Monitor
 
     from .. import envs  # noqa: F401  (registers the ids in a fresh worker)
 
-    return Monitor(gym.make(env_id, scenarios=scenarios, granularity=granularity))
+    return Monitor(gym.make(env_id, scenarios=scenarios, granularity=granularity, **kwargs))
 
 
 def make_vec_env(
@@ -77,6 +81,7 @@ def make_vec_env(
     seed: int = 0,
     granularity: str | None = None,
     vec_env: str = "auto",
+    env_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """``n_envs`` seeded copies of ``env_id`` over ``scenarios`` (see the module docstring for ``vec_env``)."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -86,7 +91,9 @@ def make_vec_env(
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     dicts = [p.to_dict() for p in scenarios]
-    fns: list[Callable[[], Any]] = [partial(_make_env, env_id, dicts, granularity) for _ in range(n_envs)]
+    fns: list[Callable[[], Any]] = [
+        partial(_make_env, env_id, dicts, granularity, dict(env_kwargs or {})) for _ in range(n_envs)
+    ]
     use_subproc = vec_env == "subproc" or (vec_env == "auto" and n_envs > 1)
     vec = SubprocVecEnv(fns) if use_subproc else DummyVecEnv(fns)
     vec.seed(seed)
@@ -122,6 +129,8 @@ def train(
     checkpoints: int = 4,
     progress_bar: bool = True,
     verbose: int = 0,
+    random_setup: float = 0.0,
+    imitate: bool = False,
 ) -> TrainResult:
     """Train a policy on a scenario pool and save it as ``OUT/policy.zip`` + ``OUT/policy.json``.
 
@@ -135,6 +144,11 @@ def train(
         granularity: graph granularity of every episode (None: each scenario's own).
         eval_freq: evaluate every this many steps per env (None: ``n_evals`` times per run).
         checkpoints: checkpoints per run (0: none).
+        random_setup: Mapping-v0 only: share of training episodes whose setup decisions
+            the env draws at random (see :class:`paratune.envs.MappingEnv`); evaluation
+            episodes always let the policy decide.
+        imitate: Mapping-v0 only: before PPO, clone the ``dp`` optimum of every pool
+            scenario and of its batch variants (:mod:`._imitate`); the metadata records the fit.
 
     Raises:
         ValueError: unknown algo, bad pool file or field (the message names it), bad sizes.
@@ -157,7 +171,12 @@ def train(
     torch.set_num_threads(1)  # small MLPs: more threads only contend (STACK.md: up to 3x faster)
 
     start = time.perf_counter()
-    vec = make_vec_env(env_id, pool, n_envs=n_envs, seed=seed, granularity=granularity, vec_env=vec_env)
+    if random_setup and env_id != DEFAULT_ENV_ID:
+        raise ValueError(f"random_setup applies to {DEFAULT_ENV_ID} only, not {env_id}")
+    env_kwargs = {"random_setup": random_setup} if random_setup else {}
+    vec = make_vec_env(
+        env_id, pool, n_envs=n_envs, seed=seed, granularity=granularity, vec_env=vec_env, env_kwargs=env_kwargs
+    )
     eval_env = make_vec_env(env_id, pool, n_envs=1, seed=seed + 10_000, granularity=granularity, vec_env="dummy")
     steps, batch = _sizes(timesteps, n_envs, n_steps)
     cls = algo_class(algo)
@@ -165,6 +184,14 @@ def train(
     if algo != "a2c":
         kwargs["batch_size"] = batch
     model = cls("MlpPolicy", vec, seed=seed, tensorboard_log=str(out / "tb"), verbose=verbose, device="cpu", **kwargs)
+
+    imitation = None
+    if imitate:
+        if env_id != DEFAULT_ENV_ID:
+            raise ValueError(f"imitate applies to {DEFAULT_ENV_ID} only, not {env_id}")
+        from ._imitate import clone, demonstrations
+
+        imitation = clone(model, demonstrations(pool, granularity=granularity, variants=True), seed=seed)
 
     per_env = max(1, timesteps // n_envs)
     freq = eval_freq or max(steps, per_env // max(1, n_evals))
@@ -198,6 +225,8 @@ def train(
         "seed": seed,
         "n_envs": n_envs,
         "granularity": granularity,
+        "env_kwargs": env_kwargs,
+        "imitation": imitation,
         "hyperparameters": {**kwargs, "policy_kwargs": {"net_arch": NET_ARCH}},
         "pool": str(scenarios) if isinstance(scenarios, (str, Path)) else "in-memory",
         "scenarios": [p.to_dict() for p in pool],
@@ -241,8 +270,9 @@ def finetune(
     """A copy of ``policy`` trained ``steps`` more environment steps on ``problem`` alone (one env).
 
     The copy is rebuilt from the saved weights with the new env, so its rollout
-    buffer fits one env whatever the original was trained with; the original
-    is left untouched. The metadata records the fine-tuning.
+    buffer fits one env whatever the original was trained with; the env takes
+    the options the policy was trained with (``env_kwargs``: random setups)
+    and :data:`FINETUNE_LEARNING_RATE`; the original is left untouched. The metadata records the fine-tuning.
     """
     import torch
     from stable_baselines3.common.utils import set_random_seed
@@ -251,12 +281,20 @@ def finetune(
         raise ValueError(f"finetune steps must be >= 1, got {steps}")
     torch.set_num_threads(1)
     set_random_seed(seed)
-    vec = make_vec_env(policy.env_id, [problem], n_envs=1, seed=seed, granularity=granularity, vec_env="dummy")
+    vec = make_vec_env(
+        policy.env_id,
+        [problem],
+        n_envs=1,
+        seed=seed,
+        granularity=granularity,
+        vec_env="dummy",
+        env_kwargs=policy.metadata.get("env_kwargs"),
+    )
     buf = io.BytesIO()
     policy.model.save(buf)
     buf.seek(0)
     n, batch = _sizes(steps, 1, min(n_steps, steps))
-    custom: dict[str, Any] = {"n_steps": n}
+    custom: dict[str, Any] = {"n_steps": n, "learning_rate": FINETUNE_LEARNING_RATE}
     if policy.algo != "a2c":
         custom["batch_size"] = batch
     model = algo_class(policy.algo).load(buf, env=vec, device="cpu", custom_objects=custom)
@@ -271,6 +309,7 @@ def finetune(
     meta["finetuned"] = {
         "scenario": problem.to_dict(),
         "steps": int(model.num_timesteps),
+        "learning_rate": FINETUNE_LEARNING_RATE,
         "seed": seed,
         "wall_s": round(time.perf_counter() - start, 2),
     }

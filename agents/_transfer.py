@@ -3,7 +3,7 @@
 For one problem :func:`transfer` reports
 
 * **zero-shot**: the ``rl`` tuner with the policy as trained, greedy (1 rollout)
-  and best of ``rollouts`` (greedy + sampled);
+  and best of ``rollouts`` (greedy, the setup sweep, then sampled rollouts);
 * **fine-tuned**: the same after :func:`~._train.finetune` continued training on
   this problem alone for ``finetune_steps`` env steps;
 * the gap of each to the **optimum** (``dp``; certified when dp says so, else
@@ -110,7 +110,7 @@ def transfer(
     *,
     policy: str | Path | Policy | None = None,
     finetune_steps: int = 2048,
-    rollouts: int = 32,
+    rollouts: int = 64,
     seed: int = 0,
     granularity: str | None = None,
     temperature: float = 1.0,

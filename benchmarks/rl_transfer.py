@@ -4,12 +4,18 @@ The policy (default: the shipped ``agents/policies/default.zip``, trained on
 ``configs/pools/default.yaml``: gpt2-xl, llama2-7b, llama3-8b, llama2-13b on 1-2
 nodes of dgx-a100 / dgx-h100) is evaluated on scenarios it never saw: models
 of 70B and more, a mixture of experts, a model imported with ``hf:``, on H200
-GPUs and on 4- and 8-node platforms (:data:`HELD_OUT`). With
+GPUs and on 4- and 8-node platforms (:data:`HELD_OUT`), plus every suite
+scenario with a held-out model or platform where the best heuristic is more
+than 2% off the optimum (:data:`SUITE_HELD_OUT`), so that the "better than
+the best heuristic" target is measured on more than one case. With
 ``--train-timesteps N`` a policy is first trained from scratch on the pool
-(MaskablePPO, 4 envs in one process, seed ``--seed``) and evaluated instead.
+(behaviour cloning of the pool's dp optima unless ``--no-imitate``, then
+MaskablePPO, 4 envs in one process, seed ``--seed``, ``--random-setup``) and
+evaluated instead.
 
 Per scenario (:func:`paratune.agents.transfer`): the zero-shot result (the
-``rl`` tuner: greedy rollout, and best of ``--rollouts`` rollouts), the result
+``rl`` tuner: greedy rollout, and best of ``--rollouts`` rollouts: greedy,
+setup sweep, sampled), the result
 after ``--finetune-steps`` steps of fine-tuning on that scenario, the best of
 the four heuristics, and the gap of each to the ``dp`` optimum (certified
 unless noted). An infeasible result counts as an infinite gap.
@@ -17,10 +23,13 @@ unless noted). An infeasible result counts as an infinite gap.
 Summary against the issue's targets: zero-shot median gap <= 5%, fine-tuned
 median gap <= 2%, and better than the best heuristic on >= 80% of the
 scenarios where that heuristic is more than 2% off the optimum (all reported
-for the best-of-N results, the tuner's default use; greedy figures alongside).
+for the best-of-N results, the tuner's default use; greedy figures alongside;
+the last target counts as met when the zero-shot or the fine-tuned share
+reaches it, both printed).
 
 Run: ``python benchmarks/rl_transfer.py [--json] [--out FILE] [--policy ZIP]
-[--finetune-steps N] [--rollouts N] [--train-timesteps N] [--seed S] [--only SUBSTR]``.
+[--finetune-steps N] [--rollouts N] [--train-timesteps N] [--random-setup P] [--seed S]
+[--only SUBSTR]``.
 """
 
 from __future__ import annotations
@@ -165,6 +174,28 @@ HELD_OUT: list[dict[str, Any]] = [
     },
 ]
 
+#: Scenarios of the suite (``benchmarks/scenarios``) held out the same way, chosen as every one where the
+#: best heuristic is more than 2% off the optimum (``benchmarks/tuner_quality.py``'s table) and whose model or
+#: platform the pool lacks: the "better than the best heuristic" target is measured on them.
+SUITE_HELD_OUT: tuple[str, ...] = (
+    "gpt3-175b-a100x4-prefill-ttft-16g",
+    "llama2-70b-h100x8-train-step",
+    "llama3-70b-a100x2-decode-tbt-12gpu",
+    "llama3-8b-h100x4-train-throughput",
+    "mixtral-8x7b-a100x2-prefill-throughput",
+    "mixtral-8x7b-h100x2-train-step-60g",
+)
+
+
+def held_out() -> list[Problem]:
+    """The held-out problems: :data:`HELD_OUT`, then :data:`SUITE_HELD_OUT` read from the suite."""
+    from paratune.search._scenarios import load_scenario
+
+    problems = [Problem.from_dict(spec, where=f"held-out {spec['name']}") for spec in HELD_OUT]
+    problems += [load_scenario(ROOT / "benchmarks" / "scenarios" / f"{name}.yaml") for name in SUITE_HELD_OUT]
+    return problems
+
+
 console = Console(width=160)
 
 
@@ -221,8 +252,8 @@ def summarise(reports: list[dict[str, Any]], rollouts: int, finetuned: bool) -> 
         and out["zero_shot_median_gap"] <= TARGETS["zero_shot_median_gap"],
         "finetuned_median_gap": out["finetuned_median_gap"] is not None
         and out["finetuned_median_gap"] <= TARGETS["finetuned_median_gap"],
-        "beats_heuristic_share": (
-            out["beats_heuristic_share_finetuned"] or out["beats_heuristic_share_zero_shot"] or 0.0
+        "beats_heuristic_share": max(
+            out["beats_heuristic_share_finetuned"] or 0.0, out["beats_heuristic_share_zero_shot"] or 0.0
         )
         >= TARGETS["beats_heuristic_share"],
     }
@@ -241,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--policy", type=Path, default=None, help="policy zip (default: the shipped one)")
     ap.add_argument("--finetune-steps", type=int, default=2048, help="fine-tuning steps per scenario (0: skip)")
-    ap.add_argument("--rollouts", type=int, default=32, help="rollouts of the rl tuner (greedy + sampled)")
+    ap.add_argument("--rollouts", type=int, default=64, help="rollouts of the rl tuner (greedy, sweep, sampled)")
     ap.add_argument("--train-timesteps", type=int, default=0, help="first train from scratch on the pool")
+    ap.add_argument("--random-setup", type=float, default=0.5, help="share of random-setup episodes in training")
+    ap.add_argument(
+        "--imitate", action=argparse.BooleanOptionalAction, default=True, help="clone the dp optima before PPO"
+    )
     ap.add_argument("--temperature", type=float, default=1.0, help="temperature of the sampled rollouts")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default=None, help="only scenarios whose name contains this")
@@ -264,14 +299,15 @@ def main(argv: list[str] | None = None) -> int:
             n_envs=4,
             vec_env="dummy",
             progress_bar=not args.json,
+            random_setup=args.random_setup,
+            imitate=args.imitate,
         )
         policy_path = res.policy_path
         train_info = {"timesteps": res.metadata["timesteps"], "wall_s": round(res.wall_s, 1), "out": str(out)}
     reports: list[dict[str, Any]] = []
-    for spec in HELD_OUT:
-        if args.only and args.only not in spec["name"]:
+    for problem in held_out():
+        if args.only and args.only not in problem.name:
             continue
-        problem = Problem.from_dict(spec, where=f"held-out {spec['name']}")
         t0 = time.perf_counter()
         rep = transfer(
             problem,
@@ -283,11 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         ).to_dict()
         heur = _row(rep, f"best heuristic ({rep['best_heuristic']['name']})")
         rep["heuristic_gap"] = None if heur is None else heur["gap_to_optimum"]
-        rep["name"] = spec["name"]
+        rep["name"] = problem.name
         rep["wall_s"] = round(time.perf_counter() - t0, 2)
         reports.append(rep)
         if not args.json:
-            console.print(f"{spec['name']}: done in {rep['wall_s']:.1f} s")
+            console.print(f"{problem.name}: done in {rep['wall_s']:.1f} s")
     finetuned = args.finetune_steps > 0
     summary = summarise(reports, args.rollouts, finetuned)
     data = {

@@ -23,7 +23,7 @@ import numpy as np
 from ..search import Problem
 
 #: Version of both observation layouts (Mapping-v0 and Placement-v0).
-OBS_SCHEMA_VERSION = 1
+OBS_SCHEMA_VERSION = 2
 
 #: Upper bound of every feature (lower bound 0): ratios are clipped here.
 FEATURE_MAX = 5.0
@@ -135,10 +135,11 @@ def one_hot(index: int, size: int) -> list[float]:
 
 def mapping_feature_names() -> list[str]:
     """Names of the Mapping-v0 observation, position by position."""
-    from ._mapping import STATE_FEATURES
+    from ._mapping import CUT_FEATURES, STATE_FEATURES
 
     names = [f"block{k}_{f}" for k in range(LOOKAHEAD + 1) for f in BLOCK_FEATURES]
     names += list(STATE_FEATURES) + list(CONTEXT_FEATURES)
+    names += [f"cut_tp{t}_{f}" for t in TP_MENU for f in CUT_FEATURES]
     names += [f"mask_{a}" for a in range(N_ACTIONS)]
     return names
 

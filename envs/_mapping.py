@@ -19,13 +19,22 @@ The granularity is chosen through ``reset(options={"granularity": ...})``
 an action, so an episode's length is known from its first step.
 
 Masks forbid: a TP degree that does not divide the heads or exceeds a node or
-the devices left for a replica, a stage that cannot fit memory (a lower bound
-from :mod:`._tables`, never excluding a feasible completion), and keeping block
-0. When nothing is allowed, the least-bad action is allowed (the largest TP cut
-the devices permit, else keep), ``info["stuck"]`` says so, and the plan ends
-infeasible with the penalty. ``info["doomed"]`` turns true as soon as the
-memory the remaining blocks need at least exceeds what the devices left can
-hold: every completion is then infeasible. An action a mask forbids (from an
+the devices left for a replica, keeping block 0, and every action after which
+no completion fits memory on the devices left: a setup value (replicas,
+micro-batches, recompute) none of whose completions fits, a cut whose stage
+cannot hold its block or leaves too few devices or stages for the blocks after
+its reach, a keep past the open stage's reach (``reach``, ``min_devices`` and
+``min_stages`` of :class:`._tables.SplitTables`, a dynamic programme over the
+stage memory of :mod:`._tables`). For training, a 1F1B stage ``i`` of ``p``
+keeps ``min(m, p - i)`` micro-batches in flight, so each closed stage caps the
+pipeline's depth and a cut past the cap is forbidden. The memory is exact for
+inference, so a masked inference episode never ends over memory; for training
+the masks are necessary conditions only (a mask never excludes a feasible
+plan, but an episode can still end over memory). When nothing is allowed (a
+scenario no plan fits, or a training dead end), the least-bad action is
+allowed (the largest TP cut the devices permit, else
+keep), ``info["stuck"]`` and ``info["doomed"]`` say so, and the plan ends
+infeasible with the penalty. An action a mask forbids (from an
 agent that ignores masks) is replaced by the allowed action of the nearest
 index and ``info["invalid_action"]`` is set.
 
@@ -51,7 +60,7 @@ from ..search import Problem, contiguous_plan
 from ..search._objective import Objective
 from ._features import BLOCK_FEATURES, CONTEXT_FEATURES, FEATURE_MAX, LOOKAHEAD, N_ACTIONS, TP_MENU, clip
 from ._pool import load_pool, problem_key, reward
-from ._tables import ScenarioTables, SplitTables
+from ._tables import UNREACHABLE, ScenarioTables, SplitTables
 
 #: Values of the setup decisions: action k means 2**k.
 COUNT_MENU: tuple[int, ...] = tuple(2**k for k in range(N_ACTIONS))
@@ -72,6 +81,9 @@ STATE_FEATURES = (
     "stage_time_frac",
     "stage_time_vs_balanced",
     "max_closed_stage_time_frac",
+    "stage_work_vs_fair_share",
+    "stage_blocks_left_in_reach_frac",
+    "min_devices_left_vs_devices_left",
     "stages_per_32",
     "doomed",
     "log2_replicas_per_8",
@@ -80,11 +92,23 @@ STATE_FEATURES = (
     *(f"decision_{d}" for d in DECISIONS),
 )
 
-OBS_SIZE = (LOOKAHEAD + 1) * len(BLOCK_FEATURES) + len(STATE_FEATURES) + len(CONTEXT_FEATURES) + N_ACTIONS
+#: Per TP degree of the menu, what a cut to it at the current block would give (0 where it is not allowed):
+#: the share of the blocks left the new stage can hold within memory, the devices that stage and the fewest
+#: for the blocks after it need against the devices left, and its own devices against the devices left.
+CUT_FEATURES = ("reach_frac", "devices_needed_vs_left", "devices_vs_left")
+
+OBS_SIZE = (
+    (LOOKAHEAD + 1) * len(BLOCK_FEATURES)
+    + len(STATE_FEATURES)
+    + len(CONTEXT_FEATURES)
+    + len(TP_MENU) * len(CUT_FEATURES)
+    + N_ACTIONS
+)
 _ROWS = LOOKAHEAD + 1
 _NB = _ROWS * len(BLOCK_FEATURES)  # end of the block features
 _NS = _NB + len(STATE_FEATURES)  # end of the state
-_NC = _NS + len(CONTEXT_FEATURES)  # end of the context; the mask follows
+_NC = _NS + len(CONTEXT_FEATURES)  # end of the context
+_NX = _NC + len(TP_MENU) * len(CUT_FEATURES)  # end of the cut features; the mask follows
 
 Scenarios = str | Path | Sequence[Problem | dict[str, Any] | str | Path] | None
 
@@ -97,6 +121,11 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         granularity: graph granularity of every episode (None: each scenario's own).
         replicas, micro_batches, recompute: fix these setup decisions (None: the agent decides).
         schedule: training schedule of the plans (``1f1b`` or ``gpipe``).
+        random_setup: probability that an episode's open setup decisions are drawn
+            uniformly among the allowed values (with the env's RNG) instead of
+            asked from the agent, so the agent learns the block decisions under
+            every setup, not only the ones it favours (a training aid; the rl
+            tuner's setup sweep relies on it). Default 0: the agent decides.
 
     Example:
         >>> import gymnasium, paratune.envs
@@ -117,7 +146,11 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         micro_batches: int | None = None,
         recompute: bool | None = None,
         schedule: str = "1f1b",
+        random_setup: float = 0.0,
     ) -> None:
+        if not 0.0 <= random_setup <= 1.0:
+            raise ValueError(f"random_setup must be a probability in [0, 1], got {random_setup!r}")
+        self.random_setup = float(random_setup)
         self.pool = load_pool(scenarios)
         self._by_name = {p.name: p for p in self.pool}
         self.granularity = granularity
@@ -161,14 +194,19 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         self._cur_t = 0
         self._cur_lo = 0
         self._cur_first = 0
+        self._cur_j0 = 0
         self._used = 0
         self._max_closed = 0.0
+        self._depth_cap = UNREACHABLE  # the most stages the closed ones allow (1F1B in-flight memory)
         self._doomed = False
         self._split: SplitTables = sc.split(1, 1, False)
         self._budget = sc.max_devices
         self._log_r = math.log2(self.replicas or 1) / 8.0
         self._log_m = math.log2(self.micro_batches or 1) / 8.0
         self._advance_setup()
+        if self.random_setup and self.np_random.random() < self.random_setup:
+            while self._decision < 3:  # draw the open setup decisions uniformly among the allowed values
+                self._setup_step(int(self.np_random.choice(np.flatnonzero(self._mask))))
         return self._observe(), {"scenario": problem.name, "granularity": gran}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -183,15 +221,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         if self._decision == 3:
             done = self._block_step(a)
         else:
-            if self._decision == 0:
-                self.replicas = COUNT_MENU[a]
-                self._log_r = a / 8.0
-            elif self._decision == 1:
-                self.micro_batches = COUNT_MENU[a]
-                self._log_m = a / 8.0
-            else:
-                self.recompute = a == 1
-            self._advance_setup()
+            self._setup_step(a)
             done = False
         if done:
             return self._finish(info)
@@ -232,6 +262,17 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"replicas = {r} exceeds the {sc.max_devices} devices of scenario {sc.problem.name!r}")
 
     # -- setup decisions ---------------------------------------------------------------
+    def _setup_step(self, a: int) -> None:
+        if self._decision == 0:
+            self.replicas = COUNT_MENU[a]
+            self._log_r = a / 8.0
+        elif self._decision == 1:
+            self.micro_batches = COUNT_MENU[a]
+            self._log_m = a / 8.0
+        else:
+            self.recompute = a == 1
+        self._advance_setup()
+
     def _advance_setup(self) -> None:
         """Move to the next undecided setup decision, or to the blocks once all are known."""
         sc = self._sc
@@ -240,40 +281,94 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         if self.replicas is None:
             self._decision = 0
             budget = sc.max_devices
-            self._set_mask([sc.batch % v == 0 and v * sc.tps[0] <= budget for v in COUNT_MENU])
+            self._set_mask([sc.batch % v == 0 and v * sc.tps[0] <= budget for v in COUNT_MENU], replicas=COUNT_MENU)
             return
         if self.micro_batches is None:
             self._decision = 1
             per = sc.batch // self.replicas
-            self._set_mask([per % v == 0 for v in COUNT_MENU])
+            self._set_mask([per % v == 0 for v in COUNT_MENU], micro_batches=COUNT_MENU)
             return
         if self.recompute is None:
             self._decision = 2
-            self._set_mask([k < 2 for k in range(N_ACTIONS)])
+            self._set_mask([k < 2 for k in range(N_ACTIONS)], recompute=(False, True))
             return
         self._decision = 3
         self._split = sc.split(self.replicas, self.micro_batches, bool(self.recompute))
         self._budget = sc.max_devices // self.replicas
         self._block_mask()
 
-    def _set_mask(self, valid: list[bool]) -> None:
-        self._mask = np.array(valid, dtype=bool)
-        if not self._mask.any():  # cannot happen for setup (value 1 always divides); kept as a guard
-            self._mask[0] = True
+    def _set_mask(self, valid: list[bool], **choice: Sequence[Any]) -> None:
+        """Mask of a setup decision: ``valid`` values whose memory can fit (unless none can).
+
+        ``choice`` names the decision and its value per action. A value is kept
+        when some completion of the setup (the other undecided values) passes
+        :meth:`_split_fits`; when none does, every valid value stays allowed and
+        the episode is doomed from here.
+        """
+        ((name, values),) = choice.items()
+        mask = np.array(valid, dtype=bool)
+        fits = mask.copy()
+        for a in np.flatnonzero(mask):
+            fits[a] = self._setup_fits(**{name: values[int(a)]})
+        if fits.any():
+            mask = fits
+        else:
+            self._doomed = True
+        if not mask.any():  # cannot happen for setup (value 1 always divides); kept as a guard
+            mask[0] = True
             self._stuck = True
+        self._mask = mask
+
+    def _setup_fits(self, **value: Any) -> bool:
+        """Whether some completion of the setup with ``value`` passes :meth:`_split_fits`.
+
+        Undecided values are tried from the most memory-friendly (most
+        micro-batches, recompute on) so the first try usually answers.
+        """
+        sc = self._sc
+        assert sc is not None
+        r = value.get("replicas", self.replicas)
+        m = value.get("micro_batches", self.micro_batches)
+        rc = value.get("recompute", self.recompute)
+        per = sc.batch // r
+        ms = [m] if m is not None else [v for v in reversed(COUNT_MENU) if per % v == 0]
+        rcs = [rc] if rc is not None else ([True, False] if sc.train else [False])
+        return any(self._split_fits(sc.split(r, mb, c), sc.max_devices // r) for mb in ms for c in rcs)
+
+    @staticmethod
+    def _split_fits(sp: SplitTables, budget: int) -> bool:
+        """Whether some plan of at most ``budget`` devices holds every block within memory."""
+        return sp.min_devices[0] <= budget
 
     # -- block decisions ------------------------------------------------------------------
     def _block_mask(self) -> None:
+        """Allowed block actions: those after which some completion still fits memory on the devices left.
+
+        Keeping block ``j`` needs the open stage to reach it; then the stage may
+        grow up to its reach ``k`` and the blocks after ``k`` need
+        ``min_devices[k + 1]`` of the devices left. A cut closes the open stage
+        before block ``j``, which must fit as a stage with stages after it, and
+        its new stage of TP ``t`` needs ``t + min_devices[reach + 1]`` of the
+        devices (see :class:`._tables.SplitTables`).
+        """
         sc, sp, j = self._sc, self._split, self._block
         assert sc is not None
         mask = np.zeros(N_ACTIONS, dtype=bool)
         room = self._budget - self._used
-        hi = sc.hi[j]
+        md = sp.min_devices
+        ms, c = sp.min_stages, len(self._stages)  # c: the open stage's index
+        closable, cap = True, self._depth_cap  # the open stage may end before block j (then stages follow it)
         if self._cur_t:
-            mask[KEEP] = sp.stages[self._cur_t].need(self._cur_lo, hi) <= sc.limit
-        for a, t in sp.cut_fits[j]:
-            if t <= room:
-                mask[a] = True
+            k = sp.reach[self._cur_t][self._cur_j0]
+            mask[KEEP] = k >= j and md[k + 1] <= room and c + 1 + ms[k + 1] <= cap
+            # a cut makes c + 2 stages at least, and every stage before keeps more micro-batches in flight
+            cap = min(cap, c + self._most_kept(j - 1))
+            closable = sp.reach_mid[self._cur_t][self._cur_j0] >= j - 1 and c + 2 <= cap
+        opened = c + 1 if self._cur_t else 0  # the index of the stage a cut opens
+        for t in sc.tps if closable else ():
+            k = sp.reach[t][j]
+            if k >= j and t + md[k + 1] <= room and opened + 1 + ms[k + 1] <= cap:
+                mask[1 + TP_MENU.index(t)] = True
         self._stuck = not mask.any()
         if self._stuck:
             self._doomed = True
@@ -293,34 +388,45 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         if a != KEEP:
             self._close(j - 1)
             t = TP_MENU[a - 1]
-            self._cur_t, self._cur_lo, self._cur_first = t, sc.lo[j], sc.starts[j]
+            self._cur_t, self._cur_lo, self._cur_first, self._cur_j0 = t, sc.lo[j], sc.starts[j], j
             self._used += t
         self._block = j + 1
         if self._block == sc.n_blocks:
             self._close(j)
             return True
         self._block_mask()
-        if not self._doomed:
-            cap = (self._budget - self._used) * sc.limit
-            if self._cur_t:
-                cap += (sc.limit - self._stage_need()) * self._cur_t
-            self._doomed = self._split.rem_need1[self._block] > cap
         return False
+
+    def _most_kept(self, last_block: int) -> int:
+        """How many micro-batches the open stage, ending at ``last_block``, can keep in flight within memory.
+
+        A 1F1B stage ``i`` of ``p`` keeps ``min(m, p - i)``: so stage ``i`` caps
+        the pipeline at ``i + most_kept`` stages when that is below ``m``
+        (:data:`UNREACHABLE` when it holds all ``m``, or for inference and GPipe,
+        whose in-flight count does not grow with the depth).
+        """
+        sc, m = self._sc, int(self.micro_batches or 1)
+        assert sc is not None
+        st = self._split.stages[self._cur_t]
+        if st.flight is None or m == 1 or self.schedule != "1f1b":
+            return UNREACHABLE
+        lo, hi = self._cur_lo, sc.hi[last_block]
+        per = st.flight[hi] - st.flight[lo]
+        spare = sc.limit - st.need(lo, hi)
+        if per <= 0 or spare >= (m - 1) * per:
+            return UNREACHABLE
+        return 1 + max(0, int(spare // per))
 
     def _close(self, last_block: int) -> None:
         if not self._cur_t or last_block < 0:
             return
         sc = self._sc
         assert sc is not None
+        self._depth_cap = min(self._depth_cap, len(self._stages) + self._most_kept(last_block))
         self._stages.append((self._cur_first, sc.ends[last_block], self._cur_t))
         time = self._split.stages[self._cur_t].time
         stage_time = time[sc.hi[last_block]] - time[self._cur_lo]
         self._max_closed = max(self._max_closed, stage_time)
-
-    def _stage_need(self) -> float:
-        sc = self._sc
-        assert sc is not None
-        return self._split.stages[self._cur_t].need(self._cur_lo, sc.hi[self._block - 1])
 
     # -- end of episode -----------------------------------------------------------------
     def _finish(self, info: dict[str, Any]) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -364,24 +470,31 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         sc, sp = self._sc, self._split
         assert sc is not None
         j = self._block
-        budget = self._budget if self._decision == 3 else sc.max_devices
+        d = self._decision
+        budget = self._budget if d == 3 else sc.max_devices
         used = self._used
         total = sp.total_time
         limit = sc.limit
         cur_t = self._cur_t
+        left = budget - used
         if cur_t and j > 0:
             hi = sc.hi[j - 1]
             st = sp.stages[cur_t]
             need = st.need(self._cur_lo, hi)
             stage_time = st.time[hi] - st.time[self._cur_lo]
             balanced = total * cur_t / budget
+            # the open stage's share of the work left when it opened, against its devices' share (balanced-pp's rule)
+            j0 = self._cur_j0
+            fair = sp.rem_time[j0] * cur_t / max(1, left + cur_t)
+            share = clip((sp.rem_time[j0] - sp.rem_time[j]) / fair) if fair > 0 else 0.0
+            reach = clip((sp.reach[cur_t][j0] - j + 1) / max(1, sc.n_blocks - j)) if j < sc.n_blocks else 0.0
         else:
-            need = stage_time = 0.0
+            need = stage_time = share = reach = 0.0
             balanced = 1.0
-        left = budget - used
+        md = sp.min_devices[min(j, sc.n_blocks)] if d == 3 else 0
+        tight = clip(md / left) if left > 0 else (FEATURE_MAX if md > 0 else 0.0)
         cap = left * limit + (limit - need) * cur_t
         rem = sp.rem_need1[j]
-        d = self._decision
         state = (
             j / sc.n_blocks,
             sp.rem_time[j],
@@ -395,6 +508,9 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             clip(stage_time / total),
             clip(stage_time / balanced),
             clip(self._max_closed / total),
+            share,
+            reach,
+            tight,
             min(len(self._stages), 32) / 32.0,
             1.0 if self._doomed else 0.0,
             self._log_r,
@@ -409,7 +525,24 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         out[:_NB] = sp.block_features[j : j + _ROWS].ravel()
         out[_NB:_NS] = state
         out[_NS:_NC] = sc.context
-        out[_NC:] = self._mask
+        out[_NC:_NX] = self._cut_features(left) if d == 3 and j < sc.n_blocks else 0.0
+        out[_NX:] = self._mask
+        return out
+
+    def _cut_features(self, left: int) -> list[float]:
+        """:data:`CUT_FEATURES` of each TP degree at the current block (see there)."""
+        sc, sp, j = self._sc, self._split, self._block
+        assert sc is not None
+        md, rest = sp.min_devices, sc.n_blocks - j
+        out = [0.0] * (len(TP_MENU) * len(CUT_FEATURES))
+        if left <= 0:
+            return out
+        for i, t in enumerate(TP_MENU):
+            reach = sp.reach.get(t)
+            if reach is None or t > left or reach[j] < j:
+                continue
+            k = reach[j]
+            out[3 * i : 3 * i + 3] = [(k - j + 1) / rest, clip((t + md[k + 1]) / left), t / left]
         return out
 
 

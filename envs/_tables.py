@@ -16,6 +16,7 @@ inside one node, at the batch share the episode chose.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from ..costmodel._units import range_max
 from ..search import Problem
 from ._features import BLOCK_FEATURES, LOOKAHEAD, TP_MENU, clip_array, context_features
 from ._pool import Reference, reference
+
+#: ``min_devices`` of blocks no number of devices can hold.
+UNREACHABLE = 1 << 30
 
 
 @dataclass
@@ -36,12 +40,19 @@ class StageTables:
     stash_max: list[list[float]] | None  # recompute: sparse table of per-unit stash (one rebuilt at a time)
     time: list[float]  # forward (+ backward) kernel + TP all-reduce seconds
     scale: float
+    flight: list[float] | None = None  # training: what one more micro-batch in flight keeps (stash or inputs)
 
-    def need(self, lo: int, hi: int) -> float:
-        """Memory per device of a stage holding units [lo, hi) (a lower bound when training, see module doc)."""
+    def need(self, lo: int, hi: int, kept: int = 1) -> float:
+        """Memory per device of a stage holding units [lo, hi) with ``kept`` micro-batches in flight.
+
+        Exact for inference; when training, exact for a stage keeping ``kept``
+        micro-batches (1F1B keeps ``min(m, p - i)``, see the module doc).
+        """
         n = self.add[hi] - self.add[lo] + 2.0 * range_max(self.out_max, lo, hi) * self.scale
         if self.stash_max is not None:
             n += range_max(self.stash_max, lo, hi) * self.scale
+        if kept > 1 and self.flight is not None:
+            n += (kept - 1) * (self.flight[hi] - self.flight[lo])
         return n
 
 
@@ -100,8 +111,10 @@ class SplitTables:
             devices = tuple(range(t))
             alpha, bw = ev.link(devices)
             add = tt.weights.copy()
+            flight = None
             if sc.train:
-                add = add + tt.state + (tt.inputs if recompute else tt.stash) * scale
+                flight = (tt.inputs if recompute else tt.stash) * scale
+                add = add + tt.state + flight
                 kern = st.fwd + st.bwd + (st.fwd if recompute else 0.0)
             else:
                 add = add + tt.kv * (sequences * ev.kv_len)
@@ -117,7 +130,13 @@ class SplitTables:
                         ar[u + 1] += allreduce_time((tl[bkey][u + 1] - tl[bkey][u]) * scale, t, cnt * alpha, bw)
             time = kern + np.cumsum(ar)
             self.stages[t] = StageTables(
-                t, add.tolist(), tt.out_max_l, tt.stash_max_l if recompute and sc.train else None, time.tolist(), scale
+                t,
+                add.tolist(),
+                tt.out_max_l,
+                tt.stash_max_l if recompute and sc.train else None,
+                time.tolist(),
+                scale,
+                None if flight is None else flight.tolist(),
             )
         one = self.stages[1]
         nb = sc.n_blocks
@@ -159,8 +178,66 @@ class SplitTables:
         self.rem_time = (np.concatenate([np.cumsum(block_time[::-1])[::-1], [0.0]]) / total_time).tolist()
         self.rem_weight = (np.concatenate([np.cumsum(block_w[::-1])[::-1], [0.0]]) / total_w).tolist()
         self.rem_need1 = np.concatenate([np.cumsum(block_need1[::-1])[::-1], [0.0]]).tolist()
-        #: Per block: (action, tp) of the cuts whose one-block stage fits memory.
-        self.cut_fits = [
-            [(1 + TP_MENU.index(t), t) for t in sc.tps if self.stages[t].need(lo[j], hi[j]) <= sc.limit]
-            for j in range(nb)
-        ]
+        self._fit_tables(sc, micro_batches)
+
+    def _fit_tables(self, sc: ScenarioTables, micro_batches: int) -> None:
+        """``reach``, ``reach_mid``, ``min_devices`` and ``min_stages``: which stages and completions fit memory.
+
+        ``reach[t][j]`` is the last block a stage of TP ``t`` opened at block
+        ``j`` can hold within the memory limit (``j - 1``: not even block ``j``),
+        ``reach_mid[t][j]`` the same for a stage that more stages follow.
+        ``min_devices[j]`` and ``min_stages[j]`` are the fewest devices and the
+        fewest stages that hold blocks ``j..`` to the end. A stage should take
+        all the blocks it can, since fewer blocks never need more devices or
+        stages, so ``min_devices[j] = min_t t + min_devices[reach[t][j] + 1]``
+        (and likewise for stages), filled from the last block back.
+
+        Training: a 1F1B stage ``i`` of ``p`` keeps ``min(m, p - i)``
+        micro-batches in flight, and a stage ending at block ``k`` has at least
+        ``min_stages[k + 1]`` stages after it, so it keeps at least ``min(m, 1 +
+        min_stages[k + 1])`` (one for the last stage). Since that count falls as
+        ``k`` grows, the reach is found by scanning down from the reach at one
+        micro-batch. The stage memory is :meth:`StageTables.need`, exact term by
+        term, so a mask built on these tables forbids exactly the actions after
+        which no plan fits for inference, and only such actions for training.
+        """
+        nb, lo, hi, limit = sc.n_blocks, sc.lo, sc.hi, sc.limit
+        upper: dict[int, list[int]] = {}  # reach at one micro-batch in flight: an upper bound of any reach
+        for t in sc.tps:
+            need = self.stages[t].need
+            reach, k = [], -1
+            for j in range(nb):  # two pointers: the reach never moves back as the start moves on
+                k = max(k, j - 1)
+                while k + 1 < nb and need(lo[j], hi[k + 1]) <= limit:
+                    k += 1
+                reach.append(k)
+            upper[t] = reach
+        self.reach: dict[int, list[int]] = {t: [0] * nb for t in sc.tps}
+        self.reach_mid: dict[int, list[int]] = {t: [0] * nb for t in sc.tps}
+        best = [UNREACHABLE] * (nb + 1)
+        fewest = [UNREACHABLE] * (nb + 1)
+        best[nb] = fewest[nb] = 0
+        m = micro_batches if sc.train else 1
+
+        def fits(need: Any, j: int, k: int) -> bool:
+            if k == nb - 1:
+                return bool(need(lo[j], hi[k]) <= limit)
+            after = fewest[k + 1]
+            return after < UNREACHABLE and need(lo[j], hi[k], min(m, 1 + after)) <= limit
+
+        for j in range(nb - 1, -1, -1):
+            for t in sc.tps:
+                need = self.stages[t].need
+                k = upper[t][j]
+                mid = min(k, nb - 2)
+                while mid >= j and not fits(need, j, mid):
+                    mid -= 1
+                self.reach_mid[t][j] = mid
+                k = k if k == nb - 1 and fits(need, j, k) else mid
+                self.reach[t][j] = k
+                if k >= j:
+                    best[j] = min(best[j], t + best[k + 1])
+                    fewest[j] = min(fewest[j], 1 + fewest[k + 1])
+        self.min_devices = best
+        #: The fewest stages that hold blocks j.. (whatever their devices): 1F1B memory caps the depth.
+        self.min_stages = fewest

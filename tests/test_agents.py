@@ -16,6 +16,7 @@ pytest.importorskip("sb3_contrib")
 from paratune._cli_rl import register
 from paratune.agents import RLTuner, load_policy, train, transfer
 from paratune.agents._policy import default_policy_path, read_metadata
+from paratune.agents._rl_tuner import make_env, rollout, setup_order
 from paratune.envs import OBS_SCHEMA_VERSION
 from paratune.search import Problem
 
@@ -130,8 +131,35 @@ def test_rl_tuner_is_feasible_within_budget_and_deterministic(trained: Path, pro
     assert a.objective_value <= greedy.objective_value
 
 
+def test_setup_sweep_tries_every_allowed_setup_most_probable_first(trained: Path, problem: Problem) -> None:
+    """The sweep's order covers each allowed (replicas, micro-batches) once, by the policy's probability."""
+    policy = load_policy(trained)
+    order = setup_order(policy, problem)
+    pairs = [(f["replicas"], f["micro_batches"]) for f in order]
+    batch = problem.batch
+    assert sorted(pairs) == sorted((r, m) for r in (1, 2, 4, 8) for m in (1, 2, 4, 8) if batch % (r * m) == 0)
+    probs = []
+    for fixed in order:  # the probability of a setup: product of the masked probabilities of its choices
+        prob, env = 1.0, make_env(policy, problem)
+        obs, _ = env.reset(seed=0, options={"scenario": problem})
+        for name in ("replicas", "micro_batches"):
+            action = int(np.log2(fixed[name]))
+            prob *= policy.action_probs(obs, env.action_masks())[action]
+            obs, *_ = env.step(action)
+        probs.append(prob)
+    assert probs == sorted(probs, reverse=True)
+    # the sweep takes at most half the budget: with 2 x (setups + 1) it covers every setup besides the greedy one
+    budget = 2 * (len(order) + 1)
+    swept = RLTuner(policy=trained).tune(problem, budget=budget, seed=0)
+    plain = RLTuner(policy=trained, sweep=False).tune(problem, budget=budget, seed=0)
+    assert f"then {len(order) - 1} greedy rollout(s) over other setups, {len(order) + 2} sampled" in swept.notes[1]
+    assert f"then 0 greedy rollout(s) over other setups, {budget - 1} sampled" in plain.notes[1]
+    each = [i["value"] for i in rollout(policy, problem, n=len(order), setups=order) if i["feasible"]]
+    assert swept.objective_value is not None and swept.objective_value <= min(each)
+
+
 def test_rl_tuner_rejects_unknown_options(problem: Problem) -> None:
-    with pytest.raises(ValueError, match="allowed: policy, granularity, temperature"):
+    with pytest.raises(ValueError, match="allowed: policy, granularity, temperature, sweep"):
         RLTuner(polcy="x").tune(problem, budget=1)
 
 
@@ -192,3 +220,21 @@ def test_transfer_cli_user_errors_exit_2(tmp_path: Path) -> None:
         _app(), ["transfer", "--policy", str(tmp_path / "none.zip"), "--model", TINY, "--platform", "dgx-a100"]
     )
     assert result.exit_code == 2 and "none.zip" in result.output
+
+
+def test_imitation_clones_the_dp_optimum(tmp_path: Path) -> None:
+    """Demonstrations replay dp's optimum through the env; cloning makes the greedy policy take its actions."""
+    from paratune.agents._imitate import demonstrations
+    from paratune.envs import load_pool
+
+    pool = load_pool(POOL)
+    demos = demonstrations(pool)
+    assert demos.scenarios == ["tiny-decode", "tiny-prefill-x2"] and not demos.skipped
+    assert len(demos.actions) == 2 * 2 + 2 * 4  # per scenario: replicas, micro-batches, one action per layer
+    assert all(m[a] for m, a in zip(demos.masks, demos.actions, strict=True))
+    result = train(POOL, timesteps=64, seed=0, out=tmp_path / "bc", n_envs=1, progress_bar=False, imitate=True)
+    fit = result.metadata["imitation"]
+    assert fit["samples"] == len(demonstrations(pool, variants=True).actions) and fit["accuracy"] >= 0.9
+    assert fit["scenarios"] == 6  # each scenario with its batch halved and doubled
+    with pytest.raises(ValueError, match="imitate applies to paratune/Mapping-v0 only"):
+        train(POOL, timesteps=64, out=tmp_path / "x", env_id="paratune/Placement-v0", imitate=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import paratune.envs as envs
+from paratune.costmodel import Plan
 from paratune.envs import ENV_IDS, FEATURE_MAX, N_ACTIONS, TP_MENU, load_pool
 from paratune.search import Problem, make_tuner
 
@@ -263,5 +264,87 @@ def test_stage_memory_tables_match_the_evaluator(name: str, fuzz_pool: list[Prob
         actual = infos[-1]["metrics"].max_memory_bytes
         if problem.phase == "train":
             assert max(needs) <= actual * (1 + 1e-9)
+            p, m = len(plan.stages), plan.micro_batches  # with 1F1B's in-flight count the tables are exact
+            kept = [
+                sp.stages[st.tp].need(
+                    sc.lo[sc.starts.index(st.layers[0])], sc.hi[sc.ends.index(st.layers[1])], min(m, p - i)
+                )
+                for i, st in enumerate(plan.stages)
+            ]
+            assert max(kept) == pytest.approx(actual, rel=1e-9)
         else:
             assert max(needs) == pytest.approx(actual, rel=1e-9)
+
+
+def _replay(env: gym.Env, plan: Any, train: bool) -> dict:
+    """Step ``plan`` through the env from reset (setup decisions included); each action must be allowed."""
+    from paratune.agents._imitate import plan_actions
+
+    raw = env.unwrapped
+    env.reset(seed=0)
+    for action in plan_actions(raw, plan, train):
+        assert raw.action_masks()[action], f"mask forbids action {action} of the plan"
+        _, _, done, _, info = env.step(action)
+    assert done
+    return info
+
+
+TIGHT_TRAIN = {
+    "name": "tight-train",
+    "model": "llama2-7b:layers=8,hidden=1024,heads=8,kv_heads=8",
+    "platform": "dgx-a100",
+    "phase": "train",
+    "batch": 8,
+    "seq": 512,
+    "limits": {"memory_gib": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", ["decode", "prefill-x2", "tight", "train", "merged", "tight-train"])
+def test_masks_allow_every_feasible_plan(name: str, fuzz_pool: list[Problem]) -> None:
+    """The memory masks never exclude a feasible plan: dp's optimum and random feasible plans replay through them.
+
+    The random plans are uniform ones (every TP degree and stage count), kept
+    when the cost model says they fit: each must replay with allowed actions only.
+    """
+    problem = next((p for p in fuzz_pool if p.name == name), None) or load_pool([TIGHT_TRAIN])[0]
+    env = gym.make("paratune/Mapping-v0", scenarios=[problem])
+    train = problem.phase == "train"
+    optimum = make_tuner("dp").tune(problem).best_plan
+    assert optimum is not None
+    assert _replay(env, optimum, train)["feasible"]
+    gran = problem.granularity
+    n = problem.graph(gran).meta.n_layers
+    step = 1 if gran == "layer" else int(gran.split(":")[1])
+    replayed = 0
+    for tp in problem.tp_degrees():
+        for pp in range(1, min(n // step, problem.max_devices // tp) + 1):
+            for rc in (False, True) if train else (False,):
+                plan = Plan.uniform(n, tp=tp, pp=pp, recompute=rc)
+                if any(st.layers[0] % step for st in plan.stages) or not problem.score(plan).feasible:
+                    continue
+                assert _replay(env, plan, train)["feasible"]
+                replayed += 1
+    assert replayed > 0
+
+
+def test_random_setup_draws_allowed_setups_from_the_seed(fuzz_pool: list[Problem]) -> None:
+    """random_setup=1: every episode starts at the blocks with an allowed setup; the seed fixes which."""
+    train = [p for p in fuzz_pool if p.name in ("train", "decode", "prefill-x2")]
+
+    def setups(seed: int) -> list[tuple[int, int, bool]]:
+        env = gym.make("paratune/Mapping-v0", scenarios=train, random_setup=1.0)
+        out = []
+        env.reset(seed=seed)
+        for _ in range(30):
+            obs, _ = env.reset()
+            raw = env.unwrapped
+            assert raw._decision == 3 and obs[envs.mapping_feature_names().index("decision_block")] == 1.0
+            assert raw._sc.batch % (raw.replicas * raw.micro_batches) == 0
+            out.append((raw.replicas, raw.micro_batches, bool(raw.recompute)))
+        return out
+
+    first = setups(3)
+    assert first == setups(3) and len(set(first)) > 3
+    with pytest.raises(ValueError, match="random_setup must be a probability"):
+        gym.make("paratune/Mapping-v0", random_setup=1.5)
