@@ -45,10 +45,12 @@ def plan_actions(env: Any, plan: Any, train: bool) -> list[int]:
     blocks tell which layers may start a stage).
     """
     from ..envs import TP_MENU
+    from ._rl_tuner import setup_of
 
-    setup = [int(math.log2(plan.replicas)), int(math.log2(plan.micro_batches))]
+    fixed = setup_of(plan)
+    setup = [int(math.log2(fixed["replicas"])), int(math.log2(fixed["micro_batches"]))]
     if train:
-        setup.append(int(any(st.recompute for st in plan.stages)))
+        setup.append(int(fixed["recompute"]))
     starts = {st.layers[0]: st.tp for st in plan.stages}
     return setup + [1 + TP_MENU.index(starts[s]) if s in starts else 0 for s in env._sc.starts]
 

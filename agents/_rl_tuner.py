@@ -197,7 +197,7 @@ class RLTuner(Tuner):
         swept = 0
         if self.options.get("sweep", True):
             plan = greedy["plan"]
-            done = _setup_of(plan)
+            done = setup_of(plan)
             order = [f for f in setup_order(policy, problem, granularity=gran) if not _same_setup(f, done)]
             if recorder.budget is not None:  # half the budget at most: the sampled rollouts need the rest
                 order = order[: max(0, recorder.budget // 2 - 1)]
@@ -212,7 +212,7 @@ class RLTuner(Tuner):
         while not recorder.done:
             remaining = recorder.remaining
             k = ROLLOUT_BATCH if remaining is None else min(ROLLOUT_BATCH, remaining)
-            fixed = [_setup_of(recorder.best.plan)] * k if swept and recorder.best is not None else None
+            fixed = [setup_of(recorder.best.plan)] * k if swept and recorder.best is not None else None
             for info in rollout(
                 policy, problem, n=k, rng=rng, granularity=gran, envs=envs, temperature=temperature, setups=fixed
             ):
@@ -242,7 +242,7 @@ def _same_setup(fixed: dict[str, Any], done: dict[str, Any]) -> bool:
     return all(done.get(k) == v for k, v in fixed.items())
 
 
-def _setup_of(plan: Any) -> dict[str, Any]:
+def setup_of(plan: Any) -> dict[str, Any]:
     """The setup decisions of a Mapping-v0 plan, as ``reset`` options."""
     return {
         "replicas": plan.replicas,

@@ -3,11 +3,12 @@
 A stage's memory and time are differences of prefix sums over units (see
 :mod:`paratune.costmodel._units`), so the env knows a partial stage's memory in
 O(1) per step. The memory here follows :func:`~paratune.costmodel._analytic_eval.evaluate_plan`
-term by term, with one relaxation for training: a 1F1B stage keeps
-``min(m, p - i)`` micro-batches in flight, which depends on the stages still to
-come, so the env counts one (the least any stage keeps). The result is a lower
-bound: a mask built on it never forbids an action that could lead to a feasible
-plan, and the final evaluation prices the exact memory.
+term by term, in-flight micro-batches included (:meth:`StageTables.need` takes
+their count). A 1F1B stage keeps ``min(m, p - i)`` of them, which depends on
+stages still to come, so the fit tables count the fewest that can follow: for
+training the masks built on them are necessary conditions (they never forbid an
+action that could lead to a feasible plan), and the final evaluation prices the
+exact memory.
 
 Times (for observations only) are kernel seconds plus TP all-reduces on a group
 inside one node, at the batch share the episode chose.
