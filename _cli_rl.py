@@ -49,6 +49,14 @@ def train_command(
         bool,
         typer.Option("--imitate/--no-imitate", help="Mapping-v0: first clone the dp optimum of every pool scenario."),
     ] = False,
+    imitate_setups: Annotated[
+        int,
+        typer.Option(
+            "--imitate-setups",
+            min=0,
+            help="Mapping-v0, with --imitate: also clone the dp optimum under this many other setups per scenario.",
+        ),
+    ] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -71,6 +79,7 @@ def train_command(
         progress_bar=progress and not as_json,
         random_setup=random_setup,
         imitate=imitate,
+        imitate_setups=imitate_setups,
     )
     meta = result.metadata
     data = {

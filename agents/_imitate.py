@@ -65,32 +65,77 @@ def batch_variants(problem: Problem) -> list[Problem]:
     return out
 
 
+def other_setups(problem: Problem, plan: Any, k: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """``k`` setups drawn (``rng``) among those the Mapping-v0 masks allow on ``problem``, other than ``plan``'s.
+
+    Only setups dp searches are drawn (micro-batches up to its default 64).
+    """
+    from ..envs import MappingEnv
+    from ._rl_tuner import allowed_setups, setup_of
+
+    done = setup_of(plan)
+    env = MappingEnv(scenarios=[problem])
+    menu = [
+        f
+        for _, f in allowed_setups(problem, env)
+        if f["micro_batches"] <= 64 and any(done.get(key) != v for key, v in f.items())
+    ]
+    picks = rng.permutation(len(menu))[:k]
+    return [menu[i] for i in sorted(picks)]
+
+
+def _dp_under(problem: Problem, setup: dict[str, Any] | None) -> Any:
+    """The dp plan of ``problem`` (None: every setup searched; else under that setup), or None."""
+    if setup is None:
+        return make_tuner("dp").tune(problem).best_plan
+    options: dict[str, Any] = {"replicas": setup["replicas"], "micro_batches": setup["micro_batches"]}
+    if problem.phase == "train":
+        options["recompute"] = "on" if setup.get("recompute") else "off"
+    return make_tuner("dp", **options).tune(problem).best_plan
+
+
 def demonstrations(
-    pool: Sequence[Problem], *, granularity: str | None = None, variants: bool = False
+    pool: Sequence[Problem],
+    *,
+    granularity: str | None = None,
+    variants: bool = False,
+    setups: int = 0,
+    seed: int = 0,
 ) -> Demonstrations:
     """Replay each scenario's ``dp`` plan through Mapping-v0 and record (observation, mask, action).
 
     ``variants``: also each scenario's :func:`batch_variants` (three times the
-    demonstrations, the same models and platforms). Scenarios without a
+    demonstrations, the same models and platforms). ``setups``: also the dp
+    optimum of each pool scenario under that many other setups (drawn with
+    ``seed`` by :func:`other_setups`): the best block decisions when the
+    replicas, micro-batches or recompute are not the optimum's, which the rl
+    tuner's setup sweep asks the policy for. Scenarios without a
     feasible dp plan, multi-objective ones (no single optimum) and plans the
     action menu cannot express (a TP degree outside ``TP_MENU``, counts that
     are not powers of two) are skipped and named.
     """
     from ..envs import TP_MENU, MappingEnv
 
-    problems = [q for p in pool for q in ([p, *batch_variants(p)] if variants else [p])]
+    rng = np.random.default_rng(seed)
+    jobs: list[tuple[Problem, dict[str, Any] | None, bool]] = []  # (problem, setup or None, from the pool)
+    for p in pool:
+        jobs += [(q, None, q is p) for q in ([p, *batch_variants(p)] if variants else [p])]
     obs, masks, actions, returns, used, skipped = [], [], [], [], [], []
-    for problem in problems:
+    while jobs:
+        problem, setup, pooled = jobs.pop(0)
+        label = problem.name if setup is None else f"{problem.name} under {setup}"
         if problem.obj.multi:
-            skipped.append(f"{problem.name}: multi-objective, no single optimum")
+            skipped.append(f"{label}: multi-objective, no single optimum")
             continue
-        plan = make_tuner("dp").tune(problem).best_plan
+        plan = _dp_under(problem, setup)
         if plan is None:
-            skipped.append(f"{problem.name}: dp found no feasible plan")
+            skipped.append(f"{label}: dp found no feasible plan")
             continue
+        if pooled and setups > 0:
+            jobs += [(problem, f, False) for f in other_setups(problem, plan, setups, rng)]
         counts = (plan.replicas, plan.micro_batches)
         if any(st.tp not in TP_MENU for st in plan.stages) or any(c & (c - 1) for c in counts):
-            skipped.append(f"{problem.name}: the dp plan is outside the action menu")
+            skipped.append(f"{label}: the dp plan is outside the action menu")
             continue
         env = MappingEnv(scenarios=[problem], granularity=granularity)
         o, _ = env.reset(seed=0)
@@ -98,15 +143,15 @@ def demonstrations(
         for a in steps:
             mask = env.action_masks()
             if not mask[a]:
-                raise RuntimeError(f"{problem.name}: the masks forbid action {a} of the dp plan (a masking bug)")
+                raise RuntimeError(f"{label}: the masks forbid action {a} of the dp plan (a masking bug)")
             obs.append(o)
             masks.append(mask)
             actions.append(a)
             o, reward, _, _, info = env.step(a)
         returns += [float(reward)] * len(steps)
         if not info["feasible"]:
-            raise RuntimeError(f"{problem.name}: the replayed dp plan is infeasible in the env: {info['violations']}")
-        used.append(problem.name)
+            raise RuntimeError(f"{label}: the replayed dp plan is infeasible in the env: {info['violations']}")
+        used.append(label)
     if not actions:
         raise ValueError("no demonstrations: dp found no usable plan on any scenario of the pool")
     return Demonstrations(np.array(obs), np.array(masks), np.array(actions), np.array(returns), used, skipped)

@@ -131,20 +131,18 @@ def rollout(
     return [r for r in results if r is not None]
 
 
-def setup_order(policy: Policy, problem: Problem, *, granularity: str | None = None) -> list[dict[str, Any]]:
-    """Every allowed setup (replicas, micro-batches, recompute), most probable under the policy first.
+def allowed_setups(
+    problem: Problem, env: Any, *, granularity: str | None = None, weigh: Any = None
+) -> list[tuple[float, dict[str, Any]]]:
+    """Every setup (replicas, micro-batches, recompute) the Mapping-v0 masks allow on ``problem``, with a weight.
 
-    The setup decisions open a Mapping-v0 episode; their probability is the
-    product of the policy's masked probabilities along the way (the
-    observation after fixing a value through ``reset`` options is the one
-    after choosing it). Empty for environments without setup decisions.
+    ``env`` is a raw Mapping-v0 instance; ``weigh(obs, mask)`` gives the
+    probability of each action at a setup decision (None: 1 each), and a
+    setup's weight is the product along its decisions. Menu order.
     """
     from ..envs._mapping import COUNT_MENU
 
-    if policy.env_id != "paratune/Mapping-v0":
-        return []
     gran = granularity or problem.granularity
-    env = make_env(policy, problem)
     names = ("replicas", "micro_batches", "recompute")
     leaves: list[tuple[float, dict[str, Any]]] = []
 
@@ -155,12 +153,26 @@ def setup_order(policy: Policy, problem: Problem, *, granularity: str | None = N
             leaves.append((prob, fixed))
             return
         mask = env.action_masks()
-        probs = policy.action_probs(obs, mask)
+        probs = weigh(obs, mask) if weigh is not None else np.ones(len(mask))
         for a in np.flatnonzero(mask):
             value: Any = bool(a) if names[decision] == "recompute" else COUNT_MENU[a]
             walk({**fixed, names[decision]: value}, prob * float(probs[a]))
 
     walk({}, 1.0)
+    return leaves
+
+
+def setup_order(policy: Policy, problem: Problem, *, granularity: str | None = None) -> list[dict[str, Any]]:
+    """Every allowed setup (replicas, micro-batches, recompute), most probable under the policy first.
+
+    The setup decisions open a Mapping-v0 episode; their probability is the
+    product of the policy's masked probabilities along the way (the
+    observation after fixing a value through ``reset`` options is the one
+    after choosing it). Empty for environments without setup decisions.
+    """
+    if policy.env_id != "paratune/Mapping-v0":
+        return []
+    leaves = allowed_setups(problem, make_env(policy, problem), granularity=granularity, weigh=policy.action_probs)
     leaves.sort(key=lambda leaf: -leaf[0])  # stable: ties keep the menu order
     return [fixed for _, fixed in leaves]
 

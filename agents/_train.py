@@ -131,6 +131,7 @@ def train(
     verbose: int = 0,
     random_setup: float = 0.0,
     imitate: bool = False,
+    imitate_setups: int = 0,
 ) -> TrainResult:
     """Train a policy on a scenario pool and save it as ``OUT/policy.zip`` + ``OUT/policy.json``.
 
@@ -149,6 +150,9 @@ def train(
             episodes always let the policy decide.
         imitate: Mapping-v0 only: before PPO, clone the ``dp`` optimum of every pool
             scenario and of its batch variants (:mod:`._imitate`); the metadata records the fit.
+        imitate_setups: with ``imitate``, also clone the dp optimum of each pool scenario
+            under this many other setups, drawn with ``seed`` (the block decisions the rl
+            tuner's setup sweep asks for).
 
     Raises:
         ValueError: unknown algo, bad pool file or field (the message names it), bad sizes.
@@ -191,7 +195,9 @@ def train(
             raise ValueError(f"imitate applies to {DEFAULT_ENV_ID} only, not {env_id}")
         from ._imitate import clone, demonstrations
 
-        imitation = clone(model, demonstrations(pool, granularity=granularity, variants=True), seed=seed)
+        demos = demonstrations(pool, granularity=granularity, variants=True, setups=imitate_setups, seed=seed)
+        imitation = clone(model, demos, seed=seed)
+        imitation["setups_per_scenario"] = imitate_setups
 
     per_env = max(1, timesteps // n_envs)
     freq = eval_freq or max(steps, per_env // max(1, n_evals))

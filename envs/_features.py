@@ -23,7 +23,7 @@ import numpy as np
 from ..search import Problem
 
 #: Version of both observation layouts (Mapping-v0 and Placement-v0).
-OBS_SCHEMA_VERSION = 2
+OBS_SCHEMA_VERSION = 3
 
 #: Upper bound of every feature (lower bound 0): ratios are clipped here.
 FEATURE_MAX = 5.0

@@ -94,8 +94,11 @@ STATE_FEATURES = (
 
 #: Per TP degree of the menu, what a cut to it at the current block would give (0 where it is not allowed):
 #: the share of the blocks left the new stage can hold within memory, the devices that stage and the fewest
-#: for the blocks after it need against the devices left, and its own devices against the devices left.
-CUT_FEATURES = ("reach_frac", "devices_needed_vs_left", "devices_vs_left")
+#: for the blocks after it need against the devices left, its own devices against the devices left, and the
+#: time of the blocks left mapped uniformly with that degree (see :meth:`MappingEnv._cut_features`) against
+#: the best degree's, which tells the policy what TP costs in all-reduces against what pipelining costs in
+#: fill and drain at this split.
+CUT_FEATURES = ("reach_frac", "devices_needed_vs_left", "devices_vs_left", "uniform_time_vs_best")
 
 OBS_SIZE = (
     (LOOKAHEAD + 1) * len(BLOCK_FEATURES)
@@ -530,19 +533,38 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         return out
 
     def _cut_features(self, left: int) -> list[float]:
-        """:data:`CUT_FEATURES` of each TP degree at the current block (see there)."""
+        """:data:`CUT_FEATURES` of each TP degree at the current block (see there).
+
+        The uniform time of degree ``t``: the blocks left run on ``n = left // t``
+        stages of TP ``t`` (at most one per block), each taking ``1 / n`` of their
+        time at TP ``t``, so a 1F1B or inference pipeline of ``m`` micro-batches
+        takes ``(m + n - 1) / n`` times that time. A rough model (no balance,
+        memory or p2p), given relative to the best degree's so that it reads the
+        same on any model: 1 for the best, more for the others.
+        """
         sc, sp, j = self._sc, self._split, self._block
         assert sc is not None
         md, rest = sp.min_devices, sc.n_blocks - j
-        out = [0.0] * (len(TP_MENU) * len(CUT_FEATURES))
+        width = len(CUT_FEATURES)
+        out = [0.0] * (len(TP_MENU) * width)
         if left <= 0:
             return out
+        m = int(self.micro_batches or 1)
+        lo, hi = sc.lo[j], sc.hi[-1]
+        uniform: dict[int, float] = {}
         for i, t in enumerate(TP_MENU):
             reach = sp.reach.get(t)
             if reach is None or t > left or reach[j] < j:
                 continue
             k = reach[j]
-            out[3 * i : 3 * i + 3] = [(k - j + 1) / rest, clip((t + md[k + 1]) / left), t / left]
+            out[width * i : width * i + 3] = [(k - j + 1) / rest, clip((t + md[k + 1]) / left), t / left]
+            n = min(left // t, rest)
+            st = sp.stages[t]
+            uniform[i] = (st.time[hi] - st.time[lo]) * (m + n - 1) / (n * m)
+        if uniform:
+            fastest = min(uniform.values())
+            for i, u in uniform.items():
+                out[width * i + 3] = clip(u / fastest) if fastest > 0 else 1.0
         return out
 
 

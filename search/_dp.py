@@ -48,21 +48,22 @@ import numpy as np
 
 from ..costmodel import Plan
 from ..costmodel._batch import PlanBatch
-from ._layered_space import LayeredSpace
+from ._layered_space import LayeredSpace, count_option
 from ._problem import Evaluation, Problem
 from ._tuner import Recorder, Tuner
 
 #: Relative slack on bounds so float rounding never prunes a plan that is better by more than this.
 SLACK = 1e-9
 
-_OPTIONS = ("max_micro_batches", "recompute", "max_labels")
+_OPTIONS = ("max_micro_batches", "recompute", "max_labels", "replicas", "micro_batches")
 
 
 class DPSolver(Tuner):
     """Exact dynamic programming over (cut, devices, TP) for layered graphs; see the module docstring.
 
     Options: ``max_micro_batches`` (64), ``recompute`` ("search" | "off" | "on"), ``max_labels``
-    (training: labels kept before giving up certification, 300,000).
+    (training: labels kept before giving up certification, 300,000), ``replicas`` and
+    ``micro_batches`` (fix them: the optimum under that batch split, e.g. to clone it).
     """
 
     name: ClassVar[str] = "dp"
@@ -80,6 +81,8 @@ class DPSolver(Tuner):
             problem,
             max_micro_batches=int(self.options.get("max_micro_batches", 64)),
             recompute=str(self.options.get("recompute", "search")),
+            replicas=count_option(self.options, "replicas", "dp"),
+            micro_batches=count_option(self.options, "micro_batches", "dp"),
         )
         if problem.limits.calibrated_only and problem.evaluator().pricer.errors is None:
             recorder.certified = True

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._layered_space import LayeredSpace
+from ._layered_space import LayeredSpace, count_option
 from ._problem import Problem
 from ._tuner import Recorder, Tuner
 
@@ -22,7 +22,7 @@ DEFAULT_MAX_PLANS = 200_000
 
 class Enumerate(Tuner):
     """Every plan of the layered space, each scored by ``problem.score`` (options: ``max_plans``,
-    ``max_micro_batches``, ``recompute``)."""
+    ``max_micro_batches``, ``recompute``, ``replicas``, ``micro_batches``)."""
 
     name: ClassVar[str] = "enumerate"
     family: ClassVar[str] = "exact"
@@ -36,10 +36,15 @@ class Enumerate(Tuner):
             problem,
             max_micro_batches=int(opts.pop("max_micro_batches", 64)),
             recompute=str(opts.pop("recompute", "search")),
+            replicas=count_option(opts, "replicas", "enumerate"),
+            micro_batches=count_option(opts, "micro_batches", "enumerate"),
         )
+        opts.pop("replicas", None)
+        opts.pop("micro_batches", None)
         if opts:
             raise ValueError(
-                f"enumerate: unknown option(s) {', '.join(opts)}; allowed: max_plans, max_micro_batches, recompute"
+                f"enumerate: unknown option(s) {', '.join(opts)}; "
+                "allowed: max_plans, max_micro_batches, recompute, replicas, micro_batches"
             )
         total = space.count_plans()
         if total > cap:

@@ -54,6 +54,16 @@ def _p2p(nbytes: float, alpha: float, bw: float) -> float:
     return 0.0 if nbytes <= 0 else alpha + nbytes / bw
 
 
+def count_option(options: dict[str, Any], name: str, tuner: str) -> int | None:
+    """Option ``name`` (``replicas``, ``micro_batches``) of an exact tuner: None, or a positive integer."""
+    value = options.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{tuner}: option {name!r} must be a positive integer, got {value!r}")
+    return value
+
+
 @dataclass
 class LayeredSpace:
     """The dp / enumerate search space of one problem (see the module docstring)."""
@@ -70,7 +80,16 @@ class LayeredSpace:
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, problem: Problem, *, max_micro_batches: int = 64, recompute: str = "search") -> LayeredSpace:
+    def build(
+        cls,
+        problem: Problem,
+        *,
+        max_micro_batches: int = 64,
+        recompute: str = "search",
+        replicas: int | None = None,
+        micro_batches: int | None = None,
+    ) -> LayeredSpace:
+        """The space of ``problem``; ``replicas`` / ``micro_batches`` fix those counts (None: every divisor)."""
         if recompute not in RECOMPUTE_MODES:
             raise ValueError(f"option 'recompute' is {recompute!r}; allowed: {', '.join(RECOMPUTE_MODES)}")
         if max_micro_batches < 1:
@@ -91,8 +110,14 @@ class LayeredSpace:
             for r in divisors(problem.batch)
             if r <= max_dev
             for m in divisors(problem.batch // r)
-            if m <= max_micro_batches
+            if m <= max_micro_batches and replicas in (None, r) and micro_batches in (None, m)
         ]
+        if not pairs:
+            raise ValueError(
+                f"no (replicas, micro_batches) pair left: replicas={replicas}, micro_batches={micro_batches} must "
+                f"divide the batch ({problem.batch}) together, with replicas <= {max_dev} devices and "
+                f"micro_batches <= max_micro_batches ({max_micro_batches})"
+            )
         rc = (
             {"search": (False, True), "off": (False,), "on": (True,)}[recompute]
             if problem.phase == "train"

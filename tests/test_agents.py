@@ -236,5 +236,10 @@ def test_imitation_clones_the_dp_optimum(tmp_path: Path) -> None:
     fit = result.metadata["imitation"]
     assert fit["samples"] == len(demonstrations(pool, variants=True).actions) and fit["accuracy"] >= 0.9
     assert fit["scenarios"] == 6  # each scenario with its batch halved and doubled
+    under = demonstrations(pool, setups=2, seed=0)
+    extra = under.scenarios[2:]
+    assert under.scenarios[:2] == demos.scenarios and len(extra) == 4 and all(" under " in s for s in extra)
+    assert under.scenarios == demonstrations(pool, setups=2, seed=0).scenarios  # drawn from the seed
+    assert all(m[a] for m, a in zip(under.masks, under.actions, strict=True))
     with pytest.raises(ValueError, match="imitate applies to paratune/Mapping-v0 only"):
         train(POOL, timesteps=64, out=tmp_path / "x", env_id="paratune/Placement-v0", imitate=True)

@@ -102,6 +102,25 @@ def test_infeasible_problem_gives_no_plan() -> None:
         assert res.best_plan is None and not res.optimal and res.notes
 
 
+def test_dp_under_a_fixed_setup_is_the_optimum_of_that_setup() -> None:
+    """Options replicas / micro_batches / recompute restrict dp to one batch split: its optimum, no better."""
+    p = Problem("llama2-7b:layers=4", "dgx-a100:devices_per_node=4", phase="train", batch=8, seq=256)
+    free = tune(p, "dp", max_micro_batches=4)
+    assert free.best_plan is not None
+    for r, m, rc in ((1, 4, "off"), (2, 2, "on"), (4, 1, "off")):
+        fixed = tune(p, "dp", max_micro_batches=4, replicas=r, micro_batches=m, recompute=rc)
+        brute = tune(p, "enumerate", max_micro_batches=4, replicas=r, micro_batches=m, recompute=rc)
+        plan = fixed.best_plan
+        assert plan is not None and (plan.replicas, plan.micro_batches) == (r, m) and fixed.optimal
+        assert all(st.recompute == (rc == "on") for st in plan.stages)
+        assert fixed.objective_value >= free.objective_value * (1 - 1e-9)
+        assert _same(fixed.objective_value, brute.objective_value)
+    with pytest.raises(ValueError, match=r"replicas=3, micro_batches=None must divide the batch \(8\)"):
+        tune(p, "dp", replicas=3)
+    with pytest.raises(ValueError, match="option 'micro_batches' must be a positive integer"):
+        tune(p, "dp", micro_batches=0)
+
+
 def test_enumerate_refuses_large_spaces_and_options_are_checked() -> None:
     p = Problem("llama2-7b", "dgx-a100x2", phase="decode", batch=8)
     with pytest.raises(ValueError, match=r"plans, more than the cap of 1000; raise option 'max_plans'"):

@@ -348,3 +348,30 @@ def test_random_setup_draws_allowed_setups_from_the_seed(fuzz_pool: list[Problem
     assert first == setups(3) and len(set(first)) > 3
     with pytest.raises(ValueError, match="random_setup must be a probability"):
         gym.make("paratune/Mapping-v0", random_setup=1.5)
+
+
+def test_cut_features_price_uniform_tp_against_the_best_degree() -> None:
+    """``uniform_time_vs_best``: 1 for the fastest allowed TP degree, more for the others, 0 where not allowed.
+
+    Checked against a direct computation from the split's stage tables: the blocks
+    left at TP ``t`` on ``left // t`` stages, ``m`` micro-batches in a pipeline.
+    """
+    problem = Problem("llama2-7b:layers=8", "dgx-a100", phase="prefill", batch=8, seq=512)
+    env = gym.make("paratune/Mapping-v0", scenarios=[problem]).unwrapped
+    names = envs.mapping_feature_names()
+    obs, _ = env.reset(seed=0, options={"replicas": 1, "micro_batches": 4})
+    sc, sp = env._sc, env._split
+    feats = {t: float(obs[names.index(f"cut_tp{t}_uniform_time_vs_best")]) for t in TP_MENU}
+    left, rest = problem.max_devices, sc.n_blocks
+    expect = {}
+    for t in sc.tps:
+        n = min(left // t, rest)
+        st = sp.stages[t]
+        expect[t] = (st.time[sc.hi[-1]] - st.time[sc.lo[0]]) * (4 + n - 1) / (n * 4)
+    best = min(expect.values())
+    assert set(sc.tps) == {1, 2, 4, 8}
+    for t in TP_MENU:
+        want = min(FEATURE_MAX, expect[t] / best) if t in expect else 0.0
+        assert feats[t] == pytest.approx(want, rel=1e-5)
+    assert min(v for v in feats.values() if v > 0) == pytest.approx(1.0)
+    assert len({round(v, 6) for t, v in feats.items() if t in expect}) > 1  # the degrees differ: it says something
