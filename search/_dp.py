@@ -81,8 +81,8 @@ class DPSolver(Tuner):
             problem,
             max_micro_batches=int(self.options.get("max_micro_batches", 64)),
             recompute=str(self.options.get("recompute", "search")),
-            replicas=count_option(self.options, "replicas", "dp"),
-            micro_batches=count_option(self.options, "micro_batches", "dp"),
+            replicas=count_option(self.options.get("replicas"), "replicas", "dp"),
+            micro_batches=count_option(self.options.get("micro_batches"), "micro_batches", "dp"),
         )
         if problem.limits.calibrated_only and problem.evaluator().pricer.errors is None:
             recorder.certified = True

@@ -36,11 +36,9 @@ class Enumerate(Tuner):
             problem,
             max_micro_batches=int(opts.pop("max_micro_batches", 64)),
             recompute=str(opts.pop("recompute", "search")),
-            replicas=count_option(opts, "replicas", "enumerate"),
-            micro_batches=count_option(opts, "micro_batches", "enumerate"),
+            replicas=count_option(opts.pop("replicas", None), "replicas", "enumerate"),
+            micro_batches=count_option(opts.pop("micro_batches", None), "micro_batches", "enumerate"),
         )
-        opts.pop("replicas", None)
-        opts.pop("micro_batches", None)
         if opts:
             raise ValueError(
                 f"enumerate: unknown option(s) {', '.join(opts)}; "

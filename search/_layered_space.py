@@ -54,9 +54,8 @@ def _p2p(nbytes: float, alpha: float, bw: float) -> float:
     return 0.0 if nbytes <= 0 else alpha + nbytes / bw
 
 
-def count_option(options: dict[str, Any], name: str, tuner: str) -> int | None:
-    """Option ``name`` (``replicas``, ``micro_batches``) of an exact tuner: None, or a positive integer."""
-    value = options.get(name)
+def count_option(value: Any, name: str, tuner: str) -> int | None:
+    """``value`` of option ``name`` (``replicas``, ``micro_batches``) of an exact tuner: None or a positive integer."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
