@@ -71,15 +71,11 @@ def other_setups(problem: Problem, plan: Any, k: int, rng: np.random.Generator) 
     Only setups dp searches are drawn (micro-batches up to its default 64).
     """
     from ..envs import MappingEnv
-    from ._rl_tuner import allowed_setups, setup_of
+    from ._rl_tuner import allowed_setups, same_setup, setup_of
 
     done = setup_of(plan)
     env = MappingEnv(scenarios=[problem])
-    menu = [
-        f
-        for _, f in allowed_setups(problem, env)
-        if f["micro_batches"] <= 64 and any(done.get(key) != v for key, v in f.items())
-    ]
+    menu = [f for _, f in allowed_setups(problem, env) if f["micro_batches"] <= 64 and not same_setup(f, done)]
     picks = rng.permutation(len(menu))[:k]
     return [menu[i] for i in sorted(picks)]
 

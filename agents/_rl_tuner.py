@@ -210,7 +210,7 @@ class RLTuner(Tuner):
         if self.options.get("sweep", True):
             plan = greedy["plan"]
             done = setup_of(plan)
-            order = [f for f in setup_order(policy, problem, granularity=gran) if not _same_setup(f, done)]
+            order = [f for f in setup_order(policy, problem, granularity=gran) if not same_setup(f, done)]
             if recorder.budget is not None:  # half the budget at most: the sampled rollouts need the rest
                 order = order[: max(0, recorder.budget // 2 - 1)]
             while order and not recorder.done:
@@ -250,7 +250,8 @@ class RLTuner(Tuner):
         return recorder.record(problem.score(info["plan"], info["metrics"]))
 
 
-def _same_setup(fixed: dict[str, Any], done: dict[str, Any]) -> bool:
+def same_setup(fixed: dict[str, Any], done: dict[str, Any]) -> bool:
+    """True when every decision ``fixed`` names has the same value in ``done``."""
     return all(done.get(k) == v for k, v in fixed.items())
 
 
