@@ -36,18 +36,52 @@ tuners_app = typer.Typer(
 @tuners_app.command("list")
 @user_errors
 def tuners_list(as_json: JsonOpt = False) -> None:
-    """List every tuner by name with its family and what it does."""
+    """List every tuner by name with its family, what it does and its options (--option of a campaign's tuner)."""
+    from . import agents  # noqa: F401 (registers the rl tuner)
     from .search import tuner_entries
 
-    rows = [{"name": e.name, "family": e.family, "description": e.description} for e in tuner_entries()]
+    rows: list[dict[str, Any]] = [
+        {
+            "name": e.name,
+            "family": str(e.family),
+            "description": e.description,
+            "options": [o.to_dict() for o in e.options],
+        }
+        for e in tuner_entries()
+    ]
     if as_json:
         print_json(rows)
         return
-    table = Table(title="tuners (paratune tune --tuner NAME)")
-    for col in ("name", "family", "description"):
+    table = Table(title="tuners (paratune tune --tuner NAME; paratune tuners show NAME for the options' help)")
+    for col in ("name", "family", "description", "options"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["family"], r["description"])
+        options = ", ".join(o["name"] for o in r["options"])
+        table.add_row(r["name"], r["family"], r["description"], options or "-")
+    console.print(table)
+
+
+@tuners_app.command("show")
+@user_errors
+def tuners_show(
+    name: Annotated[str, typer.Argument(help="Tuner name (paratune tuners list).")], as_json: JsonOpt = False
+) -> None:
+    """One tuner's options: type, default and help (campaign YAML: {name: NAME, options: {OPTION: value}})."""
+    from . import agents  # noqa: F401 (registers the rl tuner)
+    from .search import tuner_class
+
+    cls = tuner_class(name)
+    options = [o.to_dict() for o in cls.Options.describe()]
+    if as_json:
+        print_json({"name": name, "family": str(cls.family), "description": cls.description, "options": options})
+        return
+    table = Table(title=f"{name} ({cls.family}): {cls.description}")
+    for col in ("option", "type", "default", "what it does"):
+        table.add_column(col)
+    for o in options:
+        table.add_row(o["name"], o["type"], repr(o["default"]), o["help"])
+    if not options:
+        table.add_row("-", "-", "-", "this tuner takes no options")
     console.print(table)
 
 
@@ -94,6 +128,7 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Tune a model's mapping on a platform with one tuner; print the plan, its metrics and the gap to the optimum."""
+    from . import agents  # noqa: F401 (registers the rl tuner)
     from .search import make_tuner
 
     limits = dict(

@@ -6,7 +6,7 @@
 * :func:`load_policy` / :class:`Policy` (:mod:`._policy`): an SB3 zip plus JSON
   metadata; loading refuses a policy trained on another observation schema.
 * :class:`RLTuner` (:mod:`._rl_tuner`): a policy as a tuner (greedy rollout, then
-  best of sampled rollouts), registered as ``rl``.
+  best of sampled rollouts), registered as ``rl`` when this package is imported.
 * :func:`transfer` (:mod:`._transfer`): zero-shot and fine-tuned results on a new
   scenario, with gaps to the ``dp`` optimum and to the best heuristic.
 
@@ -17,6 +17,10 @@ stable-baselines3 until a name that needs them is used.
 from __future__ import annotations
 
 from .._lazy import lazy_getattr
+from ..search import register_tuner
+
+# The rl tuner registers from this layer (search knows nothing of agents); its module imports torch lazily.
+register_tuner("rl", "paratune.agents._rl_tuner:RLTuner")
 
 _NAMES = {
     "train": "._train",

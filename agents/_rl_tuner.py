@@ -31,12 +31,13 @@ explores more, which helps where the trained policy is confident and wrong).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..search import Evaluation, Problem, Recorder, Tuner
+from ..search import Evaluation, Family, Problem, Recorder, Tuner, TunerOptions, about
 from ._policy import Policy, default_policy_path, load_policy
 
 #: Episodes stepped together in the sampled phase (one network call per step for all of them).
@@ -177,27 +178,42 @@ def setup_order(policy: Policy, problem: Problem, *, granularity: str | None = N
     return [fixed for _, fixed in leaves]
 
 
+@dataclass(frozen=True)
+class RLOptions(TunerOptions):
+    """The ``rl`` tuner's options."""
+
+    policy: Any = field(
+        default=None, metadata=about("policy file (.zip) or a loaded Policy (default: the shipped policy)")
+    )
+    granularity: str | None = field(
+        default=None, metadata=about("granularity the policy maps (default: the problem's)")
+    )
+    temperature: float = field(default=1.0, metadata=about("temperature of the sampled rollouts (> 0)"))
+    sweep: bool = field(default=True, metadata=about("greedy rollouts over the other setups before sampling"))
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"option 'temperature' must be > 0, got {self.temperature}")
+
+
 class RLTuner(Tuner):
     """A trained policy as a tuner: greedy rollout, then the best of sampled rollouts (see the module)."""
 
     name: ClassVar[str] = "rl"
-    family: ClassVar[str] = "rl"
+    family: ClassVar[Family] = Family.RL
     stochastic: ClassVar[bool] = True
     exact: ClassVar[bool] = False
     default_budget: ClassVar[int | None] = 64
-    description: ClassVar[str] = "a trained RL policy: greedy rollout, then best of sampled rollouts (option policy)"
+    description: ClassVar[str] = (
+        "a trained RL policy (option policy, default: the shipped one): greedy rollout, then best of sampled rollouts"
+    )
+    Options: ClassVar[type[TunerOptions]] = RLOptions
+    config: RLOptions
 
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
-        unknown = set(self.options) - {"policy", "granularity", "temperature", "sweep"}
-        if unknown:
-            raise ValueError(
-                f"rl tuner: unknown option(s) {sorted(unknown)}; allowed: policy, granularity, temperature, sweep"
-            )
-        temperature = float(self.options.get("temperature", 1.0))
-        if not temperature > 0:
-            raise ValueError(f"rl tuner: option temperature must be > 0, got {temperature}")
-        policy = resolve_policy(self.options.get("policy"))
-        gran = self.options.get("granularity") or problem.granularity
+        temperature = self.config.temperature
+        policy = resolve_policy(self.config.policy)
+        gran = self.config.granularity or problem.granularity
         if policy.env_id == "paratune/Mapping-v0" and not problem.graph(gran).is_layered:
             raise ValueError(
                 f"rl tuner: policy {policy.path or '(in memory)'} maps layered graphs (paratune/Mapping-v0), but "
@@ -207,7 +223,7 @@ class RLTuner(Tuner):
         greedy = rollout(policy, problem, granularity=gran, envs=envs)[0]
         first = self._record(problem, recorder, greedy)
         swept = 0
-        if self.options.get("sweep", True):
+        if self.config.sweep:
             plan = greedy["plan"]
             done = setup_of(plan)
             order = [f for f in setup_order(policy, problem, granularity=gran) if not same_setup(f, done)]

@@ -50,6 +50,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import paratune.agents  # noqa: F401 (registers the rl tuner)
 from paratune.search import Problem, Tuner, TuneResult, make_tuner, tuner_names
 from paratune.search._scenarios import default_scenarios_dir, load_scenarios
 

@@ -367,7 +367,7 @@ def work(
 
 def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, problems: dict[str, Any], logs: Path) -> str:
     """Run one claimed job, log it, and record its outcome; returns the job's new state."""
-    from .. import __version__
+    from .. import __version__, agents  # noqa: F401 (agents registers the rl tuner)
     from ..search import Problem, make_tuner
 
     job = claim.job

@@ -48,11 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from ..costmodel._fields import FieldReader, load_yaml
-from ..search import Problem, tuner_entries
+from ..search import Family, Problem, make_tuner, tuner_entries
 from ..search._scenarios import SUFFIXES, load_scenario
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-DETERMINISTIC_FAMILIES = ("heuristic", "exact")
 OPTIMUM_TUNER = "dp"
 
 
@@ -313,6 +312,8 @@ def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], 
         return [], []
     if not isinstance(items, list) or not items:
         raise r.error("tuners", "must be a non-empty list of tuner names or {name, budget, options} mappings")
+    from .. import agents  # noqa: F401 (registers the rl tuner)
+
     families = {e.name: e.family for e in tuner_entries()}
     out: list[TunerSpec] = []
     skipped: list[str] = []
@@ -339,7 +340,11 @@ def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], 
                 "label", f"{label!r} is already used by tuners[{labels[label]}]; set 'label' to tell them apart"
             )
         labels[label] = i
-        out.append(TunerSpec(name, label, budget, dict(options), families[name] not in DETERMINISTIC_FAMILIES))
+        try:
+            make_tuner(name, **options)  # checks the options' names, types and bounds; builds nothing heavy
+        except ValueError as exc:
+            raise tr.error("options", f"of tuner {exc}") from None
+        out.append(TunerSpec(name, label, budget, dict(options), not Family(families[name]).deterministic))
     if not out:
         raise r.error("tuners", "has no tuner registered here (every listed tuner is optional and missing)")
     return out, skipped

@@ -2,8 +2,9 @@
 
 Families: practitioners' heuristics, exact solvers that certify the optimum under
 the cost model (``dp``, ``enumerate``, ``dag-exact``), Optuna black-box searches
-(``optuna-*``), and reinforcement-learning policies (issue 5). Importing this
-package imports none of Optuna, highspy or torch; each tuner imports what it needs.
+(``optuna-*``). Reinforcement-learning policies live above this layer:
+``import paratune.agents`` registers the ``rl`` tuner. Importing this package
+imports neither Optuna nor torch; each tuner imports what it needs.
 """
 
 from __future__ import annotations
@@ -11,79 +12,29 @@ from __future__ import annotations
 from typing import Any
 
 from ._objective import OBJECTIVES, Objective, get_objective
+from ._options import OptionInfo, TunerOptions, about
 from ._plans import contiguous_plan, even_cuts
 from ._problem import Evaluation, Limits, Problem
-from ._registry import make_tuner, register_tuner, tuner_entries, tuner_names
+from ._registry import TunerEntry, make_tuner, register_tuner, tuner_class, tuner_entries, tuner_names
 from ._result import HistoryPoint, TuneResult
-from ._tuner import Callback, Progress, Recorder, Tuner
+from ._tuner import Callback, Family, Progress, Recorder, Tuner
 
-_H = "paratune.search._heuristics"
-register_tuner(
-    "megatron",
-    "heuristic",
-    _H,
-    "Megatron",
-    "TP = GPUs per node (dividing the heads), PP across nodes, even layers, 4 x PP micro-batches when training",
-)
-register_tuner(
-    "serving-default",
-    "heuristic",
-    _H,
-    "ServingDefault",
-    "largest TP inside one node that fits memory, PP only across nodes (vLLM's default)",
-)
-register_tuner(
-    "min-tp-replicas",
-    "heuristic",
-    _H,
-    "MinTpReplicas",
-    "smallest TP that fits memory, replicated over the remaining devices (MLPerf throughput)",
-)
-register_tuner(
-    "balanced-pp",
-    "heuristic",
-    _H,
-    "BalancedPP",
-    "stages balanced by FLOPs, one TP degree (best of the TP/PP pairs that fit)",
-)
-register_tuner(
-    "dp",
-    "exact",
-    "paratune.search._dp",
-    "DPSolver",
-    "dynamic programming over (layer, devices, TP): the optimum of layered graphs, hybrids included",
-)
-register_tuner(
-    "enumerate",
-    "exact",
-    "paratune.search._enumerate",
-    "Enumerate",
-    "brute force over every plan of the dp's space (tiny problems only)",
-)
-register_tuner(
-    "dag-exact",
-    "exact",
-    "paratune.search._dag_exact",
-    "DagExact",
-    "branch and bound over task placements of any DAG (small instances)",
-)
-_O = "paratune.search._optuna"
-for _sampler, _text in (
-    ("tpe", "Optuna TPE"),
-    ("cmaes", "Optuna CMA-ES"),
-    ("gp", "Optuna Gaussian-process Bayesian optimisation"),
-    ("random", "Optuna random sampling"),
-    ("qmc", "Optuna quasi-Monte Carlo (Sobol)"),
-    ("nsga2", "Optuna NSGA-II (multi-objective: Pareto front of latency vs memory)"),
+for _name, _target in (
+    ("megatron", "_heuristics:Megatron"),
+    ("serving-default", "_heuristics:ServingDefault"),
+    ("min-tp-replicas", "_heuristics:MinTpReplicas"),
+    ("balanced-pp", "_heuristics:BalancedPP"),
+    ("dp", "_dp:DPSolver"),
+    ("enumerate", "_enumerate:Enumerate"),
+    ("dag-exact", "_dag_exact:DagExact"),
+    ("optuna-tpe", "_optuna:OptunaTPE"),
+    ("optuna-cmaes", "_optuna:OptunaCmaEs"),
+    ("optuna-gp", "_optuna:OptunaGP"),
+    ("optuna-random", "_optuna:OptunaRandom"),
+    ("optuna-qmc", "_optuna:OptunaQMC"),
+    ("optuna-nsga2", "_optuna:OptunaNSGA2"),
 ):
-    register_tuner(f"optuna-{_sampler}", "optuna", _O, "OptunaTuner", _text, sampler=_sampler)
-register_tuner(
-    "rl",
-    "rl",
-    "paratune.agents._rl_tuner",
-    "RLTuner",
-    "a trained RL policy (option policy, default: the shipped one): greedy rollout, then best of sampled rollouts",
-)
+    register_tuner(_name, f"{__name__}.{_target}")  # the class holds the family, description and options
 
 
 def tune(
@@ -102,20 +53,26 @@ __all__ = [
     "OBJECTIVES",
     "Callback",
     "Evaluation",
+    "Family",
     "HistoryPoint",
     "Limits",
     "Objective",
+    "OptionInfo",
     "Problem",
     "Progress",
     "Recorder",
     "TuneResult",
     "Tuner",
+    "TunerEntry",
+    "TunerOptions",
+    "about",
     "contiguous_plan",
     "even_cuts",
     "get_objective",
     "make_tuner",
     "register_tuner",
     "tune",
+    "tuner_class",
     "tuner_entries",
     "tuner_names",
 ]

@@ -49,7 +49,7 @@ tasks or ``max_devices`` devices are refused: the tree grows as ``k ** tasks``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -57,8 +57,9 @@ import numpy as np
 from ..costmodel import Plan, Simulator, Stage
 from ..costmodel._compute import group_link, p2p_time, pair_link
 from ..costmodel._simengine import BACKWARD
+from ._options import TunerOptions, about
 from ._problem import Problem
-from ._tuner import Recorder, Tuner
+from ._tuner import Family, Recorder, Tuner
 
 RTOL = 1e-9
 MAX_TASKS = 16
@@ -133,6 +134,19 @@ def _isomorphic(a: _Layout, b: _Layout) -> bool:
     return extend(0)
 
 
+@dataclass(frozen=True)
+class DagExactOptions(TunerOptions):
+    """``dag-exact``'s options: the graph and the size of instance it accepts."""
+
+    granularity: str | None = field(default=None, metadata=about("the graph's granularity (default: the problem's)"))
+    max_tasks: int = field(
+        default=MAX_TASKS, metadata=about("refuse graphs of more tasks (the tree grows as groups ** tasks)", minimum=1)
+    )
+    max_devices: int = field(
+        default=MAX_DEVICES, metadata=about("refuse problems that may use more devices", minimum=1)
+    )
+
+
 class DagExact(Tuner):
     """Branch and bound over task -> device-group placements of any DAG; certified under the simulator.
 
@@ -148,16 +162,17 @@ class DagExact(Tuner):
     """
 
     name: ClassVar[str] = "dag-exact"
-    family: ClassVar[str] = "exact"
+    family: ClassVar[Family] = Family.EXACT
     stochastic: ClassVar[bool] = False
     exact: ClassVar[bool] = True
     default_budget: ClassVar[int | None] = None
     description: ClassVar[str] = "branch and bound over task placements of any DAG (small instances)"
+    Options: ClassVar[type[TunerOptions]] = DagExactOptions
+    config: DagExactOptions
 
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
-        gran = str(self.options.get("granularity") or problem.granularity)
-        max_tasks = int(self.options.get("max_tasks", MAX_TASKS))
-        max_devices = int(self.options.get("max_devices", MAX_DEVICES))
+        gran = self.config.granularity or problem.granularity
+        max_tasks, max_devices = self.config.max_tasks, self.config.max_devices
         graph = problem.graph(gran)
         n_tasks, n_devices = graph.num_tasks, problem.max_devices
         if n_tasks > max_tasks:

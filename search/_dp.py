@@ -42,20 +42,29 @@ is reported uncertified with the gap that is proven.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..costmodel import Plan
 from ..costmodel._batch import PlanBatch
-from ._layered_space import LayeredSpace, count_option
+from ._layered_space import LayeredSpace
+from ._options import LayeredOptions, TunerOptions, about
 from ._problem import Evaluation, Problem
-from ._tuner import Recorder, Tuner
+from ._tuner import Family, Recorder, Tuner
 
 #: Relative slack on bounds so float rounding never prunes a plan that is better by more than this.
 SLACK = 1e-9
 
-_OPTIONS = ("max_micro_batches", "recompute", "max_labels", "replicas", "micro_batches")
+
+@dataclass(frozen=True)
+class DPOptions(LayeredOptions):
+    """``dp``'s options: the layered space's, and the training label cap."""
+
+    max_labels: int = field(
+        default=300_000, metadata=about("training: labels kept before giving up certification", minimum=1)
+    )
 
 
 class DPSolver(Tuner):
@@ -67,22 +76,22 @@ class DPSolver(Tuner):
     """
 
     name: ClassVar[str] = "dp"
-    family: ClassVar[str] = "exact"
+    family: ClassVar[Family] = Family.EXACT
     exact: ClassVar[bool] = True
     description: ClassVar[str] = (
         "dynamic programming over (layer, devices, TP): the optimum of layered graphs, hybrids included"
     )
+    Options: ClassVar[type[TunerOptions]] = DPOptions
+    config: DPOptions
 
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str]:
-        unknown = [k for k in self.options if k not in _OPTIONS]
-        if unknown:
-            raise ValueError(f"dp: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_OPTIONS)}")
+        opts = self.config
         space = LayeredSpace.build(
             problem,
-            max_micro_batches=int(self.options.get("max_micro_batches", 64)),
-            recompute=str(self.options.get("recompute", "search")),
-            replicas=count_option(self.options.get("replicas"), "replicas", "dp"),
-            micro_batches=count_option(self.options.get("micro_batches"), "micro_batches", "dp"),
+            max_micro_batches=opts.max_micro_batches,
+            recompute=opts.recompute,
+            replicas=opts.replicas,
+            micro_batches=opts.micro_batches,
         )
         if problem.limits.calibrated_only and problem.evaluator().pricer.errors is None:
             recorder.certified = True
@@ -90,7 +99,7 @@ class DPSolver(Tuner):
         if problem.phase == "train":
             from ._dp_train import TrainDP
 
-            return TrainDP(space, recorder, int(self.options.get("max_labels", 300_000))).run()
+            return TrainDP(space, recorder, opts.max_labels).run()
         return InferenceDP(space, recorder).run()
 
 

@@ -9,15 +9,26 @@ problems whose space holds more than ``max_plans`` plans rather than run for hou
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
-from ._layered_space import LayeredSpace, count_option
+from ._layered_space import LayeredSpace
+from ._options import LayeredOptions, TunerOptions, about
 from ._problem import Problem
-from ._tuner import Recorder, Tuner
+from ._tuner import Family, Recorder, Tuner
 
 DEFAULT_MAX_PLANS = 200_000
+
+
+@dataclass(frozen=True)
+class EnumerateOptions(LayeredOptions):
+    """``enumerate``'s options: the layered space's, and the largest space it walks."""
+
+    max_plans: int = field(
+        default=DEFAULT_MAX_PLANS, metadata=about("refuse spaces of more plans than this", minimum=1)
+    )
 
 
 class Enumerate(Tuner):
@@ -25,25 +36,22 @@ class Enumerate(Tuner):
     ``max_micro_batches``, ``recompute``, ``replicas``, ``micro_batches``)."""
 
     name: ClassVar[str] = "enumerate"
-    family: ClassVar[str] = "exact"
+    family: ClassVar[Family] = Family.EXACT
     exact: ClassVar[bool] = True
     description: ClassVar[str] = "brute force over every plan of the dp's space (tiny problems only)"
+    Options: ClassVar[type[TunerOptions]] = EnumerateOptions
+    config: EnumerateOptions
 
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str]:
-        opts = dict(self.options)
-        cap = int(opts.pop("max_plans", DEFAULT_MAX_PLANS))
+        opts = self.config
+        cap = opts.max_plans
         space = LayeredSpace.build(
             problem,
-            max_micro_batches=int(opts.pop("max_micro_batches", 64)),
-            recompute=str(opts.pop("recompute", "search")),
-            replicas=count_option(opts.pop("replicas", None), "replicas", "enumerate"),
-            micro_batches=count_option(opts.pop("micro_batches", None), "micro_batches", "enumerate"),
+            max_micro_batches=opts.max_micro_batches,
+            recompute=opts.recompute,
+            replicas=opts.replicas,
+            micro_batches=opts.micro_batches,
         )
-        if opts:
-            raise ValueError(
-                f"enumerate: unknown option(s) {', '.join(opts)}; "
-                "allowed: max_plans, max_micro_batches, recompute, replicas, micro_batches"
-            )
         total = space.count_plans()
         if total > cap:
             raise ValueError(

@@ -32,7 +32,7 @@ import numpy as np
 from ..costmodel import Plan
 from ._plans import contiguous_plan, divisors, even_cuts
 from ._problem import GIB, Evaluation, Problem
-from ._tuner import Recorder, Tuner
+from ._tuner import Family, Recorder, Tuner
 
 GRANULARITY = "layer"
 
@@ -129,7 +129,7 @@ def _miss(problem: Problem, plan: Plan, ev: Evaluation, rule: str) -> str:
 class _Heuristic(Tuner):
     """Shared driver: ask the rule for candidate plans, record each, stop at the rule's choice."""
 
-    family = "heuristic"
+    family = Family.HEURISTIC
     stochastic = False
     exact = False
     default_budget = None
@@ -185,7 +185,9 @@ class Megatron(_Heuristic):
     """
 
     name = "megatron"
-    description = "TP = GPUs per node, PP = nodes, even layers, 4 x PP micro-batches when training"
+    description = (
+        "TP = GPUs per node (dividing the heads), PP across nodes, even layers, 4 x PP micro-batches when training"
+    )
 
     def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
         tp = shape.tps[-1]

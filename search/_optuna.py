@@ -32,15 +32,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from ..costmodel import Metrics, Plan
+from ._options import TunerOptions, about
 from ._polish import polish
 from ._problem import Evaluation, Problem
-from ._spaces import SPACES, make_space
-from ._tuner import Recorder, Tuner
+from ._spaces import make_space
+from ._tuner import Family, Recorder, Tuner
 
 if TYPE_CHECKING:
     import optuna
@@ -61,11 +63,54 @@ SEED_MIN_BUDGET = 200
 POLISH_SHARE = {"tpe": 0.2, "cmaes": 0.2, "gp": 0.2}
 
 
-class OptunaTuner(Tuner):
-    """An Optuna study over a plan space (options: ``sampler``, ``space``, ``storage``, ...).
+@dataclass(frozen=True)
+class OptunaOptions(TunerOptions):
+    """Options of the ``optuna-*`` tuners (the sampler is in the tuner's name)."""
 
-    Options:
-        sampler: one of tpe, cmaes, gp, random, qmc, nsga2.
+    space: Literal["uniform", "hybrid", "placement"] | None = field(
+        default=None,
+        metadata=about(
+            "plan space: uniform, hybrid or placement (default: hybrid for layered graphs, placement otherwise)"
+        ),
+    )
+    storage: str | None = field(
+        default=None,
+        metadata=about(
+            "Optuna storage URL (sqlite:///study.db, postgresql://...) or journal:PATH (default: in memory)"
+        ),
+    )
+    study_name: str | None = field(
+        default=None, metadata=about("the study's name in that storage (default: the tuner and problem names)")
+    )
+    granularities: tuple[str, ...] | None = field(
+        default=None,
+        metadata=about("granularities the uniform space visits (default layer, layers:2, layers:4 where they divide)"),
+    )
+    max_stages: int | None = field(
+        default=None, metadata=about("cap on the stages of the hybrid space (default 16)", minimum=1)
+    )
+    population_size: int | None = field(
+        default=None, metadata=about("NSGA-II's population (default: budget / 8, in 8..50)", minimum=2)
+    )
+    warm_start: bool = field(
+        default=True,
+        metadata=about("enqueue the heuristics' and uniform plans first (at most a quarter of the budget)"),
+    )
+    polish: float | None = field(
+        default=None,
+        metadata=about(
+            "share of the budget spent last on single-parameter moves around the best trial "
+            "(default 0.2 for tpe, cmaes, gp; 0 otherwise)",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+    )
+
+
+class OptunaTuner(Tuner):
+    """An Optuna study over a plan space; ``optuna-<sampler>`` are its registered subclasses.
+
+    Options (:class:`OptunaOptions`):
         space: uniform, hybrid or placement (default: hybrid for layered graphs, placement otherwise).
         granularities: granularities the ``uniform`` space visits (default layer, layers:2, layers:4
             where they divide the layers).
@@ -82,6 +127,8 @@ class OptunaTuner(Tuner):
             trial, enqueued as trials of the same study (:mod:`._polish`); default 0.2 for tpe, cmaes and gp,
             0 for random, qmc and nsga2 and for two-objective problems.
 
+    ``OptunaTuner(sampler="tpe", ...)`` builds any sampler's tuner directly.
+
     Example:
         >>> from paratune.search import Problem, tune
         >>> p = Problem("llama2-7b:layers=4", "dgx-a100", phase="decode", batch=8, context=512)
@@ -90,41 +137,36 @@ class OptunaTuner(Tuner):
     """
 
     name: ClassVar[str] = "optuna"
-    family: ClassVar[str] = "optuna"
+    family: ClassVar[Family] = Family.OPTUNA
     stochastic: ClassVar[bool] = True
     default_budget: ClassVar[int | None] = 200
     description: ClassVar[str] = "Optuna sampler over a define-by-run plan space"
+    Options: ClassVar[type[TunerOptions]] = OptunaOptions
+    #: The sampler of a registered subclass (None: the constructor's ``sampler`` argument).
+    sampler: ClassVar[str | None] = None
+    config: OptunaOptions
 
-    def __init__(
-        self,
-        *,
-        sampler: str = "tpe",
-        space: str | None = None,
-        storage: str | None = None,
-        study_name: str | None = None,
-        **options: Any,
-    ) -> None:
+    def __init__(self, *, sampler: str | None = None, **options: Any) -> None:
+        fixed = type(self).sampler
+        if fixed is not None and sampler is not None and sampler != fixed:
+            raise ValueError(
+                f"{self.name}: option 'sampler' is fixed by the tuner's name: use the tuner optuna-SAMPLER, "
+                f"samplers allowed: {', '.join(SAMPLERS)}"
+            )
+        sampler = sampler or fixed or "tpe"
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown Optuna sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
-        if space is not None and space not in SPACES:
-            raise ValueError(f"unknown search space {space!r}; allowed: {', '.join(SPACES)}")
-        allowed = {"granularities", "max_stages", "population_size", "warm_start", "polish"}
-        share = options.get("polish", POLISH_SHARE.get(sampler, 0.0))
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-            raise ValueError(f"option 'polish' must be a share of the budget between 0 and 1, got {share!r}")
-        self.polish_share = float(share)
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {', '.join(unknown)} for optuna-{sampler}; allowed: sampler, space, storage, "
-                f"study_name, {', '.join(sorted(allowed))}"
-            )
-        super().__init__(sampler=sampler, space=space, storage=storage, study_name=study_name, **options)
-        self.sampler_name, self.space_name = sampler, space
-        self.storage, self.study_name = storage, study_name
-        # The registry makes one class serve six names: the name and default budget are per instance.
+        # One base class serves every sampler: the name and default budget are per instance.
         setattr(self, "name", f"optuna-{sampler}")  # noqa: B010 (a ClassVar of the base, set per sampler)
         setattr(self, "default_budget", DEFAULT_BUDGET.get(sampler, 200))  # noqa: B010
+        super().__init__(**options)
+        cfg = self.config
+        # recorded in results as before: the sampler and the space / storage keys, then what was given
+        self.options = {"sampler": sampler, "space": cfg.space, "storage": cfg.storage,
+                        "study_name": cfg.study_name, **options}  # fmt: skip
+        self.sampler_name, self.space_name = sampler, cfg.space
+        self.storage, self.study_name = cfg.storage, cfg.study_name
+        self.polish_share = POLISH_SHARE.get(sampler, 0.0) if cfg.polish is None else cfg.polish
         self.study: optuna.Study | None = None
 
     # -- the search -------------------------------------------------------
@@ -140,8 +182,8 @@ class OptunaTuner(Tuner):
             self.space_name,
             problem,
             ordinal_only=self.sampler_name in ORDINAL_ONLY,
-            granularities=self.options.get("granularities"),
-            max_stages=self.options.get("max_stages"),
+            granularities=self.config.granularities,
+            max_stages=self.config.max_stages,
         )
         directions = [
             optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
@@ -162,7 +204,7 @@ class OptunaTuner(Tuner):
                     load_if_exists=self.storage is not None,
                 )
                 self.study = study
-                warm = self.options.get("warm_start", True) and not study.trials  # a resumed study is warm already
+                warm = self.config.warm_start and not study.trials  # a resumed study is warm already
                 seeds = self._heuristic_seeds(problem, recorder, space, rng, seed) if warm else []
                 n_trials = recorder.remaining
                 if warm:
@@ -212,7 +254,7 @@ class OptunaTuner(Tuner):
         end = recorder.evaluations + recorder.budget // 4
         out: list[dict[str, int | float]] = []
         for entry in tuner_entries():
-            if entry.family != "heuristic" or recorder.done or recorder.evaluations >= end:
+            if entry.family != Family.HEURISTIC or recorder.done or recorder.evaluations >= end:
                 continue
             with recorder.scope(end - recorder.evaluations) as scope:
                 try:
@@ -275,7 +317,7 @@ class OptunaTuner(Tuner):
                 qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False,
                 warn_asynchronous_seeding=False,
             )  # fmt: skip
-        population = self.options.get("population_size") or max(8, min(50, budget // 8))
+        population = self.config.population_size or max(8, min(50, budget // 8))
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(population))
 
     def _notes(self, space: str, tally: Counter[str], recorder: Recorder) -> list[str]:
@@ -332,3 +374,40 @@ def _storage(optuna: Any, storage: str | None) -> Any:
     path = Path(storage.removeprefix("journal:"))
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+class OptunaTPE(OptunaTuner):
+    name: ClassVar[str] = "optuna-tpe"
+    sampler: ClassVar[str | None] = "tpe"
+    description: ClassVar[str] = "Optuna TPE"
+
+
+class OptunaCmaEs(OptunaTuner):
+    name: ClassVar[str] = "optuna-cmaes"
+    sampler: ClassVar[str | None] = "cmaes"
+    description: ClassVar[str] = "Optuna CMA-ES"
+
+
+class OptunaGP(OptunaTuner):
+    name: ClassVar[str] = "optuna-gp"
+    sampler: ClassVar[str | None] = "gp"
+    description: ClassVar[str] = "Optuna Gaussian-process Bayesian optimisation"
+    default_budget: ClassVar[int | None] = DEFAULT_BUDGET["gp"]
+
+
+class OptunaRandom(OptunaTuner):
+    name: ClassVar[str] = "optuna-random"
+    sampler: ClassVar[str | None] = "random"
+    description: ClassVar[str] = "Optuna random sampling"
+
+
+class OptunaQMC(OptunaTuner):
+    name: ClassVar[str] = "optuna-qmc"
+    sampler: ClassVar[str | None] = "qmc"
+    description: ClassVar[str] = "Optuna quasi-Monte Carlo (Sobol)"
+
+
+class OptunaNSGA2(OptunaTuner):
+    name: ClassVar[str] = "optuna-nsga2"
+    sampler: ClassVar[str | None] = "nsga2"
+    description: ClassVar[str] = "Optuna NSGA-II (multi-objective: Pareto front of latency vs memory)"

@@ -1,7 +1,13 @@
 """Tuners by name: ``make_tuner("optuna-tpe")``, ``paratune tuners list``.
 
-Entries name the module that defines the tuner, so listing tuners or importing
-``paratune.search`` never imports Optuna, highspy or stable-baselines3.
+The registry maps a name to ``"module:Class"``; the class is the one source of the
+tuner's family, description and options (:class:`~._tuner.Tuner`), read when a
+tuner is built or listed. The modules that define tuners import Optuna, torch or
+stable-baselines3 only inside their searches, so listing tuners stays cheap.
+
+Tuners defined above ``paratune.search`` register themselves when their package
+is imported (``import paratune.agents`` registers ``rl``); the command line and
+campaigns import those packages before they look a name up.
 """
 
 from __future__ import annotations
@@ -10,42 +16,70 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from ._options import OptionInfo
 from ._tuner import Tuner
 
 
 @dataclass(frozen=True)
 class TunerEntry:
+    """A registered tuner as listed: its ``name``, and what its class says of itself."""
+
     name: str
     family: str
-    module: str
-    attr: str
     description: str
-    options: dict[str, Any]
+    target: str
+    options: tuple[OptionInfo, ...]
+
+    @property
+    def cls(self) -> type[Tuner]:
+        return tuner_class(self.name)
 
 
-_ENTRIES: dict[str, TunerEntry] = {}
+_TARGETS: dict[str, str] = {}
 
 
-def register_tuner(name: str, family: str, module: str, attr: str, description: str, **options: Any) -> None:
-    """Register ``module:attr`` (a :class:`Tuner` subclass) as ``name``; ``options`` are passed to it."""
-    if name in _ENTRIES:
-        raise ValueError(f"tuner {name!r} is already registered")
-    _ENTRIES[name] = TunerEntry(name, family, module, attr, description, options)
+def register_tuner(name: str, target: str) -> None:
+    """Register ``target`` (``"package.module:Class"``, a :class:`Tuner` subclass whose ``name`` is ``name``).
+
+    The module is imported only when the tuner is built or listed.
+    """
+    if ":" not in target:
+        raise ValueError(f"tuner target {target!r} must be 'module:Class'")
+    if _TARGETS.get(name, target) != target:
+        raise ValueError(f"tuner {name!r} is already registered as {_TARGETS[name]}")
+    _TARGETS[name] = target
 
 
 def tuner_names() -> list[str]:
-    return list(_ENTRIES)
+    return list(_TARGETS)
+
+
+def tuner_class(name: str) -> type[Tuner]:
+    """The class registered as ``name`` (imports its module)."""
+    target = _TARGETS.get(name)
+    if target is None:
+        raise ValueError(f"unknown tuner {name!r}; allowed: {', '.join(_TARGETS)} (see `paratune tuners list`)")
+    module, attr = target.split(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Tuner)) or cls.name != name:
+        raise TypeError(f"tuner {name!r}: {target} is not a Tuner subclass whose name is {name!r}")
+    return cls
 
 
 def tuner_entries() -> list[TunerEntry]:
-    return list(_ENTRIES.values())
+    """Every registered tuner with its family, description and options, in registration order."""
+    out = []
+    for name, target in _TARGETS.items():
+        cls = tuner_class(name)
+        out.append(TunerEntry(name, cls.family, cls.description, target, tuple(cls.Options.describe())))
+    return out
 
 
 def make_tuner(name: str, **options: Any) -> Tuner:
-    """The tuner called ``name`` with ``options`` (on top of the registered defaults)."""
-    entry = _ENTRIES.get(name)
-    if entry is None:
-        raise ValueError(f"unknown tuner {name!r}; allowed: {', '.join(_ENTRIES)} (see `paratune tuners list`)")
-    cls = getattr(importlib.import_module(entry.module), entry.attr)
-    tuner: Tuner = cls(**{**entry.options, **options})
-    return tuner
+    """The tuner called ``name`` built with ``options``.
+
+    Raises:
+        ValueError: an unknown name, or options that are not the tuner's (names, types, bounds): building
+            a tuner is cheap and does no I/O, so a campaign builds each of its tuners when its spec loads.
+    """
+    return tuner_class(name)(**options)

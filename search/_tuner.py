@@ -17,13 +17,29 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..costmodel import Metrics, Plan
+from ._options import TunerOptions
 from ._problem import Evaluation, Problem
 from ._result import HistoryPoint, TuneResult
+
+
+class Family(StrEnum):
+    """What kind of tuner it is: campaigns run the deterministic families once per scenario."""
+
+    HEURISTIC = "heuristic"
+    EXACT = "exact"
+    OPTUNA = "optuna"
+    RL = "rl"
+
+    @property
+    def deterministic(self) -> bool:
+        """Heuristics and exact solvers ignore the seed."""
+        return self in (Family.HEURISTIC, Family.EXACT)
 
 
 @dataclass(frozen=True)
@@ -162,20 +178,26 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 class Tuner(ABC):
     """Base of every tuner: ``tune(problem, budget, seed, callback) -> TuneResult``.
 
-    Subclasses set ``name``, ``family`` (heuristic, exact, optuna, rl), whether
-    they are ``stochastic`` (results depend on the seed) and ``exact`` (the result
-    is certified optimal under the cost model), and implement ``_search``.
-    Options are keyword arguments of the constructor, recorded in the result.
+    Subclasses set ``name``, ``family`` (heuristic, exact, optuna, rl), a one-line
+    ``description``, whether they are ``stochastic`` (results depend on the seed)
+    and ``exact`` (the result is certified optimal under the cost model), their
+    ``Options`` (a :class:`~._options.TunerOptions` dataclass), and implement
+    ``_search``. These class attributes are the one source the registry and
+    ``paratune tuners list`` read. Options are keyword arguments of the
+    constructor, checked there into ``self.config`` (so a typo fails before any
+    search) and recorded as given in the result (``self.options``).
     """
 
     name: ClassVar[str] = ""
-    family: ClassVar[str] = ""
+    family: ClassVar[Family] = Family.HEURISTIC
     stochastic: ClassVar[bool] = False
     exact: ClassVar[bool] = False
     default_budget: ClassVar[int | None] = None
     description: ClassVar[str] = ""
+    Options: ClassVar[type[TunerOptions]] = TunerOptions
 
     def __init__(self, **options: Any) -> None:
+        self.config = self.Options.parse(self.name or type(self).__name__, options)
         self.options = options
 
     def tune(

@@ -23,6 +23,8 @@ def check_study_options(kind: str, options: dict[str, Any]) -> None:
     if kind == "granularity":
         for g in _str_list(options.get("granularities"), "granularities"):
             parse_granularity(g)
+        from .. import agents  # noqa: F401 (registers the rl tuner)
+
         known = tuner_names()
         for t in _str_list(options.get("tuners"), "tuners"):
             if t not in known:
