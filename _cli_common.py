@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,16 +30,29 @@ ScenarioOpt = Annotated[Path | None, typer.Option("--scenario", help="A scenario
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
 
 
+#: What a user's mistake raises: bad values (ValueError, its subclasses included), missing or misplaced files,
+#: unreadable YAML. Anything else (a KeyError, a TypeError...) is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
 def user_errors(func: F) -> F:
-    """Turn user mistakes (ValueError, KeyError, FileNotFoundError) into a one-line message and exit code 2."""
+    """Turn user mistakes (:data:`USER_ERRORS`, YAML errors) into a one-line message and exit code 2.
+
+    A programming error is not a user mistake: it propagates with its traceback. ``PARATUNE_DEBUG=1``
+    shows the traceback of user mistakes too.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import yaml
+
+        caught: tuple[type[BaseException], ...] = (*USER_ERRORS, yaml.YAMLError)
         try:
             return func(*args, **kwargs)
-        except (ValueError, KeyError, FileNotFoundError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"error: {message}", file=sys.stderr)
+        except caught as exc:
+            if os.environ.get("PARATUNE_DEBUG", "").strip() not in ("", "0"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -302,7 +302,7 @@ def _resolve(problem: Problem, where: str) -> None:
         raise ValueError(f"{where}: field 'platform': {exc}") from None
     try:
         problem.graph()
-    except (ValueError, KeyError) as exc:
+    except ValueError as exc:
         raise ValueError(f"{where}: field 'model': {exc}") from None
 
 

@@ -27,10 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..graphs import TaskGraph
 from ._platform import Platform
 
 SCHEDULES = ("1f1b", "gpipe")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,9 @@ class Plan:
         meta = graph.meta
         if not self.stages:
             return ["the plan has no stages"]
+        shape = self.shape_problems()
+        if shape:
+            return shape
         if self.schedule not in SCHEDULES:
             out.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.micro_batches < 1 or self.replicas < 1:
@@ -151,6 +160,38 @@ class Plan:
         if seen and (min(seen) < 0 or top >= platform.num_devices):
             out.append(f"device ids must lie in 0..{platform.num_devices - 1} for every replica (highest used: {top})")
         out.extend(self._coverage_problems(graph))
+        return out
+
+    def shape_problems(self) -> list[str]:
+        """Values of the wrong type or shape (a plan built in Python; files are checked when read).
+
+        The evaluators report a malformed plan as infeasible with these reasons; they
+        do not catch exceptions, so a bug in the cost model is raised, never read as an
+        infeasible plan.
+        """
+        out = [
+            f"{name} must be an integer, got {getattr(self, name)!r}"
+            for name in ("micro_batches", "replicas")
+            if not _is_int(getattr(self, name))
+        ]
+        if not isinstance(self.stages, tuple | list):
+            return [*out, f"stages must be a sequence of Stage, got {type(self.stages).__name__}"]
+        for i, s in enumerate(self.stages):
+            if not isinstance(s, Stage):
+                out.append(f"stage {i}: must be a Stage, got {type(s).__name__}")
+                continue
+            if not _is_int(s.tp):
+                out.append(f"stage {i}: tp must be an integer, got {s.tp!r}")
+            if not isinstance(s.devices, tuple | list) or not all(_is_int(d) for d in s.devices):
+                out.append(f"stage {i}: devices must be a sequence of integer ids, got {s.devices!r}")
+            if s.layers is not None and not (
+                isinstance(s.layers, tuple | list) and len(s.layers) == 2 and all(_is_int(x) for x in s.layers)
+            ):
+                out.append(f"stage {i}: layers must be a pair [first, last] of integers, got {s.layers!r}")
+            if s.tasks is not None and not (
+                isinstance(s.tasks, tuple | list) and all(isinstance(t, str) for t in s.tasks)
+            ):
+                out.append(f"stage {i}: tasks must be a sequence of task ids, got {s.tasks!r}")
         return out
 
     def _coverage_problems(self, graph: TaskGraph) -> list[str]:

@@ -259,10 +259,7 @@ class Simulator:
 
     def run(self, plan: Plan, *, timeline: bool = True) -> SimulationResult:
         """Simulate ``plan``; an invalid plan gives ``feasible=False`` with its problems, never an exception."""
-        try:
-            problems = plan.problems(self.graph, self.platform)
-        except Exception as exc:  # a malformed plan must give a reason, never a crash
-            problems = [f"malformed plan: {exc}"]
+        problems = plan.problems(self.graph, self.platform)  # a malformed plan gives reasons, a bug raises
         if problems:
             metrics = Metrics(
                 feasible=False, reason="invalid plan: " + "; ".join(problems), phase=self.phase,

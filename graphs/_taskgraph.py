@@ -187,10 +187,16 @@ class TaskGraph:
             raise ValueError(
                 f"{where}: field 'version' is {data.get('version')!r}; this paratune reads {FORMAT_VERSION}"
             )
-        graph = cls(GraphMeta(**data["meta"]))
-        for t in data["tasks"]:
-            graph.add_task(Task.from_dict(t))
-        for u, v, b in data["edges"]:
+        try:  # a user's file: a missing or misshapen field is a ValueError naming the file, not a KeyError
+            graph = cls(GraphMeta(**data["meta"]))
+            for t in data["tasks"]:
+                graph.add_task(Task.from_dict(t))
+            edges = [(str(u), str(v), float(b)) for u, v, b in data["edges"]]
+        except KeyError as exc:
+            raise ValueError(f"{where}: missing field {exc}") from None
+        except TypeError as exc:
+            raise ValueError(f"{where}: malformed graph ({exc})") from None
+        for u, v, b in edges:
             graph.add_edge(u, v, b)
         return graph
 

@@ -48,7 +48,7 @@ def _resolve(problem: Problem, path: Path) -> None:
         raise ValueError(f"{path}: field 'platform': {exc}") from None
     try:
         problem.graph()
-    except (ValueError, KeyError) as exc:
+    except ValueError as exc:
         raise ValueError(f"{path}: field 'model': {exc}") from None
 
 
