@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from ._cli_common import JsonOpt, console, print_json, user_errors
+from .agents._settings import TRAIN, TRANSFER
 
 
 @user_errors
@@ -23,19 +24,19 @@ def train_command(
         Path, typer.Option("--scenarios", help="Scenario pool: a YAML list of scenarios or a directory of them.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (policy.zip, policy.json, tb/, ...).")],
-    algo: Annotated[str, typer.Option("--algo", help="maskable-ppo | ppo | a2c.")] = "maskable-ppo",
-    timesteps: Annotated[int, typer.Option("--timesteps", "-n", min=1, help="Environment steps in all.")] = 100_000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
-    n_envs: Annotated[int, typer.Option("--n-envs", min=1, help="Parallel environments.")] = 1,
+    algo: Annotated[str, typer.Option("--algo", help="maskable-ppo | ppo | a2c.")] = TRAIN.algo,
+    timesteps: Annotated[
+        int, typer.Option("--timesteps", "-n", min=1, help="Environment steps in all.")
+    ] = TRAIN.timesteps,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = TRAIN.seed,
+    n_envs: Annotated[int, typer.Option("--n-envs", min=1, help="Parallel environments.")] = TRAIN.n_envs,
     vec_env: Annotated[
         str, typer.Option("--vec-env", help="auto (subprocesses when --n-envs > 1) | subproc | dummy (one process).")
-    ] = "auto",
+    ] = TRAIN.vec_env,
     granularity: Annotated[
         str | None, typer.Option("--granularity", "-g", help="layer | layers:k | ... (default: each scenario's).")
-    ] = None,
-    env_id: Annotated[str, typer.Option("--env", help="paratune/Mapping-v0 | paratune/Placement-v0.")] = (
-        "paratune/Mapping-v0"
-    ),
+    ] = TRAIN.granularity,
+    env_id: Annotated[str, typer.Option("--env", help="paratune/Mapping-v0 | paratune/Placement-v0.")] = TRAIN.env_id,
     random_setup: Annotated[
         float,
         typer.Option(
@@ -44,11 +45,11 @@ def train_command(
             max=1.0,
             help="Mapping-v0: share of episodes whose setup (replicas, micro-batches, recompute) is drawn at random.",
         ),
-    ] = 0.0,
+    ] = TRAIN.random_setup,
     imitate: Annotated[
         bool,
         typer.Option("--imitate/--no-imitate", help="Mapping-v0: first clone the dp optimum of every pool scenario."),
-    ] = False,
+    ] = TRAIN.imitate,
     imitate_setups: Annotated[
         int,
         typer.Option(
@@ -56,7 +57,7 @@ def train_command(
             min=0,
             help="Mapping-v0, with --imitate: also clone the dp optimum under this many other setups per scenario.",
         ),
-    ] = 0,
+    ] = TRAIN.imitate_setups,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -119,14 +120,14 @@ def transfer_command(
     scenario: Annotated[Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags.")] = None,
     finetune_steps: Annotated[
         int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps on this scenario (0: skip).")
-    ] = 2048,
+    ] = TRANSFER.finetune_steps,
     rollouts: Annotated[
         int, typer.Option("--rollouts", min=1, help="Rollouts of the rl tuner (greedy, setup sweep, sampled).")
-    ] = 64,
+    ] = TRANSFER.rollouts,
     temperature: Annotated[
         float, typer.Option("--temperature", min=0.01, help="Temperature of the sampled rollouts.")
-    ] = 1.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    ] = TRANSFER.temperature,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = TRANSFER.seed,
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot and fine-tuned results of a policy on one scenario, with gaps to the dp optimum and heuristics."""

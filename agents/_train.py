@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -36,9 +37,7 @@ from typing import Any
 
 from ..search import Problem
 from ._policy import ALGOS, Policy, algo_class, env_spec_of, library_versions, save_policy
-
-#: The environment policies are trained on unless told otherwise.
-DEFAULT_ENV_ID = "paratune/Mapping-v0"
+from ._settings import DEFAULT_ENV_ID, TRAIN, VecEnv
 
 #: Algorithm hyperparameters (besides n_steps and batch_size, sized from the run): small MLP, episodic reward.
 HYPERPARAMS: dict[str, dict[str, Any]] = {
@@ -51,7 +50,7 @@ NET_ARCH = [128, 128]
 #: Learning rate of :func:`finetune`: a third of training's, so a few thousand steps on one scenario
 #: adapt a policy without undoing what it learned on the pool.
 FINETUNE_LEARNING_RATE = 1e-4
-VEC_ENVS = ("auto", "subproc", "dummy")
+VEC_ENVS: tuple[str, ...] = typing.get_args(VecEnv)
 
 
 @dataclass(frozen=True)
@@ -115,25 +114,27 @@ def _sizes(timesteps: int, n_envs: int, n_steps: int | None) -> tuple[int, int]:
 def train(
     scenarios: str | Path | Sequence[Problem | dict[str, Any] | str | Path],
     *,
-    algo: str = "maskable-ppo",
-    timesteps: int = 100_000,
-    seed: int = 0,
+    algo: str = TRAIN.algo,
+    timesteps: int = TRAIN.timesteps,
+    seed: int = TRAIN.seed,
     out: str | Path,
-    n_envs: int = 1,
-    granularity: str | None = None,
-    env_id: str = DEFAULT_ENV_ID,
-    vec_env: str = "auto",
+    n_envs: int = TRAIN.n_envs,
+    granularity: str | None = TRAIN.granularity,
+    env_id: str = TRAIN.env_id,
+    vec_env: str = TRAIN.vec_env,
     n_steps: int | None = None,
     eval_freq: int | None = None,
-    n_evals: int = 10,
-    checkpoints: int = 4,
+    n_evals: int = TRAIN.n_evals,
+    checkpoints: int = TRAIN.checkpoints,
     progress_bar: bool = True,
     verbose: int = 0,
-    random_setup: float = 0.0,
-    imitate: bool = False,
-    imitate_setups: int = 0,
+    random_setup: float = TRAIN.random_setup,
+    imitate: bool = TRAIN.imitate,
+    imitate_setups: int = TRAIN.imitate_setups,
 ) -> TrainResult:
     """Train a policy on a scenario pool and save it as ``OUT/policy.zip`` + ``OUT/policy.json``.
+
+    The defaults are :data:`~._settings.TRAIN`'s (the ``paratune train`` command reads the same).
 
     Args:
         scenarios: the pool (a YAML list of scenarios, a directory, or problems; see

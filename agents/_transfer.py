@@ -27,6 +27,7 @@ from typing import Any
 from ..search import Problem, TuneResult, make_tuner
 from ._policy import Policy
 from ._rl_tuner import RLTuner, resolve_policy
+from ._settings import TRANSFER
 
 #: The heuristics the best heuristic is chosen among.
 HEURISTICS = ("megatron", "serving-default", "min-tp-replicas", "balanced-pp")
@@ -109,11 +110,11 @@ def transfer(
     problem: Problem,
     *,
     policy: str | Path | Policy | None = None,
-    finetune_steps: int = 2048,
-    rollouts: int = 64,
-    seed: int = 0,
+    finetune_steps: int = TRANSFER.finetune_steps,
+    rollouts: int = TRANSFER.rollouts,
+    seed: int = TRANSFER.seed,
     granularity: str | None = None,
-    temperature: float = 1.0,
+    temperature: float = TRANSFER.temperature,
 ) -> TransferReport:
     """Zero-shot and fine-tuned results of ``policy`` on ``problem``, with gaps (see the module docstring)."""
     if rollouts < 1:

@@ -50,11 +50,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import paratune.agents  # noqa: F401 (registers the rl tuner)
+from paratune.agents import register_tuners
 from paratune.search import Problem, Tuner, TuneResult, make_tuner, tuner_names
 from paratune.search._scenarios import default_scenarios_dir, load_scenarios
 
 REFERENCE_TUNER = "dp"
+register_tuners()  # the rl tuner
 
 
 @dataclass

@@ -312,7 +312,9 @@ def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], 
         return [], []
     if not isinstance(items, list) or not items:
         raise r.error("tuners", "must be a non-empty list of tuner names or {name, budget, options} mappings")
-    from .. import agents  # noqa: F401 (registers the rl tuner)
+    from ..agents import register_tuners
+
+    register_tuners()
 
     families = {e.name: e.family for e in tuner_entries()}
     out: list[TunerSpec] = []

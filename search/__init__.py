@@ -3,7 +3,7 @@
 Families: practitioners' heuristics, exact solvers that certify the optimum under
 the cost model (``dp``, ``enumerate``, ``dag-exact``), Optuna black-box searches
 (``optuna-*``). Reinforcement-learning policies live above this layer:
-``import paratune.agents`` registers the ``rl`` tuner. Importing this package
+``paratune.agents.register_tuners()`` registers the ``rl`` tuner. Importing this package
 imports neither Optuna nor torch; each tuner imports what it needs.
 """
 

@@ -5,9 +5,9 @@ tuner's family, description and options (:class:`~._tuner.Tuner`), read when a
 tuner is built or listed. The modules that define tuners import Optuna, torch or
 stable-baselines3 only inside their searches, so listing tuners stays cheap.
 
-Tuners defined above ``paratune.search`` register themselves when their package
-is imported (``import paratune.agents`` registers ``rl``); the command line and
-campaigns import those packages before they look a name up.
+Tuners defined above ``paratune.search`` are registered by their own layer
+(``paratune.agents.register_tuners()`` adds ``rl``), which the command line,
+campaigns and studies call before they look a name up: this layer names none of them.
 """
 
 from __future__ import annotations

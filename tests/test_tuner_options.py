@@ -11,11 +11,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import paratune.agents  # noqa: F401 (registers the rl tuner)
+from paratune.agents import register_tuners
 from paratune.campaign import CampaignSpec
 from paratune.cli import app
 from paratune.search import Family, make_tuner, tuner_class, tuner_entries, tuner_names
 
+register_tuners()
 TINY = {"model": "llama2-7b:layers=4", "platform": "dgx-a100", "phase": "decode", "context": 512}
 
 
@@ -35,6 +36,7 @@ def test_the_class_is_the_one_source_of_name_family_description_and_options() ->
 def test_listing_tuners_imports_neither_optuna_nor_torch() -> None:
     code = (
         "import sys, paratune.agents\n"
+        "paratune.agents.register_tuners()\n"
         "from paratune.search import tuner_entries\n"
         "names = [e.name for e in tuner_entries()]\n"
         "assert 'rl' in names and 'optuna-tpe' in names, names\n"
