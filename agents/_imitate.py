@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..graphs import Phase
 from ..search import Problem, make_tuner
 
 
@@ -85,7 +86,7 @@ def _dp_under(problem: Problem, setup: dict[str, Any] | None) -> Any:
     if setup is None:
         return make_tuner("dp").tune(problem).best_plan
     options: dict[str, Any] = {"replicas": setup["replicas"], "micro_batches": setup["micro_batches"]}
-    if problem.phase == "train":
+    if problem.phase == Phase.TRAIN:
         options["recompute"] = "on" if setup.get("recompute") else "off"
     return make_tuner("dp", **options).tune(problem).best_plan
 
@@ -135,7 +136,7 @@ def demonstrations(
             continue
         env = MappingEnv(scenarios=[problem], granularity=granularity)
         o, _ = env.reset(seed=0)
-        steps = plan_actions(env, plan, problem.phase == "train")
+        steps = plan_actions(env, plan, problem.phase == Phase.TRAIN)
         for a in steps:
             mask = env.action_masks()
             if not mask[a]:

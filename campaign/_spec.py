@@ -50,6 +50,7 @@ from typing import Any
 from ..costmodel._fields import FieldReader, load_yaml
 from ..search import Family, Problem, make_tuner, tuner_entries
 from ..search._scenarios import SUFFIXES, load_scenario
+from ._states import Role
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 OPTIMUM_TUNER = "dp"
@@ -80,7 +81,7 @@ class JobSpec:
     budget: int | None
     options: dict[str, Any]
     seed: int
-    role: str = "tune"
+    role: str = Role.TUNE.value
 
 
 STUDY_KINDS = ("granularity", "static-vs-runtime")
@@ -184,7 +185,7 @@ class CampaignSpec:
                 if p.obj.multi:
                     continue  # a Pareto front has no single optimum value
                 t = listed_dp or TunerSpec(OPTIMUM_TUNER, OPTIMUM_TUNER, stochastic=False)
-                job = JobSpec(p.name, t.label, t.name, t.budget, t.options, self.seeds[0], "optimum")
+                job = JobSpec(p.name, t.label, t.name, t.budget, t.options, self.seeds[0], Role.OPTIMUM.value)
                 optimum_of[p.name] = job
                 out.append(job)
         for seed in self.seeds:
@@ -198,7 +199,8 @@ class CampaignSpec:
         for st in self.studies:
             for p in self.scenarios:
                 if st.scenarios is None or p.name in st.scenarios:
-                    out.append(JobSpec(p.name, st.label, f"study:{st.kind}", st.budget, st.options, st.seed, "study"))
+                    kind = f"study:{st.kind}"
+                    out.append(JobSpec(p.name, st.label, kind, st.budget, st.options, st.seed, Role.STUDY.value))
         return out
 
     def to_dict(self) -> dict[str, Any]:

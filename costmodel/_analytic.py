@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..graphs import TaskGraph
+from ..graphs import Phase, TaskGraph
 from ._analytic_eval import evaluate_plan
 from ._bounds import lower_bound_s
 from ._compute import KernelPricer, allreduce_time, group_link, pair_link
@@ -95,7 +95,7 @@ class AnalyticEvaluator:
         self.graph, self.platform = graph, platform
         meta = graph.meta
         self.phase, self.n_layers, self.batch = meta.phase, meta.n_layers, meta.batch
-        self.kv_len = meta.seq if meta.phase == "prefill" else meta.context + 1
+        self.kv_len = meta.seq if meta.phase == Phase.PREFILL else meta.context + 1
         self.tokens = meta.batch * meta.seq
         self.pricer = KernelPricer(platform, meta.dtype)
         self.units = UnitIndex(graph)

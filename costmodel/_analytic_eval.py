@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..graphs import Phase
 from ._compute import allreduce_time, p2p_time
 from ._metrics import Metrics
 from ._pipeline import training_makespan
-from ._plan import Plan
+from ._plan import Plan, Schedule
 from ._trust import annotate
 from ._units import range_max
 
@@ -28,8 +29,8 @@ def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
     scale = 1.0 / share
     stages = plan.stages
     p = len(stages)
-    train = phase == "train"
-    gpipe = plan.schedule == "gpipe"
+    train = phase == Phase.TRAIN
+    gpipe = plan.schedule == Schedule.GPIPE
     dpr = sum(st.tp for st in stages)
     sequences = ev.batch / r
     kv_len = ev.kv_len
@@ -128,11 +129,11 @@ def _finish(
     phase = ev.phase
     ttft = tbt = step = mfu = None
     pipelined = 0.0
-    if phase == "train":
+    if phase == Phase.TRAIN:
         backs = [t[0] for t in tails]
         fwds = [tau - b_ for tau, b_ in zip(taus, backs, strict=True)]
         ends = [t[1] + t[2] for t in tails]
-        latency = step = training_makespan(fwds, backs, hops, ends, m, plan.schedule == "gpipe")
+        latency = step = training_makespan(fwds, backs, hops, ends, m, plan.schedule == Schedule.GPIPE)
         _, dp, opt = max(tails, key=lambda x: x[1] + x[2])
         compute = sum_k + (m - 1) * kerns[b] + opt
         comm = sum_c + 2.0 * sum_hop + (m - 1) * comms[b] + dp
@@ -143,7 +144,7 @@ def _finish(
         path = sum(taus) + sum_hop
         bottleneck = top if top >= top_hop else top_hop
         compute, comm = sum_k, sum_c + sum_hop
-        if phase == "prefill":
+        if phase == Phase.PREFILL:
             latency = ttft = path + (m - 1) * bottleneck
             if top >= top_hop:
                 compute += (m - 1) * kerns[b]

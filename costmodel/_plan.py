@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ import numpy as np
 from ..graphs import TaskGraph
 from ._platform import Platform
 
-SCHEDULES = ("1f1b", "gpipe")
+
+class Schedule(StrEnum):
+    """Pipeline schedule of a training step (members are strings: ``Schedule.GPIPE == "gpipe"``)."""
+
+    ONE_F_ONE_B = "1f1b"  # one forward, one backward: at most p micro-batches' activations per stage
+    GPIPE = "gpipe"  # every forward, then every backward: m micro-batches' activations
+
+
+SCHEDULES: tuple[str, ...] = tuple(s.value for s in Schedule)
 
 
 def _is_int(value: Any) -> bool:
@@ -68,7 +77,7 @@ class Plan:
     granularity: str = "layer"
     micro_batches: int = 1
     replicas: int = 1
-    schedule: str = "1f1b"
+    schedule: str = Schedule.ONE_F_ONE_B.value
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -101,7 +110,7 @@ class Plan:
         pp: int = 1,
         micro_batches: int = 1,
         replicas: int = 1,
-        schedule: str = "1f1b",
+        schedule: str = Schedule.ONE_F_ONE_B.value,
         recompute: bool = False,
         first_device: int = 0,
     ) -> Plan:
@@ -282,7 +291,7 @@ class Plan:
             granularity=r.text("granularity", "layer"),
             micro_batches=r.integer("micro_batches", 1, minimum=1),
             replicas=r.integer("replicas", 1, minimum=1),
-            schedule=r.text("schedule", "1f1b", choices=SCHEDULES),
+            schedule=r.text("schedule", Schedule.ONE_F_ONE_B.value, choices=SCHEDULES),
         )
         r.raw("meta", None)
         r.finish()

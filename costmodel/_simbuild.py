@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..graphs import Phase
 from ._compute import allreduce_time, group_link, p2p_time, pair_link
 from ._plan import Plan
 from ._simengine import BACKWARD, SimInput
@@ -104,7 +105,7 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         x_dur.append(p2p_time(nbytes * scale, *terms))
         x_dur_once.append(p2p_time(nbytes, *terms))
         x_bytes.append(nbytes)
-    train = sim.phase == "train"
+    train = sim.phase == Phase.TRAIN
     m, r, p = plan.micro_batches, plan.replicas, plan.pp
     dp = None
     if train:
@@ -118,8 +119,8 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         n_stages=p, n_links=len(link_id), stage_of=stage_of, step=sim.step, once=sim.once, dur=dur,
         local_succ=local_succ, sends=sends, x_link=x_link, x_dur=x_dur, x_dur_once=x_dur_once, x_dst=x_dst,
         x_src=x_src, x_label=x_label,
-        instances=m * sim.decode_steps if sim.phase == "decode" else m,
-        chain=m if sim.phase == "decode" else 0,
+        instances=m * sim.decode_steps if sim.phase == Phase.DECODE else m,
+        chain=m if sim.phase == Phase.DECODE else 0,
         schedule=plan.schedule if train else "plain",
         warmup=[min(m, p - s) for s in range(p)], dp_dur=dp, strict=train and plan.is_layered,
     )  # fmt: skip

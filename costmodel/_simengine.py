@@ -32,6 +32,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+from ._plan import SCHEDULES, Schedule
+
 FORWARD, BACKWARD, OPTIMIZER = 0, 1, 2
 
 
@@ -87,8 +89,8 @@ def simulate(p: SimInput) -> SimOutput:
     x_link, x_dur, x_dur_once, x_dst = p.x_link, p.x_dur, p.x_dur_once, p.x_dst
     dp_dur = p.dp_dur
     sched = p.schedule
-    gate_f = sched == "1f1b"
-    gate_b = sched == "gpipe"
+    gate_f = sched == Schedule.ONE_F_ONE_B
+    gate_b = sched == Schedule.GPIPE
 
     # -- dependency counts ------------------------------------------------------
     npred = [0] * T
@@ -131,7 +133,7 @@ def simulate(p: SimInput) -> SimOutput:
     bleft = [nb[s] for s in range(S) for _ in range(Q)]
     done_b = [0] * S
     warm = [p.warmup[s] if gate_f and nb[s] else Q + 1 for s in range(S)] if gate_f else [Q + 1] * S
-    strict = p.strict and sched in ("1f1b", "gpipe")
+    strict = p.strict and sched in SCHEDULES
     slot_pos, slot_size, slot_seq = _slots(p, regular, strict)
     ptr = [0] * S
     slot_left = [slot_size[s][0] if slot_size[s] else 0 for s in range(S)]
@@ -162,7 +164,7 @@ def simulate(p: SimInput) -> SimOutput:
     def key_of(job: int, q: int, i: int) -> int:
         if sched == "plain":
             return job
-        first = step[i] == BACKWARD if sched == "1f1b" else step[i] == FORWARD
+        first = step[i] == BACKWARD if sched == Schedule.ONE_F_ONE_B else step[i] == FORWARD
         return (0 if first else QT) + job
 
     def eligible(q: int, i: int, s: int) -> bool:
@@ -347,7 +349,7 @@ def _slots(p: SimInput, regular: list[int], strict: bool) -> tuple[list[int], li
         if p.step[i] in (FORWARD, BACKWARD):
             count[p.stage_of[i]][p.step[i]] += 1
     for s in range(S):
-        if p.schedule == "gpipe":
+        if p.schedule == Schedule.GPIPE:
             order = [(FORWARD, q) for q in range(Q)] + [(BACKWARD, q) for q in range(Q)]
         else:
             w = min(p.warmup[s], Q)

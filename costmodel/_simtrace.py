@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..graphs import Phase
 from ._plan import Plan
 from ._simengine import SimInput, SimOutput
 
@@ -75,7 +76,7 @@ def timeline_events(
     """Every compute bar, all-reduce and transfer of the run, in start order."""
     T, Q, NX, D0, X0 = out.tasks, out.instances, out.nx, out.dp0, out.x0
     start, end = out.start, out.end
-    decode = sim.phase == "decode"
+    decode = sim.phase == Phase.DECODE
     m = plan.micro_batches
     ids, stage_of = sim.ids, inp.stage_of
     seg_cache: dict[tuple[int, bool], list[tuple[str, float]]] = {}

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ..graphs import TaskGraph
+from ..graphs import Phase, TaskGraph
 from ._bounds import lower_bound_s
 from ._compute import KernelPricer, OpTable, allreduce_time
 from ._memory import kv_cache_memory, training_state_memory, weight_memory
@@ -163,7 +163,7 @@ class Simulator:
         self.op_task, self.fwd_ops = op_task, step_of_op == FORWARD
         self.ar_ops = np.flatnonzero(self.table.allreduce_bytes > 0).tolist()
         self.pricer = KernelPricer(platform, meta.dtype)
-        self.kv_len = meta.seq if self.phase == "prefill" else meta.context + 1
+        self.kv_len = meta.seq if self.phase == Phase.PREFILL else meta.context + 1
         is_last = np.zeros(len(ops), dtype=bool)
         is_last[self.last_op] = True
         self._inner_mask = ~is_last
@@ -284,7 +284,7 @@ class Simulator:
         for s, st in enumerate(plan.stages):
             table = self._stage_ops(stage_of, s)
             need = weight_memory(table, st.tp)
-            if self.phase == "train":
+            if self.phase == Phase.TRAIN:
                 need += training_state_memory(table, st.tp, self.graph.meta.dtype)
             else:
                 need += kv_cache_memory(table, st.tp, self.graph.meta.batch // plan.replicas, self.kv_len)
@@ -293,7 +293,7 @@ class Simulator:
 
     def _pipelined(self, tokens: float, latency: float, plan: Plan, stage_times: list[float], built: Built) -> float:
         """Steady-state tokens/s of a stream of batches (prefill: the bottleneck stage or link sets the pace)."""
-        if self.phase != "prefill" or latency <= 0:
+        if self.phase != Phase.PREFILL or latency <= 0:
             return tokens / latency if latency > 0 else math.inf
         per_link = [0.0] * built.inp.n_links  # a link carries its transfers one at a time
         for link, duration in zip(built.inp.x_link, built.inp.x_dur, strict=True):
@@ -324,7 +324,7 @@ class Simulator:
         out: SimOutput = simulate(inp)
         if min(out.inst_last, default=0) < 0:
             raise RuntimeError("simulation stalled: some task instances never ran (a bug: please report the plan)")
-        if self.phase == "decode":
+        if self.phase == Phase.DECODE:
             ends = [max(out.inst_end[k * m : (k + 1) * m]) for k in range(self.decode_steps)]
             w0, w1 = ends[-2], ends[-1]
             last = (self.decode_steps - 1) * m
@@ -335,7 +335,7 @@ class Simulator:
         latency = w1 - w0
         compute, comm, idle = critical_breakdown(inp, out, built.ar_part, final, w0, w1)
         static = self.static_memory(plan, stage_of)
-        recompute = [st.recompute and self.phase == "train" for st in plan.stages]
+        recompute = [st.recompute and self.phase == Phase.TRAIN for st in plan.stages]
         sizes = [self.tensor_sizes(st.tp) for st in plan.stages]
         acts, curves = activation_peaks(
             inp, out, sizes, built.x_bytes, self.bwd_of, recompute, scale, keep_timeline=keep
@@ -369,15 +369,16 @@ class Simulator:
             for s, (st, n) in enumerate(zip(plan.stages, outside, strict=True))
             if n > 0.5
         ]
-        tokens = meta.batch if self.phase == "decode" else meta.batch * meta.seq
+        tokens = meta.batch if self.phase == Phase.DECODE else meta.batch * meta.seq
         mfu = None
-        if self.phase == "train":
+        if self.phase == Phase.TRAIN:
             flops = float(self.table.flops[~np.array(self.once)[self.op_task]].sum())
             mfu = flops / (latency * plan.num_devices * self.pricer.peak) if latency > 0 else 0.0
         metrics = Metrics(
             feasible=not reason, reason=reason, phase=self.phase, latency_s=latency,
-            ttft_s=latency if self.phase == "prefill" else None, tbt_s=latency if self.phase == "decode" else None,
-            step_s=latency if self.phase == "train" else None,
+            ttft_s=latency if self.phase == Phase.PREFILL else None,
+            tbt_s=latency if self.phase == Phase.DECODE else None,
+            step_s=latency if self.phase == Phase.TRAIN else None,
             tokens_per_s=tokens / latency if latency > 0 else math.inf, mfu=mfu, peak_memory_bytes=memory,
             pipelined_tokens_per_s=self._pipelined(tokens, latency, plan, stage_times, built),
             memory_capacity_bytes=usable, lower_bound_s=self.lower_bound,

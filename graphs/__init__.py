@@ -11,7 +11,7 @@ from ._builder import build_graph, build_spec_graph
 from ._coarsen import coarsen, parse_granularity
 from ._sources import load_graph
 from ._task import KINDS, SHARD_RULES, STEPS, Op, Task
-from ._taskgraph import PHASES, GraphMeta, TaskGraph
+from ._taskgraph import PHASES, GraphMeta, Phase, TaskGraph
 from ._toy import toy_graph
 from ._zoo import DTYPE_BYTES, PRESETS, ModelSpec, get_model
 
@@ -25,6 +25,7 @@ __all__ = [
     "GraphMeta",
     "ModelSpec",
     "Op",
+    "Phase",
     "Task",
     "TaskGraph",
     "build_graph",

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._task import Op, Task
-from ._taskgraph import GraphMeta, TaskGraph
+from ._taskgraph import GraphMeta, Phase, TaskGraph
 from ._zoo import ModelSpec, get_model
 
 #: Backward costs twice the forward FLOPs (input and weight gradients).
@@ -112,8 +112,8 @@ def _attention(b: _Builder, i: int, inputs: list[str], tokens: float, q_len: int
     h, kvd, batch, phase = s.hidden, s.kv_dim, b.meta.batch, b.meta.phase
     th = tokens * h
     kv_per_token = 2.0 * kvd * dt
-    kv_read = batch * kv_len * kv_per_token if phase == "decode" else tokens * 2 * kvd * dt
-    kv_store = 0.0 if phase == "train" else kv_per_token
+    kv_read = batch * kv_len * kv_per_token if phase == Phase.DECODE else tokens * 2 * kvd * dt
+    kv_store = 0.0 if phase == Phase.TRAIN else kv_per_token
     scope = f"layers.{i}.attn"
     if s.attention == "flash":
         op = Op(
@@ -371,9 +371,9 @@ def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, conte
         seq: prompt (prefill) or sequence (train) length; ignored by decode.
         context: KV length of a decode step (defaults to ``seq``).
     """
-    if spec.arch == "encoder" and phase == "decode":
+    if spec.arch == "encoder" and phase == Phase.DECODE:
         raise ValueError(f"model {spec.name!r} is an encoder: phase 'decode' is not defined (use prefill or train)")
-    context = context or (seq if phase == "decode" else 0)
+    context = context or (seq if phase == Phase.DECODE else 0)
     meta = GraphMeta(
         model=spec.name,
         phase=phase,
@@ -389,8 +389,8 @@ def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, conte
     )
     b = _Builder(spec, meta)
     s, dt = spec, spec.dtype_bytes
-    q_len = 1 if phase == "decode" else seq
-    kv_len = context + 1 if phase == "decode" else seq
+    q_len = 1 if phase == Phase.DECODE else seq
+    kv_len = context + 1 if phase == Phase.DECODE else seq
     tokens = float(batch * q_len)
     th = tokens * s.hidden
     emb_params = s.vocab * s.hidden
@@ -425,7 +425,7 @@ def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, conte
     for i in range(s.layers):
         x = _layer(b, i, x, tokens, q_len, kv_len)
     n = s.layers
-    head_tokens = float(batch) if phase == "prefill" and s.arch == "decoder" else tokens
+    head_tokens = float(batch) if phase == Phase.PREFILL and s.arch == "decoder" else tokens
     fn = b.add(
         _pointwise(
             "final_norm",
@@ -452,7 +452,7 @@ def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, conte
         weight_bytes=emb_params * dt,
     )
     x = b.add(head, layer=n, block="head", scope="lm_head", inputs=[fn])
-    if phase == "train":
+    if phase == Phase.TRAIN:
         loss = _pointwise("loss", "loss", head_tokens * s.vocab, head_tokens, 4, shard="vocab")
         b.add(_with(loss, flops=5.0 * head_tokens * s.vocab), layer=n, block="head", scope="loss", inputs=[x])
         add_backward_and_optimizer(b.graph, b.forward, dtype_bytes=dt, n_layers=s.layers)

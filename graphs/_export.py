@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from ._replicate import TEMPLATE_LAYERS, homogeneous, template_config
+from ._taskgraph import Phase
 
 if TYPE_CHECKING:
     from torch import nn
@@ -112,7 +113,7 @@ def prepare_hf(
         auto_cls, encoder = transformers.AutoModelForCausalLM, False
     else:
         raise ValueError(f"model {source!r}: {model_type!r} has neither a causal-LM nor a masked-LM head")
-    if encoder and phase == "decode":
+    if encoder and phase == Phase.DECODE:
         raise ValueError(f"model {source!r} is an encoder: phase 'decode' is not defined (use prefill or train)")
     model = _build_hf(torch, auto_cls, config, torch_dtype, source)
     prefix, n_layers = _find_layers(model)
@@ -131,18 +132,18 @@ def prepare_hf(
             model = _build_hf(torch, auto_cls, small, torch_dtype, source)
             prep.root, prep.full_layers = model, n_layers
             prep.layer_prefix, prep.n_layers = _find_layers(model)
-    model.train(phase == "train")
+    model.train(phase == Phase.TRAIN)
     accepted = _accepts(model.forward)
     cache_arg = "cache" if "cache" in accepted else "past_key_values"
-    ids = torch.zeros((batch, 1 if phase == "decode" else seq), dtype=torch.long, device="meta")
+    ids = torch.zeros((batch, 1 if phase == Phase.DECODE else seq), dtype=torch.long, device="meta")
     kwargs: dict[str, Any] = {"input_ids": ids}
     if "use_cache" in accepted:
-        kwargs["use_cache"] = phase == "decode"
-    if phase == "train" and "labels" in accepted:
+        kwargs["use_cache"] = phase == Phase.DECODE
+    if phase == Phase.TRAIN and "labels" in accepted:
         kwargs["labels"] = ids
-    if phase == "prefill" and not encoder and "logits_to_keep" in accepted:
+    if phase == Phase.PREFILL and not encoder and "logits_to_keep" in accepted:
         kwargs["logits_to_keep"] = 1
-    if phase != "decode":
+    if phase != Phase.DECODE:
         prep.kwargs = kwargs
         return prep
     keys, values = _cache_shapes(torch, model, cache_arg, accepted, batch, context)
@@ -167,11 +168,11 @@ def prepare_module(
     config = getattr(model, "config", None)
     dtype, dtype_name = _graph_dtype(torch, getattr(config, "dtype", None) if config is not None else None)
     model = model.to(device="meta", dtype=dtype)
-    model.train(phase == "train")
+    model.train(phase == Phase.TRAIN)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     hidden = _config_int(config, "hidden_size", "n_embd", "d_model") or (linears[0].in_features if linears else 0)
     if example is None:
-        if phase == "decode":
+        if phase == Phase.DECODE:
             raise ValueError(f"{source}: decode needs the factory to return (module, kwargs) with its KV cache")
         names = [n for n in _accepts(model.forward) if n not in ("args", "kwargs")]
         if not names:

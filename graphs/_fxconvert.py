@@ -48,7 +48,7 @@ from ._fxops import (
 )
 from ._replicate import replicate_layers
 from ._task import Op, Task
-from ._taskgraph import GraphMeta, TaskGraph
+from ._taskgraph import GraphMeta, Phase, TaskGraph
 from ._zoo import DTYPE_BYTES
 
 
@@ -200,7 +200,7 @@ class Converter:
         if cache_append:
             written = read  # the new token is written in place; DynamicCache's copy is not charged
         kv_per_token = 0.0
-        if kind == "attention" and self.meta.phase != "train" and len(args) >= 3:
+        if kind == "attention" and self.meta.phase != Phase.TRAIN and len(args) >= 3:
             q, k = args[0].meta.get("val"), args[1].meta.get("val")
             tokens = float(q.shape[0] * k.shape[-2]) if is_tensor(q) and is_tensor(k) else 0.0
             kv_per_token = (self.source[args[1]].nbytes + self.source[args[2]].nbytes) / tokens if tokens else 0.0
@@ -246,7 +246,7 @@ class Converter:
             for producer, edge_bytes in rec.producers.items():
                 cap = producer.out_bytes or edge_bytes
                 graph.add_edge(ids[producer], task_id, min(edge_bytes, cap))
-        if self.meta.phase == "train":
+        if self.meta.phase == Phase.TRAIN:
             add_backward_and_optimizer(graph, forward, dtype_bytes=DTYPE_BYTES.get(self.meta.dtype, 2), n_layers=n)
         return graph
 

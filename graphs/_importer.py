@@ -48,7 +48,7 @@ from typing import Any
 
 from ._export import Prepared, export, export_settings, prepare_hf, prepare_module
 from ._fxconvert import Converter
-from ._taskgraph import PHASES, GraphMeta, TaskGraph
+from ._taskgraph import PHASES, GraphMeta, Phase, TaskGraph
 
 __all__ = ["import_torch_graph"]
 
@@ -84,7 +84,7 @@ def import_torch_graph(
         raise ValueError(f"phase {phase!r} is not one of: {', '.join(PHASES)}")
     if batch < 1 or seq < 1 or context < 0:
         raise ValueError(f"batch and seq must be >= 1 and context >= 0 (got {batch}, {seq}, {context})")
-    context = context or (seq if phase == "decode" else 0)
+    context = context or (seq if phase == Phase.DECODE else 0)
     torch = _require("torch")
     with export_settings(torch):
         for replicate in (True, False) if replicate_layers else (False,):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,20 @@ import networkx as nx
 from ._task import Task
 
 FORMAT_VERSION = 1
-PHASES = ("prefill", "decode", "train")
+
+
+class Phase(StrEnum):
+    """What a graph runs: a prompt's prefill, one decode step, or a training step.
+
+    Members are strings (``Phase.TRAIN == "train"``), so files and JSON keep the plain names.
+    """
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    TRAIN = "train"
+
+
+PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,7 @@ class GraphMeta:
     @property
     def tokens(self) -> int:
         """Tokens processed by one pass: batch x seq (prefill/train) or batch (decode)."""
-        return self.batch if self.phase == "decode" else self.batch * self.seq
+        return self.batch if self.phase == Phase.DECODE else self.batch * self.seq
 
 
 class TaskGraph:

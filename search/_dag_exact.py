@@ -57,6 +57,7 @@ import numpy as np
 from ..costmodel import Plan, Simulator, Stage
 from ..costmodel._compute import group_link, p2p_time, pair_link
 from ..costmodel._simengine import BACKWARD
+from ..graphs import Phase
 from ._options import TunerOptions, about
 from ._problem import Problem
 from ._tuner import Family, Recorder, Tuner
@@ -212,12 +213,12 @@ class _Search:
         self.obj = problem.obj
         self.multi = self.obj.multi
         self.maximise = self.obj.direction == "maximize"
-        self.prefill_rate = self.maximise and self.phase == "prefill"
+        self.prefill_rate = self.maximise and self.phase == Phase.PREFILL
         meta = sim.graph.meta
-        self.tokens = float(meta.batch if self.phase == "decode" else meta.batch * meta.seq)
+        self.tokens = float(meta.batch if self.phase == Phase.DECODE else meta.batch * meta.seq)
         self.limit = problem.memory_limit_bytes
         lim = problem.limits
-        slo = lim.tbt_ms if self.phase == "decode" else lim.ttft_ms if self.phase == "prefill" else None
+        slo = lim.tbt_ms if self.phase == Phase.DECODE else lim.ttft_ms if self.phase == Phase.PREFILL else None
         self.slo = None if slo is None else slo * 1e-3
         # Predecessors of each task, with the fewest bytes the simulator can send for the edge across groups
         # (a tensor goes once per consumer group, capped by its producer's output; gradients summed first).

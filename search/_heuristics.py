@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..costmodel import Plan
+from ..graphs import Phase
 from ._plans import contiguous_plan, divisors, even_cuts
 from ._problem import GIB, Evaluation, Problem
 from ._tuner import Family, Recorder, Tuner
@@ -70,7 +71,7 @@ def _shape(problem: Problem) -> _Shape:
         nodes=max(1, devices // per_node),
         devices=devices,
         batch=graph.meta.batch,
-        train=problem.phase == "train",
+        train=problem.phase == Phase.TRAIN,
     )
 
 

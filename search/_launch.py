@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..costmodel import Plan
+from ..costmodel import Plan, Schedule
+from ..graphs import Phase
 from ._problem import Problem
 
 # Hugging Face ids of the zoo's presets (for the vLLM line); other models print a placeholder.
@@ -52,7 +53,7 @@ def _common_problem(plan: Plan) -> str:
 
 def vllm_line(plan: Plan, problem: Problem) -> LaunchLine:
     """``vllm serve`` flags; uneven stage sizes go through ``VLLM_PP_LAYER_PARTITION``."""
-    if problem.phase == "train":
+    if problem.phase == Phase.TRAIN:
         return LaunchLine("vllm", None, "vLLM serves inference; this is a training plan")
     why = _common_problem(plan)
     if why:
@@ -73,7 +74,7 @@ def vllm_line(plan: Plan, problem: Problem) -> LaunchLine:
 
 def megatron_line(plan: Plan, problem: Problem) -> LaunchLine:
     """Megatron-LM's parallelism flags (model flags are the user's)."""
-    if problem.phase != "train":
+    if problem.phase != Phase.TRAIN:
         return LaunchLine("megatron-lm", None, "Megatron-LM trains; use the vLLM line for inference")
     why = _common_problem(plan)
     if why:
@@ -100,7 +101,7 @@ def megatron_line(plan: Plan, problem: Problem) -> LaunchLine:
         return LaunchLine("megatron-lm", None, "recomputation differs between stages; Megatron-LM sets it for all")
     if recompute == {True}:
         flags.append("--recompute-granularity full --recompute-method uniform --recompute-num-layers 1")
-    if plan.schedule == "gpipe":
+    if plan.schedule == Schedule.GPIPE:
         return LaunchLine("megatron-lm", None, "Megatron-LM runs 1F1B, not GPipe")
     world = plan.num_devices
     return LaunchLine(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..costmodel import Metrics
+from ..graphs import Phase
 
 
 @dataclass(frozen=True)
@@ -64,27 +65,33 @@ def _with_memory(metrics: Metrics) -> tuple[float, ...]:
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
     for o in (
-        Objective("ttft", ("prefill",), ("minimize",), _latency, "time to first token (prefill latency), s"),
-        Objective("tbt", ("decode",), ("minimize",), _latency, "time between tokens (one decode step), s"),
-        Objective("step", ("train",), ("minimize",), _latency, "training step time, s"),
+        Objective("ttft", (Phase.PREFILL,), ("minimize",), _latency, "time to first token (prefill latency), s"),
+        Objective("tbt", (Phase.DECODE,), ("minimize",), _latency, "time between tokens (one decode step), s"),
+        Objective("step", (Phase.TRAIN,), ("minimize",), _latency, "training step time, s"),
         Objective(
             "throughput",
-            ("prefill", "decode", "train"),
+            tuple(Phase),
             ("maximize",),
             lambda m: (m.pipelined_tokens_per_s,),
             "tokens/s of a stream of batches with the pipeline kept full (maximised; prefill: set by the bottleneck)",
         ),
         Objective(
-            "ttft+memory", ("prefill",), ("minimize", "minimize"), _with_memory, "TTFT and peak memory per device"
+            "ttft+memory", (Phase.PREFILL,), ("minimize", "minimize"), _with_memory, "TTFT and peak memory per device"
         ),
-        Objective("tbt+memory", ("decode",), ("minimize", "minimize"), _with_memory, "TBT and peak memory per device"),
         Objective(
-            "step+memory", ("train",), ("minimize", "minimize"), _with_memory, "step time and peak memory per device"
+            "tbt+memory", (Phase.DECODE,), ("minimize", "minimize"), _with_memory, "TBT and peak memory per device"
+        ),
+        Objective(
+            "step+memory",
+            (Phase.TRAIN,),
+            ("minimize", "minimize"),
+            _with_memory,
+            "step time and peak memory per device",
         ),
     )
 }
 
-DEFAULT_OBJECTIVE = {"prefill": "ttft", "decode": "tbt", "train": "step"}
+DEFAULT_OBJECTIVE: dict[str, str] = {Phase.PREFILL: "ttft", Phase.DECODE: "tbt", Phase.TRAIN: "step"}
 
 
 def get_objective(name: str, phase: str) -> Objective:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import networkx as nx
 
 from ..costmodel import Plan, Stage
-from ..graphs import parse_granularity
+from ..graphs import Phase, parse_granularity
 from ._plans import contiguous_plan, divisors
 from ._problem import Problem
 
@@ -57,7 +57,7 @@ class Space(ABC):
     def __init__(self, problem: Problem, *, ordinal_only: bool = False) -> None:
         self.problem = problem
         self.ordinal_only = ordinal_only
-        self.train = problem.phase == "train"
+        self.train = problem.phase == Phase.TRAIN
         batch = problem.graph().meta.batch
         self.batch = batch
         self.replica_choices = [r for r in divisors(batch) if r <= problem.max_devices]

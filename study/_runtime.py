@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ..costmodel import Plan
+from ..graphs import Phase
 from ..search import Limits, Problem, tune
 from ..search._objective import DEFAULT_OBJECTIVE, get_objective
 from ._common import Checkpoints, StudyTable, fmt_pct, fmt_seconds, provenance, write_study
@@ -142,14 +143,14 @@ def _bucket_problems(
 ) -> list[_BucketProblem]:
     out = []
     for b in workload.buckets(max_buckets):
-        context = b.prompt + round(b.output / 2) if phase == "decode" else 0
-        seq = context if phase == "decode" else b.prompt
+        context = b.prompt + round(b.output / 2) if phase == Phase.DECODE else 0
+        seq = context if phase == Phase.DECODE else b.prompt
         problem = Problem(
             model, platform, phase=phase, objective=objective, batch=b.batch, seq=seq, context=context,
             granularity=granularity, limits=limits,
         )  # fmt: skip
-        out.append(_BucketProblem(b, problem, context, b.output if phase == "decode" else 1.0))
-    if phase == "decode" and not any(item.weight for item in out):
+        out.append(_BucketProblem(b, problem, context, b.output if phase == Phase.DECODE else 1.0))
+    if phase == Phase.DECODE and not any(item.weight for item in out):
         raise ValueError(f"workload {workload.name!r} generates no output tokens: there is nothing to decode")
     return out
 
@@ -495,7 +496,7 @@ def run_runtime_study(
             ablated[group] += item.weight * value
         row = {
             **item.bucket.to_dict(),
-            "context": item.context if item.problem.phase == "decode" else None,
+            "context": item.context if item.problem.phase == Phase.DECODE else None,
             "weight": item.weight,
             "optimum": oracle[i],
             "optimum_plan": best_plan.to_dict(),

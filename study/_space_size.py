@@ -47,6 +47,7 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
+from ..graphs import Phase
 from ..search import Problem
 from ..search._plans import divisors
 
@@ -166,7 +167,7 @@ def space_log10(problem: Problem, granularity: str, space: str) -> float | None:
     """log10 of the plans in ``space`` ("layered", "hybrid", "placement", "dag-placement") at ``granularity``."""
     tps = problem.tp_degrees()
     devices = problem.max_devices
-    train_flags = 2 if problem.phase == "train" else 1
+    train_flags = 2 if problem.phase == Phase.TRAIN else 1
     if space in ("layered", "hybrid"):
         hybrid = space == "hybrid"
         return log10(
