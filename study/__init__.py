@@ -24,10 +24,12 @@ _NAMES = {
     "find_studies": "._run",
     "load_study": "._common",
     "StudyTable": "._common",
+    "GranularityCell": "._granularity",
     "run_granularity_study": "._granularity",
     "run_runtime_study": "._runtime",
     "load_workload": "._workload",
     "Workload": "._workload",
+    "ReshardCost": "._switching",
     "reshard_cost": "._switching",
 }
 

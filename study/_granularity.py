@@ -38,16 +38,18 @@ found by several tuners), it names the tied cell whose tuner finished fastest, a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..graphs import parse_granularity
-from ..search import Problem, tune, tuner_entries, tuner_names
+from ..search import Family, Problem, tune, tuner_entries, tuner_names
 from ._common import Checkpoints, StudyTable, fmt_pct, fmt_seconds, provenance, write_study
 from ._space_size import log10, space_log10
 
@@ -112,23 +114,23 @@ def _check_inputs(
 
 
 def _family(tuner: str) -> str:
-    return next(e.family for e in tuner_entries() if e.name == tuner)
+    return str(next(e.family for e in tuner_entries() if e.name == tuner))
 
 
 def _options(family: str, granularity: str) -> dict[str, Any]:
     """Tuner options of a cell: Optuna searches task placements at op and sublayer (their default elsewhere)."""
-    if family == "optuna" and parse_granularity(granularity)[0] in _FINE_LEVELS:
+    if family == Family.OPTUNA and parse_granularity(granularity)[0] in _FINE_LEVELS:
         return {"space": "placement"}
     return {}
 
 
 def _space(family: str, tuner: str, options: dict[str, Any], graph_layered: bool) -> str:
     """The name of the space the tuner searches (see :func:`._space_size.space_log10`)."""
-    if family == "optuna":
+    if family == Family.OPTUNA:
         return str(options.get("space") or ("hybrid" if graph_layered else "placement"))
     if tuner == "dag-exact":
         return "dag-placement"
-    return {"heuristic": "rule", "rl": "policy"}.get(family, "layered")
+    return {Family.HEURISTIC: "rule", Family.RL: "policy"}.get(Family(family), "layered")
 
 
 def _problem_spec(problem: Problem) -> dict[str, Any]:
@@ -148,12 +150,65 @@ def _cell_key(problem: Problem, granularity: str, tuner: str, budget: int, seed:
     digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
     family = _family(tuner)
     options = json.dumps(_options(family, granularity), sort_keys=True)
-    if family not in ("optuna", "rl"):  # exact solvers and rules run to completion, whatever the budget
+    if family not in (Family.OPTUNA, Family.RL):  # exact solvers and rules run to completion, whatever the budget
         return f"{granularity}|{tuner}|{digest}|options={options}|problem={spec}"
     return f"{granularity}|{tuner}|budget={budget}|seed={seed}|{digest}|options={options}|problem={spec}"
 
 
-def run_cell(problem: Problem, granularity: str, tuner: str, *, budget: int, seed: int) -> dict[str, Any]:
+CellStatus = Literal["ok", "skipped", "infeasible", "error"]
+
+
+@dataclass(frozen=True)
+class GranularityCell:
+    """One row of the granularity study: a tuner at a granularity (``to_dict`` is study.json's row).
+
+    ``status`` ok (a feasible plan, ``best`` its value), skipped (the tuner refused the
+    instance: ``reason``), infeasible (no feasible plan found) or error (a failure,
+    retried when the study is re-run). ``gap`` and ``gap_to_tuner_best`` are filled in
+    when every cell is known (:func:`run_granularity_study`).
+    """
+
+    granularity: str
+    tuner: str
+    family: str
+    space: str | None = None
+    status: CellStatus = "ok"
+    reason: str = ""
+    tasks: int | None = None
+    best: float | None = None
+    gap: float | None = None
+    gap_to_tuner_best: float | None = None
+    wall_s: float | None = None
+    evaluations: int = 0
+    space_log10: float | None = None
+    certified: bool | None = None
+    pp: int | None = None
+    tp: tuple[int, ...] | None = None
+    micro_batches: int | None = None
+    replicas: int | None = None
+    plan: dict[str, Any] | None = None
+    plan_granularity: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as study.json and the checkpoints write it (lists for tuples)."""
+        out = dataclasses.asdict(self)
+        out["tp"] = None if self.tp is None else list(self.tp)
+        out["notes"] = list(self.notes)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GranularityCell:
+        """A row read back (a checkpoint or study.json); unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if kwargs.get("tp") is not None:
+            kwargs["tp"] = tuple(kwargs["tp"])
+        kwargs["notes"] = tuple(kwargs.get("notes") or ())
+        return cls(**kwargs)
+
+
+def run_cell(problem: Problem, granularity: str, tuner: str, *, budget: int, seed: int) -> GranularityCell:
     """Run ``tuner`` on ``problem`` at ``granularity``: one row of the study (gaps filled in later).
 
     Search tuners (``optuna-*``, ``rl``) get ``budget`` evaluations; heuristics and
@@ -163,66 +218,46 @@ def run_cell(problem: Problem, granularity: str, tuner: str, *, budget: int, see
     family = _family(tuner)
     q = problem.with_(granularity=granularity)
     options = _options(family, granularity)
-    row: dict[str, Any] = {
-        "granularity": granularity,
-        "tuner": tuner,
-        "family": family,
-        "space": None,
-        "status": "ok",
-        "reason": "",
-        "tasks": None,
-        "best": None,
-        "gap": None,
-        "gap_to_tuner_best": None,
-        "wall_s": None,
-        "evaluations": 0,
-        "space_log10": None,
-        "certified": None,
-        "pp": None,
-        "tp": None,
-        "micro_batches": None,
-        "replicas": None,
-        "plan": None,
-        "plan_granularity": None,
-        "notes": [],
-    }
+    row = GranularityCell(granularity, tuner, family)
     start = time.perf_counter()
     try:
-        result = tune(q, tuner, budget=budget if family in ("optuna", "rl") else None, seed=seed, **options)
+        result = tune(q, tuner, budget=budget if family in (Family.OPTUNA, Family.RL) else None, seed=seed, **options)
     except ValueError as exc:
-        row.update(status="skipped", reason=str(exc), wall_s=time.perf_counter() - start)
+        row = replace(row, status="skipped", reason=str(exc), wall_s=time.perf_counter() - start)
     except Exception as exc:  # one broken cell must not lose the study's other cells
-        row.update(status="error", reason=f"{type(exc).__name__}: {exc}", wall_s=time.perf_counter() - start)
+        row = replace(row, status="error", reason=f"{type(exc).__name__}: {exc}", wall_s=time.perf_counter() - start)
     else:
-        row.update(wall_s=result.wall_s, evaluations=result.evaluations, notes=list(result.notes))
-        if family == "exact":
-            row["certified"] = bool(result.optimal)
+        row = replace(row, wall_s=result.wall_s, evaluations=result.evaluations, notes=tuple(result.notes))
+        if family == Family.EXACT:
+            row = replace(row, certified=bool(result.optimal))
         plan = result.best_plan
         if plan is None or result.objective_value is None:
-            row.update(status="infeasible", reason="; ".join(result.notes) or "no feasible plan found")
+            row = replace(row, status="infeasible", reason="; ".join(result.notes) or "no feasible plan found")
         else:
-            row.update(
+            row = replace(
+                row,
                 best=float(result.objective_value),
                 pp=plan.pp,
-                tp=[s.tp for s in plan.stages],
+                tp=tuple(s.tp for s in plan.stages),
                 micro_batches=plan.micro_batches,
                 replicas=plan.replicas,
                 plan=plan.to_dict(),
                 plan_granularity=plan.granularity,
             )
             if plan.granularity != granularity:
-                row["reason"] = f"plans at {plan.granularity!r} granularity whatever the study's"
+                row = replace(row, reason=f"plans at {plan.granularity!r} granularity whatever the study's")
     try:
         graph = q.graph()
     except Exception:  # the tuner's failure to build it is already the row's reason
         return row
-    space = row["space"] = _space(family, tuner, options, graph.is_layered)
-    row["tasks"] = graph.num_tasks
+    space = _space(family, tuner, options, graph.is_layered)
     if space == "rule":
-        row["space_log10"] = log10(row["evaluations"])  # the rule's candidates: the plans it priced
+        size = log10(row.evaluations)  # the rule's candidates: the plans it priced
     elif space != "policy":
-        row["space_log10"] = space_log10(q, granularity, space)
-    return row
+        size = space_log10(q, granularity, space)
+    else:
+        size = None
+    return replace(row, space=space, tasks=graph.num_tasks, space_log10=size)
 
 
 # -- the study ----------------------------------------------------------------------
@@ -259,16 +294,18 @@ def run_granularity_study(
         raise ValueError(f"granularity study: budget must be >= 1 evaluation, got {budget}")
     checkpoints = Checkpoints(out_dir)
     total = len(grans) * len(names)
-    rows: list[dict[str, Any]] = []
+    rows: list[GranularityCell] = []
     for g in grans:
         for t in names:
             key = _cell_key(problem, g, t, budget, seed)
-            row = checkpoints.get(key)
-            reused = row is not None
-            if row is None:
+            saved = checkpoints.get(key)
+            reused = saved is not None
+            if saved is not None:
+                row = GranularityCell.from_dict(saved)
+            else:
                 row = run_cell(problem, g, t, budget=budget, seed=seed)
-                if row["status"] != "error":  # errors are retried on the next run
-                    checkpoints.put(key, row)
+                if row.status != "error":  # errors are retried on the next run
+                    checkpoints.put(key, row.to_dict())
             rows.append(row)
             if say is not None:
                 say(f"[{len(rows)}/{total}] {_cell_line(row, problem)}" + (" (reused)" if reused else ""))
@@ -285,13 +322,12 @@ def run_granularity_study(
     return data
 
 
-def _cell_line(row: dict[str, Any], problem: Problem) -> str:
-    head = f"{row['granularity']} x {row['tuner']}: "
-    if row["status"] != "ok":
-        return head + f"{row['status']} ({_first_line(row['reason'])})"
+def _cell_line(row: GranularityCell, problem: Problem) -> str:
+    head = f"{row.granularity} x {row.tuner}: "
+    if row.status != "ok":
+        return head + f"{row.status} ({_first_line(row.reason)})"
     return head + (
-        f"{format_value(row['best'], _unit(problem.objective))} "
-        f"({row['wall_s']:.2f} s, {row['evaluations']} evaluations)"
+        f"{format_value(row.best, _unit(problem.objective))} ({row.wall_s or 0.0:.2f} s, {row.evaluations} evaluations)"
     )
 
 
@@ -319,18 +355,29 @@ def _gap(value: float, ref: float, maximize: bool) -> float | None:
 
 
 def _assemble(
-    problem: Problem, grans: list[str], names: list[str], rows: list[dict[str, Any]], budget: int, seed: int
+    problem: Problem, grans: list[str], names: list[str], cells: list[GranularityCell], budget: int, seed: int
 ) -> dict[str, Any]:
     maximize = problem.obj.direction == "maximize"
     pick = max if maximize else min
-    ok = [r for r in rows if r["status"] == "ok"]
-    best_all = pick(r["best"] for r in ok) if ok else None
+    values = [v for c in cells if c.status == "ok" and (v := c.best) is not None]
+    best_all = pick(values) if values else None
+    best_of: dict[str, float | None] = {}
     for t in names:
-        mine = [r for r in ok if r["tuner"] == t]
-        best_t = pick(r["best"] for r in mine) if mine else None
-        for r in mine:
-            r["gap"] = _gap(r["best"], best_all, maximize) if best_all is not None else None
-            r["gap_to_tuner_best"] = _gap(r["best"], best_t, maximize) if best_t is not None else None
+        mine = [v for c in cells if c.tuner == t and c.status == "ok" and (v := c.best) is not None]
+        best_of[t] = pick(mine) if mine else None
+
+    def with_gaps(c: GranularityCell) -> GranularityCell:
+        if c.status != "ok" or c.best is None:
+            return c
+        best_t = best_of.get(c.tuner)
+        return replace(
+            c,
+            gap=_gap(c.best, best_all, maximize) if best_all is not None else None,
+            gap_to_tuner_best=_gap(c.best, best_t, maximize) if best_t is not None else None,
+        )
+
+    rows = [with_gaps(c).to_dict() for c in cells]
+    ok = [r for r in rows if r["status"] == "ok"]
     best: dict[str, Any] = {"value": None, "granularity": None, "tuner": None, "ties": 0}
     tied = [r for r in ok if r["gap"] == 0.0]
     if tied:
@@ -587,6 +634,7 @@ def granularity_figures(data: dict[str, Any]) -> list[Any]:
 
 
 __all__ = [
+    "GranularityCell",
     "default_granularities",
     "granularity_figures",
     "granularity_rank",

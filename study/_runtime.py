@@ -57,7 +57,7 @@ from ..graphs import Phase
 from ..search import Limits, Problem, tune
 from ..search._objective import DEFAULT_OBJECTIVE, get_objective
 from ._common import Checkpoints, StudyTable, fmt_pct, fmt_seconds, provenance, write_study
-from ._switching import DECISIONS, changed_decisions, fit_plan, reshard_cost, transplant
+from ._switching import DECISIONS, ReshardCost, changed_decisions, fit_plan, reshard_cost, transplant
 from ._workload import MAX_BUCKETS, Bucket, Workload
 
 Say = Callable[[str], None]
@@ -432,9 +432,9 @@ def run_runtime_study(
 
     # -- (c) K precompiled plans -------------------------------------------------------
     reshard_problem = items[0].problem
-    switch_cache: dict[tuple[Plan, Plan], dict[str, float]] = {}
+    switch_cache: dict[tuple[Plan, Plan], ReshardCost] = {}
 
-    def switch(a: Plan, b: Plan) -> dict[str, float]:
+    def switch(a: Plan, b: Plan) -> ReshardCost:
         if (a, b) not in switch_cache:
             switch_cache[(a, b)] = reshard_cost(a, b, reshard_problem)
         return switch_cache[(a, b)]
@@ -462,7 +462,12 @@ def run_runtime_study(
                 "max_bucket_regret": worst if math.isfinite(worst) else None,
                 "selection": how,
                 "switches": [
-                    {"from": a, "to": b, **{f: switch(plans[a], plans[b])[f] for f in ("bytes", "time_s")}}
+                    {
+                        "from": a,
+                        "to": b,
+                        "bytes": switch(plans[a], plans[b]).bytes,
+                        "time_s": switch(plans[a], plans[b]).time_s,
+                    }
                     for a in range(len(plans))
                     for b in range(len(plans))
                     if a != b
@@ -515,11 +520,11 @@ def run_runtime_study(
                 {
                     "bucket": item.bucket.id,
                     "gain_s": gain,
-                    "switch_s": there["time_s"],
-                    "round_trip_s": there["time_s"] + back["time_s"],
-                    "bytes": there["bytes"],
-                    "batches": there["time_s"] / gain if gain > 0 else None,
-                    "round_trip_batches": (there["time_s"] + back["time_s"]) / gain if gain > 0 else None,
+                    "switch_s": there.time_s,
+                    "round_trip_s": there.time_s + back.time_s,
+                    "bytes": there.bytes,
+                    "batches": there.time_s / gain if gain > 0 else None,
+                    "round_trip_batches": (there.time_s + back.time_s) / gain if gain > 0 else None,
                 }
             )
     static_total = totals[0]

@@ -32,10 +32,11 @@ What :func:`reshard_cost` models, and what not:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..costmodel import Plan, Stage
@@ -166,16 +167,26 @@ def _holders(plan: Plan, n_layers: int) -> list[list[tuple[int, int, int]]]:
     return out
 
 
-def reshard_cost(plan_a: Plan, plan_b: Plan, problem: Problem) -> dict[str, float]:
-    """Weight movement to switch from ``plan_a`` to ``plan_b`` (see the module docstring).
+@dataclass(frozen=True)
+class ReshardCost:
+    """What switching plans moves: ``bytes`` received by all devices together, ``time_s`` of the slowest
+    device, ``per_device_max_bytes`` and ``devices`` (how many receive anything)."""
 
-    Returns:
-        ``bytes`` (received by all devices together), ``time_s`` (the slowest device),
-        ``per_device_max_bytes`` and ``devices`` (how many receive anything).
+    bytes: float
+    time_s: float
+    per_device_max_bytes: float
+    devices: int
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def reshard_cost(plan_a: Plan, plan_b: Plan, problem: Problem) -> ReshardCost:
+    """Weight movement to switch from ``plan_a`` to ``plan_b`` (see the module docstring).
 
     Example:
         >>> p = Problem("llama2-7b:layers=4", "dgx-a100", phase="decode", batch=8, context=512)
-        >>> reshard_cost(Plan.uniform(4, tp=2), Plan.uniform(4, tp=2), p)["bytes"]
+        >>> reshard_cost(Plan.uniform(4, tp=2), Plan.uniform(4, tp=2), p).bytes
         0.0
     """
     _layered(plan_a)
@@ -226,7 +237,7 @@ def reshard_cost(plan_a: Plan, plan_b: Plan, problem: Problem) -> dict[str, floa
             hops = max(plat.hops((s, d)) for s in sources)
             times.append(alpha * hops * len(sources) + nbytes / bw)
         worst_time = max(worst_time, max(times))
-    return {"bytes": total, "time_s": worst_time, "per_device_max_bytes": worst_bytes, "devices": len(incoming)}
+    return ReshardCost(total, worst_time, worst_bytes, len(incoming))
 
 
 def _nearest(plat: Any, device: int, holders: list[int]) -> tuple[int, str]:

@@ -12,9 +12,11 @@ from paratune.search import Limits, Problem
 from paratune.search._layered_space import LayeredSpace
 from paratune.study._common import load_study
 from paratune.study._granularity import (
+    GranularityCell,
     default_granularities,
     granularity_figures,
     granularity_summary,
+    run_cell,
     run_granularity_study,
 )
 from paratune.study._space_size import (
@@ -197,3 +199,16 @@ def test_summary_says_when_finer_tasks_pay_off() -> None:
     text = "\n".join(granularity_summary(data))
     assert "Finer than layer paid off: optuna-tpe at op found 900 ms, 11.11% better than the best at layer" in text
     assert "optuna-tpe: op takes 4.0x the time of layer" in text
+
+
+def test_a_cell_is_a_typed_row_whose_dict_is_the_file_row(study: tuple[Path, dict[str, Any], list[str]]) -> None:
+    _, data, _ = study
+    cell = run_cell(_problem(), "layer", "balanced-pp", budget=20, seed=0)
+    assert isinstance(cell, GranularityCell) and cell.status == "ok" and cell.family == "heuristic"
+    assert cell.best is not None and cell.tp is not None and len(cell.tp) == cell.pp
+    with pytest.raises(AttributeError):
+        cell.best = 0.0  # type: ignore[misc]  # frozen
+    row = _rows(data)[("layer", "balanced-pp")]
+    assert list(cell.to_dict()) == list(row)  # same keys, same order as study.json's rows
+    assert cell.to_dict()["best"] == pytest.approx(row["best"], rel=1e-12)
+    assert GranularityCell.from_dict(row).to_dict() == row

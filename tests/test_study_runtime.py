@@ -95,14 +95,14 @@ def test_unknown_workload_lists_the_shipped_ones() -> None:
 def test_reshard_cost_is_zero_for_identical_plans_and_positive_from_tp2_to_tp4() -> None:
     p = Problem(MODEL, PLATFORM, phase="decode", batch=8, context=512)
     same = reshard_cost(Plan.uniform(4, tp=2), Plan.uniform(4, tp=2), p)
-    assert same["bytes"] == 0 and same["time_s"] == 0
+    assert same.bytes == 0 and same.time_s == 0 and same.devices == 0
     up = reshard_cost(Plan.uniform(4, tp=2), Plan.uniform(4, tp=4), p)
-    assert up["bytes"] > 0 and up["time_s"] > 0
+    assert up.bytes > 0 and up.time_s > 0 and up.to_dict()["bytes"] == up.bytes
     # devices 2 and 3 need their whole quarter; device 1 a quarter it lacks; device 0 holds its part already
-    total = reshard_cost(Plan.uniform(4, tp=1), Plan.uniform(4, tp=1, first_device=1), p)["bytes"]
-    assert up["bytes"] == pytest.approx(0.75 * total)
+    total = reshard_cost(Plan.uniform(4, tp=1), Plan.uniform(4, tp=1, first_device=1), p).bytes
+    assert up.bytes == pytest.approx(0.75 * total)
     # replicas of a full copy need nothing to shard down
-    assert reshard_cost(Plan.uniform(4, tp=1, replicas=8), Plan.uniform(4, tp=4, replicas=2), p)["bytes"] == 0
+    assert reshard_cost(Plan.uniform(4, tp=1, replicas=8), Plan.uniform(4, tp=4, replicas=2), p).bytes == 0
 
 
 def test_fit_plan_clips_micro_batches_and_pads_to_the_replicas() -> None:
