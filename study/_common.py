@@ -202,4 +202,17 @@ def load_study(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{p}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "kind" not in data:
         raise ValueError(f"{p}: not a paratune study (no field 'kind')")
+    missing = [f for f in REQUIRED_FIELDS.get(data["kind"], ()) if f not in data]
+    if missing:
+        raise ValueError(f"{p}: a {data['kind']} study without field(s) {', '.join(missing)} (partial or older?)")
     return data
+
+
+#: Fields a study.json of each kind holds: what its tables, figures and summary read.
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "granularity": ("objective", "direction", "unit", "granularities", "tuners", "rows", "best", "sweet_spot"),
+    "static-vs-runtime": (
+        "model", "platform", "phase", "objective", "unit", "workload", "buckets", "static", "oracle", "k_plans",
+        "decisions", "decision_pairs", "break_even", "notes",
+    ),
+}  # fmt: skip

@@ -70,3 +70,10 @@ def test_a_malformed_plan_is_infeasible_with_reasons_but_a_bug_raises(monkeypatc
         problem.evaluate(invalid)
     with pytest.raises(KeyError, match="a slip in the code"):
         problem.simulator().evaluate(invalid)
+
+
+def test_a_study_file_missing_fields_is_a_user_mistake(tmp_path: Path) -> None:
+    (tmp_path / "study.json").write_text(json.dumps({"kind": "granularity", "version": 1}))
+    res = CliRunner().invoke(app, ["study", "show", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "a granularity study without field(s) objective" in res.output
