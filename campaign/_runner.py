@@ -368,7 +368,8 @@ def work(
 def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, problems: dict[str, Any], logs: Path) -> str:
     """Run one claimed job, log it, and record its outcome; returns the job's new state."""
     from .. import __version__
-    from ..search import Problem, make_tuner
+    from ..problem import Problem
+    from ..search import make_tuner
 
     job = claim.job
     log_path = logs / f"job-{claim.id:05d}-{_slug(job['tuner'])}-{_slug(job['scenario'])}-s{job['seed']}.log"
@@ -565,7 +566,7 @@ def campaign_status(target: str | Path, storage: str | None = None) -> dict[str,
 
     The mapping is the ``status --json`` contract: keys are only ever added.
     """
-    from ..search import get_objective
+    from ..problem import get_objective
 
     located = locate(target, storage)
     store = Store(located.storage)

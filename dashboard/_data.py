@@ -382,7 +382,7 @@ def _job(campaign: str, j: dict[str, Any], r: dict[str, Any] | None) -> Job:
 
 
 def _scenario(campaign: str, name: str, problem: dict[str, Any], jobs: list[Job]) -> Scenario:
-    from ..search import get_objective
+    from ..problem import get_objective
 
     obj = get_objective(problem["objective"], problem["phase"])
     done = [j for j in jobs if j.state == "done" and j.value is not None and math.isfinite(j.value)]
@@ -823,7 +823,7 @@ def plan_view(job: Job, problem: dict[str, Any], *, max_events: int = 20_000) ->
 @functools.lru_cache(maxsize=16)
 def _problem(text: str) -> Any:
     """A scenario's Problem, cached: its graphs and simulator are built once per dashboard process."""
-    from ..search import Problem
+    from ..problem import Problem
 
     return Problem.from_dict(json.loads(text), where="scenario")
 

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ..search import Problem
+from ..problem import Problem
 
 #: Version of both observation layouts (Mapping-v0 and Placement-v0).
 OBS_SCHEMA_VERSION = 3

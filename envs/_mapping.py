@@ -56,8 +56,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ..search import Problem, contiguous_plan
-from ..search._objective import Objective
+from ..problem import Objective, Problem, contiguous_plan
 from ._features import (
     BLOCK_FEATURES,
     CONTEXT_FEATURES,

@@ -45,7 +45,7 @@ from ..costmodel import Plan, Stage
 from ..costmodel._compute import p2p_time
 from ..costmodel._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
 from ..graphs import DTYPE_BYTES
-from ..search import Problem
+from ..problem import Problem
 from ._features import (
     FEATURE_MAX,
     GROUP_FEATURES,
