@@ -571,7 +571,7 @@ def campaign_status(target: str | Path, storage: str | None = None) -> dict[str,
     from ..problem import get_objective
 
     located = locate(target, storage)
-    store = Store(located.storage)
+    store = Store.reader(located.storage)  # no write lock: status never waits for (nor blocks) the workers
     try:
         row = _require(store, located.name)
         counts = store.counts(located.name)

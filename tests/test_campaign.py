@@ -183,7 +183,7 @@ def check_sigkill_then_resume(folder: Path, storage: str | None) -> dict[str, An
         before = {j.id: j for j in store.jobs("killed")}
         kept = {i: store.result(i) for i, j in before.items() if j.state == "done"}
         slow_id = next(i for i, j in before.items() if j.tuner == "slow")
-        assert before[slow_id]["state"] == "running"  # as SIGKILL left it
+        assert before[slow_id].state == "running"  # as SIGKILL left it
         assert len(kept) == 4  # dp (the optimum), megatron, balanced-pp, optuna-random
         outcome = resume_campaign(str(output), storage=storage, workers=1)
         assert outcome.finished
@@ -195,9 +195,8 @@ def check_sigkill_then_resume(folder: Path, storage: str | None) -> dict[str, An
         outcomes = [a.outcome for a in attempts if a.job == slow_id]
         assert outcomes == ["lost", "done"]
         assert Counter(a.job for a in attempts if a.job != slow_id) == dict.fromkeys(kept, 1)
-        assert (
-            store.result(slow_id).result["evaluations"] == SLOW_BUDGET
-        )  # the full budget: the job ran again from the start
+        slow = store.result(slow_id)
+        assert slow is not None and slow.result["evaluations"] == SLOW_BUDGET  # the full budget: ran again
     finally:
         store.close()
     return {"jobs": len(after), "kept": len(kept), "rerun": [slow_id]}
