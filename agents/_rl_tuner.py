@@ -36,7 +36,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..search import Evaluation, Problem, Recorder, Tuner
+from ..problem import Evaluation, Problem
+from ..search import Recorder, Tuner
 from ._policy import Policy, default_policy_path, load_policy
 
 #: Episodes stepped together in the sampled phase (one network call per step for all of them).

@@ -50,8 +50,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from paratune.problem import default_scenarios_dir, load_scenarios
 from paratune.search import Problem, Tuner, TuneResult, make_tuner, tuner_names
-from paratune.search._scenarios import default_scenarios_dir, load_scenarios
 
 REFERENCE_TUNER = "dp"
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._objective import OBJECTIVES, Objective, get_objective
-from ._plans import contiguous_plan, even_cuts
-from ._problem import Evaluation, Limits, Problem
+from ..problem import OBJECTIVES, Evaluation, Limits, Objective, Problem, contiguous_plan, even_cuts, get_objective
 from ._registry import make_tuner, register_tuner, tuner_entries, tuner_names
 from ._result import HistoryPoint, TuneResult
 from ._tuner import Callback, Progress, Recorder, Tuner

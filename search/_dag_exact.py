@@ -57,7 +57,7 @@ import numpy as np
 from ..costmodel import Plan, Simulator, Stage
 from ..costmodel._compute import group_link, p2p_time, pair_link
 from ..costmodel._simengine import BACKWARD
-from ._problem import Problem
+from ..problem import Problem
 from ._tuner import Recorder, Tuner
 
 RTOL = 1e-9

@@ -48,8 +48,8 @@ import numpy as np
 
 from ..costmodel import Plan
 from ..costmodel._batch import PlanBatch
+from ..problem import Evaluation, Problem
 from ._layered_space import LayeredSpace, count_option
-from ._problem import Evaluation, Problem
 from ._tuner import Recorder, Tuner
 
 #: Relative slack on bounds so float rounding never prunes a plan that is better by more than this.

@@ -13,8 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..problem import Problem
 from ._layered_space import LayeredSpace, count_option
-from ._problem import Problem
 from ._tuner import Recorder, Tuner
 
 DEFAULT_MAX_PLANS = 200_000

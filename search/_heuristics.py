@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..costmodel import Plan
-from ._plans import contiguous_plan, divisors, even_cuts
-from ._problem import GIB, Evaluation, Problem
+from ..problem import Evaluation, Problem, contiguous_plan, divisors, even_cuts
+from ..problem._problem import GIB
 from ._tuner import Recorder, Tuner
 
 GRANULARITY = "layer"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..costmodel import Plan
-from ._problem import Problem
+from ..problem import Problem
 
 # Hugging Face ids of the zoo's presets (for the vLLM line); other models print a placeholder.
 HF_IDS = {

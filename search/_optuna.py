@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..costmodel import Metrics, Plan
+from ..problem import Evaluation, Problem
 from ._polish import polish
-from ._problem import Evaluation, Problem
 from ._spaces import SPACES, make_space
 from ._tuner import Recorder, Tuner
 

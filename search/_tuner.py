@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..costmodel import Metrics, Plan
-from ._problem import Evaluation, Problem
+from ..problem import Evaluation, Problem
 from ._result import HistoryPoint, TuneResult
 
 

@@ -254,7 +254,7 @@ def test_plan_batch_round_trip_and_invalid_rows() -> None:
 
 
 def test_chunked_batches_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    import paratune.costmodel._batch as batch_module
+    import paratune.costmodel._batch_eval as batch_module
 
     ev = evaluator("llama2-7b", "train", 16, 1024, "dgx-h100x2")
     plans = ev.random_plans(300, np.random.default_rng(3))
