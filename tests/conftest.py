@@ -128,3 +128,56 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+# -- the dashboard's campaign -------------------------------------------------------------------
+
+#: the name of the fixture campaign's first scenario: user strings must render as text, never as markup
+DASHBOARD_EVIL = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="session")
+def dashboard_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small campaign for the dashboard tests, run in-process in a few seconds; its run folder.
+
+    Three tiny scenarios (a 4-layer Llama on one DGX A100): a decode scenario named
+    ``<script>alert(1)</script>`` (user strings must render as text), a prefill one,
+    and a two-objective ``tbt+memory`` one (a Pareto front; dp does not apply to it,
+    so its gaps refer to the best known value). Tuners: two heuristics, dp, and
+    optuna-random with a small budget over two seeds; and a small granularity study
+    on the prefill scenario (the Studies page). Tests only read it.
+    """
+    import yaml
+
+    from paratune.campaign import CampaignSpec, create_campaign, work
+
+    folder, name = tmp_path_factory.mktemp("dashboard"), "fixture"
+    tiny = {"model": "llama2-7b:layers=4", "platform": "dgx-a100", "context": 512}
+
+    spec_data = {
+        "name": name,
+        "description": "dashboard test fixture",
+        "scenarios": [
+            {**tiny, "name": DASHBOARD_EVIL, "phase": "decode", "objective": "tbt", "batch": 8},
+            {**tiny, "name": "tiny-prefill", "phase": "prefill", "objective": "ttft", "batch": 4, "seq": 512},
+            {**tiny, "name": "tiny-pareto", "phase": "decode", "objective": "tbt+memory", "batch": 16},
+        ],
+        "tuners": ["megatron", "balanced-pp", "dp", {"name": "optuna-random", "budget": 40}],
+        "seeds": 2,
+        "studies": [
+            {
+                "kind": "granularity",
+                "scenarios": ["tiny-prefill"],
+                "budget": 10,
+                "tuners": ["dp", "megatron"],
+                "granularities": ["layer", "layers:2"],
+            },
+        ],
+        "output": str(folder / name),
+    }
+    spec_path = folder / f"{name}.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data, sort_keys=False))
+    spec = CampaignSpec.load(spec_path)
+    located = create_campaign(spec, spec_path)
+    work(located.storage, located.name, output=located.output, say=lambda _line: None)
+    return located.output

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("plotly")
-
-from _dashboard_fixture import EVIL, make_campaign
-
 from paratune.campaign import Store, locate
 from paratune.dashboard import _data as data
 from paratune.dashboard._figures import gantt_figure, leaderboard_table, text
 
+#: the fixture campaign's first scenario name (conftest.py's ``dashboard_run``)
+EVIL = "<script>alert(1)</script>"
+
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_campaign(tmp_path_factory.mktemp("dash"))
+def run_dir(dashboard_run: Path) -> Path:
+    return dashboard_run
 
 
 @pytest.fixture(scope="module")
