@@ -11,7 +11,7 @@ import pytest
 
 from paratune.costmodel import get_platform, load_profile
 from paratune.costmodel.calibration import check_profile, fit_with_attention, write_profile
-from paratune.costmodel.calibration._measure import FULL, GPU_FULL, QUICK, SHAPE_COLUMNS, STATS, VIDUR_OPS
+from paratune.costmodel.calibration._measure_spec import FULL, GPU_FULL, QUICK, SHAPE_COLUMNS, STATS, VIDUR_OPS
 
 VIDUR = Path(__file__).resolve().parents[2] / "shared" / "data" / "profiles" / "vidur"
 MEASURED = Path(__file__).resolve().parents[1] / "configs" / "measurements" / "cpu-local"

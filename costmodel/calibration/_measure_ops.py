@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import _torchops as ops
-from ._measure import ATTN_COLUMNS, STATS, VIDUR_OPS, Grid, LayerShape, progress
+from ._measure_spec import ATTN_COLUMNS, STATS, VIDUR_OPS, Grid, LayerShape, progress
 
 torch = ops.torch
 #: Bytes the copies of one operand span, per device type (see the module docstring).
