@@ -17,7 +17,7 @@ from paratune.costmodel.calibration import (
     prediction_gap,
     write_profile,
 )
-from paratune.costmodel.calibration._measure_spec import FULL, GPU_FULL, QUICK, SHAPE_COLUMNS, STATS, VIDUR_OPS
+from paratune.costmodel.calibration._measure_spec import FULL, GPU_FULL, LOCAL, QUICK, SHAPE_COLUMNS, STATS, VIDUR_OPS
 
 VIDUR = Path(__file__).resolve().parents[2] / "shared" / "data" / "profiles" / "vidur"
 MEASURED = Path(__file__).resolve().parents[1] / "configs" / "measurements" / "cpu-local"
@@ -38,7 +38,7 @@ def test_grids_are_consistent() -> None:
     pytest.importorskip("torch")
     from paratune.costmodel.calibration._measure_ops import COLD_BYTES
 
-    for grid, device in ((FULL, "cpu"), (QUICK, "cpu"), (GPU_FULL, "cuda")):
+    for grid, device in ((FULL, "cpu"), (LOCAL, "cpu"), (QUICK, "cpu"), (GPU_FULL, "cuda")):
         assert grid.min_reps <= grid.max_reps
         for i, s in enumerate(grid.shapes):
             assert s.n_embd % s.n_head == 0 and s.n_head % s.n_kv_head == 0
@@ -116,7 +116,7 @@ def test_committed_cpu_profile_is_the_fit_of_the_committed_measurements() -> Non
     attention); the well-determined parameters agree within 1%. The weakly determined ones (this CPU's GEMMs:
     the compute half and the overhead trade off) are listed in the profile, not compared.
     """
-    shipped = load_profile("cpu-local")
+    shipped = load_profile("cpu-local", local=False)  # not this machine's cached one (`calibrate local`)
     refit = fit_with_attention(MEASURED, "cpu", name="cpu-local").profile
     gaps = prediction_gap(MEASURED, "cpu", shipped, refit)
     assert set(gaps) == {"kernels", "attention", "collectives"} and max(gaps.values()) <= 5e-3, gaps

@@ -45,6 +45,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .._machine import this_machine
 from ._measure_net import measure_collectives
 from ._measure_spec import DEVICES, FULL, GPU_FULL, PARTS, QUICK, Grid, progress
 
@@ -56,10 +57,14 @@ def measure(
     quick: bool = False,
     dtype: str = "bf16",
     parts: Sequence[str] = PARTS,
+    grid: Grid | None = None,
+    command: str = "",
 ) -> Path:
     """Run the microbenchmarks on ``device`` (``cpu`` or ``cuda``) and write them under ``out_dir``.
 
-    Returns ``out_dir``. ``quick`` runs a tiny grid (a test, a first look: seconds).
+    Returns ``out_dir``. ``quick`` runs a tiny grid (a test, a first look: seconds);
+    ``grid`` another one (``calibrate local`` runs :data:`LOCAL`); ``command`` is what
+    ``meta.json`` records as the command that measured.
     ``parts`` picks ``compute`` (ops and attention) and/or ``network`` (collectives: 2
     processes, 2 GPUs on CUDA), e.g. to measure again a part that another busy process
     spoiled (``meta.json`` records, per part, the cores other processes used meanwhile).
@@ -75,7 +80,7 @@ def measure(
         raise ValueError(f"dtype {dtype!r} is not one of: {', '.join(ops.DTYPES)}")
     if device == "cuda" and not ops.torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but torch sees no GPU")
-    grid = QUICK if quick else GPU_FULL if device == "cuda" else FULL
+    grid = grid or (QUICK if quick else GPU_FULL if device == "cuda" else FULL)
     out_dir = Path(out_dir)
     previous = ops.set_threads(1) if device == "cpu" else None
     runs: dict[str, Any] = {}
@@ -102,7 +107,8 @@ def measure(
     finally:
         if previous is not None:
             ops.set_threads(previous)
-    _write_meta(out_dir, device, dtype, grid, quick, runs)
+    command = command or f"paratune calibrate measure --device {device} -o DIR" + (" --quick" if quick else "")
+    _write_meta(out_dir, device, dtype, grid, quick, runs, command)
     return out_dir
 
 
@@ -161,28 +167,21 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    """Where a measurement was taken: CPU model (lscpu's 'Model name'), cores, torch, GPU name."""
+    """Where a measurement was taken: CPU model, cores and vector extensions (:mod:`.._machine`), torch, GPU."""
     from . import _torchops as ops
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch": ops.torch.__version__,
-                            "python": platform.python_version()}  # fmt: skip
+    here = this_machine()
+    info: dict[str, Any] = {"cpu": here.cpu, "cores": here.cores, "isa": list(here.isa),
+                            "torch": ops.torch.__version__, "python": platform.python_version()}  # fmt: skip
     if device == "cuda":
         info["gpu"] = ops.torch.cuda.get_device_name(0)
         info["gpus"] = ops.torch.cuda.device_count()
     return info
 
 
-def _write_meta(out_dir: Path, device: str, dtype: str, grid: Grid, quick: bool, runs: dict[str, Any]) -> None:
+def _write_meta(
+    out_dir: Path, device: str, dtype: str, grid: Grid, quick: bool, runs: dict[str, Any], command: str
+) -> None:
     """Write ``meta.json`` and ``README.md``; a part not measured this time keeps its earlier record.
 
     ``runs`` maps a part to ``(seconds, cores other processes used meanwhile)``.
@@ -206,7 +205,7 @@ def _write_meta(out_dir: Path, device: str, dtype: str, grid: Grid, quick: bool,
         "other_processes_cores": {k: v["other_processes_cores"] for k, v in parts.items()},
         "grid": {k: v for k, v in asdict(grid).items() if k != "shapes"},
         "shapes": [asdict(s) for s in grid.shapes],
-        "command": f"paratune calibrate measure --device {device} -o DIR" + (" --quick" if quick else ""),
+        "command": command,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -97,6 +97,21 @@ GPU_FULL = Grid(
     max_reps=50,
     max_gemm_flops=1e13,
 )
+#: ``paratune calibrate local``: this CPU in about 30 s on 2 cores; shapes around the validated model
+#: (hidden 768), tokens up to 256 per device, TP 1 and 2 (the two cpu-local devices).
+LOCAL = Grid(
+    shapes=(_FULL_SHAPES[0], _FULL_SHAPES[1]),
+    tokens=(1, 4, 16, 64, 256),
+    tp=(1, 2),
+    prefill=((1, 64), (1, 256), (4, 128)),
+    decode=((1, 128), (4, 512), (16, 256)),
+    attention_shapes=2,
+    sizes=tuple(4**k for k in range(4, 13)),
+    budget_s=0.05,
+    min_reps=3,
+    max_reps=20,
+    max_gemm_flops=3e9,
+)
 QUICK = Grid(
     shapes=(LayerShape("synthetic", "llama-h256", 4, 4, 256, 704, 2000),),
     tokens=(1, 16, 128),
