@@ -155,9 +155,10 @@ def test_refit_predicts_as_the_committed_profiles() -> None:
         committed = default_profile_for(device)
         refit = fit_profile(profiles, device, holdout=committed.fit["split"]["held_out"], name=committed.name).profile
         assert_same_fit(profiles, device, committed, refit)
+        # Held-out MAPE (percent) within 0.05 point: seen 0.005 at most.
         for group, stats in committed.holdout_error["classes"].items():
             assert refit.holdout_error["classes"][group]["rows"] == stats["rows"], (device, group)
-            assert refit.holdout_error["classes"][group]["mape"] == pytest.approx(stats["mape"], abs=0.01), group
+            assert refit.holdout_error["classes"][group]["mape"] == pytest.approx(stats["mape"], abs=0.05), group
         # A GEMM's memory half sits far below the operands measured: reported, not reproduced to six digits.
         assert "memory_half_bytes" in refit.fit["weakly_determined"]["matmul"], refit.fit["weakly_determined"]
         assert "compute_peak" not in refit.fit["weakly_determined"]["matmul"]
