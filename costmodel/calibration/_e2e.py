@@ -31,6 +31,7 @@ from .._analytic import AnalyticEvaluator
 from .._machine import foreign_reason
 from .._plan import Plan
 from .._platform import get_platform
+from ._measure import OtherLoad, machine_info
 
 if TYPE_CHECKING:
     from ._e2e_run import Case
@@ -100,7 +101,6 @@ def validate_cpu(
     """
     from ._e2e_model import ModelShape
     from ._e2e_run import run_single
-    from ._measure import OtherLoad, machine_info
 
     say = progress or _progress
     spec = get_model(model)
