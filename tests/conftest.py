@@ -46,15 +46,20 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "needs(*modules): skip (fail under CI) unless these modules import")
-
-
+@pytest.hookimpl(tryfirst=True)  # before fixtures are set up: they may import the extra
 def pytest_runtest_setup(item: pytest.Item) -> None:
     missing = [m for mark in item.iter_markers("needs") for m in mark.args if importlib.util.find_spec(m) is None]
     if missing:
         extras = sorted({EXTRA_OF.get(m, "?") for m in missing})
         unavailable(f"needs {', '.join(missing)}: pip install -e '.[{','.join(extras)}]'")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests see no machine profile a developer measured (``paratune calibrate local``): a fresh cache folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PARATUNE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------

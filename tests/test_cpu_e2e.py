@@ -26,8 +26,8 @@ from paratune.costmodel.calibration._e2e import DEFAULT_MODEL, TOLERANCE_PCT, de
 from paratune.graphs import get_model
 
 
+@pytest.mark.needs("torch")
 def test_cases_and_predictions_are_sane() -> None:
-    pytest.importorskip("torch")  # the cases are torch-side dataclasses (_e2e_run)
     for quick in (True, False):
         cases = default_cases(quick)
         assert {c.mode for c in cases} == {"single", "tp2", "pp2"}
@@ -38,8 +38,8 @@ def test_cases_and_predictions_are_sane() -> None:
     assert spec.dtype == "bf16" and spec.layers == 4
 
 
+@pytest.mark.needs("torch")
 def test_stage_layers_match_plan_uniform() -> None:
-    pytest.importorskip("torch")
     from paratune.costmodel.calibration._e2e_run import stage_layers
 
     for n, pp in ((4, 2), (5, 2), (7, 3)):
@@ -47,8 +47,10 @@ def test_stage_layers_match_plan_uniform() -> None:
         assert [stage_layers(n, pp, s) for s in range(pp)] == [st.layers for st in plan.stages]
 
 
+@pytest.mark.needs("torch")
 def test_tp_sharding_reconstructs_the_unsharded_weights() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     from paratune.costmodel.calibration._e2e_model import ModelShape, Shard
 
     shape = ModelShape(layers=2, hidden=64, heads=4, kv_heads=2, ffn=96, vocab=100)
@@ -69,9 +71,8 @@ SANITY_PCT = 50.0
 
 
 @pytest.mark.slow
-@pytest.mark.torch
+@pytest.mark.needs("torch")
 def test_cpu_end_to_end_runs_and_predicts_the_right_magnitude(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pytest.importorskip("torch")
     from paratune.costmodel import _machine, get_platform
     from paratune.costmodel.calibration import calibrate_local, validate_cpu
 

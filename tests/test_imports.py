@@ -70,14 +70,6 @@ KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
     {
         # the dp solver and its training half import each other (fixed on the dp branch)
         frozenset({"paratune.search._dp", "paratune.search._dp_train"}),
-        # calibration's measurement modules (fixed on the calibration branch)
-        frozenset(
-            {
-                "paratune.costmodel.calibration._measure",
-                "paratune.costmodel.calibration._measure_ops",
-                "paratune.costmodel.calibration._measure_net",
-            }
-        ),
     }
 )
 #: search registers the rl tuner by the module name of agents (the typed-options branch moves it into agents).

@@ -94,10 +94,9 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.torch
+@pytest.mark.needs("torch")
 def test_calibrate_local_measures_this_cpu_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The quick grid (seconds): platform and profile land in the cache, and cpu-local prices with them."""
-    pytest.importorskip("torch")
     monkeypatch.setenv(_machine.CACHE_ENV, str(tmp_path))
     result = runner.invoke(app, ["calibrate", "local", "--quick"])
     assert result.exit_code == 0, result.output

@@ -33,9 +33,9 @@ def _expected_mlp_header() -> list[str]:
     return [*times, *SHAPE_COLUMNS, "num_tokens", "num_tensor_parallel_workers"]
 
 
+@pytest.mark.needs("torch")
 def test_grids_are_consistent() -> None:
     """Shapes are valid and every cold operand fits the pool (a GPU run must not fail after minutes)."""
-    pytest.importorskip("torch")
     from paratune.costmodel.calibration._measure_ops import COLD_BYTES
 
     for grid, device in ((FULL, "cpu"), (LOCAL, "cpu"), (QUICK, "cpu"), (GPU_FULL, "cuda")):
@@ -60,14 +60,13 @@ def test_columns_match_vidur() -> None:
 
 @pytest.fixture(scope="module")
 def quick_profiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
     from paratune.costmodel.calibration import measure
 
     return measure("cpu", tmp_path_factory.mktemp("measured"), quick=True)
 
 
 @pytest.mark.slow
-@pytest.mark.torch
+@pytest.mark.needs("torch")
 def test_measure_quick_writes_vidur_format(quick_profiles: Path) -> None:
     mlp = next(quick_profiles.glob("compute/cpu/*/*/mlp.csv"))
     assert _header(mlp) == _expected_mlp_header()
@@ -94,7 +93,7 @@ def test_measure_quick_writes_vidur_format(quick_profiles: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.torch
+@pytest.mark.needs("torch")
 def test_measure_fit_check_round_trip(quick_profiles: Path) -> None:
     result = fit_with_attention(quick_profiles, "cpu", name="cpu-quick")
     report = check_profile(quick_profiles, "cpu", result.profile).to_dict()
