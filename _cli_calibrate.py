@@ -90,6 +90,22 @@ def measure(
     console.print(f"measured profiles written to {written}")
 
 
+@calibrate_app.command("local")
+@user_errors
+def local(
+    force: Annotated[bool, typer.Option("--force", help="Measure again even if this CPU is already measured.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="The tiny test grid (seconds; a rough profile).")] = False,
+) -> None:
+    """Measure this CPU (about 30 s, torch needed), fit cpu-local and cache it outside the repository."""
+    from .costmodel.calibration import calibrate_local
+
+    path, result = calibrate_local(quick=quick, force=force)
+    if result is not None:
+        rep = result.report
+        console.print(f"cpu-local fitted: MAPE {rep['mape']:.1f}% over {rep['rows']} kernel rows (the rows fitted)")
+    console.print(f"cpu-local on this machine now prices with {path}")
+
+
 @calibrate_app.command("published")
 @user_errors
 def published(

@@ -141,6 +141,26 @@ def _safe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _print_studies(jobs: list[dict[str, Any]]) -> None:
+    """Study jobs in a table of their own: a study's headline figure is not a plan's value (no gap)."""
+    if not jobs:
+        return
+    table = Table(title="studies (results: paratune report, or the dashboard's Studies page)")
+    for col in ("scenario", "study", "label", "state", "headline", "evaluations"):
+        table.add_column(col, justify="right" if col == "evaluations" else "left")
+    for j in jobs:
+        value, kind = j["objective_value"], j["study"] or ""
+        if value is None:
+            headline = "-"
+        elif kind == "static-vs-runtime":
+            headline = f"static plan's regret {100 * value:.2f}%"
+        else:
+            headline = f"best granularity's value {value:.4g}" if kind == "granularity" else f"{value:.4g}"
+        evals = "-" if j["evaluations"] is None else str(j["evaluations"])
+        table.add_row(escape(j["scenario"]), kind, escape(j["tuner"]), j["state"], headline, evals)
+    console.print(table)
+
+
 def _print_status(d: dict[str, Any]) -> None:
     c = d["counts"]
     console.print(
@@ -151,8 +171,9 @@ def _print_status(d: dict[str, Any]) -> None:
     for col in ("scenario", "objective", "tuner", "jobs", "value", "gap", "evaluations"):
         table.add_column(col, justify="left" if col in ("scenario", "objective", "tuner") else "right")
     by_scenario: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for j in d["jobs"]:  # scenarios in queue order, the optimum first within each
-        by_scenario.setdefault(j["scenario"], {}).setdefault(j["tuner"], []).append(j)
+    for j in d["jobs"]:  # scenarios in queue order, the optimum first within each; studies apart (below)
+        if j["role"] != "study":
+            by_scenario.setdefault(j["scenario"], {}).setdefault(j["tuner"], []).append(j)
     groups = [((s, t), rows) for s, tuners in by_scenario.items() for t, rows in tuners.items()]
     for (scenario, tuner), rows in groups:
         values = [r["objective_value"] for r in rows if r["objective_value"] is not None]
@@ -169,7 +190,9 @@ def _print_status(d: dict[str, Any]) -> None:
             f"{100 * statistics.median(gaps):.2f}%" if gaps else "-",
             f"{statistics.median(evals):.0f}" if evals else "-",
         )
-    console.print(table)
+    if by_scenario:
+        console.print(table)
+    _print_studies([j for j in d["jobs"] if j["role"] == "study"])
     running = [j for j in d["jobs"] if j["state"] == "running"]
     for j in running:
         age = j["heartbeat_age_s"]

@@ -207,6 +207,7 @@ def evaluate(
 ) -> None:
     """Predict latency, throughput and memory of a parallel plan on a platform."""
     from .costmodel import Plan, get_platform
+    from .costmodel._trust import calibration_reason
 
     plat = get_platform(platform)
     if plan_file is not None:
@@ -239,6 +240,7 @@ def evaluate(
         profile=plat.profile.name,
         plan=plan.to_dict(),
         evaluator="simulator" if simulate else "analytic",
+        calibration_reason=calibration_reason(metrics, plat),
     )
     if as_json:
         print_json(data)
@@ -259,7 +261,9 @@ def _metrics_table(d: dict[str, Any], usable: float) -> None:
     table.add_row("lower bound", _ms(d["lower_bound_s"]))
     for key, value in d["breakdown"].items():
         table.add_row(f"  {key.removesuffix('_s')}", _ms(value))
-    if d.get("expected_error_pct") is None:
+    if (d.get("calibration_reason") or "").startswith("uncalibrated on this CPU"):
+        trust = f"[yellow]{d['calibration_reason']}[/yellow]"
+    elif d.get("expected_error_pct") is None:
         trust = "[yellow]hand-set profile: no measured error[/yellow]"
     else:
         inside = "inside" if d["calibrated"] else "[yellow]outside[/yellow]"

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..graphs import Phase
-from ..search import Problem, make_tuner
+from ..problem import Problem
+from ..search import make_tuner
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..search import Evaluation, Family, Problem, Recorder, Tuner, TunerOptions, about
+from ..problem import Evaluation, Problem
+from ..search import Family, Recorder, Tuner, TunerOptions, about
 from ._policy import Policy, default_policy_path, load_policy
 
 #: Episodes stepped together in the sampled phase (one network call per step for all of them).

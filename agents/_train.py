@@ -35,7 +35,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..search import Problem
+from ..problem import Problem
 from ._policy import ALGOS, Policy, algo_class, env_spec_of, library_versions, save_policy
 from ._settings import DEFAULT_ENV_ID, TRAIN, VecEnv
 

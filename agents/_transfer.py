@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..search import Problem, TuneResult, make_tuner
+from ..problem import Problem
+from ..search import TuneResult, make_tuner
 from ._policy import Policy
 from ._rl_tuner import RLTuner, resolve_policy
 from ._settings import TRANSFER

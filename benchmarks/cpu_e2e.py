@@ -6,7 +6,9 @@ each measured TTFT / TBT (median of repeats) with the AnalyticEvaluator's
 prediction on ``cpu-local``. Prints the table; ``--out FILE`` writes the JSON
 (``paratune.costmodel.calibration.validate_cpu``'s result). Targets: |error|
 <= 15% single process, <= 25% TP2 / PP2. Run it on an otherwise idle machine:
-another busy process on the 2 cores shows up as error.
+another busy process on the 2 cores shows up as error. Measure this CPU first
+(``paratune calibrate local``): until then ``cpu-local`` is the development
+machine's, and the table ends with a note saying so.
 
 Run: ``python benchmarks/cpu_e2e.py [--quick] [--reps N] [--model SPEC] [--platform P] [--out FILE]``.
 """

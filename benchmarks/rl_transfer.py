@@ -196,7 +196,7 @@ SUITE_HELD_OUT: tuple[str, ...] = (
 
 def held_out() -> list[Problem]:
     """The held-out problems: :data:`HELD_OUT`, then :data:`SUITE_HELD_OUT` read from the suite."""
-    from paratune.search._scenarios import load_scenario
+    from paratune.problem import load_scenario
 
     problems = [Problem.from_dict(spec, where=f"held-out {spec['name']}") for spec in HELD_OUT]
     problems += [load_scenario(ROOT / "benchmarks" / "scenarios" / f"{name}.yaml") for name in SUITE_HELD_OUT]

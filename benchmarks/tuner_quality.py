@@ -51,8 +51,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from paratune.agents import register_tuners
+from paratune.problem import default_scenarios_dir, load_scenarios
 from paratune.search import Problem, Tuner, TuneResult, make_tuner, tuner_names
-from paratune.search._scenarios import default_scenarios_dir, load_scenarios
 
 REFERENCE_TUNER = "dp"
 register_tuners()  # the rl tuner

@@ -6,6 +6,9 @@
 * :class:`Store` (:mod:`._store`): results and the job queue on SQLite (default, in
   the run folder) or any SQLAlchemy URL such as PostgreSQL; jobs are claimed
   atomically by the database, with heartbeats so a killed worker's job is re-run.
+  Reads return frozen records (:mod:`._records`: :class:`CampaignRecord`,
+  :class:`ScenarioRecord`, :class:`JobRecord`, :class:`ResultRecord`,
+  :class:`AttemptRecord`); :meth:`Store.reader` opens a store read-only (the dashboard).
 * :func:`run_campaign`, :func:`resume_campaign`, :func:`work`, :func:`campaign_status`
   (:mod:`._runner`): the ``paratune campaign run | resume | worker | status`` commands.
 
@@ -18,6 +21,11 @@ from __future__ import annotations
 from .._lazy import lazy_getattr
 
 _NAMES = {
+    "AttemptRecord": "._records",
+    "CampaignRecord": "._records",
+    "JobRecord": "._records",
+    "ResultRecord": "._records",
+    "ScenarioRecord": "._records",
     "CampaignSpec": "._spec",
     "JobSpec": "._spec",
     "TunerSpec": "._spec",

@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 from .._provenance import library_versions
+from ._records import CampaignRecord, JobRecord
 from ._spec import CampaignSpec
 from ._store import Claim, JobLost, Store, Worker
 
@@ -262,14 +263,14 @@ def locate(target: str | Path, storage: str | None = None) -> Located:
             row = _require(store, str(target))
         finally:
             store.close()
-        return Located(str(target), storage, Path(row["output"]))
+        return Located(str(target), storage, Path(row.output))
     raise ValueError(
         f"no campaign {str(target)!r}: no {RUN_FILE} in {' or '.join(str(c) for c in candidates)}; "
         "give a run folder, a spec file, or --storage URL for a campaign in a shared database"
     )
 
 
-def _require(store: Store, name: str) -> dict[str, Any]:
+def _require(store: Store, name: str) -> CampaignRecord:
     row = store.campaign(name)
     if row is None:
         known = store.campaign_names()
@@ -334,7 +335,7 @@ def work(
     """
     store = Store(storage)
     row = _require(store, name)
-    folder = Path(output) if output is not None else Path(row["output"])
+    folder = Path(output) if output is not None else Path(row.output)
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     worker = Worker.here()
@@ -355,7 +356,7 @@ def work(
                 state = _run_job(store, worker, claim, beat, problems, logs)
             finally:
                 beat.hold(None)
-            say(f"job {claim.id} ({claim.job['tuner']} on {claim.job['scenario']}, seed {claim.job['seed']}): {state}")
+            say(f"job {claim.id} ({claim.job.tuner} on {claim.job.scenario}, seed {claim.job.seed}): {state}")
             ran += 1
     finally:
         beat.halt.set()
@@ -369,12 +370,13 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
     """Run one claimed job, log it, and record its outcome; returns the job's new state."""
     from .. import __version__
     from ..agents import register_tuners
-    from ..search import Problem, make_tuner
+    from ..problem import Problem
+    from ..search import make_tuner
 
     register_tuners()
 
     job = claim.job
-    log_path = logs / f"job-{claim.id:05d}-{_slug(job['tuner'])}-{_slug(job['scenario'])}-s{job['seed']}.log"
+    log_path = logs / f"job-{claim.id:05d}-{_slug(job.tuner)}-{_slug(job.scenario)}-s{job.seed}.log"
     store.set_log(claim, str(log_path))
     log = logging.getLogger(f"paratune.campaign.job{claim.id}")
     handler = logging.FileHandler(log_path, mode="a")
@@ -385,27 +387,27 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
     started = time.time()
-    options = json.loads(job["options"])
+    options = dict(job.options)
     log.info("job %s attempt %s: tuner %s (%s) on %s, seed %s, budget %s, options %s; worker %s",
-             claim.id, job["attempts"], job["tuner"], job["tuner_name"], job["scenario"], job["seed"],
-             job["budget"], options, worker.id)  # fmt: skip
+             claim.id, job.attempts, job.tuner, job.tuner_name, job.scenario, job.seed,
+             job.budget, options, worker.id)  # fmt: skip
     try:
         try:
-            scenario = problems.get(job["scenario"])
+            scenario = problems.get(job.scenario)
             if scenario is None:
-                data = store.scenarios(job["campaign"])[job["scenario"]]
-                scenario = problems[job["scenario"]] = Problem.from_dict(data, where=f"scenario {job['scenario']}")
+                data = store.scenarios(job.campaign)[job.scenario].problem
+                scenario = problems[job.scenario] = Problem.from_dict(data, where=f"scenario {job.scenario}")
                 scenario.evaluator()  # the graph and pricer are built once per worker, outside any tuner's wall time
-            if job["role"] == "study":
+            if job.role == "study":
                 return _run_study_job(store, worker, claim, beat, scenario, options, logs.parent, log, started)
-            if job["tuner_name"].startswith("optuna-") and "storage" not in options:
+            if job.tuner_name.startswith("optuna-") and "storage" not in options:
                 # each Optuna job keeps its study in a journal file: `optuna-dashboard FILE` opens it
                 journal = logs.parent / "optuna" / f"job-{claim.id:05d}.journal"
                 journal.unlink(missing_ok=True)  # a re-run starts its study afresh
-                study = f"{job['tuner']}:{job['scenario']}:seed{job['seed']}"
+                study = f"{job.tuner}:{job.scenario}:seed{job.seed}"
                 options = {**options, "storage": f"journal:{journal}", "study_name": study}
-            tuner = make_tuner(job["tuner_name"], **options)
-            result = tuner.tune(scenario, budget=job["budget"], seed=job["seed"], callback=_progress_logger(log, beat))
+            tuner = make_tuner(job.tuner_name, **options)
+            result = tuner.tune(scenario, budget=job.budget, seed=job.seed, callback=_progress_logger(log, beat))
         except KeyboardInterrupt:
             log.warning("interrupted: the job goes back to the queue")
             store.release(claim, worker)
@@ -466,9 +468,9 @@ def _run_study_job(
             raise JobLost("the job was requeued while running")
         log.info("%s", line)
 
-    folder = output / "studies" / f"{_slug(job['tuner'])}-{_slug(job['scenario'])}"
-    kind = job["tuner_name"].split(":", 1)[1]
-    data = run_study(kind, scenario, options=options, budget=job["budget"], seed=job["seed"], out_dir=folder, say=say)
+    folder = output / "studies" / f"{_slug(job.tuner)}-{_slug(job.scenario)}"
+    kind = job.tuner_name.split(":", 1)[1]
+    data = run_study(kind, scenario, options=options, budget=job.budget, seed=job.seed, out_dir=folder, say=say)
     data = {**data, "out_dir": str(folder)}
     headline = data.get("best", {}).get("value") if kind == "granularity" else data.get("static", {}).get("regret")
     record = {
@@ -513,7 +515,7 @@ def _progress_logger(log: logging.Logger, beat: _Heartbeat) -> Callable[[Any], b
     return callback
 
 
-def _provenance(version: str, problem: Any, job: dict[str, Any], worker: Worker, started: float) -> dict[str, Any]:
+def _provenance(version: str, problem: Any, job: JobRecord, worker: Worker, started: float) -> dict[str, Any]:
     """Everything needed to say where a result came from and to reproduce it.
 
     ``libraries`` lists versions of the numeric stack, plus torch and stable-baselines3
@@ -524,17 +526,17 @@ def _provenance(version: str, problem: Any, job: dict[str, Any], worker: Worker,
         "paratune": version,
         "python": platform_module.python_version(),
         "libraries": libraries,
-        "tuner": job["tuner_name"],
-        "label": job["tuner"],
-        "budget": job["budget"],
-        "options": json.loads(job["options"]),
-        "seed": job["seed"],
+        "tuner": job.tuner_name,
+        "label": job.tuner,
+        "budget": job.budget,
+        "options": job.options,
+        "seed": job.seed,
         "platform": problem.plat.name,
         "profile": problem.plat.profile.name,
         "host": worker.host,
         "pid": worker.pid,
         "worker": worker.id,
-        "attempt": job["attempts"],
+        "attempt": job.attempts,
         "started_at": started,
         "finished_at": time.time(),
         "os": platform_module.platform(),
@@ -564,14 +566,15 @@ def _json_default(value: Any) -> Any:
 
 
 def campaign_status(target: str | Path, storage: str | None = None) -> dict[str, Any]:
-    """Counts, every job with its outcome, and the gap of each result to its scenario's optimum.
+    """Counts, every job with its outcome, and the gap of each tuner's result to its scenario's optimum.
 
-    The mapping is the ``status --json`` contract: keys are only ever added.
+    The mapping is the ``status --json`` contract: keys are only ever added. A study's job
+    (``role`` ``study``, ``study`` its kind) has no gap: its value is the study's headline.
     """
-    from ..search import get_objective
+    from ..problem import get_objective
 
     located = locate(target, storage)
-    store = Store(located.storage)
+    store = Store.reader(located.storage)  # no write lock: status never waits for (nor blocks) the workers
     try:
         row = _require(store, located.name)
         counts = store.counts(located.name)
@@ -580,31 +583,34 @@ def campaign_status(target: str | Path, storage: str | None = None) -> dict[str,
         safe = store.safe_url
     finally:
         store.close()
-    by_id = {j["id"]: j for j in jobs}
+    by_id = {j.id: j for j in jobs}
     now = time.time()
     out_jobs = []
     for j in jobs:
-        problem = problems.get(j["scenario"], {})
-        optimum = by_id.get(j["optimum_job"]) if j["optimum_job"] is not None else None
-        optimum_value = optimum["objective_value"] if optimum and optimum["optimal"] else None
+        problem = problems[j.scenario].problem if j.scenario in problems else {}
+        optimum = by_id.get(j.optimum_job) if j.optimum_job is not None else None
+        optimum_value = optimum.objective_value if optimum and optimum.optimal else None
         gap = None
-        if optimum_value is not None and j["objective_value"] is not None:
-            gap = get_objective(problem["objective"], problem["phase"]).gap(j["objective_value"], optimum_value)
+        if j.is_study:  # a study's headline (a regret, a granularity's best) is not a plan's value: no gap
+            optimum_value = None
+        elif optimum_value is not None and j.objective_value is not None:
+            gap = get_objective(problem["objective"], problem["phase"]).gap(j.objective_value, optimum_value)
         out_jobs.append({
-            "id": j["id"], "scenario": j["scenario"], "tuner": j["tuner"], "tuner_name": j["tuner_name"],
-            "seed": j["seed"], "role": j["role"], "state": j["state"], "attempts": j["attempts"],
-            "worker": j["worker"], "error": j["error"], "log": j["log"],
-            "heartbeat_age_s": now - j["heartbeat_at"] if j["state"] == "running" and j["heartbeat_at"] else None,
-            "objective": problem.get("objective"), "objective_value": j["objective_value"],
-            "optimal": bool(j["optimal"]) if j["optimal"] is not None else None,
-            "optimum_value": optimum_value, "gap": gap, "evaluations": j["evaluations"], "wall_s": j["wall_s"],
+            "id": j.id, "scenario": j.scenario, "tuner": j.tuner, "tuner_name": j.tuner_name,
+            "seed": j.seed, "role": j.role, "state": j.state, "attempts": j.attempts,
+            "worker": j.worker, "error": j.error, "log": j.log,
+            "heartbeat_age_s": now - j.heartbeat_at if j.state == "running" and j.heartbeat_at else None,
+            "objective": problem.get("objective"), "objective_value": j.objective_value,
+            "optimal": j.optimal, "optimum_value": optimum_value, "gap": gap,
+            "evaluations": j.evaluations, "wall_s": j.wall_s,
+            "study": j.tuner_name.split(":", 1)[-1] if j.is_study else None,
         })  # fmt: skip
     return {
         "name": located.name,
-        "description": row["description"],
+        "description": row.description,
         "storage": safe,
         "output": str(located.output),
-        "created_at": row["created_at"],
+        "created_at": row.created_at,
         "counts": counts,
         "total": sum(counts.values()),
         "finished": counts["waiting"] == 0 and counts["running"] == 0,

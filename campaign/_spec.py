@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from ..costmodel._fields import FieldReader, load_yaml
-from ..search import Family, Problem, make_tuner, tuner_entries
-from ..search._scenarios import SUFFIXES, load_scenario
+from ..problem import SUFFIXES, Problem, load_scenario
+from ..search import Family, make_tuner, tuner_entries
 from ._states import Role
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -41,6 +41,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from ._records import AttemptRecord, CampaignRecord, JobRecord, ResultRecord, ScenarioRecord, record
+
 if TYPE_CHECKING:
     from ._spec import CampaignSpec
 
@@ -147,14 +149,14 @@ class Worker:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claimed job: its row (as a mapping) and the attempt opened for it."""
+    """A claimed job: its record and the attempt opened for it."""
 
-    job: dict[str, Any]
+    job: JobRecord
     attempt: int
 
     @property
     def id(self) -> int:
-        return int(self.job["id"])
+        return self.job.id
 
 
 class Store:
@@ -165,11 +167,26 @@ class Store:
         >>> claim = store.claim("demo", Worker.here())     # doctest: +SKIP
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
-        self.engine = _engine(url)
+        self.read_only = read_only
+        self.engine = _read_engine(url) if read_only else _engine(url)
         self.dialect = self.engine.dialect.name
-        self._create_tables()
+        if read_only:
+            self._check_tables()
+        else:
+            self._create_tables()
+
+    @classmethod
+    def reader(cls, url: str) -> Store:
+        """Open an existing store to read it only: nothing is created and no write lock is ever taken.
+
+        This is how the dashboard and the report read a campaign while its workers run.
+
+        Raises:
+            ValueError: no such SQLite file, or the database holds no campaign store.
+        """
+        return cls(url, read_only=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -181,8 +198,23 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
+        if self.read_only:
+            raise RuntimeError(f"{self.safe_url} was opened read-only (Store.reader)")
         with self.engine.begin() as conn:
             yield conn
+
+    def _check_tables(self) -> None:
+        try:
+            with self.engine.connect() as c:
+                if not sa.inspect(c).has_table(campaigns.name):
+                    raise ValueError(f"{self.safe_url}: not a campaign store (no {campaigns.name} table)")
+                found = c.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
+        except sa.exc.OperationalError as exc:
+            raise ValueError(f"cannot open campaign storage {self.safe_url}: {exc.orig}") from None
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise ValueError(
+                f"{self.safe_url} holds campaign schema {found}; this paratune reads up to {SCHEMA_VERSION}"
+            )
 
     def _create_tables(self) -> None:
         try:
@@ -220,7 +252,7 @@ class Store:
         fingerprint = spec.fingerprint()
         existing = self.campaign(spec.name)
         if existing is not None:
-            if existing["fingerprint"] != fingerprint:
+            if existing.fingerprint != fingerprint:
                 raise ValueError(
                     f"{spec.where}: campaign {spec.name!r} already exists in {self.safe_url} with another spec; "
                     "rename the campaign (field 'name') or remove its run folder / rows"
@@ -276,20 +308,26 @@ class Store:
             return self.create_campaign(spec, output)
         return True
 
-    def campaign(self, name: str) -> dict[str, Any] | None:
+    def campaign(self, name: str) -> CampaignRecord | None:
         with self.engine.connect() as c:
             row = c.execute(sa.select(campaigns).where(campaigns.c.name == name)).mappings().first()
-        return None if row is None else dict(row)
+        return None if row is None else record(CampaignRecord, row)
+
+    def campaigns(self) -> list[CampaignRecord]:
+        """Every campaign of the store, oldest first."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(campaigns).order_by(campaigns.c.created_at)).mappings().all()
+        return [record(CampaignRecord, r) for r in rows]
 
     def campaign_names(self) -> list[str]:
         with self.engine.connect() as c:
             return list(c.execute(sa.select(campaigns.c.name).order_by(campaigns.c.created_at)).scalars())
 
-    def scenarios(self, campaign: str) -> dict[str, dict[str, Any]]:
-        """Scenario name -> problem mapping (``Problem.from_dict`` reads it back)."""
+    def scenarios(self, campaign: str) -> dict[str, ScenarioRecord]:
+        """Scenario name -> its record (``Problem.from_dict(record.problem)`` reads the problem back)."""
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(scenarios).where(scenarios.c.campaign == campaign)).mappings()
-            return {r["name"]: json.loads(r["problem"]) for r in rows}
+            rows = c.execute(sa.select(scenarios).where(scenarios.c.campaign == campaign)).mappings().all()
+        return {r["name"]: record(ScenarioRecord, r) for r in rows}
 
     # -- the queue ----------------------------------------------------------------
     def claim(self, campaign: str, worker: Worker) -> Claim | None:
@@ -325,7 +363,7 @@ class Store:
                 .returning(attempts.c.id)
             ).scalar_one()
             row = c.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().one()
-        return Claim(dict(row), attempt)
+        return Claim(record(JobRecord, row), attempt)
 
     @staticmethod
     def _claim_cas(c: Connection, waiting: sa.Select[Any], values: dict[str, Any]) -> int | None:
@@ -378,7 +416,7 @@ class Store:
             c.execute(sa.delete(results).where(results.c.job == claim.id))  # a retried failure replaces its row
             if result is not None:
                 c.execute(
-                    sa.insert(results).values(job=claim.id, campaign=claim.job["campaign"], created_at=now, **result)
+                    sa.insert(results).values(job=claim.id, campaign=claim.job.campaign, created_at=now, **result)
                 )
             c.execute(sa.update(attempts).where(attempts.c.id == claim.attempt).values(ended_at=now, outcome=state))
 
@@ -454,8 +492,8 @@ class Store:
         out.update({str(s): int(n) for s, n in rows})
         return out
 
-    def jobs(self, campaign: str) -> list[dict[str, Any]]:
-        """Every job with its result columns (None until finished), in queue order."""
+    def jobs(self, campaign: str) -> list[JobRecord]:
+        """Every job with its result's summary (None until finished), in queue order."""
         cols = [results.c.found, results.c.objective_value, results.c.optimal, results.c.evaluations, results.c.wall_s]
         stmt = (
             sa.select(jobs, *cols)
@@ -464,19 +502,21 @@ class Store:
             .order_by(jobs.c.id)
         )
         with self.engine.connect() as c:
-            return [dict(r) for r in c.execute(stmt).mappings()]
+            return [record(JobRecord, r) for r in c.execute(stmt).mappings()]
 
-    def result(self, job_id: int) -> dict[str, Any] | None:
+    def result(self, job_id: int) -> ResultRecord | None:
         """One job's full result: ``result`` (TuneResult.to_dict) and ``provenance`` decoded."""
         with self.engine.connect() as c:
             row = c.execute(sa.select(results).where(results.c.job == job_id)).mappings().first()
-        if row is None:
-            return None
-        out = dict(row)
-        out["result"], out["provenance"] = json.loads(out["result"]), json.loads(out["provenance"])
-        return out
+        return None if row is None else record(ResultRecord, row)
 
-    def attempts(self, campaign: str) -> list[dict[str, Any]]:
+    def results(self, campaign: str) -> dict[int, ResultRecord]:
+        """Job id -> full result, for every finished job of ``campaign`` (one query)."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(results).where(results.c.campaign == campaign)).mappings().all()
+        return {int(r["job"]): record(ResultRecord, r) for r in rows}
+
+    def attempts(self, campaign: str) -> list[AttemptRecord]:
         stmt = (
             sa.select(attempts)
             .select_from(attempts.join(jobs, jobs.c.id == attempts.c.job))
@@ -484,7 +524,20 @@ class Store:
             .order_by(attempts.c.id)
         )
         with self.engine.connect() as c:
-            return [dict(r) for r in c.execute(stmt).mappings()]
+            return [record(AttemptRecord, r) for r in c.execute(stmt).mappings()]
+
+
+def _read_engine(url: str) -> Engine:
+    """A plain engine for reading: no pragmas, no ``BEGIN IMMEDIATE``, and a SQLite file must exist already."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ValueError(f"storage {url!r} is not a database URL") from None
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or not os.path.isfile(parsed.database):
+            raise ValueError(f"{parsed.render_as_string()}: no such SQLite file")
+        return sa.create_engine(url, connect_args={"timeout": 30})
+    return sa.create_engine(url, pool_pre_ping=True)
 
 
 def _engine(url: str) -> Engine:

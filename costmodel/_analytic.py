@@ -56,21 +56,20 @@ lifetimes instead, so its peaks differ; latency must agree.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..graphs import Phase, TaskGraph
 from ._analytic_eval import evaluate_plan
+from ._batch import BatchResult, PlanBatch, random_plans
+from ._batch_eval import evaluate_batch
 from ._bounds import lower_bound_s
 from ._compute import KernelPricer, allreduce_time, group_link, pair_link
 from ._metrics import Metrics
 from ._plan import SCHEDULES, Plan
 from ._platform import GIB, Platform
 from ._units import ScaledTables, TpTables, UnitIndex, contiguous_links
-
-if TYPE_CHECKING:
-    from ._batch import BatchResult, PlanBatch
 
 
 class AnalyticEvaluator:
@@ -240,16 +239,12 @@ class AnalyticEvaluator:
     # -- many plans ---------------------------------------------------------
     def evaluate_batch(self, batch: PlanBatch) -> BatchResult:
         """Vectorised evaluation of contiguous plans (see :class:`PlanBatch`); same numbers as :meth:`evaluate`."""
-        from ._batch import evaluate_batch
-
         return evaluate_batch(self, batch)
 
     def random_plans(
         self, n: int, rng: np.random.Generator, *, max_stages: int = 8, max_micro_batches: int | None = None
     ) -> PlanBatch:
         """``n`` random valid contiguous plans (see :func:`random_plans`)."""
-        from ._batch import random_plans
-
         return random_plans(
             self.graph, self.platform, n, rng, max_stages=max_stages, max_micro_batches=max_micro_batches
         )

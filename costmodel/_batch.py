@@ -7,10 +7,12 @@ and replica k the same ids shifted by k x devices per replica (what
 ``Plan.uniform`` and most tuners produce). That convention lets every link term
 be looked up from a stage's first and last device instead of a device list.
 
-:func:`evaluate_batch` applies the formulas of :mod:`._analytic` by gathering
-from tables of shape [TP degrees, units + 1] (kernel tables also per distinct
-replicas x micro_batches), in chunks of :data:`CHUNK` plans, and gives the same
-numbers as :meth:`AnalyticEvaluator.evaluate` for every valid plan.
+:func:`~paratune.costmodel._batch_eval.evaluate_batch` applies the formulas of
+:mod:`._analytic` by gathering from tables of shape [TP degrees, units + 1]
+(kernel tables also per distinct replicas x micro_batches), in chunks of plans,
+and gives the same numbers as :meth:`AnalyticEvaluator.evaluate` for every valid
+plan. This module holds the data (plans and results); :mod:`._batch_eval` the
+arithmetic, so the import runs one way.
 """
 
 from __future__ import annotations
@@ -25,11 +27,7 @@ from ._plan import Plan, Stage
 from ._platform import Platform
 
 if TYPE_CHECKING:
-    from ._analytic import AnalyticEvaluator
-
-#: Plans evaluated per numpy pass: small enough that the temporaries stay in cache (measured on 100k
-#: plans: about 2x faster than one pass).
-CHUNK = 16384
+    pass
 
 
 @dataclass
@@ -208,21 +206,3 @@ def _allowed_starts(graph: TaskGraph) -> np.ndarray:
         if task.step == "forward" and 0 <= task.layer < graph.meta.n_layers:
             starts[task.layer] = True
     return starts
-
-
-def evaluate_batch(ev: AnalyticEvaluator, batch: PlanBatch) -> BatchResult:
-    """Vectorised :meth:`AnalyticEvaluator.evaluate` (see the module docstring for the conventions)."""
-    from ._batch_eval import evaluate_arrays
-
-    n = len(batch)
-    if n <= CHUNK:
-        return evaluate_arrays(ev, batch)
-    parts = [evaluate_arrays(ev, batch.slice(i, min(i + CHUNK, n))) for i in range(0, n, CHUNK)]
-
-    def join(name: str) -> np.ndarray:
-        return np.concatenate([getattr(p, name) for p in parts])
-
-    out = BatchResult(*(join(k) for k in ("latency_s", "tokens_per_s", "max_memory_bytes", "feasible", "valid")))
-    if parts[0].step_s is not None:
-        out.step_s, out.mfu = join("step_s"), join("mfu")
-    return out

@@ -21,7 +21,27 @@ from ._pipeline import training_makespan
 if TYPE_CHECKING:
     from ._analytic import AnalyticEvaluator
 
+#: Plans evaluated per numpy pass: small enough that the temporaries stay in cache (measured on 100k
+#: plans: about 2x faster than one pass).
+CHUNK = 16384
+
 _TP_KEYS = ("weights", "state", "kv", "stash", "inputs", "ar_fwd_n", "ar_fwd_b", "ar_bwd_n", "ar_bwd_b", "opt")
+
+
+def evaluate_batch(ev: AnalyticEvaluator, batch: PlanBatch) -> BatchResult:
+    """Vectorised :meth:`AnalyticEvaluator.evaluate` (see :mod:`._batch` for the conventions)."""
+    n = len(batch)
+    if n <= CHUNK:
+        return evaluate_arrays(ev, batch)
+    parts = [evaluate_arrays(ev, batch.slice(i, min(i + CHUNK, n))) for i in range(0, n, CHUNK)]
+
+    def join(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    out = BatchResult(*(join(k) for k in ("latency_s", "tokens_per_s", "max_memory_bytes", "feasible", "valid")))
+    if parts[0].step_s is not None:
+        out.step_s, out.mfu = join("step_s"), join("mfu")
+    return out
 
 
 def _stacked(ev: AnalyticEvaluator) -> dict[str, Any]:

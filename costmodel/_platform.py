@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._fields import FieldReader, apply_overrides, load_yaml
+from ._machine import LOCAL_NAMES, local_platform_path
 from ._profile import Profile, load_profile
 
 TOPOLOGIES = ("switch", "mesh")
@@ -144,8 +145,11 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in platforms_dir().glob("*.yaml"))
 
 
-def platform_from_dict(data: Any, where: str) -> Platform:
-    """Validate a platform mapping; errors name ``where``, the field and what is allowed."""
+def platform_from_dict(data: Any, where: str, *, local: bool = True) -> Platform:
+    """Validate a platform mapping; errors name ``where``, the field and what is allowed.
+
+    ``local``: a profile of this machine by name (``cpu-local``) may come from the cache (``load_profile``).
+    """
     r = FieldReader(data, where)
     name = r.text("name")
     topology = r.text("topology", "switch", choices=TOPOLOGIES)
@@ -194,7 +198,7 @@ def platform_from_dict(data: Any, where: str) -> Platform:
             raise lr.error(cls_name, f"is missing: a {topology} platform with {nodes} node(s) needs it")
     profile_name = r.text("profile")
     try:
-        profile = load_profile(profile_name)
+        profile = load_profile(profile_name, local=local)
     except ValueError as exc:
         raise r.error("profile", str(exc)) from None
     platform = Platform(
@@ -217,8 +221,12 @@ def platform_from_dict(data: Any, where: str) -> Platform:
 _NODES = re.compile(r"^(?P<base>.+?)x(?P<nodes>\d+)$")
 
 
-def get_platform(source: str) -> Platform:
+def get_platform(source: str, *, local: bool = True) -> Platform:
     """Resolve ``NAME``, ``NAMExN``, ``NAME:field=value,...`` or a platform YAML path.
+
+    ``cpu-local`` is this machine as ``paratune calibrate local`` measured it when it did
+    (platform and profile from the cache, see :mod:`._machine`), unless ``local`` is False:
+    then, and before that measurement, it is the shipped preset.
 
     Raises:
         ValueError: unknown preset or an invalid field, with what is allowed.
@@ -235,6 +243,8 @@ def get_platform(source: str) -> Platform:
         path = platforms_dir() / f"{base}.yaml"
         if not path.is_file():
             raise ValueError(f"unknown platform {source!r}; presets: {', '.join(preset_names())} (NAMExN for N nodes)")
+        if local and base in LOCAL_NAMES and local_platform_path(base).is_file():
+            path = local_platform_path(base)  # this machine as `paratune calibrate local` measured it
         data, where = load_yaml(path), source
         if nodes is not None:
             if data.get("topology", "switch") != "switch":
@@ -243,4 +253,4 @@ def get_platform(source: str) -> Platform:
     if overrides:
         data = apply_overrides(data, overrides, where)
         data["name"] = source
-    return platform_from_dict(data, where)
+    return platform_from_dict(data, where, local=local)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._fields import FieldReader, load_yaml
+from ._machine import LOCAL_NAMES, local_profile_path
 
 LINK_CLASSES = ("intra", "inter", "mesh", "host")
 
@@ -233,9 +234,16 @@ def profiles_dir() -> Path:
     return Path(str(resources.files("paratune.configs"))) / "profiles"
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """A shipped profile by name (``configs/profiles/NAME.yaml``) or a profile file path."""
+def load_profile(name_or_path: str, *, local: bool = True) -> Profile:
+    """A shipped profile by name (``configs/profiles/NAME.yaml``) or a profile file path.
+
+    A profile of this machine (``cpu-local``) comes from the cache when ``paratune
+    calibrate local`` measured this CPU (see :mod:`._machine`), unless ``local`` is False.
+    """
     path = Path(name_or_path)
+    if local and name_or_path in LOCAL_NAMES and local_profile_path(name_or_path).is_file():
+        path = local_profile_path(name_or_path)
+        return Profile.from_dict(load_yaml(path), str(path))
     if not name_or_path.endswith((".yaml", ".yml")):
         path = profiles_dir() / f"{name_or_path}.yaml"
         if not path.is_file():

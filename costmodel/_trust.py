@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._machine import foreign_reason
 from ._metrics import Metrics
 from ._plan import Plan
 from ._platform import Platform
@@ -41,10 +42,10 @@ class ErrorModel:
 
     @classmethod
     def from_profile(cls, profile: Profile) -> ErrorModel | None:
-        """The error model of a fitted profile; None when it has no held-out errors."""
+        """The error model of a fitted profile; None when it has no held-out errors or is another CPU's."""
         err: dict[str, Any] = profile.holdout_error or {}
         classes, per_op = err.get("classes", {}), err.get("per_op", {})
-        if "mape" not in err:
+        if "mape" not in err or foreign_reason(profile.name, profile.fit):
             return None
         overall = float(err["mape"]) / 100.0
         kind: dict[str, float] = {}
@@ -101,3 +102,17 @@ def annotate(
     metrics.expected_error_pct = 100.0 * (kernel_error + communication_s * comm_error) / total if total > 0 else 0.0
     tps = [st.tp for st in plan.stages]
     metrics.calibrated = not metrics.warnings and in_calibrated_tp(platform.profile, tps)
+
+
+def calibration_reason(metrics: Metrics, platform: Platform) -> str | None:
+    """Why a prediction is not calibrated (None when it is): the words behind ``calibrated: false``."""
+    foreign = foreign_reason(platform.profile.name, platform.profile.fit)
+    if foreign:
+        return foreign
+    if metrics.calibrated:
+        return None
+    if metrics.expected_error_pct is None:
+        return f"profile {platform.profile.name} has no held-out error (hand-set, or fitted without a hold-out)"
+    if metrics.warnings:
+        return "outside the calibrated range: " + "; ".join(metrics.warnings)
+    return f"a TP degree outside the measured range of profile {platform.profile.name}"

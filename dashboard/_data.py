@@ -2,9 +2,10 @@
 
 The dashboard and the HTML report both read campaigns through :func:`load_runs`,
 which accepts run folders (``runs/demo``), a folder of run folders (``runs/``), a
-SQLite file or any SQLAlchemy URL. The stores are read with a plain engine of
-their own (no ``BEGIN IMMEDIATE``, nothing created), so a dashboard open on a
-running campaign never takes the workers' write lock.
+SQLite file or any SQLAlchemy URL. The stores are read through the campaign
+store's API (:meth:`paratune.campaign.Store.reader`: its frozen records, nothing
+created, no write lock taken), so a dashboard open on a running campaign never
+blocks the workers, and nothing here knows the store's tables or SQL.
 
 Every number a page shows is computed here, once, so the app, the report and the
 tests agree:
@@ -24,12 +25,15 @@ import json
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..campaign import JobRecord, ResultRecord
 
 WITHIN = 0.01  # "within 1%" of the reference
 OPTIMUM, BEST_KNOWN = "optimum", "best known"
@@ -291,98 +295,51 @@ def _store_urls(target: str | Path) -> list[tuple[str, Path | None]]:
     raise ValueError(f"{text}: not a run folder, a folder of run folders, a SQLite file or a database URL")
 
 
-def _engine(url: str) -> Any:
-    import sqlalchemy as sa
-
-    if url.startswith("sqlite:"):
-        database = sa.engine.make_url(url).database
-        if not database or not Path(database).is_file():
-            raise ValueError(f"{url}: no such SQLite file")
-        return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
 def _load_store(url: str, out: Results) -> None:
-    import sqlalchemy as sa
+    from ..campaign import Store
 
-    from ..campaign._store import STATES, campaigns, jobs, results, scenarios
-
-    engine = _engine(url)
-    safe = sa.engine.make_url(url).render_as_string(hide_password=True)
+    store = Store.reader(url)
     try:
-        with engine.connect() as c:
-            if not sa.inspect(c).has_table("paratune_campaigns"):
-                raise ValueError(f"{safe}: not a campaign store (no paratune_campaigns table)")
-            camp_rows = [dict(r) for r in c.execute(sa.select(campaigns).order_by(campaigns.c.created_at)).mappings()]
-            taken = {x.name for x in out.campaigns}
-            for row in camp_rows:
-                name = row["name"]
-                if name in taken:
-                    continue  # the same campaign through two paths (a shared database)
-                scen_rows = c.execute(sa.select(scenarios).where(scenarios.c.campaign == name)).mappings().all()
-                job_rows = c.execute(sa.select(jobs).where(jobs.c.campaign == name).order_by(jobs.c.id)).mappings()
-                res_rows = {
-                    r["job"]: r for r in c.execute(sa.select(results).where(results.c.campaign == name)).mappings()
-                }
-                counts = dict.fromkeys(STATES, 0)
-                loaded = []
-                for j in job_rows:
-                    counts[j["state"]] = counts.get(j["state"], 0) + 1
-                    r = res_rows.get(j["id"])
-                    job = _job(name, dict(j), None if r is None else dict(r))
-                    if job.role != "study":
-                        loaded.append(job)
-                    elif job.state == "done" and job.result:  # a study's result is its study.json, not a plan
-                        where = str(job.result.get("out_dir", ""))
-                        out.studies.append(
-                            Study(job.tuner_name.split(":", 1)[-1], name, job.scenario, where, job.result)
-                        )
-                out.campaigns.append(
-                    Campaign(name, row["description"] or "", safe, row["output"], row["created_at"], counts)
-                )
-                out.jobs.extend(loaded)
-                order = {n: i for i, n in enumerate(dict.fromkeys(j.scenario for j in loaded))}  # queue order
-                for s in sorted(scen_rows, key=lambda s: (order.get(s["name"], len(order)), s["name"])):
-                    if s["name"] not in order and any(st.scenario == s["name"] for st in out.studies):
-                        continue  # only studies ran on it: it belongs to the Studies page, not the leaderboard
-                    problem = json.loads(s["problem"])
-                    key = (name, s["name"])
-                    out.scenarios[key] = _scenario(
-                        name, s["name"], problem, [j for j in loaded if j.scenario == key[1]]
-                    )
+        taken = {x.name for x in out.campaigns}
+        for camp in store.campaigns():
+            name = camp.name
+            if name in taken:
+                continue  # the same campaign through two paths (a shared database)
+            scenario_records = store.scenarios(name)
+            results = store.results(name)
+            counts = store.counts(name)
+            loaded = []
+            for record in store.jobs(name):
+                job = _job(record, results.get(record.id))
+                if not record.is_study:
+                    loaded.append(job)
+                elif job.state == "done" and job.result:  # a study's result is its study.json, not a plan
+                    where = str(job.result.get("out_dir", ""))
+                    out.studies.append(Study(job.tuner_name.split(":", 1)[-1], name, job.scenario, where, job.result))
+            out.campaigns.append(Campaign(name, camp.description or "", store.safe_url, camp.output, camp.created_at,
+                                          counts))  # fmt: skip
+            out.jobs.extend(loaded)
+            order = {n: i for i, n in enumerate(dict.fromkeys(j.scenario for j in loaded))}  # queue order
+            for s in sorted(scenario_records.values(), key=lambda s: (order.get(s.name, len(order)), s.name)):
+                if s.name not in order and any(st.scenario == s.name for st in out.studies):
+                    continue  # only studies ran on it: it belongs to the Studies page, not the leaderboard
+                key = (name, s.name)
+                out.scenarios[key] = _scenario(name, s.name, s.problem, [j for j in loaded if j.scenario == key[1]])
     finally:
-        engine.dispose()
+        store.close()
 
 
-def _job(campaign: str, j: dict[str, Any], r: dict[str, Any] | None) -> Job:
-    common = dict(
-        campaign=campaign,
-        id=int(j["id"]),
-        scenario=j["scenario"],
-        tuner=j["tuner"],
-        tuner_name=j["tuner_name"],
-        seed=int(j["seed"]),
-        role=j["role"],
-        state=j["state"],
-        budget=j["budget"],
-        error=j["error"],
-        optimum_job=j["optimum_job"],
-    )
+def _job(j: JobRecord, r: ResultRecord | None) -> Job:
+    job = Job(j.campaign, j.id, j.scenario, j.tuner, j.tuner_name, j.seed, j.role, j.state, j.budget, j.error,
+              j.optimum_job)  # fmt: skip
     if r is None:
-        return Job(**common)
-    return Job(
-        **common,
-        value=r["objective_value"],
-        optimal=bool(r["optimal"]),
-        evaluations=r["evaluations"],
-        wall_s=r["wall_s"],
-        result=json.loads(r["result"]),
-        provenance=json.loads(r["provenance"]),
-    )
+        return job
+    return replace(job, value=r.objective_value, optimal=r.optimal, evaluations=r.evaluations, wall_s=r.wall_s,
+                   result=r.result, provenance=r.provenance)  # fmt: skip
 
 
 def _scenario(campaign: str, name: str, problem: dict[str, Any], jobs: list[Job]) -> Scenario:
-    from ..search import get_objective
+    from ..problem import get_objective
 
     obj = get_objective(problem["objective"], problem["phase"])
     done = [j for j in jobs if j.state == "done" and j.value is not None and math.isfinite(j.value)]
@@ -823,7 +780,7 @@ def plan_view(job: Job, problem: dict[str, Any], *, max_events: int = 20_000) ->
 @functools.lru_cache(maxsize=16)
 def _problem(text: str) -> Any:
     """A scenario's Problem, cached: its graphs and simulator are built once per dashboard process."""
-    from ..search import Problem
+    from ..problem import Problem
 
     return Problem.from_dict(json.loads(text), where="scenario")
 

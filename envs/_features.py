@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ..search import Problem
+from ..problem import Problem
 
 #: Version of both observation layouts (Mapping-v0 and Placement-v0).
 OBS_SCHEMA_VERSION = 3
@@ -71,6 +71,85 @@ CONTEXT_FEATURES = (
     "model_log10_weight_bytes",
     "model_need_vs_all_devices_capacity",
     "model_log2_heads",
+)
+
+
+#: Mapping-v0's decision kinds, in episode order (one-hot in its state features).
+MAPPING_DECISIONS = ("replicas", "micro_batches", "recompute", "block")
+#: Mapping-v0's partial-plan state.
+MAPPING_STATE_FEATURES = (
+    "progress",
+    "remaining_time_frac",
+    "remaining_weight_frac",
+    "remaining_need_vs_capacity_left",
+    "devices_used_frac",
+    "devices_left_frac",
+    "node_offset",
+    "stage_tp_per_16",
+    "stage_need_vs_capacity",
+    "stage_time_frac",
+    "stage_time_vs_balanced",
+    "max_closed_stage_time_frac",
+    "stage_work_vs_fair_share",
+    "stage_blocks_left_in_reach_frac",
+    "min_devices_left_vs_devices_left",
+    "stages_per_32",
+    "doomed",
+    "log2_replicas_per_8",
+    "log2_micro_batches_per_8",
+    "recompute",
+    *(f"decision_{d}" for d in MAPPING_DECISIONS),
+)
+
+#: Per TP degree of the menu, what a cut to it at the current block would give (0 where it is not allowed):
+#: the share of the blocks left the new stage can hold within memory, the devices that stage and the fewest
+#: for the blocks after it need against the devices left, its own devices against the devices left, and the
+#: time of the blocks left mapped uniformly with that degree (see ``MappingEnv._cut_features``) against the
+#: best degree's, which tells the policy what TP costs in all-reduces against what pipelining costs in fill
+#: and drain at this split.
+CUT_FEATURES = ("reach_frac", "devices_needed_vs_left", "devices_vs_left", "uniform_time_vs_best")
+
+#: Length of a Mapping-v0 observation.
+MAPPING_OBS_SIZE = (
+    (LOOKAHEAD + 1) * len(BLOCK_FEATURES)
+    + len(MAPPING_STATE_FEATURES)
+    + len(CONTEXT_FEATURES)
+    + len(TP_MENU) * len(CUT_FEATURES)
+    + N_ACTIONS
+)
+
+#: Placement-v0's per-task features (the current task and the lookahead).
+TASK_FEATURES = (
+    "present",
+    "time_frac",
+    "param_frac",
+    "memory_tp1_vs_capacity",
+    "output_transfer_vs_mean_task",
+    "layer_position",
+    "inputs_per_4",
+)
+#: Placement-v0's per-device-group features.
+GROUP_FEATURES = ("used", "memory_vs_capacity", "load_frac")
+#: Placement-v0's partial-plan state.
+PLACEMENT_STATE_FEATURES = (
+    "progress",
+    "devices_used_frac",
+    "tp_per_16",
+    "groups_used_frac",
+    "doomed",
+    "log2_replicas_per_8",
+    "log2_micro_batches_per_8",
+    "decision_tp",
+    "decision_task",
+)
+#: Length of a Placement-v0 observation.
+PLACEMENT_OBS_SIZE = (
+    (LOOKAHEAD + 1) * len(TASK_FEATURES)
+    + N_ACTIONS
+    + N_ACTIONS * len(GROUP_FEATURES)
+    + len(PLACEMENT_STATE_FEATURES)
+    + len(CONTEXT_FEATURES)
+    + N_ACTIONS
 )
 
 
@@ -135,10 +214,8 @@ def one_hot(index: int, size: int) -> list[float]:
 
 def mapping_feature_names() -> list[str]:
     """Names of the Mapping-v0 observation, position by position."""
-    from ._mapping import CUT_FEATURES, STATE_FEATURES
-
     names = [f"block{k}_{f}" for k in range(LOOKAHEAD + 1) for f in BLOCK_FEATURES]
-    names += list(STATE_FEATURES) + list(CONTEXT_FEATURES)
+    names += list(MAPPING_STATE_FEATURES) + list(CONTEXT_FEATURES)
     names += [f"cut_tp{t}_{f}" for t in TP_MENU for f in CUT_FEATURES]
     names += [f"mask_{a}" for a in range(N_ACTIONS)]
     return names
@@ -146,11 +223,9 @@ def mapping_feature_names() -> list[str]:
 
 def placement_feature_names() -> list[str]:
     """Names of the Placement-v0 observation, position by position."""
-    from ._placement import GROUP_FEATURES, STATE_FEATURES, TASK_FEATURES
-
     names = [f"task{k}_{f}" for k in range(LOOKAHEAD + 1) for f in TASK_FEATURES]
     names += [f"inputs_from_group{g}" for g in range(N_ACTIONS)]
     names += [f"group{g}_{f}" for g in range(N_ACTIONS) for f in GROUP_FEATURES]
-    names += list(STATE_FEATURES) + list(CONTEXT_FEATURES)
+    names += list(PLACEMENT_STATE_FEATURES) + list(CONTEXT_FEATURES)
     names += [f"mask_{a}" for a in range(N_ACTIONS)]
     return names

@@ -56,60 +56,30 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ..search import Problem, contiguous_plan
-from ..search._objective import Objective
-from ._features import BLOCK_FEATURES, CONTEXT_FEATURES, FEATURE_MAX, LOOKAHEAD, N_ACTIONS, TP_MENU, clip
+from ..problem import Objective, Problem, contiguous_plan
+from ._features import (
+    BLOCK_FEATURES,
+    CONTEXT_FEATURES,
+    CUT_FEATURES,
+    FEATURE_MAX,
+    LOOKAHEAD,
+    MAPPING_OBS_SIZE,
+    MAPPING_STATE_FEATURES,
+    N_ACTIONS,
+    TP_MENU,
+    clip,
+)
 from ._pool import load_pool, problem_key, reward
 from ._tables import UNREACHABLE, ScenarioTables, SplitTables
 
 #: Values of the setup decisions: action k means 2**k.
 COUNT_MENU: tuple[int, ...] = tuple(2**k for k in range(N_ACTIONS))
 
-DECISIONS = ("replicas", "micro_batches", "recompute", "block")
 KEEP = 0
 
-STATE_FEATURES = (
-    "progress",
-    "remaining_time_frac",
-    "remaining_weight_frac",
-    "remaining_need_vs_capacity_left",
-    "devices_used_frac",
-    "devices_left_frac",
-    "node_offset",
-    "stage_tp_per_16",
-    "stage_need_vs_capacity",
-    "stage_time_frac",
-    "stage_time_vs_balanced",
-    "max_closed_stage_time_frac",
-    "stage_work_vs_fair_share",
-    "stage_blocks_left_in_reach_frac",
-    "min_devices_left_vs_devices_left",
-    "stages_per_32",
-    "doomed",
-    "log2_replicas_per_8",
-    "log2_micro_batches_per_8",
-    "recompute",
-    *(f"decision_{d}" for d in DECISIONS),
-)
-
-#: Per TP degree of the menu, what a cut to it at the current block would give (0 where it is not allowed):
-#: the share of the blocks left the new stage can hold within memory, the devices that stage and the fewest
-#: for the blocks after it need against the devices left, its own devices against the devices left, and the
-#: time of the blocks left mapped uniformly with that degree (see :meth:`MappingEnv._cut_features`) against
-#: the best degree's, which tells the policy what TP costs in all-reduces against what pipelining costs in
-#: fill and drain at this split.
-CUT_FEATURES = ("reach_frac", "devices_needed_vs_left", "devices_vs_left", "uniform_time_vs_best")
-
-OBS_SIZE = (
-    (LOOKAHEAD + 1) * len(BLOCK_FEATURES)
-    + len(STATE_FEATURES)
-    + len(CONTEXT_FEATURES)
-    + len(TP_MENU) * len(CUT_FEATURES)
-    + N_ACTIONS
-)
 _ROWS = LOOKAHEAD + 1
 _NB = _ROWS * len(BLOCK_FEATURES)  # end of the block features
-_NS = _NB + len(STATE_FEATURES)  # end of the state
+_NS = _NB + len(MAPPING_STATE_FEATURES)  # end of the state
 _NC = _NS + len(CONTEXT_FEATURES)  # end of the context
 _NX = _NC + len(TP_MENU) * len(CUT_FEATURES)  # end of the cut features; the mask follows
 
@@ -160,7 +130,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         self.fixed: dict[str, Any] = {"replicas": replicas, "micro_batches": micro_batches, "recompute": recompute}
         self.schedule = schedule
         self.action_space = spaces.Discrete(N_ACTIONS)
-        self.observation_space = spaces.Box(0.0, FEATURE_MAX, shape=(OBS_SIZE,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, FEATURE_MAX, shape=(MAPPING_OBS_SIZE,), dtype=np.float32)
         self._tables: dict[tuple[str, str], ScenarioTables] = {}
         self._mask = np.zeros(N_ACTIONS, dtype=bool)
         self._sc: ScenarioTables | None = None
@@ -524,7 +494,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             1.0 if d == 2 else 0.0,
             1.0 if d == 3 else 0.0,
         )
-        out = np.empty(OBS_SIZE, dtype=np.float32)
+        out = np.empty(MAPPING_OBS_SIZE, dtype=np.float32)
         out[:_NB] = sp.block_features[j : j + _ROWS].ravel()
         out[_NB:_NS] = state
         out[_NS:_NC] = sc.context

@@ -45,40 +45,20 @@ from ..costmodel import Plan, Stage
 from ..costmodel._compute import p2p_time
 from ..costmodel._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
 from ..graphs import DTYPE_BYTES
-from ..search import Problem
-from ._features import CONTEXT_FEATURES, FEATURE_MAX, LOOKAHEAD, N_ACTIONS, TP_MENU, clip_array, context_features
+from ..problem import Problem
+from ._features import (
+    FEATURE_MAX,
+    GROUP_FEATURES,
+    LOOKAHEAD,
+    N_ACTIONS,
+    PLACEMENT_OBS_SIZE,
+    TASK_FEATURES,
+    TP_MENU,
+    clip_array,
+    context_features,
+)
 from ._mapping import Scenarios, _nearest
 from ._pool import Reference, load_pool, problem_key, reference, reward
-
-TASK_FEATURES = (
-    "present",
-    "time_frac",
-    "param_frac",
-    "memory_tp1_vs_capacity",
-    "output_transfer_vs_mean_task",
-    "layer_position",
-    "inputs_per_4",
-)
-GROUP_FEATURES = ("used", "memory_vs_capacity", "load_frac")
-STATE_FEATURES = (
-    "progress",
-    "devices_used_frac",
-    "tp_per_16",
-    "groups_used_frac",
-    "doomed",
-    "log2_replicas_per_8",
-    "log2_micro_batches_per_8",
-    "decision_tp",
-    "decision_task",
-)
-OBS_SIZE = (
-    (LOOKAHEAD + 1) * len(TASK_FEATURES)
-    + N_ACTIONS
-    + N_ACTIONS * len(GROUP_FEATURES)
-    + len(STATE_FEATURES)
-    + len(CONTEXT_FEATURES)
-    + N_ACTIONS
-)
 
 
 class PlacementTables:
@@ -201,7 +181,7 @@ class PlacementEnv(gym.Env[np.ndarray, np.int64]):
         self.granularity = granularity
         self.fixed: dict[str, Any] = {"tp": tp, "replicas": replicas, "micro_batches": micro_batches}
         self.action_space = spaces.Discrete(N_ACTIONS)
-        self.observation_space = spaces.Box(0.0, FEATURE_MAX, shape=(OBS_SIZE,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, FEATURE_MAX, shape=(PLACEMENT_OBS_SIZE,), dtype=np.float32)
         self._tables: dict[tuple[str, str, int, int], PlacementTables] = {}
         self._mask = np.zeros(N_ACTIONS, dtype=bool)
         self._pt: PlacementTables | None = None

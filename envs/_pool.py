@@ -38,8 +38,8 @@ from typing import Any
 
 from ..costmodel import Plan, Stage
 from ..costmodel._fields import load_yaml
-from ..search import Evaluation, Problem, make_tuner
-from ..search._plans import divisors
+from ..problem import Evaluation, Problem, divisors, load_scenario, load_scenarios
+from ..search import make_tuner
 
 #: Feasible rewards are clipped to [-REWARD_CLIP, REWARD_CLIP] (e^3 = 20x better or worse).
 REWARD_CLIP = 3.0
@@ -100,8 +100,6 @@ def _default_pool() -> list[Problem]:
 
 
 def _from_path(path: Path) -> list[Problem]:
-    from ..search._scenarios import load_scenario, load_scenarios
-
     if path.is_dir():
         return load_scenarios(path, check=False)
     if not path.is_file():
@@ -118,8 +116,6 @@ def _one(item: Problem | dict[str, Any] | str | Path, where: str) -> Problem:
     if isinstance(item, dict):
         return Problem.from_dict(item, where=where)
     if isinstance(item, (str, Path)):
-        from ..search._scenarios import load_scenario
-
         return load_scenario(item, check=False)
     raise ValueError(f"{where}: expected a Problem, a scenario mapping or a file path, got {type(item).__name__}")
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..costmodel._compute import allreduce_time, p2p_time
 from ..costmodel._units import range_max
-from ..search import Problem
+from ..problem import Problem
 from ._features import BLOCK_FEATURES, LOOKAHEAD, TP_MENU, clip_array, context_features
 from ._pool import Reference, reference
 

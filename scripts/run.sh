@@ -5,7 +5,9 @@
 #   bash scripts/run.sh setup    only create/refresh the virtual environment (.venv)
 #   bash scripts/run.sh paratune ARGS...   run the CLI inside the environment
 # Set-up: a venv in .venv (PARATUNE_VENV to move it); torch is installed as the CPU build 2.13.0 unless a
-# torch is already importable there (users with GPUs keep theirs). Re-runs only when pyproject.toml changes.
+# torch is already importable there (users with GPUs keep theirs). Versions are pinned by constraints.txt
+# (pip -c), so two clean installs fit the same numbers. Re-runs when pyproject.toml, constraints.txt or this
+# script change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${PARATUNE_VENV:-.venv}
@@ -17,14 +19,18 @@ setup() {
         "$PY" -m venv "$VENV"
     fi
     local stamp="$VENV/.paratune-setup" want
-    want=$(cat pyproject.toml scripts/run.sh | sha256sum | cut -c1-16)
+    want=$(cat pyproject.toml constraints.txt scripts/run.sh | sha256sum | cut -c1-16)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "setting up $VENV (once; about 2 minutes on a fresh machine)..." >&2
         "$VENV/bin/python" -m pip install -q --upgrade pip
-        if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-            "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+        local pins="$VENV/.paratune-constraints.txt"
+        if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+            grep -v '^torch==' constraints.txt > "$pins"   # keep the torch that is there (a GPU build)
+        else
+            cp constraints.txt "$pins"
+            "$VENV/bin/python" -m pip install -q -c "$pins" torch
         fi
-        "$VENV/bin/python" -m pip install -q -e ".[import,rl,dev]"
+        "$VENV/bin/python" -m pip install -q -c "$pins" -e ".[import,rl,dev]"
         echo "$want" > "$stamp"
     fi
 }
@@ -34,7 +40,7 @@ setup() {
 typecheck() {
     local tree=build/typecheck/paratune
     rm -rf build/typecheck && mkdir -p "$tree"
-    for f in *.py graphs costmodel envs agents search campaign dashboard study configs; do
+    for f in *.py graphs costmodel problem envs agents search campaign dashboard study configs; do
         ln -s "$PWD/$f" "$tree/$f"
     done
     (cd build/typecheck && mypy --config-file ../../pyproject.toml -p paratune)

@@ -11,30 +11,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._objective import OBJECTIVES, Objective, get_objective
+from ..problem import OBJECTIVES, Evaluation, Limits, Objective, Problem, contiguous_plan, even_cuts, get_objective
 from ._options import OptionInfo, TunerOptions, about
-from ._plans import contiguous_plan, even_cuts
-from ._problem import Evaluation, Limits, Problem
 from ._registry import TunerEntry, make_tuner, register_tuner, tuner_class, tuner_entries, tuner_names
 from ._result import HistoryPoint, TuneResult
 from ._tuner import Callback, Family, Progress, Recorder, Tuner
 
+# Each entry names the module and class literally (the import test sees it); the class holds the family,
+# description and options. The module is imported when the tuner is built or listed.
 for _name, _target in (
-    ("megatron", "_heuristics:Megatron"),
-    ("serving-default", "_heuristics:ServingDefault"),
-    ("min-tp-replicas", "_heuristics:MinTpReplicas"),
-    ("balanced-pp", "_heuristics:BalancedPP"),
-    ("dp", "_dp:DPSolver"),
-    ("enumerate", "_enumerate:Enumerate"),
-    ("dag-exact", "_dag_exact:DagExact"),
-    ("optuna-tpe", "_optuna:OptunaTPE"),
-    ("optuna-cmaes", "_optuna:OptunaCmaEs"),
-    ("optuna-gp", "_optuna:OptunaGP"),
-    ("optuna-random", "_optuna:OptunaRandom"),
-    ("optuna-qmc", "_optuna:OptunaQMC"),
-    ("optuna-nsga2", "_optuna:OptunaNSGA2"),
+    ("megatron", "paratune.search._heuristics:Megatron"),
+    ("serving-default", "paratune.search._heuristics:ServingDefault"),
+    ("min-tp-replicas", "paratune.search._heuristics:MinTpReplicas"),
+    ("balanced-pp", "paratune.search._heuristics:BalancedPP"),
+    ("dp", "paratune.search._dp:DPSolver"),
+    ("enumerate", "paratune.search._enumerate:Enumerate"),
+    ("dag-exact", "paratune.search._dag_exact:DagExact"),
+    ("optuna-tpe", "paratune.search._optuna:OptunaTPE"),
+    ("optuna-cmaes", "paratune.search._optuna:OptunaCmaEs"),
+    ("optuna-gp", "paratune.search._optuna:OptunaGP"),
+    ("optuna-random", "paratune.search._optuna:OptunaRandom"),
+    ("optuna-qmc", "paratune.search._optuna:OptunaQMC"),
+    ("optuna-nsga2", "paratune.search._optuna:OptunaNSGA2"),
 ):
-    register_tuner(_name, f"{__name__}.{_target}")  # the class holds the family, description and options
+    register_tuner(_name, _target)
 
 
 def tune(

@@ -58,8 +58,8 @@ from ..costmodel import Plan, Simulator, Stage
 from ..costmodel._compute import group_link, p2p_time, pair_link
 from ..costmodel._simengine import BACKWARD
 from ..graphs import Phase
+from ..problem import Problem
 from ._options import TunerOptions, about
-from ._problem import Problem
 from ._tuner import Family, Recorder, Tuner
 
 RTOL = 1e-9

@@ -49,9 +49,9 @@ import numpy as np
 
 from ..costmodel import Plan
 from ..costmodel._batch import PlanBatch
+from ..problem import Evaluation, Problem
 from ._layered_space import LayeredSpace
 from ._options import LayeredOptions, TunerOptions, about
-from ._problem import Evaluation, Problem
 from ._tuner import Family, Recorder, Tuner
 
 #: Relative slack on bounds so float rounding never prunes a plan that is better by more than this.

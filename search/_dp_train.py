@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..costmodel._pipeline import training_makespan
+from ..problem import Evaluation
 from ._dp import SLACK, _add_front, pareto, seed_plans
 from ._layered_space import LayeredSpace
-from ._problem import Evaluation
 from ._tuner import Recorder
 
 #: Complete plans priced per numpy pass.

@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..problem import Problem
 from ._layered_space import LayeredSpace
 from ._options import LayeredOptions, TunerOptions, about
-from ._problem import Problem
 from ._tuner import Family, Recorder, Tuner
 
 DEFAULT_MAX_PLANS = 200_000

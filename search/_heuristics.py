@@ -31,8 +31,8 @@ import numpy as np
 
 from ..costmodel import Plan
 from ..graphs import Phase
-from ._plans import contiguous_plan, divisors, even_cuts
-from ._problem import GIB, Evaluation, Problem
+from ..problem import Evaluation, Problem, contiguous_plan, divisors, even_cuts
+from ..problem._problem import GIB
 from ._tuner import Family, Recorder, Tuner
 
 GRANULARITY = "layer"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..costmodel import Plan, Schedule
 from ..graphs import Phase
-from ._problem import Problem
+from ..problem import Problem
 
 # Hugging Face ids of the zoo's presets (for the vLLM line); other models print a placeholder.
 HF_IDS = {

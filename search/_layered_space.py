@@ -36,8 +36,7 @@ import numpy as np
 
 from ..costmodel import AnalyticEvaluator, Plan
 from ..costmodel._trust import in_calibrated_tp
-from ._plans import contiguous_plan, divisors
-from ._problem import Problem
+from ..problem import Problem, contiguous_plan, divisors
 
 RECOMPUTE_MODES = ("search", "off", "on")
 

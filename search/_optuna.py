@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from ..costmodel import Metrics, Plan
+from ..problem import Evaluation, Problem
 from ._options import TunerOptions, about
 from ._polish import polish
-from ._problem import Evaluation, Problem
 from ._spaces import make_space
 from ._tuner import Family, Recorder, Tuner
 

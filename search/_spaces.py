@@ -34,8 +34,7 @@ import networkx as nx
 
 from ..costmodel import Plan, Stage
 from ..graphs import Phase, parse_granularity
-from ._plans import contiguous_plan, divisors
-from ._problem import Problem
+from ..problem import Problem, contiguous_plan, divisors
 
 if TYPE_CHECKING:
     from optuna.trial import Trial

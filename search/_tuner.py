@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..costmodel import Metrics, Plan
+from ..problem import Evaluation, Problem
 from ._options import TunerOptions
-from ._problem import Evaluation, Problem
 from ._result import HistoryPoint, TuneResult
 
 

@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..graphs import parse_granularity
-from ..search import Family, Problem, tune, tuner_entries, tuner_names
+from ..problem import Problem
+from ..search import Family, tune, tuner_entries, tuner_names
 from ._common import Checkpoints, StudyTable, fmt_pct, fmt_seconds, provenance, write_study
 from ._space_size import log10, space_log10
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..graphs import parse_granularity
-from ..search import Problem, tuner_names
+from ..problem import Problem
+from ..search import tuner_names
 from ._common import STUDY_FILE, StudyTable, load_study
 
 STUDY_KINDS = ("granularity", "static-vs-runtime")

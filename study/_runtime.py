@@ -54,8 +54,8 @@ from typing import Any
 
 from ..costmodel import Plan
 from ..graphs import Phase
-from ..search import Limits, Problem, tune
-from ..search._objective import DEFAULT_OBJECTIVE, get_objective
+from ..problem import DEFAULT_OBJECTIVE, Limits, Problem, get_objective
+from ..search import tune
 from ._common import Checkpoints, StudyTable, fmt_pct, fmt_seconds, provenance, write_study
 from ._switching import DECISIONS, ReshardCost, changed_decisions, fit_plan, reshard_cost, transplant
 from ._workload import MAX_BUCKETS, Bucket, Workload

@@ -48,8 +48,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from ..graphs import Phase
-from ..search import Problem
-from ..search._plans import divisors
+from ..problem import Problem, divisors
 
 #: Stage cap of Optuna's hybrid space (``paratune.search._spaces.MAX_STAGES``).
 HYBRID_MAX_STAGES = 16

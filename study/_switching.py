@@ -40,8 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..costmodel import Plan, Stage
-from ..search import Problem, contiguous_plan
-from ..search._plans import divisors
+from ..problem import Problem, contiguous_plan, divisors
 
 #: The decisions a plan makes, as the study's breakdown names them.
 DECISIONS = ("granularity", "tp", "stages", "micro_batches", "replicas", "recompute")

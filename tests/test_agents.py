@@ -11,14 +11,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-pytest.importorskip("sb3_contrib")
-
 from paratune._cli_rl import register
 from paratune.agents import RLTuner, load_policy, train, transfer
 from paratune.agents._policy import default_policy_path, read_metadata
 from paratune.agents._rl_tuner import make_env, rollout, setup_order
 from paratune.envs import OBS_SCHEMA_VERSION
 from paratune.search import Problem
+
+pytestmark = pytest.mark.needs("torch", "sb3_contrib")
 
 TINY = "llama2-7b:layers=4,hidden=512,heads=8,kv_heads=8"
 POOL = [

@@ -28,12 +28,24 @@ from paratune.costmodel import (
     p2p_time,
     pair_link,
 )
-from paratune.costmodel.calibration import check_profile, default_profile_for, fit_profile, write_profile
+from paratune.costmodel.calibration import (
+    check_profile,
+    default_profile_for,
+    fit_profile,
+    parameter_gaps,
+    prediction_gap,
+    write_profile,
+)
+from paratune.costmodel.calibration._lsq import solve_with_errors, weak
 from paratune.graphs import build_graph
 
 VIDUR = Path(__file__).parent / "data" / "vidur"
 #: Issue 3's targets on held-out models (percent).
 GEMM_LARGE, GEMM_ALL, ALL_OPS, INTRA_COLLECTIVES = 10.0, 20.0, 20.0, 15.0
+#: A refit (another CPU, another BLAS) must predict every measured row as the committed profile does, within
+#: this relative tolerance (seen: under 5e-5 on the GPU profiles, 6e-4 on cpu-local's attention rows), and its
+#: well-determined parameters within PARAMETER_RTOL (seen: under 0.2%); weakly determined ones are not compared.
+PREDICTION_RTOL, PARAMETER_RTOL = 5e-3, 1e-2
 
 
 def shared_profiles() -> Path | None:
@@ -125,18 +137,46 @@ def test_fit_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     assert not list(path.parent.glob(".*.tmp"))
 
 
-def test_refit_reproduces_the_committed_profiles() -> None:
+def assert_same_fit(
+    profiles: Path, device: str, committed: paratune.costmodel.Profile, refit: paratune.costmodel.Profile
+) -> None:
+    """A refit predicts what the committed profile predicts (every row), its well-determined parameters agree."""
+    gaps = prediction_gap(profiles, device, committed, refit)
+    assert gaps and all(g <= PREDICTION_RTOL for g in gaps.values()), (device, gaps)
+    params = parameter_gaps(committed, refit)
+    assert params and all(g <= PARAMETER_RTOL for g in params.values()), (device, params)
+
+
+def test_refit_predicts_as_the_committed_profiles() -> None:
     profiles = shared_profiles()
     if profiles is None:
         pytest.skip("the shared Vidur data is not here (../shared/data or $PARATUNE_SHARED_DATA)")
     for device in ("a100", "h100"):
         committed = default_profile_for(device)
         refit = fit_profile(profiles, device, holdout=committed.fit["split"]["held_out"], name=committed.name).profile
-        for part in ("kernels", "links"):
-            for key, values in committed.fit[part].items():
-                for field, value in values.items():
-                    assert refit.fit[part][key][field] == pytest.approx(value, rel=1e-6), (device, key, field)
-        assert refit.holdout_error["classes"] == committed.holdout_error["classes"]
+        assert_same_fit(profiles, device, committed, refit)
+        # Held-out MAPE (percent) within 0.05 point: seen 0.005 at most.
+        for group, stats in committed.holdout_error["classes"].items():
+            assert refit.holdout_error["classes"][group]["rows"] == stats["rows"], (device, group)
+            assert refit.holdout_error["classes"][group]["mape"] == pytest.approx(stats["mape"], abs=0.05), group
+        # A GEMM's memory half sits far below the operands measured: reported, not reproduced to six digits.
+        assert "memory_half_bytes" in refit.fit["weakly_determined"]["matmul"], refit.fit["weakly_determined"]
+        assert "compute_peak" not in refit.fit["weakly_determined"]["matmul"]
+
+
+def test_solver_reports_what_the_data_do_not_determine() -> None:
+    """y = a * t + b is fitted; c does not enter the residuals: its standard error is huge, a's and b's small."""
+    t = np.linspace(1.0, 10.0, 40)
+    y = 2.0 * t + 1.0 + 0.01 * np.sin(7 * t)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return np.log((x[0] * t + x[1]) / y)
+
+    (a, b, c), (ea, eb, ec) = solve_with_errors(residuals, [1.0, 0.5, 3.0], [0.0, 0.0, 0.0], [10.0, 10.0, 10.0])
+    assert a == pytest.approx(2.0, rel=1e-2) and b == pytest.approx(1.0, rel=5e-2)
+    assert ea < 0.01 * a and eb < 0.1 * b and ec > 1e3
+    assert not weak(a, ea, log_scale=False) and weak(c, ec, log_scale=False) and weak(c, ec, log_scale=True)
+    assert not weak(1.0, 0.5, log_scale=True) and weak(1.0, 1.5, log_scale=True)
 
 
 runner = CliRunner()
@@ -217,7 +257,8 @@ def test_a100_llmcompass_refits_from_llmcompass_gemms() -> None:
     committed = load_profile("a100-llmcompass")
     assert committed.host_overhead_s == pytest.approx(22e-6) and "BSD 3-Clause" in committed.source
     refit = fit_profile(LLMCOMPASS, "a100", name="a100-llmcompass", host_overhead_us=22.0)
-    assert refit.profile.to_dict() == committed.to_dict()
+    assert_same_fit(LLMCOMPASS, "a100", committed, refit.profile)
+    assert refit.profile.host_overhead_s == committed.host_overhead_s and refit.profile.source == committed.source
     assert refit.report["mape"] <= 5.0  # on the 20 GEMMs fitted
     # That machine sustains ~89% of the tensor peak on large GEMMs, Vidur's A100s ~74%: two machines, two profiles.
     assert committed.compute_eff("matmul").peak > load_profile("a100-vidur").compute_eff("matmul").peak + 0.1

@@ -1,9 +1,10 @@
-"""Campaigns: the spec, the store and its guarantees on SQLite (PostgreSQL: test_campaign_postgres.py).
+"""Campaigns: the spec, the store and its guarantees on SQLite and on PostgreSQL.
 
-The guarantee checks are functions of a storage URL so both backends run the same
-code: several worker processes never run a job twice nor lose one; a worker killed
-with SIGKILL mid-job leaves a resumable campaign; a failing job is recorded and the
-others go on; Ctrl-C stops cleanly.
+The guarantee checks are functions of a storage URL, run by tests parametrised over
+both backends (the ``storage`` fixture): several worker processes never run a job
+twice nor lose one; a worker killed with SIGKILL mid-job leaves a resumable campaign;
+a failing job is recorded and the others go on; Ctrl-C stops cleanly. PostgreSQL comes
+from the ``pg_database`` fixture of conftest.py (a throwaway server on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
@@ -79,13 +81,13 @@ def check_workers_never_duplicate_nor_lose(folder: Path, storage: str | None) ->
         store.close()
     # 5 scenarios x (dp optimum + 4 deterministic heuristics + optuna-random x 3 seeds)
     assert len(jobs) == 40
-    assert [j["state"] for j in jobs] == ["done"] * 40, [(j["id"], j["state"], j["error"]) for j in jobs]
-    runs = Counter(a["job"] for a in attempts)
+    assert [j.state for j in jobs] == ["done"] * 40, [(j.id, j.state, j.error) for j in jobs]
+    runs = Counter(a.job for a in attempts)
     duplicates = [job for job, n in runs.items() if n > 1]
-    lost = [j["id"] for j in jobs if runs[j["id"]] == 0 or j["objective_value"] is None]
+    lost = [j.id for j in jobs if runs[j.id] == 0 or j.objective_value is None]
     assert duplicates == [] and lost == []
-    assert {a["outcome"] for a in attempts} == {"done"}
-    workers = Counter(a["worker"] for a in attempts)
+    assert {a.outcome for a in attempts} == {"done"}
+    workers = Counter(a.worker for a in attempts)
     assert len(workers) == 2, workers  # both processes took jobs from the same queue
     return {"jobs": len(jobs), "duplicates": len(duplicates), "lost": len(lost), "per_worker": sorted(workers.values())}
 
@@ -132,7 +134,7 @@ def check_claims_are_atomic(folder: Path, storage: str, processes: int = 3, jobs
         counts = store.counts("race")
     finally:
         store.close()
-    runs = Counter(a["job"] for a in attempts)
+    runs = Counter(a.job for a in attempts)
     assert sum(claimed) == jobs and counts["done"] == jobs
     assert len(runs) == jobs and max(runs.values()) == 1
     return {"jobs": jobs, "duplicates": sum(n > 1 for n in runs.values()), "lost": jobs - len(runs),
@@ -174,30 +176,29 @@ def check_sigkill_then_resume(folder: Path, storage: str | None) -> dict[str, An
         )
 
         def slow_running() -> bool:
-            return any(j["tuner"] == "slow" and j["state"] == "running" for j in store.jobs("killed"))
+            return any(j.tuner == "slow" and j.state == "running" for j in store.jobs("killed"))
 
         wait_for(slow_running)
         time.sleep(0.3)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        before = {j["id"]: j for j in store.jobs("killed")}
-        kept = {i: store.result(i) for i, j in before.items() if j["state"] == "done"}
-        slow_id = next(i for i, j in before.items() if j["tuner"] == "slow")
-        assert before[slow_id]["state"] == "running"  # as SIGKILL left it
+        before = {j.id: j for j in store.jobs("killed")}
+        kept = {i: store.result(i) for i, j in before.items() if j.state == "done"}
+        slow_id = next(i for i, j in before.items() if j.tuner == "slow")
+        assert before[slow_id].state == "running"  # as SIGKILL left it
         assert len(kept) == 4  # dp (the optimum), megatron, balanced-pp, optuna-random
         outcome = resume_campaign(str(output), storage=storage, workers=1)
         assert outcome.finished
-        after = {j["id"]: j for j in store.jobs("killed")}
+        after = {j.id: j for j in store.jobs("killed")}
         attempts = store.attempts("killed")
         for i, result in kept.items():  # finished results untouched
             assert store.result(i) == result
-        assert all(j["state"] == "done" for j in after.values())
-        outcomes = [a["outcome"] for a in attempts if a["job"] == slow_id]
+        assert all(j.state == "done" for j in after.values())
+        outcomes = [a.outcome for a in attempts if a.job == slow_id]
         assert outcomes == ["lost", "done"]
-        assert Counter(a["job"] for a in attempts if a["job"] != slow_id) == dict.fromkeys(kept, 1)
-        assert (
-            store.result(slow_id)["result"]["evaluations"] == SLOW_BUDGET
-        )  # the full budget: the job ran again from the start
+        assert Counter(a.job for a in attempts if a.job != slow_id) == dict.fromkeys(kept, 1)
+        slow = store.result(slow_id)
+        assert slow is not None and slow.result["evaluations"] == SLOW_BUDGET  # the full budget: ran again
     finally:
         store.close()
     return {"jobs": len(after), "kept": len(kept), "rerun": [slow_id]}
@@ -236,26 +237,55 @@ def check_failures_are_recorded(folder: Path, storage: str | None) -> None:
     assert ("two-objectives", "dp") not in by  # a Pareto front has no single optimum
 
 
-# -- SQLite: the guarantees ---------------------------------------------------------------------
+# -- the guarantees, on both backends -------------------------------------------------------
 
 
-def test_sqlite_workers_never_duplicate_nor_lose(tmp_path: Path) -> None:
-    report = check_workers_never_duplicate_nor_lose(tmp_path, None)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest) -> str | None:
+    """The backend under test: None (the campaign's own SQLite file) or a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
+
+
+@pytest.mark.slow
+def test_workers_never_duplicate_nor_lose(tmp_path: Path, storage: str | None) -> None:
+    report = check_workers_never_duplicate_nor_lose(tmp_path, storage)
     assert report["duplicates"] == 0 and report["lost"] == 0
 
 
-def test_sqlite_claims_are_atomic(tmp_path: Path) -> None:
-    assert check_claims_are_atomic(tmp_path, sqlite_url(tmp_path))["duplicates"] == 0
+def test_claims_are_atomic(tmp_path: Path, storage: str | None) -> None:
+    report = check_claims_are_atomic(tmp_path, storage or sqlite_url(tmp_path))
+    assert report["duplicates"] == 0
+    if storage is not None:  # PostgreSQL's row locks share the queue out; SQLite's lock is not fair
+        assert report["claimers_that_won"] == 3
 
 
-def test_sqlite_sigkill_then_resume(tmp_path: Path) -> None:
-    check_sigkill_then_resume(tmp_path, None)
+@pytest.mark.slow
+def test_sigkill_then_resume(tmp_path: Path, storage: str | None) -> None:
+    check_sigkill_then_resume(tmp_path, storage)
 
 
-def test_sqlite_failures_are_recorded(tmp_path: Path) -> None:
-    check_failures_are_recorded(tmp_path, None)
+def test_failures_are_recorded(tmp_path: Path, storage: str | None) -> None:
+    check_failures_are_recorded(tmp_path, storage)
 
 
+def test_postgres_store_uses_skip_locked(pg_database: str) -> None:
+    store = Store(pg_database)
+    try:
+        assert store.dialect == "postgresql"
+        assert "paratune_jobs" in sa.inspect(store.engine).get_table_names()
+    finally:
+        store.close()
+
+
+def test_postgres_status_by_name_with_storage(tmp_path: Path, pg_database: str) -> None:
+    """A worker on another machine knows only the URL and the name: status works from those too."""
+    spec = write_spec(tmp_path, "shared", pg_database, scenarios=[{**TINY, "name": "t"}], tuners=["megatron"])
+    assert run_campaign(spec).finished
+    status = campaign_status("shared", pg_database)
+    assert status["counts"]["done"] == 2 and status["storage"].startswith("postgresql")
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     spec = write_spec(
         tmp_path,
@@ -276,7 +306,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
                                     stdout=sink, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     store = Store(sqlite_url(tmp_path))
     try:
-        wait_for(lambda: any(j["tuner"] == "slow" and j["state"] == "running" for j in store.jobs("interrupted")))
+        wait_for(lambda: any(j.tuner == "slow" and j.state == "running" for j in store.jobs("interrupted")))
         launcher.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends to the launcher
         launcher.wait(timeout=60)
         out = output.read_text()
@@ -284,8 +314,8 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
         assert "paratune campaign resume" in out
         counts = store.counts("interrupted")
         assert counts == {"waiting": 1, "running": 0, "done": 2, "failed": 0}
-        slow = next(j for j in store.jobs("interrupted") if j["tuner"] == "slow")
-        assert [a["outcome"] for a in store.attempts("interrupted") if a["job"] == slow["id"]] == ["interrupted"]
+        slow = next(j for j in store.jobs("interrupted") if j.tuner == "slow")
+        assert [a.outcome for a in store.attempts("interrupted") if a.job == slow.id] == ["interrupted"]
         assert resume_campaign(str(tmp_path / "run")).finished
         assert store.counts("interrupted")["done"] == 3
     finally:
@@ -444,9 +474,9 @@ def test_stale_heartbeat_requeues_and_the_late_result_is_dropped(tmp_path: Path)
             store.finish(claim, far, state="done")
         here = Worker.here()
         again = store.claim("s", here)
-        assert again is not None and again.id == claim.id and again.job["attempts"] == 2
+        assert again is not None and again.id == claim.id and again.job.attempts == 2
         store.finish(again, here, state="done")
-        assert [a["outcome"] for a in store.attempts("s")] == ["lost", "done"]
+        assert [a.outcome for a in store.attempts("s")] == ["lost", "done"]
     finally:
         store.close()
 

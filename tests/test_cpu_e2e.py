@@ -1,18 +1,23 @@
 """End-to-end validation on this CPU: a real model run (1 process, TP2, PP2) against the cost model.
 
-The slow test runs the small grid of ``validate_cpu`` (about 30 s on 2 cores). Tests
+The slow test first measures this CPU (``calibrate_local``, about 30 s on 2 cores, into a
+temporary cache: ``cpu-local`` is then this machine, whatever CPU runs the suite), then runs
+the small grid of ``validate_cpu`` (about 30 s). Tests
 never assert wall-clock targets (timings on 2 shared cores vary run to run: TP2 decode
 at batch 1 measured 16-31 ms for the same code), so the issue's targets (15% single
 process, 25% TP2 and PP2) are measured and printed by ``benchmarks/cpu_e2e.py``; this
 test checks the harness end to end (sharded runs reproduce the unsharded model's
 logits, every case is measured and predicted) and that no case is off by more than
-``SANITY_PCT`` (a broken model or harness, not noise). When other processes used more
-than ``BUSY_CORES`` meanwhile the run is repeated once, and skipped if it stays busy.
+``SANITY_PCT`` = 50% (a broken model, harness or calibration, not noise: an idle 2-core
+machine stays within the 15/25% targets; the shipped profile on another CPU was off by
++100% to +2400%). When other processes used more than ``BUSY_CORES`` while measuring or
+running, both are repeated once, and the test is skipped if the machine stays busy.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +26,7 @@ from paratune.costmodel.calibration._e2e import DEFAULT_MODEL, TOLERANCE_PCT, de
 from paratune.graphs import get_model
 
 
+@pytest.mark.needs("torch")
 def test_cases_and_predictions_are_sane() -> None:
     for quick in (True, False):
         cases = default_cases(quick)
@@ -32,8 +38,8 @@ def test_cases_and_predictions_are_sane() -> None:
     assert spec.dtype == "bf16" and spec.layers == 4
 
 
+@pytest.mark.needs("torch")
 def test_stage_layers_match_plan_uniform() -> None:
-    pytest.importorskip("torch")
     from paratune.costmodel.calibration._e2e_run import stage_layers
 
     for n, pp in ((4, 2), (5, 2), (7, 3)):
@@ -41,8 +47,10 @@ def test_stage_layers_match_plan_uniform() -> None:
         assert [stage_layers(n, pp, s) for s in range(pp)] == [st.layers for st in plan.stages]
 
 
+@pytest.mark.needs("torch")
 def test_tp_sharding_reconstructs_the_unsharded_weights() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     from paratune.costmodel.calibration._e2e_model import ModelShape, Shard
 
     shape = ModelShape(layers=2, hidden=64, heads=4, kv_heads=2, ffn=96, vocab=100)
@@ -63,20 +71,26 @@ SANITY_PCT = 50.0
 
 
 @pytest.mark.slow
-@pytest.mark.torch
-def test_cpu_end_to_end_runs_and_predicts_the_right_magnitude() -> None:
-    pytest.importorskip("torch")
-    from paratune.costmodel.calibration import validate_cpu
+@pytest.mark.needs("torch")
+def test_cpu_end_to_end_runs_and_predicts_the_right_magnitude(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from paratune.costmodel import _machine, get_platform
+    from paratune.costmodel.calibration import calibrate_local, validate_cpu
 
+    monkeypatch.setenv(_machine.CACHE_ENV, str(tmp_path))
     for _ in range(2):
+        _, fit = calibrate_local(force=True)  # measure before predicting: cpu-local is this CPU
+        assert fit is not None
+        measured_busy = max((v or 0.0) for v in fit.profile.fit["measured"]["other_processes_cores"].values())
         result = validate_cpu(cases=default_cases(quick=True), reps=3)
         print(format_table(result), "\nother processes used", result["other_processes_cores"], "cores")
-        busy = result["other_processes_cores"]
-        if busy is None or busy <= BUSY_CORES:
+        busy = max(result["other_processes_cores"] or 0.0, measured_busy)
+        if busy <= BUSY_CORES:
             break
     else:
         pytest.skip(f"machine busy: other processes used {busy:.2f} cores during both runs; timings not comparable")
-    assert result["profile"] != "cpu-default", "cpu-local must use the measured profile"
+    profile = get_platform("cpu-local").profile
+    assert result["profile"] == "cpu-local" and "paratune calibrate local" in profile.source
+    assert _machine.foreign_reason(profile.name, profile.fit) is None
     assert all(v < 0.05 for v in result["checks"].values()), result["checks"]
     rows = result["cases"]
     assert {r["mode"] for r in rows} == {"single", "tp2", "pp2"}

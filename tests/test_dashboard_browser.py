@@ -1,60 +1,33 @@
 """The dashboard in a real browser: Playwright driving Debian's Chromium headless against the app on 127.0.0.1.
 
-Skipped only when Chromium or the playwright package is missing and ``CI`` is not
-set (``scripts/browser.sh`` installs both); in CI a missing browser is a failure.
+The browser is conftest.py's ``chromium`` fixture: skipped only when Chromium or the playwright package is
+missing and ``CI`` is not set (``scripts/browser.sh`` installs both); in CI a missing browser is a failure.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from paratune.dashboard import _data as data
+from paratune.dashboard import create_app
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("PARATUNE_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (scripts/browser.sh)"
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        return f"no Chromium at {CHROMIUM} (scripts/browser.sh: apt-get install -y chromium)"
-    return None
-
-
-_why = _missing()
-if _why is not None:
-    if os.environ.get("CI"):
-        pytest.fail(f"browser tests need a browser in CI: {_why}", pytrace=False)
-    pytest.skip(_why, allow_module_level=True)
-
-from _dashboard_fixture import EVIL, make_campaign  # noqa: E402
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
-
-from paratune.dashboard import _data as data  # noqa: E402
-from paratune.dashboard import create_app  # noqa: E402
+#: the fixture campaign's first scenario name (conftest.py's ``dashboard_run``)
+EVIL = "<script>alert(1)</script>"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_campaign(tmp_path_factory.mktemp("dash-browser"))
+def run_dir(dashboard_run: Path) -> Path:
+    return dashboard_run
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +46,8 @@ def base_url(run_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+def browser(chromium: Browser) -> Browser:
+    return chromium
 
 
 @pytest.fixture

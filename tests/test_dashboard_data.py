@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("plotly")
-
-from _dashboard_fixture import EVIL, make_campaign
-
 from paratune.campaign import Store, locate
 from paratune.dashboard import _data as data
 from paratune.dashboard._figures import gantt_figure, leaderboard_table, text
 
+#: the fixture campaign's first scenario name (conftest.py's ``dashboard_run``)
+EVIL = "<script>alert(1)</script>"
+
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_campaign(tmp_path_factory.mktemp("dash"))
+def run_dir(dashboard_run: Path) -> Path:
+    return dashboard_run
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def test_load_finds_campaign_scenarios_and_jobs(run_dir: Path, results: data.Res
     located = locate(run_dir)
     store = Store(located.storage)
     try:
-        assert len(results.jobs) == len([j for j in store.jobs("fixture") if j["role"] != "study"])
+        assert len(results.jobs) == len([j for j in store.jobs("fixture") if j.role != "study"])
         assert [s.kind for s in results.studies] == ["granularity"]
         assert results.campaigns[0].counts == store.counts("fixture")
     finally:
@@ -66,11 +65,11 @@ def test_leaderboard_numbers_match_the_store(run_dir: Path, results: data.Result
     """Recompute one cell (optuna-random on the tiny prefill scenario) straight from the store's rows."""
     store = Store(locate(run_dir).storage)
     try:
-        rows = [j for j in store.jobs("fixture") if j["scenario"] == "tiny-prefill"]
-        optimum = next(j["objective_value"] for j in rows if j["role"] == "optimum")
-        mine = [j for j in rows if j["tuner"] == "optuna-random"]
-        values = [j["objective_value"] for j in mine]
-        histories = [store.result(j["id"])["result"]["history"] for j in mine]  # type: ignore[index]
+        rows = [j for j in store.jobs("fixture") if j.scenario == "tiny-prefill"]
+        optimum = next(j.objective_value for j in rows if j.role == "optimum")
+        mine = [j for j in rows if j.tuner == "optuna-random"]
+        values = [j.objective_value for j in mine]
+        histories = [store.result(j.id).result["history"] for j in mine]  # type: ignore[union-attr]
     finally:
         store.close()
     entry = next(e for e in data.leaderboard(results, ("fixture", "tiny-prefill")) if e.tuner == "optuna-random")
@@ -198,3 +197,71 @@ def test_report_is_self_contained_and_escapes_names(run_dir: Path, tmp_path: Pat
     assert "Pareto front" in page and "pipeline timeline" in page
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "nothing"), "-o", str(out)])
     assert bad.exit_code == 2
+
+
+# -- the store's read API and studies kept apart ---------------------------------------------------
+
+
+def test_store_reads_frozen_typed_records(run_dir: Path) -> None:
+    import dataclasses
+
+    from paratune.campaign import CampaignRecord, JobRecord, ResultRecord
+
+    store = Store.reader(locate(run_dir).storage)
+    try:
+        (camp,) = store.campaigns()
+        jobs = store.jobs("fixture")
+        dp = next(j for j in jobs if j.role == "optimum" and j.scenario == "tiny-prefill")
+        result = store.result(dp.id)
+        scenario = store.scenarios("fixture")["tiny-prefill"]
+        with pytest.raises(RuntimeError, match="read-only"):
+            store.retry_failed("fixture")
+    finally:
+        store.close()
+    assert isinstance(camp, CampaignRecord) and camp.name == "fixture" and isinstance(camp.spec, dict)
+    assert all(isinstance(j, JobRecord) and isinstance(j.options, dict) for j in jobs)
+    assert dp.optimal is True and dp.state == "done" and isinstance(dp.objective_value, float)
+    assert (
+        isinstance(result, ResultRecord) and result.result["best_plan"] and result.objective_value == dp.objective_value
+    )
+    assert scenario.problem["phase"] == "prefill"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dp.state = "waiting"  # type: ignore[misc]
+
+
+def test_reader_creates_nothing_and_names_what_is_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    with pytest.raises(ValueError, match="no such SQLite file"):
+        Store.reader(f"sqlite:///{missing}")
+    assert not missing.exists()
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(ValueError, match="not a campaign store"):
+        Store.reader(f"sqlite:///{other}")
+
+
+def test_status_keeps_studies_out_of_the_tuner_table(run_dir: Path) -> None:
+    """The granularity study runs on a scenario dp certified: its headline must not get a gap to dp's optimum."""
+    from typer.testing import CliRunner
+
+    from paratune.campaign import campaign_status
+    from paratune.cli import app
+
+    status = campaign_status(str(run_dir))
+    (study,) = [j for j in status["jobs"] if j["role"] == "study"]
+    assert study["study"] == "granularity" and study["scenario"] == "tiny-prefill"
+    store = Store.reader(locate(run_dir).storage)
+    try:
+        assert next(j for j in store.jobs("fixture") if j.is_study).optimum_job is not None  # the case that mattered
+    finally:
+        store.close()
+    assert study["gap"] is None and study["optimum_value"] is None and study["objective_value"] is not None
+    tuned = [j for j in status["jobs"] if j["role"] != "study" and j["scenario"] == "tiny-prefill"]
+    assert tuned and all(j["study"] is None and j["gap"] is not None for j in tuned)
+    res = CliRunner().invoke(app, ["campaign", "status", str(run_dir)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    tuner_table, _, studies_table = res.output.partition("studies (")
+    assert study["tuner"] not in tuner_table and "megatron" in tuner_table
+    assert study["tuner"] in studies_table and "granularity" in studies_table

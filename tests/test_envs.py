@@ -57,6 +57,7 @@ def fuzz_pool() -> list[Problem]:
     return load_pool(FUZZ_POOL)
 
 
+@pytest.mark.needs("stable_baselines3")
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_check_env(env_id: str) -> None:
     from gymnasium.utils.env_checker import check_env
@@ -232,9 +233,11 @@ def test_placement_single_group_matches_reference_of_one_stage() -> None:
     assert reward == pytest.approx(0.0, abs=0.02)  # simulator vs analytic: within 1% of each other (+ slack)
 
 
+@pytest.mark.needs("torch", "sb3_contrib")
 def test_maskable_ppo_learns_without_error() -> None:
-    torch = pytest.importorskip("torch")
-    sb3_contrib = pytest.importorskip("sb3_contrib")
+    import sb3_contrib
+    import torch
+
     torch.set_num_threads(1)
     env = gym.make("paratune/Mapping-v0", scenarios=FUZZ_POOL[:3])
     model = sb3_contrib.MaskablePPO(

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.torch
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+from paratune.graphs import TaskGraph, build_graph, coarsen, load_graph
+from paratune.graphs._importer import import_torch_graph
 
-from paratune.graphs import TaskGraph, build_graph, coarsen, load_graph  # noqa: E402
-from paratune.graphs._importer import import_torch_graph  # noqa: E402
+pytestmark = pytest.mark.needs("torch", "transformers")
 
 TINY_LLAMA = (
     "hf:llama:num_hidden_layers=5,hidden_size=256,intermediate_size=512,num_attention_heads=4,"

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from paratune.costmodel import get_platform, load_profile
-from paratune.costmodel.calibration import check_profile, fit_with_attention, write_profile
-from paratune.costmodel.calibration._measure import FULL, GPU_FULL, QUICK, SHAPE_COLUMNS, STATS, VIDUR_OPS
+from paratune.costmodel import load_profile
+from paratune.costmodel.calibration import (
+    check_profile,
+    fit_with_attention,
+    parameter_gaps,
+    prediction_gap,
+    write_profile,
+)
+from paratune.costmodel.calibration._measure_spec import FULL, GPU_FULL, LOCAL, QUICK, SHAPE_COLUMNS, STATS, VIDUR_OPS
 
 VIDUR = Path(__file__).resolve().parents[2] / "shared" / "data" / "profiles" / "vidur"
 MEASURED = Path(__file__).resolve().parents[1] / "configs" / "measurements" / "cpu-local"
@@ -27,12 +33,12 @@ def _expected_mlp_header() -> list[str]:
     return [*times, *SHAPE_COLUMNS, "num_tokens", "num_tensor_parallel_workers"]
 
 
+@pytest.mark.needs("torch")
 def test_grids_are_consistent() -> None:
     """Shapes are valid and every cold operand fits the pool (a GPU run must not fail after minutes)."""
-    pytest.importorskip("torch")
     from paratune.costmodel.calibration._measure_ops import COLD_BYTES
 
-    for grid, device in ((FULL, "cpu"), (QUICK, "cpu"), (GPU_FULL, "cuda")):
+    for grid, device in ((FULL, "cpu"), (LOCAL, "cpu"), (QUICK, "cpu"), (GPU_FULL, "cuda")):
         assert grid.min_reps <= grid.max_reps
         for i, s in enumerate(grid.shapes):
             assert s.n_embd % s.n_head == 0 and s.n_head % s.n_kv_head == 0
@@ -54,14 +60,13 @@ def test_columns_match_vidur() -> None:
 
 @pytest.fixture(scope="module")
 def quick_profiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
     from paratune.costmodel.calibration import measure
 
     return measure("cpu", tmp_path_factory.mktemp("measured"), quick=True)
 
 
 @pytest.mark.slow
-@pytest.mark.torch
+@pytest.mark.needs("torch")
 def test_measure_quick_writes_vidur_format(quick_profiles: Path) -> None:
     mlp = next(quick_profiles.glob("compute/cpu/*/*/mlp.csv"))
     assert _header(mlp) == _expected_mlp_header()
@@ -88,7 +93,7 @@ def test_measure_quick_writes_vidur_format(quick_profiles: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.torch
+@pytest.mark.needs("torch")
 def test_measure_fit_check_round_trip(quick_profiles: Path) -> None:
     result = fit_with_attention(quick_profiles, "cpu", name="cpu-quick")
     report = check_profile(quick_profiles, "cpu", result.profile).to_dict()
@@ -104,15 +109,19 @@ def test_measure_fit_check_round_trip(quick_profiles: Path) -> None:
 
 
 def test_committed_cpu_profile_is_the_fit_of_the_committed_measurements() -> None:
-    """configs/profiles/cpu-local.yaml = fit_with_attention(configs/measurements/cpu-local): a refit reproduces it."""
-    shipped = load_profile("cpu-local")
+    """configs/profiles/cpu-local.yaml = fit_with_attention(configs/measurements/cpu-local), by its predictions.
+
+    Every measured row (kernels, attention, collectives) is predicted within 0.5% by both (seen: 6e-4 at most,
+    attention); the well-determined parameters agree within 1%. The weakly determined ones (this CPU's GEMMs:
+    the compute half and the overhead trade off) are listed in the profile, not compared.
+    """
+    shipped = load_profile("cpu-local", local=False)  # not this machine's cached one (`calibrate local`)
     refit = fit_with_attention(MEASURED, "cpu", name="cpu-local").profile
-    for table in ("compute", "memory"):
-        for kind, eff in getattr(shipped, table).items():
-            got = getattr(refit, table)[kind]
-            assert got.peak == pytest.approx(eff.peak, rel=1e-3) and got.half == pytest.approx(eff.half, rel=1e-3)
-    assert refit.links == shipped.links
-    assert get_platform("cpu-local").profile.name == "cpu-local"
+    gaps = prediction_gap(MEASURED, "cpu", shipped, refit)
+    assert set(gaps) == {"kernels", "attention", "collectives"} and max(gaps.values()) <= 5e-3, gaps
+    params = parameter_gaps(shipped, refit)
+    assert "matmul.compute_peak" in params and max(params.values()) <= 1e-2, params
+    assert "overhead_us" in refit.fit["weakly_determined"]["matmul"]
 
 
 def test_measure_rejects_unknown_device(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,6 @@ from paratune.costmodel import Plan
 from paratune.graphs._toy import toy_graph
 from paratune.search import Limits, Problem, make_tuner, tune
 from paratune.search._optuna import SAMPLERS
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="optuna is not installed")
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "benchmarks" / "scenarios"
 SMALL = dict(model="llama2-7b:layers=8", platform="dgx-a100", phase="decode", batch=8, context=512)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from paratune.problem import default_scenarios_dir, load_scenario, load_scenarios
 from paratune.search import Problem, tune
-from paratune.search._scenarios import default_scenarios_dir, load_scenario, load_scenarios
 
 MODELS = {"gpt2-xl", "llama2-7b", "llama2-70b", "llama3-8b", "llama3-70b", "llama3-405b", "mixtral-8x7b", "gpt3-175b"}
 

@@ -60,10 +60,10 @@ def test_campaign_runs_both_studies_and_writes_their_folders(run_folder: Path) -
         jobs = store.jobs("studies")
     finally:
         store.close()
-    assert [(j["tuner"], j["state"]) for j in jobs] == [
+    assert [(j.tuner, j.state) for j in jobs] == [
         ("study-granularity", "done"),
         ("study-static-vs-runtime", "done"),
-    ], [j["error"] for j in jobs]
+    ], [j.error for j in jobs]
     for label in ("study-granularity", "study-static-vs-runtime"):
         data = json.loads((run_folder / "studies" / f"{label}-tiny" / "study.json").read_text())
         assert data["kind"] == label.removeprefix("study-")

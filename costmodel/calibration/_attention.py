@@ -34,6 +34,7 @@ from .._platform import Platform
 from .._profile import Efficiency, Profile
 from ._devices import platform_for
 from ._fit import FitResult, fit_profile
+from ._read import read_measurements
 
 KIND = "attention"
 
@@ -158,7 +159,8 @@ def fit_with_attention(
     ``meta.json``); the report gains ``attention``.
     """
     result = fit_profile(profiles_dir, device, holdout=holdout, name=name)
-    platform = dataclasses.replace(platform_for(device), profile=result.profile)
+    meas = read_measurements(profiles_dir, device)  # the platform fit_profile priced them on
+    platform = dataclasses.replace(platform_for(device, meas), profile=result.profile)
     profile, report = fit_attention(profiles_dir, device, result.profile, platform)
     if not report["rows"]:
         return result

@@ -9,6 +9,7 @@ name (``dgx-h100``) is accepted as a device too.
 
 from __future__ import annotations
 
+from .._machine import foreign_reason, measured_machine
 from .._platform import Platform, get_platform, preset_names
 from .._profile import Profile
 from ._read import Measurements
@@ -44,8 +45,14 @@ def preset_for(device: str, meas: Measurements | None = None) -> str:
 
 
 def platform_for(device: str, meas: Measurements | None = None) -> Platform:
-    """The platform (datasheet, links, shipped profile) a device folder is priced on."""
-    return get_platform(preset_for(device, meas))
+    """The platform (datasheet, links, shipped profile) a device folder is priced on.
+
+    Measurements of this very CPU (``meta.json``'s machine) are priced on ``cpu-local``
+    as ``calibrate local`` measured it, when it did; others on the shipped preset.
+    """
+    record = {"measured": {"machine": meas.meta.get("machine")}} if meas is not None else {}
+    here = measured_machine(record) is not None and foreign_reason("", record) is None
+    return get_platform(preset_for(device, meas), local=here)
 
 
 def default_profile_for(device: str) -> Profile:

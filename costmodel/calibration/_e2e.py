@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from ...graphs import build_graph, coarsen, get_model
 from .._analytic import AnalyticEvaluator
+from .._machine import foreign_reason
 from .._plan import Plan
 from .._platform import get_platform
+from ._measure import OtherLoad, machine_info
 
 if TYPE_CHECKING:
     from ._e2e_run import Case
@@ -88,8 +90,9 @@ def validate_cpu(
 ) -> dict[str, Any]:
     """Measure ``cases`` (default: :func:`default_cases`) and compare with the cost model.
 
-    Returns ``{"model", "platform", "profile", "machine", "cases": [...], "summary", "checks",
-    "other_processes_cores"}`` (CPU other processes used meanwhile: > 0.15 makes the timings suspect);
+    Returns ``{"model", "platform", "profile", "calibration_reason", "machine", "cases": [...], "summary",
+    "checks", "other_processes_cores"}`` (``calibration_reason``: why the profile is not this CPU's, or None;
+    CPU other processes used meanwhile: > 0.15 makes the timings suspect);
     each case has ``predicted_s``, ``measured_s`` (median over ``reps``; decode: the
     steady-state step interval over ``steps`` steps, see :mod:`._e2e_run`), ``error_pct``
     ((predicted - measured) / measured), ``tolerance_pct`` and ``ok``. ``checks`` gives, per
@@ -98,7 +101,6 @@ def validate_cpu(
     """
     from ._e2e_model import ModelShape
     from ._e2e_run import run_single
-    from ._measure import OtherLoad, machine_info
 
     say = progress or _progress
     spec = get_model(model)
@@ -131,6 +133,7 @@ def validate_cpu(
                              "mean_abs_error_pct": sum(errs) / len(errs),
                              "tolerance_pct": TOLERANCE_PCT[mode]}  # fmt: skip
     return {"model": model, "platform": platform, "profile": plat.profile.name, "dtype": spec.dtype,
+            "calibration_reason": foreign_reason(plat.profile.name, plat.profile.fit),
             "machine": machine_info("cpu"), "threads_per_process": 1, "reps": reps, "decode_steps": steps,
             "cases": rows, "summary": summary, "checks": checks,
             "other_processes_cores": load.cores}  # fmt: skip
@@ -162,6 +165,8 @@ def format_table(result: dict[str, Any]) -> str:
     for mode, s in result["summary"].items():
         lines.append(f"{mode}: max |error| {s['max_abs_error_pct']:.1f}%, mean {s['mean_abs_error_pct']:.1f}% "
                      f"over {s['cases']} cases (target <= {s['tolerance_pct']:.0f}%)")  # fmt: skip
+    if result.get("calibration_reason"):
+        lines.append(f"note: {result['calibration_reason']}")
     return "\n".join(lines)
 
 

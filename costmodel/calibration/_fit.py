@@ -72,12 +72,18 @@ from .._profile import Efficiency, Profile
 from ._check import LARGE_TOKENS, collective_report, error_stats, kernel_report, price_collectives
 from ._devices import platform_for
 from ._fitlinks import fit_links, with_links
-from ._lsq import sig, solve
+from ._lsq import WEAK_DECADES, WEAK_RELATIVE, sig, solve_with_errors, weak
 from ._read import Measurements, read_measurements
 from ._rows import GEMM_OPS, CollectiveRows, KernelRows, collective_rows, kernel_rows
 
 FORMULA = "t = (c^k + m^k)^(1/k) + overhead(kind); c = F/(peak*ce(F)), m = B/(bw*me(B)), eff(w) = p*w/(w+h)"
 LOSS = "sum of squared log(predicted/measured), scipy.optimize.least_squares (trf, bounded, fixed start)"
+WEAK_NOTE = (
+    f"standard error above {WEAK_DECADES:g} decade (halves, fitted on a log scale) or {WEAK_RELATIVE:.0%} of the "
+    "value: the rows fitted barely constrain these (a half far below the sizes measured acts as a fixed latency and "
+    "trades off with the overhead), so another machine's fit may differ there while predicting the same times; "
+    "compare fits by their predictions (calibration.prediction_gap)"
+)
 #: Kinds whose curves are not fitted but taken from the fitted ones (kind -> (compute from, memory from)).
 DERIVED = {"default": ("matmul", "elementwise"), "moe": ("matmul", "matmul"), "attention": (None, "matmul")}
 
@@ -104,7 +110,8 @@ def _with_kernel(base: Profile, kind: str, v: dict[str, float]) -> Profile:
                                roofline_exponent=exponent)  # fmt: skip
 
 
-def _fit_kind(rows: KernelRows, kind: str, platform: Platform) -> dict[str, float]:
+def _fit_kind(rows: KernelRows, kind: str, platform: Platform) -> tuple[dict[str, float], list[str]]:
+    """The fitted values of ``kind``'s parameters, and the names of those weakly determined (:mod:`._lsq`)."""
     price = rows.pricer()
     log_y = np.log(rows.seconds)
     if kind == "matmul":
@@ -123,7 +130,9 @@ def _fit_kind(rows: KernelRows, kind: str, platform: Platform) -> dict[str, floa
         prof = _with_kernel(platform.profile, kind, values(x))
         return np.log(price(dataclasses.replace(platform, profile=prof))) - log_y
 
-    return {k: sig(v) for k, v in values(solve(residuals, x0, lo, hi)).items()}
+    x, stderr = solve_with_errors(residuals, x0, lo, hi)
+    weakly = [n for n, v, e in zip(names, x, stderr, strict=True) if weak(v, e, log_scale=n in logs)]
+    return {k: sig(v) for k, v in values(x).items()}, weakly
 
 
 def _assemble(base: Profile, fitted: dict[str, dict[str, float]]) -> Profile:
@@ -194,15 +203,20 @@ def fit_profile(
     if not len(train) and not len(crows):
         raise ValueError(f"{profiles_dir}: nothing left to fit for {device!r} once {', '.join(holdout)} are held out")
     fitted: dict[str, dict[str, float]] = {}
+    weakly: dict[str, list[str]] = {}
     kinds = train.kinds
     for kind in sorted(set(kinds.tolist()), key=lambda k: (k != "matmul", k)):  # matmul first: it sets k
         prof = _assemble(platform.profile, fitted)
-        fitted[kind] = _fit_kind(train.subset(kinds == kind), kind, dataclasses.replace(platform, profile=prof))
+        fitted[kind], weak_names = _fit_kind(train.subset(kinds == kind), kind,
+                                             dataclasses.replace(platform, profile=prof))  # fmt: skip
+        if weak_names:
+            weakly[kind] = weak_names
     profile = _assemble(platform.profile, fitted)
     own = crows.subset(crows.on(platform))
     links = fit_links(own, dataclasses.replace(platform, profile=profile))
     profile = with_links(profile, links)
-    return _finish(meas, platform, profile, krows, held, train, crows, own, fitted, links, name or f"{device}-fit")
+    return _finish(meas, platform, profile, krows, held, train, crows, own, fitted, weakly, links,
+                   name or f"{device}-fit")  # fmt: skip
 
 
 def _finish(
@@ -215,6 +229,7 @@ def _finish(
     crows: CollectiveRows,
     own: CollectiveRows,
     fitted: dict[str, dict[str, float]],
+    weakly: dict[str, list[str]],
     links: dict[str, dict[str, float]],
     name: str,
 ) -> FitResult:
@@ -242,6 +257,8 @@ def _finish(
         "loss": LOSS,
         "split": {"fitted": fitted_models, "held_out": held_models},
         "kernels": fitted,
+        "weakly_determined": weakly,
+        "weakly_determined_note": WEAK_NOTE,
         "links": links,
         "derived": {k: {"compute": c, "memory": m} for k, (c, m) in DERIVED.items()},
         "not_fitted": "attention compute curve; host, mesh and default links; inter-node terms without rows",
@@ -272,6 +289,7 @@ def _finish(
         "fit_error": record["fit_error"],
         "collectives": coll_err,
         "parameters": {"kernels": fitted, "links": links},
+        "weakly_determined": weakly,
     }
     return FitResult(profile=profile, report=report)
 

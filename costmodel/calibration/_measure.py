@@ -39,112 +39,15 @@ import csv
 import datetime as dt
 import json
 import platform
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-VIDUR_OPS = (
-    "emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
-    "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add",
-)  # fmt: skip
-STATS = ("min", "max", "mean", "median", "std")
-SHAPE_COLUMNS = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp")
-ATTN_COLUMNS = ("n_embd", "n_q_head", "n_kv_head", "num_tensor_parallel_workers", "batch_size",
-                "prefill_chunk_size", "kv_cache_size", "is_prefill")  # fmt: skip
-DEVICES = ("cpu", "cuda")
-PARTS = ("compute", "network")
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """A model shape to benchmark: one folder ``<org>/<model>`` of the profile tree."""
-
-    org: str
-    model: str
-    n_head: int
-    n_kv_head: int
-    n_embd: int
-    n_expanded_embd: int
-    vocab_size: int
-    use_gated_mlp: bool = True
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    def columns(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in SHAPE_COLUMNS}
-
-
-@dataclass(frozen=True)
-class Grid:
-    """What to measure: shapes x tokens x TP degrees, attention cases, collective sizes, time per point."""
-
-    shapes: tuple[LayerShape, ...]
-    tokens: tuple[int, ...]
-    tp: tuple[int, ...]
-    prefill: tuple[tuple[int, int], ...]  # (batch, prompt length)
-    decode: tuple[tuple[int, int], ...]  # (batch, cached tokens)
-    attention_shapes: int  # the first N shapes get an attention profile
-    sizes: tuple[int, ...]  # collective sizes in elements of the dtype (written as bytes)
-    budget_s: float  # target seconds of repeats per point
-    min_reps: int
-    max_reps: int
-    max_gemm_flops: float  # skip (tokens, tp) rows whose biggest GEMM exceeds this (bf16 on CPU is slow)
-
-
-_FULL_SHAPES = (
-    LayerShape("synthetic", "llama-h512", 8, 8, 512, 1408, 8000),
-    LayerShape("synthetic", "llama-h1024-gqa", 16, 4, 1024, 2816, 16000),
-    LayerShape("synthetic", "gpt-h640", 10, 10, 640, 2560, 8000, use_gated_mlp=False),
-)
-FULL = Grid(
-    shapes=_FULL_SHAPES,
-    tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-    tp=(1, 2, 4),
-    prefill=((1, 16), (1, 64), (1, 128), (1, 256), (1, 512), (2, 128), (4, 64), (2, 512)),
-    decode=((1, 64), (1, 512), (4, 128), (4, 512), (8, 256), (8, 1024), (16, 64), (16, 512)),
-    attention_shapes=2,
-    sizes=tuple(2**k for k in range(8, 25)),
-    budget_s=0.25,
-    min_reps=3,
-    max_reps=40,
-    max_gemm_flops=6e9,
-)
-#: GPUs: Vidur's shapes (Llama-2-7B, CodeLlama-34B with GQA, phi-2 non-gated), tokens up to 4096, TP up to 8.
-GPU_FULL = Grid(
-    shapes=(
-        LayerShape("meta-llama", "Llama-2-7b-hf", 32, 32, 4096, 11008, 32768),
-        LayerShape("codellama", "CodeLlama-34b-Instruct-hf", 64, 8, 8192, 22016, 32768),
-        LayerShape("microsoft", "phi-2", 32, 32, 2560, 10240, 51200, use_gated_mlp=False),
-    ),
-    tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096),
-    tp=(1, 2, 4, 8),
-    prefill=((1, 128), (1, 512), (1, 1024), (1, 2048), (1, 4096), (4, 512), (8, 1024), (16, 256)),
-    decode=((1, 512), (1, 4096), (8, 1024), (16, 2048), (32, 512), (64, 1024), (128, 256), (32, 2048)),
-    attention_shapes=2,
-    sizes=tuple(2**k for k in range(10, 27)),
-    budget_s=0.1,
-    min_reps=5,
-    max_reps=50,
-    max_gemm_flops=1e13,
-)
-QUICK = Grid(
-    shapes=(LayerShape("synthetic", "llama-h256", 4, 4, 256, 704, 2000),),
-    tokens=(1, 16, 128),
-    tp=(1, 2),
-    prefill=((1, 32), (2, 64)),
-    decode=((1, 64), (4, 128)),
-    attention_shapes=1,
-    sizes=(256, 16384, 262144),
-    budget_s=0.01,
-    min_reps=3,
-    max_reps=10,
-    max_gemm_flops=1e9,
-)
+from .._machine import this_machine
+from ._measure_net import measure_collectives
+from ._measure_spec import DEVICES, FULL, GPU_FULL, PARTS, QUICK, Grid, progress
 
 
 def measure(
@@ -154,10 +57,14 @@ def measure(
     quick: bool = False,
     dtype: str = "bf16",
     parts: Sequence[str] = PARTS,
+    grid: Grid | None = None,
+    command: str = "",
 ) -> Path:
     """Run the microbenchmarks on ``device`` (``cpu`` or ``cuda``) and write them under ``out_dir``.
 
-    Returns ``out_dir``. ``quick`` runs a tiny grid (a test, a first look: seconds).
+    Returns ``out_dir``. ``quick`` runs a tiny grid (a test, a first look: seconds);
+    ``grid`` another one (``calibrate local`` runs :data:`LOCAL`); ``command`` is what
+    ``meta.json`` records as the command that measured.
     ``parts`` picks ``compute`` (ops and attention) and/or ``network`` (collectives: 2
     processes, 2 GPUs on CUDA), e.g. to measure again a part that another busy process
     spoiled (``meta.json`` records, per part, the cores other processes used meanwhile).
@@ -173,7 +80,7 @@ def measure(
         raise ValueError(f"dtype {dtype!r} is not one of: {', '.join(ops.DTYPES)}")
     if device == "cuda" and not ops.torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but torch sees no GPU")
-    grid = QUICK if quick else GPU_FULL if device == "cuda" else FULL
+    grid = grid or (QUICK if quick else GPU_FULL if device == "cuda" else FULL)
     out_dir = Path(out_dir)
     previous = ops.set_threads(1) if device == "cpu" else None
     runs: dict[str, Any] = {}
@@ -190,8 +97,6 @@ def measure(
                 del pool
             runs["compute"] = (time.perf_counter() - t0, load.cores)
         if "network" in parts:
-            from ._measure_net import measure_collectives
-
             t0 = time.perf_counter()
             with OtherLoad() as load:
                 done = measure_collectives(device, out_dir / "network" / f"{device}_local", grid.sizes, dtype,
@@ -202,7 +107,8 @@ def measure(
     finally:
         if previous is not None:
             ops.set_threads(previous)
-    _write_meta(out_dir, device, dtype, grid, quick, runs)
+    command = command or f"paratune calibrate measure --device {device} -o DIR" + (" --quick" if quick else "")
+    _write_meta(out_dir, device, dtype, grid, quick, runs, command)
     return out_dir
 
 
@@ -250,11 +156,6 @@ def _own_seconds() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def progress(message: str) -> None:
-    """Progress of a long measurement, on stderr (stdout stays clean for ``--json`` users)."""
-    print(f"[measure] {message}", file=sys.stderr, flush=True)
-
-
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not rows:
@@ -266,28 +167,21 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    """Where a measurement was taken: CPU model (lscpu's 'Model name'), cores, torch, GPU name."""
+    """Where a measurement was taken: CPU model, cores and vector extensions (:mod:`.._machine`), torch, GPU."""
     from . import _torchops as ops
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch": ops.torch.__version__,
-                            "python": platform.python_version()}  # fmt: skip
+    here = this_machine()
+    info: dict[str, Any] = {"cpu": here.cpu, "cores": here.cores, "isa": list(here.isa),
+                            "torch": ops.torch.__version__, "python": platform.python_version()}  # fmt: skip
     if device == "cuda":
         info["gpu"] = ops.torch.cuda.get_device_name(0)
         info["gpus"] = ops.torch.cuda.device_count()
     return info
 
 
-def _write_meta(out_dir: Path, device: str, dtype: str, grid: Grid, quick: bool, runs: dict[str, Any]) -> None:
+def _write_meta(
+    out_dir: Path, device: str, dtype: str, grid: Grid, quick: bool, runs: dict[str, Any], command: str
+) -> None:
     """Write ``meta.json`` and ``README.md``; a part not measured this time keeps its earlier record.
 
     ``runs`` maps a part to ``(seconds, cores other processes used meanwhile)``.
@@ -311,7 +205,7 @@ def _write_meta(out_dir: Path, device: str, dtype: str, grid: Grid, quick: bool,
         "other_processes_cores": {k: v["other_processes_cores"] for k, v in parts.items()},
         "grid": {k: v for k, v in asdict(grid).items() if k != "shapes"},
         "shapes": [asdict(s) for s in grid.shapes],
-        "command": f"paratune calibrate measure --device {device} -o DIR" + (" --quick" if quick else ""),
+        "command": command,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

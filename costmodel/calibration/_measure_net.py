@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._measure import STATS, progress
+from ._measure_spec import STATS, progress
 
 COLLECTIVES = ("all_reduce", "send_recv")
 #: Busy seconds before each timed CPU collective (a model's compute between collectives).

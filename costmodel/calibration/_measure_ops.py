@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import _torchops as ops
-from ._measure import ATTN_COLUMNS, STATS, VIDUR_OPS, Grid, LayerShape, progress
+from ._measure_spec import ATTN_COLUMNS, STATS, VIDUR_OPS, Grid, LayerShape, progress
 
 torch = ops.torch
 #: Bytes the copies of one operand span, per device type (see the module docstring).
@@ -194,3 +194,25 @@ def _decode_step(qk: Any, v: Any, caches: Iterator[Any], ctx: int, heads: int) -
 def _attn_cols(shape: LayerShape, t: int, batch: int, chunk: int, ctx: int, prefill: bool) -> dict[str, Any]:
     values = (shape.n_embd, shape.n_head, shape.n_kv_head, t, batch, chunk, ctx, prefill)
     return dict(zip(ATTN_COLUMNS, values, strict=True))
+
+
+def peak_rates(dtype: str, *, budget_s: float = 0.3) -> dict[str, float]:
+    """This CPU's best GEMM rate (FLOP/s) in ``dtype`` and in fp32, and its copy bandwidth (bytes/s), one thread.
+
+    What ``calibrate local`` writes as the ``cpu-local`` device's datasheet (the
+    shipped preset's is another CPU's: a CPU with avx512_bf16 runs bf16 GEMMs several
+    times faster than the fp32 FMA rate of an AVX2-only one). A 256 x 2048 x 2048
+    GEMM is past every curve's knee; the copy of 256 MB is far beyond the caches
+    (read and write counted).
+    """
+    out: dict[str, float] = {}
+    for name in dict.fromkeys(("fp32", dtype)):
+        a = torch.randn(256, 2048, dtype=ops.DTYPES[name])
+        b = torch.randn(2048, 2048, dtype=ops.DTYPES[name])
+        times = ops.time_calls(functools.partial(ops.linear, a, b), "cpu", budget_s=budget_s, min_reps=3, max_reps=20)
+        out[f"gemm_{name}_flops"] = 2.0 * 256 * 2048 * 2048 / min(times)
+    src = torch.ones(64 * 2**20, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    times = ops.time_calls(lambda: dst.copy_(src), "cpu", budget_s=budget_s, min_reps=3, max_reps=20)
+    out["copy_bytes_per_s"] = 2.0 * src.numel() * src.element_size() / min(times)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -17,9 +18,14 @@ def write_profile(profile: Profile, path: Path | str) -> Path:
     The file is written beside ``path`` and renamed over it, so a reader (a running
     campaign loading the preset) never sees half a profile.
     """
+    return write_yaml(profile.to_dict(), path)
+
+
+def write_yaml(data: Any, path: Path | str) -> Path:
+    """Write ``data`` to ``path`` as YAML, replacing it atomically (see :func:`write_profile`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(profile.to_dict(), sort_keys=False, width=110, allow_unicode=True)
+    text = yaml.safe_dump(data, sort_keys=False, width=110, allow_unicode=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
