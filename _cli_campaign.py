@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._cli_common import JsonOpt, console, print_json, user_errors
+from .campaign._states import JobState, Role
 
 campaign_app = typer.Typer(
     help="Tuning campaigns: scenarios x tuners x seeds in a database, resumable, shared by workers.",
@@ -172,19 +173,22 @@ def _print_status(d: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col in ("scenario", "objective", "tuner") else "right")
     by_scenario: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for j in d["jobs"]:  # scenarios in queue order, the optimum first within each; studies apart (below)
-        if j["role"] != "study":
+        if j["role"] != Role.STUDY:
             by_scenario.setdefault(j["scenario"], {}).setdefault(j["tuner"], []).append(j)
     groups = [((s, t), rows) for s, tuners in by_scenario.items() for t, rows in tuners.items()]
     for (scenario, tuner), rows in groups:
         values = [r["objective_value"] for r in rows if r["objective_value"] is not None]
         gaps = [r["gap"] for r in rows if r["gap"] is not None]
         evals = [r["evaluations"] for r in rows if r["evaluations"] is not None]
-        states = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "running", "waiting")}
+        states = {
+            s: sum(r["state"] == s for r in rows)
+            for s in (JobState.DONE, JobState.FAILED, JobState.RUNNING, JobState.WAITING)
+        }
         summary = ", ".join(f"{n} {s}" for s, n in states.items() if n)
         table.add_row(
             escape(scenario),
             rows[0]["objective"] or "",
-            escape(tuner) + (" (optimum)" if rows[0]["role"] == "optimum" else ""),
+            escape(tuner) + (" (optimum)" if rows[0]["role"] == Role.OPTIMUM else ""),
             summary,
             f"{statistics.median(values):.4g}" if values else "-",
             f"{100 * statistics.median(gaps):.2f}%" if gaps else "-",
@@ -192,13 +196,13 @@ def _print_status(d: dict[str, Any]) -> None:
         )
     if by_scenario:
         console.print(table)
-    _print_studies([j for j in d["jobs"] if j["role"] == "study"])
-    running = [j for j in d["jobs"] if j["state"] == "running"]
+    _print_studies([j for j in d["jobs"] if j["role"] == Role.STUDY])
+    running = [j for j in d["jobs"] if j["state"] == JobState.RUNNING]
     for j in running:
         age = j["heartbeat_age_s"]
         line = f"running: job {j['id']} {j['tuner']} on {j['scenario']} seed {j['seed']} by {j['worker']}"
         console.print(escape(line + ("" if age is None else f" (heartbeat {age:.0f} s ago)")))  # fmt: skip
-    failed = [j for j in d["jobs"] if j["state"] == "failed"]
+    failed = [j for j in d["jobs"] if j["state"] == JobState.FAILED]
     for j in failed:
         line = f"job {j['id']} {j['tuner']} on {j['scenario']} seed {j['seed']}: {j['error']}  (log {j['log']})"
         console.print("[red]failed[/red]: " + escape(line), highlight=False)  # fmt: skip

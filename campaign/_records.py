@@ -12,14 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from enum import StrEnum
+from typing import Any, TypeVar
 
-#: A job's life: ``waiting`` -> ``running`` -> ``done`` | ``failed`` (back to ``waiting`` when requeued).
-JobState = Literal["waiting", "running", "done", "failed"]
-#: What a job is for: a tuner's run, the scenario's ``dp`` optimum (the reference of the gaps), or a study.
-JobRole = Literal["tune", "optimum", "study"]
-#: How a claim ended (``running`` while it runs).
-Outcome = Literal["running", "done", "failed", "interrupted", "lost"]
+from ._states import AttemptOutcome, JobState, Role
 
 _R = TypeVar("_R")
 
@@ -62,7 +58,7 @@ class JobRecord:
     budget: int | None
     options: dict[str, Any]
     seed: int
-    role: JobRole
+    role: Role
     optimum_job: int | None
     state: JobState
     worker: str | None = None
@@ -83,7 +79,7 @@ class JobRecord:
     @property
     def is_study(self) -> bool:
         """A study's job: its value is a study's headline figure, not a plan's (kept out of tuner tables)."""
-        return self.role == "study"
+        return self.role == Role.STUDY
 
 
 @dataclass(frozen=True)
@@ -113,11 +109,13 @@ class AttemptRecord:
     pid: int
     started_at: float
     ended_at: float | None
-    outcome: Outcome
+    outcome: AttemptOutcome
 
 
 #: JSON-encoded columns of each record, decoded on the way out.
 _JSON = {"spec", "problem", "options", "result", "provenance"}
+#: Columns holding a vocabulary word, handed out as its member (a StrEnum: it still equals the string).
+_WORDS: dict[str, type[StrEnum]] = {"role": Role, "state": JobState, "outcome": AttemptOutcome}
 
 
 def record(cls: type[_R], row: Mapping[Any, Any]) -> _R:
@@ -131,5 +129,7 @@ def record(cls: type[_R], row: Mapping[Any, Any]) -> _R:
             value = json.loads(value)
         elif f.name in ("found", "optimal") and value is not None:
             value = bool(value)
+        elif f.name in _WORDS and value in _WORDS[f.name]._value2member_map_:
+            value = _WORDS[f.name](value)  # a word this version does not know stays a string
         values[f.name] = value
     return cls(**values)

@@ -33,6 +33,7 @@ from typing import Any
 from .._provenance import library_versions
 from ._records import CampaignRecord, JobRecord
 from ._spec import CampaignSpec
+from ._states import AttemptOutcome, JobState, Role
 from ._store import Claim, JobLost, Store, Worker
 
 RUN_FILE = "campaign.json"
@@ -63,7 +64,7 @@ class Outcome:
     @property
     def finished(self) -> bool:
         """Every job is done or failed (none waiting or running)."""
-        return self.counts["waiting"] == 0 and self.counts["running"] == 0
+        return self.counts[JobState.WAITING] == 0 and self.counts[JobState.RUNNING] == 0
 
 
 # -- launching -----------------------------------------------------------------------
@@ -192,8 +193,8 @@ def _follow(store: Store, name: str, procs: list[subprocess.Popen[bytes]], show:
         while True:
             alive = any(p.poll() is None for p in procs)
             counts = store.counts(name)
-            bar.update(task, completed=counts["done"] + counts["failed"], running=counts["running"],
-                       failed=counts["failed"])  # fmt: skip
+            bar.update(task, completed=counts[JobState.DONE] + counts[JobState.FAILED],
+                       running=counts[JobState.RUNNING], failed=counts[JobState.FAILED])  # fmt: skip
             if not alive:
                 break
             time.sleep(0.5)
@@ -398,7 +399,7 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
                 data = store.scenarios(job.campaign)[job.scenario].problem
                 scenario = problems[job.scenario] = Problem.from_dict(data, where=f"scenario {job.scenario}")
                 scenario.evaluator()  # the graph and pricer are built once per worker, outside any tuner's wall time
-            if job.role == "study":
+            if job.role == Role.STUDY:
                 return _run_study_job(store, worker, claim, beat, scenario, options, logs.parent, log, started)
             if job.tuner_name.startswith("optuna-") and "storage" not in options:
                 # each Optuna job keeps its study in a journal file: `optuna-dashboard FILE` opens it
@@ -414,10 +415,10 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
             raise
         except JobLost:
             log.warning("job %s was requeued by another process (stale heartbeat): result dropped", claim.id)
-            return "lost"
+            return AttemptOutcome.LOST
         except Exception as exc:
             log.error("failed: %s\n%s", exc, traceback.format_exc())
-            return _finish(store, worker, claim, log, "failed", f"{type(exc).__name__}: {exc}", None)
+            return _finish(store, worker, claim, log, JobState.FAILED, f"{type(exc).__name__}: {exc}", None)
         data = result.to_dict()
         data["problem"] = scenario.to_dict()
         record = {
@@ -434,11 +435,11 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
         if not result.found:
             error = "no feasible plan found" + (": " + "; ".join(result.notes) if result.notes else "")
             log.error("%s (%s evaluations)", error, result.evaluations)
-            return _finish(store, worker, claim, log, "failed", error, record)
+            return _finish(store, worker, claim, log, JobState.FAILED, error, record)
         log.info("best %s = %.6g after %s evaluations in %.2f s%s; plan %s", result.objective, result.objective_value,
                  result.evaluations, result.wall_s, " (certified optimal)" if result.optimal else "",
                  json.dumps(data["best_plan"]))  # fmt: skip
-        return _finish(store, worker, claim, log, "done", None, record)
+        return _finish(store, worker, claim, log, JobState.DONE, None, record)
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
@@ -483,7 +484,7 @@ def _run_study_job(
         "provenance": json.dumps(_provenance(__version__, scenario, job, worker, started)),
     }
     log.info("study written to %s", folder)
-    return _finish(store, worker, claim, log, "done", None, record)
+    return _finish(store, worker, claim, log, JobState.DONE, None, record)
 
 
 def _finish(
@@ -493,7 +494,7 @@ def _finish(
         store.finish(claim, worker, state=state, error=error, result=record)
     except JobLost:
         log.warning("job %s was requeued by another process (stale heartbeat): result dropped", claim.id)
-        return "lost"
+        return AttemptOutcome.LOST
     log.info("recorded: %s", state)
     return state
 
@@ -599,7 +600,7 @@ def campaign_status(target: str | Path, storage: str | None = None) -> dict[str,
             "id": j.id, "scenario": j.scenario, "tuner": j.tuner, "tuner_name": j.tuner_name,
             "seed": j.seed, "role": j.role, "state": j.state, "attempts": j.attempts,
             "worker": j.worker, "error": j.error, "log": j.log,
-            "heartbeat_age_s": now - j.heartbeat_at if j.state == "running" and j.heartbeat_at else None,
+            "heartbeat_age_s": now - j.heartbeat_at if j.state == JobState.RUNNING and j.heartbeat_at else None,
             "objective": problem.get("objective"), "objective_value": j.objective_value,
             "optimal": j.optimal, "optimum_value": optimum_value, "gap": gap,
             "evaluations": j.evaluations, "wall_s": j.wall_s,
@@ -613,6 +614,6 @@ def campaign_status(target: str | Path, storage: str | None = None) -> dict[str,
         "created_at": row.created_at,
         "counts": counts,
         "total": sum(counts.values()),
-        "finished": counts["waiting"] == 0 and counts["running"] == 0,
+        "finished": counts[JobState.WAITING] == 0 and counts[JobState.RUNNING] == 0,
         "jobs": out_jobs,
     }

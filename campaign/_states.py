@@ -11,7 +11,7 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
-    """Where a job is in the queue."""
+    """A job's life: ``waiting`` -> ``running`` -> ``done`` | ``failed`` (back to ``waiting`` when requeued)."""
 
     WAITING = "waiting"
     RUNNING = "running"
@@ -20,7 +20,7 @@ class JobState(StrEnum):
 
 
 class Role(StrEnum):
-    """Why a job exists: a tuner's run, the dp run the others' gaps refer to, or a study."""
+    """What a job is for: a tuner's run, the scenario's ``dp`` optimum (the reference of the gaps), or a study."""
 
     TUNE = "tune"
     OPTIMUM = "optimum"
@@ -28,9 +28,10 @@ class Role(StrEnum):
 
 
 class AttemptOutcome(StrEnum):
-    """How one attempt at a job ended (``lost``: requeued by another process after a stale heartbeat)."""
+    """How one claim of a job ended (``running`` while it runs; ``lost``: requeued after a stale heartbeat)."""
 
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
     LOST = "lost"

@@ -42,12 +42,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ._records import AttemptRecord, CampaignRecord, JobRecord, ResultRecord, ScenarioRecord, record
+from ._states import AttemptOutcome, JobState, Role
 
 if TYPE_CHECKING:
     from ._spec import CampaignSpec
 
 SCHEMA_VERSION = 1
-STATES = ("waiting", "running", "done", "failed")
+STATES: tuple[str, ...] = tuple(s.value for s in JobState)
 
 metadata = sa.MetaData()
 meta_table = sa.Table(
@@ -86,9 +87,9 @@ jobs = sa.Table(
     sa.Column("budget", sa.Integer),
     sa.Column("options", sa.Text, nullable=False, default="{}"),
     sa.Column("seed", sa.Integer, nullable=False),
-    sa.Column("role", sa.String(20), nullable=False, default="tune"),
+    sa.Column("role", sa.String(20), nullable=False, default=Role.TUNE.value),
     sa.Column("optimum_job", sa.Integer),
-    sa.Column("state", sa.String(20), nullable=False, default="waiting"),
+    sa.Column("state", sa.String(20), nullable=False, default=JobState.WAITING.value),
     sa.Column("worker", sa.String(200)),
     sa.Column("host", sa.String(255)),
     sa.Column("pid", sa.Integer),
@@ -111,7 +112,7 @@ attempts = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("ended_at", sa.Float),
-    sa.Column("outcome", sa.String(20), nullable=False, default="running"),
+    sa.Column("outcome", sa.String(20), nullable=False, default=AttemptOutcome.RUNNING.value),
 )
 results = sa.Table(
     "paratune_results",
@@ -296,11 +297,11 @@ class Store:
                         seed=j.seed,
                         role=j.role,
                         optimum_job=optimum_ids.get(j.scenario),
-                        state="waiting",
+                        state=JobState.WAITING.value,
                         attempts=0,
                     )
                     job_id = c.execute(sa.insert(jobs).values(**row).returning(jobs.c.id)).scalar_one()
-                    if j.role == "optimum":
+                    if j.role == Role.OPTIMUM:
                         optimum_ids[j.scenario] = job_id
                         c.execute(sa.update(jobs).where(jobs.c.id == job_id).values(optimum_job=job_id))
         except sa.exc.IntegrityError:
@@ -334,7 +335,7 @@ class Store:
         """Atomically move the first waiting job to ``running`` for ``worker``; None when none waits."""
         now = time.time()
         values = dict(
-            state="running",
+            state=JobState.RUNNING.value,
             worker=worker.id,
             host=worker.host,
             pid=worker.pid,
@@ -343,11 +344,11 @@ class Store:
             attempts=jobs.c.attempts + 1,
             error=None,
         )
-        waiting = sa.select(jobs.c.id).where(jobs.c.campaign == campaign, jobs.c.state == "waiting")
+        waiting = sa.select(jobs.c.id).where(jobs.c.campaign == campaign, jobs.c.state == JobState.WAITING.value)
         with self._tx() as c:
             if self.dialect == "postgresql":
                 pick = waiting.order_by(jobs.c.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
-                stmt = sa.update(jobs).where(jobs.c.id == pick, jobs.c.state == "waiting").values(**values)
+                stmt = sa.update(jobs).where(jobs.c.id == pick, jobs.c.state == JobState.WAITING.value).values(**values)
                 job_id = c.execute(stmt.returning(jobs.c.id)).scalar()
             elif self.dialect == "sqlite":  # the transaction began with BEGIN IMMEDIATE: we hold the write lock
                 job_id = c.execute(waiting.order_by(jobs.c.id).limit(1)).scalar()
@@ -369,7 +370,8 @@ class Store:
     def _claim_cas(c: Connection, waiting: sa.Select[Any], values: dict[str, Any]) -> int | None:
         """Any other database: compare-and-set on the row's state; exactly one claimer's UPDATE matches."""
         for job_id in c.execute(waiting.order_by(jobs.c.id).limit(16)).scalars():
-            hit = c.execute(sa.update(jobs).where(jobs.c.id == job_id, jobs.c.state == "waiting").values(**values))
+            waits = jobs.c.state == JobState.WAITING.value
+            hit = c.execute(sa.update(jobs).where(jobs.c.id == job_id, waits).values(**values))
             if hit.rowcount == 1:
                 return int(job_id)
         return None
@@ -379,7 +381,7 @@ class Store:
         with self._tx() as c:
             hit = c.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == "running")
+                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == JobState.RUNNING.value)
                 .values(heartbeat_at=time.time())
             )
             return bool(hit.rowcount == 1)
@@ -402,13 +404,14 @@ class Store:
         Raises:
             JobLost: the job was requeued meanwhile (its heartbeat went stale); nothing is written.
         """
-        if state not in ("done", "failed"):
+        if state not in (JobState.DONE, JobState.FAILED):
             raise ValueError(f"a finished job is done or failed, not {state!r}")
+        state = JobState(state).value
         now = time.time()
         with self._tx() as c:
             hit = c.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == "running")
+                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == JobState.RUNNING.value)
                 .values(state=state, error=error, finished_at=now, heartbeat_at=now)
             )
             if hit.rowcount != 1:
@@ -425,13 +428,13 @@ class Store:
         with self._tx() as c:
             hit = c.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == "running")
-                .values(state="waiting", worker=None, heartbeat_at=None)
+                .where(jobs.c.id == claim.id, jobs.c.worker == worker.id, jobs.c.state == JobState.RUNNING.value)
+                .values(state=JobState.WAITING.value, worker=None, heartbeat_at=None)
             )
             c.execute(
                 sa.update(attempts)
                 .where(attempts.c.id == claim.attempt)
-                .values(ended_at=time.time(), outcome="interrupted")
+                .values(ended_at=time.time(), outcome=AttemptOutcome.INTERRUPTED.value)
             )
             return bool(hit.rowcount == 1)
 
@@ -446,7 +449,7 @@ class Store:
         with self.engine.connect() as c:
             rows = c.execute(
                 sa.select(jobs.c.id, jobs.c.worker, jobs.c.host, jobs.c.pid, jobs.c.heartbeat_at).where(
-                    jobs.c.campaign == campaign, jobs.c.state == "running"
+                    jobs.c.campaign == campaign, jobs.c.state == JobState.RUNNING.value
                 )
             ).all()
         gone = [
@@ -459,14 +462,18 @@ class Store:
             with self._tx() as c:
                 hit = c.execute(
                     sa.update(jobs)
-                    .where(jobs.c.id == r.id, jobs.c.worker == r.worker, jobs.c.state == "running")
-                    .values(state="waiting", worker=None, heartbeat_at=None, error=None)
+                    .where(jobs.c.id == r.id, jobs.c.worker == r.worker, jobs.c.state == JobState.RUNNING.value)
+                    .values(state=JobState.WAITING.value, worker=None, heartbeat_at=None, error=None)
                 )
                 if hit.rowcount == 1:
                     c.execute(
                         sa.update(attempts)
-                        .where(attempts.c.job == r.id, attempts.c.worker == r.worker, attempts.c.outcome == "running")
-                        .values(ended_at=now, outcome="lost")
+                        .where(
+                            attempts.c.job == r.id,
+                            attempts.c.worker == r.worker,
+                            attempts.c.outcome == AttemptOutcome.RUNNING.value,
+                        )
+                        .values(ended_at=now, outcome=AttemptOutcome.LOST.value)
                     )
                     requeued.append(int(r.id))
         return requeued
@@ -476,8 +483,8 @@ class Store:
         with self._tx() as c:
             hit = c.execute(
                 sa.update(jobs)
-                .where(jobs.c.campaign == campaign, jobs.c.state == "failed")
-                .values(state="waiting", worker=None, error=None)
+                .where(jobs.c.campaign == campaign, jobs.c.state == JobState.FAILED.value)
+                .values(state=JobState.WAITING.value, worker=None, error=None)
             )
             return int(hit.rowcount)
 

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 from dash import Dash, Input, Output, dcc, html
 from dash.exceptions import PreventUpdate
 
+from ..campaign import JobState, Role
 from ._data import Results, load_runs, plan_view, transfer_rows
 from ._figures import (
     Table,
@@ -282,9 +283,9 @@ def _pareto(results: Results) -> list[Any]:
 def _plans(results: Results) -> list[Any]:
     options, default = [], None
     for key, scenario in results.scenarios.items():
-        done = [j for j in results.jobs_of(key) if j.state == "done" and j.plan is not None]
+        done = [j for j in results.jobs_of(key) if j.state == JobState.DONE and j.plan is not None]
         sign = -1.0 if scenario.direction == "maximize" else 1.0
-        for j in sorted(done, key=lambda j: (sign * (j.value or 0.0), j.role != "optimum", j.id)):
+        for j in sorted(done, key=lambda j: (sign * (j.value or 0.0), j.role != Role.OPTIMUM, j.id)):
             value = f"{j.campaign}\t{j.id}"
             options.append({"label": f"{results.scenario_label(key)} · {j.label}", "value": value})
             default = default or value

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..campaign import JobState, Role
+
 if TYPE_CHECKING:
     from ..campaign import JobRecord, ResultRecord
 
@@ -313,7 +315,7 @@ def _load_store(url: str, out: Results) -> None:
                 job = _job(record, results.get(record.id))
                 if not record.is_study:
                     loaded.append(job)
-                elif job.state == "done" and job.result:  # a study's result is its study.json, not a plan
+                elif job.state == JobState.DONE and job.result:  # a study's result is its study.json, not a plan
                     where = str(job.result.get("out_dir", ""))
                     out.studies.append(Study(job.tuner_name.split(":", 1)[-1], name, job.scenario, where, job.result))
             out.campaigns.append(Campaign(name, camp.description or "", store.safe_url, camp.output, camp.created_at,
@@ -342,9 +344,9 @@ def _scenario(campaign: str, name: str, problem: dict[str, Any], jobs: list[Job]
     from ..problem import get_objective
 
     obj = get_objective(problem["objective"], problem["phase"])
-    done = [j for j in jobs if j.state == "done" and j.value is not None and math.isfinite(j.value)]
+    done = [j for j in jobs if j.state == JobState.DONE and j.value is not None and math.isfinite(j.value)]
     ref, kind = None, None
-    certified = [j for j in done if j.role == "optimum" and j.optimal]
+    certified = [j for j in done if j.role == Role.OPTIMUM and j.optimal]
     if certified:
         ref, kind = certified[0].value, OPTIMUM
     elif done:
@@ -428,7 +430,7 @@ def leaderboard(results: Results, key: tuple[str, str]) -> list[Entry]:
     sign = -1.0 if scenario.direction == "maximize" else 1.0
     out = []
     for tuner, jobs in by_tuner.items():
-        done = [j for j in jobs if j.state == "done" and j.value is not None]
+        done = [j for j in jobs if j.state == JobState.DONE and j.value is not None]
         values = tuple(float(j.value) for j in done if j.value is not None)
         ordered = sorted(values, key=lambda v: sign * v)
         best, worst = (ordered[0], ordered[-1]) if ordered else (None, None)
@@ -448,7 +450,7 @@ def leaderboard(results: Results, key: tuple[str, str]) -> list[Entry]:
                 jobs[0].role,
                 len(jobs),
                 len(done),
-                sum(j.state == "failed" for j in jobs),
+                sum(j.state == JobState.FAILED for j in jobs),
                 values,
                 best,
                 median,
@@ -565,7 +567,7 @@ def anytime(results: Results, key: tuple[str, str], axis: str = "evaluations") -
     col = 0 if axis == "evaluations" else 1
     by_tuner: dict[str, list[Job]] = {}
     for j in results.jobs_of(key):
-        if j.state == "done" and j.history:
+        if j.state == JobState.DONE and j.history:
             by_tuner.setdefault(j.tuner, []).append(j)
     curves = []
     for tuner, jobs in by_tuner.items():
@@ -655,7 +657,7 @@ def transfer_rows(results: Results) -> list[TransferRow]:
     the best of its sampled rollouts) against each scenario's reference, plus saved ``paratune transfer`` reports."""
     out = []
     for key, scenario in results.scenarios.items():
-        rl = [j for j in results.jobs_of(key) if j.tuner_name == "rl" and j.state == "done"]
+        rl = [j for j in results.jobs_of(key) if j.tuner_name == "rl" and j.state == JobState.DONE]
         if not rl:
             continue
         label = results.scenario_label(key)

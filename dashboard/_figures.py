@@ -18,6 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from ..campaign import JobState, Role
 from ._data import (
     BEST_KNOWN,
     GIB,
@@ -141,7 +142,7 @@ def failures_table(results: Results) -> Table:
     rows = [
         [results.scenario_label((j.campaign, j.scenario)), j.tuner, str(j.seed), str(j.id), j.error or ""]
         for j in results.jobs
-        if j.state == "failed"
+        if j.state == JobState.FAILED
     ]
     return Table(["scenario", "tuner", "seed", "job", "error"], rows, "Failed jobs")
 
@@ -180,7 +181,7 @@ def leaderboard_table(results: Results, key: tuple[str, str]) -> Table:
         reached = f"{e.reached}/{e.done}"
         rows.append(
             [
-                e.tuner + (" (optimum)" if e.role == "optimum" else ""),
+                e.tuner + (" (optimum)" if e.role == Role.OPTIMUM else ""),
                 f"{e.done}/{e.jobs}" + (f", {e.failed} failed" if e.failed else ""),
                 fmt_value(s.objective, e.best),
                 fmt_value(s.objective, e.median),

@@ -16,6 +16,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from ..campaign import JobState, Role
 from ._data import Results, load_runs, plan_view, transfer_rows
 from ._figures import (
     Table,
@@ -96,11 +97,11 @@ def build_report(results: Results, *, title: str = "paratune campaign report") -
         add('<p class="note">No scenario has a two-value objective (ttft+memory, tbt+memory, step+memory).</p>')
     add('<h2 id="plans">Plans</h2><p class="note">The best plan of each scenario (the optimum when known).</p>')
     for key, scenario in results.scenarios.items():
-        done = [j for j in results.jobs_of(key) if j.state == "done" and j.value is not None]
+        done = [j for j in results.jobs_of(key) if j.state == JobState.DONE and j.value is not None]
         if not done:
             continue
         sign = -1.0 if scenario.direction == "maximize" else 1.0
-        best = min(done, key=lambda j: (sign * (j.value or 0.0), j.role != "optimum", j.id))
+        best = min(done, key=lambda j: (sign * (j.value or 0.0), j.role != Role.OPTIMUM, j.id))
         view = plan_view(best, scenario.problem)
         if view is None:
             continue
