@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..graphs import TaskGraph
-from ._plan import Plan, Stage
+from ..graphs import Phase, TaskGraph
+from ._plan import Plan, Schedule, Stage
 from ._platform import Platform
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class PlanBatch:
             np.array([p.micro_batches for p in plans], dtype=np.int64),
             np.array([p.replicas for p in plans], dtype=np.int64),
             recompute,
-            np.array([p.schedule == "gpipe" for p in plans], dtype=bool),
+            np.array([p.schedule == Schedule.GPIPE for p in plans], dtype=bool),
         )  # fmt: skip
 
     def to_plan(self, i: int, *, granularity: str = "layer") -> Plan:
@@ -193,7 +193,7 @@ def random_plans(
         mb_choices = mb_choices[mb_choices <= max_micro_batches]
     ok = ((meta.batch // replicas)[:, None] % mb_choices[None, :]) == 0
     micro = mb_choices[np.argmax(np.where(ok, rng.random((n, len(mb_choices))), -1.0), axis=1)]
-    train = meta.phase == "train"
+    train = meta.phase == Phase.TRAIN
     recompute = (rng.random((n, width)) < 0.5) & present if train else np.zeros((n, width), dtype=bool)
     gpipe = rng.random(n) < 0.5 if train else np.zeros(n, dtype=bool)
     return PlanBatch(first, last, tp, micro, replicas, recompute, gpipe)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..graphs import Phase
 from ._batch import BatchResult, PlanBatch
 from ._pipeline import training_makespan
 
@@ -113,7 +114,7 @@ def _sanitised(batch: PlanBatch, valid: np.ndarray, n_layers: int) -> PlanBatch:
 
 def evaluate_arrays(ev: AnalyticEvaluator, batch: PlanBatch) -> BatchResult:
     cache = _stacked(ev)
-    n_layers, train, n_units = ev.n_layers, ev.phase == "train", ev.n_layers + 3
+    n_layers, train, n_units = ev.n_layers, ev.phase == Phase.TRAIN, ev.n_layers + 3
     f = _Flat(batch)
     valid = _validity(ev, f, batch)
     if not valid.all():
@@ -200,7 +201,7 @@ def evaluate_arrays(ev: AnalyticEvaluator, batch: PlanBatch) -> BatchResult:
         tau = kern + comm
         path = per_plan(np.add, tau) + per_plan(np.add, hops)
         bottleneck = np.maximum(per_plan(np.maximum, tau), per_plan(np.maximum, hops))
-        if ev.phase == "prefill":
+        if ev.phase == Phase.PREFILL:
             latency = path + (mf - 1) * bottleneck
             tokens = ev.tokens / latency
         else:

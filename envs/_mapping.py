@@ -56,6 +56,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ..costmodel import Schedule
 from ..problem import Objective, Problem, contiguous_plan
 from ._features import (
     BLOCK_FEATURES,
@@ -381,7 +382,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         sc, m = self._sc, int(self.micro_batches or 1)
         assert sc is not None
         st = self._split.stages[self._cur_t]
-        if st.flight is None or m == 1 or self.schedule != "1f1b":
+        if st.flight is None or m == 1 or self.schedule != Schedule.ONE_F_ONE_B:
             return UNREACHABLE
         lo, hi = self._cur_lo, sc.hi[last_block]
         per = st.flight[hi] - st.flight[lo]

@@ -44,7 +44,7 @@ from gymnasium import spaces
 from ..costmodel import Plan, Stage
 from ..costmodel._compute import p2p_time
 from ..costmodel._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
-from ..graphs import DTYPE_BYTES
+from ..graphs import DTYPE_BYTES, Phase
 from ..problem import Problem
 from ._features import (
     FEATURE_MAX,
@@ -91,7 +91,7 @@ class PlacementTables:
                 self.follow.append(last_of_layer.get(t.layer, 0))
         self.max_devices = problem.max_devices
         self.limit = problem.memory_limit_bytes
-        self.train = problem.phase == "train"
+        self.train = problem.phase == Phase.TRAIN
         meta = graph.meta
         self.batch = meta.batch
         allowed = set(problem.tp_degrees())
@@ -110,7 +110,7 @@ class PlacementTables:
         if self.train:
             mem = params * (1.0 + OPTIMIZER_STATE_BYTES_PER_PARAM / DTYPE_BYTES[meta.dtype])
         else:
-            kv_len = meta.seq if meta.phase == "prefill" else meta.context + 1
+            kv_len = meta.seq if meta.phase == Phase.PREFILL else meta.context + 1
             kv = np.array([tasks[i].kv_bytes_per_token for i in fwd])
             mem = params + kv * (meta.batch / replicas) * kv_len
         self.mem1 = mem.tolist()  # per-device bytes at TP 1; at TP t a lower bound is mem / t

@@ -38,6 +38,7 @@ from typing import Any
 
 from ..costmodel import Plan, Stage
 from ..costmodel._fields import load_yaml
+from ..graphs import Phase
 from ..problem import Evaluation, Problem, divisors, load_scenario, load_scenarios
 from ..search import make_tuner
 
@@ -177,7 +178,7 @@ def _uniform_plans(problem: Problem) -> Iterable[Plan]:
     for tp in problem.tp_degrees():
         for pp in range(1, min(n, problem.max_devices // tp) + 1):
             m = max(d for d in divisors(problem.batch) if d <= pp)
-            for rc in (False, True) if problem.phase == "train" else (False,):
+            for rc in (False, True) if problem.phase == Phase.TRAIN else (False,):
                 yield Plan.uniform(n, tp=tp, pp=pp, micro_batches=m, recompute=rc)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..costmodel._compute import allreduce_time, p2p_time
 from ..costmodel._units import range_max
+from ..graphs import Phase
 from ..problem import Problem
 from ._features import BLOCK_FEATURES, LOOKAHEAD, TP_MENU, clip_array, context_features
 from ._pool import Reference, reference
@@ -83,7 +84,7 @@ class ScenarioTables:
         self.limit = problem.memory_limit_bytes
         self.per_node = max(1, min(problem.plat.devices_per_node, self.max_devices))
         self.batch = graph.meta.batch
-        self.train = problem.phase == "train"
+        self.train = problem.phase == Phase.TRAIN
         self.reference: Reference = reference(problem)
         self._splits: dict[tuple[int, int, bool], SplitTables] = {}
         base = self.split(1, 1, False)

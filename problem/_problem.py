@@ -14,7 +14,7 @@ from typing import Any
 
 from ..costmodel import AnalyticEvaluator, Metrics, Plan, Platform, Simulator, get_platform
 from ..costmodel._fields import FieldReader, load_yaml
-from ..graphs import PHASES, TaskGraph, load_graph, parse_granularity
+from ..graphs import PHASES, Phase, TaskGraph, load_graph, parse_granularity
 from ._objective import DEFAULT_OBJECTIVE, Objective, get_objective
 
 GIB = 1024**3
@@ -102,7 +102,7 @@ class Problem:
         for key in ("batch", "seq"):
             if getattr(self, key) < 1:
                 raise ValueError(f"problem: field '{key}' must be >= 1, got {getattr(self, key)}")
-        if self.phase == "decode" and self.context < 1:
+        if self.phase == Phase.DECODE and self.context < 1:
             self.context = self.seq
         if not self.name:
             self.name = f"{self.model}@{self.platform}:{self.phase}:{self.objective}"

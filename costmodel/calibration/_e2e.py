@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...graphs import build_graph, coarsen, get_model
+from ...graphs import Phase, build_graph, coarsen, get_model
 from .._analytic import AnalyticEvaluator
 from .._machine import foreign_reason
 from .._plan import Plan
@@ -66,13 +66,13 @@ def default_cases(quick: bool = False) -> list[Case]:
 def predict(model: str, case: Case, platform: str = "cpu-local") -> float:
     """The cost model's TTFT (prefill) or TBT (decode) of ``case``, seconds (AnalyticEvaluator, uniform plan)."""
     spec = get_model(model)
-    context = case.seq if case.phase == "decode" else 0
+    context = case.seq if case.phase == Phase.DECODE else 0
     graph = coarsen(build_graph(spec, phase=case.phase, batch=case.batch, seq=case.seq, context=context), "layer")
     plan = Plan.uniform(spec.layers, tp=case.tp, pp=case.pp, micro_batches=case.micro_batches)
     metrics = AnalyticEvaluator(graph, get_platform(platform)).evaluate(plan)
     if not metrics.feasible:
         raise ValueError(f"{case.label}: the cost model says infeasible: {metrics.reason}")
-    value = metrics.ttft_s if case.phase == "prefill" else metrics.tbt_s
+    value = metrics.ttft_s if case.phase == Phase.PREFILL else metrics.tbt_s
     assert value is not None
     return float(value)
 
