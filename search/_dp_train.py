@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..costmodel._pipeline import training_makespan
-from ._dp import SLACK, _add_front, pareto, seed_plans
+from ._dp_common import SLACK, add_front, pareto, seed_plans
 from ._layered_space import LayeredSpace
 from ._problem import Evaluation
 from ._tuner import Recorder
@@ -49,6 +49,8 @@ class TrainDP:
         self.dominance = False  # the quick first pass (see run)
         self.first_pass = 0  # labels of that pass
         self.open_bound = math.inf  # smallest bound left unexplored when the label cap stopped the search
+        self.proven_static = False  # infeasible for any plan: the weights and state exceed the devices
+        self.stopped = False  # the label cap stopped the search (see cap_note)
 
     # -- bounds -----------------------------------------------------------------------
     def _prefix_bounds(self, share: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +184,7 @@ class TrainDP:
         space = self.space
         d_min = space.min_replica_devices()
         if d_min > space.max_devices:
-            self.recorder.certified = True
+            self.recorder.certified = self.proven_static = True
             self._finish([])
             static = d_min * space.limit / 2**40
             return [
@@ -215,19 +217,22 @@ class TrainDP:
             if self.labels > self.max_labels:  # this combination was cut short: only its root bound holds
                 self.open_bound = min(self.open_bound, root * (1 - SLACK))
         notes = self._finish(seeds)
-        if stopped or self.labels > self.max_labels:
-            self.recorder.certified = False
-            gap = self.best / self.open_bound - 1.0 if self.open_bound > 0 else math.inf
-            notes.append(
-                f"label cap {self.max_labels} reached: not certified; proven lower bound {self.open_bound:.6g} s, so "
-                f"the optimum is at most {max(gap, 0) * 100:.1f}% better than this plan (raise option 'max_labels')"
-            )
-        else:
-            self.recorder.certified = True
+        self.stopped = stopped or self.labels > self.max_labels
+        self.recorder.certified = not self.stopped
         notes.append(
             f"dp priced {self.first_pass + self.labels} suffix labels and {self.priced} complete plans exactly"
         )
         return notes
+
+    def cap_note(self, value: float | None) -> str:
+        """What the label cap left proven, against the best plan's step time ``value`` (None: no plan)."""
+        bound = f"proven lower bound {self.open_bound:.6g} s over dp's space"
+        head = f"label cap {self.max_labels} reached: not certified; {bound}"
+        tail = "(raise option 'max_labels')"
+        if value is None or self.multi:
+            return f"{head} {tail}"
+        gap = value / self.open_bound - 1.0 if self.open_bound > 0 else math.inf
+        return f"{head}, so the optimum is at most {max(gap, 0) * 100:.1f}% better than this plan {tail}"
 
     def _solve(self, r: int, m: int, dev: int) -> None:
         space = self.space
@@ -347,7 +352,7 @@ class TrainDP:
                 item = (value, mem, r, m, chain)
                 if self.multi:
                     if not any(a <= value and b <= mem for a, b in self.front):
-                        _add_front(self.front, (value, mem))
+                        add_front(self.front, (value, mem))
                         self.front_items.append(item)
                 elif value < self.best or (self.best_item is None and value <= self.best):
                     self.best, self.best_item = value, item
@@ -373,9 +378,4 @@ class TrainDP:
             self.recorder.evaluations += count
             if self.recorder.best is not None:
                 self.recorder.evaluate(self.recorder.best.plan)
-        if self.recorder.best is None:
-            notes.append(
-                "no feasible plan: the model does not fit within the memory limit and device cap "
-                f"({self.space.max_devices} devices, {self.space.limit / 2**30:.1f} GiB per device)"
-            )
         return notes
