@@ -31,12 +31,20 @@ with F_k = sum_{s<k} (f_s + h_s) and B_k = sum_{s<k} (h_s + b_s): micro-batch 0
 reaches stage k after F_k, stage k is busy m (f_k + b_k), the last backward
 returns to stage 0 after B_k, and every stage ends with its tail (DP all-reduce
 + optimizer). It is exact for uniform stages. Suffixes whose bound (completed by
-the cheapest possible prefix) reaches the incumbent are dropped; every complete
-plan left is priced exactly (the makespan recursion on numpy arrays, many plans
-at once) in increasing bound order until the next bound reaches the best value.
-Nothing is dropped except by a valid bound, so the result is certified optimal;
-when the label cap (option ``max_labels``) is hit the search stops and the result
-is reported uncertified with the gap that is proven.
+an admissible prefix: the cheapest sums, and prefix tables that price the prefix's
+own pipeline terms with its stages' memory at their 1F1B positions) reaches the
+incumbent are dropped; every complete plan left is priced exactly (the makespan
+recursion on numpy arrays, many plans at once) in increasing bound order until the
+next bound reaches the best value. Nothing is dropped except by a valid bound, so
+the result is certified optimal; when the label cap (option ``max_labels``) is hit
+the search stops and the result is reported uncertified with the gap that is proven.
+
+**Never wrong about infeasibility.** When the cap stops the search, or the space
+(micro-batches <= ``max_micro_batches``, the problem's granularity) holds no
+feasible plan, the heuristics' plans and a uniform TP x PP sweep of every batch
+split (:func:`._dp_common.fallback`) are scored too: the best feasible plan found
+is returned, not certified. "No feasible plan" is said only when nothing was found
+at all, and "proven" only for what was proven.
 """
 
 from __future__ import annotations
@@ -88,40 +96,50 @@ class DPSolver(Tuner):
         if problem.limits.calibrated_only and problem.evaluator().pricer.errors is None:
             recorder.certified = True
             return [f"no plan can be calibrated: profile {problem.plat.profile.name} has no held-out errors"]
+        memo: list[Evaluation | None] = []
+
+        def run_fallback() -> Evaluation | None:
+            if not memo:
+                memo.append(fallback(space, recorder, replicas, micro_batches))
+            return memo[0]
+
         train: TrainDP | None = None
         if problem.phase == "train":
-            train = TrainDP(space, recorder, int(self.options.get("max_labels", 300_000)))
+            train = TrainDP(space, recorder, int(self.options.get("max_labels", 300_000)), incumbent=run_fallback)
             notes = train.run()
             if train.proven_static:  # infeasible for every plan, not only those of the space
                 return notes
         else:
             notes = InferenceDP(space, recorder).run()
-        space_empty = recorder.certified is True and recorder.best is None
-        if recorder.certified is True and not space_empty:
-            return notes
-        # Not finished, or nothing in the space: the fallback's plans (possibly outside the space) are the answer.
-        before = recorder.best
-        found = fallback(space, recorder, replicas, micro_batches)
+        finished = recorder.certified is True
+        best = recorder.best
+        own = best is not None and (not memo or best is not memo[0] or _in_space(space, best))
+        if finished and own:
+            return notes  # the space's optimum, certified
+        # Not finished, or no plan of the space: the fallback's plans (possibly outside the space) are the answer.
+        before = recorder.best if own else None
+        found = run_fallback()
+        recorder.certified = False
         where = (
             f"{space.max_devices} devices, {space.limit / 2**30:.3g} GiB per device, micro-batches <= {max_micro}, "
             f"granularity {problem.granularity!r}"
         )
-        if space_empty:
+        source = "the fallback (heuristics and a uniform sweep of every batch split)"
+        if finished:
             if found is None:
                 return [
                     f"no feasible plan: none in dp's space, proven ({where}), and none from the heuristics or a "
                     "uniform TP x PP sweep of every batch split",
                     *notes,
                 ]
-            recorder.certified = False
             return [
-                f"dp's space holds no feasible plan, proven ({where}); this plan, from the fallback (heuristics and a "
-                f"uniform sweep of every batch split: {found.plan.micro_batches} micro-batches, {found.plan.replicas} "
-                "replica(s)), lies outside it: not certified (raise option 'max_micro_batches' to search such plans)",
+                f"no plan of dp's space beats this one, proven ({where}); it comes from {source} with "
+                f"{found.plan.micro_batches} micro-batches and {found.plan.replicas} replica(s), outside the space: "
+                "not certified (raise option 'max_micro_batches' to search such plans)",
                 *notes,
             ]
         if train is not None and train.stopped:
-            notes.insert(0, train.cap_note(None if recorder.best is None else recorder.best.value))
+            notes.insert(0, train.cap_note(None if recorder.best is None else recorder.best.metrics.latency_s))
         if recorder.best is None:
             return [
                 "no feasible plan found, and none proven impossible: the search stopped at its cap and neither the "
@@ -129,8 +147,19 @@ class DPSolver(Tuner):
                 *notes,
             ]
         if recorder.best is not before:
-            notes.append("the best plan comes from the fallback (heuristics and a uniform sweep of every batch split)")
+            notes.append(f"the best plan comes from {source}")
         return notes
+
+
+def _in_space(space: LayeredSpace, e: Evaluation) -> bool:
+    """Whether ``e``'s plan is one dp searches (its batch split, granularity, TP degrees and recompute flags)."""
+    plan = e.plan
+    return (
+        (plan.replicas, plan.micro_batches) in space.pairs
+        and plan.granularity == space.problem.granularity
+        and all(st.tp in space.tps and st.recompute in space.recompute for st in plan.stages)
+        and all(st.layers is not None and st.layers[0] in space.cuts for st in plan.stages)
+    )
 
 
 # -- inference ----------------------------------------------------------------------

@@ -53,12 +53,16 @@ def add_front(front: list[tuple[float, float]], pt: tuple[float, float]) -> None
     front[:] = [(a, b) for a, b in front if not (pt[0] <= a and pt[1] <= b)] + [pt]
 
 
-def seed_plans(space: LayeredSpace, pairs: list[tuple[int, int]] | None = None, top: int = 64) -> list[Evaluation]:
+def seed_plans(
+    space: LayeredSpace, pairs: list[tuple[int, int]] | None = None, top: int = 64, *, few: bool = False
+) -> list[Evaluation]:
     """Feasible uniform plans (one TP, stages of even cut counts) as incumbents, best first.
 
     ``pairs`` are the (replicas, micro-batches) to sweep (default: the space's). Priced
     with the batched evaluator, then the ``top`` most promising are scored with
-    ``problem.score`` (SLOs, calibration) until some are feasible.
+    ``problem.score`` (SLOs, calibration) until some are feasible. ``few`` keeps, per TP
+    degree, the fewest and the most stages and the powers of two between (the slot-level
+    makespan of hundreds of micro-batches costs in proportion to micro-batches x stages).
     """
     problem, ev = space.problem, space.ev
     rows: list[tuple[list[tuple[int, int, int]], int, int, bool]] = []
@@ -66,7 +70,11 @@ def seed_plans(space: LayeredSpace, pairs: list[tuple[int, int]] | None = None, 
     for r, m in space.pairs if pairs is None else pairs:
         budget = space.max_devices // r
         for t in space.tps:
-            for p in range(max(1, -(-d_min // t)), min(space.n_cuts, budget // t) + 1):
+            lo, hi = max(1, -(-d_min // t)), min(space.n_cuts, budget // t)
+            counts = list(range(lo, hi + 1))
+            if few and counts:
+                counts = sorted({lo, hi} | {1 << k for k in range(hi.bit_length()) if lo <= 1 << k <= hi})
+            for p in counts:
                 base, extra = divmod(space.n_cuts, p)
                 stages, i = [], 0
                 for s in range(p):
@@ -138,7 +146,7 @@ def fallback(
         for m in divisors(problem.batch // r)
         if (r, m) not in space.pairs and replicas in (None, r) and micro_batches in (None, m)
     ]
-    seeds = seed_plans(space, pairs, top=16) if pairs else []
+    seeds = seed_plans(space, pairs, top=16, few=True) if pairs else []
     if seeds:
         keep(recorder.record(seeds[0], count=len(seeds)))
     return best
