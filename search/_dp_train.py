@@ -286,7 +286,12 @@ class TrainDP:
                 f"no feasible plan, proven: the weights and training state need at least {d_min} devices of "
                 f"{space.limit / 2**30:.1f} GiB (~{static:.1f} TiB) but at most {space.max_devices} may be used"
             ]
-        seeds: list[Evaluation] = [] if self.multi else seed_plans(space)
+        seeds = seed_plans(space)
+        if self.multi:  # the uniform plans' (step, memory) points prune what they dominate
+            for e in seeds:
+                self.recorder.record(e)
+                add_front(self.front, (e.metrics.latency_s, e.metrics.max_memory_bytes))
+            seeds = []
         if seeds:
             self.best = seeds[0].metrics.latency_s
             self.recorder.record(seeds[0], count=len(seeds))
