@@ -382,11 +382,18 @@ class TrainDP:
                     if d0 < 0 or (t, space.recompute[0], d0) not in tables:
                         continue
                     hop = space.hop(i_next, d0 + t, share) if k > 0 else 0.0
+                    plain = None  # stages that fit without recomputation
                     for rc in space.recompute:
                         f_all, b_all, tail_all = tables[(t, rc, d0)]
                         need = space.train_need(t, share, m, kept, rc)[:i_next, j]
                         f = f_all[:i_next, j]
                         ok = np.isfinite(f) & (need / space.limit - 1.0 <= 0)
+                        if rc and plain is not None and not self.multi:
+                            # Same forward, tail and devices, a longer backward: the step can only grow, and
+                            # no other stage depends on this one's memory. Only memory can call for it.
+                            ok &= ~plain
+                        if not rc:
+                            plain = ok
                         if not ok.any():
                             continue
                         b, tail = b_all[:i_next, j], tail_all[:i_next, j]
