@@ -1,10 +1,10 @@
-"""How fast ``dp`` finds (and certifies) the optimum on large layered problems (issue 4 target: <= 2 s).
+"""How fast ``dp`` finds (and certifies) the optimum on large layered problems (target: certified, <= 2 s).
 
 Cases: llama3-405b on ``dgx-h100x8`` (64 H100) for training and decode, llama3-405b
 training on ``hgx-h200x8`` (64 H200: 405B training state does not fit 64 x 80 GB, so
 the H100 case proves infeasibility), and llama2-70b on ``dgx-a100x2`` prefill TTFT.
 
-Usage: ``python benchmarks/dp_speed.py [--json]``.
+Usage: ``python benchmarks/dp_speed.py [--json]`` (``--json > build/dp_speed.json`` keeps the figures).
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ the summary.
 
 Budgets: ``--budget`` (default 500, the issue's target) applies to search
 tuners; exact solvers and heuristics run to completion (a budget would cut an
-exact solver before it certifies). ``--time-limit`` stops any run that reports
+exact solver before it certifies); the reference dp runs with a label cap of
+``--dp-max-labels`` (3,000,000 by default, ten times its own), so more references
+are certified, and the output names those that are not, with dp's reason. ``--time-limit`` stops any run that reports
 progress after that many seconds (through the tuner callback; the run is then
 marked ``stopped``). Tuners that cannot be imported (missing dependency, not
 written yet) are skipped with the reason; a tuner that raises on a scenario is
@@ -26,7 +28,7 @@ recorded (``refused`` for a ``ValueError``, which tuners use to say a problem is
 outside what they handle, ``error`` otherwise) and the benchmark goes on.
 
 Run: ``python benchmarks/tuner_quality.py [--json PATH] [--budget N] [--seeds K]
-[--tuners a,b,...] [--scenarios GLOB] [--time-limit S]``.
+[--tuners a,b,...] [--scenarios GLOB] [--time-limit S] [--dp-max-labels N]``.
 """
 
 from __future__ import annotations
@@ -98,12 +100,16 @@ def _finite(x: float | None) -> float | str | None:
     return x if math.isfinite(x) else "inf"
 
 
-def load_tuners(names: list[str], console: Console) -> dict[str, Tuner]:
-    """Instantiate each tuner; one that cannot be imported is skipped with a printed reason."""
+def load_tuners(names: list[str], console: Console, dp_max_labels: int | None = None) -> dict[str, Tuner]:
+    """Instantiate each tuner; one that cannot be imported is skipped with a printed reason.
+
+    ``dp_max_labels`` sets the reference tuner's label cap (None: its default).
+    """
     out: dict[str, Tuner] = {}
     for name in names:
+        options = {"max_labels": dp_max_labels} if name == REFERENCE_TUNER and dp_max_labels else {}
         try:
-            out[name] = make_tuner(name)
+            out[name] = make_tuner(name, **options)
         except Exception as exc:  # an import error, a missing dependency, a tuner not written yet
             console.print(f"[yellow]skipped tuner {name}:[/yellow] {type(exc).__name__}: {exc}")
     return out
@@ -284,6 +290,10 @@ def print_tables(
         f"references: {certified} of {len(refs)} scenarios certified by {REFERENCE_TUNER}; "
         "the others use the best value any tuner found (gaps there are lower bounds)."
     )
+    for p in problems:  # say which are not certified, and dp's reason
+        if not refs[p.name].certified:
+            why = next((r.message for r in runs if r.tuner == REFERENCE_TUNER and r.scenario == p.name), "dp not run")
+            console.print(f"  not certified: {p.name}: {why[:200]}")
     problems_seen = [r for r in runs if r.status in ("refused", "error")]
     for r in problems_seen[:20]:
         console.print(f"[dim]{r.status}: {r.tuner} on {r.scenario}: {r.message[:160]}[/dim]")
@@ -301,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default="*", help="shell glob on scenario names (default: all)")
     ap.add_argument("--dir", type=Path, default=None, help=f"scenario directory (default {default_scenarios_dir()})")
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds per run before it is stopped (0: none)")
+    ap.add_argument(
+        "--dp-max-labels",
+        type=int,
+        default=3_000_000,
+        help="label cap of the reference dp (default 3,000,000, ten times dp's own: references are worth the time)",
+    )
     args = ap.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 250)  # wide tables when piped to a file
     if args.budget < 1 or args.seeds < 1:
@@ -311,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown tuner(s) {', '.join(unknown)}; allowed: {', '.join(tuner_names())}")
     if REFERENCE_TUNER not in wanted:
         console.print(f"[yellow]{REFERENCE_TUNER} is not in --tuners: references are the best values found[/yellow]")
-    tuners = load_tuners(wanted, console)
+    tuners = load_tuners(wanted, console, args.dp_max_labels)
     names = list(tuners)
     problems = load_scenarios(args.dir, pattern=args.scenarios)
     if not problems:
@@ -368,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 "skipped_tuners": [n for n in wanted if n not in tuners],
                 "scenarios": args.scenarios,
                 "time_limit_s": args.time_limit,
+                "dp_max_labels": args.dp_max_labels,
                 "interrupted": interrupted,
             },
             "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},

@@ -31,12 +31,20 @@ with F_k = sum_{s<k} (f_s + h_s) and B_k = sum_{s<k} (h_s + b_s): micro-batch 0
 reaches stage k after F_k, stage k is busy m (f_k + b_k), the last backward
 returns to stage 0 after B_k, and every stage ends with its tail (DP all-reduce
 + optimizer). It is exact for uniform stages. Suffixes whose bound (completed by
-the cheapest possible prefix) reaches the incumbent are dropped; every complete
-plan left is priced exactly (the makespan recursion on numpy arrays, many plans
-at once) in increasing bound order until the next bound reaches the best value.
-Nothing is dropped except by a valid bound, so the result is certified optimal;
-when the label cap (option ``max_labels``) is hit the search stops and the result
-is reported uncertified with the gap that is proven.
+an admissible prefix: the cheapest sums, and prefix tables that price the prefix's
+own pipeline terms with its stages' memory at their 1F1B positions) reaches the
+incumbent are dropped; every complete plan left is priced exactly (the makespan
+recursion on numpy arrays, many plans at once) in increasing bound order until the
+next bound reaches the best value. Nothing is dropped except by a valid bound, so
+the result is certified optimal; when the label cap (option ``max_labels``) is hit
+the search stops and the result is reported uncertified with the gap that is proven.
+
+**Never wrong about infeasibility.** When the cap stops the search, or the space
+(micro-batches <= ``max_micro_batches``, the problem's granularity) holds no
+feasible plan, the heuristics' plans and a uniform TP x PP sweep of every batch
+split (:func:`._dp_common.fallback`) are scored too: the best feasible plan found
+is returned, not certified. "No feasible plan" is said only when nothing was found
+at all, and "proven" only for what was proven.
 """
 
 from __future__ import annotations
@@ -48,14 +56,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..costmodel import Plan
-from ..costmodel._batch import PlanBatch
 from ..problem import Evaluation, Problem
+from ._dp_common import SLACK, add_front, fallback, pareto, seed_plans
+from ._dp_train import TrainDP
 from ._layered_space import LayeredSpace
 from ._options import LayeredOptions, TunerOptions, about
 from ._tuner import Family, Recorder, Tuner
-
-#: Relative slack on bounds so float rounding never prunes a plan that is better by more than this.
-SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -86,93 +92,81 @@ class DPSolver(Tuner):
 
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str]:
         opts = self.config
+        max_micro, replicas, micro_batches = opts.max_micro_batches, opts.replicas, opts.micro_batches
         space = LayeredSpace.build(
             problem,
-            max_micro_batches=opts.max_micro_batches,
+            max_micro_batches=max_micro,
             recompute=opts.recompute,
-            replicas=opts.replicas,
-            micro_batches=opts.micro_batches,
+            replicas=replicas,
+            micro_batches=micro_batches,
         )
         if problem.limits.calibrated_only and problem.evaluator().pricer.errors is None:
             recorder.certified = True
             return [f"no plan can be calibrated: profile {problem.plat.profile.name} has no held-out errors"]
+        memo: list[Evaluation | None] = []
+
+        def run_fallback() -> Evaluation | None:
+            if not memo:
+                memo.append(fallback(space, recorder, replicas, micro_batches))
+            return memo[0]
+
+        train: TrainDP | None = None
         if problem.phase == "train":
-            from ._dp_train import TrainDP
-
-            return TrainDP(space, recorder, opts.max_labels).run()
-        return InferenceDP(space, recorder).run()
-
-
-# -- shared helpers -------------------------------------------------------------
-
-
-def seed_plans(space: LayeredSpace) -> list[Evaluation]:
-    """Feasible uniform plans (one TP, stages of even cut counts) as incumbents, best first.
-
-    Priced with the batched evaluator, then the most promising are scored with
-    ``problem.score`` (SLOs, calibration) until some are feasible.
-    """
-    problem, ev = space.problem, space.ev
-    rows: list[tuple[list[tuple[int, int, int]], int, int, bool]] = []
-    d_min = space.min_replica_devices()  # fewer devices cannot hold the weights (and state)
-    for r, m in space.pairs:
-        budget = space.max_devices // r
-        for t in space.tps:
-            for p in range(max(1, -(-d_min // t)), min(space.n_cuts, budget // t) + 1):
-                base, extra = divmod(space.n_cuts, p)
-                stages, i = [], 0
-                for s in range(p):
-                    k = base + (1 if s < extra else 0)
-                    stages.append((i, i + k - 1, t))
-                    i += k
-                for rc in space.recompute:
-                    rows.append((stages, r, m, rc))
-    if not rows:
-        return []
-    width = max(len(s) for s, *_ in rows)
-    n = len(rows)
-    first = np.zeros((n, width), dtype=np.int64)
-    last = np.zeros((n, width), dtype=np.int64)
-    tp = np.zeros((n, width), dtype=np.int64)
-    rec = np.zeros((n, width), dtype=bool)
-    for k, (stages, _r, _m, rc) in enumerate(rows):
-        for s, (i, j, t) in enumerate(stages):
-            first[k, s], last[k, s], tp[k, s], rec[k, s] = space.cuts[i], space.ends[j], t, rc
-    micro = np.array([row[2] for row in rows])
-    reps = np.array([row[1] for row in rows])
-    res = ev.evaluate_batch(PlanBatch(first, last, tp, micro, reps, rec))
-    ok = res.valid & (res.max_memory_bytes / space.limit - 1.0 <= 0)
-    order = [int(k) for k in np.argsort(np.where(ok, res.latency_s, np.inf)) if ok[k]]
-    obj = problem.obj
-    out: list[Evaluation] = []
-    for k in order[:64]:
-        stages, r, m, rc = rows[k]
-        e = problem.score(space.plan(stages, r, m, [rc] * len(stages)))
-        if e.feasible:
-            out.append(e)
-    out.sort(key=lambda e: -e.value if obj.direction == "maximize" else e.value)
-    return out
+            train = TrainDP(space, recorder, opts.max_labels, incumbent=run_fallback)
+            notes = train.run()
+            if train.proven_static:  # infeasible for every plan, not only those of the space
+                return notes
+        else:
+            notes = InferenceDP(space, recorder).run()
+        finished = recorder.certified is True
+        best = recorder.best
+        own = best is not None and (not memo or best is not memo[0] or _in_space(space, best))
+        if finished and own:
+            return notes  # the space's optimum, certified
+        # Not finished, or no plan of the space: the fallback's plans (possibly outside the space) are the answer.
+        before = recorder.best if own else None
+        found = run_fallback()
+        recorder.certified = False
+        where = (
+            f"{space.max_devices} devices, {space.limit / 2**30:.3g} GiB per device, micro-batches <= {max_micro}, "
+            f"granularity {problem.granularity!r}"
+        )
+        source = "the fallback (heuristics and a uniform sweep of every batch split)"
+        if finished:
+            if found is None:
+                return [
+                    f"no feasible plan: none in dp's space, proven ({where}), and none from the heuristics or a "
+                    "uniform TP x PP sweep of every batch split",
+                    *notes,
+                ]
+            return [
+                f"no plan of dp's space beats this one, proven ({where}); it comes from {source} with "
+                f"{found.plan.micro_batches} micro-batches and {found.plan.replicas} replica(s), outside the space: "
+                "not certified (raise option 'max_micro_batches' to search such plans)",
+                *notes,
+            ]
+        if train is not None and train.stopped:
+            notes.insert(0, train.cap_note(None if recorder.best is None else recorder.best.metrics.latency_s))
+        if recorder.best is None:
+            return [
+                "no feasible plan found, and none proven impossible: the search stopped at its cap and neither the "
+                "heuristics nor a uniform TP x PP sweep of every batch split found one",
+                *notes,
+            ]
+        if recorder.best is not before:
+            notes.append(f"the best plan comes from {source}")
+        return notes
 
 
-def pareto(items: list[tuple[Any, ...]], dims: int) -> list[tuple[Any, ...]]:
-    """Non-dominated items on their first ``dims`` fields (minimised); ties keep the first."""
-    if len(items) <= 1:
-        return items
-    items = sorted(items, key=lambda x: x[:dims])
-    if dims == 1:
-        return items[:1]
-    if dims == 2:
-        out, best = [], math.inf
-        for it in items:
-            if it[1] < best:
-                out.append(it)
-                best = it[1]
-        return out
-    out = []
-    for it in items:
-        if not any(all(o[k] <= it[k] for k in range(dims)) for o in out):
-            out.append(it)
-    return out
+def _in_space(space: LayeredSpace, e: Evaluation) -> bool:
+    """Whether ``e``'s plan is one dp searches (its batch split, granularity, TP degrees and recompute flags)."""
+    plan = e.plan
+    return (
+        (plan.replicas, plan.micro_batches) in space.pairs
+        and plan.granularity == space.problem.granularity
+        and all(st.tp in space.tps and st.recompute in space.recompute for st in plan.stages)
+        and all(st.layers is not None and st.layers[0] in space.cuts for st in plan.stages)
+    )
 
 
 # -- inference ----------------------------------------------------------------------
@@ -223,11 +217,6 @@ class InferenceDP:
         else:
             self._record_best(finals, seeds)
         self.recorder.certified = True
-        if self.recorder.best is None:
-            notes.append(
-                "no feasible plan: no way to place the model within the memory limit, device cap and SLOs "
-                f"({space.max_devices} devices, {space.limit / 2**30:.1f} GiB per device)"
-            )
         notes.append(f"dp priced {self.priced} stage labels over {len(space.pairs)} (replicas, micro-batches) pairs")
         return notes
 
@@ -324,7 +313,7 @@ class InferenceDP:
                                 continue
                             finals.append((k, sv, mv, me, r, m, lab))
                             if self.multi:
-                                _add_front(front, (k, me))
+                                add_front(front, (k, me))
                             elif k < incumbent:
                                 incumbent = k
                         else:
@@ -354,9 +343,3 @@ class InferenceDP:
         self.recorder.evaluations += self.priced
         for _k, _me, r, m, lab in pts:
             self.recorder.evaluate(self._plan(r, m, lab))
-
-
-def _add_front(front: list[tuple[float, float]], pt: tuple[float, float]) -> None:
-    if any(a <= pt[0] and b <= pt[1] for a, b in front):
-        return
-    front[:] = [(a, b) for a, b in front if not (pt[0] <= a and pt[1] <= b)] + [pt]

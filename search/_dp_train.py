@@ -19,25 +19,36 @@ evaluator's own recursion, so the same numbers), cheapest bound first.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..costmodel._pipeline import training_makespan
 from ..problem import Evaluation
-from ._dp import SLACK, _add_front, pareto, seed_plans
+from ._dp_common import SLACK, add_front, pareto, seed_plans
 from ._layered_space import LayeredSpace
 from ._tuner import Recorder
 
 #: Complete plans priced per numpy pass.
 CHUNK = 512
+#: Prefix tables (see TrainDP._prefix_tables) kept apart per number of following stages up to this one.
+EXACT_FOLLOWERS = 16
 
 
 class TrainDP:
     """Branch and bound over suffixes for the training step (and step+memory, throughput)."""
 
-    def __init__(self, space: LayeredSpace, recorder: Recorder, max_labels: int) -> None:
+    def __init__(
+        self,
+        space: LayeredSpace,
+        recorder: Recorder,
+        max_labels: int,
+        incumbent: Callable[[], Evaluation | None] | None = None,
+    ) -> None:
+        """``incumbent``: a plan (possibly outside the space) to prune with when no uniform plan of it is feasible."""
         self.space, self.recorder, self.max_labels = space, recorder, max_labels
+        self.incumbent = incumbent
         self.problem = space.problem
         self.multi = self.problem.obj.multi
         self.labels = 0
@@ -49,6 +60,8 @@ class TrainDP:
         self.dominance = False  # the quick first pass (see run)
         self.first_pass = 0  # labels of that pass
         self.open_bound = math.inf  # smallest bound left unexplored when the label cap stopped the search
+        self.proven_static = False  # infeasible for any plan: the weights and state exceed the devices
+        self.stopped = False  # the label cap stopped the search (see cap_note)
 
     # -- bounds -----------------------------------------------------------------------
     def _prefix_bounds(self, share: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +168,86 @@ class TrainDP:
         self.space._cache[key] = out
         return out
 
+    @staticmethod
+    def _followers(m: int) -> int:
+        """K: the prefix tables are exact for prefixes followed by k < K stages, and share one table beyond."""
+        return min(m, EXACT_FOLLOWERS)
+
+    def _prefix_tables(self, r: int, m: int) -> list[tuple[np.ndarray, ...]]:
+        """Admissible completions of a suffix by any prefix of cuts[:i] on devices [0, d): ``(A, B, Aq, F)[i, d]``.
+
+        Prepending a prefix to a suffix of bound terms (P, Q) gives the plan's bound
+        max(A, B + P, Aq, F + Q): A and Aq are the prefix's own 1F1B terms (its stages'
+        m (f + b) after the forward and backward of the stages before them, with the first
+        stage's tail), B and F what it adds to the suffix's (the traversal of micro-batch 0).
+        Each is minimised separately over prefixes (so their combination is a lower bound).
+        A stage followed by k stages keeps min(m, k + 1) micro-batches: table k (for k < K,
+        :meth:`_followers`) holds prefixes followed by k stages, whose last stage fits memory
+        keeping min(m, k + 1), the stage before it min(m, k + 2), and so on; table K holds
+        those followed by K or more, every stage keeping at least min(m, K + 1). Memory thus
+        forces recomputation and wider TP where plans need them, and the prefix's pipeline
+        bubble counts, which the sums of :meth:`_prefix_bounds` miss.
+        Stage times use each group's own link and the hop into the next stage's first device,
+        as plans do; tails are the optimizer's alone (the data-parallel all-reduce of r > 1
+        depends on the replica's width; dropping it is optimistic).
+        """
+        key = ("prefix_tables", r, m)
+        if key in self.space._cache:
+            return self.space._cache[key]
+        space = self.space
+        share, n, dev = r * m, space.n_cuts, space.max_devices // r
+        K = self._followers(m)
+        levels = [min(m, k + 1) for k in range(K + 1)]  # micro-batches kept by the prefix's last stage
+        before = np.minimum(np.arange(K + 1) + 1, K)  # the table of the stage before it
+        hops = np.zeros((n + 1, dev + 1))
+        for d in range(1, min(dev, space.max_devices - 1) + 1):
+            hops[1:n, d] = [space.hop(i, d, share) for i in range(1, n)]
+        inf = np.inf
+        tab = np.full((4, K + 1, n + 1, dev + 1), inf)  # A, B, Aq, F per number of following stages
+        #: (t, d values of one link class, fits per table, f, f + b, tail)
+        stages: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for t in space.tps:
+            if t > dev or not space.tp_allowed(t):
+                continue
+            allowed = space.allowed(t, share)
+            by_link: dict[tuple[float, float], list[int]] = {}
+            for d in range(t, dev + 1):
+                by_link.setdefault(space.group_link(t, d - t), []).append(d)
+            opt = space.base(t, share)["opt"]
+            for rc in space.recompute:
+                fits = np.stack(
+                    [allowed & (space.train_need(t, share, m, lv, rc) / space.limit - 1.0 <= 0) for lv in levels]
+                )
+                for link, devs in by_link.items():
+                    fwd, bwd = space.train_times(t, share, link, rc)
+                    stages.append((t, np.array(devs), fits, fwd, fwd + bwd, opt))
+        for i in range(1, n + 1):
+            for t, ds, fits, f_all, c_all, tail_all in stages:
+                jj = np.flatnonzero(fits[0, :i, i - 1])  # first cuts of stages that fit at the lowest level
+                if not len(jj):
+                    continue
+                f, c = f_all[jj, i - 1][None, :, None], c_all[jj, i - 1][None, :, None]
+                tail = tail_all[jj, i - 1][None, :, None]
+                h = hops[i, ds][None, None, :]
+                mc = m * c
+                prev = ds - t
+                first = (jj == 0)[None, :, None] & (prev == 0)[None, None, :]  # the plan's first stage: its tail
+                ok = fits[:, jj, i - 1][:, :, None]
+                a0, b0, aq0, f0 = (tab[q][np.ix_(before, jj, prev)] for q in range(4))
+                cands = (
+                    np.where(first, mc + tail, np.maximum(a0, b0 + mc)),
+                    np.where(first, c + 2 * h + tail, b0 + c + 2 * h),
+                    np.where(first, mc + tail, np.maximum(aq0, f0 + mc + tail)),
+                    np.where(first, f + h, f0 + f + h),
+                )
+                for q, cand in enumerate(cands):
+                    best = np.where(ok, cand, inf).min(axis=1)  # (tables, ds)
+                    tab[q, :, i, ds] = np.minimum(tab[q, :, i, ds].T, best).T
+        tab *= 1.0 - SLACK  # exactly d devices: the suffix holds the rest of the replica's
+        tables = [tuple(tab[q, lv] for q in range(4)) for lv in range(len(levels))]
+        self.space._cache[key] = tables
+        return tables
+
     def _combos(self) -> list[tuple[float, int, int, int]]:
         """(root bound, r, m, D) for every combination that memory allows, cheapest bound first."""
         out = []
@@ -167,7 +260,11 @@ class TrainDP:
                 c = max(pre_fb[-1], self._packed_sums(share)[0][-1, d])
                 if not np.isfinite(c):
                     continue
-                out.append((max(c, m * work / d), r, m, d))
+                c = max(c, m * work / d)
+                if c * (1 - SLACK) < self.best or self.multi:  # worth the tables: the whole plan as a prefix
+                    whole = self._prefix_tables(r, m)[0]
+                    c = max(c, whole[0][-1, d], whole[2][-1, d])
+                out.append((c, r, m, d))
         out.sort()
         return out
 
@@ -182,17 +279,26 @@ class TrainDP:
         space = self.space
         d_min = space.min_replica_devices()
         if d_min > space.max_devices:
-            self.recorder.certified = True
+            self.recorder.certified = self.proven_static = True
             self._finish([])
             static = d_min * space.limit / 2**40
             return [
                 f"no feasible plan, proven: the weights and training state need at least {d_min} devices of "
                 f"{space.limit / 2**30:.1f} GiB (~{static:.1f} TiB) but at most {space.max_devices} may be used"
             ]
-        seeds: list[Evaluation] = [] if self.multi else seed_plans(space)
+        seeds = seed_plans(space)
+        if self.multi:  # the uniform plans' (step, memory) points prune what they dominate
+            for e in seeds:
+                self.recorder.record(e)
+                add_front(self.front, (e.metrics.latency_s, e.metrics.max_memory_bytes))
+            seeds = []
         if seeds:
             self.best = seeds[0].metrics.latency_s
             self.recorder.record(seeds[0], count=len(seeds))
+        elif not self.multi and self.incumbent is not None:
+            found = self.incumbent()  # without one, nothing prunes and the cap decides
+            if found is not None:
+                self.best = found.metrics.latency_s
         stopped = False
         combos = self._combos()
         # A first pass keeps only the labels of each state that no other beats on (P, Q, memory): not exact
@@ -215,19 +321,24 @@ class TrainDP:
             if self.labels > self.max_labels:  # this combination was cut short: only its root bound holds
                 self.open_bound = min(self.open_bound, root * (1 - SLACK))
         notes = self._finish(seeds)
-        if stopped or self.labels > self.max_labels:
-            self.recorder.certified = False
-            gap = self.best / self.open_bound - 1.0 if self.open_bound > 0 else math.inf
-            notes.append(
-                f"label cap {self.max_labels} reached: not certified; proven lower bound {self.open_bound:.6g} s, so "
-                f"the optimum is at most {max(gap, 0) * 100:.1f}% better than this plan (raise option 'max_labels')"
-            )
-        else:
-            self.recorder.certified = True
+        self.stopped = stopped or self.labels > self.max_labels
+        self.recorder.certified = not self.stopped
         notes.append(
             f"dp priced {self.first_pass + self.labels} suffix labels and {self.priced} complete plans exactly"
         )
         return notes
+
+    def cap_note(self, value: float | None) -> str:
+        """What the label cap left proven, against the best plan's step time ``value`` (None: no plan)."""
+        bound = f"proven lower bound {self.open_bound:.6g} s over dp's space"
+        head = f"label cap {self.max_labels} reached: not certified; {bound}"
+        tail = "(raise option 'max_labels')"
+        if value is None or self.multi:
+            return f"{head} {tail}"
+        if value < self.open_bound:
+            return f"{head}, above this plan's step: no plan of the space beats it {tail}"
+        gap = value / self.open_bound - 1.0 if self.open_bound > 0 else math.inf
+        return f"{head}, so the optimum is at most {gap * 100:.1f}% better than this plan {tail}"
 
     def _solve(self, r: int, m: int, dev: int) -> None:
         space = self.space
@@ -238,6 +349,7 @@ class TrainDP:
         min_dev = self._min_devices(share, m, dev)
         if min_dev[n] > dev:
             return
+        prefix_tabs, followers = self._prefix_tables(r, m), self._followers(m)
         # stage tables per (t, rc, first device)
         tables: dict[tuple[int, bool, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for t in space.tps:
@@ -270,11 +382,18 @@ class TrainDP:
                     if d0 < 0 or (t, space.recompute[0], d0) not in tables:
                         continue
                     hop = space.hop(i_next, d0 + t, share) if k > 0 else 0.0
+                    plain = None  # stages that fit without recomputation
                     for rc in space.recompute:
                         f_all, b_all, tail_all = tables[(t, rc, d0)]
                         need = space.train_need(t, share, m, kept, rc)[:i_next, j]
                         f = f_all[:i_next, j]
                         ok = np.isfinite(f) & (need / space.limit - 1.0 <= 0)
+                        if rc and plain is not None and not self.multi:
+                            # Same forward, tail and devices, a longer backward: the step can only grow, and
+                            # no other stage depends on this one's memory. Only memory can call for it.
+                            ok &= ~plain
+                        if not rc:
+                            plain = ok
                         if not ok.any():
                             continue
                         b, tail = b_all[:i_next, j], tail_all[:i_next, j]
@@ -296,6 +415,14 @@ class TrainDP:
                         )
                         if d0 > 0:
                             rest = np.maximum(rest, pre_w[first] / d0)
+                            ta, tb, taq, tf = prefix_tabs[min(k + 1, followers)]
+                            rest = np.maximum(
+                                rest,
+                                np.maximum(
+                                    np.maximum(ta[first, d0], taq[first, d0]),
+                                    np.maximum(tb[first, d0] + p2, tf[first, d0] + q2),
+                                ),
+                            )
                         lb = np.where(complete, np.maximum(p2 + tail, q2), rest)
                         place = ok & ((first > 0) | (d0 == 0)) & (min_dev[first] <= d0)
                         keep = np.broadcast_to(place, lb.shape).copy()
@@ -347,7 +474,7 @@ class TrainDP:
                 item = (value, mem, r, m, chain)
                 if self.multi:
                     if not any(a <= value and b <= mem for a, b in self.front):
-                        _add_front(self.front, (value, mem))
+                        add_front(self.front, (value, mem))
                         self.front_items.append(item)
                 elif value < self.best or (self.best_item is None and value <= self.best):
                     self.best, self.best_item = value, item
@@ -373,9 +500,4 @@ class TrainDP:
             self.recorder.evaluations += count
             if self.recorder.best is not None:
                 self.recorder.evaluate(self.recorder.best.plan)
-        if self.recorder.best is None:
-            notes.append(
-                "no feasible plan: the model does not fit within the memory limit and device cap "
-                f"({self.space.max_devices} devices, {self.space.limit / 2**30:.1f} GiB per device)"
-            )
         return notes

@@ -53,15 +53,6 @@ def _p2p(nbytes: float, alpha: float, bw: float) -> float:
     return 0.0 if nbytes <= 0 else alpha + nbytes / bw
 
 
-def count_option(value: Any, name: str, tuner: str) -> int | None:
-    """``value`` of option ``name`` (``replicas``, ``micro_batches``) of an exact tuner: None or a positive integer."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{tuner}: option {name!r} must be a positive integer, got {value!r}")
-    return value
-
-
 @dataclass
 class LayeredSpace:
     """The dp / enumerate search space of one problem (see the module docstring)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from paratune.search import Limits, Problem, TuneResult, tune
+from paratune.search import Limits, Problem, TuneResult, contiguous_plan, even_cuts, tune
 from paratune.search._layered_space import LayeredSpace
 
 OBJECTIVES = [
@@ -129,3 +131,75 @@ def test_enumerate_refuses_large_spaces_and_options_are_checked() -> None:
         tune(p, "dp", recompute="maybe")
     with pytest.raises(ValueError, match="unknown option"):
         tune(p, "dp", colour="red")
+
+
+HEURISTICS = ("megatron", "serving-default", "min-tp-replicas", "balanced-pp")
+#: Small weights, large activations: at 0.25 GiB per device only 8 micro-batches of one sequence fit.
+ACTIVATION_HEAVY = "llama2-7b:layers=4,hidden=512,heads=8,kv_heads=8,ffn=2048,vocab=1000"
+
+
+def _bound_in(notes: list[str]) -> float:
+    """The proven lower bound a capped dp states in its notes."""
+    found = [re.search(r"proven lower bound ([0-9.e+-]+) s", n) for n in notes]
+    values = [float(m.group(1)) for m in found if m]
+    assert values, notes
+    return values[0]
+
+
+def test_capped_dp_returns_the_fallbacks_best_plan_with_a_valid_bound() -> None:
+    """A label cap of 1 stops dp at once: it still answers with the best plan the fallback found, not certified."""
+    p = Problem(ACTIVATION_HEAVY, "dgx-a100:devices_per_node=2", phase="train", batch=8, seq=2048,
+                limits=Limits(memory_gib=0.25))  # fmt: skip
+    res = tune(p, "dp", max_labels=1)
+    assert res.best_plan is not None and not res.optimal
+    heuristic = [tune(p, h).objective_value for h in HEURISTICS]
+    assert min(v for v in heuristic if v is not None) >= res.objective_value * (1 - 1e-9)
+    assert p.score(res.best_plan).feasible
+    bound = _bound_in(res.notes)
+    assert 0 < bound <= res.objective_value * (1 + 1e-9)
+    full = tune(p, "dp", max_micro_batches=8)  # the exact optimum sits between the bound and the plan
+    assert full.optimal and bound <= full.objective_value * (1 + 1e-9) <= res.objective_value * (1 + 1e-9) ** 2
+
+
+def test_dp_answers_with_a_plan_outside_its_space_rather_than_claim_infeasibility() -> None:
+    """Micro-batches <= 2 cannot fit (enumerate proves it); 8 can: dp returns that plan, not certified."""
+    p = Problem(ACTIVATION_HEAVY, "dgx-a100:devices_per_node=2", phase="train", batch=8, seq=2048,
+                limits=Limits(memory_gib=0.25))  # fmt: skip
+    assert tune(p, "enumerate", max_micro_batches=2).best_plan is None
+    res = tune(p, "dp", max_micro_batches=2)
+    assert res.best_plan is not None and res.best_plan.micro_batches > 2 and not res.optimal
+    assert p.score(res.best_plan).feasible
+    assert any("no plan of dp's space beats this one, proven" in n for n in res.notes), res.notes
+
+
+@pytest.mark.parametrize("phase", ["train", "decode", "prefill"])
+def test_dp_never_reports_infeasible_where_a_heuristic_finds_a_plan(phase: str) -> None:
+    """Random tiny problems, dp at its default and with a space of one micro-batch and a label cap of 1."""
+    rng = np.random.default_rng(7 + len(phase))
+    objective = {"train": "step", "decode": "tbt", "prefill": "ttft"}[phase]
+    for _ in range(6):
+        p = _random_problem(rng, phase, objective)
+        found = [tune(p, h).objective_value for h in HEURISTICS]
+        best = min((v for v in found if v is not None), default=None)
+        for options in ({"max_micro_batches": 4}, {"max_micro_batches": 1, "max_labels": 1}):
+            res = tune(p, "dp", **options)
+            if best is not None:
+                assert res.best_plan is not None, (p, options, res.notes)
+                if not res.optimal:  # the fallback ran: no heuristic beats its answer
+                    assert res.objective_value <= best * (1 + 1e-9), (p, options)
+            if res.best_plan is None:
+                assert res.notes and not res.optimal
+
+
+@pytest.mark.slow
+def test_gpt3_training_on_64_a100_gets_a_feasible_plan() -> None:
+    """The issue's case: dp hit its label cap and said "does not fit" although TP 8 x PP 8 x 512 fits."""
+    p = Problem("gpt3-175b", "dgx-a100x8", phase="train", batch=512, seq=2048)
+    res = tune(p, "dp")
+    assert res.best_plan is not None and p.score(res.best_plan).feasible
+    reference = p.score(
+        contiguous_plan(even_cuts(p.n_layers, 8, 8), micro_batches=512, granularity="layer", recompute=True)
+    )
+    assert reference.feasible and res.objective_value <= reference.value * (1 + 1e-9)
+    if not res.optimal:
+        assert not any(n.startswith("no feasible plan") for n in res.notes), res.notes

@@ -67,12 +67,7 @@ FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {"dashboard": frozenset({"sqlal
 
 #: Known exceptions being removed on other branches; delete each line once its fix has merged (a stale line
 #: fails test_known_import_exceptions_are_still_needed).
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        # the dp solver and its training half import each other (fixed on the dp branch)
-        frozenset({"paratune.search._dp", "paratune.search._dp_train"}),
-    }
-)
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 #: Upward edges tolerated for now, as (importer, imported); none left.
 KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset()
 
