@@ -37,10 +37,7 @@ tuners_app = typer.Typer(
 @user_errors
 def tuners_list(as_json: JsonOpt = False) -> None:
     """List every tuner by name with its family, what it does and its options (--option of a campaign's tuner)."""
-    from .agents import register_tuners
     from .search import tuner_entries
-
-    register_tuners()
 
     rows: list[dict[str, Any]] = [
         {
@@ -69,10 +66,7 @@ def tuners_show(
     name: Annotated[str, typer.Argument(help="Tuner name (paratune tuners list).")], as_json: JsonOpt = False
 ) -> None:
     """One tuner's options: type, default and help (campaign YAML: {name: NAME, options: {OPTION: value}})."""
-    from .agents import register_tuners
     from .search import tuner_class
-
-    register_tuners()
 
     cls = tuner_class(name)
     options = [o.to_dict() for o in cls.Options.describe()]
@@ -132,10 +126,7 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Tune a model's mapping on a platform with one tuner; print the plan, its metrics and the gap to the optimum."""
-    from .agents import register_tuners
     from .search import make_tuner
-
-    register_tuners()
 
     limits = dict(
         memory_gib=memory_gib, tbt_ms=tbt_ms, ttft_ms=ttft_ms, max_devices=max_devices, calibrated_only=calibrated_only

@@ -6,7 +6,7 @@
 * :func:`load_policy` / :class:`Policy` (:mod:`._policy`): an SB3 zip plus JSON
   metadata; loading refuses a policy trained on another observation schema.
 * :class:`RLTuner` (:mod:`._rl_tuner`): a policy as a tuner (greedy rollout, then
-  best of sampled rollouts), registered as ``rl`` by :func:`register_tuners`.
+  best of sampled rollouts), registered as ``rl`` (an entry point of ``pyproject.toml``).
 * :func:`transfer` (:mod:`._transfer`): zero-shot and fine-tuned results on a new
   scenario, with gaps to the ``dp`` optimum and to the best heuristic.
 
@@ -17,19 +17,6 @@ stable-baselines3 until a name that needs them is used.
 from __future__ import annotations
 
 from .._lazy import lazy_getattr
-
-
-def register_tuners() -> None:
-    """Register this layer's tuners (``rl``) in :mod:`paratune.search`'s registry; calling it again does nothing.
-
-    The search layer knows nothing of agents: the command line, campaigns and studies call this before
-    they look a tuner up by name. It is a function, not an import side effect, so ``import paratune.agents``
-    (the CLI reads the training defaults from :mod:`._settings`) stays free of the cost model's imports.
-    """
-    from ..search import register_tuner
-
-    register_tuner("rl", "paratune.agents._rl_tuner:RLTuner")
-
 
 _NAMES = {
     "train": "._train",
@@ -49,7 +36,7 @@ _NAMES = {
     "TransferReport": "._transfer",
 }
 
-__all__ = sorted([*_NAMES, "register_tuners"])
+__all__ = sorted(_NAMES)
 
 
 __getattr__ = lazy_getattr(__name__, _NAMES, globals())

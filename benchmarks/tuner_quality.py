@@ -52,12 +52,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from paratune.agents import register_tuners
 from paratune.problem import default_scenarios_dir, load_scenarios
 from paratune.search import Problem, Tuner, TuneResult, make_tuner, tuner_names
 
 REFERENCE_TUNER = "dp"
-register_tuners()  # the rl tuner
 
 
 @dataclass

@@ -370,11 +370,8 @@ def work(
 def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, problems: dict[str, Any], logs: Path) -> str:
     """Run one claimed job, log it, and record its outcome; returns the job's new state."""
     from .. import __version__
-    from ..agents import register_tuners
     from ..problem import Problem
     from ..search import make_tuner
-
-    register_tuners()
 
     job = claim.job
     log_path = logs / f"job-{claim.id:05d}-{_slug(job.tuner)}-{_slug(job.scenario)}-s{job.seed}.log"

@@ -314,9 +314,6 @@ def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], 
         return [], []
     if not isinstance(items, list) or not items:
         raise r.error("tuners", "must be a non-empty list of tuner names or {name, budget, options} mappings")
-    from ..agents import register_tuners
-
-    register_tuners()
 
     families = {e.name: e.family for e in tuner_entries()}
     out: list[TunerSpec] = []

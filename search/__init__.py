@@ -2,8 +2,8 @@
 
 Families: practitioners' heuristics, exact solvers that certify the optimum under
 the cost model (``dp``, ``enumerate``, ``dag-exact``), Optuna black-box searches
-(``optuna-*``). Reinforcement-learning policies live above this layer:
-``paratune.agents.register_tuners()`` registers the ``rl`` tuner. Importing this package
+(``optuna-*``). Reinforcement-learning policies live above this layer: the ``rl`` tuner is an
+entry point (group ``paratune.tuners``) that the registry finds. Importing this package
 imports neither Optuna nor torch; each tuner imports what it needs.
 """
 

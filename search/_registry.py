@@ -5,14 +5,16 @@ tuner's family, description and options (:class:`~._tuner.Tuner`), read when a
 tuner is built or listed. The modules that define tuners import Optuna, torch or
 stable-baselines3 only inside their searches, so listing tuners stays cheap.
 
-Tuners defined above ``paratune.search`` are registered by their own layer
-(``paratune.agents.register_tuners()`` adds ``rl``), which the command line,
-campaigns and studies call before they look a name up: this layer names none of them.
+Tuners defined above ``paratune.search`` (the ``rl`` tuner of ``paratune.agents``, or a
+user's package) are entry points of the group ``paratune.tuners`` in their package's
+metadata (``pyproject.toml``), found the first time a name is looked up or listed: this
+layer names none of them, and ``make_tuner("rl")`` works from anywhere.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,20 @@ class TunerEntry:
 
 _TARGETS: dict[str, str] = {}
 
+#: The entry-point group of tuners registered by packages above this layer.
+ENTRY_POINT_GROUP = "paratune.tuners"
+_entry_points_read = False
+
+
+def _targets() -> dict[str, str]:
+    """The registered targets, with the installed entry points added the first time (after the built-in ones)."""
+    global _entry_points_read
+    if not _entry_points_read:
+        _entry_points_read = True
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            _TARGETS.setdefault(ep.name, ep.value)
+    return _TARGETS
+
 
 def register_tuner(name: str, target: str) -> None:
     """Register ``target`` (``"package.module:Class"``, a :class:`Tuner` subclass whose ``name`` is ``name``).
@@ -51,14 +67,15 @@ def register_tuner(name: str, target: str) -> None:
 
 
 def tuner_names() -> list[str]:
-    return list(_TARGETS)
+    return list(_targets())
 
 
 def tuner_class(name: str) -> type[Tuner]:
     """The class registered as ``name`` (imports its module)."""
-    target = _TARGETS.get(name)
+    targets = _targets()
+    target = targets.get(name)
     if target is None:
-        raise ValueError(f"unknown tuner {name!r}; allowed: {', '.join(_TARGETS)} (see `paratune tuners list`)")
+        raise ValueError(f"unknown tuner {name!r}; allowed: {', '.join(targets)} (see `paratune tuners list`)")
     module, attr = target.split(":")
     cls = getattr(importlib.import_module(module), attr)
     if not (isinstance(cls, type) and issubclass(cls, Tuner)) or cls.name != name:
@@ -69,7 +86,7 @@ def tuner_class(name: str) -> type[Tuner]:
 def tuner_entries() -> list[TunerEntry]:
     """Every registered tuner with its family, description and options, in registration order."""
     out = []
-    for name, target in _TARGETS.items():
+    for name, target in _targets().items():
         cls = tuner_class(name)
         out.append(TunerEntry(name, cls.family, cls.description, target, tuple(cls.Options.describe())))
     return out

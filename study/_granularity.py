@@ -97,9 +97,6 @@ def _check_inputs(
         except ValueError as exc:
             raise ValueError(f"granularity study: {exc}") from None
     grans = sorted(dict.fromkeys(grans), key=granularity_rank)
-    from ..agents import register_tuners
-
-    register_tuners()
 
     known = tuner_names()
     names = list(tuners) if tuners else [t for t in DEFAULT_TUNERS if t in known]

@@ -24,9 +24,6 @@ def check_study_options(kind: str, options: dict[str, Any]) -> None:
     if kind == "granularity":
         for g in _str_list(options.get("granularities"), "granularities"):
             parse_granularity(g)
-        from ..agents import register_tuners
-
-        register_tuners()
 
         known = tuner_names()
         for t in _str_list(options.get("tuners"), "tuners"):

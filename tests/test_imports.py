@@ -49,9 +49,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "search": frozenset({"problem", "costmodel", "graphs"}),
     "envs": frozenset({"search", "problem", "costmodel", "graphs"}),  # the reward's baseline is a heuristic tuner
     "agents": frozenset({"envs", "search", "problem", "costmodel", "graphs"}),
-    # study and campaign look tuners up by name: they call paratune.agents.register_tuners() (the rl tuner) first
-    "study": frozenset({"agents", "search", "problem", "costmodel", "graphs"}),
-    "campaign": frozenset({"study", "agents", "search", "problem", "costmodel", "graphs"}),
+    "study": frozenset({"search", "problem", "costmodel", "graphs"}),
+    "campaign": frozenset({"study", "search", "problem", "costmodel", "graphs"}),
     "dashboard": frozenset({"campaign", "study", "problem", "costmodel", "graphs"}),
     "cli": frozenset({"dashboard", "campaign", "study", "agents", "envs", "search", "problem", "costmodel", "graphs"}),
 }
