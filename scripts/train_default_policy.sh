@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/default-policy}
-OMP_NUM_THREADS=1 "$PY" -m paratune._cli_rl train \
+OMP_NUM_THREADS=1 "$PY" -m paratune.cli train \
   --scenarios configs/pools/default.yaml --algo maskable-ppo --imitate --imitate-setups 4 --random-setup 0.5 \
   --timesteps "${TIMESTEPS:-2048}" --seed "${SEED:-1}" --n-envs 4 --vec-env dummy --out "$OUT" --no-progress
 cp "$OUT/policy.zip" agents/policies/default.zip

@@ -11,10 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from paratune._cli_rl import register
 from paratune.agents import RLTuner, load_policy, train, transfer
 from paratune.agents._policy import default_policy_path, read_metadata
 from paratune.agents._rl_tuner import make_env, rollout, setup_order
+from paratune.cli._rl import register
 from paratune.envs import OBS_SCHEMA_VERSION
 from paratune.search import Problem
 

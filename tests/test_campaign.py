@@ -24,9 +24,9 @@ import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
-from paratune._cli_campaign import campaign_app
 from paratune.campaign import CampaignSpec, Store, campaign_status, create_campaign, resume_campaign, run_campaign
 from paratune.campaign._store import _pid_alive
+from paratune.cli._campaign import campaign_app
 
 TINY = {"model": "llama2-7b:layers=4", "platform": "dgx-a100", "phase": "decode", "context": 512}
 HEURISTICS = ["megatron", "serving-default", "min-tp-replicas", "balanced-pp"]
@@ -298,7 +298,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     # SIGINT's default handler: a test run in the background (`pytest &`) would hand SIGINT on as ignored
     code = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from paratune._cli_campaign import campaign_app; campaign_app(sys.argv[1:])"
+        "from paratune.cli._campaign import campaign_app; campaign_app(sys.argv[1:])"
     )
     output = tmp_path / "launcher.out"  # a file, not a pipe: a full pipe would block the launcher's progress bar
     with open(output, "w") as sink:

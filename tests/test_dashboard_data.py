@@ -183,7 +183,7 @@ def test_report_is_self_contained_and_escapes_names(run_dir: Path, tmp_path: Pat
     import typer
     from typer.testing import CliRunner
 
-    from paratune._cli_dashboard import register
+    from paratune.cli._dashboard import register
 
     app = typer.Typer()
     register(app)

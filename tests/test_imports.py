@@ -34,7 +34,7 @@ def test_cli_start_does_not_import_torch() -> None:
 # The import rule, written once (docs/architecture.md explains it): each layer of the package and the layers it
 # may import. Read top to bottom it is the data path: model -> graph -> cost model -> problem -> tuner -> env ->
 # agent -> study -> campaign store -> dashboard -> command line. A layer is a top-level folder of the package;
-# the root's modules are the command line (cli.py, _cli_*.py) or shared leaves importable from anywhere.
+# the root's modules are shared leaves importable from anywhere.
 #
 # Edges are every `import` / `from ... import` statement in a module (at module level, inside functions, inside
 # `if TYPE_CHECKING:`), a lazy package's name table (`_NAMES = {...}` for `lazy_getattr`), and a string that
@@ -63,12 +63,6 @@ SHARED = frozenset({"paratune", "paratune._lazy", "paratune._provenance", "parat
 #: tables or SQL.
 PUBLIC_ONLY: dict[str, frozenset[str]] = {"dashboard": frozenset({"campaign", "study"})}
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {"dashboard": frozenset({"sqlalchemy", "sqlite3", "psycopg"})}
-
-#: Known exceptions being removed on other branches; delete each line once its fix has merged (a stale line
-#: fails test_known_import_exceptions_are_still_needed).
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
-#: Upward edges tolerated for now, as (importer, imported); none left.
-KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset()
 
 _ROOT = Path(__file__).resolve().parent.parent
 _NOT_PACKAGE = {"tests", "benchmarks", "runs", "build", "docs", "scripts", ".venv", ".git"}
@@ -154,8 +148,6 @@ def _edges() -> tuple[_Edge, ...]:
                 target = target.rpartition(".")[0]
             if not name.startswith("paratune") or not target or target == module:
                 continue
-            if (module, target) in KNOWN_UPWARD:
-                continue
             edges.append(_Edge(module, target, getattr(node, "lineno", 0), id(node) not in type_only))
     return tuple(edges)
 
@@ -164,8 +156,6 @@ def _layer(module: str) -> str:
     if module in SHARED:
         return "shared"
     top = module.split(".")[1]
-    if top == "cli" or top.startswith("_cli_"):
-        return "cli"
     return top
 
 
@@ -185,24 +175,11 @@ def test_no_import_cycles() -> None:
     runtime = [e for e in _edges() if e.runtime]
     graph = nx.DiGraph([(e.source, e.target) for e in runtime])
     line = {(e.source, e.target): e.line for e in runtime}
-    cycles = [frozenset(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
     shown = []
-    for c in cycles:
-        if c not in KNOWN_CYCLES:  # one cycle of the tangle, each import with its line
-            loop = nx.find_cycle(graph.subgraph(c))
-            shown.append(" -> ".join(f"{a}:{line[a, b]}" for a, b in loop) + f" -> {loop[0][0]}")
+    for tangle in (c for c in nx.strongly_connected_components(graph) if len(c) > 1):
+        loop = nx.find_cycle(graph.subgraph(tangle))  # one cycle of the tangle, each import with its line
+        shown.append(" -> ".join(f"{a}:{line[a, b]}" for a, b in loop) + f" -> {loop[0][0]}")
     assert not shown, "import cycles (move the shared definitions into a leaf module):\n" + "\n".join(shown)
-
-
-def test_known_import_exceptions_are_still_needed() -> None:
-    graph = nx.DiGraph([(e.source, e.target) for e in _edges() if e.runtime])
-    cycles = {frozenset(c) for c in nx.strongly_connected_components(graph) if len(c) > 1}
-    stale = [sorted(c) for c in KNOWN_CYCLES if c not in cycles]
-    assert not stale, f"these cycles are gone: delete them from KNOWN_CYCLES: {stale}"
-    modules = _package_modules()
-    for source, target in KNOWN_UPWARD:
-        names = [name for name, _ in _named_modules(source, modules[source], modules)]
-        assert target in names, f"{source} no longer names {target}: delete it from KNOWN_UPWARD"
 
 
 def test_every_module_belongs_to_a_layer() -> None:

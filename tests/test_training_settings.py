@@ -6,10 +6,10 @@ import dataclasses
 import inspect
 from typing import Any
 
-from paratune._cli_rl import train_command, transfer_command
 from paratune.agents._settings import TRAIN, TRANSFER
 from paratune.agents._train import train
 from paratune.agents._transfer import transfer
+from paratune.cli._rl import train_command, transfer_command
 
 
 def _defaults(func: Any) -> dict[str, Any]:

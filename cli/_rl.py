@@ -1,8 +1,7 @@
 """``paratune train`` and ``paratune transfer``: train a policy on a scenario pool, measure how it transfers.
 
-The lead's ``cli.py`` adds these commands with :func:`register`; the module also
-runs on its own (``python -m paratune._cli_rl train ...``), which is how
-``scripts/train_default_policy.sh`` trains the shipped policy. Torch and
+:func:`register` adds them to the ``paratune`` app (``python -m paratune.cli train ...`` is how
+``scripts/train_default_policy.sh`` trains the shipped policy). Torch and
 stable-baselines3 are imported inside the commands, never at start-up.
 """
 
@@ -14,8 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._cli_common import JsonOpt, console, print_json, user_errors
-from .agents._settings import TRAIN, TRANSFER
+from ..agents._settings import TRAIN, TRANSFER
+from ._common import JsonOpt, console, print_json, user_errors
 
 
 @user_errors
@@ -62,8 +61,8 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a policy (stable-baselines3) on a scenario pool; write OUT/policy.zip + OUT/policy.json."""
-    from .agents import train
-    from .agents._policy import ALGOS
+    from ..agents import train
+    from ..agents._policy import ALGOS
 
     if algo not in ALGOS:  # before torch loads: a typo fails fast
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
@@ -131,8 +130,8 @@ def transfer_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot and fine-tuned results of a policy on one scenario, with gaps to the dp optimum and heuristics."""
-    from ._cli_common import problem_from_options
-    from .agents import transfer
+    from ..agents import transfer
+    from ._common import problem_from_options
 
     limits: dict[str, Any] = {"memory_gib": memory_gib}
     fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context, granularity=granularity)
@@ -176,19 +175,3 @@ def register(app: typer.Typer) -> None:
     """Add ``train`` and ``transfer`` to ``app`` (the main ``paratune`` app, or a test's)."""
     app.command("train")(train_command)
     app.command("transfer")(transfer_command)
-
-
-def main() -> None:
-    """Run the two commands on their own (``python -m paratune._cli_rl``)."""
-    app = typer.Typer(
-        help="paratune RL commands: train, transfer.",
-        no_args_is_help=True,
-        add_completion=False,
-        pretty_exceptions_enable=False,
-    )
-    register(app)
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -17,8 +17,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_common import JsonOpt, console, print_json, user_errors
-from .campaign._states import JobState, Role
+from ..campaign._states import JobState, Role
+from ._common import JsonOpt, console, print_json, user_errors
 
 campaign_app = typer.Typer(
     help="Tuning campaigns: scenarios x tuners x seeds in a database, resumable, shared by workers.",
@@ -49,7 +49,7 @@ def run(
     stale_after: StaleOpt = 120.0,
 ) -> None:
     """Run a campaign: store its jobs, run them on --workers processes, show progress; Ctrl-C stops cleanly."""
-    from .campaign import run_campaign
+    from ..campaign import run_campaign
 
     outcome = run_campaign(spec, workers=workers, storage=storage, stale_after_s=stale_after, show=console)
     _closing(outcome)
@@ -65,7 +65,7 @@ def resume(
     stale_after: StaleOpt = 120.0,
 ) -> None:
     """Continue a campaign: re-run jobs of workers that died (SIGKILL, crash) and the jobs still waiting."""
-    from .campaign import resume_campaign
+    from ..campaign import resume_campaign
 
     outcome = resume_campaign(
         target, workers=workers, storage=storage, retry_failed=retry_failed, stale_after_s=stale_after, show=console
@@ -85,7 +85,7 @@ def worker(
     max_jobs: Annotated[int | None, typer.Option("--max-jobs", min=1, help="Stop after this many jobs.")] = None,
 ) -> None:
     """Claim and run jobs of a campaign stored in --storage until none waits (start one per machine or core)."""
-    from .campaign import work
+    from ..campaign import work
 
     try:
         work(storage, name, output=output, stale_after_s=stale_after, max_jobs=max_jobs, say=console.print)
@@ -98,7 +98,7 @@ def worker(
 @user_errors
 def status(target: Target, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Jobs done / running / failed, each tuner's result per scenario with its gap to the optimum, and errors."""
-    from .campaign import campaign_status
+    from ..campaign import campaign_status
 
     data = campaign_status(target, storage)
     if as_json:
@@ -208,3 +208,8 @@ def _print_status(d: dict[str, Any]) -> None:
         console.print("[red]failed[/red]: " + escape(line), highlight=False)  # fmt: skip
     if not d["finished"]:
         console.print(f"continue: paratune campaign resume {d['output']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``campaign`` and its subcommands to ``app``."""
+    app.add_typer(campaign_app, name="campaign")

@@ -1,9 +1,4 @@
-"""The ``paratune`` command line.
-
-JSON output (``--json``) is a contract that later tools parse: keys are only
-ever added. User mistakes (unknown model, bad field, invalid plan) exit with
-code 2 and a one-line message on stderr, never a traceback.
-"""
+"""``paratune models | platforms | graph | evaluate``: look at the inputs, and price one plan."""
 
 from __future__ import annotations
 
@@ -14,33 +9,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._cli_calibrate import calibrate_app
-from ._cli_campaign import campaign_app
-from ._cli_common import JsonOpt, console, print_json, user_errors
-from ._cli_dashboard import register as register_dashboard
-from ._cli_rl import register as register_rl
-from ._cli_study import study_app
-from ._cli_tune import tune, tuners_app
+from ._common import JsonOpt, console, print_json, user_errors
 
-app = typer.Typer(
-    help="paratune: find how to run a large neural network on several accelerators.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
 platforms_app = typer.Typer(help="Platform presets.", no_args_is_help=True)
 graph_app = typer.Typer(help="Task graphs.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-app.add_typer(platforms_app, name="platforms")
-app.add_typer(graph_app, name="graph")
-app.add_typer(calibrate_app, name="calibrate")
-app.add_typer(tuners_app, name="tuners")
-app.add_typer(campaign_app, name="campaign")
-app.add_typer(study_app, name="study")
-app.command("tune")(user_errors(tune))
-register_rl(app)
-register_dashboard(app)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``models``, ``platforms``, ``graph`` and ``evaluate`` to ``app``."""
+    app.add_typer(models_app, name="models")
+    app.add_typer(platforms_app, name="platforms")
+    app.add_typer(graph_app, name="graph")
+    app.command("evaluate")(evaluate)
 
 
 # -- models -----------------------------------------------------------------
@@ -48,7 +29,7 @@ register_dashboard(app)
 @user_errors
 def models_list(as_json: JsonOpt = False) -> None:
     """List the zoo's presets with their sizes."""
-    from .graphs import PRESETS
+    from ..graphs import PRESETS
 
     rows = [spec.describe() for spec in PRESETS.values()]
     if as_json:
@@ -79,7 +60,7 @@ def models_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one model's shape and parameter counts."""
-    from .graphs import get_model
+    from ..graphs import get_model
 
     info = get_model(name).describe()
     if as_json:
@@ -96,7 +77,7 @@ def models_show(
 @user_errors
 def platforms_list(as_json: JsonOpt = False) -> None:
     """List the platform presets (add xN for N nodes, e.g. dgx-h100x4)."""
-    from .costmodel import get_platform, preset_names
+    from ..costmodel import get_platform, preset_names
 
     rows = [get_platform(n).describe() for n in preset_names()]
     if as_json:
@@ -125,7 +106,7 @@ def platforms_show(
     name: Annotated[str, typer.Argument(help="Preset, NAMExN, NAME:field=v or a YAML file.")], as_json: JsonOpt = False
 ) -> None:
     """Show a platform: devices, links, topology and the calibration profile in use."""
-    from .costmodel import get_platform
+    from ..costmodel import get_platform
 
     info = get_platform(name).describe()
     if as_json:
@@ -147,7 +128,7 @@ GranOpt = Annotated[str, typer.Option("--granularity", "-g", help="op | sublayer
 
 
 def _load_graph(model: str, phase: str, batch: int, seq: int, context: int, granularity: str) -> Any:
-    from .graphs import PHASES, load_graph
+    from ..graphs import PHASES, load_graph
 
     if phase not in PHASES:
         raise ValueError(f"--phase is {phase!r}; allowed: {', '.join(PHASES)}")
@@ -185,7 +166,6 @@ def graph_build(
 
 
 # -- evaluate ---------------------------------------------------------------
-@app.command("evaluate")
 @user_errors
 def evaluate(
     model: ModelOpt,
@@ -206,8 +186,8 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Predict latency, throughput and memory of a parallel plan on a platform."""
-    from .costmodel import Plan, get_platform
-    from .costmodel._trust import calibration_reason
+    from ..costmodel import Plan, get_platform
+    from ..costmodel._trust import calibration_reason
 
     plat = get_platform(platform)
     if plan_file is not None:
@@ -226,11 +206,11 @@ def evaluate(
         )
     plan.check(graph, plat)
     if simulate or not graph.is_layered or not plan.is_layered:
-        from .costmodel import Simulator
+        from ..costmodel import Simulator
 
         metrics = Simulator(graph, plat).evaluate(plan)
     else:
-        from .costmodel import AnalyticEvaluator
+        from ..costmodel import AnalyticEvaluator
 
         metrics = AnalyticEvaluator(graph, plat).evaluate(plan)
     data = metrics.to_dict()
@@ -299,12 +279,3 @@ def _si(value: Any) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g}{unit}"
     return f"{value:g}"
-
-
-def main() -> None:
-    """Entry point of the ``paratune`` console script."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -73,7 +73,7 @@ def problem_from_options(
     scenario: Path | None, model: str | None, platform: str | None, fields: dict[str, Any], limits: dict[str, Any]
 ) -> Any:
     """The problem the options describe: ``--scenario FILE``, or ``--model/--platform`` with fields and limits."""
-    from .search import Limits, Problem
+    from ..search import Limits, Problem
 
     if scenario is not None:
         if model or platform:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._cli_common import JsonOpt, console, print_json, user_errors
+from ._common import JsonOpt, console, print_json, user_errors
 
 calibrate_app = typer.Typer(help="Fit the cost model to measured profiles, check it, measure this machine.",
                             no_args_is_help=True)  # fmt: skip
@@ -43,7 +43,7 @@ def fit(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit efficiency curves, kernel overheads and link terms; report the error on held-out rows."""
-    from .costmodel.calibration import fit_profile, write_profile
+    from ..costmodel.calibration import fit_profile, write_profile
 
     held = [h.strip() for h in holdout.split(",") if h.strip()]
     result = fit_profile(profiles, device, holdout=held, name=name or None, host_overhead_us=host_overhead_us)
@@ -65,8 +65,8 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Predict every row of a profile directory and print the error per op class and overall."""
-    from .costmodel import load_profile
-    from .costmodel.calibration import check_profile, default_profile_for
+    from ..costmodel import load_profile
+    from ..costmodel.calibration import check_profile, default_profile_for
 
     prof = load_profile(profile) if profile else default_profile_for(device)
     report = check_profile(profiles, device, prof).to_dict()
@@ -84,7 +84,7 @@ def measure(
     quick: Annotated[bool, typer.Option("--quick", help="A small grid (for tests and a first look).")] = False,
 ) -> None:
     """Run microbenchmarks with torch and write them in the Vidur profile format."""
-    from .costmodel.calibration import measure as run_measure
+    from ..costmodel.calibration import measure as run_measure
 
     written = run_measure(device, output, quick=quick)
     console.print(f"measured profiles written to {written}")
@@ -97,7 +97,7 @@ def local(
     quick: Annotated[bool, typer.Option("--quick", help="The tiny test grid (seconds; a rough profile).")] = False,
 ) -> None:
     """Measure this CPU (about 30 s, torch needed), fit cpu-local and cache it outside the repository."""
-    from .costmodel.calibration import calibrate_local
+    from ..costmodel.calibration import calibrate_local
 
     path, result = calibrate_local(quick=quick, force=force)
     if result is not None:
@@ -113,7 +113,7 @@ def published(
     as_json: JsonOpt = False,
 ) -> None:
     """Predict published end-to-end figures (Megatron-LM Table 1, LLMCompass GPT-3 layer) and print the errors."""
-    from .costmodel.calibration import compare_published
+    from ..costmodel.calibration import compare_published
 
     rows = [c.to_dict() for c in compare_published(platform)]
     if as_json:
@@ -141,3 +141,8 @@ def _error_table(title: str, report: dict[str, Any]) -> None:
     extra = {k: v for k, v in report.items() if k not in ("per_op", "rows", "mape", "max_abs_pct_error")}
     if extra:
         console.print_json(json.dumps(extra, default=str))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``calibrate`` and its subcommands to ``app``."""
+    app.add_typer(calibrate_app, name="calibrate")

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._cli_common import (
+from ._common import (
     JsonOpt,
     MemoryOpt,
     ModelOpt,
@@ -37,7 +37,7 @@ tuners_app = typer.Typer(
 @user_errors
 def tuners_list(as_json: JsonOpt = False) -> None:
     """List every tuner by name with its family, what it does and its options (--option of a campaign's tuner)."""
-    from .search import tuner_entries
+    from ..search import tuner_entries
 
     rows: list[dict[str, Any]] = [
         {
@@ -66,7 +66,7 @@ def tuners_show(
     name: Annotated[str, typer.Argument(help="Tuner name (paratune tuners list).")], as_json: JsonOpt = False
 ) -> None:
     """One tuner's options: type, default and help (campaign YAML: {name: NAME, options: {OPTION: value}})."""
-    from .search import tuner_class
+    from ..search import tuner_class
 
     cls = tuner_class(name)
     options = [o.to_dict() for o in cls.Options.describe()]
@@ -126,7 +126,7 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Tune a model's mapping on a platform with one tuner; print the plan, its metrics and the gap to the optimum."""
-    from .search import make_tuner
+    from ..search import make_tuner
 
     limits = dict(
         memory_gib=memory_gib, tbt_ms=tbt_ms, ttft_ms=ttft_ms, max_devices=max_devices, calibrated_only=calibrated_only
@@ -180,7 +180,7 @@ def _optimum(problem: Any, result: Any, *, enabled: bool) -> tuple[float | None,
         return None, "multi-objective: see the Pareto front"
     if not problem.graph().is_layered:
         return None, "dp needs a layered graph (try tuner dag-exact on small DAGs)"
-    from .search import make_tuner
+    from ..search import make_tuner
 
     best = make_tuner("dp").tune(problem)
     if not best.optimal:
@@ -191,8 +191,8 @@ def _optimum(problem: Any, result: Any, *, enabled: bool) -> tuple[float | None,
 def _result_data(
     problem: Any, result: Any, optimum_value: float | None, note: str, output: Path | None
 ) -> dict[str, Any]:
-    from . import __version__
-    from .search._launch import launch_lines
+    from .. import __version__
+    from ..search._launch import launch_lines
 
     gap = None
     if optimum_value is not None and result.objective_value is not None:
@@ -253,3 +253,9 @@ def _print_result(d: dict[str, Any]) -> None:
     if d["plan_file"]:
         table.add_row("plan file", f"{d['plan_file']} (paratune evaluate --plan {d['plan_file']} ...)")
     console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``tune`` and ``tuners list | show`` to ``app``."""
+    app.add_typer(tuners_app, name="tuners")
+    app.command("tune")(user_errors(tune))

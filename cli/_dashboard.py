@@ -1,6 +1,6 @@
 """``paratune dashboard`` and ``paratune report``: look at campaign results in a browser or in one HTML file.
 
-The lead's ``cli.py`` adds both commands with :func:`register`. Dash and Plotly are
+:func:`register` adds both commands to the ``paratune`` app. Dash and Plotly are
 imported inside the commands, never at start-up.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ._cli_common import console, user_errors
+from ._common import console, user_errors
 
 
 @user_errors
@@ -30,7 +30,7 @@ def dashboard_command(
     ] = 10.0,
 ) -> None:
     """Open the campaign dashboard: overview, leaderboard, anytime curves, Pareto fronts, plans, transfer."""
-    from .dashboard import create_app, serve
+    from ..dashboard import create_app, serve
 
     targets = runs_dir or ["runs"]
     app = create_app(targets, refresh_s=refresh)
@@ -49,7 +49,7 @@ def report_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
 ) -> None:
     """Write one self-contained HTML report (tables and figures, plotly inlined: opens offline)."""
-    from .dashboard import write_report
+    from ..dashboard import write_report
 
     path = write_report(run_dir, out)
     size = path.stat().st_size / 1e6

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_common import (
+from ._common import (
     JsonOpt,
     MemoryOpt,
     ModelOpt,
@@ -48,7 +48,7 @@ def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    from .study import study_outputs
+    from ..study import study_outputs
 
     tables, _figures, summary = study_outputs(data)
     for t in tables[:2]:
@@ -67,7 +67,7 @@ def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
 
 def _run(kind: str, problem: Any, options: dict[str, Any], budget: int, seed: int, output: Path, quiet: bool) -> Any:
     """Run the study; Ctrl-C keeps the finished cells and says how to resume (exit code 130)."""
-    from .study import run_study
+    from ..study import run_study
 
     try:
         return run_study(kind, problem, options=options, budget=budget, seed=seed, out_dir=output, say=_say(quiet))
@@ -153,7 +153,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a finished study's tables and summary."""
-    from .study import load_study
+    from ..study import load_study
 
     _finish(load_study(folder), folder, as_json)
 
@@ -162,7 +162,7 @@ def show(
 @user_errors
 def workloads(as_json: JsonOpt = False) -> None:
     """The shipped synthetic workloads (request-shape traces) for static-vs-runtime."""
-    from .study._workload import shipped_workloads
+    from ..study._workload import shipped_workloads
 
     rows = shipped_workloads()
     if as_json:
@@ -174,3 +174,8 @@ def workloads(as_json: JsonOpt = False) -> None:
     for r in rows:
         table.add_row(*(escape(str(v)) for v in r.values()))
     console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``study`` and its subcommands to ``app``."""
+    app.add_typer(study_app, name="study")
