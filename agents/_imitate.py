@@ -122,7 +122,7 @@ def demonstrations(
     while jobs:
         problem, setup, pooled = jobs.pop(0)
         label = problem.name if setup is None else f"{problem.name} under {setup}"
-        if problem.obj.multi:
+        if problem.resolved_objective.multi:
             skipped.append(f"{label}: multi-objective, no single optimum")
             continue
         plan = _dp_under(problem, setup)

@@ -80,7 +80,7 @@ class TransferReport:
 
 def optimum_of(problem: Problem) -> tuple[float | None, str, bool]:
     """(dp value, where it comes from, certified); value None for multi-objective or non-layered problems."""
-    if problem.obj.multi:
+    if problem.resolved_objective.multi:
         return None, "multi-objective: no single optimum", False
     if not problem.graph().is_layered:
         return None, "dp needs a layered graph", False
@@ -102,7 +102,7 @@ def best_heuristic(problem: Problem) -> tuple[str | None, float | None, list[str
         except (ValueError, RuntimeError) as exc:  # a heuristic that does not apply says why; keep the others
             notes.append(f"heuristic {name}: {exc}")
             continue
-        if value is not None and (best[1] is None or problem.obj.better(value, best[1])):
+        if value is not None and (best[1] is None or problem.resolved_objective.better(value, best[1])):
             best = (name, value)
     return best[0], best[1], notes
 
@@ -169,4 +169,4 @@ def transfer(
 def _gap(problem: Problem, value: float | None, reference: float | None) -> float | None:
     if value is None or reference is None:
         return None
-    return problem.obj.gap(value, reference)
+    return problem.resolved_objective.gap(value, reference)

@@ -157,7 +157,7 @@ def run_one(name: str, tuner: Tuner, problem: Problem, seed: int, budget: int, t
 
 def reference_of(problem: Problem, runs: list[Run]) -> Reference:
     """dp's certified optimum when there is one, else the best value any tuner found."""
-    obj = problem.obj
+    obj = problem.resolved_objective
     certified = [r for r in runs if r.tuner == REFERENCE_TUNER and r.optimal and r.value is not None]
     if certified:
         return Reference(certified[0].value, f"{REFERENCE_TUNER} (certified)", True)
@@ -172,7 +172,7 @@ def reference_of(problem: Problem, runs: list[Run]) -> Reference:
 
 def score_runs(problem: Problem, runs: list[Run], ref: Reference) -> None:
     """Fill each run's gap to the reference and its evaluations to get within 1%."""
-    obj = problem.obj
+    obj = problem.resolved_objective
     for r in runs:
         if r.status not in ("ok", "no-plan") or ref.value is None:
             continue
@@ -277,7 +277,7 @@ def print_tables(
     for p in problems:
         ref = refs[p.name]
         value = "-" if ref.value is None else f"{ref.value:.4g}"
-        row = [p.name, f"{value} {p.obj.name} [{ref.source}]"]
+        row = [p.name, f"{value} {p.resolved_objective.name} [{ref.source}]"]
         for name in names:
             gaps = [r.gap for r in runs if r.tuner == name and r.scenario == p.name and r.gap is not None]
             row.append(_pct(_quantile(gaps, 0.5)) if gaps else "-")
@@ -391,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
                     "value": refs[p.name].value,
                     "source": refs[p.name].source,
                     "certified": refs[p.name].certified,
-                    "objective": p.obj.name,
-                    "direction": p.obj.direction,
+                    "objective": p.resolved_objective.name,
+                    "direction": p.resolved_objective.direction,
                     "problem": p.to_dict(),
                 }
                 for p in done

@@ -182,7 +182,7 @@ class CampaignSpec:
         listed_dp = next((t for t in self.tuners if t.name == OPTIMUM_TUNER), None)
         if self.optimum:
             for p in self.scenarios:
-                if p.obj.multi:
+                if p.resolved_objective.multi:
                     continue  # a Pareto front has no single optimum value
                 t = listed_dp or TunerSpec(OPTIMUM_TUNER, OPTIMUM_TUNER, stochastic=False)
                 job = JobSpec(p.name, t.label, t.name, t.budget, t.options, self.seeds[0], Role.OPTIMUM.value)
@@ -299,7 +299,7 @@ def _inline(item: dict[str, Any], where: str, *, check: bool) -> list[Problem]:
 
 def _resolve(problem: Problem, where: str) -> None:
     try:
-        problem.plat  # noqa: B018 (resolves the platform: an unknown preset fails here)
+        problem.resolved_platform  # noqa: B018 (resolves the platform: an unknown preset fails here)
     except ValueError as exc:
         raise ValueError(f"{where}: field 'platform': {exc}") from None
     try:

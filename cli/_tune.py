@@ -176,7 +176,7 @@ def _optimum(problem: Any, result: Any, *, enabled: bool) -> tuple[float | None,
         return result.objective_value, "this tuner certifies the optimum"
     if not enabled:
         return None, "not computed (--no-optimum)"
-    if problem.obj.multi:
+    if problem.resolved_objective.multi:
         return None, "multi-objective: see the Pareto front"
     if not problem.graph().is_layered:
         return None, "dp needs a layered graph (try tuner dag-exact on small DAGs)"
@@ -196,7 +196,7 @@ def _result_data(
 
     gap = None
     if optimum_value is not None and result.objective_value is not None:
-        gap = problem.obj.gap(result.objective_value, optimum_value)
+        gap = problem.resolved_objective.gap(result.objective_value, optimum_value)
     data = result.to_dict()
     data.update(
         problem=problem.to_dict(),
@@ -205,8 +205,8 @@ def _result_data(
         optimum_source=note,
         gap=gap,
         paratune_version=__version__,
-        platform=problem.plat.name,
-        profile=problem.plat.profile.name,
+        platform=problem.resolved_platform.name,
+        profile=problem.resolved_platform.profile.name,
         launch={}
         if result.best_plan is None
         else {x.engine: {"command": x.command, "reason": x.reason} for x in launch_lines(result.best_plan, problem)},

@@ -65,11 +65,11 @@ from ._analytic_eval import evaluate_plan
 from ._batch import BatchResult, PlanBatch, random_plans
 from ._batch_eval import evaluate_batch
 from ._bounds import lower_bound_s
-from ._compute import KernelPricer, allreduce_time, group_link, pair_link
+from ._layer_tables import ScaledTables, TpTables, UnitIndex, contiguous_links
 from ._metrics import Metrics
 from ._plan import SCHEDULES, Plan
 from ._platform import GIB, Platform
-from ._units import ScaledTables, TpTables, UnitIndex, contiguous_links
+from ._pricing import KernelPricer, allreduce_time, group_link, pair_link
 
 
 class AnalyticEvaluator:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..graphs import Phase
-from ._compute import allreduce_time, p2p_time
+from ._layer_tables import range_max
 from ._metrics import Metrics
 from ._pipeline import training_makespan
 from ._plan import Plan, Schedule
+from ._pricing import allreduce_time, p2p_time
 from ._trust import annotate
-from ._units import range_max
 
 if TYPE_CHECKING:
     from ._analytic import AnalyticEvaluator

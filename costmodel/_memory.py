@@ -7,7 +7,7 @@ Both evaluators take these from here; only activations differ between them
 from __future__ import annotations
 
 from ..graphs import DTYPE_BYTES
-from ._compute import OpTable
+from ._pricing import OpTable
 
 #: fp32 master weights and Adam's two moments, per parameter (mixed precision, ZeRO paper's K=12).
 OPTIMIZER_STATE_BYTES_PER_PARAM = 12.0

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..graphs import Phase
-from ._compute import allreduce_time, group_link, p2p_time, pair_link
 from ._plan import Plan
+from ._pricing import allreduce_time, group_link, p2p_time, pair_link
 from ._simengine import BACKWARD, SimInput
 
 if TYPE_CHECKING:

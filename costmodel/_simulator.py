@@ -63,11 +63,11 @@ import numpy as np
 
 from ..graphs import Phase, TaskGraph
 from ._bounds import lower_bound_s
-from ._compute import KernelPricer, OpTable, allreduce_time
 from ._memory import kv_cache_memory, training_state_memory, weight_memory
 from ._metrics import Metrics
 from ._plan import Plan
 from ._platform import GIB, Platform
+from ._pricing import KernelPricer, OpTable, allreduce_time
 from ._profile import in_range
 from ._simbuild import Built, build_input
 from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate

@@ -21,7 +21,7 @@ float32 observation of fixed size whatever the model or platform (layout
 versioned by :data:`OBS_SCHEMA_VERSION`, names from
 :func:`mapping_feature_names` / :func:`placement_feature_names`). Rewards: 0 per
 step, ``log(reference / cost)`` at the end against the ``megatron`` heuristic,
-a bounded penalty for infeasible plans (:mod:`._pool`). Episodes end by
+a bounded penalty for infeasible plans (:mod:`._reward`). Episodes end by
 construction (one decision per block or task), so no time limit is registered.
 Bump an id's version when its reward or observation meaning changes.
 """
@@ -40,7 +40,8 @@ from ._features import (
 )
 from ._mapping import MappingEnv
 from ._placement import PlacementEnv
-from ._pool import DEFAULT_POOL, REWARD_CLIP, Reference, load_pool, reference, reward
+from ._pool import DEFAULT_POOL, load_pool
+from ._reward import REWARD_CLIP, Reference, reference, reward
 
 #: Every environment id this package registers.
 ENV_IDS = ("paratune/Mapping-v0", "paratune/Placement-v0")

@@ -176,14 +176,14 @@ def context_features(problem: Problem, *, total_need: float, kv_len: int) -> lis
     ``total_need`` is the model's memory need summed over devices at TP 1 (bytes)
     so the policy sees how tight memory is for the devices it may use.
     """
-    plat = problem.plat
+    plat = problem.resolved_platform
     dev = plat.device
     limit = problem.memory_limit_bytes
     if plat.topology == "mesh" or "inter" not in plat.links:
         bw_ratio = 1.0
     else:
         bw_ratio = plat.links["inter"].bandwidth / max(plat.links["intra"].bandwidth, 1.0)
-    kind = problem.obj
+    kind = problem.resolved_objective
     dtype = problem.graph().meta.dtype
     return [
         _log2(plat.devices_per_node, 5.0),

@@ -38,7 +38,7 @@ infeasible with the penalty. An action a mask forbids (from an
 agent that ignores masks) is replaced by the allowed action of the nearest
 index and ``info["invalid_action"]`` is set.
 
-Reward and reference: see :mod:`._pool` (0 per step, ``log(reference / cost)`` at
+Reward and reference: see :mod:`._reward` (0 per step, ``log(reference / cost)`` at
 the end, the ``megatron`` heuristic as reference, a bounded penalty below every
 feasible plan for infeasible ones). ``info`` at the end carries ``plan``,
 ``metrics``, ``feasible``, ``value``, ``violations``, ``reference`` and
@@ -70,7 +70,8 @@ from ._features import (
     TP_MENU,
     clip,
 )
-from ._pool import load_pool, problem_key, reward
+from ._pool import load_pool, problem_key
+from ._reward import reward
 from ._tables import UNREACHABLE, ScenarioTables, SplitTables
 
 #: Values of the setup decisions: action k means 2**k.
@@ -154,7 +155,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             sc = self._tables[key] = ScenarioTables(problem, gran)
         self._sc = sc
         self._problem = problem
-        self._obj: Objective = problem.obj
+        self._obj: Objective = problem.resolved_objective
         fixed = {k: opts.get(k, v) for k, v in self.fixed.items()}
         self._check_fixed(sc, fixed)
         self.replicas = fixed["replicas"]

@@ -42,8 +42,8 @@ import numpy as np
 from gymnasium import spaces
 
 from ..costmodel import Plan, Stage
-from ..costmodel._compute import p2p_time
 from ..costmodel._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
+from ..costmodel._pricing import p2p_time
 from ..graphs import DTYPE_BYTES, Phase
 from ..problem import Problem
 from ._features import (
@@ -58,7 +58,8 @@ from ._features import (
     context_features,
 )
 from ._mapping import Scenarios, _nearest
-from ._pool import Reference, load_pool, problem_key, reference, reward
+from ._pool import load_pool, problem_key
+from ._reward import Reference, reference, reward
 
 
 class PlacementTables:

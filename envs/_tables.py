@@ -1,7 +1,7 @@
 """Per-scenario tables of the Mapping env, built once per (scenario, granularity, batch split) and cached.
 
 A stage's memory and time are differences of prefix sums over units (see
-:mod:`paratune.costmodel._units`), so the env knows a partial stage's memory in
+:mod:`paratune.costmodel._layer_tables`), so the env knows a partial stage's memory in
 O(1) per step. The memory here follows :func:`~paratune.costmodel._analytic_eval.evaluate_plan`
 term by term, in-flight micro-batches included (:meth:`StageTables.need` takes
 their count). A 1F1B stage keeps ``min(m, p - i)`` of them, which depends on
@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from ..costmodel._compute import allreduce_time, p2p_time
-from ..costmodel._units import range_max
+from ..costmodel._layer_tables import range_max
+from ..costmodel._pricing import allreduce_time, p2p_time
 from ..graphs import Phase
 from ..problem import Problem
 from ._features import BLOCK_FEATURES, LOOKAHEAD, TP_MENU, clip_array, context_features
-from ._pool import Reference, reference
+from ._reward import Reference, reference
 
 #: ``min_devices`` of blocks no number of devices can hold.
 UNREACHABLE = 1 << 30
@@ -82,7 +82,7 @@ class ScenarioTables:
         self.max_devices = problem.max_devices
         self.tps = [t for t in TP_MENU if t in allowed and t <= self.max_devices]
         self.limit = problem.memory_limit_bytes
-        self.per_node = max(1, min(problem.plat.devices_per_node, self.max_devices))
+        self.per_node = max(1, min(problem.resolved_platform.devices_per_node, self.max_devices))
         self.batch = graph.meta.batch
         self.train = problem.phase == Phase.TRAIN
         self.reference: Reference = reference(problem)
@@ -152,7 +152,7 @@ class SplitTables:
         total_time = max(float(block_time.sum()), 1e-30)
         total_w = max(float(block_w.sum()), 1.0)
         mean_time = total_time / nb
-        p_alpha, p_bw = ev.pair((0,), (1,)) if sc.problem.plat.num_devices > 1 else (0.0, 1.0)
+        p_alpha, p_bw = ev.pair((0,), (1,)) if sc.problem.resolved_platform.num_devices > 1 else (0.0, 1.0)
         boundary = np.array(
             [p2p_time(ev.cut[sc.ends[j] + 1] * scale, p_alpha, p_bw) if j < nb - 1 else 0.0 for j in range(nb)]
         )

@@ -109,11 +109,11 @@ class Problem:
 
     # -- what the problem is made of ---------------------------------------
     @property
-    def obj(self) -> Objective:
+    def resolved_objective(self) -> Objective:
         return get_objective(self.objective, self.phase)
 
     @property
-    def plat(self) -> Platform:
+    def resolved_platform(self) -> Platform:
         if self._platform is None:
             self._platform = get_platform(self.platform)
         return self._platform
@@ -121,14 +121,14 @@ class Problem:
     @property
     def memory_limit_bytes(self) -> float:
         """Memory a device may use: the device's usable memory, or the tighter ``limits.memory_gib``."""
-        usable = self.plat.device.usable_memory
+        usable = self.resolved_platform.device.usable_memory
         if self.limits.memory_gib is None:
             return usable
         return min(usable, self.limits.memory_gib * GIB)
 
     @property
     def max_devices(self) -> int:
-        n = self.plat.num_devices
+        n = self.resolved_platform.num_devices
         return n if self.limits.max_devices is None else min(n, self.limits.max_devices)
 
     def graph(self, granularity: str | None = None) -> TaskGraph:
@@ -147,13 +147,13 @@ class Problem:
     def evaluator(self, granularity: str | None = None) -> AnalyticEvaluator:
         g = granularity or self.granularity
         if g not in self._evaluators:
-            self._evaluators[g] = AnalyticEvaluator(self.graph(g), self.plat)
+            self._evaluators[g] = AnalyticEvaluator(self.graph(g), self.resolved_platform)
         return self._evaluators[g]
 
     def simulator(self, granularity: str | None = None) -> Simulator:
         g = granularity or self.granularity
         if g not in self._simulators:
-            self._simulators[g] = Simulator(self.graph(g), self.plat)
+            self._simulators[g] = Simulator(self.graph(g), self.resolved_platform)
         return self._simulators[g]
 
     @property
@@ -166,7 +166,7 @@ class Problem:
 
     def tp_degrees(self) -> list[int]:
         """TP degrees a stage may use: divisors of the heads up to one node (TP across nodes is never worth it)."""
-        limit = min(self.heads, self.plat.devices_per_node, self.max_devices)
+        limit = min(self.heads, self.resolved_platform.devices_per_node, self.max_devices)
         return [t for t in range(1, limit + 1) if self.heads % t == 0]
 
     # -- scoring --------------------------------------------------------------
@@ -175,7 +175,7 @@ class Problem:
         graph = self.graph(plan.granularity)
         if plan.is_layered and graph.is_layered:
             return self.evaluator(plan.granularity).evaluate(plan)
-        problems = plan.problems(graph, self.plat)
+        problems = plan.problems(graph, self.resolved_platform)
         if problems:
             return Metrics(False, "invalid plan: " + "; ".join(problems), self.phase, float("inf"))
         return self.simulator(plan.granularity).evaluate(plan)
@@ -183,7 +183,7 @@ class Problem:
     def score(self, plan: Plan, metrics: Metrics | None = None) -> Evaluation:
         """Evaluate ``plan`` (unless ``metrics`` are given) and check it against the limits."""
         m = metrics if metrics is not None else self.evaluate(plan)
-        obj = self.obj
+        obj = self.resolved_objective
         if m.reason.startswith("invalid plan") or m.latency_s == float("inf"):
             bad = tuple(float("nan") for _ in obj.directions)
             return Evaluation(plan, m, False, bad, (1.0, 1.0, 1.0, 1.0, 1.0), (m.reason,))

@@ -55,7 +55,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..costmodel import Plan, Simulator, Stage
-from ..costmodel._compute import group_link, p2p_time, pair_link
+from ..costmodel._pricing import group_link, p2p_time, pair_link
 from ..costmodel._simengine import BACKWARD
 from ..graphs import Phase
 from ..problem import Problem
@@ -210,7 +210,7 @@ class _Search:
         sim = self.sim
         self.T = len(sim.ids)
         self.phase = sim.phase
-        self.obj = problem.obj
+        self.obj = problem.resolved_objective
         self.multi = self.obj.multi
         self.maximise = self.obj.direction == "maximize"
         self.prefill_rate = self.maximise and self.phase == Phase.PREFILL
@@ -257,7 +257,7 @@ class _Search:
 
     def layouts(self) -> Iterator[_Layout]:
         """The menu's layouts, one per class of layouts equal up to a cost-preserving group permutation."""
-        plat = self.problem.plat
+        plat = self.problem.resolved_platform
         menu = placement_layouts(self.problem.tp_degrees(), self.problem.max_devices, plat.devices_per_node, self.T)
         self.n_layouts = len(menu)
         seen: dict[tuple[object, ...], list[_Layout]] = {}

@@ -102,7 +102,9 @@ class DPSolver(Tuner):
         )
         if problem.limits.calibrated_only and problem.evaluator().pricer.errors is None:
             recorder.certified = True
-            return [f"no plan can be calibrated: profile {problem.plat.profile.name} has no held-out errors"]
+            return [
+                f"no plan can be calibrated: profile {problem.resolved_platform.profile.name} has no held-out errors"
+            ]
         memo: list[Evaluation | None] = []
 
         def run_fallback() -> Evaluation | None:
@@ -178,7 +180,7 @@ class InferenceDP:
     def __init__(self, space: LayeredSpace, recorder: Recorder) -> None:
         self.space, self.recorder = space, recorder
         self.problem = space.problem
-        self.obj = self.problem.obj
+        self.obj = self.problem.resolved_objective
         self.multi = self.obj.multi
         self.throughput = self.obj.name == "throughput"
         self.prefill = self.problem.phase == "prefill"

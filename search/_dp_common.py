@@ -98,7 +98,7 @@ def seed_plans(
     res = ev.evaluate_batch(PlanBatch(first, last, tp, micro, reps, rec))
     ok = res.valid & (res.max_memory_bytes / space.limit - 1.0 <= 0)
     order = [int(k) for k in np.argsort(np.where(ok, res.latency_s, np.inf)) if ok[k]]
-    obj = problem.obj
+    obj = problem.resolved_objective
     out: list[Evaluation] = []
     for k in order[:top]:
         stages, r, m, rc = rows[k]
@@ -129,7 +129,7 @@ def fallback(
             return
         if micro_batches not in (None, e.plan.micro_batches):
             return
-        if best is None or problem.obj.better(e.value, best.value):
+        if best is None or problem.resolved_objective.better(e.value, best.value):
             best = e
 
     for rule in (Megatron, ServingDefault, MinTpReplicas, BalancedPP):

@@ -50,7 +50,7 @@ class TrainDP:
         self.space, self.recorder, self.max_labels = space, recorder, max_labels
         self.incumbent = incumbent
         self.problem = space.problem
-        self.multi = self.problem.obj.multi
+        self.multi = self.problem.resolved_objective.multi
         self.labels = 0
         self.priced = 0
         self.best = math.inf

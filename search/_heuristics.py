@@ -60,7 +60,7 @@ def _shape(problem: Problem) -> _Shape:
     if not graph.is_layered or graph.meta.n_layers < 1:
         raise _NoPlan(f"{problem.model}: heuristics cut layer ranges, but its graph is not layered")
     devices = problem.max_devices
-    per_node = min(problem.plat.devices_per_node, devices)
+    per_node = min(problem.resolved_platform.devices_per_node, devices)
     tps = problem.tp_degrees()
     if not tps:
         raise _NoPlan(f"{problem.model}: no TP degree divides its {problem.heads} heads within one node")
@@ -160,7 +160,7 @@ class _Heuristic(Tuner):
             if _fits(problem, ev):
                 return [] if ev.feasible else [_miss(problem, plan, ev, self.name)]
         if last is None:
-            return [f"{self.name}: the rule names no plan for {problem.plat.num_devices} devices"]
+            return [f"{self.name}: the rule names no plan for {problem.resolved_platform.num_devices} devices"]
         return [_miss(problem, last[0], last[1], self.name)]
 
 

@@ -1,6 +1,6 @@
 """Optuna black-box searches: ``optuna-tpe``, ``-cmaes``, ``-gp``, ``-random``, ``-qmc``, ``-nsga2``.
 
-One trial = one plan from a define-by-run space (:mod:`._spaces`) = one evaluation
+One trial = one plan from a define-by-run space (:mod:`._optuna_spaces`) = one evaluation
 counted by the recorder, so the budget is the number of trials.
 
 Infeasible plans (over the memory limit, an SLO or the device cap) are handled the
@@ -40,8 +40,8 @@ import numpy as np
 from ..costmodel import Metrics, Plan
 from ..problem import Evaluation, Problem
 from ._options import TunerOptions, about
+from ._optuna_spaces import make_space
 from ._polish import polish
-from ._spaces import make_space
 from ._tuner import Family, Recorder, Tuner
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ class OptunaTuner(Tuner):
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
         import optuna
 
-        if self.sampler_name == "cmaes" and problem.obj.multi:
+        if self.sampler_name == "cmaes" and problem.resolved_objective.multi:
             raise ValueError(
                 f"optuna-cmaes optimises one objective; {problem.objective!r} has two: use optuna-nsga2 or optuna-tpe"
             )
@@ -187,7 +187,7 @@ class OptunaTuner(Tuner):
         )
         directions = [
             optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
-            for d in problem.obj.directions
+            for d in problem.resolved_objective.directions
         ]
         previous = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -218,7 +218,9 @@ class OptunaTuner(Tuner):
                     if recorder.done:
                         study.stop()
 
-                polishing = 0 if n_trials is None or problem.obj.multi else round(self.polish_share * n_trials)
+                polishing = (
+                    0 if n_trials is None or problem.resolved_objective.multi else round(self.polish_share * n_trials)
+                )
                 if not recorder.done:  # the heuristics' seeds may have spent it (or the callback stopped)
                     study.optimize(
                         objective,
@@ -247,7 +249,7 @@ class OptunaTuner(Tuner):
         """
         from ._registry import make_tuner, tuner_entries
 
-        if problem.obj.multi or recorder.budget is None or recorder.budget < SEED_MIN_BUDGET:
+        if problem.resolved_objective.multi or recorder.budget is None or recorder.budget < SEED_MIN_BUDGET:
             return []  # a quarter of a small budget would cut the rules short and starve the sampler
         if problem.granularity != "layer" or space.params_of(Plan.uniform(problem.n_layers)) is None:
             return []  # the rules plan whole layers: another granularity's space cannot start from them

@@ -118,7 +118,7 @@ def polish(
 
     ``incumbent`` returns the best *feasible* trial so far (the caller knows what
     feasible means for its constraints); polishing stops early at a local optimum.
-    With ``space`` (:class:`~._spaces.Space`) the shape moves of :func:`structural` come first.
+    With ``space`` (:class:`~._optuna_spaces.Space`) the shape moves of :func:`structural` come first.
     """
     ran = 0
     seen: set[tuple[tuple[str, Any], ...]] = {tuple(sorted(t.params.items())) for t in study.trials}

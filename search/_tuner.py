@@ -69,7 +69,7 @@ class Recorder:
 
     def __init__(self, problem: Problem, tuner: str, budget: int | None, callback: Callback | None = None) -> None:
         self.problem, self.tuner, self.budget, self.callback = problem, tuner, budget, callback
-        self.objective = problem.obj
+        self.objective = problem.resolved_objective
         self.evaluations = 0
         self.best: Evaluation | None = None
         self.history: list[HistoryPoint] = []

@@ -85,10 +85,11 @@ def default_granularities(n_layers: int) -> list[str]:
 def _check_inputs(
     problem: Problem, granularities: Sequence[str] | None, tuners: Sequence[str] | None
 ) -> tuple[list[str], list[str]]:
-    if problem.obj.multi:
+    if problem.resolved_objective.multi:
         raise ValueError(
-            f"granularity study: objective {problem.objective!r} has {len(problem.obj.directions)} values; the study "
-            f"compares one number per cell: use {problem.objective.split('+')[0]!r}"
+            f"granularity study: objective {problem.objective!r} has "
+            f"{len(problem.resolved_objective.directions)} values; the study compares one number per cell: "
+            f"use {problem.objective.split('+')[0]!r}"
         )
     grans = list(granularities) if granularities else default_granularities(problem.n_layers)
     for g in grans:
@@ -355,7 +356,7 @@ def _gap(value: float, ref: float, maximize: bool) -> float | None:
 def _assemble(
     problem: Problem, grans: list[str], names: list[str], cells: list[GranularityCell], budget: int, seed: int
 ) -> dict[str, Any]:
-    maximize = problem.obj.direction == "maximize"
+    maximize = problem.resolved_objective.direction == "maximize"
     pick = max if maximize else min
     values = [v for c in cells if c.status == "ok" and (v := c.best) is not None]
     best_all = pick(values) if values else None
@@ -411,7 +412,7 @@ def _assemble(
         "version": VERSION,
         "problem": _problem_spec(problem),
         "objective": problem.objective,
-        "direction": problem.obj.direction,
+        "direction": problem.resolved_objective.direction,
         "unit": _unit(problem.objective),
         "granularities": grans,
         "tuners": names,
@@ -423,7 +424,7 @@ def _assemble(
         "best": best,
         "sweet_spot": sweet,
         "summary": [],
-        "provenance": provenance(seed, problem.plat.profile.name, study="granularity"),
+        "provenance": provenance(seed, problem.resolved_platform.profile.name, study="granularity"),
     }
 
 

@@ -193,7 +193,7 @@ def _static_search(
     import optuna
 
     from ..search._optuna import CONSTRAINT_NAMES, _active_constraints
-    from ..search._spaces import HybridSpace
+    from ..search._optuna_spaces import HybridSpace
 
     largest = max(range(len(items)), key=lambda i: (items[i].bucket.batch, items[i].bucket.prompt))
     space = HybridSpace(items[largest].problem)
@@ -580,7 +580,7 @@ def run_runtime_study(
         "wall_s": time.perf_counter() - start,
         "provenance": provenance(
             seed,
-            first.plat.profile.name,
+            first.resolved_platform.profile.name,
             study=KIND,
             workload=workload.to_dict(max_buckets),
             oracle_tuner="dp",

@@ -50,7 +50,7 @@ from functools import lru_cache
 from ..graphs import Phase
 from ..problem import Problem, divisors
 
-#: Stage cap of Optuna's hybrid space (``paratune.search._spaces.MAX_STAGES``).
+#: Stage cap of Optuna's hybrid space (``paratune.search._optuna_spaces.MAX_STAGES``).
 HYBRID_MAX_STAGES = 16
 #: Micro-batch cap of the dp's space (its option ``max_micro_batches``).
 DP_MAX_MICRO_BATCHES = 64
@@ -183,5 +183,5 @@ def space_log10(problem: Problem, granularity: str, space: str) -> float | None:
     if space == "placement":
         return log10(count_placement(tasks, devices, tps, problem.batch))
     if space == "dag-placement":
-        return log10(count_dag_placement(tasks, devices, problem.plat.devices_per_node, tps))
+        return log10(count_dag_placement(tasks, devices, problem.resolved_platform.devices_per_node, tps))
     raise ValueError(f"unknown space {space!r}; allowed: layered, hybrid, placement, dag-placement")

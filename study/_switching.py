@@ -190,7 +190,7 @@ def reshard_cost(plan_a: Plan, plan_b: Plan, problem: Problem) -> ReshardCost:
     """
     _layered(plan_a)
     _layered(plan_b)
-    plat = problem.plat
+    plat = problem.resolved_platform
     n = problem.n_layers
     weights = unit_weight_bytes(problem)
     held_a, held_b = _holders(plan_a, n), _holders(plan_b, n)

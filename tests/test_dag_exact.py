@@ -23,7 +23,7 @@ RTOL = 1e-9
 
 def _layouts(problem: Problem, n_tasks: int) -> list[tuple[int, ...]]:
     tps, n = problem.tp_degrees(), problem.max_devices
-    per_node = problem.plat.devices_per_node
+    per_node = problem.resolved_platform.devices_per_node
     out = []
     for k in range(1, min(n_tasks, n) + 1):
         for tps_k in itertools.product(tps, repeat=k):
@@ -39,7 +39,7 @@ def _brute(problem: Problem) -> tuple[float | None, set[tuple[float, ...]]]:
     """Best feasible value and the Pareto front's values over every plan of the space."""
     graph = problem.graph()
     ids = [t.id for t in graph.tasks]
-    obj = problem.obj
+    obj = problem.resolved_objective
     best: float | None = None
     feasible: list[tuple[float, ...]] = []
     for tps in _layouts(problem, len(ids)):
@@ -113,7 +113,7 @@ def _check(problem: Problem) -> None:
     assert best is not None, "the instance should have a feasible plan"
     assert result.optimal, result.notes
     assert result.objective_value == pytest.approx(best, rel=RTOL)
-    if problem.obj.multi:
+    if problem.resolved_objective.multi:
         got = sorted(v for _, v in result.pareto)
         want = sorted(front)
         assert len(got) == len(want)

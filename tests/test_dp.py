@@ -65,7 +65,7 @@ def _check(p: Problem) -> tuple[TuneResult, TuneResult]:
         e = p.score(b.best_plan)
         assert e.feasible and _same(e.value, b.objective_value)
         assert b.optimal
-    if p.obj.multi:
+    if p.resolved_objective.multi:
         fa, fb = [v for _, v in a.pareto], [v for _, v in b.pareto]
         assert _covers(fa, fb) and _covers(fb, fa), (p, fa, fb)
     return a, b

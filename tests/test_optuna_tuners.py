@@ -273,8 +273,8 @@ def test_heuristics_seed_the_search_inside_the_budget() -> None:
 def test_structural_moves_change_the_shape_two_at_a_time_and_rebalance() -> None:
     from optuna.distributions import FloatDistribution, IntDistribution
 
+    from paratune.search._optuna_spaces import HybridSpace
     from paratune.search._polish import structural
-    from paratune.search._spaces import HybridSpace
 
     space = HybridSpace(small())
     params = {"stages": 1, "replicas": 0, "micro_batches": 1, "tp_0": 3, "w_0": 2.0}

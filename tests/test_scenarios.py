@@ -33,13 +33,13 @@ def test_suite_covers_models_platforms_phases_objectives(suite: list[Problem]) -
     objectives = {p.objective for p in suite}
     assert objectives >= {"ttft", "tbt", "throughput", "step"}
     assert any(o.endswith("+memory") for o in objectives)
-    kinds = {(p.plat.device.name.split("-")[0], p.plat.nodes > 1) for p in suite}
+    kinds = {(p.resolved_platform.device.name.split("-")[0], p.resolved_platform.nodes > 1) for p in suite}
     for device in ("A100", "H100", "H200"):
         assert (device, False) in kinds and (device, True) in kinds, device
-    assert any(p.plat.topology == "mesh" for p in suite)
-    assert max(p.plat.nodes for p in suite) == 8
+    assert any(p.resolved_platform.topology == "mesh" for p in suite)
+    assert max(p.resolved_platform.nodes for p in suite) == 8
     tight = [p for p in suite if p.limits.memory_gib is not None]
-    assert len(tight) >= 3 and all(p.memory_limit_bytes < p.plat.device.usable_memory for p in tight)
+    assert len(tight) >= 3 and all(p.memory_limit_bytes < p.resolved_platform.device.usable_memory for p in tight)
     assert any(p.limits.tbt_ms for p in suite) and any(p.limits.max_devices for p in suite)
 
 

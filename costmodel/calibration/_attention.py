@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from ...graphs import ModelSpec, Op, build_spec_graph
-from .._compute import KernelPricer, OpTable
 from .._platform import Platform
+from .._pricing import KernelPricer, OpTable
 from .._profile import Efficiency, Profile
 from ._devices import platform_for
 from ._fit import FitResult, fit_profile

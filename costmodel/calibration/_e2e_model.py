@@ -39,7 +39,7 @@ class ModelShape:
     kv_heads: int
     ffn: int
     vocab: int
-    gated: bool = True
+    gated_mlp: bool = True
     dtype: str = "bf16"
 
     @classmethod
@@ -98,9 +98,9 @@ class Shard:
         for i in range(self.first, self.last + 1):
             qkv = self._draw(i, 0, ((s.heads + 2 * s.kv_heads) * d, h))
             q, k, v = qkv.split([s.heads * d, s.kv_heads * d, s.kv_heads * d])
-            up_rows = 2 * f if s.gated else f
+            up_rows = 2 * f if s.gated_mlp else f
             up = self._draw(i, 1, (up_rows, h))
-            ups = up.chunk(2) if s.gated else (up,)
+            ups = up.chunk(2) if s.gated_mlp else (up,)
             self.layers.append({
                 "n1": self._norm(i, 2),
                 "qkv": torch.cat([self._rows(q, self.heads * d), self._rows(k, self.kv * d),
@@ -151,7 +151,7 @@ class Shard:
         self.allreduce(o)
         x = ops.add(x, o)
         u = ops.linear(ops.rms_norm(x, w["n2"]), w["up"])
-        dn = ops.linear(ops.activation(u, self.shape.gated), w["down"])
+        dn = ops.linear(ops.activation(u, self.shape.gated_mlp), w["down"])
         self.allreduce(dn)
         return ops.add(x, dn)
 

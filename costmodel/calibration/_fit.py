@@ -18,7 +18,7 @@ prediction. scipy's ``least_squares`` (trust region, bounded, fixed start)
 is deterministic: the same files give the same profile. Fitted values are
 rounded to 6 significant digits, so a profile reloads equal from its YAML.
 
-Kernel time (``costmodel/_compute.py``):
+Kernel time (``costmodel/_pricing.py``):
 ``t = (c^k + m^k)^(1/k) + overhead(kind)``, ``c = F / (peak * ce(F))``,
 ``m = B / (bw * me(B))``, ``ce(w) = p_c w / (w + h_c)``, ``me(w) = p_m w / (w + h_m)``.
 

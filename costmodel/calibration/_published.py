@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from ...graphs import ModelSpec, Op, build_graph, build_spec_graph, coarsen
 from .._analytic import AnalyticEvaluator
-from .._compute import KernelPricer, OpTable, allreduce_time, group_link
 from .._plan import Plan
 from .._platform import Platform, get_platform
+from .._pricing import KernelPricer, OpTable, allreduce_time, group_link
 from .._profile import load_profile
 
 SEQ, VOCAB = 2048, 51200

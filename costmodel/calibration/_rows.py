@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...graphs import ModelSpec, Op, build_spec_graph
-from .._compute import KernelPricer, OpTable, allreduce_time, group_link, p2p_time, pair_link
 from .._platform import Platform
+from .._pricing import KernelPricer, OpTable, allreduce_time, group_link, p2p_time, pair_link
 from ._read import ComputeFile, Measurements, NetworkFile
 
 #: Vidur op column -> (op class reported, task id in the one-layer zoo graph).

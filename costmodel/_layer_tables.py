@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graphs import TaskGraph
-from ._compute import KernelPricer, OpTable, group_link, pair_link
 from ._memory import kv_cache_memory, training_state_memory, weight_memory
 from ._platform import Platform
+from ._pricing import KernelPricer, OpTable, group_link, pair_link
 
 #: Profile range keys checked for extrapolation, and the per-device quantity each bounds.
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
