@@ -147,6 +147,7 @@ def assert_same_fit(
     assert params and all(g <= PARAMETER_RTOL for g in params.values()), (device, params)
 
 
+@pytest.mark.slow
 def test_refit_predicts_as_the_committed_profiles() -> None:
     profiles = shared_profiles()
     if profiles is None:

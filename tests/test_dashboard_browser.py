@@ -19,7 +19,7 @@ from paratune.dashboard import create_app
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a browser start and page loads: seconds each
 
 #: the fixture campaign's first scenario name (conftest.py's ``dashboard_run``)
 EVIL = "<script>alert(1)</script>"

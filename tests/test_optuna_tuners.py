@@ -259,6 +259,7 @@ def test_polish_spends_its_share_inside_the_budget() -> None:
         make_tuner("optuna-tpe", polish=1.5)
 
 
+@pytest.mark.slow
 def test_heuristics_seed_the_search_inside_the_budget() -> None:
     problem = Problem.load(SCENARIOS / "llama3-8b-mesh-train-step.yaml")
     best_rule = min(tune(problem, h).objective_value for h in ("balanced-pp", "min-tp-replicas"))
