@@ -20,7 +20,7 @@ after ``--finetune-steps`` steps of fine-tuning on that scenario, the best of
 the four heuristics, and the gap of each to the ``dp`` optimum (certified
 unless noted). An infeasible result counts as an infinite gap.
 
-Summary against the issue's targets: zero-shot median gap <= 5%, fine-tuned
+Summary against the targets: zero-shot median gap <= 5%, fine-tuned
 median gap <= 2%, and better than the best heuristic on >= 80% of the
 scenarios where that heuristic is more than 2% off the optimum (all reported
 for the best-of-N results, the tuner's default use; greedy figures alongside;
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "--split",
         choices=("held-out", "validation"),
         default="held-out",
-        help="scenarios: the held-out test set (the issue's figures) or the validation split (choosing recipes)",
+        help="scenarios: the held-out test set (the reported figures) or the validation split (choosing recipes)",
     )
     args = ap.parse_args(argv)
     import torch

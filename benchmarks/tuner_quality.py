@@ -16,7 +16,7 @@ counts as never), wall time (median, total); plus a per-scenario table of the
 median gap of each tuner. ``--json PATH`` writes every run, the references and
 the summary.
 
-Budgets: ``--budget`` (default 500, the issue's target) applies to search
+Budgets: ``--budget`` (default 500, the quality target's budget) applies to search
 tuners; exact solvers and heuristics run to completion (a budget would cut an
 exact solver before it certifies); the reference dp runs with a label cap of
 ``--dp-max-labels`` (3,000,000 by default, ten times its own), so more references

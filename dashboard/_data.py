@@ -125,7 +125,7 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Study:
-    """A study's ``study.json`` (issue 7): from a campaign's study job, or a study folder found on disk."""
+    """A study's ``study.json``: from a campaign's study job, or a study folder found on disk."""
 
     kind: str
     campaign: str  # "" for a study run on its own (``paratune study ... -o DIR``)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # paratune's one entry point for a fresh machine: sets itself up, then runs a job.
-#   bash scripts/run.sh demo     the main job: evaluate plans on the embedded default and print metrics
+#   bash scripts/run.sh demo     the main job: the demo campaign (scenarios x tuners x seeds), then its HTML report
 #   bash scripts/run.sh test     lint (ruff), types (mypy), the test suite (pytest)
 #   bash scripts/run.sh setup    only create/refresh the virtual environment (.venv)
 #   bash scripts/run.sh paratune ARGS...   run the CLI inside the environment

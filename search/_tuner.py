@@ -1,7 +1,7 @@
 """The tuner interface and the recorder every tuner reports its evaluations to.
 
 A tuner subclasses :class:`Tuner` and implements ``_search(problem, recorder,
-rng)``: it proposes plans, hands each to ``recorder.evaluate`` (or
+rng, seed)`` (returning notes for the result, or None): it proposes plans, hands each to ``recorder.evaluate`` (or
 ``recorder.record`` when it priced the plan itself, as the batched and exact
 solvers do), and stops when ``recorder.done``. The recorder counts evaluations,
 keeps the best feasible plan, the anytime history, the Pareto front of

@@ -40,7 +40,7 @@ from paratune.costmodel.calibration._lsq import solve_with_errors, weak
 from paratune.graphs import build_graph
 
 VIDUR = Path(__file__).parent / "data" / "vidur"
-#: Issue 3's targets on held-out models (percent).
+#: The calibration's targets on held-out models (percent).
 GEMM_LARGE, GEMM_ALL, ALL_OPS, INTRA_COLLECTIVES = 10.0, 20.0, 20.0, 15.0
 #: A refit (another CPU, another BLAS) must predict every measured row as the committed profile does, within
 #: this relative tolerance (seen: under 5e-5 on the GPU profiles, 6e-4 on cpu-local's attention rows), and its

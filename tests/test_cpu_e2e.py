@@ -4,7 +4,7 @@ The slow test first measures this CPU (``calibrate_local``, about 30 s on 2 core
 temporary cache: ``cpu-local`` is then this machine, whatever CPU runs the suite), then runs
 the small grid of ``validate_cpu`` (about 30 s). Tests
 never assert wall-clock targets (timings on 2 shared cores vary run to run: TP2 decode
-at batch 1 measured 16-31 ms for the same code), so the issue's targets (15% single
+at batch 1 measured 16-31 ms for the same code), so the targets (15% single
 process, 25% TP2 and PP2) are measured and printed by ``benchmarks/cpu_e2e.py``; this
 test checks the harness end to end (sharded runs reproduce the unsharded model's
 logits, every case is measured and predicted) and that no case is off by more than
@@ -98,4 +98,4 @@ def test_cpu_end_to_end_runs_and_predicts_the_right_magnitude(monkeypatch: pytes
     bad = [f"{r['label']}: {r['error_pct']:+.1f}%" for r in rows if abs(r["error_pct"]) > SANITY_PCT]
     assert not bad, "off by more than a sane margin: " + "; ".join(bad)
     over = [r["label"] for r in rows if abs(r["error_pct"]) > TOLERANCE_PCT[r["mode"]]]
-    print("outside the issue's targets in this run:", over or "none")
+    print("outside the targets in this run:", over or "none")

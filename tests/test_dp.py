@@ -193,7 +193,7 @@ def test_dp_never_reports_infeasible_where_a_heuristic_finds_a_plan(phase: str) 
 
 @pytest.mark.slow
 def test_gpt3_training_on_64_a100_gets_a_feasible_plan() -> None:
-    """The issue's case: dp hit its label cap and said "does not fit" although TP 8 x PP 8 x 512 fits."""
+    """A reported case: dp hit its label cap and said "does not fit" although TP 8 x PP 8 x 512 fits."""
     p = Problem("gpt3-175b", "dgx-a100x8", phase="train", batch=512, seq=2048)
     res = tune(p, "dp")
     assert res.best_plan is not None and p.score(res.best_plan).feasible

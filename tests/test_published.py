@@ -45,7 +45,7 @@ def test_llmcompass_layer_within_15_percent_on_its_machine_calibration() -> None
     """LLMCompass's GPT-3 layer (TP4, 4 x A100), its ops timed one by one in eager PyTorch.
 
     On ``a100-llmcompass`` (fitted to LLMCompass's GEMM microbenchmarks, not to the layer)
-    both phases are within the issue's 15%. On ``a100-vidur`` decode is too (the host time
+    both phases are within the 15% target. On ``a100-vidur`` decode is too (the host time
     per op is the whole story there), prefill is not: Vidur's A100s run the same GEMMs ~20%
     slower (docs/calibration.md), which no one A100 profile can reconcile.
     """

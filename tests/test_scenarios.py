@@ -1,4 +1,4 @@
-"""The benchmark scenario suite: every file loads, the suite covers what issue 4 asks, bad files say where."""
+"""The benchmark scenario suite: every file loads, the suite covers every model family, platform, phase and objective, bad files say where."""
 
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def test_launch_lines_say_what_engines_can_run() -> None:
 
 
 def test_calibrated_only_rejects_extrapolated_plans() -> None:
-    """Issue 3's 'tuners can be asked to prefer plans inside the calibrated range'."""
+    """Tuners can be asked to prefer plans inside the calibrated range."""
     kwargs = dict(phase="prefill", batch=32, seq=2048)
     strict = Problem("llama2-7b", "dgx-a100", limits=Limits(calibrated_only=True), **kwargs)  # type: ignore[arg-type]
     loose = Problem("llama2-7b", "dgx-a100", **kwargs)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ each measured latency (median of repeats) with the AnalyticEvaluator's TTFT /
 TBT for the same zoo model, workload and plan on ``cpu-local``.
 
 The 2-process cases share the machine's 2 cores: that is what ``cpu-local``
-models (2 devices of one core each, gloo between them). Targets (issue 3):
+models (2 devices of one core each, gloo between them). Targets:
 |error| <= 15% single process, <= 25% TP2 and PP2.
 
 Torch is imported only inside the functions that run the model.
