@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 # Wide enough for the tables when the output is piped (rich falls back to 80 columns).
-console = Console() if sys.stdout.isatty() else Console(width=160)
+console = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, emoji=False)  # ":train:" stays text
 F = TypeVar("F", bound=Callable[..., Any])
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]

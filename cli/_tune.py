@@ -180,6 +180,8 @@ def _optimum(problem: Any, result: Any, *, enabled: bool) -> tuple[float | None,
         return None, "multi-objective: see the Pareto front"
     if not problem.graph().is_layered:
         return None, "dp needs a layered graph (try tuner dag-exact on small DAGs)"
+    if result.tuner == "dp":  # dp with its default options did not certify: running it again would not either
+        return None, "dp could not certify the optimum: " + "; ".join(result.notes)
     from ..search import make_tuner
 
     best = make_tuner("dp").tune(problem)
