@@ -19,7 +19,7 @@ Example (``configs/campaigns/demo.yaml`` is a complete one)::
     output: runs/my-campaign                              # default runs/<name>/ (relative to the current folder)
     storage: sqlite:///runs/my-campaign/campaign.db       # default: that SQLite file; any SQLAlchemy URL
     optimum: true                                         # run dp once per scenario for the gap to the optimum
-    studies:                                              # optional: studies on some scenarios     
+    studies:                                              # optional: studies on some scenarios
       - {kind: granularity, scenarios: [tiny-decode], budget: 100, tuners: [dp, optuna-tpe]}
       - {kind: static-vs-runtime, scenarios: [tiny-decode], workload: chat, ks: [1, 2, 4]}
 

@@ -1,4 +1,5 @@
-"""The benchmark scenario suite: every file loads, the suite covers every model family, platform, phase and objective, bad files say where."""
+"""The benchmark scenario suite: every file loads, it covers every model family, platform, phase and objective,
+and bad files say where."""
 
 from __future__ import annotations
 
