@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -57,7 +56,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ..costmodel import Schedule
-from ..problem import Objective, Problem, contiguous_plan
+from ..problem import Objective, contiguous_plan
 from ._features import (
     BLOCK_FEATURES,
     CONTEXT_FEATURES,
@@ -70,8 +69,8 @@ from ._features import (
     TP_MENU,
     clip,
 )
-from ._pool import load_pool, problem_key
-from ._reward import reward
+from ._pool import Scenarios, load_pool, pick_scenario, problem_key
+from ._reward import episode_end
 from ._tables import UNREACHABLE, ScenarioTables, SplitTables
 
 #: Values of the setup decisions: action k means 2**k.
@@ -84,8 +83,6 @@ _NB = _ROWS * len(BLOCK_FEATURES)  # end of the block features
 _NS = _NB + len(MAPPING_STATE_FEATURES)  # end of the state
 _NC = _NS + len(CONTEXT_FEATURES)  # end of the context
 _NX = _NC + len(TP_MENU) * len(CUT_FEATURES)  # end of the cut features; the mask follows
-
-Scenarios = str | Path | Sequence[Problem | dict[str, Any] | str | Path] | None
 
 
 class MappingEnv(gym.Env[np.ndarray, np.int64]):
@@ -127,7 +124,6 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"random_setup must be a probability in [0, 1], got {random_setup!r}")
         self.random_setup = float(random_setup)
         self.pool = load_pool(scenarios)
-        self._by_name = {p.name: p for p in self.pool}
         self.granularity = granularity
         self.fixed: dict[str, Any] = {"replicas": replicas, "micro_batches": micro_batches, "recompute": recompute}
         self.schedule = schedule
@@ -147,7 +143,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
                 f"reset options {sorted(unknown)} are unknown; allowed: scenario, granularity, "
                 "replicas, micro_batches, recompute"
             )
-        problem = self._pick(opts.get("scenario"))
+        problem = pick_scenario(opts.get("scenario"), self.pool, self.np_random)
         gran = opts.get("granularity") or self.granularity or problem.granularity
         key = (problem_key(problem), gran)
         sc = self._tables.get(key)
@@ -210,21 +206,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         """Valid actions now (sb3-contrib ``MaskablePPO`` reads this); never all False."""
         return self._mask.copy()
 
-    # -- scenario choice --------------------------------------------------------------
-    def _pick(self, choice: Any) -> Problem:
-        if choice is None:
-            return self.pool[int(self.np_random.integers(len(self.pool)))]
-        if isinstance(choice, Problem):
-            return choice
-        if isinstance(choice, str) and choice in self._by_name:
-            return self._by_name[choice]
-        if isinstance(choice, (str, Path, dict)):
-            return load_pool([choice])[0]
-        raise ValueError(
-            f"reset option 'scenario' must be a Problem, a pool name ({', '.join(self._by_name)}), "
-            f"a scenario mapping or a scenario file; got {choice!r}"
-        )
-
+    # -- setup checks -----------------------------------------------------------------
     @staticmethod
     def _check_fixed(sc: ScenarioTables, fixed: dict[str, Any]) -> None:
         r, m = fixed["replicas"], fixed["micro_batches"]
@@ -417,22 +399,10 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         )
         # the evaluator directly: Problem.evaluate would re-walk the graph to check it is layered
         evaluation = self._problem.score(plan, sc.ev.evaluate(plan))
-        ref = sc.reference
-        r = reward(self._problem, evaluation, ref)
+        r = episode_end(self._problem, evaluation, sc.reference, self._doomed, info)
         self._mask = np.ones(N_ACTIONS, dtype=bool)
         self._stuck = False
-        info.update(
-            plan=plan,
-            metrics=evaluation.metrics,
-            feasible=evaluation.feasible,
-            value=evaluation.value,
-            violations=list(evaluation.violations),
-            reference=ref.value,
-            reference_source=ref.source,
-            doomed=self._doomed,
-            scenario=self._problem.name,
-        )
-        return self._observe(), float(r), True, False, info
+        return self._observe(), r, True, False, info
 
     # -- observation ------------------------------------------------------------------------
     def _observe(self) -> np.ndarray:

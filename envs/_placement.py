@@ -22,7 +22,7 @@ Replicas and micro-batches are options (constructor or reset; default 1 and 1),
 not decisions. The episode ends after the last task: the task plan
 (``Stage(tp, devices, tasks=...)`` per used group, in group order) is simulated
 (``problem.simulator(granularity)``) and scored; reward, reference and the
-infeasibility penalty are those of :mod:`._pool`. When no group is allowed the
+infeasibility penalty are those of :mod:`._reward`. When no group is allowed the
 least-loaded structurally allowed group is, ``info["stuck"]`` and
 ``info["doomed"]`` say so, and an invalid action is replaced by the nearest
 allowed one (``info["invalid_action"]``).
@@ -34,7 +34,6 @@ The granularity is chosen through ``reset(options={"granularity": ...})``
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -57,9 +56,9 @@ from ._features import (
     clip_array,
     context_features,
 )
-from ._mapping import Scenarios, _nearest
-from ._pool import load_pool, problem_key
-from ._reward import Reference, reference, reward
+from ._mapping import _nearest
+from ._pool import Scenarios, load_pool, pick_scenario, problem_key
+from ._reward import Reference, episode_end, reference
 
 
 class PlacementTables:
@@ -178,7 +177,6 @@ class PlacementEnv(gym.Env[np.ndarray, np.int64]):
         micro_batches: int = 1,
     ) -> None:
         self.pool = load_pool(scenarios)
-        self._by_name = {p.name: p for p in self.pool}
         self.granularity = granularity
         self.fixed: dict[str, Any] = {"tp": tp, "replicas": replicas, "micro_batches": micro_batches}
         self.action_space = spaces.Discrete(N_ACTIONS)
@@ -196,7 +194,7 @@ class PlacementEnv(gym.Env[np.ndarray, np.int64]):
                 f"reset options {sorted(unknown)} are unknown; allowed: scenario, granularity, tp, "
                 "replicas, micro_batches"
             )
-        problem = self._pick(opts.get("scenario"))
+        problem = pick_scenario(opts.get("scenario"), self.pool, self.np_random)
         gran = opts.get("granularity") or self.granularity or problem.granularity
         r = int(opts.get("replicas", self.fixed["replicas"]))
         m = int(opts.get("micro_batches", self.fixed["micro_batches"]))
@@ -227,20 +225,6 @@ class PlacementEnv(gym.Env[np.ndarray, np.int64]):
                 mask[1 + TP_MENU.index(t)] = True
             self._mask = mask
         return self._observe(), {"scenario": problem.name, "granularity": gran}
-
-    def _pick(self, choice: Any) -> Problem:
-        if choice is None:
-            return self.pool[int(self.np_random.integers(len(self.pool)))]
-        if isinstance(choice, Problem):
-            return choice
-        if isinstance(choice, str) and choice in self._by_name:
-            return self._by_name[choice]
-        if isinstance(choice, (str, Path, dict)):
-            return load_pool([choice])[0]
-        raise ValueError(
-            f"reset option 'scenario' must be a Problem, a pool name ({', '.join(self._by_name)}), "
-            f"a scenario mapping or a scenario file; got {choice!r}"
-        )
 
     def _start_tasks(self, tp: int) -> None:
         pt = self._pt
@@ -313,21 +297,10 @@ class PlacementEnv(gym.Env[np.ndarray, np.int64]):
         plan = Plan(stages, granularity=pt.granularity, micro_batches=pt.micro_batches, replicas=pt.replicas)
         metrics = pt.sim.evaluate(plan)
         evaluation = self._problem.score(plan, metrics)
-        r = reward(self._problem, evaluation, pt.reference)
+        r = episode_end(self._problem, evaluation, pt.reference, self._doomed, info)
         self._mask = np.ones(N_ACTIONS, dtype=bool)
         self._stuck = False
-        info.update(
-            plan=plan,
-            metrics=metrics,
-            feasible=evaluation.feasible,
-            value=evaluation.value,
-            violations=list(evaluation.violations),
-            reference=pt.reference.value,
-            reference_source=pt.reference.source,
-            doomed=self._doomed,
-            scenario=self._problem.name,
-        )
-        return self._observe(), float(r), True, False, info
+        return self._observe(), r, True, False, info
 
     def _observe(self) -> np.ndarray:
         pt = self._pt

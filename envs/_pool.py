@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..costmodel._fields import load_yaml
 from ..problem import Problem, load_scenario, load_scenarios
 
@@ -33,7 +35,11 @@ DEFAULT_POOL: tuple[dict[str, Any], ...] = (
 )  # fmt: skip
 
 
-def load_pool(source: str | Path | Sequence[Problem | dict[str, Any] | str | Path] | None = None) -> list[Problem]:
+#: What an env's ``scenarios`` argument and :func:`load_pool` accept.
+Scenarios = str | Path | Sequence[Problem | dict[str, Any] | str | Path] | None
+
+
+def load_pool(source: Scenarios = None) -> list[Problem]:
     """A scenario pool from any of the accepted forms.
 
     Args:
@@ -91,6 +97,29 @@ def _one(item: Problem | dict[str, Any] | str | Path, where: str) -> Problem:
     if isinstance(item, (str, Path)):
         return load_scenario(item, check=False)
     raise ValueError(f"{where}: expected a Problem, a scenario mapping or a file path, got {type(item).__name__}")
+
+
+def pick_scenario(choice: Any, pool: Sequence[Problem], rng: np.random.Generator) -> Problem:
+    """The problem of an episode: ``reset(options={"scenario": choice})`` of either env.
+
+    None draws one from ``pool`` with the env's ``rng``; a Problem is used as is; a
+    pool name picks that scenario; any other string, path or mapping is loaded as a
+    scenario (so an episode can run a scenario outside the pool).
+    """
+    if choice is None:
+        return pool[int(rng.integers(len(pool)))]
+    if isinstance(choice, Problem):
+        return choice
+    if isinstance(choice, str):
+        for problem in pool:
+            if problem.name == choice:
+                return problem
+    if isinstance(choice, (str, Path, dict)):
+        return load_pool([choice])[0]
+    raise ValueError(
+        f"reset option 'scenario' must be a Problem, a pool name ({', '.join(p.name for p in pool)}), "
+        f"a scenario mapping or a scenario file; got {choice!r}"
+    )
 
 
 def problem_key(problem: Problem) -> str:

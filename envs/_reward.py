@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..costmodel import Plan, Stage
 from ..graphs import Phase
@@ -110,3 +111,19 @@ def reward(problem: Problem, evaluation: Evaluation, ref: Reference) -> float:
     if not evaluation.violations or any(not math.isfinite(c) for c in evaluation.constraints):
         violation = 1.0
     return -(REWARD_CLIP + 1.0) - min(1.0, violation)
+
+
+def episode_end(problem: Problem, evaluation: Evaluation, ref: Reference, doomed: bool, info: dict[str, Any]) -> float:
+    """The final reward of an episode; adds to ``info`` what both envs report at the end (module docstring of each)."""
+    info.update(
+        plan=evaluation.plan,
+        metrics=evaluation.metrics,
+        feasible=evaluation.feasible,
+        value=evaluation.value,
+        violations=list(evaluation.violations),
+        reference=ref.value,
+        reference_source=ref.source,
+        doomed=doomed,
+        scenario=problem.name,
+    )
+    return float(reward(problem, evaluation, ref))
