@@ -18,13 +18,17 @@ console = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, em
 F = TypeVar("F", bound=Callable[..., Any])
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]
-# Options that describe a problem, shared by `tune` and `study`.
+# Options that describe a problem, shared by `tune`, `study`, `transfer`, `evaluate` and `graph build`.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")]
 PlatformOpt = Annotated[str | None, typer.Option("--platform", "-p", help="Platform preset, NAMExN or YAML.")]
 PhaseOpt = Annotated[str, typer.Option("--phase", help="prefill | decode | train.")]
 ObjectiveOpt = Annotated[
     str, typer.Option("--objective", "-O", help="ttft | tbt | step | throughput | tbt+memory | ... (default: by phase)")
 ]
+BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")]
+SeqOpt = Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")]
+ContextOpt = Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step (default: seq).")]
+GranOpt = Annotated[str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")]
 MemoryOpt = Annotated[float | None, typer.Option("--memory-gib", min=0, help="Memory cap per device, GiB.")]
 ScenarioOpt = Annotated[Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags above.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]

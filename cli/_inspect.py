@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._common import JsonOpt, console, print_json, user_errors
+from ._common import BatchOpt, ContextOpt, GranOpt, JsonOpt, PhaseOpt, SeqOpt, console, print_json, user_errors
 
 models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
 platforms_app = typer.Typer(help="Platform presets.", no_args_is_help=True)
@@ -116,15 +116,11 @@ def platforms_show(
 
 
 # -- graphs -----------------------------------------------------------------
+#: `graph build` and `evaluate` need a model (they take no scenario file) and also read a user module's factory.
 ModelOpt = Annotated[
     str,
     typer.Option("--model", "-m", help="Zoo name[:field=v], model YAML, graph JSON, hf:TYPE or module:PATH:FACTORY."),
 ]
-PhaseOpt = Annotated[str, typer.Option("--phase", help="prefill | decode | train.")]
-BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")]
-SeqOpt = Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")]
-ContextOpt = Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step.")]
-GranOpt = Annotated[str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")]
 
 
 def _load_graph(model: str, phase: str, batch: int, seq: int, context: int, granularity: str) -> Any:

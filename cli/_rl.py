@@ -14,7 +14,23 @@ import typer
 from rich.table import Table
 
 from ..agents._settings import TRAIN, TRANSFER
-from ._common import JsonOpt, console, print_json, user_errors
+from ._common import (
+    BatchOpt,
+    ContextOpt,
+    GranOpt,
+    JsonOpt,
+    MemoryOpt,
+    ModelOpt,
+    ObjectiveOpt,
+    PhaseOpt,
+    PlatformOpt,
+    ScenarioOpt,
+    SeedOpt,
+    SeqOpt,
+    console,
+    print_json,
+    user_errors,
+)
 
 
 @user_errors
@@ -27,7 +43,7 @@ def train_command(
     timesteps: Annotated[
         int, typer.Option("--timesteps", "-n", min=1, help="Environment steps in all.")
     ] = TRAIN.timesteps,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = TRAIN.seed,
+    seed: SeedOpt = TRAIN.seed,
     n_envs: Annotated[int, typer.Option("--n-envs", min=1, help="Parallel environments.")] = TRAIN.n_envs,
     vec_env: Annotated[
         str, typer.Option("--vec-env", help="auto (subprocesses when --n-envs > 1) | subproc | dummy (one process).")
@@ -105,18 +121,16 @@ def transfer_command(
     policy: Annotated[
         Path | None, typer.Option("--policy", help="Policy zip (default: the shipped default policy).")
     ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")
-    ] = None,
-    platform: Annotated[str | None, typer.Option("--platform", "-p", help="Platform preset, NAMExN or YAML.")] = None,
-    phase: Annotated[str, typer.Option("--phase", help="prefill | decode | train.")] = "decode",
-    objective: Annotated[str, typer.Option("--objective", "-O", help="Objective (default: by phase).")] = "",
-    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")] = 1,
-    seq: Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt or sequence length.")] = 2048,
-    context: Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step.")] = 0,
-    granularity: Annotated[str, typer.Option("--granularity", "-g", help="layer | layers:k | ...")] = "layer",
-    memory_gib: Annotated[float | None, typer.Option("--memory-gib", min=0, help="Memory cap per device.")] = None,
-    scenario: Annotated[Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags.")] = None,
+    model: ModelOpt = None,
+    platform: PlatformOpt = None,
+    phase: PhaseOpt = "decode",
+    objective: ObjectiveOpt = "",
+    batch: BatchOpt = 1,
+    seq: SeqOpt = 2048,
+    context: ContextOpt = 0,
+    granularity: GranOpt = "layer",
+    memory_gib: MemoryOpt = None,
+    scenario: ScenarioOpt = None,
     finetune_steps: Annotated[
         int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps on this scenario (0: skip).")
     ] = TRANSFER.finetune_steps,
@@ -126,7 +140,7 @@ def transfer_command(
     temperature: Annotated[
         float, typer.Option("--temperature", min=0.01, help="Temperature of the sampled rollouts.")
     ] = TRANSFER.temperature,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = TRANSFER.seed,
+    seed: SeedOpt = TRANSFER.seed,
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot and fine-tuned results of a policy on one scenario, with gaps to the dp optimum and heuristics."""

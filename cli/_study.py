@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._common import (
+    BatchOpt,
+    ContextOpt,
     JsonOpt,
     MemoryOpt,
     ModelOpt,
@@ -25,6 +27,7 @@ from ._common import (
     PlatformOpt,
     ScenarioOpt,
     SeedOpt,
+    SeqOpt,
     console,
     print_json,
     problem_from_options,
@@ -91,9 +94,9 @@ def granularity(
     platform: PlatformOpt = None,
     phase: PhaseOpt = "decode",
     objective: ObjectiveOpt = "",
-    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")] = 1,
-    seq: Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt / sequence length.")] = 2048,
-    context: Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step.")] = 0,
+    batch: BatchOpt = 1,
+    seq: SeqOpt = 2048,
+    context: ContextOpt = 0,
     memory_gib: MemoryOpt = None,
     scenario: ScenarioOpt = None,
     tuners: Annotated[

@@ -14,6 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._common import (
+    BatchOpt,
+    ContextOpt,
+    GranOpt,
     JsonOpt,
     MemoryOpt,
     ModelOpt,
@@ -22,6 +25,7 @@ from ._common import (
     PlatformOpt,
     ScenarioOpt,
     SeedOpt,
+    SeqOpt,
     console,
     print_json,
     problem_from_options,
@@ -89,14 +93,10 @@ def tune(
     platform: PlatformOpt = None,
     phase: PhaseOpt = "decode",
     objective: ObjectiveOpt = "",
-    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")] = 1,
-    seq: Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")] = 2048,
-    context: Annotated[
-        int, typer.Option("--context", "-c", min=0, help="KV length of a decode step (default: seq).")
-    ] = 0,
-    granularity: Annotated[
-        str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")
-    ] = "layer",
+    batch: BatchOpt = 1,
+    seq: SeqOpt = 2048,
+    context: ContextOpt = 0,
+    granularity: GranOpt = "layer",
     memory_gib: MemoryOpt = None,
     tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", min=0, help="TBT SLO, ms.")] = None,
     ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", min=0, help="TTFT SLO, ms.")] = None,
