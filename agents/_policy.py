@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..costmodel._fields import read_json
+
 #: Version of the metadata layout written next to a policy zip.
 POLICY_FORMAT_VERSION = 1
 
@@ -206,10 +208,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     meta_file = metadata_path(path)
     if not meta_file.is_file():
         raise FileNotFoundError(f"{meta_file}: policy metadata not found (a policy is NAME.zip plus NAME.json)")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_file}: not valid JSON ({exc})") from None
+    meta = read_json(meta_file)
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_file}: expected a JSON object of policy metadata")
     return meta

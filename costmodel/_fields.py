@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,14 @@ def load_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({exc})") from None
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a syntax error names the file (the caller checks that it exists, in its own words)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: str, where: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..graphs import TaskGraph
+from ._fields import read_json
 from ._platform import Platform
 
 
@@ -309,8 +310,4 @@ class Plan:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: plan file does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_json(path), where=str(path))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .._provenance import host_record, library_versions, paratune_version
+from ..costmodel._fields import read_json
 
 STUDY_FILE = "study.json"
 Say = Callable[[str], None]
@@ -196,10 +197,7 @@ def load_study(path: str | Path) -> dict[str, Any]:
         p = p / STUDY_FILE
     if not p.exists():
         raise ValueError(f"{p}: no such study file (a study folder holds {STUDY_FILE})")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc})") from None
+    data = read_json(p)
     if not isinstance(data, dict) or "kind" not in data:
         raise ValueError(f"{p}: not a paratune study (no field 'kind')")
     missing = [f for f in REQUIRED_FIELDS.get(data["kind"], ()) if f not in data]

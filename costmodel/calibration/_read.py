@@ -28,13 +28,14 @@ Every error names the file and the column (and the line for a bad value).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._fields import read_json
 
 #: Vidur op columns of mlp.csv, in file order.
 VIDUR_OPS = (
@@ -170,10 +171,7 @@ def _meta(vidur: Path) -> dict[str, Any]:
     path = vidur / "meta.json"
     if not path.is_file():
         return {}
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    meta = read_json(path)
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: must be a JSON object")
     return meta
