@@ -14,13 +14,10 @@ Run: ``python benchmarks/costmodel_speed.py [--json] [--out FILE]`` inside the p
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +57,11 @@ def simulator_graph() -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
-    args = parser.parse_args()
-
     from _analytic_speed import measure_analytic
+    from _figures import emit, figure_parser, provenance
     from _simulator_speed import measure_simulator
 
-    import paratune
+    args = figure_parser(__doc__).parse_args()
 
     figures: dict[str, Any] = {}
     figures.update(measure_analytic())
@@ -84,18 +77,8 @@ def main() -> None:
         )
         for k, v in TARGETS.items()
     }
-    figures["provenance"] = {
-        "paratune": paratune.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    text = json.dumps(figures, indent=2)
-    if args.out is not None:
-        args.out.write_text(text)
-    if args.json:
-        print(text)
+    figures["provenance"] = provenance()
+    if emit(figures, args.out, args.json):
         return
     for key in TARGETS:
         value = figures.get(key)

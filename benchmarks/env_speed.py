@@ -23,12 +23,8 @@ Run: ``python benchmarks/env_speed.py [--json] [--out FILE] [--steps N]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -87,31 +83,19 @@ def measure(env_id: str, steps: int, seed: int = 0, warmup: int = 5_000) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
+    from _figures import emit, figure_parser, provenance
+
+    parser = figure_parser(__doc__)
     parser.add_argument("--steps", type=int, default=50_000, help="steps timed per environment")
     args = parser.parse_args()
-
-    import paratune
 
     figures: dict[str, Any] = {"scenario": SCENARIO, "steps": args.steps}
     figures.update(measure("paratune/Mapping-v0", args.steps))
     figures.update(measure("paratune/Placement-v0", max(1, args.steps // 5)))
     figures["targets"] = TARGETS
     figures["meets_targets"] = {k: figures[k] >= v for k, v in TARGETS.items()}
-    figures["provenance"] = {
-        "paratune": paratune.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    text = json.dumps(figures, indent=2)
-    if args.out is not None:
-        args.out.write_text(text)
-    if args.json:
-        print(text)
+    figures["provenance"] = provenance()
+    if emit(figures, args.out, args.json):
         return
     for key in ("mapping_steps_per_s", "placement_steps_per_s"):
         target = TARGETS.get(key)
