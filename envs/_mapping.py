@@ -69,7 +69,7 @@ from ._features import (
     TP_MENU,
     clip,
 )
-from ._pool import Scenarios, load_pool, pick_scenario, problem_key
+from ._pool import Scenarios, load_pool, pick_scenario, problem_key, reset_options
 from ._reward import episode_end
 from ._tables import UNREACHABLE, ScenarioTables, SplitTables
 
@@ -136,13 +136,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
     # -- gymnasium API -------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        opts = dict(options or {})
-        unknown = set(opts) - {"scenario", "granularity", "replicas", "micro_batches", "recompute"}
-        if unknown:
-            raise ValueError(
-                f"reset options {sorted(unknown)} are unknown; allowed: scenario, granularity, "
-                "replicas, micro_batches, recompute"
-            )
+        opts = reset_options(options, ("scenario", "granularity", "replicas", "micro_batches", "recompute"))
         problem = pick_scenario(opts.get("scenario"), self.pool, self.np_random)
         gran = opts.get("granularity") or self.granularity or problem.granularity
         key = (problem_key(problem), gran)

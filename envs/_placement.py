@@ -57,7 +57,7 @@ from ._features import (
     context_features,
 )
 from ._mapping import _nearest
-from ._pool import Scenarios, load_pool, pick_scenario, problem_key
+from ._pool import Scenarios, load_pool, pick_scenario, problem_key, reset_options
 from ._reward import Reference, episode_end, reference
 
 
@@ -187,13 +187,7 @@ class PlacementEnv(gym.Env[np.ndarray, np.int64]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        opts = dict(options or {})
-        unknown = set(opts) - {"scenario", "granularity", "tp", "replicas", "micro_batches"}
-        if unknown:
-            raise ValueError(
-                f"reset options {sorted(unknown)} are unknown; allowed: scenario, granularity, tp, "
-                "replicas, micro_batches"
-            )
+        opts = reset_options(options, ("scenario", "granularity", "tp", "replicas", "micro_batches"))
         problem = pick_scenario(opts.get("scenario"), self.pool, self.np_random)
         gran = opts.get("granularity") or self.granularity or problem.granularity
         r = int(opts.get("replicas", self.fixed["replicas"]))

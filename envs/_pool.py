@@ -99,6 +99,15 @@ def _one(item: Problem | dict[str, Any] | str | Path, where: str) -> Problem:
     raise ValueError(f"{where}: expected a Problem, a scenario mapping or a file path, got {type(item).__name__}")
 
 
+def reset_options(options: dict[str, Any] | None, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``reset``'s ``options``; a name not in ``allowed`` (a typo) is a ValueError listing them."""
+    opts = dict(options or {})
+    unknown = set(opts) - set(allowed)
+    if unknown:
+        raise ValueError(f"reset options {sorted(unknown)} are unknown; allowed: {', '.join(allowed)}")
+    return opts
+
+
 def pick_scenario(choice: Any, pool: Sequence[Problem], rng: np.random.Generator) -> Problem:
     """The problem of an episode: ``reset(options={"scenario": choice})`` of either env.
 
