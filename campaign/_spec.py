@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..costmodel._fields import FieldReader, load_yaml
-from ..problem import SUFFIXES, Problem, load_scenario
+from ..problem import SUFFIXES, Problem, check_problem, load_scenario
 from ..search import Family, make_tuner, tuner_entries
 from ._states import Role
 
@@ -292,20 +292,9 @@ def _inline(item: dict[str, Any], where: str, *, check: bool) -> list[Problem]:
         if suffix:
             problem.name = f"{problem.name}[{','.join(suffix)}]"
         if check:
-            _resolve(problem, where)
+            check_problem(problem, where)
         out.append(problem)
     return out
-
-
-def _resolve(problem: Problem, where: str) -> None:
-    try:
-        problem.resolved_platform  # noqa: B018 (resolves the platform: an unknown preset fails here)
-    except ValueError as exc:
-        raise ValueError(f"{where}: field 'platform': {exc}") from None
-    try:
-        problem.graph()
-    except ValueError as exc:
-        raise ValueError(f"{where}: field 'model': {exc}") from None
 
 
 def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], list[str]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from ._objective import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, get_objective
 from ._plan_builders import contiguous_plan, divisors, even_cuts
 from ._problem import Evaluation, Limits, Problem
-from ._scenarios import SUFFIXES, default_scenarios_dir, load_scenario, load_scenarios
+from ._scenarios import SUFFIXES, check_problem, default_scenarios_dir, load_scenario, load_scenarios
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
@@ -24,6 +24,7 @@ __all__ = [
     "Limits",
     "Objective",
     "Problem",
+    "check_problem",
     "contiguous_plan",
     "default_scenarios_dir",
     "divisors",

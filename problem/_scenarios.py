@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-from ..costmodel import get_platform
 from ..costmodel._fields import load_yaml
 from ._problem import Problem
 
@@ -36,20 +35,23 @@ def load_scenario(path: str | Path, *, check: bool = True) -> Problem:
         data = {"name": path.stem, **data}
     problem = Problem.from_dict(data, where=str(path))
     if check:
-        _resolve(problem, path)
+        check_problem(problem, path)
     return problem
 
 
-def _resolve(problem: Problem, path: Path) -> None:
-    """Build the platform and the graph so an unknown preset or model names its field."""
+def check_problem(problem: Problem, where: str | Path) -> None:
+    """Build the platform and the graph now, so an unknown preset or model fails naming ``where`` and its field.
+
+    A scenario file and a campaign spec check their problems with it when they load, not when a tuner first runs.
+    """
     try:
-        get_platform(problem.platform)
+        problem.resolved_platform  # noqa: B018 (resolves the platform: an unknown preset fails here)
     except ValueError as exc:
-        raise ValueError(f"{path}: field 'platform': {exc}") from None
+        raise ValueError(f"{where}: field 'platform': {exc}") from None
     try:
         problem.graph()
     except ValueError as exc:
-        raise ValueError(f"{path}: field 'model': {exc}") from None
+        raise ValueError(f"{where}: field 'model': {exc}") from None
 
 
 def load_scenarios(path: str | Path | None = None, *, pattern: str = "*", check: bool = True) -> list[Problem]:
@@ -80,6 +82,6 @@ def load_scenarios(path: str | Path | None = None, *, pattern: str = "*", check:
         seen[problem.name] = f
         if fnmatch.fnmatchcase(problem.name, pattern):
             if check:
-                _resolve(problem, f)
+                check_problem(problem, f)
             out.append(problem)
     return out
