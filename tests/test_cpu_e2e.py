@@ -51,18 +51,19 @@ def test_stage_layers_match_plan_uniform() -> None:
 def test_tp_sharding_reconstructs_the_unsharded_weights() -> None:
     import torch
 
-    from paratune.costmodel.calibration._e2e_model import ModelShape, Shard
+    from paratune.costmodel.calibration._e2e_model import Shard
+    from paratune.graphs import ModelSpec
 
-    shape = ModelShape(layers=2, hidden=64, heads=4, kv_heads=2, ffn=96, vocab=100)
-    full = Shard(shape, seed=3)
-    parts = [Shard(shape, tp=2, rank=r, seed=3) for r in range(2)]
+    spec = ModelSpec("tiny", layers=2, hidden=64, heads=4, kv_heads=2, ffn=96, vocab=100)
+    full = Shard(spec, seed=3)
+    parts = [Shard(spec, tp=2, rank=r, seed=3) for r in range(2)]
     w, p0, p1 = full.layers[1], parts[0].layers[1], parts[1].layers[1]
     assert torch.equal(torch.cat([p0["down"], p1["down"]], dim=1), w["down"])
     assert torch.equal(torch.cat([p0["o"], p1["o"]], dim=1), w["o"])
     gate = torch.cat([p0["up"].chunk(2)[0], p1["up"].chunk(2)[0]])
     assert torch.equal(gate, w["up"].chunk(2)[0])
     assert torch.equal(torch.cat([parts[0].head, parts[1].head]), full.head)
-    stage1 = Shard(shape, layers=(1, 1), seed=3)
+    stage1 = Shard(spec, layers=(1, 1), seed=3)
     assert torch.equal(stage1.layers[0]["qkv"], w["qkv"]) and not stage1.has_embed and stage1.has_head
 
 

@@ -99,21 +99,21 @@ def validate_cpu(
     2-process mode, the relative difference of its logits from the unsharded model (the
     sharding is right when tiny).
     """
-    from ._e2e_model import ModelShape
+    from ._e2e_model import check_llama_style
     from ._e2e_run import run_single
 
     say = progress or _progress
     spec = get_model(model)
-    shape = ModelShape.from_spec(spec)
+    check_llama_style(spec)
     todo = list(cases) if cases is not None else default_cases()
     single = [c for c in todo if c.mode == "single"]
     multi = [c for c in todo if c.mode != "single"]
     checks: dict[str, float] = {}
     with OtherLoad() as load:
-        singles = run_single(shape, single, reps=reps, steps=steps, seed=seed, progress=say)
+        singles = run_single(spec, single, reps=reps, steps=steps, seed=seed, progress=say)
         measured = {id(c): r for c, r in zip(single, singles, strict=True)}
         if multi:
-            results, checks = _run_distributed(shape, multi, reps=reps, steps=steps, seed=seed, check=check, say=say)
+            results, checks = _run_distributed(spec, multi, reps=reps, steps=steps, seed=seed, check=check, say=say)
             measured.update({id(c): r for c, r in zip(multi, results, strict=True)})
     plat = get_platform(platform)
     rows = []
@@ -139,7 +139,7 @@ def validate_cpu(
             "other_processes_cores": load.cores}  # fmt: skip
 
 
-def _run_distributed(shape: Any, cases: list[Case], *, reps: int, steps: int, seed: int, check: bool,
+def _run_distributed(spec: Any, cases: list[Case], *, reps: int, steps: int, seed: int, check: bool,
                      say: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, float]]:  # fmt: skip
     """All TP2/PP2 cases in one spawn of 2 gloo processes (torch import and init paid once)."""
     import torch.multiprocessing as mp
@@ -148,7 +148,7 @@ def _run_distributed(shape: Any, cases: list[Case], *, reps: int, steps: int, se
 
     say(f"{len(cases)} two-process cases (gloo, 2 ranks)")
     with tempfile.TemporaryDirectory(prefix="paratune-e2e-") as tmp:
-        args = (2, tmp, asdict(shape), [asdict(c) for c in cases], reps, steps, seed, check)
+        args = (2, tmp, asdict(spec), [asdict(c) for c in cases], reps, steps, seed, check)
         mp.spawn(dist_worker, args=args, nprocs=2, join=True)
         data = json.loads((Path(tmp) / "results.json").read_text())
     for case, res in zip(cases, data["cases"], strict=True):

@@ -21,38 +21,18 @@ Imports torch at the top: import it lazily (the cost model stays torch-free).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ...graphs import ModelSpec
 from . import _torchops as ops
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers of a zoo ModelSpec the model needs (see :meth:`from_spec`)."""
-
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    vocab: int
-    gated_mlp: bool = True
-    dtype: str = "bf16"
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> ModelShape:
-        """From a :class:`paratune.graphs.ModelSpec`; refuses what this model does not implement."""
-        if spec.arch != "decoder" or spec.norm != "rmsnorm" or spec.bias or spec.positions or spec.experts:
-            raise ValueError(f"model {spec.name!r}: the e2e model is Llama-style (rmsnorm, rotary, no bias or MoE)")
-        return cls(spec.layers, spec.hidden, spec.heads, spec.kv_heads, spec.ffn, spec.vocab, spec.gated_mlp,
-                   spec.dtype)  # fmt: skip
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+def check_llama_style(spec: ModelSpec) -> None:
+    """Refuse a zoo model this hand-written transformer does not implement (it is Llama-style only)."""
+    if spec.arch != "decoder" or spec.norm != "rmsnorm" or spec.bias or spec.positions or spec.experts:
+        raise ValueError(f"model {spec.name!r}: the e2e model is Llama-style (rmsnorm, rotary, no bias or MoE)")
 
 
 AllReduce = Callable[[torch.Tensor], None]
@@ -71,7 +51,7 @@ class Shard:
 
     def __init__(
         self,
-        shape: ModelShape,
+        spec: ModelSpec,
         *,
         layers: tuple[int, int] | None = None,
         tp: int = 1,
@@ -79,10 +59,11 @@ class Shard:
         seed: int = 0,
         allreduce: AllReduce | None = None,
     ) -> None:
-        s = shape
+        check_llama_style(spec)
+        s = spec
         if s.heads % tp or s.kv_heads % tp or s.ffn % tp or s.vocab % tp:
             raise ValueError(f"tp={tp} must divide heads ({s.heads}), kv_heads, ffn and vocab")
-        self.shape, self.tp, self.rank, self.seed = s, tp, rank, seed
+        self.spec, self.tp, self.rank, self.seed = s, tp, rank, seed
         self.first, self.last = layers if layers is not None else (0, s.layers - 1)
         self.dtype = ops.DTYPES[s.dtype]
         self.allreduce = allreduce or _no_reduce
@@ -121,7 +102,7 @@ class Shard:
 
     def _norm(self, layer: int, index: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + (layer + 1) * 16 + index)
-        return (1.0 + 0.1 * torch.randn(self.shape.hidden, generator=gen)).to(self.dtype)
+        return (1.0 + 0.1 * torch.randn(self.spec.hidden, generator=gen)).to(self.dtype)
 
     def _rows(self, w: torch.Tensor, n: int) -> torch.Tensor:
         return w[self.rank * n : (self.rank + 1) * n].contiguous()
@@ -141,7 +122,7 @@ class Shard:
               cache: tuple[torch.Tensor, torch.Tensor] | None, pos: int) -> torch.Tensor:  # fmt: skip
         """One decoder layer; ``cache`` (k, v) means decode (one token per sequence at ``pos``)."""
         qkv = ops.linear(ops.rms_norm(x, w["n1"]), w["qkv"])
-        qk, v = ops.split_qkv(qkv, batch, self.heads, self.kv, self.shape.head_dim)
+        qk, v = ops.split_qkv(qkv, batch, self.heads, self.kv, self.spec.head_dim)
         qk = ops.rope(qk, cos, sin)
         if cache is None:
             a = ops.attention_prefill(qk, v, self.heads)
@@ -151,7 +132,7 @@ class Shard:
         self.allreduce(o)
         x = ops.add(x, o)
         u = ops.linear(ops.rms_norm(x, w["n2"]), w["up"])
-        dn = ops.linear(ops.activation(u, self.shape.gated_mlp), w["down"])
+        dn = ops.linear(ops.activation(u, self.spec.gated_mlp), w["down"])
         self.allreduce(dn)
         return ops.add(x, dn)
 
@@ -162,7 +143,7 @@ class Shard:
         tables = self._rope.get(key)
         if tables is None:  # computed once per shape, as engines keep a rotary cache
             positions = torch.arange(seq) if caches is None else torch.tensor([pos])
-            tables = self._rope[key] = ops.rope_tables(positions, self.shape.head_dim, self.dtype)
+            tables = self._rope[key] = ops.rope_tables(positions, self.spec.head_dim, self.dtype)
         cos, sin = tables
         for j, w in enumerate(self.layers):
             x = self.layer(w, x, batch, cos, sin, None if caches is None else caches[j], pos)
@@ -170,12 +151,12 @@ class Shard:
 
     def logits(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """Final norm and LM head on the last token of each sequence (this rank's vocabulary slice)."""
-        last = x.view(batch, -1, self.shape.hidden)[:, -1]
+        last = x.view(batch, -1, self.spec.hidden)[:, -1]
         return ops.linear(ops.rms_norm(last, self.final_norm), self.head)
 
     def new_caches(self, batch: int, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """KV caches of this shard's layers holding ``context`` (random) tokens, room for one more."""
-        size = (batch, self.kv, context + 1, self.shape.head_dim)
+        size = (batch, self.kv, context + 1, self.spec.head_dim)
         return [(torch.randn(size).to(self.dtype), torch.randn(size).to(self.dtype)) for _ in self.layers]
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ...graphs import ModelSpec
 from . import _torchops as ops
-from ._e2e_model import ModelShape, Shard
+from ._e2e_model import Shard
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,12 @@ def _allreduce(x: torch.Tensor) -> None:
     dist.all_reduce(x)
 
 
-def build_shard(shape: ModelShape, case: Case, rank: int, seed: int) -> Shard:
+def build_shard(spec: ModelSpec, case: Case, rank: int, seed: int) -> Shard:
     if case.mode == "tp2":
-        return Shard(shape, tp=2, rank=rank, seed=seed, allreduce=_allreduce)
+        return Shard(spec, tp=2, rank=rank, seed=seed, allreduce=_allreduce)
     if case.mode == "pp2":
-        return Shard(shape, layers=stage_layers(shape.layers, 2, rank), seed=seed)
-    return Shard(shape, seed=seed)
+        return Shard(spec, layers=stage_layers(spec.layers, 2, rank), seed=seed)
+    return Shard(spec, seed=seed)
 
 
 Marks = list[float]
@@ -91,7 +92,7 @@ Marks = list[float]
 def case_fn(shard: Shard, case: Case, rank: int, steps: int) -> Callable[[], Marks]:
     """A closure running ``case`` once on this rank; decode runs ``steps`` steps and returns their end times."""
     gen = torch.Generator().manual_seed(1234)
-    vocab = shard.shape.vocab
+    vocab = shard.spec.vocab
     if case.mode == "pp2":
         return _pp_fn(shard, case, rank, steps, gen)
     if case.phase == "prefill":
@@ -116,13 +117,13 @@ def case_fn(shard: Shard, case: Case, rank: int, steps: int) -> Callable[[], Mar
 
 
 def _pp_fn(shard: Shard, case: Case, rank: int, steps: int, gen: torch.Generator) -> Callable[[], Marks]:
-    m, h = case.micro_batches, shard.shape.hidden
+    m, h = case.micro_batches, shard.spec.hidden
     if case.batch % m:
         raise ValueError(f"{case.label}: micro_batches must divide the batch")
     mb = case.batch // m
     prefill = case.phase == "prefill"
     tokens = mb * (case.seq if prefill else 1)
-    ids = [torch.randint(0, shard.shape.vocab, (mb, case.seq) if prefill else (mb,), generator=gen) for _ in range(m)]
+    ids = [torch.randint(0, shard.spec.vocab, (mb, case.seq) if prefill else (mb,), generator=gen) for _ in range(m)]
     caches = None if prefill else [shard.new_caches(mb, case.seq) for _ in range(m)]
     bufs = [torch.empty(tokens, h, dtype=shard.dtype) for _ in range(m)]
     n_steps = 1 if prefill else steps
@@ -185,12 +186,12 @@ def time_case(fn: Callable[[], Marks], reps: int, *, distributed: bool, warmup: 
         return out
 
 
-def run_single(shape: ModelShape, cases: list[Case], *, reps: int, steps: int, seed: int,
+def run_single(spec: ModelSpec, cases: list[Case], *, reps: int, steps: int, seed: int,
                progress: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
     """Time single-process cases in this process with one torch thread (restored afterwards)."""
     previous = ops.set_threads(1)
     try:
-        shard = Shard(shape, seed=seed)
+        shard = Shard(spec, seed=seed)
         out = []
         for case in cases:
             spans = time_case(case_fn(shard, case, 0, steps), reps, distributed=False)
@@ -210,24 +211,24 @@ def _result(case: Case, spans: list[list[Span]]) -> dict[str, Any]:
     return {**asdict(case), "measured_s": statistics.median(runs), "runs_s": runs}
 
 
-def dist_worker(rank: int, world: int, tmp: str, shape_fields: dict[str, Any], case_fields: list[dict[str, Any]],
+def dist_worker(rank: int, world: int, tmp: str, spec_fields: dict[str, Any], case_fields: list[dict[str, Any]],
                 reps: int, steps: int, seed: int, check: bool) -> None:  # fmt: skip
     """One of 2 gloo ranks: run every TP2/PP2 case; rank 0 writes ``results.json`` in ``tmp``."""
     ops.set_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world,
                             timeout=datetime.timedelta(minutes=10))  # fmt: skip
     try:
-        shape = ModelShape(**shape_fields)
+        spec = ModelSpec(**spec_fields)
         cases = [Case(**c) for c in case_fields]
         results: list[dict[str, Any]] = []
         shards: dict[str, Shard] = {}
         for case in cases:
-            shard = shards.get(case.mode) or shards.setdefault(case.mode, build_shard(shape, case, rank, seed))
+            shard = shards.get(case.mode) or shards.setdefault(case.mode, build_shard(spec, case, rank, seed))
             spans = time_case(case_fn(shard, case, rank, steps), reps, distributed=True)
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, spans)
             results.append(_result(case, [list(rep) for rep in zip(*gathered, strict=True)]))
-        checks = {mode: _consistency(shape, shard, rank, seed) for mode, shard in shards.items()} if check else {}
+        checks = {mode: _consistency(spec, shard, rank, seed) for mode, shard in shards.items()} if check else {}
         if rank == 0:
             (Path(tmp) / "results.json").write_text(json.dumps({"cases": results, "checks": checks}))
         dist.barrier()
@@ -235,20 +236,20 @@ def dist_worker(rank: int, world: int, tmp: str, shape_fields: dict[str, Any], c
         dist.destroy_process_group()
 
 
-def _consistency(shape: ModelShape, shard: Shard, rank: int, seed: int) -> float:
+def _consistency(spec: ModelSpec, shard: Shard, rank: int, seed: int) -> float:
     """Max |sharded - unsharded| / max |unsharded| of prefill logits (TP2: gathered; PP2: on stage 1)."""
-    ids = torch.randint(0, shape.vocab, (2, 8), generator=torch.Generator().manual_seed(7))
-    ref = Shard(shape, seed=seed).prefill(ids).float()
+    ids = torch.randint(0, spec.vocab, (2, 8), generator=torch.Generator().manual_seed(7))
+    ref = Shard(spec, seed=seed).prefill(ids).float()
     if shard.tp > 1:
-        parts = [torch.empty(2, shape.vocab // shard.tp, dtype=shard.dtype) for _ in range(shard.tp)]
+        parts = [torch.empty(2, spec.vocab // shard.tp, dtype=shard.dtype) for _ in range(shard.tp)]
         dist.all_gather(parts, shard.prefill(ids).contiguous())
         got = torch.cat(parts, dim=-1).float()
     else:
-        out = torch.empty(2, shape.vocab)
+        out = torch.empty(2, spec.vocab)
         if rank == 0:
             dist.send(shard.run_layers(shard.embed(ids.reshape(-1)), 2), 1)
         else:
-            buf = torch.empty(16, shape.hidden, dtype=shard.dtype)
+            buf = torch.empty(16, spec.hidden, dtype=shard.dtype)
             dist.recv(buf, 0)
             out = shard.logits(shard.run_layers(buf, 2), 2).float()
         dist.broadcast(out, 1)
