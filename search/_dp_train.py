@@ -62,6 +62,7 @@ class TrainDP:
         self.open_bound = math.inf  # smallest bound left unexplored when the label cap stopped the search
         self.proven_static = False  # infeasible for any plan: the weights and state exceed the devices
         self.stopped = False  # the label cap stopped the search (see cap_note)
+        self._caps: dict[tuple[int, int], float] = {}  # the cap of each (r, m)'s capped prefix tables
 
     # -- bounds -----------------------------------------------------------------------
     def _prefix_bounds(self, share: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +174,7 @@ class TrainDP:
         """K: the prefix tables are exact for prefixes followed by k < K stages, and share one table beyond."""
         return min(m, EXACT_FOLLOWERS)
 
-    def _prefix_tables(self, r: int, m: int) -> list[tuple[np.ndarray, ...]]:
+    def _prefix_tables(self, r: int, m: int, cap: float = math.inf) -> list[tuple[np.ndarray, ...]]:
         """Admissible completions of a suffix by any prefix of cuts[:i] on devices [0, d): ``(A, B, Aq, F)[i, d]``.
 
         Prepending a prefix to a suffix of bound terms (P, Q) gives the plan's bound
@@ -190,8 +191,13 @@ class TrainDP:
         Stage times use each group's own link and the hop into the next stage's first device,
         as plans do; tails are the optimizer's alone (the data-parallel all-reduce of r > 1
         depends on the replica's width; dropping it is optimistic).
+
+        With a finite ``cap`` only prefixes whose own terms (A, Aq) stay within it count:
+        the tables then bound B and F jointly with A and Aq below the cap (a prefix above
+        it cannot complete a plan that beats a value <= cap), valid for pruning against
+        any incumbent <= cap.
         """
-        key = ("prefix_tables", r, m)
+        key = ("prefix_tables", r, m, cap)
         if key in self.space._cache:
             return self.space._cache[key]
         space = self.space
@@ -204,6 +210,11 @@ class TrainDP:
             hops[1:n, d] = [space.hop(i, d, share) for i in range(1, n)]
         inf = np.inf
         tab = np.full((4, K + 1, n + 1, dev + 1), inf)  # A, B, Aq, F per number of following stages
+        # micro-batch 0's cheapest round trip through cuts[i:] (what follows a prefix ending before cut i)
+        cum_fb = self._prefix_bounds(share, dev)[0]
+        rest = cum_fb[-1] - cum_fb
+        # warm-up forwards after the first, per table (the last holds stages keeping min(m, K + 1) up to m)
+        warm = np.array(levels[:-1] + [m], dtype=float)[:, None, None] - 1.0
         #: (t, d values of one link class, fits per table, f, f + b, tail)
         stages: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for t in space.tps:
@@ -229,7 +240,7 @@ class TrainDP:
                 f, c = f_all[jj, i - 1][None, :, None], c_all[jj, i - 1][None, :, None]
                 tail = tail_all[jj, i - 1][None, :, None]
                 h = hops[i, ds][None, None, :]
-                mc = m * c
+                mc = m * c + np.maximum(0.0, rest[i] - warm * f)  # busy + stall (see _solve), per table
                 prev = ds - t
                 first = (jj == 0)[None, :, None] & (prev == 0)[None, None, :]  # the plan's first stage: its tail
                 ok = fits[:, jj, i - 1][:, :, None]
@@ -240,6 +251,8 @@ class TrainDP:
                     np.where(first, mc + tail, np.maximum(aq0, f0 + mc + tail)),
                     np.where(first, f + h, f0 + f + h),
                 )
+                if cap < inf:
+                    ok = ok & (cands[0] <= cap) & (cands[2] <= cap)
                 for q, cand in enumerate(cands):
                     best = np.where(ok, cand, inf).min(axis=1)  # (tables, ds)
                     tab[q, :, i, ds] = np.minimum(tab[q, :, i, ds].T, best).T
@@ -247,6 +260,15 @@ class TrainDP:
         tables = [tuple(tab[q, lv] for q in range(4)) for lv in range(len(levels))]
         self.space._cache[key] = tables
         return tables
+
+    def _capped_tables(self, r: int, m: int) -> list[tuple[np.ndarray, ...]]:
+        """The prefix tables capped near the incumbent (recomputed when it has dropped by 1% since)."""
+        if self.multi or not math.isfinite(self.best):
+            return self._prefix_tables(r, m)
+        cap = self._caps.get((r, m))
+        if cap is None or self.best < 0.99 * cap:
+            cap = self._caps[(r, m)] = self.best * (1 + 1e-6)
+        return self._prefix_tables(r, m, cap)
 
     def _combos(self) -> list[tuple[float, int, int, int]]:
         """(root bound, r, m, D) for every combination that memory allows, cheapest bound first."""
@@ -349,7 +371,9 @@ class TrainDP:
         min_dev = self._min_devices(share, m, dev)
         if min_dev[n] > dev:
             return
-        prefix_tabs, followers = self._prefix_tables(r, m), self._followers(m)
+        prefix_tabs, followers = self._capped_tables(r, m), self._followers(m)
+        if prefix_tabs[0][0][n, dev] * (1 - SLACK) >= self.best:  # no whole plan within the cap beats the best
+            return
         # stage tables per (t, rc, first device)
         tables: dict[tuple[int, bool, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for t in space.tps:
@@ -363,18 +387,21 @@ class TrainDP:
                     f, b = space.train_times(t, share, link, rc)
                     tables[(t, rc, d0)] = (np.where(allowed, f, np.inf), b, tail)
         # suffix labels per state (first cut, devices of the suffix, stages): (P, Q, mem, parent, stage)
-        states: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {(n, 0, 0): [(0.0, 0.0, 0.0, None, None)]}
+        states: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {(n, 0, 0): [(0.0, 0.0, 0.0, None, None, 0.0)]}
         pending: list[tuple[float, float, int, Any]] = []
         for i_next in range(n, 0, -1):
             keys = sorted(k for k in states if k[0] == i_next)
             for key in keys:
                 items = states.pop(key)
-                if self.dominance:
+                if self.dominance and self.multi:
                     items = [x[-1] for x in pareto([(x[0], x[1], x[2], x) for x in items], 3)]
+                elif self.dominance:  # memory only decides feasibility, stage by stage: (P, Q) suffice
+                    items = [x[-1] for x in pareto([(x[0], x[1], x) for x in items], 2)]
                 _, dsuf, k = key
                 P = np.array([x[0] for x in items])[:, None]
                 Q = np.array([x[1] for x in items])[:, None]
                 MEM = np.array([x[2] for x in items])[:, None]
+                TRIP = np.array([x[5] for x in items])[:, None]  # micro-batch 0's round trip through the suffix
                 kept = min(m, k + 1)
                 j = i_next - 1
                 for t in space.tps:
@@ -402,11 +429,15 @@ class TrainDP:
                             p2 = np.broadcast_to(m * c, (len(items), i_next))
                             q2 = np.broadcast_to(m * c + tail, (len(items), i_next))
                             mem2 = np.broadcast_to(need, (len(items), i_next))
+                            trip2 = np.broadcast_to(c, (len(items), i_next))
                         else:
-                            p2 = np.maximum(m * c, (f + hop) + (hop + b) + P)
-                            q2 = np.maximum(m * c + tail, (f + hop) + Q)
-                        if k > 0:
+                            # The stage waits for micro-batch 0's backward (a round trip through the suffix)
+                            # unless its min(m, k + 1) warm-up forwards cover it: see _stall.
+                            busy = m * c + np.maximum(0.0, 2 * hop + TRIP - (min(m, k + 1) - 1) * f)
+                            p2 = np.maximum(busy, (f + hop) + (hop + b) + P)
+                            q2 = np.maximum(busy + tail, (f + hop) + Q)
                             mem2 = np.maximum(MEM, need)
+                            trip2 = c + 2 * hop + TRIP
                         first = np.arange(i_next)
                         complete = first == 0
                         rest = np.maximum(
@@ -434,7 +465,14 @@ class TrainDP:
                         self.labels += int(keep.sum())
                         for a, i in zip(*np.nonzero(keep), strict=True):
                             stage = (int(i), j, t, rc, float(f[i]), float(b[i]), hop, float(tail[i]))
-                            lab = (float(p2[a, i]), float(q2[a, i]), float(mem2[a, i]), items[a], stage)
+                            lab = (
+                                float(p2[a, i]),
+                                float(q2[a, i]),
+                                float(mem2[a, i]),
+                                items[a],
+                                stage,
+                                float(trip2[a, i]),
+                            )
                             if i == 0:
                                 pending.append((float(lb[a, i]), float(mem2[a, i]), m, lab))
                                 if len(pending) >= CHUNK:
