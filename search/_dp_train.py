@@ -214,7 +214,7 @@ class TrainDP:
         cum_fb = self._prefix_bounds(share, dev)[0]
         rest = cum_fb[-1] - cum_fb
         # warm-up forwards after the first, per table (the last holds stages keeping min(m, K + 1) up to m)
-        warm = np.array(levels[:-1] + [m], dtype=float)[:, None, None] - 1.0
+        warm = np.array([*levels[:-1], m], dtype=float)[:, None, None] - 1.0
         #: (t, d values of one link class, fits per table, f, f + b, tail)
         stages: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for t in space.tps:
