@@ -32,8 +32,26 @@ from ._tuner import Recorder
 
 #: Complete plans priced per numpy pass.
 CHUNK = 512
+#: Relative gaps that dp tries to prove, smallest first, when the label cap stops the exact search.
+GAPS = (0.01, 0.05)
 #: Prefix tables (see TrainDP._prefix_tables) kept apart per number of following stages up to this one.
 EXACT_FOLLOWERS = 16
+
+
+def _waits(trip: Any, f: Any, b: Any, w: Any, m: int) -> Any:
+    """Least idle time of a 1F1B stage (forward f, backward b, w warm-up forwards) beside its m (f + b).
+
+    ``trip``: micro-batch 0's round trip through the stages after it (their f + b and
+    both hops of each boundary from this stage on). The stage's first backward waits for
+    that trip unless its w warm-up forwards cover it (the fill: trip - (w - 1) f), and its
+    last backward waits for micro-batch m - 1's trip, which starts after its last forward,
+    unless the w - 1 backwards between cover it (the drain: trip - (w - 1) b). With w < m
+    the steady state lies between the two, so both add; with w = m (every forward before
+    the first backward) only the larger counts. Zero for the last stage (trip 0, w 1).
+    """
+    fill = np.maximum(0.0, trip - (w - 1) * f)
+    drain = np.maximum(0.0, trip - (w - 1) * b)
+    return np.where(w < m, fill + drain, np.maximum(fill, drain))
 
 
 class TrainDP:
@@ -62,6 +80,7 @@ class TrainDP:
         self.open_bound = math.inf  # smallest bound left unexplored when the label cap stopped the search
         self.proven_static = False  # infeasible for any plan: the weights and state exceed the devices
         self.stopped = False  # the label cap stopped the search (see cap_note)
+        self.gap_labels = 0  # labels of the passes that prove a gap after the cap (see _gap_passes)
         self._caps: dict[tuple[int, int], float] = {}  # the cap of each (r, m)'s capped prefix tables
 
     # -- bounds -----------------------------------------------------------------------
@@ -120,6 +139,83 @@ class TrainDP:
         result = (out[0], out[1])
         self.space._cache[key] = result
         return result
+
+    def _rest_sums(self, share: int, dev: int) -> np.ndarray:
+        """Admissible min sum of (f + b) over stages covering cuts[i:] on at most e devices: ``[i, e]``.
+
+        The mirror of :meth:`_packed_sums` (stages fit memory keeping one micro-batch, links at
+        their fastest): micro-batch 0's round trip through what follows a prefix on the
+        devices the prefix leaves.
+        """
+        key = ("rest", share, dev)
+        if key in self.space._cache:
+            return self.space._cache[key]
+        space = self.space
+        n = space.n_cuts
+        g = np.full((n + 1, dev + 1), np.inf)
+        g[n, :] = 0.0
+        cost: dict[int, np.ndarray] = {}
+        for t in space.tps:
+            if t > dev or not space.tp_allowed(t):
+                continue
+            allowed = space.allowed(t, share)
+            best = np.full((n, n), np.inf)
+            for link in {space.group_link(t, d) for d in range(dev - t + 1)}:
+                for rc in space.recompute:
+                    fits = allowed & (space.train_need(t, share, 1, 1, rc) / space.limit - 1.0 <= 0)
+                    f, b = space.train_times(t, share, link, rc)
+                    best = np.minimum(best, np.where(fits, f + b, np.inf))
+            cost[t] = best
+        for i in range(n - 1, -1, -1):
+            for t, c in cost.items():
+                cand = (c[i, i:][:, None] + g[i + 1 :, : dev + 1 - t]).min(axis=0)
+                g[i, t:] = np.minimum(g[i, t:], cand)
+            g[i] = np.minimum.accumulate(g[i])
+        out = g * (1.0 - SLACK)
+        self.space._cache[key] = out
+        return out
+
+    def _rest_by_followers(self, share: int, m: int, dev: int, K: int) -> np.ndarray:
+        """Admissible min sum of (f + b) of exactly k < K stages covering cuts[i:] on <= e devices: ``[k, i, e]``.
+
+        The stage followed by j others keeps min(m, j + 1) micro-batches, so memory forces
+        the recomputation and TP degrees of the stages after a prefix (links at their fastest;
+        hops dropped). Row K (K or more stages) is :meth:`_rest_sums`.
+        """
+        key = ("rest_k", share, m, dev, K)
+        if key in self.space._cache:
+            return self.space._cache[key]
+        space = self.space
+        n = space.n_cuts
+        cost: dict[tuple[int, int], np.ndarray] = {}  # (t, kept) -> [i, j]
+        for t in space.tps:
+            if t > dev or not space.tp_allowed(t):
+                continue
+            allowed = space.allowed(t, share)
+            links = {space.group_link(t, d) for d in range(dev - t + 1)}
+            for kept in range(1, K):
+                best = np.full((n, n), np.inf)
+                for rc in space.recompute:
+                    fits = allowed & (space.train_need(t, share, m, min(m, kept), rc) / space.limit - 1.0 <= 0)
+                    for link in links:
+                        f, b = space.train_times(t, share, link, rc)
+                        best = np.minimum(best, np.where(fits, f + b, np.inf))
+                cost[(t, kept)] = best
+        out = np.full((K + 1, n + 1, dev + 1), np.inf)
+        out[0, n, :] = 0.0
+        for k in range(1, K):
+            prev, cur = out[k - 1], out[k]
+            for i in range(n - 1, -1, -1):
+                for (t, kept), c in cost.items():
+                    if kept != k:
+                        continue
+                    cand = (c[i, i:][:, None] + prev[i + 1 :, : dev + 1 - t]).min(axis=0)
+                    cur[i, t:] = np.minimum(cur[i, t:], cand)
+                cur[i] = np.minimum.accumulate(cur[i])
+        out[:K] *= 1.0 - SLACK
+        out[K] = self._rest_sums(share, dev)
+        self.space._cache[key] = out
+        return out
 
     def _min_devices(self, share: int, m: int, dev: int) -> np.ndarray:
         """Fewest devices that can hold cuts[:i] in stages that fit memory (each keeping at least one micro-batch).
@@ -212,9 +308,11 @@ class TrainDP:
         tab = np.full((4, K + 1, n + 1, dev + 1), inf)  # A, B, Aq, F per number of following stages
         # micro-batch 0's cheapest round trip through cuts[i:] (what follows a prefix ending before cut i)
         cum_fb = self._prefix_bounds(share, dev)[0]
-        rest = cum_fb[-1] - cum_fb
-        # warm-up forwards after the first, per table (the last holds stages keeping min(m, K + 1) up to m)
-        warm = np.array([*levels[:-1], m], dtype=float)[:, None, None] - 1.0
+        rest = np.maximum(  # [followers, i, d used]
+            (cum_fb[-1] - cum_fb)[None, :, None], self._rest_by_followers(share, m, dev, K)[:, :, ::-1]
+        )
+        # warm-up forwards per table (the last holds stages keeping min(m, K + 1) up to m: m is the least wait)
+        warm = np.array([*levels[:-1], m])[:, None, None]
         #: (t, d values of one link class, fits per table, f, f + b, tail)
         stages: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for t in space.tps:
@@ -240,7 +338,7 @@ class TrainDP:
                 f, c = f_all[jj, i - 1][None, :, None], c_all[jj, i - 1][None, :, None]
                 tail = tail_all[jj, i - 1][None, :, None]
                 h = hops[i, ds][None, None, :]
-                mc = m * c + np.maximum(0.0, rest[i] - warm * f)  # busy + stall (see _solve), per table
+                mc = m * c + _waits(rest[:, i, ds][:, None, :], f, c - f, warm, m)  # busy and waits
                 prev = ds - t
                 first = (jj == 0)[None, :, None] & (prev == 0)[None, None, :]  # the plan's first stage: its tail
                 ok = fits[:, jj, i - 1][:, :, None]
@@ -342,13 +440,51 @@ class TrainDP:
             self._solve(r, m, d)
             if self.labels > self.max_labels:  # this combination was cut short: only its root bound holds
                 self.open_bound = min(self.open_bound, root * (1 - SLACK))
-        notes = self._finish(seeds)
         self.stopped = stopped or self.labels > self.max_labels
+        if self.stopped and not self.multi and math.isfinite(self.best):
+            self._gap_passes(combos)
+        notes = self._finish(seeds)
         self.recorder.certified = not self.stopped
-        notes.append(
-            f"dp priced {self.first_pass + self.labels} suffix labels and {self.priced} complete plans exactly"
-        )
+        labels = self.first_pass + self.labels + self.gap_labels
+        notes.append(f"dp priced {labels} suffix labels and {self.priced} complete plans exactly")
         return notes
+
+    def _gap_passes(self, combos: list[tuple[float, int, int, int]]) -> None:
+        """After the cap: prove the best plan within a gap of the optimum, the smallest of GAPS that finishes.
+
+        A pass prunes against best / (1 + gap) instead of the best: near-optimal plans, whose
+        bounds lie within a fraction of a percent of their step and of each other, are what
+        the exact pass cannot exhaust, and they are pruned here. When the pass finishes, every
+        plan was pruned by a bound at or above that threshold or priced at or above it, so
+        it is a proven lower bound (``open_bound``). A plan found below it is the optimum
+        (everything else was pruned against it or priced), which certifies the search.
+        """
+        exact_labels = self.labels
+        for gap in GAPS:
+            threshold = self.best / (1.0 + gap)
+            if threshold <= self.open_bound:
+                break
+            saved = self.best, self.best_item
+            self.best, self.best_item, self.labels = threshold, None, 0
+            self._caps.clear()  # prefix tables capped at the threshold prune far more
+            finished = True
+            for root, r, m, d in combos:
+                if root * (1 - SLACK) >= self.best:
+                    continue
+                self._solve(r, m, d)
+                if self.labels > self.max_labels:
+                    finished = False
+                    break
+            self.gap_labels += self.labels
+            if self.best_item is None:
+                self.best, self.best_item = saved
+            elif finished:  # the optimum, below the threshold
+                self.stopped = False
+                break
+            if finished:
+                self.open_bound = max(self.open_bound, threshold)
+                break
+        self.labels = exact_labels
 
     def cap_note(self, value: float | None) -> str:
         """What the label cap left proven, against the best plan's step time ``value`` (None: no plan)."""
@@ -431,9 +567,7 @@ class TrainDP:
                             mem2 = np.broadcast_to(need, (len(items), i_next))
                             trip2 = np.broadcast_to(c, (len(items), i_next))
                         else:
-                            # The stage waits for micro-batch 0's backward (a round trip through the suffix)
-                            # unless its min(m, k + 1) warm-up forwards cover it: see _stall.
-                            busy = m * c + np.maximum(0.0, 2 * hop + TRIP - (min(m, k + 1) - 1) * f)
+                            busy = m * c + _waits(2 * hop + TRIP, f, b, min(m, k + 1), m)
                             p2 = np.maximum(busy, (f + hop) + (hop + b) + P)
                             q2 = np.maximum(busy + tail, (f + hop) + Q)
                             mem2 = np.maximum(MEM, need)
