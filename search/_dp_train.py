@@ -8,9 +8,10 @@ micro-batches it keeps in flight and its memory. A suffix carries (P, Q), the tw
 maxima of the decomposable lower bound of :mod:`._dp`; prepending a stage
 (f, b, hop h to the suffix, tail) gives
 
-    P' = max(m (f + b), (f + h) + (h + b) + P),   Q' = max(m (f + b) + tail, (f + h) + Q)
+    P' = max(m (f + b) + W, (f + h) + (h + b) + P),   Q' = max(m (f + b) + W + tail, (f + h) + Q)
 
-and a complete plan's bound is max(P + tail_0, Q). Complete plans whose bound is
+with W the stage's 1F1B waits (:func:`_waits`, from the suffix's round trip, which
+labels carry too), and a complete plan's bound is max(P + tail_0, Q). Complete plans whose bound is
 below the incumbent are priced exactly by
 :func:`~paratune.costmodel._pipeline.training_makespan` on numpy arrays (the
 evaluator's own recursion, so the same numbers), cheapest bound first.
