@@ -492,7 +492,10 @@ class TrainDP:
         bound = f"proven lower bound {self.open_bound:.6g} s over dp's space"
         head = f"label cap {self.max_labels} reached: not certified; {bound}"
         tail = "(raise option 'max_labels')"
-        if value is None or self.multi:
+        if self.multi:
+            why = "a step+memory front has no single value to prune with, so no gap is proven"
+            return f"{head} on the step; {why} {tail}"
+        if value is None:
             return f"{head} {tail}"
         if value < self.open_bound:
             return f"{head}, above this plan's step: no plan of the space beats it {tail}"

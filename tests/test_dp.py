@@ -228,3 +228,15 @@ def test_gpt3_training_on_64_a100_gets_a_feasible_plan() -> None:
     assert reference.feasible and res.objective_value <= reference.value * (1 + 1e-9)
     if not res.optimal:
         assert not any(n.startswith("no feasible plan") for n in res.notes), res.notes
+
+
+def test_capped_step_memory_front_says_why_it_has_no_gap() -> None:
+    """A Pareto objective has no single value to prune with: the capped note says so, and its step bound holds."""
+    p = Problem("llama2-7b:layers=6", "dgx-a100:devices_per_node=4", phase="train", objective="step+memory",
+                batch=8, seq=256)  # fmt: skip
+    res = tune(p, "dp", max_labels=3)
+    assert not res.optimal and any("no gap is proven" in n for n in res.notes), res.notes
+    full = tune(p, "dp")
+    assert full.optimal and full.pareto
+    fastest = min(v[0] for _, v in full.pareto)
+    assert _bound_in(res.notes) <= fastest * (1 + 1e-5)
