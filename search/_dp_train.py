@@ -55,6 +55,20 @@ def _waits(trip: Any, f: Any, b: Any, w: Any, m: int) -> Any:
     return np.where(w < m, fill + drain, np.maximum(fill, drain))
 
 
+def _prepend(P: Any, Q: Any, trip: Any, f: Any, b: Any, hop: Any, tail: Any, k: int, m: int) -> tuple[Any, Any, Any]:
+    """A suffix of k stages with bound terms (P, Q) and round trip ``trip``, after prepending a stage.
+
+    The stage has forward f, backward b, tail ``tail`` and ``hop`` into the suffix (k = 0:
+    it is the last stage). Returns the new (P, Q, trip); a complete plan's bound is
+    max(P + tail_0, Q) (the module docstring).
+    """
+    c = f + b
+    if k == 0:
+        return m * c, m * c + tail, c
+    busy = m * c + _waits(2 * hop + trip, f, b, min(m, k + 1), m)
+    return np.maximum(busy, (f + hop) + (hop + b) + P), np.maximum(busy + tail, (f + hop) + Q), c + 2 * hop + trip
+
+
 class TrainDP:
     """Branch and bound over suffixes for the training step (and step+memory, throughput)."""
 
@@ -564,18 +578,9 @@ class TrainDP:
                         if not ok.any():
                             continue
                         b, tail = b_all[:i_next, j], tail_all[:i_next, j]
-                        c = f + b
-                        if k == 0:
-                            p2 = np.broadcast_to(m * c, (len(items), i_next))
-                            q2 = np.broadcast_to(m * c + tail, (len(items), i_next))
-                            mem2 = np.broadcast_to(need, (len(items), i_next))
-                            trip2 = np.broadcast_to(c, (len(items), i_next))
-                        else:
-                            busy = m * c + _waits(2 * hop + TRIP, f, b, min(m, k + 1), m)
-                            p2 = np.maximum(busy, (f + hop) + (hop + b) + P)
-                            q2 = np.maximum(busy + tail, (f + hop) + Q)
-                            mem2 = np.maximum(MEM, need)
-                            trip2 = c + 2 * hop + TRIP
+                        shape = (len(items), i_next)
+                        p2, q2, trip2 = (np.broadcast_to(x, shape) for x in _prepend(P, Q, TRIP, f, b, hop, tail, k, m))
+                        mem2 = np.broadcast_to(need, shape) if k == 0 else np.maximum(MEM, need)
                         first = np.arange(i_next)
                         complete = first == 0
                         rest = np.maximum(
