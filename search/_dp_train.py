@@ -357,7 +357,7 @@ class TrainDP:
                 prev = ds - t
                 first = (jj == 0)[None, :, None] & (prev == 0)[None, None, :]  # the plan's first stage: its tail
                 ok = fits[:, jj, i - 1][:, :, None]
-                a0, b0, aq0, f0 = (tab[q][np.ix_(before, jj, prev)] for q in range(4))
+                a0, b0, aq0, f0 = tab[np.ix_(range(4), before, jj, prev)]
                 cands = (
                     np.where(first, mc + tail, np.maximum(a0, b0 + mc)),
                     np.where(first, c + 2 * h + tail, b0 + c + 2 * h),
@@ -397,8 +397,10 @@ class TrainDP:
                     continue
                 c = max(c, m * work / d)
                 if c * (1 - SLACK) < self.best or self.multi:  # worth the tables: the whole plan as a prefix
-                    whole = self._prefix_tables(r, m)[0]
-                    c = max(c, whole[0][-1, d], whole[2][-1, d])
+                    whole = self._capped_tables(r, m)[0]
+                    # capped at the incumbent (x (1 + 1e-6)): a plan they miss is above the cap, so min with it
+                    cap = self._caps.get((r, m), math.inf)
+                    c = max(c, min(cap, max(whole[0][-1, d], whole[2][-1, d])))
                 out.append((c, r, m, d))
         out.sort()
         return out
@@ -421,7 +423,7 @@ class TrainDP:
                 f"no feasible plan, proven: the weights and training state need at least {d_min} devices of "
                 f"{space.limit / 2**30:.1f} GiB (~{static:.1f} TiB) but at most {space.max_devices} may be used"
             ]
-        seeds = seed_plans(space)
+        seeds = seed_plans(space, few=True)
         if self.multi:  # the uniform plans' (step, memory) points prune what they dominate
             for e in seeds:
                 self.recorder.record(e)
