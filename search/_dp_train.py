@@ -357,7 +357,7 @@ class TrainDP:
                 prev = ds - t
                 first = (jj == 0)[None, :, None] & (prev == 0)[None, None, :]  # the plan's first stage: its tail
                 ok = fits[:, jj, i - 1][:, :, None]
-                a0, b0, aq0, f0 = tab[np.ix_(range(4), before, jj, prev)]
+                a0, b0, aq0, f0 = tab[np.ix_(np.arange(4), before, jj, prev)]
                 cands = (
                     np.where(first, mc + tail, np.maximum(a0, b0 + mc)),
                     np.where(first, c + 2 * h + tail, b0 + c + 2 * h),
