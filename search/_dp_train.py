@@ -505,7 +505,10 @@ class TrainDP:
 
     def cap_note(self, value: float | None) -> str:
         """What the label cap left proven, against the best plan's step time ``value`` (None: no plan)."""
-        bound = f"proven lower bound {self.open_bound:.6g} s over dp's space"
+        low = self.open_bound
+        if self.multi:  # finished batch splits count through the front they left
+            low = min([low] + [a for a, _b in self.front])
+        bound = f"proven lower bound {low:.6g} s over dp's space"
         head = f"label cap {self.max_labels} reached: not certified; {bound}"
         tail = "(raise option 'max_labels')"
         if self.multi:
