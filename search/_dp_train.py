@@ -380,6 +380,8 @@ class TrainDP:
             return self._prefix_tables(r, m)
         cap = self._caps.get((r, m))
         if cap is None or self.best < 0.99 * cap:
+            if cap is not None:  # tables are large: keep one cap's per batch split
+                self.space._cache.pop(("prefix_tables", r, m, cap), None)
             cap = self._caps[(r, m)] = self.best * (1 + 1e-6)
         return self._prefix_tables(r, m, cap)
 
@@ -483,7 +485,9 @@ class TrainDP:
                 break
             saved = self.best, self.best_item
             self.best, self.best_item, self.labels = threshold, None, 0
-            self._caps.clear()  # prefix tables capped at the threshold prune far more
+            for (r, m), cap in self._caps.items():  # prefix tables capped at the threshold prune far more
+                self.space._cache.pop(("prefix_tables", r, m, cap), None)
+            self._caps.clear()
             finished = True
             for root, r, m, d in combos:
                 if root * (1 - SLACK) >= self.best:
