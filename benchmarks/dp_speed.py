@@ -2,7 +2,10 @@
 
 Cases: llama3-405b on ``dgx-h100x8`` (64 H100) for training and decode, llama3-405b
 training on ``hgx-h200x8`` (64 H200: 405B training state does not fit 64 x 80 GB, so
-the H100 case proves infeasibility), and llama2-70b on ``dgx-a100x2`` prefill TTFT.
+the H100 case proves infeasibility), llama2-70b on ``dgx-a100x2`` prefill TTFT, and the
+64-GPU training scenarios of the quality suite (llama2-70b on 64 H100, gpt3-175b on 64
+A100). A case dp cannot certify within its label cap says in its notes how close its
+plan is proven to be (the gap passes of :mod:`paratune.search._dp_train`).
 
 Usage: ``python benchmarks/dp_speed.py [--json]`` (``--json > build/dp_speed.json`` keeps the figures).
 """
@@ -21,6 +24,8 @@ CASES = [
     ("llama3-405b train, 64 H200", Problem("llama3-405b", "hgx-h200x8", phase="train", batch=64, seq=4096)),
     ("llama3-405b decode, 64 H100", Problem("llama3-405b", "dgx-h100x8", phase="decode", batch=64, context=4096)),
     ("llama2-70b prefill, 16 A100", Problem("llama2-70b", "dgx-a100x2", phase="prefill", batch=8, seq=2048)),
+    ("llama2-70b train, 64 H100", Problem("llama2-70b", "dgx-h100x8", phase="train", batch=128, seq=4096)),
+    ("gpt3-175b train, 64 A100", Problem("gpt3-175b", "dgx-a100x8", phase="train", batch=64, seq=2048)),
 ]
 
 

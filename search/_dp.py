@@ -30,14 +30,20 @@ suffix carries the decomposable lower bound
 with F_k = sum_{s<k} (f_s + h_s) and B_k = sum_{s<k} (h_s + b_s): micro-batch 0
 reaches stage k after F_k, stage k is busy m (f_k + b_k), the last backward
 returns to stage 0 after B_k, and every stage ends with its tail (DP all-reduce
-+ optimizer). It is exact for uniform stages. Suffixes whose bound (completed by
++ optimizer). It is exact for uniform stages. Each stage's m (f_k + b_k) also counts
+its 1F1B waits (:func:`._dp_train._waits`: the fill before its first backward and the
+drain before its last, when micro-batches' round trips through the stages after it
+are longer than its warm-up covers), which brings the bound of heterogeneous plans
+within about 1 % of their makespan. Suffixes whose bound (completed by
 an admissible prefix: the cheapest sums, and prefix tables that price the prefix's
 own pipeline terms with its stages' memory at their 1F1B positions) reaches the
 incumbent are dropped; every complete plan left is priced exactly (the makespan
 recursion on numpy arrays, many plans at once) in increasing bound order until the
 next bound reaches the best value. Nothing is dropped except by a valid bound, so
 the result is certified optimal; when the label cap (option ``max_labels``) is hit
-the search stops and the result is reported uncertified with the gap that is proven.
+the search stops and the result is reported uncertified with the gap that is proven:
+gap passes then prune against best / 1.01 (then / 1.05), and one that finishes proves
+the plan within that gap of the optimum.
 
 **Never wrong about infeasibility.** When the cap stops the search, or the space
 (micro-batches <= ``max_micro_batches``, the problem's granularity) holds no

@@ -8,9 +8,10 @@ micro-batches it keeps in flight and its memory. A suffix carries (P, Q), the tw
 maxima of the decomposable lower bound of :mod:`._dp`; prepending a stage
 (f, b, hop h to the suffix, tail) gives
 
-    P' = max(m (f + b), (f + h) + (h + b) + P),   Q' = max(m (f + b) + tail, (f + h) + Q)
+    P' = max(m (f + b) + W, (f + h) + (h + b) + P),   Q' = max(m (f + b) + W + tail, (f + h) + Q)
 
-and a complete plan's bound is max(P + tail_0, Q). Complete plans whose bound is
+with W the stage's 1F1B waits (:func:`_waits`, from the suffix's round trip, which
+labels carry too), and a complete plan's bound is max(P + tail_0, Q). Complete plans whose bound is
 below the incumbent are priced exactly by
 :func:`~paratune.costmodel._pipeline.training_makespan` on numpy arrays (the
 evaluator's own recursion, so the same numbers), cheapest bound first.
@@ -32,8 +33,40 @@ from ._tuner import Recorder
 
 #: Complete plans priced per numpy pass.
 CHUNK = 512
+#: Relative gaps that dp tries to prove, smallest first, when the label cap stops the exact search.
+GAPS = (0.01, 0.05)
 #: Prefix tables (see TrainDP._prefix_tables) kept apart per number of following stages up to this one.
 EXACT_FOLLOWERS = 16
+
+
+def _waits(trip: Any, f: Any, b: Any, w: Any, m: int) -> Any:
+    """Least idle time of a 1F1B stage (forward f, backward b, w warm-up forwards) beside its m (f + b).
+
+    ``trip``: micro-batch 0's round trip through the stages after it (their f + b and
+    both hops of each boundary from this stage on). The stage's first backward waits for
+    that trip unless its w warm-up forwards cover it (the fill: trip - (w - 1) f), and its
+    last backward waits for micro-batch m - 1's trip, which starts after its last forward,
+    unless the w - 1 backwards between cover it (the drain: trip - (w - 1) b). With w < m
+    the steady state lies between the two, so both add; with w = m (every forward before
+    the first backward) only the larger counts. Zero for the last stage (trip 0, w 1).
+    """
+    fill = np.maximum(0.0, trip - (w - 1) * f)
+    drain = np.maximum(0.0, trip - (w - 1) * b)
+    return np.where(w < m, fill + drain, np.maximum(fill, drain))
+
+
+def _prepend(P: Any, Q: Any, trip: Any, f: Any, b: Any, hop: Any, tail: Any, k: int, m: int) -> tuple[Any, Any, Any]:
+    """A suffix of k stages with bound terms (P, Q) and round trip ``trip``, after prepending a stage.
+
+    The stage has forward f, backward b, tail ``tail`` and ``hop`` into the suffix (k = 0:
+    it is the last stage). Returns the new (P, Q, trip); a complete plan's bound is
+    max(P + tail_0, Q) (the module docstring).
+    """
+    c = f + b
+    if k == 0:
+        return m * c, m * c + tail, c
+    busy = m * c + _waits(2 * hop + trip, f, b, min(m, k + 1), m)
+    return np.maximum(busy, (f + hop) + (hop + b) + P), np.maximum(busy + tail, (f + hop) + Q), c + 2 * hop + trip
 
 
 class TrainDP:
@@ -62,6 +95,8 @@ class TrainDP:
         self.open_bound = math.inf  # smallest bound left unexplored when the label cap stopped the search
         self.proven_static = False  # infeasible for any plan: the weights and state exceed the devices
         self.stopped = False  # the label cap stopped the search (see cap_note)
+        self.gap_labels = 0  # labels of the passes that prove a gap after the cap (see _gap_passes)
+        self._caps: dict[tuple[int, int], float] = {}  # the cap of each (r, m)'s capped prefix tables
 
     # -- bounds -----------------------------------------------------------------------
     def _prefix_bounds(self, share: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +155,83 @@ class TrainDP:
         self.space._cache[key] = result
         return result
 
+    def _rest_sums(self, share: int, dev: int) -> np.ndarray:
+        """Admissible min sum of (f + b) over stages covering cuts[i:] on at most e devices: ``[i, e]``.
+
+        The mirror of :meth:`_packed_sums` (stages fit memory keeping one micro-batch, links at
+        their fastest): micro-batch 0's round trip through what follows a prefix on the
+        devices the prefix leaves.
+        """
+        key = ("rest", share, dev)
+        if key in self.space._cache:
+            return self.space._cache[key]
+        space = self.space
+        n = space.n_cuts
+        g = np.full((n + 1, dev + 1), np.inf)
+        g[n, :] = 0.0
+        cost: dict[int, np.ndarray] = {}
+        for t in space.tps:
+            if t > dev or not space.tp_allowed(t):
+                continue
+            allowed = space.allowed(t, share)
+            best = np.full((n, n), np.inf)
+            for link in {space.group_link(t, d) for d in range(dev - t + 1)}:
+                for rc in space.recompute:
+                    fits = allowed & (space.train_need(t, share, 1, 1, rc) / space.limit - 1.0 <= 0)
+                    f, b = space.train_times(t, share, link, rc)
+                    best = np.minimum(best, np.where(fits, f + b, np.inf))
+            cost[t] = best
+        for i in range(n - 1, -1, -1):
+            for t, c in cost.items():
+                cand = (c[i, i:][:, None] + g[i + 1 :, : dev + 1 - t]).min(axis=0)
+                g[i, t:] = np.minimum(g[i, t:], cand)
+            g[i] = np.minimum.accumulate(g[i])
+        out = g * (1.0 - SLACK)
+        self.space._cache[key] = out
+        return out
+
+    def _rest_by_followers(self, share: int, m: int, dev: int, K: int) -> np.ndarray:
+        """Admissible min sum of (f + b) of exactly k < K stages covering cuts[i:] on <= e devices: ``[k, i, e]``.
+
+        The stage followed by j others keeps min(m, j + 1) micro-batches, so memory forces
+        the recomputation and TP degrees of the stages after a prefix (links at their fastest;
+        hops dropped). Row K (K or more stages) is :meth:`_rest_sums`.
+        """
+        key = ("rest_k", share, m, dev, K)
+        if key in self.space._cache:
+            return self.space._cache[key]
+        space = self.space
+        n = space.n_cuts
+        cost: dict[tuple[int, int], np.ndarray] = {}  # (t, kept) -> [i, j]
+        for t in space.tps:
+            if t > dev or not space.tp_allowed(t):
+                continue
+            allowed = space.allowed(t, share)
+            links = {space.group_link(t, d) for d in range(dev - t + 1)}
+            for kept in range(1, K):
+                best = np.full((n, n), np.inf)
+                for rc in space.recompute:
+                    fits = allowed & (space.train_need(t, share, m, min(m, kept), rc) / space.limit - 1.0 <= 0)
+                    for link in links:
+                        f, b = space.train_times(t, share, link, rc)
+                        best = np.minimum(best, np.where(fits, f + b, np.inf))
+                cost[(t, kept)] = best
+        out = np.full((K + 1, n + 1, dev + 1), np.inf)
+        out[0, n, :] = 0.0
+        for k in range(1, K):
+            prev, cur = out[k - 1], out[k]
+            for i in range(n - 1, -1, -1):
+                for (t, kept), c in cost.items():
+                    if kept != k:
+                        continue
+                    cand = (c[i, i:][:, None] + prev[i + 1 :, : dev + 1 - t]).min(axis=0)
+                    cur[i, t:] = np.minimum(cur[i, t:], cand)
+                cur[i] = np.minimum.accumulate(cur[i])
+        out[:K] *= 1.0 - SLACK
+        out[K] = self._rest_sums(share, dev)
+        self.space._cache[key] = out
+        return out
+
     def _min_devices(self, share: int, m: int, dev: int) -> np.ndarray:
         """Fewest devices that can hold cuts[:i] in stages that fit memory (each keeping at least one micro-batch).
 
@@ -173,7 +285,7 @@ class TrainDP:
         """K: the prefix tables are exact for prefixes followed by k < K stages, and share one table beyond."""
         return min(m, EXACT_FOLLOWERS)
 
-    def _prefix_tables(self, r: int, m: int) -> list[tuple[np.ndarray, ...]]:
+    def _prefix_tables(self, r: int, m: int, cap: float = math.inf) -> list[tuple[np.ndarray, ...]]:
         """Admissible completions of a suffix by any prefix of cuts[:i] on devices [0, d): ``(A, B, Aq, F)[i, d]``.
 
         Prepending a prefix to a suffix of bound terms (P, Q) gives the plan's bound
@@ -190,8 +302,13 @@ class TrainDP:
         Stage times use each group's own link and the hop into the next stage's first device,
         as plans do; tails are the optimizer's alone (the data-parallel all-reduce of r > 1
         depends on the replica's width; dropping it is optimistic).
+
+        With a finite ``cap`` only prefixes whose own terms (A, Aq) stay within it count:
+        the tables then bound B and F jointly with A and Aq below the cap (a prefix above
+        it cannot complete a plan that beats a value <= cap), valid for pruning against
+        any incumbent <= cap.
         """
-        key = ("prefix_tables", r, m)
+        key = ("prefix_tables", r, m, cap)
         if key in self.space._cache:
             return self.space._cache[key]
         space = self.space
@@ -204,6 +321,13 @@ class TrainDP:
             hops[1:n, d] = [space.hop(i, d, share) for i in range(1, n)]
         inf = np.inf
         tab = np.full((4, K + 1, n + 1, dev + 1), inf)  # A, B, Aq, F per number of following stages
+        # micro-batch 0's cheapest round trip through cuts[i:] (what follows a prefix ending before cut i)
+        cum_fb = self._prefix_bounds(share, dev)[0]
+        rest = np.maximum(  # [followers, i, d used]
+            (cum_fb[-1] - cum_fb)[None, :, None], self._rest_by_followers(share, m, dev, K)[:, :, ::-1]
+        )
+        # warm-up forwards per table (the last holds stages keeping min(m, K + 1) up to m: m is the least wait)
+        warm = np.array([*levels[:-1], m])[:, None, None]
         #: (t, d values of one link class, fits per table, f, f + b, tail)
         stages: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for t in space.tps:
@@ -229,17 +353,19 @@ class TrainDP:
                 f, c = f_all[jj, i - 1][None, :, None], c_all[jj, i - 1][None, :, None]
                 tail = tail_all[jj, i - 1][None, :, None]
                 h = hops[i, ds][None, None, :]
-                mc = m * c
+                mc = m * c + _waits(rest[:, i, ds][:, None, :], f, c - f, warm, m)  # busy and waits
                 prev = ds - t
                 first = (jj == 0)[None, :, None] & (prev == 0)[None, None, :]  # the plan's first stage: its tail
                 ok = fits[:, jj, i - 1][:, :, None]
-                a0, b0, aq0, f0 = (tab[q][np.ix_(before, jj, prev)] for q in range(4))
+                a0, b0, aq0, f0 = tab[np.ix_(np.arange(4), before, jj, prev)]
                 cands = (
                     np.where(first, mc + tail, np.maximum(a0, b0 + mc)),
                     np.where(first, c + 2 * h + tail, b0 + c + 2 * h),
                     np.where(first, mc + tail, np.maximum(aq0, f0 + mc + tail)),
                     np.where(first, f + h, f0 + f + h),
                 )
+                if cap < inf:
+                    ok = ok & (cands[0] <= cap) & (cands[2] <= cap)
                 for q, cand in enumerate(cands):
                     best = np.where(ok, cand, inf).min(axis=1)  # (tables, ds)
                     tab[q, :, i, ds] = np.minimum(tab[q, :, i, ds].T, best).T
@@ -247,6 +373,17 @@ class TrainDP:
         tables = [tuple(tab[q, lv] for q in range(4)) for lv in range(len(levels))]
         self.space._cache[key] = tables
         return tables
+
+    def _capped_tables(self, r: int, m: int) -> list[tuple[np.ndarray, ...]]:
+        """The prefix tables capped near the incumbent (recomputed when it has dropped by 1% since)."""
+        if self.multi or not math.isfinite(self.best):
+            return self._prefix_tables(r, m)
+        cap = self._caps.get((r, m))
+        if cap is None or self.best < 0.99 * cap:
+            if cap is not None:  # tables are large: keep one cap's per batch split
+                self.space._cache.pop(("prefix_tables", r, m, cap), None)
+            cap = self._caps[(r, m)] = self.best * (1 + 1e-6)
+        return self._prefix_tables(r, m, cap)
 
     def _combos(self) -> list[tuple[float, int, int, int]]:
         """(root bound, r, m, D) for every combination that memory allows, cheapest bound first."""
@@ -262,8 +399,10 @@ class TrainDP:
                     continue
                 c = max(c, m * work / d)
                 if c * (1 - SLACK) < self.best or self.multi:  # worth the tables: the whole plan as a prefix
-                    whole = self._prefix_tables(r, m)[0]
-                    c = max(c, whole[0][-1, d], whole[2][-1, d])
+                    whole = self._capped_tables(r, m)[0]
+                    # capped at the incumbent (x (1 + 1e-6)): a plan they miss is above the cap, so min with it
+                    cap = self._caps.get((r, m), math.inf)
+                    c = max(c, min(cap, max(whole[0][-1, d], whole[2][-1, d])))
                 out.append((c, r, m, d))
         out.sort()
         return out
@@ -286,7 +425,7 @@ class TrainDP:
                 f"no feasible plan, proven: the weights and training state need at least {d_min} devices of "
                 f"{space.limit / 2**30:.1f} GiB (~{static:.1f} TiB) but at most {space.max_devices} may be used"
             ]
-        seeds = seed_plans(space)
+        seeds = seed_plans(space, few=True)
         if self.multi:  # the uniform plans' (step, memory) points prune what they dominate
             for e in seeds:
                 self.recorder.record(e)
@@ -320,20 +459,66 @@ class TrainDP:
             self._solve(r, m, d)
             if self.labels > self.max_labels:  # this combination was cut short: only its root bound holds
                 self.open_bound = min(self.open_bound, root * (1 - SLACK))
-        notes = self._finish(seeds)
         self.stopped = stopped or self.labels > self.max_labels
+        if self.stopped and not self.multi and math.isfinite(self.best):
+            self._gap_passes(combos)
+        notes = self._finish(seeds)
         self.recorder.certified = not self.stopped
-        notes.append(
-            f"dp priced {self.first_pass + self.labels} suffix labels and {self.priced} complete plans exactly"
-        )
+        labels = self.first_pass + self.labels + self.gap_labels
+        notes.append(f"dp priced {labels} suffix labels and {self.priced} complete plans exactly")
         return notes
+
+    def _gap_passes(self, combos: list[tuple[float, int, int, int]]) -> None:
+        """After the cap: prove the best plan within a gap of the optimum, the smallest of GAPS that finishes.
+
+        A pass prunes against best / (1 + gap) instead of the best: near-optimal plans, whose
+        bounds lie within a fraction of a percent of their step and of each other, are what
+        the exact pass cannot exhaust, and they are pruned here. When the pass finishes, every
+        plan was pruned by a bound at or above that threshold or priced at or above it, so
+        it is a proven lower bound (``open_bound``). A plan found below it is the optimum
+        (everything else was pruned against it or priced), which certifies the search.
+        """
+        exact_labels = self.labels
+        for gap in GAPS:
+            threshold = self.best / (1.0 + gap)
+            if threshold <= self.open_bound:
+                break
+            saved = self.best, self.best_item
+            self.best, self.best_item, self.labels = threshold, None, 0
+            for (r, m), cap in self._caps.items():  # prefix tables capped at the threshold prune far more
+                self.space._cache.pop(("prefix_tables", r, m, cap), None)
+            self._caps.clear()
+            finished = True
+            for root, r, m, d in combos:
+                if root * (1 - SLACK) >= self.best:
+                    continue
+                self._solve(r, m, d)
+                if self.labels > self.max_labels:
+                    finished = False
+                    break
+            self.gap_labels += self.labels
+            if self.best_item is None:
+                self.best, self.best_item = saved
+            elif finished:  # the optimum, below the threshold
+                self.stopped = False
+                break
+            if finished:
+                self.open_bound = max(self.open_bound, threshold)
+                break
+        self.labels = exact_labels
 
     def cap_note(self, value: float | None) -> str:
         """What the label cap left proven, against the best plan's step time ``value`` (None: no plan)."""
-        bound = f"proven lower bound {self.open_bound:.6g} s over dp's space"
+        low = self.open_bound
+        if self.multi:  # finished batch splits count through the front they left
+            low = min([low] + [a for a, _b in self.front])
+        bound = f"proven lower bound {low:.6g} s over dp's space"
         head = f"label cap {self.max_labels} reached: not certified; {bound}"
         tail = "(raise option 'max_labels')"
-        if value is None or self.multi:
+        if self.multi:
+            why = "a step+memory front has no single value to prune with, so no gap is proven"
+            return f"{head} on the step; {why} {tail}"
+        if value is None:
             return f"{head} {tail}"
         if value < self.open_bound:
             return f"{head}, above this plan's step: no plan of the space beats it {tail}"
@@ -349,7 +534,9 @@ class TrainDP:
         min_dev = self._min_devices(share, m, dev)
         if min_dev[n] > dev:
             return
-        prefix_tabs, followers = self._prefix_tables(r, m), self._followers(m)
+        prefix_tabs, followers = self._capped_tables(r, m), self._followers(m)
+        if prefix_tabs[0][0][n, dev] * (1 - SLACK) >= self.best:  # no whole plan within the cap beats the best
+            return
         # stage tables per (t, rc, first device)
         tables: dict[tuple[int, bool, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for t in space.tps:
@@ -363,18 +550,21 @@ class TrainDP:
                     f, b = space.train_times(t, share, link, rc)
                     tables[(t, rc, d0)] = (np.where(allowed, f, np.inf), b, tail)
         # suffix labels per state (first cut, devices of the suffix, stages): (P, Q, mem, parent, stage)
-        states: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {(n, 0, 0): [(0.0, 0.0, 0.0, None, None)]}
+        states: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {(n, 0, 0): [(0.0, 0.0, 0.0, None, None, 0.0)]}
         pending: list[tuple[float, float, int, Any]] = []
         for i_next in range(n, 0, -1):
             keys = sorted(k for k in states if k[0] == i_next)
             for key in keys:
                 items = states.pop(key)
-                if self.dominance:
+                if self.dominance and self.multi:
                     items = [x[-1] for x in pareto([(x[0], x[1], x[2], x) for x in items], 3)]
+                elif self.dominance:  # memory only decides feasibility, stage by stage: (P, Q) suffice
+                    items = [x[-1] for x in pareto([(x[0], x[1], x) for x in items], 2)]
                 _, dsuf, k = key
                 P = np.array([x[0] for x in items])[:, None]
                 Q = np.array([x[1] for x in items])[:, None]
                 MEM = np.array([x[2] for x in items])[:, None]
+                TRIP = np.array([x[5] for x in items])[:, None]  # micro-batch 0's round trip through the suffix
                 kept = min(m, k + 1)
                 j = i_next - 1
                 for t in space.tps:
@@ -397,16 +587,9 @@ class TrainDP:
                         if not ok.any():
                             continue
                         b, tail = b_all[:i_next, j], tail_all[:i_next, j]
-                        c = f + b
-                        if k == 0:
-                            p2 = np.broadcast_to(m * c, (len(items), i_next))
-                            q2 = np.broadcast_to(m * c + tail, (len(items), i_next))
-                            mem2 = np.broadcast_to(need, (len(items), i_next))
-                        else:
-                            p2 = np.maximum(m * c, (f + hop) + (hop + b) + P)
-                            q2 = np.maximum(m * c + tail, (f + hop) + Q)
-                        if k > 0:
-                            mem2 = np.maximum(MEM, need)
+                        shape = (len(items), i_next)
+                        p2, q2, trip2 = (np.broadcast_to(x, shape) for x in _prepend(P, Q, TRIP, f, b, hop, tail, k, m))
+                        mem2 = np.broadcast_to(need, shape) if k == 0 else np.maximum(MEM, need)
                         first = np.arange(i_next)
                         complete = first == 0
                         rest = np.maximum(
@@ -434,7 +617,14 @@ class TrainDP:
                         self.labels += int(keep.sum())
                         for a, i in zip(*np.nonzero(keep), strict=True):
                             stage = (int(i), j, t, rc, float(f[i]), float(b[i]), hop, float(tail[i]))
-                            lab = (float(p2[a, i]), float(q2[a, i]), float(mem2[a, i]), items[a], stage)
+                            lab = (
+                                float(p2[a, i]),
+                                float(q2[a, i]),
+                                float(mem2[a, i]),
+                                items[a],
+                                stage,
+                                float(trip2[a, i]),
+                            )
                             if i == 0:
                                 pending.append((float(lb[a, i]), float(mem2[a, i]), m, lab))
                                 if len(pending) >= CHUNK:
