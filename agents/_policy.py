@@ -11,6 +11,12 @@ from this installation's, naming both versions, instead of running a network
 on features it has never seen (the SB3 ``save_util`` / Optuna-upgrade habit of
 artifacts that describe themselves).
 
+Loading never unpickles anything from the zip (:mod:`._policy_zip`): the
+network is built from this JSON, checked field by field
+(:func:`check_metadata`), and only its weights are read, through
+``torch.load(weights_only=True)`` and ``load_state_dict(strict=True)``.
+SB3's own ``load`` would run the cloudpickle payloads a crafted zip carries.
+
 Example:
     >>> policy = load_policy(default_policy_path())  # doctest: +SKIP
     >>> policy.metadata["algo"]  # doctest: +SKIP
@@ -27,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..costmodel._fields import read_json
+from ._policy_meta import check_fields, is_int, model_kwargs, read_metadata_file
+from ._policy_zip import PolicyArchive, load_optimizer_state, read_policy_zip
 
 #: Version of the metadata layout written next to a policy zip.
 POLICY_FORMAT_VERSION = 1
@@ -77,8 +84,8 @@ def metadata_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def env_spec_of(env_id: str) -> tuple[int, int]:
-    """(observation size, action count) of the registered env ``env_id`` on this installation."""
+def env_spaces(env_id: str) -> tuple[Any, Any]:
+    """(observation space, action space) of the registered env ``env_id`` on this installation."""
     import gymnasium as gym
 
     from .. import envs
@@ -87,11 +94,18 @@ def env_spec_of(env_id: str) -> tuple[int, int]:
         raise ValueError(f"unknown env id {env_id!r}; this paratune registers {', '.join(envs.ENV_IDS)}")
     env = gym.make(env_id)
     try:
-        shape = env.observation_space.shape
-        assert shape is not None
-        return int(shape[0]), int(env.action_space.n)  # type: ignore[attr-defined]
+        return env.observation_space, env.action_space
     finally:
         env.close()
+
+
+def env_spec_of(env_id: str) -> tuple[int, int]:
+    """(observation size, action count) of the registered env ``env_id`` on this installation."""
+    obs_space, action_space = env_spaces(env_id)
+    shape = obs_space.shape
+    if shape is None:  # every paratune env has a flat Box observation
+        raise TypeError(f"{env_id}: observation space {obs_space} has no shape")
+    return int(shape[0]), int(action_space.n)
 
 
 def check_metadata(meta: dict[str, Any], where: str) -> None:
@@ -99,17 +113,19 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
 
     The message names the field and both versions (the policy's and this
     installation's), e.g. an observation schema 1 policy on a schema 2 env.
+    Every field the loader reads is type-checked too (:mod:`._policy_meta`).
     """
     from .. import envs
 
     fmt = meta.get("format_version")
-    if fmt != POLICY_FORMAT_VERSION:
+    if not is_int(fmt) or fmt != POLICY_FORMAT_VERSION:
         raise ValueError(
             f"{where}: policy metadata format_version {fmt!r} is not supported (this paratune reads "
             f"{POLICY_FORMAT_VERSION}); retrain the policy with `paratune train`"
         )
+    check_fields(meta, where)
     schema = meta.get("obs_schema_version")
-    if schema != envs.OBS_SCHEMA_VERSION:
+    if not is_int(schema) or schema != envs.OBS_SCHEMA_VERSION:
         raise ValueError(
             f"{where}: the policy was trained on observation schema version {schema!r} but this paratune's "
             f"environments use observation schema version {envs.OBS_SCHEMA_VERSION}; the features differ, so "
@@ -117,25 +133,79 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
             f"{meta.get('versions', {}).get('paratune', '?')} it was trained with)"
         )
     env_id = meta.get("env_id")
-    if env_id not in envs.ENV_IDS:
+    if not isinstance(env_id, str) or env_id not in envs.ENV_IDS:
         raise ValueError(
             f"{where}: the policy was trained on env id {env_id!r}, which this paratune does not register "
             f"(it registers {', '.join(envs.ENV_IDS)}); retrain it with `paratune train`"
         )
     n_actions = meta.get("n_actions")
-    if n_actions != envs.N_ACTIONS:
+    if not is_int(n_actions) or n_actions != envs.N_ACTIONS:
         raise ValueError(
             f"{where}: the policy has {n_actions!r} actions but {env_id} has {envs.N_ACTIONS} "
             f"(TP menu {list(envs.TP_MENU)}); retrain it with `paratune train`"
         )
     obs_size, _ = env_spec_of(env_id)
-    if meta.get("obs_size") != obs_size:
+    if not is_int(meta.get("obs_size")) or meta.get("obs_size") != obs_size:
         raise ValueError(
             f"{where}: the policy's observation has {meta.get('obs_size')!r} features but {env_id} has "
             f"{obs_size} at observation schema version {envs.OBS_SCHEMA_VERSION}; retrain it with `paratune train`"
         )
-    if meta.get("algo") not in ALGOS:
-        raise ValueError(f"{where}: field 'algo' is {meta.get('algo')!r}; allowed: {', '.join(ALGOS)}")
+    algo = meta.get("algo")
+    if not isinstance(algo, str) or algo not in ALGOS:
+        raise ValueError(f"{where}: field 'algo' is {algo!r}; allowed: {', '.join(ALGOS)}")
+    model_kwargs(meta, algo, where)
+
+
+def build_model(meta: dict[str, Any], *, env: Any = None, **overrides: Any) -> Any:
+    """A fresh SB3 model of the architecture and hyperparameters ``meta`` records (checked metadata).
+
+    ``env`` None builds it as SB3's own ``load`` does when given no env (spaces
+    from this installation's env, one env, nothing to train on): enough to
+    predict. ``overrides`` replace hyperparameters (fine-tuning's ``n_steps``,
+    ``batch_size``, ``learning_rate``). Weights are random until
+    :func:`load_weights`; the seed recorded in ``meta`` seeds them, as SB3's
+    ``load`` did.
+    """
+    algo = str(meta["algo"])
+    kwargs = {**model_kwargs(meta, algo, "policy metadata"), **overrides}
+    if env is None:
+        model = algo_class(algo)(
+            "MlpPolicy", None, device="cpu", _init_setup_model=False, seed=meta.get("seed"), **kwargs
+        )
+        model.observation_space, model.action_space = env_spaces(str(meta["env_id"]))
+        model.n_envs = 1
+        model._setup_model()
+        return model
+    return algo_class(algo)("MlpPolicy", env, device="cpu", seed=meta.get("seed"), **kwargs)
+
+
+def load_weights(model: Any, archive: PolicyArchive, where: str) -> None:
+    """Put the archive's state dicts into ``model``, refusing any key, shape, dtype or non-finite value mismatch."""
+    import torch
+
+    policy = model.policy
+    expected = policy.state_dict()
+    state = archive.policy_state
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{where}: policy.pth does not fit the network the metadata describes (missing "
+            f"{', '.join(missing[:4]) or 'nothing'}; unexpected {', '.join(map(str, extra[:4])) or 'nothing'}): "
+            "a policy of another algorithm or architecture?"
+        )
+    for key, want in expected.items():
+        got = state[key]
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+            shown = f"{tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ValueError(
+                f"{where}: policy.pth entry {key} is {shown}; the metadata's network needs "
+                f"{tuple(want.shape)} {want.dtype}"
+            )
+        if want.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise ValueError(f"{where}: policy.pth entry {key} holds NaN or infinite weights")
+    policy.load_state_dict(state, strict=True)
+    if archive.optimizer_state is not None:
+        load_optimizer_state(policy.optimizer, archive.optimizer_state, f"{where}: policy.optimizer.pth")
 
 
 @dataclass
@@ -206,9 +276,9 @@ def save_policy(model: Any, path: str | Path, metadata: dict[str, Any]) -> Path:
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata JSON of the policy zip ``path`` (errors name the file)."""
     meta_file = metadata_path(path)
-    if not meta_file.is_file():
+    if not meta_file.exists():
         raise FileNotFoundError(f"{meta_file}: policy metadata not found (a policy is NAME.zip plus NAME.json)")
-    meta = read_json(meta_file)
+    meta = read_metadata_file(meta_file)
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_file}: expected a JSON object of policy metadata")
     return meta
@@ -217,17 +287,27 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_policy(path: str | Path | None = None) -> Policy:
     """Load a saved policy (None: the shipped default), refusing one this installation cannot run.
 
+    Nothing in the files is unpickled (see the module docstring and
+    :mod:`._policy_zip`).
+
     Raises:
         FileNotFoundError: the zip or its JSON is missing.
         ValueError: the observation schema, env id, action count or observation
-            size differ from this installation's (the message names both).
+            size differ from this installation's (the message names both); a
+            metadata field has the wrong type; the zip is not a policy zip
+            paratune can read, or its weights do not fit the network the
+            metadata describes.
     """
     zip_path = default_policy_path() if path is None else Path(path)
-    if zip_path.suffix != ".zip" and not zip_path.is_file() and zip_path.with_suffix(".zip").is_file():
+    if zip_path.suffix != ".zip" and not zip_path.exists() and zip_path.with_suffix(".zip").is_file():
         zip_path = zip_path.with_suffix(".zip")
+    if zip_path.is_dir():
+        raise ValueError(f"{zip_path}: is a directory; --policy takes a policy zip (NAME.zip next to NAME.json)")
     if not zip_path.is_file():
         raise FileNotFoundError(f"{zip_path}: no such policy file (train one with `paratune train`)")
     meta = read_metadata(zip_path)
     check_metadata(meta, str(metadata_path(zip_path)))
-    model = algo_class(meta["algo"]).load(str(zip_path), device="cpu")
+    archive = read_policy_zip(zip_path, str(meta["algo"]))
+    model = build_model(meta)
+    load_weights(model, archive, str(zip_path))
     return Policy(model, meta, zip_path)

@@ -195,6 +195,13 @@ class RLOptions(TunerOptions):
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"option 'temperature' must be > 0, got {self.temperature}")
+        if isinstance(self.policy, (str, Path)):  # a campaign spec names a missing file when it loads, not at run time
+            path = Path(self.policy)
+            if not (path.is_file() or (path.suffix != ".zip" and path.with_suffix(".zip").is_file())):
+                what = "is a directory, not a policy zip" if path.is_dir() else "no such policy file"
+                raise ValueError(f"option 'policy': {path}: {what}")
+        elif self.policy is not None and not isinstance(self.policy, Policy):
+            raise ValueError(f"option 'policy' must be a path to a policy zip, got {self.policy!r}")
 
 
 class RLTuner(Tuner):
@@ -252,10 +259,10 @@ class RLTuner(Tuner):
         meta = policy.metadata
         source = str(policy.path) if policy.path is not None else "in-memory policy"
         greedy_text = f"{first.value:.6g}" if first.feasible else "infeasible (" + "; ".join(first.violations) + ")"
-        cloned = meta.get("imitation")
+        cloned = meta.get("imitation") or {}
         return [
             f"policy {source}: {meta.get('algo')} on {meta.get('env_id')}, "
-            + (f"cloned from {cloned['scenarios']} dp optima, then " if cloned else "")
+            + (f"cloned from {cloned['scenarios']} dp optima, then " if "scenarios" in cloned else "")
             + f"{meta.get('timesteps')} timesteps over {len(meta.get('scenarios', []))} scenarios"
             + (" + fine-tuning" if "finetuned" in meta else ""),
             f"greedy rollout: {greedy_text}; then {swept} greedy rollout(s) over other setups, "

@@ -26,7 +26,6 @@ transfer experiment's "fine-tuned" result).
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..problem import Problem
-from ._policy import ALGOS, Policy, algo_class, env_spec_of, library_versions, save_policy
+from ._policy import ALGOS, Policy, algo_class, build_model, env_spec_of, library_versions, save_policy
 from ._settings import DEFAULT_ENV_ID, TRAIN, VecEnv
 
 #: Algorithm hyperparameters (besides n_steps and batch_size, sized from the run): small MLP, episodic reward.
@@ -276,8 +275,10 @@ def finetune(
 ) -> Policy:
     """A copy of ``policy`` trained ``steps`` more environment steps on ``problem`` alone (one env).
 
-    The copy is rebuilt from the saved weights with the new env, so its rollout
-    buffer fits one env whatever the original was trained with; the env takes
+    The copy is a new model of the same architecture and hyperparameters
+    (:func:`~._policy.build_model`) given the weights and optimizer state, with
+    the new env, so its rollout buffer fits one env whatever the original was
+    trained with (and nothing is unpickled); the env takes
     the options the policy was trained with (``env_kwargs``: random setups)
     and :data:`FINETUNE_LEARNING_RATE`; the original is left untouched. The metadata records the fine-tuning.
     """
@@ -297,16 +298,16 @@ def finetune(
         vec_env="dummy",
         env_kwargs=policy.metadata.get("env_kwargs"),
     )
-    buf = io.BytesIO()
-    policy.model.save(buf)
-    buf.seek(0)
     n, batch = _sizes(steps, 1, min(n_steps, steps))
     custom: dict[str, Any] = {"n_steps": n, "learning_rate": FINETUNE_LEARNING_RATE}
     if policy.algo != "a2c":
         custom["batch_size"] = batch
-    model = algo_class(policy.algo).load(buf, env=vec, device="cpu", custom_objects=custom)
+    # a new model of the same architecture and hyperparameters, given the weights and optimizer state
+    # (never SB3's load: it unpickles, see ._policy_zip)
+    model = build_model(policy.metadata, env=vec, **custom)
+    model.policy.load_state_dict(policy.model.policy.state_dict(), strict=True)
+    model.policy.optimizer.load_state_dict(policy.model.policy.optimizer.state_dict())
     model.set_random_seed(seed)
-    model.tensorboard_log = None
     start = time.perf_counter()
     try:
         model.learn(total_timesteps=steps, reset_num_timesteps=True, progress_bar=False)
