@@ -53,6 +53,7 @@ class Limits:
 
     file_bytes: int = 256 * _MiB  # the zip on disk
     total_bytes: int = 256 * _MiB  # all members, uncompressed
+    zip_entries: int = 64  # entries of the policy zip's directory (its names are checked next)
     tensor_files_entries: int = 4096  # records inside one PyTorch state file (one per tensor, plus a few)
 
 
@@ -109,7 +110,7 @@ def read_policy_zip(path: Path, algo: str) -> PolicyArchive:
     if size > LIMITS.file_bytes:
         raise ValueError(f"{where}: the policy zip is {size} bytes; at most {LIMITS.file_bytes} are allowed")
     raw = path.read_bytes()
-    _check_directory_record(raw, where, max_entries=len(MEMBERS), max_dir_bytes=64 * 1024)
+    _check_directory_record(raw, where, max_entries=LIMITS.zip_entries, max_dir_bytes=64 * 1024)
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
