@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ._policy_meta import check_fields, is_int, model_kwargs, read_metadata_file
-from ._policy_zip import PolicyArchive, load_optimizer_state, read_policy_zip
+from ._policy_zip import PolicyArchive, load_optimizer_state, plain_tensor, read_policy_zip
 
 #: Version of the metadata layout written next to a policy zip.
 POLICY_FORMAT_VERSION = 1
@@ -195,8 +195,10 @@ def load_weights(model: Any, archive: PolicyArchive, where: str) -> None:
         )
     for key, want in expected.items():
         got = state[key]
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
-            shown = f"{tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor) else type(got).__name__
+        if not plain_tensor(got) or got.shape != want.shape or got.dtype != want.dtype:
+            shown = type(got).__name__
+            if isinstance(got, torch.Tensor):
+                shown = f"{tuple(got.shape)} {got.dtype} ({got.layout}, {got.device.type})"
             raise ValueError(
                 f"{where}: policy.pth entry {key} is {shown}; the metadata's network needs "
                 f"{tuple(want.shape)} {want.dtype}"
@@ -303,7 +305,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
         zip_path = zip_path.with_suffix(".zip")
     if zip_path.is_dir():
         raise ValueError(f"{zip_path}: is a directory; --policy takes a policy zip (NAME.zip next to NAME.json)")
-    if not zip_path.is_file():
+    if not zip_path.exists():
         raise FileNotFoundError(f"{zip_path}: no such policy file (train one with `paratune train`)")
     meta = read_metadata(zip_path)
     check_metadata(meta, str(metadata_path(zip_path)))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +67,38 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them, or a ValueError naming it.
+
+    Opened without blocking and checked to be a regular file before a byte is
+    read, so a FIFO cannot hang the reader and ``/dev/zero`` cannot fill memory;
+    a file that grows past ``limit`` meanwhile is refused after ``limit + 1`` bytes.
+    """
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not {what}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file ({what})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot open {what} ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file (a device, FIFO or socket?), not {what}")
+        try:
+            raw = fh.read(limit + 1)
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise ValueError(f"{path}: {what} larger than {limit} bytes, the most allowed")
+    return raw
+
+
 def read_metadata_file(path: Path) -> Any:
     """Parse the metadata JSON at ``path``: at most :data:`MAX_METADATA_BYTES`, no NaN or Infinity."""
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, not a policy metadata file")
-    size = path.stat().st_size
-    if size > MAX_METADATA_BYTES:
-        raise ValueError(f"{path}: policy metadata of {size} bytes; at most {MAX_METADATA_BYTES} allowed")
+    raw = read_bounded(path, MAX_METADATA_BYTES, "policy metadata")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise ValueError(f"{path}: policy metadata is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

@@ -30,9 +30,12 @@ import io
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ._policy_meta import read_bounded
 
 _MiB = 1 << 20
 
@@ -104,12 +107,7 @@ def read_policy_zip(path: Path, algo: str) -> PolicyArchive:
             not what it should be (the message names the file and the member).
     """
     where = str(path)
-    if path.is_dir():
-        raise ValueError(f"{where}: is a directory, not a policy zip")
-    size = path.stat().st_size
-    if size > LIMITS.file_bytes:
-        raise ValueError(f"{where}: the policy zip is {size} bytes; at most {LIMITS.file_bytes} are allowed")
-    raw = path.read_bytes()
+    raw = read_bounded(path, LIMITS.file_bytes, "a policy zip")
     _check_directory_record(raw, where, max_entries=LIMITS.zip_entries, max_dir_bytes=64 * 1024)
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
@@ -191,7 +189,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) ->
     try:
         with archive.open(info) as fh:
             out = fh.read(info.file_size + 1)  # never more than the directory says (checked above)
-    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError, EOFError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{where}: member {info.filename} cannot be read ({exc})") from None
     if len(out) != info.file_size:
         raise ValueError(f"{where}: member {info.filename} does not have the size the zip directory gives")
@@ -283,14 +281,29 @@ def load_optimizer_state(optimizer: Any, state: dict[str, Any], where: str) -> N
         if index not in shapes or not isinstance(per_param, dict):
             raise ValueError(f"{where}: state of unknown parameter {index!r}")
         for key, value in per_param.items():
-            tensor = isinstance(value, torch.Tensor)
-            fits = tensor and (value.shape == shapes[index] or value.numel() == 1)
-            if not (fits or (not tensor and _plain(value))) or (tensor and not bool(torch.isfinite(value).all())):
+            if isinstance(value, torch.Tensor):
+                fits = plain_tensor(value) and (value.shape == shapes[index] or value.numel() == 1)
+                fits = fits and bool(torch.isfinite(value).all())
+            else:
+                fits = _plain(value)
+            if not fits:
                 raise ValueError(f"{where}: state {key!r} of parameter {index} does not fit the parameter")
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         raise ValueError(f"{where} does not fit the network's optimizer ({exc})") from None
+
+
+def plain_tensor(value: Any) -> bool:
+    """A dense CPU tensor of a real dtype (no sparse, meta, quantized or complex ones, which the checks cannot read)."""
+    import torch
+
+    return (
+        isinstance(value, torch.Tensor)
+        and value.layout == torch.strided
+        and value.device.type == "cpu"
+        and (value.dtype.is_floating_point or value.dtype in (torch.int64, torch.int32, torch.bool))
+    )
 
 
 def _plain(value: Any) -> bool:

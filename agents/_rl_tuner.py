@@ -197,9 +197,10 @@ class RLOptions(TunerOptions):
             raise ValueError(f"option 'temperature' must be > 0, got {self.temperature}")
         if isinstance(self.policy, (str, Path)):  # a campaign spec names a missing file when it loads, not at run time
             path = Path(self.policy)
-            if not (path.is_file() or (path.suffix != ".zip" and path.with_suffix(".zip").is_file())):
-                what = "is a directory, not a policy zip" if path.is_dir() else "no such policy file"
-                raise ValueError(f"option 'policy': {path}: {what}")
+            if path.is_dir():
+                raise ValueError(f"option 'policy': {path}: is a directory, not a policy zip")
+            if not (path.exists() or (path.suffix != ".zip" and path.with_suffix(".zip").exists())):
+                raise ValueError(f"option 'policy': {path}: no such policy file")
         elif self.policy is not None and not isinstance(self.policy, Policy):
             raise ValueError(f"option 'policy' must be a path to a policy zip, got {self.policy!r}")
 

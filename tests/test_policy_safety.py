@@ -57,9 +57,27 @@ def _write(folder: Path, members: Members | list[tuple[str, bytes]], meta: Meta 
     with warnings.catch_warnings(), zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         warnings.simplefilter("ignore")  # "Duplicate name"
         for member, data in items:
-            z.writestr(member, data)
+            z.writestr(member.removesuffix("!encrypted"), data)
+    for member, _ in items:
+        if member.endswith("!encrypted"):
+            _flag_encrypted(path, member.removesuffix("!encrypted"))
     path.with_suffix(".json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
     return path
+
+
+def _flag_encrypted(path: Path, member: str) -> None:
+    """Set the "encrypted" flag of ``member`` in its local header and directory entry (zipfile cannot write one)."""
+    raw = bytearray(path.read_bytes())
+    name = member.encode()
+    local = raw.find(b"PK\x03\x04")
+    while local >= 0 and raw[local + 30 : local + 30 + len(name)] != name:
+        local = raw.find(b"PK\x03\x04", local + 4)
+    central = raw.find(b"PK\x01\x02")
+    while central >= 0 and raw[central + 46 : central + 46 + len(name)] != name:
+        central = raw.find(b"PK\x01\x02", central + 4)
+    raw[local + 6] |= 0x1
+    raw[central + 8] |= 0x1
+    path.write_bytes(bytes(raw))
 
 
 def _serialized(obj: Any) -> dict[str, str]:
@@ -147,6 +165,21 @@ def _nan_weight(members: Members, meta: Meta, tmp: Path) -> tuple[Members, Meta]
     return {**members, "policy.pth": _torch_bytes(state)}, meta
 
 
+def _tensor_kind(kind: str) -> Callable[[Members], Any]:
+    def build(members: Members) -> Any:
+        state = _state(members)
+        key = next(iter(k for k in state if k.endswith("weight")))
+        value = state[key]
+        state[key] = {"sparse": value.to_sparse(), "meta": value.to("meta"), "float64": value.double()}[kind]
+        return state
+
+    return build
+
+
+def _encrypted_flag(members: Members, meta: Meta, tmp: Path) -> tuple[list[tuple[str, bytes]], Meta]:
+    return [(n, b) for n, b in members.items() if n != "data"] + [("data!encrypted", members["data"])], meta
+
+
 def _retyped(key: str, value: Any) -> Callable[[Members, Meta, Path], tuple[Members, Meta]]:
     def change(members: Members, meta: Meta, tmp: Path) -> tuple[Members, Meta]:
         out = json.loads(json.dumps(meta))
@@ -220,6 +253,11 @@ BROKEN_POLICIES: list[tuple[str, Callable[..., tuple[Any, Any]], str]] = [
     ("a state dict of lists", _state_of(lambda m: {k: v.tolist() for k, v in _state(m).items()}), "is list"),
     ("RMSprop state for Adam", _state_of(_rmsprop_state, "policy.optimizer.pth"), "lack betas"),
     ("NaN weight", _nan_weight, "NaN or infinite weights"),
+    ("sparse weight", _state_of(_tensor_kind("sparse")), "torch.sparse_coo"),
+    ("meta-device weight", _state_of(_tensor_kind("meta")), "meta)"),
+    ("float64 weight", _state_of(_tensor_kind("float64")), "torch.float64"),
+    ("encrypted member", _encrypted_flag, "member data cannot be read"),
+    ("data nested 100,000 deep", _member("data", b"[" * 100_000 + b"]" * 100_000), "member data is not JSON"),
     (
         "net_arch of another network",
         _retyped("hyperparameters.policy_kwargs.net_arch", [64, 64]),
@@ -295,6 +333,36 @@ def test_truncated_zip_and_directories_are_refused(tmp_path: Path, shipped: tupl
         load_policy(folder_meta)
     with pytest.raises(FileNotFoundError, match=r"nothing\.zip"):
         load_policy(tmp_path / "nothing.zip")
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.7])
+def test_corrupted_member_bytes_are_refused(tmp_path: Path, shipped: tuple[Members, Meta], where: float) -> None:
+    """A flipped byte inside the compressed data member: a CRC or zlib error, reported as one ValueError."""
+    path = _write(tmp_path, shipped[0], shipped[1])
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("data")
+    raw = bytearray(path.read_bytes())
+    at = info.header_offset + 30 + len(b"data") + int(info.compress_size * where)
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"p\.zip: member data (cannot be read|is not JSON)"):
+        load_policy(path)
+
+
+@pytest.mark.parametrize("target", ["fifo metadata", "/dev/zero metadata", "/dev/zero zip", "fifo zip"])
+def test_special_files_are_refused_without_blocking(tmp_path: Path, shipped: tuple[Members, Meta], target: str) -> None:
+    """A FIFO would block a plain read forever and /dev/zero would fill memory: both are refused before reading."""
+    import os
+
+    path = _write(tmp_path, *shipped)
+    victim = path.with_suffix(".json") if "metadata" in target else path
+    victim.unlink()
+    if "fifo" in target:
+        os.mkfifo(victim)
+    else:
+        victim.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"{victim.name}: not a regular file"):
+        load_policy(path)
 
 
 def test_safe_loader_reads_what_sb3_reads(shipped: tuple[Members, Meta]) -> None:
