@@ -4,7 +4,8 @@
   ``paratune/Mapping-v0`` over a scenario pool, with vectorised envs,
   TensorBoard, evaluation and checkpoint callbacks, seeds everywhere.
 * :func:`load_policy` / :class:`Policy` (:mod:`._policy`): an SB3 zip plus JSON
-  metadata; loading refuses a policy trained on another observation schema.
+  metadata; loading unpickles nothing (:mod:`._policy_zip`) and refuses a policy
+  trained on another observation schema.
 * :class:`RLTuner` (:mod:`._rl_tuner`): a policy as a tuner (greedy rollout, then
   best of sampled rollouts), registered as ``rl`` (an entry point of ``pyproject.toml``).
 * :func:`transfer` (:mod:`._transfer`): zero-shot and fine-tuned results on a new
