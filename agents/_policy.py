@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._policy_meta import check_fields, is_int, model_kwargs, read_metadata_file
+from ._policy_meta import check_fields, is_int, model_kwargs, read_metadata_file, shown
 from ._policy_zip import PolicyArchive, load_optimizer_state, plain_tensor, read_policy_zip
 
 #: Version of the metadata layout written next to a policy zip.
@@ -120,39 +120,39 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
     fmt = meta.get("format_version")
     if not is_int(fmt) or fmt != POLICY_FORMAT_VERSION:
         raise ValueError(
-            f"{where}: policy metadata format_version {fmt!r} is not supported (this paratune reads "
+            f"{where}: policy metadata format_version {shown(fmt)} is not supported (this paratune reads "
             f"{POLICY_FORMAT_VERSION}); retrain the policy with `paratune train`"
         )
     check_fields(meta, where)
     schema = meta.get("obs_schema_version")
     if not is_int(schema) or schema != envs.OBS_SCHEMA_VERSION:
         raise ValueError(
-            f"{where}: the policy was trained on observation schema version {schema!r} but this paratune's "
+            f"{where}: the policy was trained on observation schema version {shown(schema)} but this paratune's "
             f"environments use observation schema version {envs.OBS_SCHEMA_VERSION}; the features differ, so "
             "the policy cannot run here: retrain it with `paratune train` (or use the paratune version "
-            f"{meta.get('versions', {}).get('paratune', '?')} it was trained with)"
+            f"{str(meta.get('versions', {}).get('paratune', '?'))[:40]} it was trained with)"
         )
     env_id = meta.get("env_id")
     if not isinstance(env_id, str) or env_id not in envs.ENV_IDS:
         raise ValueError(
-            f"{where}: the policy was trained on env id {env_id!r}, which this paratune does not register "
+            f"{where}: the policy was trained on env id {shown(env_id)}, which this paratune does not register "
             f"(it registers {', '.join(envs.ENV_IDS)}); retrain it with `paratune train`"
         )
     n_actions = meta.get("n_actions")
     if not is_int(n_actions) or n_actions != envs.N_ACTIONS:
         raise ValueError(
-            f"{where}: the policy has {n_actions!r} actions but {env_id} has {envs.N_ACTIONS} "
+            f"{where}: the policy has {shown(n_actions)} actions but {env_id} has {envs.N_ACTIONS} "
             f"(TP menu {list(envs.TP_MENU)}); retrain it with `paratune train`"
         )
     obs_size, _ = env_spec_of(env_id)
     if not is_int(meta.get("obs_size")) or meta.get("obs_size") != obs_size:
         raise ValueError(
-            f"{where}: the policy's observation has {meta.get('obs_size')!r} features but {env_id} has "
+            f"{where}: the policy's observation has {shown(meta.get('obs_size'))} features but {env_id} has "
             f"{obs_size} at observation schema version {envs.OBS_SCHEMA_VERSION}; retrain it with `paratune train`"
         )
     algo = meta.get("algo")
     if not isinstance(algo, str) or algo not in ALGOS:
-        raise ValueError(f"{where}: field 'algo' is {algo!r}; allowed: {', '.join(ALGOS)}")
+        raise ValueError(f"{where}: field 'algo' is {shown(algo)}; allowed: {', '.join(ALGOS)}")
     model_kwargs(meta, algo, where)
 
 

@@ -109,6 +109,12 @@ def read_metadata_file(path: Path) -> Any:
         raise ValueError(f"{path}: {exc}") from None
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message quotes what was given, not 16 MiB of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def is_int(value: Any) -> bool:
     """True for a JSON integer (a bool is not one)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -122,23 +128,24 @@ def check_fields(meta: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: field {name!r} must be {allowed}, got {_json_type(meta[name])}")
     for name in _OPTIONAL_INTS:
         if name in meta and not (is_int(meta[name]) and meta[name] >= 0):
-            raise ValueError(f"{where}: field {name!r} must be an integer >= 0, got {meta[name]!r}")
+            raise ValueError(f"{where}: field {name!r} must be an integer >= 0, got {shown(meta[name])}")
     seed = meta.get("seed")
     if seed is not None and not (is_int(seed) and 0 <= seed < 2**32):
-        raise ValueError(f"{where}: field 'seed' must be an integer in [0, 2**32), got {seed!r}")
+        raise ValueError(f"{where}: field 'seed' must be an integer in [0, 2**32), got {shown(seed)}")
     versions = meta.get("versions", {})
     if not all(isinstance(v, str) for v in versions.values()):
         raise ValueError(f"{where}: field 'versions' must map library names to version strings")
     imitation = meta.get("imitation")
     if imitation is not None and "scenarios" in imitation and not is_int(imitation["scenarios"]):
-        raise ValueError(f"{where}: field 'imitation.scenarios' must be an integer, got {imitation['scenarios']!r}")
+        raise ValueError(
+            f"{where}: field 'imitation.scenarios' must be an integer, got {shown(imitation['scenarios'])}"
+        )
     for key, value in meta.get("env_kwargs", {}).items():
+        field = f"field 'env_kwargs.{shown(key, 40)[1:-1]}'"
         if key not in ENV_KWARGS:
-            raise ValueError(
-                f"{where}: field 'env_kwargs.{key}' is not an env option; allowed: {', '.join(ENV_KWARGS)}"
-            )
+            raise ValueError(f"{where}: {field} is not an env option; allowed: {', '.join(ENV_KWARGS)}")
         if not _number_in(value, 0.0, 1.0):
-            raise ValueError(f"{where}: field 'env_kwargs.{key}' must be a number in [0, 1], got {value!r}")
+            raise ValueError(f"{where}: {field} must be a number in [0, 1], got {shown(value)}")
 
 
 def model_kwargs(meta: dict[str, Any], algo: str, where: str) -> dict[str, Any]:
@@ -147,7 +154,7 @@ def model_kwargs(meta: dict[str, Any], algo: str, where: str) -> dict[str, Any]:
     allowed = HYPERPARAMETERS[algo]
     out: dict[str, Any] = {}
     for key, value in hyper.items():
-        field = f"field 'hyperparameters.{key}'"
+        field = f"field 'hyperparameters.{shown(key, 40)[1:-1]}'"
         if key not in allowed:
             raise ValueError(f"{where}: {field} is not a hyperparameter of {algo}; allowed: {', '.join(allowed)}")
         if key == "policy_kwargs":
@@ -155,12 +162,12 @@ def model_kwargs(meta: dict[str, Any], algo: str, where: str) -> dict[str, Any]:
         elif key in _INT_BOUNDS:
             low, high = _INT_BOUNDS[key]
             if not (is_int(value) and low <= value <= high):
-                raise ValueError(f"{where}: {field} must be an integer in [{low}, {high}], got {value!r}")
+                raise ValueError(f"{where}: {field} must be an integer in [{low}, {high}], got {shown(value)}")
             out[key] = value
         else:
             lo, hi = _FLOAT_BOUNDS[key]
             if not _number_in(value, lo, hi):
-                raise ValueError(f"{where}: {field} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+                raise ValueError(f"{where}: {field} must be a number in [{lo:g}, {hi:g}], got {shown(value)}")
             out[key] = float(value)
     return out
 
@@ -184,7 +191,7 @@ def _layers(value: Any, field: str, where: str) -> list[int]:
     ):
         raise ValueError(
             f"{where}: {field} must be a list of at most {MAX_LAYERS} layer sizes in [1, {MAX_UNITS}] "
-            f"(or {{pi: [...], vf: [...]}}), got {value!r}"[:400]
+            f"(or {{pi: [...], vf: [...]}}), got {shown(value)}"
         )
     return list(value)
 

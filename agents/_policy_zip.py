@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._policy_meta import read_bounded
+from ._policy_meta import read_bounded, shown
 
 _MiB = 1 << 20
 
@@ -163,7 +163,7 @@ def _check_members(archive: zipfile.ZipFile, where: str) -> dict[str, zipfile.Zi
     extra = sorted({n for n in names if n not in MEMBERS})
     if extra:
         raise ValueError(
-            f"{where}: unexpected member(s) {', '.join(map(repr, extra[:5]))} in the policy zip; "
+            f"{where}: unexpected member(s) {', '.join(shown(n, 40) for n in extra[:5])} in the policy zip; "
             f"allowed: {', '.join(MEMBERS)}"
         )
     if len(set(names)) != len(names):
@@ -211,7 +211,8 @@ def _parse_data(raw: bytes, where: str, algo: str) -> dict[str, Any]:
     expected = POLICY_MODULES[algo]
     if module is not None and module != expected:
         raise ValueError(
-            f"{where}: the zip holds a policy of {module!r}, not of algo {algo!r} ({expected}) as the metadata says"
+            f"{where}: the zip holds a policy of {shown(module)}, not of algo {algo!r} ({expected}) "
+            "as the metadata says"
         )
     return data
 
@@ -271,7 +272,7 @@ def load_optimizer_state(optimizer: Any, state: dict[str, Any], where: str) -> N
             raise ValueError(f"{where}: its parameter groups do not list this network's parameters")
         for key, value in group.items():
             if key != "params" and not _plain(value):
-                raise ValueError(f"{where}: group setting {key!r} is {type(value).__name__}, not a plain value")
+                raise ValueError(f"{where}: group setting {shown(key)} is {type(value).__name__}, not a plain value")
         numeric = [k for k, v in mine.items() if k != "params" and v is not None and not isinstance(v, bool)]
         missing = [k for k in numeric if k not in group]
         if missing:  # e.g. RMSprop's state (A2C) offered to Adam (PPO): no betas
@@ -279,7 +280,7 @@ def load_optimizer_state(optimizer: Any, state: dict[str, Any], where: str) -> N
         shapes.update({index: p.shape for index, p in zip(mine["params"], live["params"], strict=True)})
     for index, per_param in entries.items():
         if index not in shapes or not isinstance(per_param, dict):
-            raise ValueError(f"{where}: state of unknown parameter {index!r}")
+            raise ValueError(f"{where}: state of unknown parameter {shown(index)}")
         for key, value in per_param.items():
             if isinstance(value, torch.Tensor):
                 fits = plain_tensor(value) and (value.shape == shapes[index] or value.numel() == 1)
@@ -287,7 +288,7 @@ def load_optimizer_state(optimizer: Any, state: dict[str, Any], where: str) -> N
             else:
                 fits = _plain(value)
             if not fits:
-                raise ValueError(f"{where}: state {key!r} of parameter {index} does not fit the parameter")
+                raise ValueError(f"{where}: state {shown(key)} of parameter {index} does not fit the parameter")
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
