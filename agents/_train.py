@@ -36,6 +36,7 @@ from typing import Any
 
 from ..problem import Problem
 from ._policy import ALGOS, Policy, algo_class, build_model, env_spec_of, library_versions, save_policy
+from ._policy_meta import MAX_N_STEPS
 from ._settings import DEFAULT_ENV_ID, TRAIN, VecEnv
 
 #: Algorithm hyperparameters (besides n_steps and batch_size, sized from the run): small MLP, episodic reward.
@@ -167,6 +168,8 @@ def train(
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    if n_steps is not None and not 2 <= n_steps <= MAX_N_STEPS:  # the loader's bound: a saved policy must load
+        raise ValueError(f"n_steps must be in [2, {MAX_N_STEPS}], got {n_steps}")
     pool = load_pool(scenarios)
     obs_size, n_actions = env_spec_of(env_id)
     out = Path(out)
