@@ -186,21 +186,22 @@ def load_weights(model: Any, archive: PolicyArchive, where: str) -> None:
     policy = model.policy
     expected = policy.state_dict()
     state = archive.policy_state
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    missing, extra = sorted(set(expected) - set(state)), sorted(map(str, set(state) - set(expected)))
     if missing or extra:
+        lacks = ", ".join(shown(k, 60) for k in missing[:4]) or "nothing"
+        adds = ", ".join(shown(k, 60) for k in extra[:4]) or "nothing"
         raise ValueError(
-            f"{where}: policy.pth does not fit the network the metadata describes (missing "
-            f"{', '.join(missing[:4]) or 'nothing'}; unexpected {', '.join(map(str, extra[:4])) or 'nothing'}): "
-            "a policy of another algorithm or architecture?"
+            f"{where}: policy.pth does not fit the network the metadata describes (missing {lacks}; "
+            f"unexpected {adds}): a policy of another algorithm or architecture?"
         )
     for key, want in expected.items():
         got = state[key]
         if not plain_tensor(got) or got.shape != want.shape or got.dtype != want.dtype:
-            shown = type(got).__name__
+            given = type(got).__name__
             if isinstance(got, torch.Tensor):
-                shown = f"{tuple(got.shape)} {got.dtype} ({got.layout}, {got.device.type})"
+                given = f"{tuple(got.shape)} {got.dtype} ({got.layout}, {got.device.type})"
             raise ValueError(
-                f"{where}: policy.pth entry {key} is {shown}; the metadata's network needs "
+                f"{where}: policy.pth entry {key} is {given}; the metadata's network needs "
                 f"{tuple(want.shape)} {want.dtype}"
             )
         if want.is_floating_point() and not bool(torch.isfinite(got).all()):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -70,8 +71,11 @@ POLICY_MODULES: dict[str, str] = {
 }
 
 #: What torch.load may raise on bytes that are not a state file (its own errors, zip and pickle errors).
+#: AssertionError: the weights-only unpickler checks its input with asserts ("saved_id must be a tuple").
 _TORCH_LOAD_ERRORS: tuple[type[BaseException], ...] = (
     pickle.UnpicklingError,
+    AssertionError,
+    struct.error,
     RuntimeError,
     EOFError,
     ValueError,
@@ -83,6 +87,20 @@ _TORCH_LOAD_ERRORS: tuple[type[BaseException], ...] = (
     UnicodeDecodeError,
     zipfile.BadZipFile,
 )
+
+#: What zipfile may raise on a damaged directory (NotImplementedError: a "zip file version" it does not know).
+_ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    NotImplementedError,
+    struct.error,
+    OSError,
+    EOFError,
+    ValueError,
+)
+
+#: What reading a member may raise besides: a bad deflate stream, an "encrypted" flag.
+_MEMBER_ERRORS: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, zlib.error, RuntimeError)
 
 _EOCD = b"PK\x05\x06"
 _EOCD_SIZE = 22
@@ -111,8 +129,8 @@ def read_policy_zip(path: Path, algo: str) -> PolicyArchive:
     _check_directory_record(raw, where, max_entries=LIMITS.zip_entries, max_dir_bytes=64 * 1024)
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"{where}: not a readable zip archive ({exc})") from None
+    except _ZIP_ERRORS as exc:
+        raise ValueError(f"{where}: not a readable zip archive ({one_line(exc)})") from None
     with archive:
         infos = _check_members(archive, where)
         members = {name: _read_member(archive, info, where) for name, info in infos.items() if _needed(name)}
@@ -189,8 +207,8 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) ->
     try:
         with archive.open(info) as fh:
             out = fh.read(info.file_size + 1)  # never more than the directory says (checked above)
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError, EOFError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{where}: member {info.filename} cannot be read ({exc})") from None
+    except _MEMBER_ERRORS as exc:
+        raise ValueError(f"{where}: member {info.filename} cannot be read ({one_line(exc)})") from None
     if len(out) != info.file_size:
         raise ValueError(f"{where}: member {info.filename} does not have the size the zip directory gives")
     return out
@@ -233,16 +251,17 @@ def load_state_file(raw: bytes, where: str) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as inner:
             infos = inner.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"{where} is not a readable PyTorch state file ({exc})") from None
+    except _ZIP_ERRORS as exc:
+        raise ValueError(f"{where} is not a readable PyTorch state file ({one_line(exc)})") from None
     total = sum(i.file_size for i in infos)
     if total > LIMITS.total_bytes:
         raise ValueError(f"{where}: its records add up to {total} bytes; at most {LIMITS.total_bytes} allowed")
     try:
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols on stderr: the refusal says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except _TORCH_LOAD_ERRORS as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{where} is refused by torch.load(weights_only=True): {first[:200]}") from None
+        raise ValueError(f"{where} is refused by torch.load(weights_only=True): {one_line(exc)}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{where} must hold a state dict, got {type(state).__name__}")
     return state
@@ -292,7 +311,13 @@ def load_optimizer_state(optimizer: Any, state: dict[str, Any], where: str) -> N
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
-        raise ValueError(f"{where} does not fit the network's optimizer ({exc})") from None
+        raise ValueError(f"{where} does not fit the network's optimizer ({one_line(exc)})") from None
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of ``exc``'s message, cut to ``limit`` characters (library messages can run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
 
 
 def plain_tensor(value: Any) -> bool:
