@@ -308,8 +308,20 @@ def test_status_with_a_missing_secret_is_refused(tmp_path: Path, info: dict[str,
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "campaign.json").write_text(json.dumps(info))
     env = {"PGPASSWORD": "", "PARATUNE_STORAGE_PASSWORD": "", "PGPASSFILE": str(tmp_path / "none")}
-    for command in ("status", "resume"):
-        assert_refused(run_paratune(["campaign", command, "run"], tmp_path, env=env), mentions=words)
+    assert_refused(run_paratune(["campaign", "status", "run"], tmp_path, env=env), mentions=words)
+
+
+@pytest.mark.parametrize(
+    "command", [["campaign", "resume", "run"], ["report", "run", "-o", "r.html"], ["dashboard", "run"]]
+)
+def test_every_reader_asks_for_the_missing_secret(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "run").mkdir()
+    info = {"name": "x", "storage": "postgresql://u@127.0.0.1:1/c", "password_env": "PGPASSWORD"}
+    (tmp_path / "run" / "campaign.json").write_text(json.dumps(info))
+    env = {"PGPASSWORD": "", "PGPASSFILE": str(tmp_path / "none")}
+    assert_refused(
+        run_paratune(command, tmp_path, env=env), mentions=["campaign.json", "set the environment variable PGPASSWORD"]
+    )
 
 
 def test_worker_takes_its_storage_from_the_environment(tmp_path: Path) -> None:
