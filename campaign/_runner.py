@@ -457,9 +457,12 @@ def work(
                 if store.requeue_stale(name, stale_after_s=stale_after_s, host=worker.host):
                     continue
                 break
-            beat.hold(claim)
-            try:
+            try:  # from the claim on: an interrupt anywhere (even before the job's log exists) puts the job back
+                beat.hold(claim)
                 state = _run_job(store, worker, claim, beat, problems, logs)
+            except KeyboardInterrupt:
+                store.release(claim, worker)
+                raise
             finally:
                 beat.hold(None)
             say(f"job {claim.id} ({claim.job.tuner} on {claim.job.scenario}, seed {claim.job.seed}): {state}")
@@ -512,8 +515,7 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
             tuner = make_tuner(job.tuner_name, **options)
             result = tuner.tune(scenario, budget=job.budget, seed=job.seed, callback=_progress_logger(log, beat))
         except KeyboardInterrupt:
-            log.warning("interrupted: the job goes back to the queue")
-            store.release(claim, worker)
+            log.warning("interrupted: the job goes back to the queue")  # work() puts it back
             raise
         except JobLost:
             log.warning("job %s was requeued by another process (stale heartbeat): result dropped", claim.id)
