@@ -43,6 +43,7 @@ _NAMES = {
     "resume_campaign": "._runner",
     "run_campaign": "._runner",
     "work": "._runner",
+    "run_file_storage": "._secrets",
 }
 
 __all__ = sorted(_NAMES)

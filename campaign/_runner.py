@@ -13,6 +13,7 @@ SIGKILL leaves a ``running`` job whose pid is gone (or whose heartbeat goes stal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from typing import Any
 
 from .._provenance import library_versions
 from ._records import CampaignRecord, JobRecord
+from ._secrets import STORAGE_ENV, run_file_entry, run_file_storage
 from ._spec import CampaignSpec
 from ._states import AttemptOutcome, JobState, Role
 from ._store import Claim, JobLost, Store, Worker
@@ -130,50 +132,143 @@ def resume_campaign(
         _require(store, located.name)
         lost = store.requeue_stale(located.name, stale_after_s=stale_after_s)
         retried = store.retry_failed(located.name) if retry_failed else 0
+        live = [j for j in store.jobs(located.name) if j.state == JobState.RUNNING]
+        running, holders = len(live), sorted({str(j.worker) for j in live})
     finally:
         store.close()
     if show is not None and (lost or retried):
         show.print(f"requeued {len(lost)} interrupted job(s) {lost}" + (f" and {retried} failed" if retried else ""))
+    if show is not None and running:  # live workers elsewhere (fresh heartbeats): adopted, not doubled
+        show.print(f"{running} job(s) still running on live workers ({_escape(', '.join(holders))}): "
+                   "left to them; this launcher waits for them")  # fmt: skip
     return _drive(located, workers, stale_after_s, heartbeat_s, show)
 
 
 def _drive(located: Located, workers: int, stale_after_s: float, heartbeat_s: float, show: Any) -> Outcome:
-    """Start the worker processes and follow the queue until they exit (or Ctrl-C stops them)."""
+    """Start the worker processes and follow the campaign to its end (or until Ctrl-C / SIGTERM / SIGHUP stops it).
+
+    The end is the campaign's, not only our workers': jobs that other workers (another launcher, another
+    host) still run are waited for, so the outcome, hence the exit code, tells the truth about the campaign.
+    """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    logs = located.output / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")  # one core per worker: BLAS and torch threads would oversubscribe
-    cmd = [sys.executable, "-m", "paratune.campaign", "worker", "--storage", located.storage,
-           "--output", str(located.output), "--stale-after", str(stale_after_s),
-           "--heartbeat", str(heartbeat_s), located.name]  # fmt: skip
+    (located.output / "logs").mkdir(parents=True, exist_ok=True)
     store = Store(located.storage)
+    fleet = _Fleet(located, workers, stale_after_s, heartbeat_s)
     start = time.time()
-    procs: list[subprocess.Popen[bytes]] = []
     interrupted = False
     try:
         with _sigterm_as_interrupt():
-            for i in range(workers):
-                with open(logs / f"worker-{i}.log", "ab") as log:
-                    # A session of their own: a terminal's Ctrl-C reaches the launcher only, which forwards one
-                    # SIGINT to each worker, so none is hit twice while it puts its job back.
-                    procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                  start_new_session=True))  # fmt: skip
-            _follow(store, located.name, procs, show)
+            fleet.spawn()
+            _follow(store, located.name, fleet, stale_after_s, show)
     except KeyboardInterrupt:
         interrupted = True
-        _stop(procs)
+        _stop(fleet.procs)
         store.requeue_stale(located.name, stale_after_s=stale_after_s)
+    finally:
+        fleet.close()  # after _stop: closing the pipe's write end tells any worker still alive to stop
     counts = store.counts(located.name)
     store.close()
     return Outcome(located, counts, interrupted, time.time() - start)
 
 
-def _follow(store: Store, name: str, procs: list[subprocess.Popen[bytes]], show: Any) -> None:
+class _Fleet:
+    """The launcher's worker processes, tied to it by a pipe.
+
+    Each worker holds the read end of a pipe whose write end only the launcher holds. When the
+    launcher dies, however it dies (SIGKILL and SIGHUP included), the kernel closes the write end;
+    the worker sees end-of-file, puts its job back in the queue and exits. So no worker outlives
+    its launcher unsupervised, and a later ``resume`` never starts workers beside orphans. (A
+    pipe rather than Linux's ``PR_SET_PDEATHSIG``: it works on every POSIX system and does not
+    depend on which thread started the child.) The storage URL reaches the workers through their
+    environment, never their command line, which ``ps`` shows to every user of the machine.
+    """
+
+    def __init__(self, located: Located, size: int, stale_after_s: float, heartbeat_s: float) -> None:
+        self.size, self.logs = size, located.output / "logs"
+        self.read_fd, self.write_fd = os.pipe()  # not inheritable: only the workers get the read end (pass_fds)
+        self.env = dict(os.environ)
+        self.env.setdefault("OMP_NUM_THREADS", "1")  # one core per worker: BLAS and torch threads oversubscribe
+        self.env[STORAGE_ENV] = located.storage
+        self.cmd = [sys.executable, "-m", "paratune.campaign", "worker", "--output", str(located.output),
+                    "--stale-after", str(stale_after_s), "--heartbeat", str(heartbeat_s),
+                    "--watch-fd", str(self.read_fd), located.name]  # fmt: skip
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.failed = 0  # workers that exited non-zero (killed, crashed, interrupted)
+        self._seen: set[int] = set()
+
+    def spawn(self) -> None:
+        """Start ``size`` workers (from the calling thread, the main one in the CLI)."""
+        for i in range(self.size):
+            with open(self.logs / f"worker-{i}.log", "ab") as log:
+                # A session of their own: a terminal's Ctrl-C reaches the launcher only, which forwards one
+                # SIGINT to each worker, so none is hit twice while it puts its job back.
+                self.procs.append(subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                                   start_new_session=True, pass_fds=(self.read_fd,)))  # fmt: skip
+
+    def alive(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def exited(self) -> list[subprocess.Popen[bytes]]:
+        """Workers that exited since the last call (each reported once)."""
+        out = [p for p in self.procs if p.poll() is not None and p.pid not in self._seen]
+        self._seen.update(p.pid for p in out)
+        self.failed += sum(p.returncode != 0 for p in out)
+        return out
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _follow(store: Store, name: str, fleet: _Fleet, stale_after_s: float, show: Any) -> None:
+    """Poll the queue until the campaign ends; requeue a dead worker's job at once; show progress on ``show``."""
+    say = _Say(show)
+    waiting_for_others = False
+    with _progress(show, name, store.counts(name)) as update:
+        while True:
+            for p in fleet.exited():
+                if p.returncode != 0:  # it cannot put its job back itself: do it now, not after --stale-after
+                    lost = store.requeue_stale(name, stale_after_s=stale_after_s)
+                    say(f"worker {p.pid} {_how(p.returncode)}" + (f": requeued job(s) {lost}" if lost else ""))
+            counts = store.counts(name)
+            update(counts)
+            if fleet.alive():
+                time.sleep(0.5)
+                continue
+            if counts[JobState.WAITING] == 0 and counts[JobState.RUNNING] == 0:
+                return
+            if counts[JobState.WAITING] == 0:  # other workers (another launcher, another host) run the rest
+                if not waiting_for_others:
+                    say(f"our workers are done; waiting for {counts[JobState.RUNNING]} job(s) that other workers run "
+                        "(Ctrl-C leaves them to those workers)")  # fmt: skip
+                    waiting_for_others = True
+                if not store.requeue_stale(name, stale_after_s=stale_after_s):
+                    time.sleep(1.0)
+                continue
+            if fleet.failed:  # jobs wait but our workers died or failed: stop and say so (see their logs)
+                return
+            fleet.spawn()  # jobs came back to the queue after our workers found it empty (another launcher's)
+            waiting_for_others = False
+
+
+class _Say:
+    """Print a line on the progress console, or nowhere."""
+
+    def __init__(self, show: Any) -> None:
+        self.show = show
+
+    def __call__(self, line: str) -> None:
+        if self.show is not None:
+            self.show.print(_escape(line))
+
+
+@contextmanager
+def _progress(show: Any, name: str, counts: dict[str, int]) -> Iterator[Callable[[dict[str, int]], None]]:
+    """A progress bar on ``show`` (a rich Console), or a no-op; yields the function that updates it."""
     if show is None:
-        while any(p.poll() is None for p in procs):
-            time.sleep(0.5)
+        yield lambda _counts: None
         return
     from rich.progress import (
         BarColumn,
@@ -188,16 +283,21 @@ def _follow(store: Store, name: str, procs: list[subprocess.Popen[bytes]], show:
                TextColumn("running {task.fields[running]}, failed {task.fields[failed]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]  # fmt: skip
     with Progress(*columns, console=show) as bar:
-        counts = store.counts(name)
-        task = bar.add_task(f"campaign {name}", total=sum(counts.values()), running=0, failed=0)
-        while True:
-            alive = any(p.poll() is None for p in procs)
-            counts = store.counts(name)
-            bar.update(task, completed=counts[JobState.DONE] + counts[JobState.FAILED],
-                       running=counts[JobState.RUNNING], failed=counts[JobState.FAILED])  # fmt: skip
-            if not alive:
-                break
-            time.sleep(0.5)
+        task = bar.add_task(f"campaign {_escape(name)}", total=sum(counts.values()), running=0, failed=0)
+
+        def update(c: dict[str, int]) -> None:
+            bar.update(task, completed=c[JobState.DONE] + c[JobState.FAILED], running=c[JobState.RUNNING],
+                       failed=c[JobState.FAILED])  # fmt: skip
+
+        yield update
+
+
+def _how(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed ({signal.Signals(-returncode).name})"
+        return f"was killed (signal {-returncode})"
+    return f"exited with code {returncode}"
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:
@@ -216,7 +316,8 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C (clean stop) while inside; a no-op outside the main thread."""
+    """SIGTERM and SIGHUP (the terminal closed) behave like Ctrl-C (clean stop) while inside; a no-op outside
+    the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -224,11 +325,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    hup = getattr(signal, "SIGHUP", None)  # not under nohup (ignored): the user asked to survive the hangup
+    sigs = [signal.SIGTERM] + ([hup] if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN else [])
+    previous = {sig: signal.signal(sig, handler) for sig in sigs}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # -- finding a campaign -----------------------------------------------------------------
@@ -255,7 +359,7 @@ def locate(target: str | Path, storage: str | None = None) -> Located:
             url = storage or (
                 f"sqlite:///{(folder / info['storage_file']).resolve()}"
                 if info.get("storage_file")
-                else info["storage"]
+                else run_file_storage(info, run_file)
             )
             return Located(info["name"], url, folder.resolve())
     if storage is not None:
@@ -282,7 +386,8 @@ def _require(store: Store, name: str) -> CampaignRecord:
 
 
 def _write_run_file(output: Path, name: str, store: Store, spec_path: str | Path) -> None:
-    info: dict[str, Any] = {"format": 1, "name": name, "storage": store.safe_url, "spec": str(Path(spec_path))}
+    # the URL without its password, and the variable that supplies it (never a masked copy: resume must connect)
+    info: dict[str, Any] = {"format": 1, "name": name, **run_file_entry(store.url), "spec": str(Path(spec_path))}
     database = store.engine.url.database if store.dialect == "sqlite" else None
     if database and Path(database).resolve().parent == output.resolve():
         info["storage_file"] = Path(database).name  # relative: the run folder can be moved or copied
@@ -352,9 +457,12 @@ def work(
                 if store.requeue_stale(name, stale_after_s=stale_after_s, host=worker.host):
                     continue
                 break
-            beat.hold(claim)
-            try:
+            try:  # from the claim on: an interrupt anywhere (even before the job's log exists) puts the job back
+                beat.hold(claim)
                 state = _run_job(store, worker, claim, beat, problems, logs)
+            except KeyboardInterrupt:
+                store.release(claim, worker)
+                raise
             finally:
                 beat.hold(None)
             say(f"job {claim.id} ({claim.job.tuner} on {claim.job.scenario}, seed {claim.job.seed}): {state}")
@@ -407,8 +515,7 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
             tuner = make_tuner(job.tuner_name, **options)
             result = tuner.tune(scenario, budget=job.budget, seed=job.seed, callback=_progress_logger(log, beat))
         except KeyboardInterrupt:
-            log.warning("interrupted: the job goes back to the queue")
-            store.release(claim, worker)
+            log.warning("interrupted: the job goes back to the queue")  # work() puts it back
             raise
         except JobLost:
             log.warning("job %s was requeued by another process (stale heartbeat): result dropped", claim.id)

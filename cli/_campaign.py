@@ -77,7 +77,14 @@ def resume(
 @user_errors
 def worker(
     name: Annotated[str, typer.Argument(help="Campaign name in the shared store.")],
-    storage: Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of the shared store.")],
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage",
+            envvar="PARATUNE_STORAGE",
+            help="SQLAlchemy URL of the shared store (or set PARATUNE_STORAGE: a password stays out of `ps`).",
+        ),
+    ],
     output: Annotated[
         Path | None, typer.Option("--output", help="Folder for the job logs (default: the campaign's run folder).")
     ] = None,

@@ -13,6 +13,9 @@ passed to Dash as text (children, never raw HTML), which React escapes.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -107,6 +110,7 @@ def create_app(targets: str | Path | Iterable[str | Path], *, refresh_s: float =
     items = [targets] if isinstance(targets, (str, Path)) else list(targets)
     source = Source(items, refresh_s)
     app = Dash(__name__, title="paratune dashboard", suppress_callback_exceptions=True, update_title="")
+    _guard_hosts(app)
 
     def layout() -> html.Div:
         results = source.get()
@@ -340,5 +344,63 @@ def _studies(results: Results) -> list[Any]:
 
 
 def serve(app: Dash, host: str = "127.0.0.1", port: int = 8050) -> None:
-    """Run the app (blocking) with Flask's threaded server."""
+    """Run the app (blocking) with Flask's threaded server; requests must name ``host`` (or loopback) as Host."""
+    allow_host(app, host)
     app.run(host=host, port=port, debug=False)
+
+
+# -- the Host header (DNS rebinding) --------------------------------------------------------
+
+#: extra names the dashboard answers to (comma-separated), e.g. the public name behind a reverse proxy
+HOSTS_ENV = "PARATUNE_DASHBOARD_HOSTS"
+_ALLOWED = "PARATUNE_ALLOWED_HOSTS"
+
+
+def _guard_hosts(app: Dash) -> None:
+    """Answer 400 to a request whose ``Host`` names a host this dashboard was not bound to.
+
+    A page on an attacker's site can make its own domain name resolve to 127.0.0.1 (DNS rebinding)
+    and then read a dashboard bound to loopback as if it were its own origin; its requests still
+    carry the attacker's name in ``Host``, which is how they are told apart. Addresses (``127.0.0.1``,
+    ``[::1]``, any IP literal) and ``localhost`` are always accepted: a rebinding needs a name.
+    """
+    extra = {_bare(h) for h in os.environ.get(HOSTS_ENV, "").split(",") if h.strip()}
+    app.server.config[_ALLOWED] = {"localhost", *extra}
+
+    @app.server.before_request
+    def check_host() -> Any:
+        from flask import request
+
+        name = _bare(request.host)
+        if _is_address(name) or name in app.server.config[_ALLOWED]:
+            return None
+        text = (f"Host {name!r} is not allowed: open the dashboard by address (127.0.0.1) or by the name it "
+                f"was started with, or list the name in {HOSTS_ENV}\n")  # fmt: skip
+        return text, 400, {"Content-Type": "text/plain"}
+
+
+def allow_host(app: Dash, host: str) -> None:
+    """Accept ``host`` (the address ``serve`` binds) in Host headers; a wildcard bind accepts this machine's names."""
+    names = app.server.config.setdefault(_ALLOWED, {"localhost"})
+    if host in ("", "0.0.0.0", "::"):
+        names.update(_bare(n) for n in (socket.gethostname(), socket.getfqdn()))
+    else:
+        names.add(_bare(host))
+
+
+def _bare(host: str) -> str:
+    """``host`` without its port, brackets, trailing dot or case: ``[::1]:8050`` -> ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..campaign import JobState, Role
+from ..campaign import JobState, Role, run_file_storage
 
 if TYPE_CHECKING:
     from ..campaign import JobRecord, ResultRecord
@@ -288,7 +288,7 @@ def _store_urls(target: str | Path) -> list[tuple[str, Path | None]]:
         info = json.loads((path / "campaign.json").read_text())
         if info.get("storage_file"):
             return [(f"sqlite:///{(path / info['storage_file']).resolve()}", path.resolve())]
-        return [(str(info["storage"]), path.resolve())]
+        return [(run_file_storage(info, path / "campaign.json"), path.resolve())]  # its password from the env
     if path.is_dir():
         found = [u for sub in sorted(path.iterdir()) if (sub / "campaign.json").is_file() for u in _store_urls(sub)]
         if found:
