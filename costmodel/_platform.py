@@ -251,6 +251,8 @@ def get_platform(source: str, *, local: bool = True) -> Platform:
         nodes = None
         match = _NODES.match(base)
         if base not in preset_names() and match and match["base"] in preset_names():
+            if len(match["nodes"]) > 9:  # int() of thousands of digits is slow, then refused by Python itself
+                raise ValueError(f"platform {source[:60]!r}: field 'nodes' must be <= {MAX_DEVICES:,}")
             base, nodes = match["base"], int(match["nodes"])
         path = platforms_dir() / f"{base}.yaml"
         if not path.is_file():

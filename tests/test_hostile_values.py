@@ -37,6 +37,10 @@ OPTION_CASES = [
     ("layers-huge-digits", ["evaluate", "-m", "llama2-7b:layers=" + "9" * 5000, "-p", "dgx-a100"], ["layers"]),
     ("bool-word", ["evaluate", "-m", "llama2-7b:gated_mlp=maybe", "-p", "dgx-a100"], ["gated_mlp"]),
     ("nodes-xN", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100x100000000"], ["nodes", "65,536"]),
+    ("nodes-digits", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100x" + "9" * 5000], ["nodes", "65,536"]),
+    ("nodes-zero", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100x0"], ["nodes", ">= 1"]),
+    ("nodes-nan", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100:nodes=.nan"], ["nodes", "integer"]),
+    ("layers-empty", ["evaluate", "-m", "llama2-7b:layers=", "-p", "dgx-a100"], ["layers", "integer"]),
     ("nodes-override", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100:nodes=100000"], ["nodes"]),
     ("per-node", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100:devices_per_node=1000000000"], ["devices_per_node"]),
     ("nodes-product", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100x60000:devices_per_node=8"], ["devices"]),
@@ -195,6 +199,12 @@ FILE_CASES = [
     ("plan-deep-field", pl(_plan(meta=json.loads("[" * 200 + "]" * 200))), PLAN_EVAL, ["plan.json", "nested"]),
     ("plan-device-neg", pl(_stage(devices=[-1])), PLAN_EVAL, ["device ids must be >= 0"]),
     ("plan-device-dup", pl(_stage(tp=2, devices=[0, 0])), PLAN_EVAL, ["device 0 is listed twice"]),
+    (
+        "plan-many-stages",
+        pl(json.dumps({"stages": [{**STAGE, "devices": [i]} for i in range(70_000)]})),
+        PLAN_EVAL,
+        ["stages"],
+    ),
     ("plan-binary", pl("\udcff"), PLAN_EVAL, ["plan.json"]),
     # campaign specs
     ("cp-seeds", cp("seeds: 1", "seeds: 1000000000"), RUN, ["seeds", "10,000"]),
@@ -296,3 +306,11 @@ def test_plan_recompute_is_checked_by_phase() -> None:
 def test_strict_json(text: str) -> None:
     with pytest.raises(ValueError, match=r"x\.json"):
         parse_json(text, "x.json")
+
+
+def test_json_output_is_strict_for_an_infeasible_plan(tmp_path: Path) -> None:
+    """An infeasible prediction (over memory) still prints JSON any strict parser reads: no NaN, no Infinity."""
+    run = run_paratune(["evaluate", "-m", "llama2-70b", "-p", "dgx-a100", "--json"], tmp_path)
+    assert run.returncode == 0, run.describe()
+    data = parse_json(run.stdout, "evaluate --json")
+    assert data["feasible"] is False
