@@ -27,8 +27,8 @@ MAX_VOCAB = 1 << 24
 MAX_EXPERTS = 1 << 12
 #: Devices of a platform (nodes x devices per node, or mesh rows x cols); also the bound of TP x PP x replicas.
 MAX_DEVICES = 1 << 16
-#: Sequences in a batch; micro-batches cannot exceed it.
-MAX_BATCH = 1 << 20
+#: Sequences in a batch (32x a 4M-token training batch of 2k-token sequences); micro-batches cannot exceed it.
+MAX_BATCH = 1 << 16
 #: Tokens of a prompt, a training sequence, a decode context, learned positions.
 MAX_SEQ = 1 << 24
 #: Evaluations of one tuner run in a campaign (Optuna keeps every trial in memory).

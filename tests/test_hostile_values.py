@@ -55,7 +55,7 @@ OPTION_CASES = [
     ("latency-inf", [*EVAL[:3], "-p", "dgx-h100:links.intra.latency_us=.inf"], ["latency_us"]),
     ("override-yaml", [*EVAL[:3], "-p", "dgx-h100:device.memory_gib=[1"], ["memory_gib"]),
     ("batch-huge", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--batch", "100000000000000000000"], ["batch"]),
-    ("batch-eval", [*EVAL, "--batch", "100000000000"], ["batch", "1,048,576"]),
+    ("batch-eval", [*EVAL, "--batch", "100000000000"], ["batch", "65,536"]),
     ("seq-huge", [*EVAL, "--phase", "prefill", "--seq", "100000000000"], ["seq"]),
     ("context-huge", [*EVAL, "--context", "100000000000"], ["context"]),
     ("micro-batches", [*EVAL, "--batch", "8", "--micro-batches", "100000000000"], ["micro_batches"]),
