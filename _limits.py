@@ -31,6 +31,9 @@ MAX_DEVICES = 1 << 16
 MAX_BATCH = 1 << 16
 #: Tokens of a prompt, a training sequence, a decode context, learned positions.
 MAX_SEQ = 1 << 24
+#: Cells of the exact solver's tables, layers^2 x devices: dp's memory grows with it (1,000 layers on 64 devices,
+#: 6.4e7 cells, take 2.4 GB; 2,000 layers 9.4 GB). Larger problems are refused by ``dp``, not by the other tuners.
+MAX_DP_CELLS = 64_000_000
 #: Evaluations of one tuner run in a campaign (Optuna keeps every trial in memory).
 MAX_BUDGET = 10_000_000
 #: Seeds of one campaign.

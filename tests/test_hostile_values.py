@@ -60,6 +60,8 @@ OPTION_CASES = [
     ("context-huge", [*EVAL, "--context", "100000000000"], ["context"]),
     ("micro-batches", [*EVAL, "--batch", "8", "--micro-batches", "100000000000"], ["micro_batches"]),
     ("replicas", [*EVAL, "--replicas", "100000000000"], ["replicas"]),
+    ("dp-layers", [*TUNE[:1], "-t", "dp", "-m", "llama2-7b:layers=2000", "-p", "dgx-h100x8"], ["dp", "layers^2"]),
+    ("dp-devices", [*TUNE[:1], "-t", "dp", "-m", "llama2-7b", "-p", "dgx-h100x8192"], ["dp", "devices"]),
     ("tp-huge", [*EVAL, "--tp", "1000000000"], ["tp"]),
     ("tp-pp-huge", [*EVAL, "--tp", "10000", "--pp", "32"], ["tp x pp"]),
     ("memory-gib-0", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--memory-gib", "0"], ["memory_gib", "> 0"]),
