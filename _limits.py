@@ -27,8 +27,11 @@ MAX_VOCAB = 1 << 24
 MAX_EXPERTS = 1 << 12
 #: Devices of a platform (nodes x devices per node, or mesh rows x cols); also the bound of TP x PP x replicas.
 MAX_DEVICES = 1 << 16
-#: Sequences in a batch (32x a 4M-token training batch of 2k-token sequences); micro-batches cannot exceed it.
+#: Sequences in a batch (32x a 4M-token training batch of 2k-token sequences).
 MAX_BATCH = 1 << 16
+#: Micro-batches of a plan read from the user: the simulator steps every micro-batch through every stage
+#: (32 stages x 65,536 micro-batches ran past 60 s), so this is tighter than the batch.
+MAX_MICRO_BATCHES = 4_096
 #: Tokens of a prompt, a training sequence, a decode context, learned positions.
 MAX_SEQ = 1 << 24
 #: Cells of the exact solver's tables, layers^2 x devices: dp's memory grows with it (1,000 layers on 64 devices,

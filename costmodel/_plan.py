@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .._limits import MAX_BATCH, MAX_DEVICES, check_at_most
+from .._limits import MAX_DEVICES, MAX_MICRO_BATCHES, check_at_most
 from ..graphs import Phase, TaskGraph
 from ._fields import read_json
 from ._platform import Platform
@@ -129,7 +129,7 @@ class Plan:
             raise ValueError(f"tp must be >= 1, got {tp}")
         check_at_most(tp * pp, MAX_DEVICES, f"tp x pp ({tp} x {pp})")
         check_at_most(replicas, MAX_DEVICES, "replicas")
-        check_at_most(micro_batches, MAX_BATCH, "micro_batches")
+        check_at_most(micro_batches, MAX_MICRO_BATCHES, "micro_batches")
         base, extra = divmod(n_layers, pp)
         stages, first = [], 0
         for s in range(pp):
@@ -314,7 +314,7 @@ class Plan:
         plan = cls(
             stages=tuple(stages),
             granularity=r.text("granularity", "layer"),
-            micro_batches=r.integer("micro_batches", 1, minimum=1, maximum=MAX_BATCH),
+            micro_batches=r.integer("micro_batches", 1, minimum=1, maximum=MAX_MICRO_BATCHES),
             replicas=r.integer("replicas", 1, minimum=1, maximum=MAX_DEVICES),
             schedule=r.text("schedule", Schedule.ONE_F_ONE_B.value, choices=SCHEDULES),
         )

@@ -59,6 +59,7 @@ OPTION_CASES = [
     ("seq-huge", [*EVAL, "--phase", "prefill", "--seq", "100000000000"], ["seq"]),
     ("context-huge", [*EVAL, "--context", "100000000000"], ["context"]),
     ("micro-batches", [*EVAL, "--batch", "8", "--micro-batches", "100000000000"], ["micro_batches"]),
+    ("micro-batches-sim", [*EVAL, "--batch", "65536", "--micro-batches", "65536", "--simulate"], ["4,096"]),
     ("replicas", [*EVAL, "--replicas", "100000000000"], ["replicas"]),
     ("dp-layers", [*TUNE[:1], "-t", "dp", "-m", "llama2-7b:layers=2000", "-p", "dgx-h100x8"], ["dp", "layers^2"]),
     ("dp-devices", [*TUNE[:1], "-t", "dp", "-m", "llama2-7b", "-p", "dgx-h100x8192"], ["dp", "devices"]),
