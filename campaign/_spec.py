@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._limits import DOC, MAX_BUDGET, MAX_JOBS, MAX_SCENARIOS, MAX_SEEDS
 from ..costmodel._fields import FieldReader, load_yaml
 from ..problem import SUFFIXES, Problem, check_problem, load_scenario
 from ..search import Family, make_tuner, tuner_entries
@@ -54,6 +55,8 @@ from ._states import Role
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 OPTIMUM_TUNER = "dp"
+#: The largest seed: numpy's legacy generator and Optuna's samplers take 32-bit seeds.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,12 @@ class CampaignSpec:
         tuners, skipped = _tuners(r, required=not studies_given)
         seeds = _seeds(r)
         studies = _studies(r, [p.name for p in scenarios], seeds[0]) if studies_given else []
+        n_jobs = len(scenarios) * (len(tuners) * len(seeds) + 1 + len(studies))  # an upper bound of len(jobs())
+        if n_jobs > MAX_JOBS:
+            raise ValueError(
+                f"{where}: {len(scenarios):,} scenarios x {len(tuners)} tuners x {len(seeds):,} seeds make up to "
+                f"{n_jobs:,} jobs; at most {MAX_JOBS:,} are accepted (see {DOC}): split the campaign"
+            )
         output = Path(r.text("output", f"runs/{name}"))
         if storage is None:
             storage = r.raw("storage", None)
@@ -245,6 +254,8 @@ def _scenarios(r: FieldReader, base: Path, *, check: bool) -> tuple[list[Problem
             found = [(p, f"{r.where} (inline)") for p in _inline(item, where, check=check)]
         else:
             raise r.error(f"scenarios[{i}]", f"must be a file, a glob or a scenario mapping, got {item!r}")
+        if len(problems) + len(found) > MAX_SCENARIOS:
+            raise ValueError(f"{where}: the campaign has more than {MAX_SCENARIOS:,} scenarios (see {DOC})")
         for problem, source in found:
             if problem.name in sources:
                 raise ValueError(
@@ -274,9 +285,17 @@ def _inline(item: dict[str, Any], where: str, *, check: bool) -> list[Problem]:
             axes += [(("limits", k), v) for k, v in value.items() if isinstance(v, list)]
         elif isinstance(value, list):
             axes.append(((key,), value))
+    count = 1
     for keys, values in axes:
         if not values:
             raise ValueError(f"{where}: field '{'.'.join(keys)}' is an empty list; give at least one value")
+        count *= len(values)
+    if count > MAX_SCENARIOS:  # counted before expanding: a product of lists grows fast
+        sizes = " x ".join(f"{len(v)} {'.'.join(k)}" for k, v in axes)
+        raise ValueError(
+            f"{where}: the lists expand to {sizes} = {count:,} scenarios; at most {MAX_SCENARIOS:,} are accepted "
+            f"(see {DOC})"
+        )
     out = []
     for combo in itertools.product(*(values for _, values in axes)):
         data: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in item.items()}
@@ -312,7 +331,7 @@ def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], 
         tr = FieldReader({"name": item} if isinstance(item, str) else item, r.where, f"tuners[{i}]")
         name = tr.text("name")
         label = tr.text("label", name)
-        budget = None if tr.raw("budget", None) is None else tr.integer("budget", minimum=1)
+        budget = None if tr.raw("budget", None) is None else tr.integer("budget", minimum=1, maximum=MAX_BUDGET)
         options = tr.raw("options", {})
         if not isinstance(options, dict):
             raise tr.error("options", f"must be a mapping of option: value, got {options!r}")
@@ -334,10 +353,25 @@ def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], 
             make_tuner(name, **options)  # checks the options' names, types and bounds; builds nothing heavy
         except ValueError as exc:
             raise tr.error("options", f"of tuner {exc}") from None
+        _check_policy_option(tr, options)
         out.append(TunerSpec(name, label, budget, dict(options), not Family(families[name]).deterministic))
     if not out:
         raise r.error("tuners", "has no tuner registered here (every listed tuner is optional and missing)")
     return out, skipped
+
+
+def _check_policy_option(tr: FieldReader, options: dict[str, Any]) -> None:
+    """A ``policy`` option must name a file that exists now (relative to the current folder, as jobs read it).
+
+    Otherwise every job of the tuner would fail at run time while the campaign itself looks fine.
+    """
+    policy = options.get("policy")
+    if policy is None:
+        return
+    if not isinstance(policy, str) or not policy:
+        raise tr.error("options.policy", f"must be the path of a policy file, got {policy!r}")
+    if not Path(policy).is_file():
+        raise tr.error("options.policy", f"names {policy!r}, which is not a file (paths are relative to {Path.cwd()})")
 
 
 def _seeds(r: FieldReader) -> list[int]:
@@ -345,7 +379,13 @@ def _seeds(r: FieldReader) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise r.error("seeds", f"must be a count >= 1 or a list of integers, got {value}")
+        if value > MAX_SEEDS:
+            raise r.error("seeds", f"is {value:,}; at most {MAX_SEEDS:,} seeds are accepted (see {DOC})")
         return list(range(value))
+    if isinstance(value, list) and len(value) > MAX_SEEDS:
+        raise r.error("seeds", f"lists {len(value):,} seeds; at most {MAX_SEEDS:,} are accepted (see {DOC})")
+    if isinstance(value, list) and any(isinstance(s, int) and s > MAX_SEED for s in value):
+        raise r.error("seeds", f"has a seed above {MAX_SEED:,} (seeds are 32-bit: numpy and Optuna need it)")
     if (
         isinstance(value, list)
         and value
@@ -382,8 +422,8 @@ def _studies(r: FieldReader, scenario_names: list[str], seed: int) -> list[Study
             unknown = [n for n in names if n not in scenario_names]
             if unknown:
                 raise sr.error("scenarios", f"names {unknown} not in this campaign; scenarios: {scenario_names}")
-        budget = sr.integer("budget", 300, minimum=1)
-        study_seed = sr.integer("seed", seed, minimum=0)
+        budget = sr.integer("budget", 300, minimum=1, maximum=MAX_BUDGET)
+        study_seed = sr.integer("seed", seed, minimum=0, maximum=MAX_SEED)
         options = {k: sr.raw(k) for k in STUDY_OPTIONS[kind] if sr.raw(k, None) is not None}
         sr.finish()
         try:

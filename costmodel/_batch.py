@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..graphs import Phase, TaskGraph
+from ._divisors import divisors
 from ._plan import Plan, Schedule, Stage
 from ._platform import Platform
 
@@ -135,7 +136,7 @@ class BatchResult:
 
 
 def _divisors(n: int) -> np.ndarray:
-    return np.array([d for d in range(1, n + 1) if n % d == 0], dtype=np.int64)
+    return np.array(divisors(n), dtype=np.int64)
 
 
 def random_plans(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .._limits import parse_json, parse_yaml, read_text
 
 
 class FieldReader:
@@ -43,20 +45,35 @@ class FieldReader:
             return default
         return self.data[name]
 
-    def number(self, name: str, default: Any = ..., *, minimum: float | None = None, positive: bool = False) -> float:
+    def number(
+        self,
+        name: str,
+        default: Any = ...,
+        *,
+        minimum: float | None = None,
+        positive: bool = False,
+        maximum: float | None = None,
+    ) -> float:
+        """A finite number: NaN and infinities are refused (they poison every result and strict JSON)."""
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise self.error(name, f"must be a finite number, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"must be <= {maximum:,}, got {value:,}")
         if positive and value <= 0:
             raise self.error(name, f"must be > 0, got {value}")
         if minimum is not None and value < minimum:
             raise self.error(name, f"must be >= {minimum}, got {value}")
         return float(value)
 
-    def integer(self, name: str, default: Any = ..., *, minimum: int | None = None) -> int:
+    def integer(self, name: str, default: Any = ..., *, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"must be an integer, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"must be <= {maximum:,}, got {value:,} (see docs/known-limits.md)")
         if minimum is not None and value < minimum:
             raise self.error(name, f"must be >= {minimum}, got {value}")
         return value
@@ -83,21 +100,18 @@ class FieldReader:
 
 
 def load_yaml(path: Path) -> Any:
-    """Load a YAML file; syntax errors name the file and line."""
+    """Load a YAML file (size and nesting bounded, see :mod:`paratune._limits`); errors are one line naming it."""
     if not path.is_file():
         raise ValueError(f"{path}: file does not exist")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    return parse_yaml(read_text(path), str(path))
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a syntax error names the file (the caller checks that it exists, in its own words)."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    """Parse a JSON file strictly (no NaN / Infinity, size and nesting bounded); errors name the file.
+
+    The caller checks that it exists, in its own words.
+    """
+    return parse_json(read_text(path), str(path))
 
 
 def apply_overrides(data: dict[str, Any], overrides: str, where: str) -> dict[str, Any]:
@@ -115,7 +129,10 @@ def apply_overrides(data: dict[str, Any], overrides: str, where: str) -> dict[st
             node = node[part]
         if parts[-1] not in node:
             raise ValueError(f"{where}: override {key!r}: no field '{parts[-1]}'; fields: {', '.join(node)}")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"{where}: override {key!r}: value {value!r} is not a YAML scalar") from None
     return data
 
 

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .._limits import DOC, MAX_DEVICES
 from ._fields import FieldReader, apply_overrides, load_yaml
 from ._machine import LOCAL_NAMES, local_platform_path
 from ._profile import Profile, load_profile
@@ -174,12 +175,23 @@ def platform_from_dict(data: Any, where: str, *, local: bool = True) -> Platform
         raise dr.error("reserved_gib", "must be smaller than memory_gib")
     rows = cols = 0
     if topology == "mesh":
-        rows, cols = r.integer("rows", minimum=1), r.integer("cols", minimum=1)
+        rows = r.integer("rows", minimum=1, maximum=MAX_DEVICES)
+        cols = r.integer("cols", minimum=1, maximum=MAX_DEVICES)
         nodes, per_node = 1, rows * cols
         needed: tuple[str, ...] = ("mesh",)
     else:
-        nodes, per_node = r.integer("nodes", 1, minimum=1), r.integer("devices_per_node", minimum=1)
+        nodes = r.integer("nodes", 1, minimum=1, maximum=MAX_DEVICES)
+        per_node = r.integer("devices_per_node", minimum=1, maximum=MAX_DEVICES)
         needed = ("intra", "inter") if nodes > 1 else ("intra",)
+    if nodes * per_node > MAX_DEVICES:
+        shape = (
+            f"rows x cols = {rows} x {cols}"
+            if topology == "mesh"
+            else f"nodes x devices_per_node = {nodes} x {per_node}"
+        )
+        raise ValueError(
+            f"{where}: {shape} = {nodes * per_node:,} devices; at most {MAX_DEVICES:,} are accepted (see {DOC})"
+        )
     lr = r.child("links")
     links = {}
     for cls_name in list(lr.data):
@@ -239,6 +251,8 @@ def get_platform(source: str, *, local: bool = True) -> Platform:
         nodes = None
         match = _NODES.match(base)
         if base not in preset_names() and match and match["base"] in preset_names():
+            if len(match["nodes"]) > 9:  # int() of thousands of digits is slow, then refused by Python itself
+                raise ValueError(f"platform {source[:60]!r}: field 'nodes' must be <= {MAX_DEVICES:,}")
             base, nodes = match["base"], int(match["nodes"])
         path = platforms_dir() / f"{base}.yaml"
         if not path.is_file():

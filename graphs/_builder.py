@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from .._limits import check_workload
 from ._task import Op, Task
 from ._taskgraph import GraphMeta, Phase, TaskGraph
 from ._zoo import ModelSpec, get_model
@@ -371,6 +372,7 @@ def build_spec_graph(spec: ModelSpec, *, phase: str, batch: int, seq: int, conte
         seq: prompt (prefill) or sequence (train) length; ignored by decode.
         context: KV length of a decode step (defaults to ``seq``).
     """
+    check_workload(batch, seq, context)
     if spec.arch == "encoder" and phase == Phase.DECODE:
         raise ValueError(f"model {spec.name!r} is an encoder: phase 'decode' is not defined (use prefill or train)")
     context = context or (seq if phase == Phase.DECODE else 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._limits import check_workload
 from ._builder import build_graph
 from ._coarsen import coarsen
 from ._taskgraph import TaskGraph
@@ -18,6 +19,7 @@ def load_graph(
     source: str, *, phase: str, batch: int, seq: int, context: int = 0, granularity: str = "op"
 ) -> TaskGraph:
     """Build or load the graph named by ``source`` at ``granularity``."""
+    check_workload(batch, seq, context)
     if source.endswith(".json"):
         graph = TaskGraph.load(Path(source))
     elif source.startswith(("hf:", "module:")):

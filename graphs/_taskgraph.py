@@ -17,6 +17,7 @@ from typing import Any
 
 import networkx as nx
 
+from .._limits import parse_json, read_text
 from ._task import Task
 
 FORMAT_VERSION = 1
@@ -224,11 +225,7 @@ class TaskGraph:
     @classmethod
     def load(cls, path: str | Path) -> TaskGraph:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(parse_json(read_text(path, "graph file"), str(path)), where=str(path))
 
     def with_meta(self, **changes: Any) -> TaskGraph:
         """A graph sharing this one's tasks with some metadata changed."""

@@ -9,17 +9,41 @@ a YAML file with the same field names.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .._limits import (
+    MAX_EXPERTS,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_SEQ,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    check_at_most,
+    parse_yaml,
+    read_text,
+)
 
 #: Bytes per element of each supported weight/activation dtype.
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 ARCHS = ("decoder", "encoder")
 NORMS = ("rmsnorm", "layernorm")
 ATTENTIONS = ("flash", "unfused")
+#: The largest value each size field accepts (see :mod:`paratune._limits`).
+FIELD_MAXIMA = {
+    "layers": MAX_LAYERS,
+    "hidden": MAX_WIDTH,
+    "heads": MAX_HEADS,
+    "kv_heads": MAX_HEADS,
+    "ffn": MAX_WIDTH,
+    "vocab": MAX_VOCAB,
+    "experts": MAX_EXPERTS,
+    "top_k": MAX_EXPERTS,
+    "positions": MAX_SEQ,
+    "type_vocab": MAX_VOCAB,
+}
 
 
 @dataclass(frozen=True)
@@ -69,9 +93,17 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         where = f"model {self.name!r}"
+        for name, maximum in FIELD_MAXIMA.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{where}: field '{name}' must be an integer, got {value!r}")
+            check_at_most(value, maximum, f"{where}: field '{name}'")
         for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{where}: field '{name}' must be >= 1, got {getattr(self, name)}")
+        for name in ("positions", "type_vocab"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{where}: field '{name}' must be >= 0, got {getattr(self, name)}")
         if self.hidden % self.heads:
             raise ValueError(f"{where}: field 'hidden' ({self.hidden}) must be divisible by 'heads' ({self.heads})")
         if self.heads % self.kv_heads:
@@ -213,21 +245,29 @@ _FIELD_TYPES = {f.name: f.type for f in fields(ModelSpec)}
 
 
 def _coerce(name: str, raw: Any, where: str) -> Any:
+    """A field's value of the right type: a YAML file's values must have it; override strings are parsed.
+
+    Strict on purpose: ``layers: 32.5`` or ``gated_mlp: 1`` are mistakes, not values to round or guess.
+    """
     kind = _FIELD_TYPES[name]
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
-        text = str(raw).strip().lower()
+        text = raw.strip().lower() if isinstance(raw, str) else None
         if text in ("1", "true", "yes", "on"):
             return True
         if text in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{where}: field '{name}' must be true or false, got {raw!r}")
     if kind == "int":
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: field '{name}' must be an integer, got {raw!r}") from None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        text = raw.strip() if isinstance(raw, str) else ""
+        if re.fullmatch(r"[+-]?[0-9]{1,30}", text):
+            return int(text)
+        raise ValueError(f"{where}: field '{name}' must be an integer, got {raw!r}")
+    if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+        raise ValueError(f"{where}: field '{name}' must be a string, got {raw!r}")
     return str(raw)
 
 
@@ -257,7 +297,7 @@ def get_model(source: str) -> ModelSpec:
         path = Path(name)
         if not path.is_file():
             raise ValueError(f"model file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(read_text(path, "model file"), str(path)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a model file is a mapping of field: value")
         data.setdefault("name", path.stem)

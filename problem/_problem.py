@@ -12,12 +12,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .._limits import MAX_BATCH, MAX_DEVICES, MAX_SEQ, check_at_most, check_workload, is_finite_number
 from ..costmodel import AnalyticEvaluator, Metrics, Plan, Platform, Simulator, get_platform
 from ..costmodel._fields import FieldReader, load_yaml
 from ..graphs import PHASES, Phase, TaskGraph, load_graph, parse_granularity
 from ._objective import DEFAULT_OBJECTIVE, Objective, get_objective
 
 GIB = 1024**3
+
+
+class LimitsError(ValueError):
+    """A limit that contradicts the platform (``max_devices`` above its device count); the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,25 @@ class Limits:
     ttft_ms: float | None = None
     max_devices: int | None = None
     calibrated_only: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse what no plan could meet or what would poison the scores: 0, negatives, NaN, infinities."""
+        for name in ("memory_gib", "tbt_ms", "ttft_ms"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not is_finite_number(value):
+                raise ValueError(f"field 'limits.{name}' must be a finite number, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"field 'limits.{name}' must be > 0, got {value}")
+        if self.max_devices is not None:
+            if isinstance(self.max_devices, bool) or not isinstance(self.max_devices, int):
+                raise ValueError(f"field 'limits.max_devices' must be an integer, got {self.max_devices!r}")
+            if self.max_devices < 1:
+                raise ValueError(f"field 'limits.max_devices' must be >= 1, got {self.max_devices}")
+            check_at_most(self.max_devices, MAX_DEVICES, "field 'limits.max_devices'")
+        if not isinstance(self.calibrated_only, bool):
+            raise ValueError(f"field 'limits.calibrated_only' must be true or false, got {self.calibrated_only!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in (None, False)}
@@ -99,9 +123,12 @@ class Problem:
             self.objective = DEFAULT_OBJECTIVE[self.phase]
         get_objective(self.objective, self.phase)
         parse_granularity(self.granularity)
+        check_workload(self.batch, self.seq, self.context, "problem")
         for key in ("batch", "seq"):
             if getattr(self, key) < 1:
                 raise ValueError(f"problem: field '{key}' must be >= 1, got {getattr(self, key)}")
+        if self.context < 0:
+            raise ValueError(f"problem: field 'context' must be >= 0, got {self.context}")
         if self.phase == Phase.DECODE and self.context < 1:
             self.context = self.seq
         if not self.name:
@@ -115,7 +142,14 @@ class Problem:
     @property
     def resolved_platform(self) -> Platform:
         if self._platform is None:
-            self._platform = get_platform(self.platform)
+            platform = get_platform(self.platform)
+            cap = self.limits.max_devices
+            if cap is not None and cap > platform.num_devices:
+                raise LimitsError(
+                    f"field 'limits.max_devices' is {cap} but platform {self.platform!r} has "
+                    f"{platform.num_devices} devices; give at most {platform.num_devices} (or leave it out)"
+                )
+            self._platform = platform
         return self._platform
 
     @property
@@ -232,12 +266,15 @@ class Problem:
         limits = Limits()
         if r.has("limits"):
             lr = r.child("limits")
+            only = lr.raw("calibrated_only", False)
+            if not isinstance(only, bool):
+                raise lr.error("calibrated_only", f"must be true or false, got {only!r}")
             limits = Limits(
                 memory_gib=_opt(lr, "memory_gib", lr.number),
                 tbt_ms=_opt(lr, "tbt_ms", lr.number),
                 ttft_ms=_opt(lr, "ttft_ms", lr.number),
                 max_devices=_opt(lr, "max_devices", lr.integer),
-                calibrated_only=bool(lr.raw("calibrated_only", False)),
+                calibrated_only=only,
             )
             lr.finish()
         kwargs: dict[str, Any] = dict(
@@ -245,9 +282,9 @@ class Problem:
             platform=r.text("platform"),
             phase=r.text("phase", "decode", choices=PHASES),
             objective=r.text("objective", ""),
-            batch=r.integer("batch", 1, minimum=1),
-            seq=r.integer("seq", 2048, minimum=1),
-            context=r.integer("context", 0, minimum=0),
+            batch=r.integer("batch", 1, minimum=1, maximum=MAX_BATCH),
+            seq=r.integer("seq", 2048, minimum=1, maximum=MAX_SEQ),
+            context=r.integer("context", 0, minimum=0, maximum=MAX_SEQ),
             granularity=r.text("granularity", "layer"),
             name=r.text("name", ""),
             limits=limits,
@@ -273,4 +310,6 @@ def _over(value: float | None, bound_ms: float | None) -> float:
 def _opt(r: FieldReader, name: str, read: Any) -> Any:
     if r.raw(name, None) is None:  # marks the field as known, so typos list it among the allowed
         return None
-    return read(name, minimum=0)
+    if read == r.integer:
+        return read(name, minimum=1, maximum=MAX_DEVICES)
+    return read(name, positive=True)

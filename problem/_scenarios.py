@@ -13,7 +13,7 @@ import fnmatch
 from pathlib import Path
 
 from ..costmodel._fields import load_yaml
-from ._problem import Problem
+from ._problem import LimitsError, Problem
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -46,6 +46,8 @@ def check_problem(problem: Problem, where: str | Path) -> None:
     """
     try:
         problem.resolved_platform  # noqa: B018 (resolves the platform: an unknown preset fails here)
+    except LimitsError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"{where}: field 'platform': {exc}") from None
     try:

@@ -61,6 +61,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._limits import DOC, MAX_DP_CELLS
 from ..costmodel import Plan
 from ..problem import Evaluation, Problem
 from ._dp_common import SLACK, add_front, fallback, pareto, seed_plans
@@ -99,6 +100,13 @@ class DPSolver(Tuner):
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str]:
         opts = self.config
         max_micro, replicas, micro_batches = opts.max_micro_batches, opts.replicas, opts.micro_batches
+        layers, devices = problem.n_layers, problem.max_devices
+        if layers * layers * devices > MAX_DP_CELLS:  # its tables grow as layers^2 x devices: refuse, never swap
+            raise ValueError(
+                f"dp: {layers:,} layers x {devices:,} devices is too large for the exact solver (layers^2 x devices = "
+                f"{layers * layers * devices:,} > {MAX_DP_CELLS:,}, see {DOC}); use --max-devices, --no-optimum "
+                "or another tuner"
+            )
         space = LayeredSpace.build(
             problem,
             max_micro_batches=max_micro,

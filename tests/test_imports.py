@@ -56,7 +56,7 @@ LAYERS: dict[str, frozenset[str]] = {
 }
 
 #: Root modules and data packages any layer may import; they import nothing of paratune themselves.
-SHARED = frozenset({"paratune", "paratune._lazy", "paratune._provenance", "paratune.configs"})
+SHARED = frozenset({"paratune", "paratune._lazy", "paratune._limits", "paratune._provenance", "paratune.configs"})
 
 #: Layers another layer may read through the public package only (``paratune.campaign``, not ``._store``), and
 #: the libraries it must not import: the dashboard reads the campaign store through the store's API, never its

@@ -1,0 +1,319 @@
+"""Hostile values (issue 15, items 2, 3 and 6): sizes without bounds, non-finite numbers, wrong types in files.
+
+Each CLI case runs ``paratune`` in a child with a memory and time limit (``tests/_hostile.py``) and must end in
+exit 2 with one ``error:`` line that names what to fix, no traceback and no file written. The tables are the
+count the issue asks for; the library tests below them pin the pieces (divisors from factors, Limits).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+from _hostile import assert_refused, run_paratune
+
+from paratune._limits import MAX_BATCH, MAX_DEVICES, MAX_FILE_BYTES, MAX_LAYERS, parse_json
+from paratune.costmodel import Plan, get_platform
+from paratune.costmodel._divisors import divisors, prime_factors
+from paratune.graphs import get_model
+from paratune.problem import Limits, Problem
+
+EVAL = ["evaluate", "-m", "llama2-7b", "-p", "dgx-a100"]
+TUNE = ["tune", "-t", "megatron", "--no-optimum"]
+
+# -- the command line: overrides and options whose size drives work ---------------------------------------------
+OPTION_CASES = [
+    ("layers", ["evaluate", "-m", "llama2-7b:layers=100000000", "-p", "dgx-a100"], ["layers", "10,000"]),
+    ("hidden", ["evaluate", "-m", "llama2-7b:hidden=1000000000000", "-p", "dgx-a100"], ["hidden"]),
+    ("heads", ["evaluate", "-m", "llama2-7b:heads=100000000,kv_heads=1", "-p", "dgx-a100"], ["heads"]),
+    ("ffn", ["evaluate", "-m", "llama2-7b:ffn=99999999999", "-p", "dgx-a100"], ["ffn"]),
+    ("vocab", ["evaluate", "-m", "llama2-7b:vocab=99999999999", "-p", "dgx-a100"], ["vocab"]),
+    ("experts", ["evaluate", "-m", "mixtral-8x7b:experts=100000000", "-p", "dgx-a100"], ["experts"]),
+    ("layers-float", ["evaluate", "-m", "llama2-7b:layers=4.5", "-p", "dgx-a100"], ["layers", "integer"]),
+    ("layers-exp", ["evaluate", "-m", "llama2-7b:layers=1e9", "-p", "dgx-a100"], ["layers", "integer"]),
+    ("layers-huge-digits", ["evaluate", "-m", "llama2-7b:layers=" + "9" * 5000, "-p", "dgx-a100"], ["layers"]),
+    ("bool-word", ["evaluate", "-m", "llama2-7b:gated_mlp=maybe", "-p", "dgx-a100"], ["gated_mlp"]),
+    ("nodes-xN", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100x100000000"], ["nodes", "65,536"]),
+    ("nodes-digits", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100x" + "9" * 5000], ["nodes", "65,536"]),
+    ("nodes-zero", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100x0"], ["nodes", ">= 1"]),
+    ("nodes-nan", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100:nodes=.nan"], ["nodes", "integer"]),
+    ("layers-empty", ["evaluate", "-m", "llama2-7b:layers=", "-p", "dgx-a100"], ["layers", "integer"]),
+    ("nodes-override", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100:nodes=100000"], ["nodes"]),
+    ("per-node", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100:devices_per_node=1000000000"], ["devices_per_node"]),
+    ("nodes-product", ["evaluate", "-m", "llama2-7b", "-p", "dgx-h100x60000:devices_per_node=8"], ["devices"]),
+    ("mesh", ["evaluate", "-m", "llama2-7b", "-p", "mesh:rows=100000,cols=100000"], ["rows"]),
+    ("mesh-product", ["evaluate", "-m", "llama2-7b", "-p", "mesh:rows=60000,cols=60000"], ["rows x cols"]),
+    ("peak-nan", [*EVAL[:3], "-p", "dgx-h100:device.peak_tflops.bf16=.nan"], ["peak_tflops.bf16", "finite"]),
+    ("peak-inf", [*EVAL[:3], "-p", "dgx-h100:device.peak_tflops.bf16=.inf"], ["peak_tflops.bf16", "finite"]),
+    ("peak-zero", [*EVAL[:3], "-p", "dgx-h100:device.peak_tflops.bf16=0"], ["peak_tflops.bf16", "> 0"]),
+    ("memory-nan", [*EVAL[:3], "-p", "dgx-h100:device.memory_gib=.nan"], ["memory_gib", "finite"]),
+    ("bw-zero", [*EVAL[:3], "-p", "dgx-h100:device.memory_bw_gbs=0"], ["memory_bw_gbs"]),
+    ("link-nan", [*EVAL[:3], "-p", "dgx-h100:links.intra.bandwidth_gbs=.nan"], ["links.intra.bandwidth_gbs"]),
+    ("latency-inf", [*EVAL[:3], "-p", "dgx-h100:links.intra.latency_us=.inf"], ["latency_us"]),
+    ("override-yaml", [*EVAL[:3], "-p", "dgx-h100:device.memory_gib=[1"], ["memory_gib"]),
+    ("batch-huge", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--batch", "100000000000000000000"], ["batch"]),
+    ("batch-eval", [*EVAL, "--batch", "100000000000"], ["batch", "65,536"]),
+    ("seq-huge", [*EVAL, "--phase", "prefill", "--seq", "100000000000"], ["seq"]),
+    ("context-huge", [*EVAL, "--context", "100000000000"], ["context"]),
+    ("micro-batches", [*EVAL, "--batch", "8", "--micro-batches", "100000000000"], ["micro_batches"]),
+    ("micro-batches-sim", [*EVAL, "--batch", "65536", "--micro-batches", "65536", "--simulate"], ["4,096"]),
+    ("replicas", [*EVAL, "--replicas", "100000000000"], ["replicas"]),
+    ("dp-layers", [*TUNE[:1], "-t", "dp", "-m", "llama2-7b:layers=2000", "-p", "dgx-h100x8"], ["dp", "layers^2"]),
+    ("dp-devices", [*TUNE[:1], "-t", "dp", "-m", "llama2-7b", "-p", "dgx-h100x8192"], ["dp", "devices"]),
+    ("tp-huge", [*EVAL, "--tp", "1000000000"], ["tp"]),
+    ("tp-pp-huge", [*EVAL, "--tp", "10000", "--pp", "32"], ["tp x pp"]),
+    ("memory-gib-0", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--memory-gib", "0"], ["memory_gib", "> 0"]),
+    ("max-devices", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--max-devices", "100000"], ["max_devices"]),
+    ("max-devices-over", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--max-devices", "9"], ["max_devices", "8"]),
+    ("recompute-decode", [*EVAL, "--recompute"], ["recompute", "training"]),
+    ("gpipe-decode", [*EVAL, "--schedule", "gpipe"], ["gpipe", "training"]),
+    ("gpipe-prefill", [*EVAL, "--phase", "prefill", "--schedule", "gpipe"], ["gpipe", "training"]),
+    ("graph-layers", ["graph", "build", "-m", "llama2-7b:layers=100000000"], ["layers"]),
+    ("models-show", ["models", "show", "llama2-7b:layers=100000000"], ["layers"]),
+    ("platforms-show", ["platforms", "show", "dgx-h100x100000000"], ["nodes"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "mentions"), [c[1:] for c in OPTION_CASES], ids=[c[0] for c in OPTION_CASES])
+def test_options_refused(tmp_path: Path, argv: list[str], mentions: list[str]) -> None:
+    assert_refused(run_paratune(argv, tmp_path), mentions=mentions)
+
+
+# -- files: scenarios, platforms, models, plans, campaigns ------------------------------------------------------
+SCENARIO = "name: s\nmodel: llama2-7b\nplatform: dgx-a100\nphase: decode\nbatch: 8\ncontext: 1024\n"
+PLATFORM = (Path(__file__).resolve().parent.parent / "configs" / "platforms" / "dgx-a100.yaml").read_text()
+MODEL = "name: m\nlayers: 4\nhidden: 512\nheads: 8\nffn: 1024\nvocab: 1000\n"
+STAGE = {"tp": 1, "devices": [0], "layers": [0, 31]}
+PLAN = {"granularity": "layer", "micro_batches": 1, "replicas": 1, "stages": [STAGE]}
+CAMPAIGN = "name: c\nscenarios:\n  - s.yaml\ntuners: [megatron]\nseeds: 1\noptimum: false\n"
+
+
+def _plan(**changes: object) -> str:
+    return json.dumps({**PLAN, **changes})
+
+
+def _stage(**changes: object) -> str:
+    return json.dumps({**PLAN, "stages": [{**STAGE, **changes}]})
+
+
+def _inline(**fields: str) -> str:
+    lines = [f"    {k}: {v}" for k, v in {"model": "llama2-7b:layers=4", "platform": "dgx-a100", **fields}.items()]
+    return "name: c\nscenarios:\n  - name: x\n" + "\n".join(lines) + "\ntuners: [megatron]\noptimum: false\n"
+
+
+SCENARIO_TUNE = [*TUNE, "--scenario", "s.yaml"]
+PLATFORM_EVAL = ["evaluate", "-m", "llama2-7b", "-p", "p.yaml"]
+MODEL_EVAL = ["evaluate", "-m", "m.yaml", "-p", "dgx-a100"]
+PLAN_EVAL = [*EVAL, "--plan", "plan.json"]
+RUN = ["campaign", "run", "c.yaml"]
+
+
+def sc(text: str) -> dict[str, str]:
+    return {"s.yaml": text}
+
+
+def pf(old: str, new: str) -> dict[str, str]:
+    return {"p.yaml": PLATFORM.replace(old, new, 1)}
+
+
+def md(text: str) -> dict[str, str]:
+    return {"m.yaml": text}
+
+
+def pl(text: str) -> dict[str, str]:
+    return {"plan.json": text}
+
+
+def cp(old: str, new: str) -> dict[str, str]:
+    return {"s.yaml": SCENARIO, "c.yaml": CAMPAIGN.replace(old, new)}
+
+
+def numbers(n: int) -> str:
+    return str(list(range(1, n + 1)))
+
+
+LIM = SCENARIO + "limits: "
+FILE_CASES = [
+    # scenarios
+    ("sc-memory-nan", sc(LIM + "{memory_gib: .nan}"), SCENARIO_TUNE, ["limits.memory_gib", "finite"]),
+    ("sc-memory-inf", sc(LIM + "{memory_gib: .inf}"), SCENARIO_TUNE, ["memory_gib", "finite"]),
+    ("sc-memory-0", sc(LIM + "{memory_gib: 0}"), SCENARIO_TUNE, ["memory_gib", "> 0"]),
+    ("sc-memory-neg", sc(LIM + "{memory_gib: -5}"), SCENARIO_TUNE, ["memory_gib"]),
+    ("sc-tbt-nan", sc(LIM + "{tbt_ms: .nan}"), SCENARIO_TUNE, ["limits.tbt_ms", "finite"]),
+    ("sc-ttft-0", sc(LIM + "{ttft_ms: 0}"), SCENARIO_TUNE, ["limits.ttft_ms"]),
+    ("sc-max-dev-0", sc(LIM + "{max_devices: 0}"), SCENARIO_TUNE, ["limits.max_devices"]),
+    ("sc-max-dev-over", sc(LIM + "{max_devices: 100000}"), SCENARIO_TUNE, ["max_devices"]),
+    ("sc-max-dev-9", sc(LIM + "{max_devices: 9}"), SCENARIO_TUNE, ["max_devices", "8"]),
+    ("sc-calibrated-str", sc(LIM + "{calibrated_only: 'no'}"), SCENARIO_TUNE, ["calibrated_only"]),
+    ("sc-batch-huge", sc(SCENARIO.replace("batch: 8", "batch: 100000000000000000000")), SCENARIO_TUNE, ["batch"]),
+    ("sc-batch-float", sc(SCENARIO.replace("batch: 8", "batch: 8.5")), SCENARIO_TUNE, ["batch", "integer"]),
+    ("sc-batch-nan", sc(SCENARIO.replace("batch: 8", "batch: .nan")), SCENARIO_TUNE, ["batch"]),
+    ("sc-context-huge", sc(SCENARIO.replace("1024", "99999999999")), SCENARIO_TUNE, ["context"]),
+    ("sc-seq-huge", sc(SCENARIO + "seq: 99999999999\n"), SCENARIO_TUNE, ["seq"]),
+    ("sc-model-layers", sc(SCENARIO.replace("7b", "7b:layers=100000000")), SCENARIO_TUNE, ["layers"]),
+    ("sc-python-tag", sc("!!python/object/apply:os.system ['touch pwned']\n"), SCENARIO_TUNE, ["s.yaml"]),
+    ("sc-deep", sc("a: " + "[" * 100_000 + "]" * 100_000 + "\n"), SCENARIO_TUNE, ["s.yaml"]),
+    ("sc-too-big", sc(SCENARIO + "#" * (MAX_FILE_BYTES + 1) + "\n"), SCENARIO_TUNE, ["s.yaml", "bytes"]),
+    ("sc-bad-yaml", sc("name: [unclosed\nmodel: x\n"), SCENARIO_TUNE, ["s.yaml", "line"]),
+    # platform files
+    ("pf-peak-nan", pf("bf16: 312", "bf16: .nan"), PLATFORM_EVAL, ["peak_tflops.bf16", "finite"]),
+    ("pf-memory-inf", pf("memory_gib: 80", "memory_gib: .inf"), PLATFORM_EVAL, ["memory_gib"]),
+    ("pf-memory-0", pf("memory_gib: 80", "memory_gib: 0"), PLATFORM_EVAL, ["memory_gib", "> 0"]),
+    ("pf-bw-0", pf("memory_bw_gbs: 2039", "memory_bw_gbs: 0"), PLATFORM_EVAL, ["memory_bw"]),
+    ("pf-nodes", pf("nodes: 1", "nodes: 1000000000"), PLATFORM_EVAL, ["nodes"]),
+    ("pf-nodes-float", pf("nodes: 1", "nodes: 1.5"), PLATFORM_EVAL, ["nodes", "integer"]),
+    ("pf-per-node-str", pf("per_node: 8", "per_node: '8'"), PLATFORM_EVAL, ["devices_per_node"]),
+    ("pf-reserved-nan", pf("reserved_gib: 1.0", "reserved_gib: .nan"), PLATFORM_EVAL, ["reserved"]),
+    ("pf-latency-nan", pf("latency_us: 0}", "latency_us: .nan}"), PLATFORM_EVAL, ["latency_us"]),
+    ("pf-python-tag", {"p.yaml": "name: !!python/name:os.system\n"}, PLATFORM_EVAL, ["p.yaml"]),
+    # model files
+    ("md-layers-float", md(MODEL.replace("layers: 4", "layers: 4.5")), MODEL_EVAL, ["layers", "integer"]),
+    ("md-layers-nan", md(MODEL.replace("layers: 4", "layers: .nan")), MODEL_EVAL, ["layers", "integer"]),
+    ("md-layers-bool", md(MODEL.replace("layers: 4", "layers: true")), MODEL_EVAL, ["layers", "integer"]),
+    ("md-layers-huge", md(MODEL.replace("layers: 4", "layers: 100000000")), MODEL_EVAL, ["layers"]),
+    ("md-hidden-huge", md(MODEL.replace("hidden: 512", "hidden: 1073741824")), MODEL_EVAL, ["hidden"]),
+    ("md-gated-int", md(MODEL + "gated_mlp: 1\n"), MODEL_EVAL, ["gated_mlp"]),
+    ("md-dtype-list", md(MODEL + "dtype: [bf16]\n"), MODEL_EVAL, ["dtype"]),
+    ("md-positions-neg", md(MODEL + "positions: -1\n"), MODEL_EVAL, ["positions"]),
+    (
+        "md-python-tag",
+        md("!!python/object/apply:os.system ['touch pwned']\n"),
+        ["models", "show", "m.yaml"],
+        ["m.yaml"],
+    ),
+    ("md-malformed", md("layers: [4\n"), ["models", "show", "m.yaml"], ["m.yaml", "line"]),
+    # plan files
+    ("plan-recompute-str", pl(_stage(recompute="no")), PLAN_EVAL, ["recompute", "true or false"]),
+    ("plan-recompute-int", pl(_stage(recompute=1)), PLAN_EVAL, ["recompute"]),
+    ("plan-tp-float", pl(_stage(tp=1.0)), PLAN_EVAL, ["tp", "integer"]),
+    ("plan-tp-bool", pl(_stage(tp=True)), PLAN_EVAL, ["tp", "integer"]),
+    ("plan-tp-huge", pl(_stage(tp=10**12)), PLAN_EVAL, ["tp"]),
+    ("plan-layers-bool", pl(_stage(layers=[False, 31])), PLAN_EVAL, ["layers"]),
+    ("plan-devices-str", pl(_stage(devices=["0"])), PLAN_EVAL, ["devices"]),
+    ("plan-micro-str", pl(_plan(micro_batches="4")), PLAN_EVAL, ["micro_batches"]),
+    ("plan-micro-huge", pl(_plan(micro_batches=10**15)), PLAN_EVAL, ["micro_batches"]),
+    ("plan-replicas-huge", pl(_plan(replicas=10**15)), PLAN_EVAL, ["replicas"]),
+    ("plan-nan", pl(_plan().replace('"micro_batches": 1', '"micro_batches": NaN')), PLAN_EVAL, ["plan.json", "finite"]),
+    ("plan-infinity", pl(_stage().replace('"tp": 1', '"tp": Infinity')), PLAN_EVAL, ["plan.json"]),
+    ("plan-deep", pl("[" * 100_000 + "]" * 100_000), PLAN_EVAL, ["plan.json", "nested"]),
+    ("plan-deep-field", pl(_plan(meta=json.loads("[" * 200 + "]" * 200))), PLAN_EVAL, ["plan.json", "nested"]),
+    ("plan-device-neg", pl(_stage(devices=[-1])), PLAN_EVAL, ["device ids must be >= 0"]),
+    ("plan-device-dup", pl(_stage(tp=2, devices=[0, 0])), PLAN_EVAL, ["device 0 is listed twice"]),
+    (
+        "plan-many-stages",
+        pl(json.dumps({"stages": [{**STAGE, "devices": [i]} for i in range(70_000)]})),
+        PLAN_EVAL,
+        ["stages"],
+    ),
+    ("plan-binary", pl("\udcff"), PLAN_EVAL, ["plan.json"]),
+    # campaign specs
+    ("cp-seeds", cp("seeds: 1", "seeds: 1000000000"), RUN, ["seeds", "10,000"]),
+    ("cp-seed-list", cp("seeds: 1", f"seeds: {numbers(20000)}"), RUN, ["seeds"]),
+    ("cp-seed-value", cp("seeds: 1", "seeds: [99999999999]"), RUN, ["seed"]),
+    ("cp-product", {"c.yaml": _inline(batch=numbers(1000), seq=numbers(1000))}, RUN, ["scenarios", "1,000,000"]),
+    (
+        "cp-product-limits",
+        {"c.yaml": _inline(limits=f"{{memory_gib: {numbers(200)}, tbt_ms: {numbers(200)}}}")},
+        RUN,
+        ["scenarios"],
+    ),
+    ("cp-jobs", {"c.yaml": _inline(batch=numbers(50)) + "seeds: 9000\n"}, RUN, ["jobs", "100,000"]),
+    ("cp-memory-nan", {"c.yaml": _inline(limits="{memory_gib: .nan}")}, RUN, ["memory_gib", "finite"]),
+    ("cp-batch-huge", {"c.yaml": _inline(batch="100000000000000")}, RUN, ["batch"]),
+    ("cp-layers", {"c.yaml": _inline(model="llama2-7b:layers=100000000")}, RUN, ["layers"]),
+    ("cp-max-devices", {"c.yaml": _inline(limits="{max_devices: 64}")}, RUN, ["max_devices"]),
+    ("cp-bogus-option", cp("[megatron]", "[{name: optuna-tpe, options: {bogus: 1}}]"), RUN, ["bogus"]),
+    ("cp-policy-missing", cp("[megatron]", "[{name: rl, options: {policy: nope.zip}}]"), RUN, ["policy", "nope.zip"]),
+    ("cp-budget-huge", cp("[megatron]", "[{name: optuna-tpe, budget: 100000000000}]"), RUN, ["budget"]),
+]
+
+
+@pytest.mark.parametrize(("files", "argv", "mentions"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+def test_files_refused(tmp_path: Path, files: dict[str, str], argv: list[str], mentions: list[str]) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, errors="surrogateescape")
+    assert_refused(run_paratune(argv, tmp_path), mentions=mentions)
+    assert not (tmp_path / "pwned").exists()
+
+
+# -- the library: the same bounds without the command line ----------------------------------------------------
+def test_divisors_of_huge_numbers_come_from_factors() -> None:
+    start = time.perf_counter()
+    found = divisors(10**20)
+    assert len(found) == 21 * 21  # 2**20 * 5**20
+    assert found[:4] == [1, 2, 4, 5] and found[-1] == 10**20
+    assert prime_factors(2**61 - 1) == {2**61 - 1: 1}
+    assert prime_factors((2**31 - 1) * (2**32 - 5)) == {2**31 - 1: 1, 2**32 - 5: 1}
+    assert all(divisors(n) == [d for d in range(1, n + 1) if n % d == 0] for n in range(1, 400))
+    assert time.perf_counter() - start < 30.0  # a hang guard, not a speed target
+
+
+@pytest.mark.parametrize("n", [0, -4, 2.0, True, 2**81])
+def test_divisors_refuse_non_counts(n: object) -> None:
+    with pytest.raises(ValueError, match="n must"):
+        divisors(n)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"memory_gib": math.nan}, "limits.memory_gib"),
+        ({"memory_gib": math.inf}, "limits.memory_gib"),
+        ({"memory_gib": 0}, "limits.memory_gib"),
+        ({"tbt_ms": -1.0}, "limits.tbt_ms"),
+        ({"ttft_ms": math.nan}, "limits.ttft_ms"),
+        ({"max_devices": 0}, "limits.max_devices"),
+        ({"max_devices": 2.0}, "limits.max_devices"),
+        ({"max_devices": MAX_DEVICES + 1}, "limits.max_devices"),
+        ({"calibrated_only": "no"}, "limits.calibrated_only"),
+    ],
+)
+def test_limits_refuse_bad_values(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        Limits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_problem_bounds_and_platform_cap() -> None:
+    with pytest.raises(ValueError, match="batch"):
+        Problem("llama2-7b", "dgx-a100", batch=MAX_BATCH + 1)
+    with pytest.raises(ValueError, match="context"):
+        Problem("llama2-7b", "dgx-a100", context=-1)
+    problem = Problem("llama2-7b", "dgx-a100", limits=Limits(max_devices=16))
+    with pytest.raises(ValueError, match=r"limits\.max_devices.*has 8 devices"):
+        problem.resolved_platform  # noqa: B018
+    assert Problem("llama2-7b", "dgx-a100", limits=Limits(max_devices=8)).max_devices == 8
+
+
+def test_model_and_platform_bounds() -> None:
+    assert get_model(f"llama2-7b:layers={MAX_LAYERS}").layers == MAX_LAYERS
+    with pytest.raises(ValueError, match="layers"):
+        get_model(f"llama2-7b:layers={MAX_LAYERS + 1}")
+    assert get_platform("dgx-h100x8192").num_devices == MAX_DEVICES
+    with pytest.raises(ValueError, match="65,536"):
+        get_platform("dgx-h100x8193")
+
+
+def test_plan_recompute_is_checked_by_phase() -> None:
+    train = Problem("llama2-7b:layers=4", "dgx-a100", phase="train", batch=8)
+    decode = Problem("llama2-7b:layers=4", "dgx-a100", phase="decode", batch=8)
+    plan = Plan.uniform(4, recompute=True)
+    assert train.evaluate(plan).feasible
+    assert any("training only" in p for p in plan.problems(decode.graph(), decode.resolved_platform))
+    assert not Plan.uniform(4).problems(decode.graph(), decode.resolved_platform)
+
+
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"a": -Infinity}', "[" * 100 + "]" * 100])
+def test_strict_json(text: str) -> None:
+    with pytest.raises(ValueError, match=r"x\.json"):
+        parse_json(text, "x.json")
+
+
+def test_json_output_is_strict_for_an_infeasible_plan(tmp_path: Path) -> None:
+    """An infeasible prediction (over memory) still prints JSON any strict parser reads: no NaN, no Infinity."""
+    run = run_paratune(["evaluate", "-m", "llama2-70b", "-p", "dgx-a100", "--json"], tmp_path)
+    assert run.returncode == 0, run.describe()
+    data = parse_json(run.stdout, "evaluate --json")
+    assert data["feasible"] is False
