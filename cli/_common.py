@@ -56,10 +56,50 @@ def user_errors(func: F) -> F:
         except caught as exc:
             if os.environ.get("PARATUNE_DEBUG", "").strip() not in ("", "0"):
                 raise
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {error_line(exc)}", file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line that describes a user mistake.
+
+    Library messages are written as one line; this is the net under them: a raw YAML error
+    (several lines with a caret) becomes its problem and position, an ``OSError`` its file and
+    reason (not ``[Errno 21] ...``), and any other message has its line breaks folded.
+    """
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = _yaml_line(exc)
+    elif isinstance(exc, yaml.YAMLError):
+        text = f"not valid YAML: {exc}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror.lower()}" if exc.filename else exc.strerror
+    else:
+        text = str(exc)
+        inner = exc.__context__
+        if isinstance(inner, yaml.MarkedYAMLError) and str(inner) in text:  # "FILE: not valid YAML (<several lines>)"
+            text = text.replace(str(inner), _yaml_line(inner))
+    return " ".join(text.split())
+
+
+def _yaml_line(exc: Any) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = ""
+    if mark is not None:
+        name = "" if str(mark.name).startswith("<") else f"{mark.name}: "
+        where = f"{name}line {mark.line + 1}, column {mark.column + 1}: "
+    problem = "; ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
+    return f"{where}not valid YAML: {problem}"
+
+
+def print_text(line: str) -> None:
+    """Print a line of text as it is: brackets in a user's names (``[/x]``) are not rich markup."""
+    from rich.markup import escape
+
+    console.print(escape(line), highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -86,3 +126,40 @@ def problem_from_options(
     if not model or not platform:
         raise ValueError("--model and --platform are required (or --scenario FILE)")
     return Problem(model=model, platform=platform, limits=Limits(**limits), **fields)
+
+
+def output_file(path: Path, option: str = "-o", *, example: str = "plan.json") -> Path:
+    """Check, before any work, that ``path`` can be written as a file; returns it.
+
+    A command writes its output last, after minutes of tuning: a folder given where a file is
+    expected, or a folder that does not exist, must fail first, and no folder is created for
+    the user (a typo in the path must not leave directories behind).
+    """
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give the file to write (e.g. {path / example})")
+    _check_parent(path, option)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {path}: the file is not writable")
+    return path
+
+
+def output_folder(path: Path, option: str = "-o") -> Path:
+    """Check, before any work, that ``path`` is a folder or can be made one inside an existing folder."""
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{option} {path}: is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{option} {path}: the folder is not writable")
+        return path
+    _check_parent(path, option)
+    return path
+
+
+def _check_parent(path: Path, option: str) -> None:
+    parent = path.absolute().parent
+    if not parent.exists():
+        raise ValueError(f"{option} {path}: folder {parent} does not exist (paratune creates no parent folders)")
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: folder {parent} is not writable")

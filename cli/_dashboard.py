@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from ._common import console, user_errors
+from ._common import console, output_file, user_errors
 
 
 @user_errors
@@ -35,9 +36,11 @@ def dashboard_command(
     targets = runs_dir or ["runs"]
     app = create_app(targets, refresh_s=refresh)
     if not _loopback(host):
-        console.print(f"[yellow]note[/yellow]: listening on {host}: anyone who can reach this machine can see it")
+        console.print(
+            f"[yellow]note[/yellow]: listening on {escape(host)}: anyone who can reach this machine can see it"
+        )
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"dashboard on http://{shown}:{port}/  (Ctrl-C to stop)")
+    console.print(escape(f"dashboard on http://{shown}:{port}/  (Ctrl-C to stop)"))
     serve(app, host=host, port=port)
 
 
@@ -51,9 +54,9 @@ def report_command(
     """Write one self-contained HTML report (tables and figures, plotly inlined: opens offline)."""
     from ..dashboard import write_report
 
-    path = write_report(run_dir, out)
+    path = write_report(run_dir, output_file(out, example="report.html"))
     size = path.stat().st_size / 1e6
-    console.print(f"report: {path} ({size:.1f} MB); open it in a browser (no network needed)")
+    console.print(f"report: {escape(str(path))} ({size:.1f} MB); open it in a browser (no network needed)")
 
 
 def _loopback(host: str) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..agents._settings import TRAIN, TRANSFER
@@ -28,6 +29,7 @@ from ._common import (
     SeedOpt,
     SeqOpt,
     console,
+    output_folder,
     print_json,
     user_errors,
 )
@@ -82,6 +84,7 @@ def train_command(
 
     if algo not in ALGOS:  # before torch loads: a typo fails fast
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
+    output_folder(out, "--out")
     result = train(
         scenarios,
         algo=algo,
@@ -110,9 +113,9 @@ def train_command(
     if as_json:
         print_json(data)
         return
-    table = Table(title=f"trained {meta['algo']} on {len(meta['scenarios'])} scenarios", show_header=False)
+    table = Table(title=f"trained {escape(meta['algo'])} on {len(meta['scenarios'])} scenarios", show_header=False)
     for key, value in data.items():
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))
     console.print(table)
 
 
@@ -167,13 +170,13 @@ def _fmt_gap(gap: float | None) -> str:
 def _print_transfer(d: dict[str, Any]) -> None:
     opt = d["optimum"]
     opt_text = "unknown" if opt["value"] is None else f"{opt['value']:.6g} ({opt['source']})"
-    table = Table(title=f"transfer of {d['policy']} to {d['problem']['name']}; optimum {opt_text}")
+    table = Table(title=escape(f"transfer of {d['policy']} to {d['problem']['name']}; optimum {opt_text}"))
     for col in ("result", "value", "gap to optimum", "gap to best heuristic", "rollouts", "wall s"):
         table.add_column(col)
     for row in d["rows"]:
         value = "infeasible" if row["value"] is None else f"{row['value']:.6g}"
         table.add_row(
-            row["label"],
+            escape(row["label"]),
             value,
             _fmt_gap(row["gap_to_optimum"]),
             _fmt_gap(row["gap_to_heuristic"]),
@@ -182,7 +185,7 @@ def _print_transfer(d: dict[str, Any]) -> None:
         )
     console.print(table)
     for note in d["notes"]:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -29,6 +29,7 @@ from ._common import (
     SeedOpt,
     SeqOpt,
     console,
+    output_folder,
     print_json,
     problem_from_options,
     user_errors,
@@ -55,9 +56,9 @@ def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
 
     tables, _figures, summary = study_outputs(data)
     for t in tables[:2]:
-        table = Table(title=t.title)
+        table = Table(title=escape(t.title))
         for c in t.columns:
-            table.add_column(c)
+            table.add_column(escape(c))
         for row in t.formatted():
             table.add_row(*(escape(v) for v in row))
         console.print(table)
@@ -72,6 +73,7 @@ def _run(kind: str, problem: Any, options: dict[str, Any], budget: int, seed: in
     """Run the study; Ctrl-C keeps the finished cells and says how to resume (exit code 130)."""
     from ..study import run_study
 
+    output_folder(output)
     try:
         return run_study(kind, problem, options=options, budget=budget, seed=seed, out_dir=output, say=_say(quiet))
     except KeyboardInterrupt:
