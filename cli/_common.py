@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +18,26 @@ from rich.console import Console
 console = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, emoji=False)  # ":train:" stays text
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Bounds of CLI counts that drive work (the library bounds models, platforms and workloads itself).
+MAX_BUDGET = 10_000_000  # evaluations of one search: hours on the fastest tuner
+MAX_PLAN_DEGREE = 1 << 16  # --tp, --pp, --micro-batches, --replicas: no platform has more devices
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeded generators take 32-bit seeds
+
+
+def positive_number(value: float | None) -> float | None:
+    """Option callback: a finite number > 0 (a memory cap or a latency SLO of 0 or ``inf`` means nothing)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number > 0, got {value:g}")
+    return value
+
+
+def finite_number(value: float | None) -> float | None:
+    """Option callback: a finite number (``nan`` and ``inf`` parse as floats but poison every result)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value:g}")
+    return value
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]
 # Options that describe a problem, shared by `tune`, `study`, `transfer`, `evaluate` and `graph build`.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")]
@@ -29,9 +50,11 @@ BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences i
 SeqOpt = Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")]
 ContextOpt = Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step (default: seq).")]
 GranOpt = Annotated[str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")]
-MemoryOpt = Annotated[float | None, typer.Option("--memory-gib", min=0, help="Memory cap per device, GiB.")]
+MemoryOpt = Annotated[
+    float | None, typer.Option("--memory-gib", callback=positive_number, help="Memory cap per device, GiB (> 0).")
+]
 ScenarioOpt = Annotated[Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags above.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of every random choice.")]
 
 
 #: What a user's mistake raises: bad values (ValueError, its subclasses included), missing or misplaced files,

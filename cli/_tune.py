@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._common import (
+    MAX_BUDGET,
     BatchOpt,
     ContextOpt,
     GranOpt,
@@ -29,6 +30,7 @@ from ._common import (
     SeqOpt,
     console,
     output_file,
+    positive_number,
     print_json,
     problem_from_options,
     user_errors,
@@ -100,8 +102,8 @@ def tune(
     context: ContextOpt = 0,
     granularity: GranOpt = "layer",
     memory_gib: MemoryOpt = None,
-    tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", min=0, help="TBT SLO, ms.")] = None,
-    ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", min=0, help="TTFT SLO, ms.")] = None,
+    tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", callback=positive_number, help="TBT SLO, ms.")] = None,
+    ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", callback=positive_number, help="TTFT SLO, ms.")] = None,
     max_devices: Annotated[
         int | None, typer.Option("--max-devices", min=1, help="Use at most this many devices.")
     ] = None,
@@ -110,7 +112,7 @@ def tune(
     ] = False,
     scenario: ScenarioOpt = None,
     budget: Annotated[
-        int | None, typer.Option("--budget", "-n", min=1, help="Evaluations (default: the tuner's).")
+        int | None, typer.Option("--budget", "-n", min=1, max=MAX_BUDGET, help="Evaluations (default: the tuner's).")
     ] = None,
     seed: SeedOpt = 0,
     storage: Annotated[

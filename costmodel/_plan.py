@@ -23,6 +23,7 @@ The JSON form is a contract other tools read: ``granularity``, ``micro_batches``
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -157,17 +158,21 @@ class Plan:
                 out.append(f"stage {i}: TP degree {s.tp} does not divide the {meta.heads} attention heads")
             if len(s.devices) != s.tp:
                 out.append(f"stage {i}: tp is {s.tp} but {len(s.devices)} device(s) are listed")
-            for d in s.devices:
-                if d in seen:
+            for d, times in Counter(s.devices).items():  # each id once: a device listed 8 times is one mistake
+                if d < 0:
+                    out.append(f"stage {i}: device {d} is negative; devices are 0..{platform.num_devices - 1}")
+                elif d in seen:
                     out.append(f"stage {i}: device {d} is already used by stage {seen[d]}")
-                seen[d] = i
+                elif times > 1:
+                    out.append(f"stage {i}: device {d} is listed {times} times")
+                seen.setdefault(d, i)
         if self.num_devices > platform.num_devices:
             out.append(
                 f"the plan needs {self.num_devices} devices ({self.replicas} replica(s) x "
                 f"{self.devices_per_replica}) but platform {platform.name} has {platform.num_devices}"
             )
         top = max(seen, default=0) + (self.replicas - 1) * self.devices_per_replica
-        if seen and (min(seen) < 0 or top >= platform.num_devices):
+        if seen and top >= platform.num_devices:
             out.append(f"device ids must lie in 0..{platform.num_devices - 1} for every replica (highest used: {top})")
         out.extend(self._coverage_problems(graph))
         return out
