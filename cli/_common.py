@@ -104,18 +104,18 @@ def error_line(exc: BaseException) -> str:
         text = str(exc)
         inner = exc.__context__
         if isinstance(inner, yaml.MarkedYAMLError) and str(inner) in text:  # "FILE: not valid YAML (<several lines>)"
-            text = text.replace(str(inner), _yaml_line(inner))
+            text = text.replace(str(inner), _yaml_line(inner, prefix=""))
     return " ".join(text.split())
 
 
-def _yaml_line(exc: Any) -> str:
+def _yaml_line(exc: Any, prefix: str = "not valid YAML: ") -> str:
     mark = exc.problem_mark or exc.context_mark
     where = ""
     if mark is not None:
         name = "" if str(mark.name).startswith("<") else f"{mark.name}: "
         where = f"{name}line {mark.line + 1}, column {mark.column + 1}: "
     problem = "; ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
-    return f"{where}not valid YAML: {problem}"
+    return f"{where}{prefix}{problem}"
 
 
 def print_text(line: str) -> None:
