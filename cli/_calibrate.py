@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._common import JsonOpt, console, output_file, output_folder, print_json, user_errors
+from ._common import JsonOpt, console, finite_number, output_file, output_folder, print_json, user_errors
 
 calibrate_app = typer.Typer(help="Fit the cost model to measured profiles, check it, measure this machine.",
                             no_args_is_help=True)  # fmt: skip
@@ -38,6 +38,8 @@ def fit(
         float,
         typer.Option(
             "--host-overhead-us",
+            min=0,
+            callback=finite_number,
             help="Host time per op the timings include (ops timed one by one with a sync; 0: kernel timings).",
         ),
     ] = 0.0,

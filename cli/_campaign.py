@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..campaign._states import JobState, Role
-from ._common import JsonOpt, console, print_json, print_text, user_errors
+from ._common import MAX_PROCESSES, JsonOpt, console, print_json, print_text, user_errors
 
 campaign_app = typer.Typer(
     help="Tuning campaigns: scenarios x tuners x seeds in a database, resumable, shared by workers.",
@@ -32,7 +32,9 @@ StorageOpt = Annotated[
         help="SQLAlchemy URL of the store (default: SQLite in the run folder), e.g. postgresql://user@host:5432/db.",
     ),
 ]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes on this machine.")]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", "-w", min=1, max=MAX_PROCESSES, help="Worker processes on this machine.")
+]
 StaleOpt = Annotated[
     float,
     typer.Option("--stale-after", min=1, help="Seconds without a heartbeat before a running job is re-run."),

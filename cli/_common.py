@@ -22,6 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_BUDGET = 10_000_000  # evaluations of one search: hours on the fastest tuner
 MAX_PLAN_DEGREE = 1 << 16  # --tp, --pp, --micro-batches, --replicas: no platform has more devices
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeded generators take 32-bit seeds
+MAX_PROCESSES = 256  # --workers, --n-envs: processes started on this machine (each imports numpy, maybe torch)
 
 
 def positive_number(value: float | None) -> float | None:
@@ -59,7 +60,13 @@ SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed 
 
 #: What a user's mistake raises: bad values (ValueError, its subclasses included), missing or misplaced files,
 #: unreadable YAML. Anything else (a KeyError, a TypeError...) is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def user_errors(func: F) -> F:
@@ -105,7 +112,26 @@ def error_line(exc: BaseException) -> str:
         inner = exc.__context__
         if isinstance(inner, yaml.MarkedYAMLError) and str(inner) in text:  # "FILE: not valid YAML (<several lines>)"
             text = text.replace(str(inner), _yaml_line(inner, prefix=""))
-    return " ".join(text.split())
+    return one_line(text)
+
+
+#: Characters of an error line at most: a message quoting a 1 MB argument stays readable.
+MAX_ERROR_CHARS = 2000
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line of printable characters, at most :data:`MAX_ERROR_CHARS` long.
+
+    Line breaks and tabs fold into spaces; other control characters (an escape sequence in a
+    file name would recolour or retitle the terminal) are shown as ``\\x1b``; the middle of a
+    very long message is cut.
+    """
+    text = " ".join(text.split())
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    if len(text) > MAX_ERROR_CHARS:
+        half = MAX_ERROR_CHARS // 2
+        text = f"{text[:half]} ...[{len(text) - 2 * half:,} characters cut]... {text[-half:]}"
+    return text
 
 
 def _yaml_line(exc: Any, prefix: str = "not valid YAML: ") -> str:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..agents._settings import TRAIN, TRANSFER
 from ._common import (
+    MAX_PROCESSES,
     BatchOpt,
     ContextOpt,
     GranOpt,
@@ -29,6 +30,7 @@ from ._common import (
     SeedOpt,
     SeqOpt,
     console,
+    finite_number,
     output_folder,
     print_json,
     user_errors,
@@ -46,7 +48,9 @@ def train_command(
         int, typer.Option("--timesteps", "-n", min=1, help="Environment steps in all.")
     ] = TRAIN.timesteps,
     seed: SeedOpt = TRAIN.seed,
-    n_envs: Annotated[int, typer.Option("--n-envs", min=1, help="Parallel environments.")] = TRAIN.n_envs,
+    n_envs: Annotated[
+        int, typer.Option("--n-envs", min=1, max=MAX_PROCESSES, help="Parallel environments.")
+    ] = TRAIN.n_envs,
     vec_env: Annotated[
         str, typer.Option("--vec-env", help="auto (subprocesses when --n-envs > 1) | subproc | dummy (one process).")
     ] = TRAIN.vec_env,
@@ -141,7 +145,8 @@ def transfer_command(
         int, typer.Option("--rollouts", min=1, help="Rollouts of the rl tuner (greedy, setup sweep, sampled).")
     ] = TRANSFER.rollouts,
     temperature: Annotated[
-        float, typer.Option("--temperature", min=0.01, help="Temperature of the sampled rollouts.")
+        float,
+        typer.Option("--temperature", min=0.01, callback=finite_number, help="Temperature of the sampled rollouts."),
     ] = TRANSFER.temperature,
     seed: SeedOpt = TRANSFER.seed,
     as_json: JsonOpt = False,

@@ -17,6 +17,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from ._common import one_line
+
 try:  # typer 0.22+ carries its own copy of Click
     from typer._click import exceptions as _click_errors
 except ImportError:  # pragma: no cover - older typer, on Click itself
@@ -71,7 +73,7 @@ def usage_line(exc: Any) -> str:
     ctx = getattr(exc, "ctx", None)
     if ctx is not None:
         text += f" (see '{ctx.command_path} --help')"
-    return " ".join(text.split())
+    return one_line(text)
 
 
 def _lower_first(text: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,9 @@ USAGE = [
     (["transfer", *M, "--temperature", "nan"], ["--temperature"]),
     (["train", "--scenarios", "x", "--out", "y", "--random-setup", "2"], ["--random-setup"]),
     (["dashboard", "--port", "0"], ["--port"]),
+    (["train", "--scenarios", "x", "--out", "y", "--n-envs", "100000"], ["--n-envs"]),  # 100,000 processes
+    (["campaign", "run", "x.yaml", "--workers", "100000"], ["--workers"]),  # 100,000 processes
+    (["tune", *M, "--\x1b[31m"], ["\\x1b[31m"]),  # an escape sequence is shown, not sent to the terminal
 ]
 
 # Values that crashed, were ignored or reinterpreted (items 4 and 6 of issue 15).
@@ -119,6 +123,15 @@ VALUES = [
     (["transfer", "--policy", "missing.zip", *M], ["missing.zip"]),
     (["campaign", "status", "missing"], ["missing"]),
     (["report", "missing"], ["missing"]),
+    (
+        ["calibrate", "fit", "--profiles", "adir", "--device", "a100", "-o", "f.yaml", "--host-overhead-us", "inf"],
+        ["--host-overhead-us", "finite"],
+    ),
+    (["transfer", *M, "--temperature", "inf"], ["--temperature", "finite"]),
+    (["study", "show", "x\x1b]0;title\x07"], ["\\x1b]0;title\\x07"]),  # raw in the message before
+    (["models", "show", "a" * 100_000], ["characters cut"]),  # a 100 kB line before
+    (["dashboard", "--host", ""], ["--host"]),  # listened on 127.0.0.1 while saying ""
+    (["dashboard", "--host", "192.0.2.1", "--port", "8123"], ["192.0.2.1", "cannot listen"]),  # 3 lines, exit 1
 ]
 
 # Where output goes: checked before any work; no `.tmp` left, no folder created.
@@ -208,6 +221,15 @@ def test_user_text_is_printed_as_it_is_not_as_markup(tmp_path: Path, args: list[
     run = run_paratune(args, tmp_path)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.describe()
     assert name in run.stdout, run.describe()
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """The server printed three lines and exited 1; the address is now tried before the dashboard starts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_refused(run_paratune(["dashboard", "--port", str(port)], tmp_path), mentions=[str(port), "in use"])
 
 
 def test_cli_runner_sees_the_one_line_usage_error_too() -> None:
