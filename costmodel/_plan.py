@@ -160,11 +160,12 @@ class Plan:
                 out.append(f"stage {i}: tp is {s.tp} but {len(s.devices)} device(s) are listed")
             for d, times in Counter(s.devices).items():  # each id once: a device listed 8 times is one mistake
                 if d < 0:
-                    out.append(f"stage {i}: device {d} is negative; devices are 0..{platform.num_devices - 1}")
+                    n = platform.num_devices
+                    out.append(f"stage {i}: device {d} is negative; device ids must be >= 0 (here 0..{n - 1})")
                 elif d in seen:
                     out.append(f"stage {i}: device {d} is already used by stage {seen[d]}")
                 elif times > 1:
-                    out.append(f"stage {i}: device {d} is listed {times} times")
+                    out.append(f"stage {i}: device {d} is listed {'twice' if times == 2 else f'{times} times'}")
                 seen.setdefault(d, i)
         if self.num_devices > platform.num_devices:
             out.append(
