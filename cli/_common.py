@@ -20,15 +20,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Bounds of CLI counts that drive work (the library bounds models, platforms and workloads itself).
 MAX_BUDGET = 10_000_000  # evaluations of one search: hours on the fastest tuner
-MAX_PLAN_DEGREE = 1 << 16  # --tp, --pp, --micro-batches, --replicas: no platform has more devices
+MAX_PLAN_DEGREE = 1 << 16  # --tp, --pp: no platform has more devices
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeded generators take 32-bit seeds
 MAX_PROCESSES = 256  # --workers, --n-envs: processes started on this machine (each imports numpy, maybe torch)
 
 
-def positive_number(value: float | None) -> float | None:
-    """Option callback: a finite number > 0 (a memory cap or a latency SLO of 0 or ``inf`` means nothing)."""
+def positive_number(param: typer.CallbackParam, value: float | None) -> float | None:
+    """Option callback: a finite number > 0 (a memory cap or a latency SLO of 0 or ``inf`` means nothing).
+
+    The message also names the field of a scenario's ``limits`` the option sets (``memory_gib``).
+    """
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"must be a finite number > 0, got {value:g}")
+        raise typer.BadParameter(f"must be a finite number > 0, got {value:g} (limits field {param.name})")
     return value
 
 

@@ -191,12 +191,8 @@ def evaluate(
     pp: Annotated[
         int, typer.Option("--pp", min=1, max=MAX_PLAN_DEGREE, help="Pipeline stages (layers split evenly).")
     ] = 1,
-    micro_batches: Annotated[
-        int, typer.Option("--micro-batches", min=1, max=MAX_PLAN_DEGREE, help="Micro-batches in flight.")
-    ] = 1,
-    replicas: Annotated[
-        int, typer.Option("--replicas", min=1, max=MAX_PLAN_DEGREE, help="Data-parallel replicas.")
-    ] = 1,
+    micro_batches: Annotated[int, typer.Option("--micro-batches", min=1, help="Micro-batches in flight.")] = 1,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="Data-parallel replicas.")] = 1,
     schedule: Annotated[str, typer.Option("--schedule", help="Training schedule: 1f1b | gpipe.")] = "1f1b",
     recompute: Annotated[bool, typer.Option("--recompute", help="Full activation recomputation (train).")] = False,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="A plan JSON file instead of --tp/--pp.")] = None,
@@ -210,7 +206,9 @@ def evaluate(
 
     if phase != "train" and (recompute or schedule != "1f1b"):  # only a training step has a backward pass
         flag = "--recompute" if recompute else f"--schedule {schedule}"
-        raise ValueError(f"{flag} applies to --phase train only, not {phase} (a {phase} step runs no backward pass)")
+        raise ValueError(
+            f"{flag} applies to training (--phase train) only, not {phase}: a {phase} step runs no backward"
+        )
     if plan_file is not None and (recompute or schedule != "1f1b" or (tp, pp, micro_batches, replicas) != (1, 1, 1, 1)):
         raise ValueError("--plan FILE gives the whole plan: leave out --tp, --pp, --micro-batches, --replicas, "
                          "--schedule and --recompute")  # fmt: skip
