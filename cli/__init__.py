@@ -12,8 +12,10 @@ from __future__ import annotations
 import typer
 
 from . import _calibrate, _campaign, _dashboard, _inspect, _rl, _study, _tune
+from ._usage import OneLineErrorGroup
 
 app = typer.Typer(
+    cls=OneLineErrorGroup,
     help="paratune: find how to run a large neural network on several accelerators.",
     no_args_is_help=True,
     add_completion=False,

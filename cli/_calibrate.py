@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ._common import JsonOpt, console, print_json, user_errors
+from ._common import JsonOpt, console, finite_number, output_file, output_folder, print_json, user_errors
 
 calibrate_app = typer.Typer(help="Fit the cost model to measured profiles, check it, measure this machine.",
                             no_args_is_help=True)  # fmt: skip
@@ -37,6 +38,8 @@ def fit(
         float,
         typer.Option(
             "--host-overhead-us",
+            min=0,
+            callback=finite_number,
             help="Host time per op the timings include (ops timed one by one with a sync; 0: kernel timings).",
         ),
     ] = 0.0,
@@ -45,6 +48,7 @@ def fit(
     """Fit efficiency curves, kernel overheads and link terms; report the error on held-out rows."""
     from ..costmodel.calibration import fit_profile, write_profile
 
+    output_file(output, example="profile.yaml")
     held = [h.strip() for h in holdout.split(",") if h.strip()]
     result = fit_profile(profiles, device, holdout=held, name=name or None, host_overhead_us=host_overhead_us)
     write_profile(result.profile, output)
@@ -52,8 +56,8 @@ def fit(
     if as_json:
         print_json(report)
         return
-    _error_table(f"fit of {device} on {profiles} (held out: {', '.join(held) or 'none'})", report)
-    console.print(f"profile written to {output}")
+    _error_table(escape(f"fit of {device} on {profiles} (held out: {', '.join(held) or 'none'})"), report)
+    console.print(f"profile written to {escape(str(output))}")
 
 
 @calibrate_app.command("check")
@@ -73,7 +77,7 @@ def check(
     if as_json:
         print_json(report)
         return
-    _error_table(f"profile {prof.name} on {profiles} ({device})", report)
+    _error_table(escape(f"profile {prof.name} on {profiles} ({device})"), report)
 
 
 @calibrate_app.command("measure")
@@ -86,8 +90,9 @@ def measure(
     """Run microbenchmarks with torch and write them in the Vidur profile format."""
     from ..costmodel.calibration import measure as run_measure
 
+    output_folder(output)
     written = run_measure(device, output, quick=quick)
-    console.print(f"measured profiles written to {written}")
+    console.print(f"measured profiles written to {escape(str(written))}")
 
 
 @calibrate_app.command("local")
@@ -103,7 +108,7 @@ def local(
     if result is not None:
         rep = result.report
         console.print(f"cpu-local fitted: MAPE {rep['mape']:.1f}% over {rep['rows']} kernel rows (the rows fitted)")
-    console.print(f"cpu-local on this machine now prices with {path}")
+    console.print(f"cpu-local on this machine now prices with {escape(str(path))}")
 
 
 @calibrate_app.command("published")
@@ -119,12 +124,16 @@ def published(
     if as_json:
         print_json(rows)
         return
-    table = Table(title=f"published figures against paratune on {platform}")
+    table = Table(title=escape(f"published figures against paratune on {platform}"))
     for col in ("run", "published", "predicted", "unit", "error %"):
         table.add_column(col, justify="left" if col in ("run", "unit") else "right")
     for r in rows:
         table.add_row(
-            str(r["name"]), f"{r['measured']:.3g}", f"{r['predicted']:.3g}", str(r["unit"]), f"{r['error_pct']:+.1f}"
+            escape(str(r["name"])),
+            f"{r['measured']:.3g}",
+            f"{r['predicted']:.3g}",
+            escape(str(r["unit"])),
+            f"{r['error_pct']:+.1f}",
         )
     console.print(table)
 
@@ -134,7 +143,7 @@ def _error_table(title: str, report: dict[str, Any]) -> None:
     for col in ("op class", "rows", "MAPE %", "max |error| %"):
         table.add_column(col, justify="left" if col == "op class" else "right")
     for op, row in sorted(report.get("per_op", {}).items()):
-        table.add_row(op, str(row["rows"]), f"{row['mape']:.1f}", f"{row['max_abs_pct_error']:.1f}")
+        table.add_row(escape(op), str(row["rows"]), f"{row['mape']:.1f}", f"{row['max_abs_pct_error']:.1f}")
     table.add_row("[bold]all[/bold]", str(report.get("rows", "")), f"{report.get('mape', float('nan')):.1f}",
                   f"{report.get('max_abs_pct_error', float('nan')):.1f}")  # fmt: skip
     console.print(table)

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..campaign._states import JobState, Role
-from ._common import JsonOpt, console, print_json, user_errors
+from ._common import MAX_PROCESSES, JsonOpt, console, print_json, print_text, user_errors
 
 campaign_app = typer.Typer(
     help="Tuning campaigns: scenarios x tuners x seeds in a database, resumable, shared by workers.",
@@ -32,7 +32,9 @@ StorageOpt = Annotated[
         help="SQLAlchemy URL of the store (default: SQLite in the run folder), e.g. postgresql://user@host:5432/db.",
     ),
 ]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes on this machine.")]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", "-w", min=1, max=MAX_PROCESSES, help="Worker processes on this machine.")
+]
 StaleOpt = Annotated[
     float,
     typer.Option("--stale-after", min=1, help="Seconds without a heartbeat before a running job is re-run."),
@@ -95,7 +97,7 @@ def worker(
     from ..campaign import work
 
     try:
-        work(storage, name, output=output, stale_after_s=stale_after, max_jobs=max_jobs, say=console.print)
+        work(storage, name, output=output, stale_after_s=stale_after, max_jobs=max_jobs, say=print_text)
     except KeyboardInterrupt:
         console.print("interrupted: the current job is back in the queue")
         raise typer.Exit(130) from None
@@ -127,12 +129,12 @@ def _shown(path: Path) -> str:
 
 def _closing(outcome: Any) -> None:
     c, where = outcome.counts, outcome.located
-    folder = _shown(where.output)
+    folder = escape(_shown(where.output))
     console.print(
-        f"campaign {where.name}: {c['done']} done, {c['failed']} failed, {c['running']} running, "
+        f"campaign {escape(where.name)}: {c['done']} done, {c['failed']} failed, {c['running']} running, "
         f"{c['waiting']} waiting ({outcome.wall_s:.1f} s)"
     )
-    console.print(f"results: {folder}/ (store: {_safe(where.storage)}; one log per job in {folder}/logs/)")
+    console.print(f"results: {folder}/ (store: {escape(_safe(where.storage))}; one log per job in {folder}/logs/)")
     console.print(f"see them: paratune campaign status {folder}")
     if outcome.interrupted:
         console.print(f"interrupted; finished results are kept. Continue: paratune campaign resume {folder}")
@@ -172,8 +174,8 @@ def _print_studies(jobs: list[dict[str, Any]]) -> None:
 def _print_status(d: dict[str, Any]) -> None:
     c = d["counts"]
     console.print(
-        f"campaign [bold]{d['name']}[/bold]: {c['done']}/{d['total']} done, {c['running']} running, "
-        f"{c['failed']} failed, {c['waiting']} waiting  ({d['output']}, {d['storage']})"
+        f"campaign [bold]{escape(d['name'])}[/bold]: {c['done']}/{d['total']} done, {c['running']} running, "
+        f"{c['failed']} failed, {c['waiting']} waiting  ({escape(str(d['output']))}, {escape(d['storage'])})"
     )
     table = Table(title="best value per tuner (median over seeds) and gap to the optimum")
     for col in ("scenario", "objective", "tuner", "jobs", "value", "gap", "evaluations"):
@@ -214,7 +216,7 @@ def _print_status(d: dict[str, Any]) -> None:
         line = f"job {j['id']} {j['tuner']} on {j['scenario']} seed {j['seed']}: {j['error']}  (log {j['log']})"
         console.print("[red]failed[/red]: " + escape(line), highlight=False)  # fmt: skip
     if not d["finished"]:
-        console.print(f"continue: paratune campaign resume {d['output']}")
+        console.print(f"continue: paratune campaign resume {escape(str(d['output']))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +18,30 @@ from rich.console import Console
 console = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, emoji=False)  # ":train:" stays text
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Bounds of CLI counts that drive work (the library bounds models, platforms and workloads itself).
+MAX_BUDGET = 10_000_000  # evaluations of one search: hours on the fastest tuner
+MAX_PLAN_DEGREE = 1 << 16  # --tp, --pp: no platform has more devices
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeded generators take 32-bit seeds
+MAX_PROCESSES = 256  # --workers, --n-envs: processes started on this machine (each imports numpy, maybe torch)
+
+
+def positive_number(param: typer.CallbackParam, value: float | None) -> float | None:
+    """Option callback: a finite number > 0 (a memory cap or a latency SLO of 0 or ``inf`` means nothing).
+
+    The message also names the field of a scenario's ``limits`` the option sets (``memory_gib``).
+    """
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number > 0, got {value:g} (limits field {param.name})")
+    return value
+
+
+def finite_number(value: float | None) -> float | None:
+    """Option callback: a finite number (``nan`` and ``inf`` parse as floats but poison every result)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value:g}")
+    return value
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]
 # Options that describe a problem, shared by `tune`, `study`, `transfer`, `evaluate` and `graph build`.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")]
@@ -29,14 +54,22 @@ BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences i
 SeqOpt = Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")]
 ContextOpt = Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step (default: seq).")]
 GranOpt = Annotated[str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")]
-MemoryOpt = Annotated[float | None, typer.Option("--memory-gib", min=0, help="Memory cap per device, GiB.")]
+MemoryOpt = Annotated[
+    float | None, typer.Option("--memory-gib", callback=positive_number, help="Memory cap per device, GiB (> 0).")
+]
 ScenarioOpt = Annotated[Path | None, typer.Option("--scenario", help="A scenario YAML instead of the flags above.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of every random choice.")]
 
 
 #: What a user's mistake raises: bad values (ValueError, its subclasses included), missing or misplaced files,
 #: unreadable YAML. Anything else (a KeyError, a TypeError...) is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def user_errors(func: F) -> F:
@@ -56,10 +89,69 @@ def user_errors(func: F) -> F:
         except caught as exc:
             if os.environ.get("PARATUNE_DEBUG", "").strip() not in ("", "0"):
                 raise
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {error_line(exc)}", file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line that describes a user mistake.
+
+    Library messages are written as one line; this is the net under them: a raw YAML error
+    (several lines with a caret) becomes its problem and position, an ``OSError`` its file and
+    reason (not ``[Errno 21] ...``), and any other message has its line breaks folded.
+    """
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = _yaml_line(exc)
+    elif isinstance(exc, yaml.YAMLError):
+        text = f"not valid YAML: {exc}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror.lower()}" if exc.filename else exc.strerror
+    else:
+        text = str(exc)
+        inner = exc.__context__
+        if isinstance(inner, yaml.MarkedYAMLError) and str(inner) in text:  # "FILE: not valid YAML (<several lines>)"
+            text = text.replace(str(inner), _yaml_line(inner, prefix=""))
+    return one_line(text)
+
+
+#: Characters of an error line at most: a message quoting a 1 MB argument stays readable.
+MAX_ERROR_CHARS = 2000
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line of printable characters, at most :data:`MAX_ERROR_CHARS` long.
+
+    Line breaks and tabs fold into spaces; other control characters (an escape sequence in a
+    file name would recolour or retitle the terminal) are shown as ``\\x1b``; the middle of a
+    very long message is cut.
+    """
+    text = " ".join(text.split())
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    if len(text) > MAX_ERROR_CHARS:
+        half = MAX_ERROR_CHARS // 2
+        text = f"{text[:half]} ...[{len(text) - 2 * half:,} characters cut]... {text[-half:]}"
+    return text
+
+
+def _yaml_line(exc: Any, prefix: str = "not valid YAML: ") -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = ""
+    if mark is not None:
+        name = "" if str(mark.name).startswith("<") else f"{mark.name}: "
+        where = f"{name}line {mark.line + 1}, column {mark.column + 1}: "
+    problem = "; ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
+    return f"{where}{prefix}{problem}"
+
+
+def print_text(line: str) -> None:
+    """Print a line of text as it is: brackets in a user's names (``[/x]``) are not rich markup."""
+    from rich.markup import escape
+
+    console.print(escape(line), highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -86,3 +178,40 @@ def problem_from_options(
     if not model or not platform:
         raise ValueError("--model and --platform are required (or --scenario FILE)")
     return Problem(model=model, platform=platform, limits=Limits(**limits), **fields)
+
+
+def output_file(path: Path, option: str = "-o", *, example: str = "plan.json") -> Path:
+    """Check, before any work, that ``path`` can be written as a file; returns it.
+
+    A command writes its output last, after minutes of tuning: a folder given where a file is
+    expected, or a folder that does not exist, must fail first, and no folder is created for
+    the user (a typo in the path must not leave directories behind).
+    """
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give the file to write (e.g. {path / example})")
+    _check_parent(path, option)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {path}: the file is not writable")
+    return path
+
+
+def output_folder(path: Path, option: str = "-o") -> Path:
+    """Check, before any work, that ``path`` is a folder or can be made one inside an existing folder."""
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{option} {path}: is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{option} {path}: the folder is not writable")
+        return path
+    _check_parent(path, option)
+    return path
+
+
+def _check_parent(path: Path, option: str) -> None:
+    parent = path.absolute().parent
+    if not parent.exists():
+        raise ValueError(f"{option} {path}: folder {parent} does not exist (paratune creates no parent folders)")
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: folder {parent} is not writable")

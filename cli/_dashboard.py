@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from ._common import console, user_errors
+from ._common import console, output_file, user_errors
 
 
 @user_errors
@@ -32,12 +33,15 @@ def dashboard_command(
     """Open the campaign dashboard: overview, leaderboard, anytime curves, Pareto fronts, plans, transfer."""
     from ..dashboard import create_app, serve
 
+    _check_listen(host, port)
     targets = runs_dir or ["runs"]
     app = create_app(targets, refresh_s=refresh)
     if not _loopback(host):
-        console.print(f"[yellow]note[/yellow]: listening on {host}: anyone who can reach this machine can see it")
+        console.print(
+            f"[yellow]note[/yellow]: listening on {escape(host)}: anyone who can reach this machine can see it"
+        )
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"dashboard on http://{shown}:{port}/  (Ctrl-C to stop)")
+    console.print(escape(f"dashboard on http://{shown}:{port}/  (Ctrl-C to stop)"))
     serve(app, host=host, port=port)
 
 
@@ -51,9 +55,27 @@ def report_command(
     """Write one self-contained HTML report (tables and figures, plotly inlined: opens offline)."""
     from ..dashboard import write_report
 
-    path = write_report(run_dir, out)
+    path = write_report(run_dir, output_file(out, example="report.html"))
     size = path.stat().st_size / 1e6
-    console.print(f"report: {path} ({size:.1f} MB); open it in a browser (no network needed)")
+    console.print(f"report: {escape(str(path))} ({size:.1f} MB); open it in a browser (no network needed)")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on (the server prints several lines, exit 1)."""
+    import socket
+
+    if not host.strip():
+        raise ValueError("--host is empty; give an address of this machine, e.g. 127.0.0.1")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"--host {host}: not a known address ({getattr(exc, 'strerror', None) or exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
 
 
 def _loopback(host: str) -> bool:

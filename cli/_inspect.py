@@ -7,9 +7,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ._common import BatchOpt, ContextOpt, GranOpt, JsonOpt, PhaseOpt, SeqOpt, console, print_json, user_errors
+from ._common import (
+    MAX_PLAN_DEGREE,
+    BatchOpt,
+    ContextOpt,
+    GranOpt,
+    JsonOpt,
+    PhaseOpt,
+    SeqOpt,
+    console,
+    output_file,
+    print_json,
+    user_errors,
+)
 
 models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
 platforms_app = typer.Typer(help="Platform presets.", no_args_is_help=True)
@@ -40,7 +53,7 @@ def models_list(as_json: JsonOpt = False) -> None:
         table.add_column(col, justify="left" if col == "name" else "right")
     for r in rows:
         table.add_row(
-            r["name"],
+            escape(r["name"]),
             str(r["layers"]),
             str(r["hidden"]),
             str(r["heads"]),
@@ -66,9 +79,9 @@ def models_show(
     if as_json:
         print_json(info)
         return
-    table = Table(title=info["name"], show_header=False)
+    table = Table(title=escape(str(info["name"])), show_header=False)
     for key, value in info.items():
-        table.add_row(key, _si(value) if key in ("params", "active_params", "weight_bytes") else str(value))
+        table.add_row(key, _si(value) if key in ("params", "active_params", "weight_bytes") else escape(str(value)))
     console.print(table)
 
 
@@ -89,13 +102,13 @@ def platforms_list(as_json: JsonOpt = False) -> None:
     for r in rows:
         d = r["device"]
         table.add_row(
-            r["name"],
+            escape(r["name"]),
             str(r["devices"]),
-            d["name"],
+            escape(d["name"]),
             f"{d['peak_tflops'].get('bf16', 0):g}",
             f"{d['memory_gib']:g}",
             f"{d['memory_bw_gbs']:g}",
-            r["profile"]["name"],
+            escape(r["profile"]["name"]),
         )
     console.print(table)
 
@@ -146,6 +159,8 @@ def graph_build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build a task graph, print its summary, optionally save it."""
+    if output is not None:
+        output_file(output, example="graph.json")
     graph = _load_graph(model, phase, batch, seq, context, granularity)
     if output is not None:
         graph.save(output)
@@ -155,9 +170,9 @@ def graph_build(
     if as_json:
         print_json(summary)
         return
-    table = Table(title=f"{summary['model']} {phase} graph", show_header=False)
+    table = Table(title=escape(f"{summary['model']} {phase} graph"), show_header=False)
     for key, value in summary.items():
-        table.add_row(key, _si(value) if key in ("flops", "param_bytes", "edge_bytes") else str(value))
+        table.add_row(key, _si(value) if key in ("flops", "param_bytes", "edge_bytes") else escape(str(value)))
     console.print(table)
 
 
@@ -170,8 +185,12 @@ def evaluate(
     batch: BatchOpt = 1,
     seq: SeqOpt = 2048,
     context: ContextOpt = 0,
-    tp: Annotated[int, typer.Option("--tp", min=1, help="Tensor-parallel degree of every stage.")] = 1,
-    pp: Annotated[int, typer.Option("--pp", min=1, help="Pipeline stages (layers split evenly).")] = 1,
+    tp: Annotated[
+        int, typer.Option("--tp", min=1, max=MAX_PLAN_DEGREE, help="Tensor-parallel degree of every stage.")
+    ] = 1,
+    pp: Annotated[
+        int, typer.Option("--pp", min=1, max=MAX_PLAN_DEGREE, help="Pipeline stages (layers split evenly).")
+    ] = 1,
     micro_batches: Annotated[int, typer.Option("--micro-batches", min=1, help="Micro-batches in flight.")] = 1,
     replicas: Annotated[int, typer.Option("--replicas", min=1, help="Data-parallel replicas.")] = 1,
     schedule: Annotated[str, typer.Option("--schedule", help="Training schedule: 1f1b | gpipe.")] = "1f1b",
@@ -185,6 +204,14 @@ def evaluate(
     from ..costmodel import Plan, get_platform
     from ..costmodel._trust import calibration_reason
 
+    if phase != "train" and (recompute or schedule != "1f1b"):  # only a training step has a backward pass
+        flag = "--recompute" if recompute else f"--schedule {schedule}"
+        raise ValueError(
+            f"{flag} applies to training (--phase train) only, not {phase}: a {phase} step runs no backward"
+        )
+    if plan_file is not None and (recompute or schedule != "1f1b" or (tp, pp, micro_batches, replicas) != (1, 1, 1, 1)):
+        raise ValueError("--plan FILE gives the whole plan: leave out --tp, --pp, --micro-batches, --replicas, "
+                         "--schedule and --recompute")  # fmt: skip
     plat = get_platform(platform)
     if plan_file is not None:
         plan = Plan.load(plan_file)
@@ -226,8 +253,8 @@ def evaluate(
 
 def _metrics_table(d: dict[str, Any], usable: float) -> None:
     title = f"{d['model']} on {d['platform']} ({d['phase']}, profile {d['profile']}, {d['evaluator']})"
-    table = Table(title=title, show_header=False)
-    table.add_row("feasible", "[green]yes[/green]" if d["feasible"] else f"[red]no[/red]: {d['reason']}")
+    table = Table(title=escape(title), show_header=False)
+    table.add_row("feasible", "[green]yes[/green]" if d["feasible"] else f"[red]no[/red]: {escape(d['reason'])}")
     for key, label in (("ttft_s", "TTFT"), ("tbt_s", "TBT"), ("step_s", "step time")):
         if d.get(key) is not None:
             table.add_row(label, _ms(d[key]))
@@ -238,7 +265,7 @@ def _metrics_table(d: dict[str, Any], usable: float) -> None:
     for key, value in d["breakdown"].items():
         table.add_row(f"  {key.removesuffix('_s')}", _ms(value))
     if (d.get("calibration_reason") or "").startswith("uncalibrated on this CPU"):
-        trust = f"[yellow]{d['calibration_reason']}[/yellow]"
+        trust = f"[yellow]{escape(d['calibration_reason'])}[/yellow]"
     elif d.get("expected_error_pct") is None:
         trust = "[yellow]hand-set profile: no measured error[/yellow]"
     else:
@@ -260,7 +287,7 @@ def _metrics_table(d: dict[str, Any], usable: float) -> None:
         f"{d['plan']['micro_batches']}, replicas {d['plan']['replicas']}",
     )
     for w in d.get("warnings", []):
-        table.add_row("[yellow]warning[/yellow]", w)
+        table.add_row("[yellow]warning[/yellow]", escape(w))
     console.print(table)
 
 

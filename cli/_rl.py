@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..agents._settings import TRAIN, TRANSFER
 from ._common import (
+    MAX_PROCESSES,
     BatchOpt,
     ContextOpt,
     GranOpt,
@@ -28,6 +30,8 @@ from ._common import (
     SeedOpt,
     SeqOpt,
     console,
+    finite_number,
+    output_folder,
     print_json,
     user_errors,
 )
@@ -44,7 +48,9 @@ def train_command(
         int, typer.Option("--timesteps", "-n", min=1, help="Environment steps in all.")
     ] = TRAIN.timesteps,
     seed: SeedOpt = TRAIN.seed,
-    n_envs: Annotated[int, typer.Option("--n-envs", min=1, help="Parallel environments.")] = TRAIN.n_envs,
+    n_envs: Annotated[
+        int, typer.Option("--n-envs", min=1, max=MAX_PROCESSES, help="Parallel environments.")
+    ] = TRAIN.n_envs,
     vec_env: Annotated[
         str, typer.Option("--vec-env", help="auto (subprocesses when --n-envs > 1) | subproc | dummy (one process).")
     ] = TRAIN.vec_env,
@@ -82,6 +88,7 @@ def train_command(
 
     if algo not in ALGOS:  # before torch loads: a typo fails fast
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
+    output_folder(out, "--out")
     result = train(
         scenarios,
         algo=algo,
@@ -110,9 +117,9 @@ def train_command(
     if as_json:
         print_json(data)
         return
-    table = Table(title=f"trained {meta['algo']} on {len(meta['scenarios'])} scenarios", show_header=False)
+    table = Table(title=f"trained {escape(meta['algo'])} on {len(meta['scenarios'])} scenarios", show_header=False)
     for key, value in data.items():
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))
     console.print(table)
 
 
@@ -138,7 +145,8 @@ def transfer_command(
         int, typer.Option("--rollouts", min=1, help="Rollouts of the rl tuner (greedy, setup sweep, sampled).")
     ] = TRANSFER.rollouts,
     temperature: Annotated[
-        float, typer.Option("--temperature", min=0.01, help="Temperature of the sampled rollouts.")
+        float,
+        typer.Option("--temperature", min=0.01, callback=finite_number, help="Temperature of the sampled rollouts."),
     ] = TRANSFER.temperature,
     seed: SeedOpt = TRANSFER.seed,
     as_json: JsonOpt = False,
@@ -167,13 +175,13 @@ def _fmt_gap(gap: float | None) -> str:
 def _print_transfer(d: dict[str, Any]) -> None:
     opt = d["optimum"]
     opt_text = "unknown" if opt["value"] is None else f"{opt['value']:.6g} ({opt['source']})"
-    table = Table(title=f"transfer of {d['policy']} to {d['problem']['name']}; optimum {opt_text}")
+    table = Table(title=escape(f"transfer of {d['policy']} to {d['problem']['name']}; optimum {opt_text}"))
     for col in ("result", "value", "gap to optimum", "gap to best heuristic", "rollouts", "wall s"):
         table.add_column(col)
     for row in d["rows"]:
         value = "infeasible" if row["value"] is None else f"{row['value']:.6g}"
         table.add_row(
-            row["label"],
+            escape(row["label"]),
             value,
             _fmt_gap(row["gap_to_optimum"]),
             _fmt_gap(row["gap_to_heuristic"]),
@@ -182,7 +190,7 @@ def _print_transfer(d: dict[str, Any]) -> None:
         )
     console.print(table)
     for note in d["notes"]:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
 
 
 def register(app: typer.Typer) -> None:

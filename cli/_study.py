@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._common import (
+    MAX_BUDGET,
     BatchOpt,
     ContextOpt,
     JsonOpt,
@@ -29,6 +30,7 @@ from ._common import (
     SeedOpt,
     SeqOpt,
     console,
+    output_folder,
     print_json,
     problem_from_options,
     user_errors,
@@ -40,11 +42,19 @@ study_app = typer.Typer(
 )
 
 OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Folder for study.json, CSV tables, plots.html.")]
-BudgetOpt = Annotated[int, typer.Option("--budget", "-n", min=1, help="Evaluations per search (Optuna tuners).")]
+BudgetOpt = Annotated[
+    int, typer.Option("--budget", "-n", min=1, max=MAX_BUDGET, help="Evaluations per search (Optuna tuners).")
+]
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+def _names(text: str | None, option: str) -> list[str] | None:
+    """The names of a comma-separated option, or None when it is not given (given but empty is a mistake)."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"{option} is {text!r}: give at least one name, or leave {option} out for the default")
+    return names
 
 
 def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
@@ -55,9 +65,9 @@ def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
 
     tables, _figures, summary = study_outputs(data)
     for t in tables[:2]:
-        table = Table(title=t.title)
+        table = Table(title=escape(t.title))
         for c in t.columns:
-            table.add_column(c)
+            table.add_column(escape(c))
         for row in t.formatted():
             table.add_row(*(escape(v) for v in row))
         console.print(table)
@@ -72,6 +82,7 @@ def _run(kind: str, problem: Any, options: dict[str, Any], budget: int, seed: in
     """Run the study; Ctrl-C keeps the finished cells and says how to resume (exit code 130)."""
     from ..study import run_study
 
+    output_folder(output)
     try:
         return run_study(kind, problem, options=options, budget=budget, seed=seed, out_dir=output, say=_say(quiet))
     except KeyboardInterrupt:
@@ -112,7 +123,7 @@ def granularity(
     """Every tuner at every granularity: best value, gap, wall time, evaluations, search-space size."""
     fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context)
     problem = problem_from_options(scenario, model, platform, fields, {"memory_gib": memory_gib})
-    options = {"tuners": _names(tuners), "granularities": _names(granularities)}
+    options = {"tuners": _names(tuners, "--tuners"), "granularities": _names(granularities, "--granularities")}
     options = {k: v for k, v in options.items() if v}
     data = _run("granularity", problem, options, budget, seed, output, as_json)
     _finish(data, output, as_json)

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ._common import (
+    MAX_BUDGET,
     BatchOpt,
     ContextOpt,
     GranOpt,
@@ -27,6 +29,8 @@ from ._common import (
     SeedOpt,
     SeqOpt,
     console,
+    output_file,
+    positive_number,
     print_json,
     problem_from_options,
     user_errors,
@@ -60,7 +64,7 @@ def tuners_list(as_json: JsonOpt = False) -> None:
         table.add_column(col)
     for r in rows:
         options = ", ".join(o["name"] for o in r["options"])
-        table.add_row(r["name"], r["family"], r["description"], options or "-")
+        table.add_row(escape(r["name"]), r["family"], escape(r["description"]), escape(options) or "-")
     console.print(table)
 
 
@@ -77,11 +81,11 @@ def tuners_show(
     if as_json:
         print_json({"name": name, "family": str(cls.family), "description": cls.description, "options": options})
         return
-    table = Table(title=f"{name} ({cls.family}): {cls.description}")
+    table = Table(title=escape(f"{name} ({cls.family}): {cls.description}"))
     for col in ("option", "type", "default", "what it does"):
         table.add_column(col)
     for o in options:
-        table.add_row(o["name"], o["type"], repr(o["default"]), o["help"])
+        table.add_row(escape(o["name"]), escape(o["type"]), escape(repr(o["default"])), escape(o["help"]))
     if not options:
         table.add_row("-", "-", "-", "this tuner takes no options")
     console.print(table)
@@ -98,8 +102,8 @@ def tune(
     context: ContextOpt = 0,
     granularity: GranOpt = "layer",
     memory_gib: MemoryOpt = None,
-    tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", min=0, help="TBT SLO, ms.")] = None,
-    ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", min=0, help="TTFT SLO, ms.")] = None,
+    tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", callback=positive_number, help="TBT SLO, ms.")] = None,
+    ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", callback=positive_number, help="TTFT SLO, ms.")] = None,
     max_devices: Annotated[
         int | None, typer.Option("--max-devices", min=1, help="Use at most this many devices.")
     ] = None,
@@ -108,7 +112,7 @@ def tune(
     ] = False,
     scenario: ScenarioOpt = None,
     budget: Annotated[
-        int | None, typer.Option("--budget", "-n", min=1, help="Evaluations (default: the tuner's).")
+        int | None, typer.Option("--budget", "-n", min=1, max=MAX_BUDGET, help="Evaluations (default: the tuner's).")
     ] = None,
     seed: SeedOpt = 0,
     storage: Annotated[
@@ -128,6 +132,8 @@ def tune(
     """Tune a model's mapping on a platform with one tuner; print the plan, its metrics and the gap to the optimum."""
     from ..search import make_tuner
 
+    if output is not None:
+        output_file(output)
     limits = dict(
         memory_gib=memory_gib, tbt_ms=tbt_ms, ttft_ms=ttft_ms, max_devices=max_devices, calibrated_only=calibrated_only
     )
@@ -161,7 +167,7 @@ def _run_with_progress(runner: Any, problem: Any, budget: int | None, seed: int,
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("best {task.fields[best]}")]  # fmt: skip
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"{runner.name} on {problem.name}", total=total, best="-")
+        task = bar.add_task(escape(f"{runner.name} on {problem.name}"), total=total, best="-")
 
         def show(p: Any) -> None:
             best = "-" if p.best is None else f"{p.best:.6g}"
@@ -219,20 +225,21 @@ def _result_data(
 
 def _print_result(d: dict[str, Any]) -> None:
     title = f"{d['tuner']} on {d['problem']['name']} ({d['platform']}, profile {d['profile']})"
-    table = Table(title=title, show_header=False)
+    table = Table(title=escape(title), show_header=False)
     if d["best_plan"] is None:
         table.add_row("[red]result[/red]", "no feasible plan found")
         for n in d["notes"]:
-            table.add_row("note", n)
+            table.add_row("note", escape(n))
         console.print(table)
         return
     plan, m = d["best_plan"], d["best_metrics"]
     unit = "tokens/s" if d["direction"] == "maximize" else "s"
     table.add_row(d["objective"], f"{d['objective_value']:.6g} {unit}")
     if d["optimum_value"] is not None:
-        table.add_row("optimum", f"{d['optimum_value']:.6g} {unit} ({d['optimum_source']}); gap {100 * d['gap']:.2f}%")
+        source = escape(d["optimum_source"])
+        table.add_row("optimum", f"{d['optimum_value']:.6g} {unit} ({source}); gap {100 * d['gap']:.2f}%")
     else:
-        table.add_row("optimum", f"unknown: {d['optimum_source']}")
+        table.add_row("optimum", f"unknown: {escape(d['optimum_source'])}")
     stages = ", ".join(
         f"TP{s['tp']} layers {s['layers'][0]}-{s['layers'][1]}"
         if "layers" in s
@@ -249,11 +256,12 @@ def _print_result(d: dict[str, Any]) -> None:
         front = "; ".join(f"{v[0]:.4g} s / {v[1] / 2**30:.1f} GiB" for v in (p["values"] for p in d["pareto"]))
         table.add_row("Pareto front", front)
     for engine, line in d["launch"].items():
-        table.add_row(engine, line["command"] or f"[yellow]not expressible[/yellow]: {line['reason']}")
+        shown = escape(line["command"]) if line["command"] else ""
+        table.add_row(engine, shown or f"[yellow]not expressible[/yellow]: {escape(line['reason'])}")
     for n in d["notes"]:
-        table.add_row("note", n)
+        table.add_row("note", escape(n))
     if d["plan_file"]:
-        table.add_row("plan file", f"{d['plan_file']} (paratune evaluate --plan {d['plan_file']} ...)")
+        table.add_row("plan file", escape(f"{d['plan_file']} (paratune evaluate --plan {d['plan_file']} ...)"))
     console.print(table)
 
 

@@ -161,7 +161,10 @@ def prepare_module(
 
     offered = {"phase": phase, "batch": batch, "seq": seq, "context": context}
     with torch.device("meta"):
-        result = factory(**{k: v for k, v in offered.items() if k in _accepts(factory)})
+        try:
+            result = factory(**{k: v for k, v in offered.items() if k in _accepts(factory)})
+        except Exception as exc:  # the user's own code: whatever it raises is theirs to fix, named in one line
+            raise ValueError(f"{source}: the factory {name} failed: {type(exc).__name__}: {exc}") from exc
     model, example = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
     if not isinstance(model, nn.Module):
         raise ValueError(f"{source}: the factory must return an nn.Module or (nn.Module, kwargs)")

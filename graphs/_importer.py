@@ -186,6 +186,8 @@ def _module_factory(source: str) -> tuple[Callable[..., Any], str]:
         module = importlib.import_module(path)
     except ImportError as exc:
         raise ValueError(f"{source}: cannot import {path!r} ({exc})") from None
+    except Exception as exc:  # the user's module failed while importing (a SyntaxError is an Exception too)
+        raise ValueError(f"{source}: importing {path!r} failed: {type(exc).__name__}: {exc}") from exc
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise ValueError(f"{source}: {path!r} has no callable {factory_name!r}")

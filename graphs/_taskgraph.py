@@ -196,7 +196,7 @@ class TaskGraph:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "graph") -> TaskGraph:
-        if data.get("format") != "paratune.taskgraph":
+        if not isinstance(data, dict) or data.get("format") != "paratune.taskgraph":
             raise ValueError(f"{where}: not a paratune task graph (field 'format' must be 'paratune.taskgraph')")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(
@@ -209,7 +209,7 @@ class TaskGraph:
             edges = [(str(u), str(v), float(b)) for u, v, b in data["edges"]]
         except KeyError as exc:
             raise ValueError(f"{where}: missing field {exc}") from None
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # e.g. an edge that is not [from, to, bytes]
             raise ValueError(f"{where}: malformed graph ({exc})") from None
         for u, v, b in edges:
             graph.add_edge(u, v, b)
