@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ..graphs import TaskGraph
+from .._limits import MAX_DEVICES, MAX_MICRO_BATCHES, check_at_most
+from ..graphs import Phase, TaskGraph
 from ._fields import read_json
 from ._platform import Platform
 
@@ -48,6 +49,12 @@ SCHEDULES: tuple[str, ...] = tuple(s.value for s in Schedule)
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` of a user value, cut to ``limit`` characters: an error line stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,9 @@ class Plan:
             raise ValueError(f"pp must be in 1..{n_layers} (the number of layers), got {pp}")
         if tp < 1:
             raise ValueError(f"tp must be >= 1, got {tp}")
+        check_at_most(tp * pp, MAX_DEVICES, f"tp x pp ({tp} x {pp})")
+        check_at_most(replicas, MAX_DEVICES, "replicas")
+        check_at_most(micro_batches, MAX_MICRO_BATCHES, "micro_batches")
         base, extra = divmod(n_layers, pp)
         stages, first = [], 0
         for s in range(pp):
@@ -149,6 +159,11 @@ class Plan:
                 f"replicas x micro_batches = {self.replicas} x {self.micro_batches} "
                 f"must divide the batch ({meta.batch})"
             )
+        if meta.phase != Phase.TRAIN:
+            if any(s.recompute for s in self.stages):
+                out.append(f"recompute applies to training only, not to a {meta.phase} plan")
+            if self.schedule == Schedule.GPIPE:
+                out.append(f"schedule 'gpipe' applies to training only, not to a {meta.phase} plan")
         seen: dict[int, int] = {}
         for i, s in enumerate(self.stages):
             if s.tp < 1:
@@ -265,19 +280,24 @@ class Plan:
         raw_stages = r.raw("stages")
         if not isinstance(raw_stages, list) or not raw_stages:
             raise r.error("stages", "must be a non-empty list of {tp, devices, layers|tasks}")
+        if len(raw_stages) > MAX_DEVICES:
+            raise r.error("stages", f"lists {len(raw_stages):,} stages; at most {MAX_DEVICES:,} are accepted")
         stages = []
         for i, raw in enumerate(raw_stages):
             s = FieldReader(raw, where, f"stages[{i}]")
             devices = s.raw("devices")
-            if not isinstance(devices, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) for d in devices
-            ):
-                raise s.error("devices", f"must be a list of device ids (integers), got {devices!r}")
+            if not isinstance(devices, list) or not all(_is_int(d) for d in devices):
+                raise s.error("devices", f"must be a list of device ids (integers), got {_short(devices)}")
+            if len(devices) > MAX_DEVICES:
+                raise s.error("devices", f"lists {len(devices):,} devices; at most {MAX_DEVICES:,} are accepted")
             layers = s.raw("layers", None)
             if layers is not None and (
-                not isinstance(layers, list) or len(layers) != 2 or not all(isinstance(x, int) for x in layers)
+                not isinstance(layers, list) or len(layers) != 2 or not all(map(_is_int, layers))
             ):
-                raise s.error("layers", f"must be [first, last] (inclusive integers), got {layers!r}")
+                raise s.error("layers", f"must be [first, last] (inclusive integers), got {_short(layers)}")
+            recompute = s.raw("recompute", False)
+            if not isinstance(recompute, bool):
+                raise s.error("recompute", f"must be true or false, got {_short(recompute)}")
             tasks = s.raw("tasks", None)
             if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(x, str) for x in tasks)):
                 raise s.error("tasks", "must be a list of task ids (strings)")
@@ -285,19 +305,19 @@ class Plan:
                 raise s.error("layers", "exactly one of 'layers' and 'tasks' must be given")
             stages.append(
                 Stage(
-                    tp=s.integer("tp", minimum=1),
+                    tp=s.integer("tp", minimum=1, maximum=MAX_DEVICES),
                     devices=tuple(devices),
                     layers=(layers[0], layers[1]) if layers is not None else None,
                     tasks=tuple(tasks) if tasks is not None else None,
-                    recompute=bool(s.raw("recompute", False)),
+                    recompute=recompute,
                 )
             )
             s.finish()
         plan = cls(
             stages=tuple(stages),
             granularity=r.text("granularity", "layer"),
-            micro_batches=r.integer("micro_batches", 1, minimum=1),
-            replicas=r.integer("replicas", 1, minimum=1),
+            micro_batches=r.integer("micro_batches", 1, minimum=1, maximum=MAX_MICRO_BATCHES),
+            replicas=r.integer("replicas", 1, minimum=1, maximum=MAX_DEVICES),
             schedule=r.text("schedule", Schedule.ONE_F_ONE_B.value, choices=SCHEDULES),
         )
         r.raw("meta", None)
