@@ -34,6 +34,7 @@ _NAMES = {
     "Role": "._states",
     "JobLost": "._store",
     "Store": "._store",
+    "StoreError": "._store",
     "Worker": "._store",
     "Located": "._runner",
     "Outcome": "._runner",

@@ -33,6 +33,7 @@ from typing import Any
 
 from .._provenance import library_versions
 from ._records import CampaignRecord, JobRecord
+from ._runfile import read_run_file
 from ._secrets import STORAGE_ENV, run_file_entry, run_file_storage
 from ._spec import CampaignSpec
 from ._states import AttemptOutcome, JobState, Role
@@ -100,9 +101,10 @@ def create_campaign(spec: CampaignSpec, spec_path: str | Path | None = None, *, 
     """Store ``spec`` and its jobs (unless the same campaign is already there) and write the run folder's
     ``campaign.json``, which ``status``/``resume`` read; nothing is run."""
     output = spec.output.resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    store = Store(spec.storage)
+    _require_writable(output, "campaign run")
+    store = Store(spec.storage)  # first: a store that cannot be opened leaves no run folder behind
     try:
+        output.mkdir(parents=True, exist_ok=True)
         created = store.create_campaign(spec, str(output))
         if not created and show is not None:
             show.print(f"campaign {spec.name!r} already exists in {store.safe_url}: continuing it")
@@ -127,7 +129,8 @@ def resume_campaign(
 ) -> Outcome:
     """Continue a campaign: requeue jobs of dead workers (and failed ones with ``retry_failed``), run the rest."""
     located = locate(target, storage)
-    store = Store(located.storage)
+    _require_writable(located.output, "resume")
+    store = Store.existing(located.storage)
     try:
         _require(store, located.name)
         lost = store.requeue_stale(located.name, stale_after_s=stale_after_s)
@@ -355,15 +358,15 @@ def locate(target: str | Path, storage: str | None = None) -> Located:
     for folder in candidates:
         run_file = folder / RUN_FILE
         if run_file.is_file():
-            info = json.loads(run_file.read_text())
+            info = read_run_file(run_file)
             url = storage or (
-                f"sqlite:///{(folder / info['storage_file']).resolve()}"
+                f"sqlite:///{folder.resolve() / info['storage_file']}"
                 if info.get("storage_file")
                 else run_file_storage(info, run_file)
             )
             return Located(info["name"], url, folder.resolve())
     if storage is not None:
-        store = Store(storage)
+        store = Store.reader(storage)
         try:
             row = _require(store, str(target))
         finally:
@@ -373,6 +376,20 @@ def locate(target: str | Path, storage: str | None = None) -> Located:
         f"no campaign {str(target)!r}: no {RUN_FILE} in {' or '.join(str(c) for c in candidates)}; "
         "give a run folder, a spec file, or --storage URL for a campaign in a shared database"
     )
+
+
+def _require_writable(folder: Path, command: str) -> None:
+    """Refuse before writing anything when ``folder`` (or, if new, its nearest existing parent) is read-only.
+
+    Raises:
+        ValueError: naming the folder and what the command needs to write there.
+    """
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise ValueError(
+            f"{existing} is read-only: {command} needs to write the store, campaign.json and job logs there "
+            "(status and report only read; copy the run folder somewhere writable to continue it)"
+        )
 
 
 def _require(store: Store, name: str) -> CampaignRecord:
@@ -439,7 +456,7 @@ def work(
     A KeyboardInterrupt (Ctrl-C, or SIGTERM in the ``worker`` command) puts the
     current job back in the queue and propagates.
     """
-    store = Store(storage)
+    store = Store.existing(storage)  # a mistyped URL is an error, never a new empty database
     row = _require(store, name)
     folder = Path(output) if output is not None else Path(row.output)
     logs = folder / "logs"

@@ -151,6 +151,7 @@ class CampaignSpec:
         fails before any job runs (an infeasible scenario still runs and is recorded).
         """
         r = FieldReader(data, where)
+        given_in_file = storage is None  # else --storage: the message names no field of the file
         name = r.text("name")
         if not NAME_RE.match(name):
             raise r.error("name", f"is {name!r}; use letters, digits, '.', '_' or '-' (it names the run folder)")
@@ -179,6 +180,7 @@ class CampaignSpec:
         r.finish()
         if storage is None:
             storage = default_storage(output)
+        _check_storage(storage, where if given_in_file else None)
         return cls(
             name, scenarios, tuners, seeds, output, storage, optimum, description, sources, skipped, where, studies
         )
@@ -230,6 +232,13 @@ class CampaignSpec:
         """A hash of what the campaign runs (not where it writes): the same spec gives the same campaign."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_storage(url: str, where: str | None) -> None:
+    """Refuse an unknown kind of database now, before a run folder is made (the file's field named)."""
+    from ._store import check_storage_url
+
+    check_storage_url(url, f"{where}: field 'storage'" if where else None)
 
 
 def default_storage(output: Path) -> str:

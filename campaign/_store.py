@@ -23,6 +23,16 @@ still held by the same worker, so a job requeued as stale can never be recorded 
 
 Times are seconds since the epoch from the workers' clocks (keep hosts in NTP sync
 when sharing a campaign across machines; the stale timeout is minutes).
+
+Opening a store is one of three things, and only the first may create anything:
+``Store(url)`` creates the tables if needed (``campaign run``); ``Store.existing(url)``
+opens a store that must already hold a campaign store, to read and write it (``resume``,
+workers); ``Store.reader(url)`` reads only (``status``, the dashboard, the report), and a
+SQLite file in a read-only folder is read as it is on disk (``immutable``). A store that
+cannot be used as asked (no such file, an empty or damaged file, another application's
+database, a newer schema, a read-only file, a lock held too long, an unreachable server,
+an unknown kind of URL) raises :class:`StoreError`, a ValueError whose one-line message
+names the file or host and what is wrong.
 """
 
 from __future__ import annotations
@@ -30,7 +40,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
+import stat
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +62,13 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 STATES: tuple[str, ...] = tuple(s.value for s in JobState)
+#: The kinds of database a campaign can live in: backend -> drivers (the first is SQLAlchemy's default).
+DRIVERS: dict[str, tuple[str, ...]] = {"sqlite": ("pysqlite",), "postgresql": ("psycopg", "psycopg2")}
+ALLOWED_URLS = "sqlite:///FILE, postgresql://USER@HOST:PORT/DB (drivers postgresql+psycopg, postgresql+psycopg2)"
+#: Seconds a SQLite writer waits for another process's write lock, and a reader for a lock, before "busy".
+BUSY_TIMEOUT_S = 60.0
+READ_BUSY_TIMEOUT_S = 30.0
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 metadata = sa.MetaData()
 meta_table = sa.Table(
@@ -130,6 +150,10 @@ results = sa.Table(
 )
 
 
+class StoreError(ValueError):
+    """A campaign store that cannot be used as asked; the message (one line) names the file or host and the fault."""
+
+
 class JobLost(RuntimeError):
     """The job is no longer held by this worker (requeued as stale): its result must not be written."""
 
@@ -168,12 +192,17 @@ class Store:
         >>> claim = store.claim("demo", Worker.here())     # doctest: +SKIP
     """
 
-    def __init__(self, url: str, *, read_only: bool = False) -> None:
+    def __init__(self, url: str, *, read_only: bool = False, create: bool = True) -> None:
         self.url = url
         self.read_only = read_only
-        self.engine = _read_engine(url) if read_only else _engine(url)
-        self.dialect = self.engine.dialect.name
+        parsed = check_storage_url(url)
+        self.where = _where(parsed)
         if read_only:
+            self.engine = _read_engine(parsed, self.where)
+        else:
+            self.engine = _engine(parsed, self.where, create=create)
+        self.dialect = self.engine.dialect.name
+        if read_only or not create:
             self._check_tables()
         else:
             self._create_tables()
@@ -182,12 +211,23 @@ class Store:
     def reader(cls, url: str) -> Store:
         """Open an existing store to read it only: nothing is created and no write lock is ever taken.
 
-        This is how the dashboard and the report read a campaign while its workers run.
+        This is how the dashboard and the report read a campaign while its workers run. A SQLite
+        file whose folder is read-only is read as it is on disk (SQLite's ``immutable``): status
+        and reports work on a copied or archived run folder.
 
         Raises:
-            ValueError: no such SQLite file, or the database holds no campaign store.
+            StoreError: no such SQLite file, or the database holds no campaign store (a ValueError).
         """
         return cls(url, read_only=True)
+
+    @classmethod
+    def existing(cls, url: str) -> Store:
+        """Open a store that must already exist, to read and write it (``resume``, workers): nothing is created.
+
+        Raises:
+            StoreError: no such SQLite file, an empty or foreign database, or one this paratune cannot write.
+        """
+        return cls(url, create=False)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -201,45 +241,76 @@ class Store:
     def _tx(self) -> Iterator[Connection]:
         if self.read_only:
             raise RuntimeError(f"{self.safe_url} was opened read-only (Store.reader)")
-        with self.engine.begin() as conn:
+        with self._guard(), self.engine.begin() as conn:
             yield conn
 
-    def _check_tables(self) -> None:
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._guard(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn the database's operational failures (damaged file, lock held too long, read-only file, server
+        gone) into a :class:`StoreError` naming the store; integrity and programming errors pass unchanged."""
         try:
-            with self.engine.connect() as c:
-                if not sa.inspect(c).has_table(campaigns.name):
-                    raise ValueError(f"{self.safe_url}: not a campaign store (no {campaigns.name} table)")
-                found = c.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
-        except sa.exc.OperationalError as exc:
-            raise ValueError(f"cannot open campaign storage {self.safe_url}: {exc.orig}") from None
-        if found is not None and int(found) > SCHEMA_VERSION:
-            raise ValueError(
-                f"{self.safe_url} holds campaign schema {found}; this paratune reads up to {SCHEMA_VERSION}"
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise _store_error(self.where, exc, self.read_only) from exc
+        except sa.exc.DatabaseError as exc:
+            if type(exc) is not sa.exc.DatabaseError:  # IntegrityError, ProgrammingError...: callers or bugs
+                raise
+            raise _store_error(self.where, exc, self.read_only) from exc
+
+    def _check_tables(self) -> None:
+        """An existing store: every paratune table present and a schema this paratune reads."""
+        with self._guard(), self.engine.connect() as c:
+            names = set(sa.inspect(c).get_table_names())
+            if campaigns.name not in names:
+                others = sorted(n for n in names if not n.startswith("sqlite_"))
+                has = f"; it has {len(others)} other table(s): {', '.join(others[:5])}" if others else ", no table"
+                raise StoreError(f"{self.where}: not a campaign store (no {campaigns.name} table{has})")
+            missing = [t for t in metadata.sorted_tables if t.name not in names]
+            if missing:
+                raise StoreError(
+                    f"{self.where}: not a complete campaign store (missing table(s) "
+                    f"{', '.join(t.name for t in missing)}); was it written by another program?"
+                )
+            found = c.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
+        self._check_version(found)
+
+    def _check_version(self, found: str | None) -> None:
+        if found is None:
+            return
+        if not str(found).isdigit():
+            raise StoreError(f"{self.where}: schema_version {found!r} in {meta_table.name} is not a number")
+        if int(found) > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.where} holds campaign schema {found}; this paratune reads up to {SCHEMA_VERSION} "
+                "(upgrade paratune to read it)"
             )
 
     def _create_tables(self) -> None:
-        try:
-            metadata.create_all(self.engine)
-        except sa.exc.OperationalError as exc:
-            if "locked" in str(exc) or "already exists" in str(exc):
+        with self._guard():
+            try:
+                metadata.create_all(self.engine)
+            except sa.exc.OperationalError as exc:
+                if "locked" not in str(exc) and "already exists" not in str(exc):
+                    raise
                 time.sleep(0.2)  # another process created them at the same moment
                 metadata.create_all(self.engine)
-            else:
-                raise ValueError(f"cannot open campaign storage {self.safe_url}: {exc.orig}") from None
-        except (sa.exc.ProgrammingError, sa.exc.IntegrityError):
-            metadata.create_all(self.engine)  # PostgreSQL: lost a CREATE race; the tables now exist
-        with self.engine.connect() as c:
-            found = c.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
+            except (sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                metadata.create_all(self.engine)  # PostgreSQL: lost a CREATE race; the tables now exist
+            with self._read() as c:
+                found = c.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
         if found is None:
             try:
                 with self._tx() as c:
                     c.execute(sa.insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
             except sa.exc.IntegrityError:
                 pass  # written by another process just now
-        elif int(found) > SCHEMA_VERSION:
-            raise ValueError(
-                f"{self.safe_url} holds campaign schema {found}; this paratune reads up to {SCHEMA_VERSION}"
-            )
+        else:
+            self._check_version(found)
 
     # -- campaigns ---------------------------------------------------------------
     def create_campaign(self, spec: CampaignSpec, output: str) -> bool:
@@ -310,23 +381,23 @@ class Store:
         return True
 
     def campaign(self, name: str) -> CampaignRecord | None:
-        with self.engine.connect() as c:
+        with self._read() as c:
             row = c.execute(sa.select(campaigns).where(campaigns.c.name == name)).mappings().first()
         return None if row is None else record(CampaignRecord, row)
 
     def campaigns(self) -> list[CampaignRecord]:
         """Every campaign of the store, oldest first."""
-        with self.engine.connect() as c:
+        with self._read() as c:
             rows = c.execute(sa.select(campaigns).order_by(campaigns.c.created_at)).mappings().all()
         return [record(CampaignRecord, r) for r in rows]
 
     def campaign_names(self) -> list[str]:
-        with self.engine.connect() as c:
+        with self._read() as c:
             return list(c.execute(sa.select(campaigns.c.name).order_by(campaigns.c.created_at)).scalars())
 
     def scenarios(self, campaign: str) -> dict[str, ScenarioRecord]:
         """Scenario name -> its record (``Problem.from_dict(record.problem)`` reads the problem back)."""
-        with self.engine.connect() as c:
+        with self._read() as c:
             rows = c.execute(sa.select(scenarios).where(scenarios.c.campaign == campaign)).mappings().all()
         return {r["name"]: record(ScenarioRecord, r) for r in rows}
 
@@ -446,7 +517,7 @@ class Store:
         """
         host = socket.gethostname() if host is None else host
         now = time.time()
-        with self.engine.connect() as c:
+        with self._read() as c:
             rows = c.execute(
                 sa.select(jobs.c.id, jobs.c.worker, jobs.c.host, jobs.c.pid, jobs.c.heartbeat_at).where(
                     jobs.c.campaign == campaign, jobs.c.state == JobState.RUNNING.value
@@ -491,7 +562,7 @@ class Store:
     # -- reading ------------------------------------------------------------------
     def counts(self, campaign: str) -> dict[str, int]:
         """Jobs per state (every state present, zeros included)."""
-        with self.engine.connect() as c:
+        with self._read() as c:
             rows = c.execute(
                 sa.select(jobs.c.state, sa.func.count()).where(jobs.c.campaign == campaign).group_by(jobs.c.state)
             ).all()
@@ -508,18 +579,18 @@ class Store:
             .where(jobs.c.campaign == campaign)
             .order_by(jobs.c.id)
         )
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [record(JobRecord, r) for r in c.execute(stmt).mappings()]
 
     def result(self, job_id: int) -> ResultRecord | None:
         """One job's full result: ``result`` (TuneResult.to_dict) and ``provenance`` decoded."""
-        with self.engine.connect() as c:
+        with self._read() as c:
             row = c.execute(sa.select(results).where(results.c.job == job_id)).mappings().first()
         return None if row is None else record(ResultRecord, row)
 
     def results(self, campaign: str) -> dict[int, ResultRecord]:
         """Job id -> full result, for every finished job of ``campaign`` (one query)."""
-        with self.engine.connect() as c:
+        with self._read() as c:
             rows = c.execute(sa.select(results).where(results.c.campaign == campaign)).mappings().all()
         return {int(r["job"]): record(ResultRecord, r) for r in rows}
 
@@ -530,51 +601,181 @@ class Store:
             .where(jobs.c.campaign == campaign)
             .order_by(attempts.c.id)
         )
-        with self.engine.connect() as c:
+        with self._read() as c:
             return [record(AttemptRecord, r) for r in c.execute(stmt).mappings()]
 
 
-def _read_engine(url: str) -> Engine:
-    """A plain engine for reading: no pragmas, no ``BEGIN IMMEDIATE``, and a SQLite file must exist already."""
+def check_storage_url(url: str, where: str | None = None) -> sa.engine.URL:
+    """Parse a storage URL and refuse the kinds of database campaigns cannot live in (before anything is written).
+
+    ``where`` (a spec file and field) prefixes the message.
+
+    Raises:
+        StoreError: not a URL, an unknown database or driver, or an in-memory SQLite database.
+    """
+    prefix = f"{where}: " if where else ""
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
-        raise ValueError(f"storage {url!r} is not a database URL") from None
+        raise StoreError(f"{prefix}storage {url!r} is not a database URL; allowed: {ALLOWED_URLS}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    head = f"{where} is {shown}" if where else f"storage {shown}"
+    backend, _, driver = parsed.drivername.partition("+")  # not get_driver_name(): it imports the dialect
+    drivers = DRIVERS.get(backend)
+    if drivers is None:
+        raise StoreError(f"{head}: unknown database kind {backend!r}; allowed: {ALLOWED_URLS}")
+    if driver and driver not in drivers:
+        raise StoreError(
+            f"{head}: driver {driver!r} is not supported for {backend}; "
+            f"use one of: {', '.join(f'{backend}+{d}' for d in drivers)}"
+        )
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise StoreError(f"{prefix}storage {url!r}: an in-memory SQLite database cannot be shared by worker processes")
+    return parsed
+
+
+def _where(parsed: sa.engine.URL) -> str:
+    """How messages name a store: the SQLite file, or the URL without its password (host:port and database)."""
     if parsed.get_backend_name() == "sqlite":
-        if not parsed.database or not os.path.isfile(parsed.database):
-            raise ValueError(f"{parsed.render_as_string()}: no such SQLite file")
-        return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(url, pool_pre_ping=True)
+        return str(parsed.database)
+    return parsed.render_as_string(hide_password=True)
 
 
-def _engine(url: str) -> Engine:
+def _store_error(where: str, exc: BaseException, read_only: bool) -> StoreError:
+    """One line saying what is wrong with the store ``where``, from a driver's error."""
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())  # psycopg's messages span lines
+    low = text.lower()
+    if "file is not a database" in low:
+        return StoreError(f"{where} is not a paratune campaign database (file is not a database)")
+    if "malformed" in low or "disk image" in low:
+        return StoreError(
+            f"{where} is damaged ({text}): restore it from a copy, or move it away and run the campaign again"
+        )
+    if "locked" in low or "busy" in low:
+        waited = READ_BUSY_TIMEOUT_S if read_only else BUSY_TIMEOUT_S
+        return StoreError(
+            f"{where} is busy: another process held its lock for over {waited:.0f} s ({text}); "
+            "try again when it is done"
+        )
+    if "readonly" in low or "read-only" in low:
+        return StoreError(
+            f"{where} is read-only ({text}): this command writes to the store; it needs write access to the "
+            "file and its folder (status and report only read)"
+        )
+    if "unable to open" in low:
+        return StoreError(f"{where}: cannot open it ({text}); check the file and its folder's permissions")
+    if "no such table" in low:
+        return StoreError(f"{where}: not a complete campaign store ({text})")
+    return StoreError(f"cannot use the campaign store {where}: {text}")
+
+
+def _sqlite_path(parsed: sa.engine.URL, where: str, *, must_exist: bool) -> str | None:
+    """The SQLite file's path after checks that open nothing: None when it does not exist (and may be created).
+
+    Raises:
+        StoreError: missing (``must_exist``), empty (``must_exist``), a folder, unreadable, or not SQLite.
+    """
+    path = str(parsed.database)
     try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        raise ValueError(f"storage {url!r} is not a database URL (e.g. sqlite:///runs/x/campaign.db, "
-                         "postgresql://user@host:5432/db)") from None  # fmt: skip
-    if parsed.get_backend_name() != "sqlite":
-        try:
-            engine = sa.create_engine(url, pool_pre_ping=True)
+        st = os.stat(path)  # follows links: a loop or a dangling link fails here
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise StoreError(f"{where}: a symbolic link to nothing") from None
+        if must_exist:
+            raise StoreError(
+                f"{where}: no such SQLite file (nothing is created: `paratune campaign run SPEC` creates a store)"
+            ) from None
+        return None
+    except OSError as exc:
+        raise StoreError(f"{where}: cannot open it ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{where} is a folder, not a campaign database")
+    if st.st_size == 0:
+        if must_exist:
+            raise StoreError(f"{where} is empty: no campaign in it")
+        return path  # SQLite's empty database: `campaign run` gives it its tables
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"{where}: cannot read it ({exc.strerror})") from None
+    if head != SQLITE_MAGIC:
+        raise StoreError(f"{where} is not a paratune campaign database (file is not a database)")
+    return path
+
+
+def _uri(path: str, **params: str) -> str:
+    """A SQLite URI filename (``file:PATH?mode=rw``): unlike a plain name, ``mode=rw`` never creates the file."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?{query}"
+
+
+def _read_engine(parsed: sa.engine.URL, where: str) -> Engine:
+    """A plain engine for reading: no pragmas, no ``BEGIN IMMEDIATE``, and a SQLite file must exist already.
+
+    A SQLite file whose folder cannot be written is opened ``immutable`` (a WAL database otherwise needs to
+    create its ``-shm`` file beside it); with a non-empty ``-wal`` left there, read-only instead, to see it.
+    """
+    if parsed.get_backend_name() == "sqlite":
+        path = str(_sqlite_path(parsed, where, must_exist=True))  # must_exist: never None
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.access(folder, os.W_OK):
+            uri = _uri(path, mode="rw")  # a read-write connection cleans up its -wal and -shm files on close
+        elif os.path.isfile(path + "-wal") and os.path.getsize(path + "-wal") > 0:
+            uri = _uri(path, mode="ro")
+        else:
+            uri = _uri(path, mode="ro", immutable="1")
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S, check_same_thread=False)
+
+        return sa.create_engine(parsed, creator=connect)
+    return _server_engine(parsed, where, connect=False)
+
+
+def _server_engine(parsed: sa.engine.URL, where: str, *, connect: bool) -> Engine:
+    try:
+        engine = sa.create_engine(parsed, pool_pre_ping=True)
+        if connect:
             with engine.connect():
                 pass
-        except ModuleNotFoundError as exc:
-            hint = "for PostgreSQL install psycopg[binary] (or use postgresql+psycopg2:// with psycopg2-binary)"
-            raise ValueError(f"storage {parsed.render_as_string()}: driver missing ({exc}); {hint}") from None
-        except sa.exc.OperationalError as exc:
-            raise ValueError(f"cannot connect to {parsed.render_as_string()}: {exc.orig}") from None
-        return engine
-    if parsed.database in (None, "", ":memory:"):
-        raise ValueError(f"storage {url!r}: an in-memory SQLite database cannot be shared by worker processes")
-    os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60})
+    except ModuleNotFoundError as exc:
+        hint = "for PostgreSQL install psycopg[binary] (or use postgresql+psycopg2:// with psycopg2-binary)"
+        raise StoreError(f"storage {where}: driver missing ({exc}); {hint}") from None
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        text = " ".join(str(exc.orig).split())
+        raise StoreError(f"cannot connect to {where}: {text}") from None
+    return engine
+
+
+def _engine(parsed: sa.engine.URL, where: str, *, create: bool) -> Engine:
+    """An engine that writes; with ``create``, a missing SQLite file (and its folder) is created."""
+    if parsed.get_backend_name() != "sqlite":
+        return _server_engine(parsed, where, connect=True)
+    path = _sqlite_path(parsed, where, must_exist=not create)
+    if path is not None and not os.access(path, os.W_OK):
+        raise StoreError(f"{where} is read-only: this command writes to the store (status and report only read)")
+    if path is None:  # create: the folder may be new too
+        folder = os.path.dirname(os.path.abspath(str(parsed.database)))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{where}: cannot create its folder {folder} ({exc.strerror})") from None
+        target = os.path.abspath(str(parsed.database))
+    else:
+        target = _uri(path, mode="rw")  # exists: opened, never created (a store moved away stays an error)
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(target, uri=path is not None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+
+    engine = sa.create_engine(parsed, creator=connect)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transactions out of pysqlite's hands so that ours begin with BEGIN IMMEDIATE (below).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout = 60000")
+        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         cur.execute("PRAGMA journal_mode = WAL")  # readers (status, progress) never block the workers
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")

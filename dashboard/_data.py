@@ -276,6 +276,8 @@ def load_runs(targets: str | Path | Iterable[str | Path]) -> Results:
 
 def _store_urls(target: str | Path) -> list[tuple[str, Path | None]]:
     """(storage URL, run folder or None) for one target."""
+    from ..campaign._runfile import read_run_file
+
     text = str(target)
     if "://" in text:
         return [(text, None)]
@@ -285,9 +287,9 @@ def _store_urls(target: str | Path) -> list[tuple[str, Path | None]]:
             return _store_urls(path.parent)
         return [(f"sqlite:///{path.resolve()}", path.resolve().parent)]
     if (path / "campaign.json").is_file():
-        info = json.loads((path / "campaign.json").read_text())
+        info = read_run_file(path / "campaign.json")
         if info.get("storage_file"):
-            return [(f"sqlite:///{(path / info['storage_file']).resolve()}", path.resolve())]
+            return [(f"sqlite:///{path.resolve() / info['storage_file']}", path.resolve())]
         return [(run_file_storage(info, path / "campaign.json"), path.resolve())]  # its password from the env
     if path.is_dir():
         found = [u for sub in sorted(path.iterdir()) if (sub / "campaign.json").is_file() for u in _store_urls(sub)]
