@@ -45,6 +45,7 @@ _NAMES = {
     "run_campaign": "._runner",
     "work": "._runner",
     "run_file_storage": "._secrets",
+    "read_run_file": "._runfile",
 }
 
 __all__ = sorted(_NAMES)

@@ -276,7 +276,7 @@ def load_runs(targets: str | Path | Iterable[str | Path]) -> Results:
 
 def _store_urls(target: str | Path) -> list[tuple[str, Path | None]]:
     """(storage URL, run folder or None) for one target."""
-    from ..campaign._runfile import read_run_file
+    from ..campaign import read_run_file
 
     text = str(target)
     if "://" in text:
