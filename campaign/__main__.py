@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: Seconds an orphaned worker has to put its job back before it exits regardless.
+ORPHAN_GRACE_S = 15.0
+
+
 def _watch_launcher(fd: int, orphaned: threading.Event) -> None:
     """Stop this worker (as SIGTERM does) when the launcher's end of the pipe ``fd`` closes: the launcher died."""
 
@@ -77,6 +82,12 @@ def _watch_launcher(fd: int, orphaned: threading.Event) -> None:
             pass  # a bad descriptor counts as a gone launcher too: never run unsupervised
         orphaned.set()
         os.kill(os.getpid(), signal.SIGTERM)
+        # A library may swallow the interrupt (it arrives as an exception anywhere); never run on unsupervised:
+        # after a grace period, exit. The job left `running` has a dead pid, which the next launcher or worker
+        # on this host requeues at once.
+        time.sleep(ORPHAN_GRACE_S)
+        print("worker stopped (its launcher is gone; the interrupt was not honoured in time)", flush=True)
+        os._exit(130)
 
     threading.Thread(target=watch, name="paratune-launcher-watch", daemon=True).start()
 

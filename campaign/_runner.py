@@ -492,6 +492,18 @@ def work(
     return ran
 
 
+def _during_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt was being handled: the job was stopped, it did not fail."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__context__
+    return False
+
+
 def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, problems: dict[str, Any], logs: Path) -> str:
     """Run one claimed job, log it, and record its outcome; returns the job's new state."""
     from .. import __version__
@@ -538,6 +550,9 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
             log.warning("job %s was requeued by another process (stale heartbeat): result dropped", claim.id)
             return AttemptOutcome.LOST
         except Exception as exc:
+            if _during_interrupt(exc):  # e.g. a library's clean-up failed because Ctrl-C/SIGTERM cut it short
+                log.warning("interrupted (%s while stopping): the job goes back to the queue", type(exc).__name__)
+                raise KeyboardInterrupt from exc
             log.error("failed: %s\n%s", exc, traceback.format_exc())
             return _finish(store, worker, claim, log, JobState.FAILED, f"{type(exc).__name__}: {exc}", None)
         data = result.to_dict()

@@ -39,8 +39,10 @@ ENDLESS = {"name": "optuna-random", "label": "endless", "budget": 10_000_000}
 EXIT_WITHIN_S = 30.0
 PASSWORD = "s3cret-Pw"
 #: the launcher as `paratune campaign ...`, with SIGINT's default handler even when pytest runs in the background
+# As from a terminal: SIGINT raises, SIGHUP is not ignored (a CI runner under nohup passes SIG_IGN down).
 LAUNCHER = (
     "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "signal.signal(signal.SIGHUP, signal.SIG_DFL); "
     "from paratune.cli._campaign import campaign_app; campaign_app(sys.argv[1:])"
 )
 
