@@ -197,6 +197,8 @@ class Store:
         self.read_only = read_only
         parsed = check_storage_url(url)
         self.where = _where(parsed)
+        if (read_only or not create) and parsed.get_backend_name() == "sqlite":
+            self._precheck_sqlite(parsed)  # a damaged or foreign file is refused before anything touches it
         if read_only:
             self.engine = _read_engine(parsed, self.where)
         else:
@@ -262,9 +264,26 @@ class Store:
                 raise
             raise _store_error(self.where, exc, self.read_only) from exc
 
-    def _check_tables(self) -> None:
+    def _precheck_sqlite(self, parsed: sa.engine.URL) -> None:
+        """Check an existing SQLite store through an ``immutable`` connection, which writes nothing (no ``-wal``
+        or ``-shm`` beside it, no journal-mode pragma): a refused file is left exactly as it was."""
+        path = str(_sqlite_path(parsed, self.where, must_exist=True))
+        uri = _uri(path, mode="ro", immutable="1")
+        if os.path.isfile(path + "-wal") and os.path.getsize(path + "-wal") > 0:
+            return  # live writers: the file alone is not the whole database; the normal checks run after opening
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+        engine = sa.create_engine(parsed, creator=connect, poolclass=sa.pool.NullPool)
+        try:
+            self._check_tables(engine)
+        finally:
+            engine.dispose()
+
+    def _check_tables(self, engine: Engine | None = None) -> None:
         """An existing store: every paratune table present and a schema this paratune reads."""
-        with self._guard(), self.engine.connect() as c:
+        with self._guard(), (engine or self.engine).connect() as c:
             names = set(sa.inspect(c).get_table_names())
             if campaigns.name not in names:
                 others = sorted(n for n in names if not n.startswith("sqlite_"))
