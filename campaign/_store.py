@@ -269,8 +269,8 @@ class Store:
         or ``-shm`` beside it, no journal-mode pragma): a refused file is left exactly as it was."""
         path = str(_sqlite_path(parsed, self.where, must_exist=True))
         uri = _uri(path, mode="ro", immutable="1")
-        if os.path.isfile(path + "-wal") and os.path.getsize(path + "-wal") > 0:
-            return  # live writers: the file alone is not the whole database; the normal checks run after opening
+        if os.path.exists(path + "-wal") or os.path.exists(path + "-shm"):
+            return  # open elsewhere: the file alone is not the whole database; the normal checks run after opening
 
         def connect() -> sqlite3.Connection:
             return sqlite3.connect(uri, uri=True, check_same_thread=False)
