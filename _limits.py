@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -66,26 +68,44 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, int) or math.isfinite(value)
 
 
-def read_text(path: Path, what: str = "file") -> str:
-    """The text of a user file, refused before reading when it exceeds :data:`MAX_FILE_BYTES`.
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them, or a ValueError naming it.
+
+    Opened without blocking and checked to be a regular file before a byte is
+    read, so a FIFO cannot hang the reader and ``/dev/zero`` cannot fill memory;
+    a file that grows past ``limit`` meanwhile is refused after ``limit + 1`` bytes.
+    """
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not {what}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file ({what})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot open {what} ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file (a device, FIFO or socket?), not {what}")
+        try:
+            raw = fh.read(limit + 1)
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise ValueError(f"{path}: {what} larger than {limit} bytes, the most allowed")
+    return raw
+
+
+def read_text(path: Path, what: str = "file", limit: int = MAX_FILE_BYTES) -> str:
+    """The text of a user file, at most ``limit`` bytes (:func:`read_bounded`), decoded as UTF-8.
 
     Raises:
-        ValueError: the file is missing, too large, not a file or not UTF-8 text (naming ``path``).
+        ValueError: the file is too large, not a regular file or not UTF-8 text (naming ``path``).
+        FileNotFoundError: there is no such file.
     """
     try:
-        size = path.stat().st_size
-    except OSError:
-        raise ValueError(f"{path}: {what} does not exist") from None
-    if not path.is_file():
-        raise ValueError(f"{path}: {what} is not a file")
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"{path}: {what} is {size:,} bytes; at most {MAX_FILE_BYTES:,} are read (see {DOC})")
-    try:
-        return path.read_text(encoding="utf-8")
+        return read_bounded(path, limit, what).decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: {what} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
 def check_nesting(data: Any, where: str) -> None:
@@ -101,14 +121,15 @@ def check_nesting(data: Any, where: str) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a finite number")
+def refuse_json_constant(name: str) -> Any:
+    """``parse_constant`` for :func:`json.loads`: ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON."""
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def parse_json(text: str, where: str) -> Any:
     """Strict JSON: no ``NaN`` / ``Infinity``, no nesting deeper than :data:`MAX_NESTING`; errors name ``where``."""
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=refuse_json_constant)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{where}: not valid JSON ({exc})") from None
     except RecursionError:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from pathlib import Path
 from typing import Any
+
+from .._limits import read_bounded, refuse_json_constant
 
 #: Largest metadata JSON read (the shipped one is 20 KiB; the training scenarios make up most of it).
 MAX_METADATA_BYTES = 16 << 20
@@ -63,42 +63,11 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
 _OPTIONAL_INTS = ("timesteps", "requested_timesteps", "n_envs", "env_version")
 
 
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them, or a ValueError naming it.
-
-    Opened without blocking and checked to be a regular file before a byte is
-    read, so a FIFO cannot hang the reader and ``/dev/zero`` cannot fill memory;
-    a file that grows past ``limit`` meanwhile is refused after ``limit + 1`` bytes.
-    """
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, not {what}")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file ({what})") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot open {what} ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path}: not a regular file (a device, FIFO or socket?), not {what}")
-        try:
-            raw = fh.read(limit + 1)
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    if len(raw) > limit:
-        raise ValueError(f"{path}: {what} larger than {limit} bytes, the most allowed")
-    return raw
-
-
 def read_metadata_file(path: Path) -> Any:
     """Parse the metadata JSON at ``path``: at most :data:`MAX_METADATA_BYTES`, no NaN or Infinity."""
     raw = read_bounded(path, MAX_METADATA_BYTES, "policy metadata")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=refuse_json_constant)
     except UnicodeDecodeError:
         raise ValueError(f"{path}: policy metadata is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .._limits import read_text
+
 #: The largest run file read: paratune writes a few hundred bytes.
 MAX_RUN_FILE_BYTES = 1 << 20
 
@@ -23,14 +25,7 @@ def read_run_file(path: Path) -> dict[str, Any]:
         ValueError: unreadable, too large, not JSON, not an object, or a field of the wrong type; the message
             names the file and the field.
     """
-    try:
-        if path.stat().st_size > MAX_RUN_FILE_BYTES:
-            raise ValueError(f"{path}: not a paratune run file (over {MAX_RUN_FILE_BYTES:,} bytes)")
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a paratune run file (not UTF-8 text)") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    text = read_text(path, "paratune run file", MAX_RUN_FILE_BYTES)
     try:
         info = json.loads(text)
     except json.JSONDecodeError as exc:

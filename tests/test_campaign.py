@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
+from _campaigns import write_spec
 from typer.testing import CliRunner
 
 from paratune.campaign import CampaignSpec, Store, campaign_status, create_campaign, resume_campaign, run_campaign
@@ -34,16 +35,6 @@ HEURISTICS = ["megatron", "serving-default", "min-tp-replicas", "balanced-pp"]
 
 #: Trials of the job that is interrupted: long enough (seconds, even on a fast machine) to be caught running.
 SLOW_BUDGET = 3000
-
-
-def write_spec(folder: Path, name: str, storage: str | None, **fields: Any) -> Path:
-    """A spec file in ``folder`` whose output is ``folder/run``."""
-    data = {"name": name, "output": str(folder / "run"), **fields}
-    if storage is not None:
-        data["storage"] = storage
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def sqlite_url(folder: Path) -> str:

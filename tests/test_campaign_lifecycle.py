@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import yaml
+from _campaigns import write_spec
 from _hostile import assert_refused, run_paratune
 
 from paratune.campaign import Store, run_file_storage
@@ -45,15 +45,6 @@ LAUNCHER = (
     "signal.signal(signal.SIGHUP, signal.SIG_DFL); "
     "from paratune.cli._campaign import campaign_app; campaign_app(sys.argv[1:])"
 )
-
-
-def write_spec(folder: Path, name: str, storage: str | None, **fields: Any) -> Path:
-    data = {"name": name, "output": str(folder / "run"), **fields}
-    if storage is not None:
-        data["storage"] = storage
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "a condition") -> Any:
