@@ -11,8 +11,9 @@ The benchmark scenario suite (one YAML file per problem) is read here too.
 
 from __future__ import annotations
 
+from ..costmodel._divisors import divisors
 from ._objective import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, get_objective
-from ._plan_builders import contiguous_plan, divisors, even_cuts
+from ._plan_builders import contiguous_plan, even_cuts
 from ._problem import Evaluation, Limits, Problem
 from ._scenarios import SUFFIXES, check_problem, default_scenarios_dir, load_scenario, load_scenarios
 

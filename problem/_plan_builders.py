@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..costmodel import Plan, Stage
-from ..costmodel._divisors import divisors as _divisors
 
 
 def contiguous_plan(
@@ -40,8 +39,3 @@ def even_cuts(n_layers: int, pp: int, tp: int | Sequence[int]) -> list[tuple[int
         out.append((first, first + count - 1, tps[s]))
         first += count
     return out
-
-
-def divisors(n: int) -> list[int]:
-    """Divisors of ``n`` ascending, from its prime factors: a batch of 10**20 answers at once, not in 10**20 steps."""
-    return _divisors(n)
