@@ -108,6 +108,12 @@ def read_text(path: Path, what: str = "file", limit: int = MAX_FILE_BYTES) -> st
         raise ValueError(f"{path}: {what} is not UTF-8 text") from None
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error line quotes what was given, not 16 MiB of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_nesting(data: Any, where: str) -> None:
     """Refuse data nested deeper than :data:`MAX_NESTING` (walked without recursion)."""
     stack: list[tuple[Any, int]] = [(data, 1)]

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ._policy_meta import check_fields, is_int, model_kwargs, read_metadata_file, shown
+from .._limits import shown
+from ._policy_meta import check_fields, is_int, model_kwargs, read_metadata_file
 from ._policy_zip import PolicyArchive, load_optimizer_state, plain_tensor, read_policy_zip
 
 #: Version of the metadata layout written next to a policy zip.

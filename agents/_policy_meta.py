@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .._limits import read_bounded, refuse_json_constant
+from .._limits import read_bounded, refuse_json_constant, shown
 
 #: Largest metadata JSON read (the shipped one is 20 KiB; the training scenarios make up most of it).
 MAX_METADATA_BYTES = 16 << 20
@@ -76,12 +76,6 @@ def read_metadata_file(path: Path) -> Any:
         raise ValueError(f"{path}: JSON nested too deeply") from None
     except ValueError as exc:  # NaN / Infinity
         raise ValueError(f"{path}: {exc}") from None
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a message quotes what was given, not 16 MiB of it."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_int(value: Any) -> bool:

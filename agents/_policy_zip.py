@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._policy_meta import read_bounded, shown
+from .._limits import read_bounded, shown
 
 _MiB = 1 << 20
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .._limits import read_text
+from .._limits import read_text, shown
 
 #: The largest run file read: paratune writes a few hundred bytes.
 MAX_RUN_FILE_BYTES = 1 << 20
@@ -34,22 +34,17 @@ def read_run_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a paratune run file (a JSON object is expected, got {type(info).__name__})")
     name = info.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{path}: field 'name' must be the campaign's name (a string), got {_short(name)}")
+        raise ValueError(f"{path}: field 'name' must be the campaign's name (a string), got {shown(name)}")
     storage_file = info.get("storage_file")
     if storage_file is not None:
         bare = isinstance(storage_file, str) and storage_file not in ("", ".", "..")
         if not bare or Path(storage_file).name != storage_file:
             raise ValueError(
-                f"{path}: field 'storage_file' must be a file name in the run folder, got {_short(storage_file)}"
+                f"{path}: field 'storage_file' must be a file name in the run folder, got {shown(storage_file)}"
             )
     elif not isinstance(info.get("storage"), str) or not info["storage"]:
         raise ValueError(
             f"{path}: field 'storage' must be a database URL (or 'storage_file' a file name), "
-            f"got {_short(info.get('storage'))}"
+            f"got {shown(info.get('storage'))}"
         )
     return info
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

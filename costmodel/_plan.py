@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._limits import MAX_DEVICES, MAX_MICRO_BATCHES, check_at_most
+from .._limits import MAX_DEVICES, MAX_MICRO_BATCHES, check_at_most, shown
 from ..graphs import Phase, TaskGraph
 from ._fields import read_json
 from ._platform import Platform
@@ -49,12 +49,6 @@ SCHEDULES: tuple[str, ...] = tuple(s.value for s in Schedule)
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr`` of a user value, cut to ``limit`` characters: an error line stays one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -287,17 +281,17 @@ class Plan:
             s = FieldReader(raw, where, f"stages[{i}]")
             devices = s.raw("devices")
             if not isinstance(devices, list) or not all(_is_int(d) for d in devices):
-                raise s.error("devices", f"must be a list of device ids (integers), got {_short(devices)}")
+                raise s.error("devices", f"must be a list of device ids (integers), got {shown(devices)}")
             if len(devices) > MAX_DEVICES:
                 raise s.error("devices", f"lists {len(devices):,} devices; at most {MAX_DEVICES:,} are accepted")
             layers = s.raw("layers", None)
             if layers is not None and (
                 not isinstance(layers, list) or len(layers) != 2 or not all(map(_is_int, layers))
             ):
-                raise s.error("layers", f"must be [first, last] (inclusive integers), got {_short(layers)}")
+                raise s.error("layers", f"must be [first, last] (inclusive integers), got {shown(layers)}")
             recompute = s.raw("recompute", False)
             if not isinstance(recompute, bool):
-                raise s.error("recompute", f"must be true or false, got {_short(recompute)}")
+                raise s.error("recompute", f"must be true or false, got {shown(recompute)}")
             tasks = s.raw("tasks", None)
             if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(x, str) for x in tasks)):
                 raise s.error("tasks", "must be a list of task ids (strings)")
