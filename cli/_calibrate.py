@@ -29,11 +29,21 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="Device folder in the p
 @calibrate_app.command("fit")
 @user_errors
 def fit(
-    profiles: ProfilesOpt,
-    device: DeviceOpt,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the fitted profile (YAML).")],
+    profiles: Annotated[
+        Path | None,
+        typer.Option("--profiles", help="--from vidur: folder of measured profiles."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="--from vidur: device folder (a100, h100, cpu, ...).")] = "",
+    source: Annotated[
+        str,
+        typer.Option("--from", help="vidur (a profiles folder) or aiconfigurator (installed)."),
+    ] = "vidur",
+    system: Annotated[str, typer.Option("--system", help="--from aiconfigurator: e.g. h200_sxm.")] = "",
+    backend: Annotated[str, typer.Option("--backend", help="trtllm, vllm or sglang.")] = "trtllm",
+    version: Annotated[str, typer.Option("--version", help="Engine version (default: newest).")] = "",
     holdout: Annotated[str, typer.Option("--holdout", help="Models kept out of the fit, comma separated.")] = "",
-    name: Annotated[str, typer.Option("--name", help="Profile name (default: DEVICE-fit).")] = "",
+    name: Annotated[str, typer.Option("--name", help="Profile name (default: DEVICE-fit, or GPU-aic).")] = "",
     host_overhead_us: Annotated[
         float,
         typer.Option(
@@ -49,6 +59,13 @@ def fit(
     from ..costmodel.calibration import fit_profile, write_profile
 
     output_file(output, example="profile.yaml")
+    if source == "aiconfigurator":
+        _fit_aiconfigurator(output, system, backend, version, name, as_json)
+        return
+    if source != "vidur":
+        raise ValueError(f"--from is {source!r}; allowed: vidur, aiconfigurator")
+    if profiles is None or not device:
+        raise ValueError("--from vidur needs --profiles DIR and --device NAME")
     held = [h.strip() for h in holdout.split(",") if h.strip()]
     result = fit_profile(profiles, device, holdout=held, name=name or None, host_overhead_us=host_overhead_us)
     write_profile(result.profile, output)
@@ -58,6 +75,29 @@ def fit(
         return
     _error_table(escape(f"fit of {device} on {profiles} (held out: {', '.join(held) or 'none'})"), report)
     console.print(f"profile written to {escape(str(output))}")
+
+
+def _fit_aiconfigurator(output: Path, system: str, backend: str, version: str, name: str, as_json: bool) -> None:
+    from ..costmodel.calibration import fit_from_aiconfigurator, write_profile
+
+    if not system:
+        raise ValueError("--from aiconfigurator needs --system (e.g. h200_sxm)")
+    console.print(f"fitting {escape(system)} ({escape(backend)}) ...", style="dim") if not as_json else None
+    result = fit_from_aiconfigurator(system, backend=backend, version=version or None, name=name or None)
+    write_profile(result.profile, output)
+    report = {**result.report, "profile": result.profile.name, "output": str(output)}
+    if as_json:
+        print_json(report)
+        return
+    table = Table(title=escape(f"GEMM fit of {system} ({backend})"))
+    for col in ("dtype", "rows", "MAPE % in sample", "MAPE % held out", "held out: fitted on"):
+        table.add_column(col, justify="left" if col in ("dtype", "held out: fitted on") else "right")
+    for dtype, row in report["gemm"].items():
+        held = row.get("held_out", {})
+        table.add_row(dtype, str(row["in_sample"]["rows"]), f"{row['in_sample']['mape']:.1f}",
+                      f"{held['mape']:.1f}" if held else "-", escape(held.get("fitted_on", "no sibling")))  # fmt: skip
+    console.print(table)
+    console.print(f"profile {escape(result.profile.name)} written to {escape(str(output))}")
 
 
 @calibrate_app.command("check")

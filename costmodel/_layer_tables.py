@@ -60,23 +60,6 @@ def range_max(table: list[list[float]], lo: int, hi: int) -> float:
     return a if a >= b else b
 
 
-def _subtable(table: OpTable, idx: np.ndarray) -> OpTable:
-    """Rows ``idx`` of ``table`` (so per-unit memory goes through :mod:`._memory`)."""
-    return OpTable(
-        flops=table.flops[idx],
-        bytes=table.bytes[idx],
-        weight_bytes=table.weight_bytes[idx],
-        allreduce_bytes=table.allreduce_bytes[idx],
-        param_bytes=table.param_bytes[idx],
-        output_bytes=table.output_bytes[idx],
-        kv_bytes_per_token=table.kv_bytes_per_token[idx],
-        replicated=table.replicated[idx],
-        shard_max=table.shard_max[idx],
-        causal=table.causal[idx],
-        kinds=tuple(table.kinds[i] for i in idx),
-    )
-
-
 class UnitIndex:
     """The graph's ops grouped by unit and step, and the activation bytes crossing each cut."""
 
@@ -105,7 +88,7 @@ class UnitIndex:
         self.opt = step == "optimizer"
         #: Layers a stage may start at: a merged task (granularity layers:k) cannot be split.
         self.allowed_start = starts
-        self.fwd_tables = [_subtable(self.table, np.flatnonzero(self.fwd & (self.unit == u))) for u in range(n + 2)]
+        self.fwd_tables = [self.table.rows(np.flatnonzero(self.fwd & (self.unit == u))) for u in range(n + 2)]
         self.train_flops = float(self.table.flops[self.fwd | self.bwd].sum())
         self._cut_bytes(graph, unit_of)
 

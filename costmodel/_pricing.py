@@ -22,6 +22,10 @@ streams its operands nor computes at full rate, both pipelines stall each other;
 measured A100/H100 GEMMs are up to 30% slower there than ``max(c, m)``, and a
 fitted k of about 1.2-1.5 removes that bias (see ``calibration/_fit.py``).
 
+A GEMM with a known shape (``Op.gemm_k`` / ``gemm_n``) on a profile with a ``gemm`` model
+for the dtype is priced by that model instead (:mod:`._gemm`: the same roofline with its
+own curves, times a residual fitted over (m, n, k) on measured GEMMs), plus ``host``.
+
 Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 2(n-1)·alpha + 2(n-1)/n·S/B; all-gather / reduce-scatter (n-1)·alpha + (n-1)/n·S/B;
 point-to-point alpha + S/B. B and alpha are those of the slowest link the group spans;
@@ -31,7 +35,7 @@ a calibrated per-collective base latency is folded into the group's alpha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -55,6 +59,9 @@ class OpTable:
     shard_max: np.ndarray  # 0 = no cap
     causal: np.ndarray  # bool
     kinds: tuple[str, ...]
+    gemm_k: np.ndarray | None = None  # GEMM input features (0: not a GEMM with a weight)
+    gemm_n: np.ndarray | None = None  # GEMM output features
+    row_split: np.ndarray | None = None  # bool: TP splits k (row-parallel), else n
 
     @classmethod
     def from_ops(cls, ops: list[Op] | tuple[Op, ...]) -> OpTable:
@@ -73,7 +80,35 @@ class OpTable:
             shard_max=np.array([o.shard_max for o in ops], dtype=float),
             causal=np.array([o.causal for o in ops], dtype=bool),
             kinds=tuple(o.kind for o in ops),
+            gemm_k=col("gemm_k"),
+            gemm_n=col("gemm_n"),
+            row_split=np.array([o.shard == "row" for o in ops], dtype=bool),
         )
+
+    def rows(self, idx: np.ndarray) -> OpTable:
+        """The rows ``idx`` of this table."""
+        cols = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "kinds"}
+        return OpTable(
+            **{k: None if v is None else v[idx] for k, v in cols.items()},
+            kinds=tuple(self.kinds[i] for i in np.arange(len(self.kinds))[idx]),
+        )
+
+    def gemm_shapes(self, tp: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Per-device (m, n, k) of each GEMM row (m = 0 where the op is not a GEMM with a known shape).
+
+        m is the op's token count, ``flops / (2 k n)`` of the whole batch, times ``scale``;
+        TP divides k of a row-parallel GEMM and n of the others, as :meth:`split` divides
+        their FLOPs.
+        """
+        if self.gemm_k is None or self.gemm_n is None or not np.any(self.gemm_k > 0):
+            return None
+        k, n = self.gemm_k, self.gemm_n
+        known = (k > 0) & (n > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = np.where(known, self.flops / (2.0 * k * n), 0.0) * scale
+        split = self.split(tp)
+        row = self.row_split if self.row_split is not None else np.zeros(len(k), dtype=bool)
+        return m, np.where(row, n, n / split), np.where(row, k / split, k)
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -126,6 +161,7 @@ class KernelPricer:
         self.overhead = prof.kernel_overhead_s + self.host
         self.exponent = prof.roofline_exponent
         self._prof = prof
+        self.gemm = prof.gemm_model(dtype)
         self.errors = ErrorModel.from_profile(prof)
 
     def error_weights(self, table: OpTable) -> np.ndarray:
@@ -148,7 +184,15 @@ class KernelPricer:
                 comp[idx] = np.where(f > 0, f / (self.peak * ce(f)), 0.0)
                 mem[idx] = np.where(b > 0, b / (self.bw * me(b)), 0.0)
             fixed[idx] = self._prof.overhead(kind) + self.host
-        return roofline(comp, mem, self.exponent) + fixed
+        times = roofline(comp, mem, self.exponent) + fixed
+        shapes = table.gemm_shapes(tp, scale) if self.gemm is not None else None
+        if shapes is not None and self.gemm is not None:
+            m, n, k = shapes
+            idx = (m > 0) & np.fromiter((x == "matmul" for x in table.kinds), dtype=bool, count=len(table))
+            if idx.any():
+                gemm = self.gemm.times(m[idx], n[idx], k[idx], flops[idx], nbytes[idx], self.peak, self.bw)
+                times[idx] = gemm + self.host
+        return times
 
     def op_time(self, op: Op, tp: int, scale: float = 1.0) -> float:
         """Seconds of one op (convenience for a single op; prefer :meth:`op_times`)."""

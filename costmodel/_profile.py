@@ -13,8 +13,9 @@ hard ``max`` of compute and memory time), ``kernel_overhead_us`` as a mapping pe
 op kind (a plain number: one overhead for every kind), and per link class
 ``base_latency_us`` (a fixed cost per collective, 0) and ``p2p_efficiency`` /
 ``p2p_latency_us`` (point-to-point terms; absent: the collective ones), and
-``host_overhead_us`` (0: see :attr:`Profile.host_overhead_s`). ``fit`` keeps the
-free-form record of how a profile was fitted.
+``host_overhead_us`` (0: see :attr:`Profile.host_overhead_s`), and ``gemm`` (shape-aware
+GEMM models per dtype, :mod:`._gemm`; absent: GEMMs are priced by the ``matmul``
+curves). ``fit`` keeps the free-form record of how a profile was fitted.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from typing import Any
 import numpy as np
 
 from ._fields import FieldReader, load_yaml
+from ._gemm import GemmModel
 from ._machine import LOCAL_NAMES, local_profile_path
 
 LINK_CLASSES = ("intra", "inter", "mesh", "host")
+#: Dtypes a ``gemm`` section may describe (the model dtypes of :mod:`paratune.graphs`).
+GEMM_DTYPES = ("fp32", "bf16", "fp16", "fp8")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,13 @@ class Profile:
     roofline_exponent: float | None = None
     fit: dict[str, Any] = field(default_factory=dict)
     host_overhead_s: float = 0.0
+    gemm: dict[str, GemmModel] = field(default_factory=dict)
+
+    def gemm_model(self, dtype: str) -> GemmModel | None:
+        """The shape-aware GEMM model of ``dtype`` (fp16 falls back to bf16's), or None."""
+        if dtype in self.gemm:
+            return self.gemm[dtype]
+        return self.gemm.get("bf16") if dtype == "fp16" else None
 
     def overhead(self, kind: str) -> float:
         """Fixed seconds of one kernel of ``kind`` (launch, prologue, tail)."""
@@ -151,6 +162,8 @@ class Profile:
         out["links"] = {k: v.to_dict() for k, v in self.links.items()}
         out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
         out["holdout_error"] = self.holdout_error
+        if self.gemm:
+            out["gemm"] = {k: v.to_dict() for k, v in self.gemm.items()}
         if self.fit:
             out["fit"] = self.fit
         return out
@@ -212,9 +225,23 @@ class Profile:
             roofline_exponent=exponent,
             fit=r.raw("fit", {}) or {},  # free-form record of how the profile was fitted
             host_overhead_s=r.number("host_overhead_us", 0.0, minimum=0.0) * 1e-6,
+            gemm=_gemm_models(r),
         )
         r.finish()
         return prof
+
+
+def _gemm_models(r: FieldReader) -> dict[str, GemmModel]:
+    """``gemm``: a shape-aware GEMM model per dtype (absent: none)."""
+    if not r.has("gemm"):
+        return {}
+    g = r.child("gemm")
+    models = {}
+    for dtype in list(g.data):
+        if dtype not in GEMM_DTYPES:
+            raise g.error(str(dtype), f"is not a dtype; allowed: {', '.join(GEMM_DTYPES)}")
+        models[dtype] = GemmModel.from_dict(g.raw(dtype), r.where, g.path(dtype))
+    return models
 
 
 def _overheads(r: FieldReader) -> tuple[float, dict[str, float]]:

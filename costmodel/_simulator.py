@@ -57,7 +57,7 @@ memory equal, activations within that slack) are what feasibility compares.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -110,12 +110,6 @@ class SimulationResult:
     memory_timeline: dict[int, list[tuple[float, float]]] | None = None
     static_memory_bytes: list[float] = field(default_factory=list)  # per stage: weights + training state or KV
     activation_bytes: list[float] = field(default_factory=list)  # per stage: peak of live activations
-
-
-def _rows(table: OpTable, idx: np.ndarray) -> OpTable:
-    """The rows ``idx`` of an op table (so per-stage memory goes through :mod:`._memory`)."""
-    cols = {f.name: getattr(table, f.name) for f in fields(table) if f.name != "kinds"}
-    return OpTable(**{k: v[idx] for k, v in cols.items()}, kinds=tuple(table.kinds[i] for i in idx))
 
 
 class Simulator:
@@ -271,7 +265,7 @@ class Simulator:
 
     def _stage_ops(self, stage_of: list[int], s: int) -> OpTable:
         on_stage = np.array(stage_of, dtype=np.intp)[self.op_task] == s
-        return _rows(self.table, np.flatnonzero(on_stage & self.fwd_ops))
+        return self.table.rows(np.flatnonzero(on_stage & self.fwd_ops))
 
     def stage_weights(self, stage_of: list[int], s: int, tp: int) -> float:
         """Weight bytes per device of stage ``s`` (what its data-parallel all-reduce moves)."""

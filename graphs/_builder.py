@@ -86,6 +86,8 @@ def _matmul(
         output_bytes=out,
         allreduce_bytes=out if allreduce else 0.0,
         shard=shard,
+        gemm_k=k,
+        gemm_n=n,
     )
 
 

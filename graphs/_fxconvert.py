@@ -210,9 +210,20 @@ class Converter:
             param_bytes=param_bytes, out_bytes=out_bytes, kv_per_token=kv_per_token, producers=producers,
             name_shard=name_shard(kind, node, path, val, layer, vocab=self.prep.vocab, n_layers=self.prep.n_layers),
             floating=bool(is_tensor(first_value(val)) and first_value(val).is_floating_point()),
+            gemm_nk=self._gemm_nk(name, kind, args),
         )  # fmt: skip
         self.recs.append(rec)
         self.rec_of[node] = rec
+
+    def _gemm_nk(self, name: str, kind: str, args: Any) -> tuple[int, int]:
+        """(n, k) of a ``linear`` whose weight is a parameter (its ``[n, k]`` shape); (0, 0) otherwise."""
+        if name != "linear" or kind != "matmul" or len(args) < 2:
+            return (0, 0)
+        w = self.source[args[1]].root if args[1] in self.source else None
+        val = w.meta.get("val") if w is not None else None
+        if w is None or w.name not in self.params or not is_tensor(val) or val.dim() != 2:
+            return (0, 0)
+        return (int(val.shape[0]), int(val.shape[1]))
 
     def _is_expert_weight(self, arg: Any) -> bool:
         root = self.source[arg].root
@@ -237,7 +248,7 @@ class Converter:
                 name=task_id, kind=rec.kind, flops=rec.flops, bytes=rec.bytes,
                 weight_bytes=rec.weight_bytes, param_bytes=rec.param_bytes, output_bytes=rec.out_bytes,
                 kv_bytes_per_token=rec.kv_per_token, allreduce_bytes=rec.allreduce, shard=rec.shard,
-                shard_max=kv_heads if rec.kind == "attention" else 0,
+                shard_max=kv_heads if rec.kind == "attention" else 0, gemm_n=rec.gemm_nk[0], gemm_k=rec.gemm_nk[1],
             )  # fmt: skip
             task = Task.from_op(op, layer=rec.layer, block=rec.block, scope=rec.path or "model")
             graph.add_task(task)

@@ -94,6 +94,7 @@ class OpRecord:
     shard: str = "replicated"
     allreduce: float = 0.0
     state: str | None = None
+    gemm_nk: tuple[int, int] = (0, 0)
 
 
 def nbytes(val: Any) -> float:

@@ -30,6 +30,9 @@ KINDS = (
 #: How an op splits under tensor parallelism of degree t (Megatron-LM):
 #: column/heads/experts/vocab split the work by t with no communication after;
 #: row splits by t and all-reduces its output; replicated runs whole on every rank.
+#: Largest GEMM dimension an op may declare (a vocabulary of 2^24 is the largest width).
+MAX_GEMM_DIM = 1 << 24
+
 SHARD_RULES = ("column", "row", "heads", "experts", "vocab", "replicated")
 
 #: Which part of a training step an op belongs to; inference graphs are all forward.
@@ -53,6 +56,10 @@ class Op:
     ``shard_max`` caps the useful split (e.g. KV heads): beyond it work and
     memory are replicated; 0 means no cap. ``causal`` marks attention whose
     kernel skips the masked half of the scores (counted ``flops`` stay full).
+    ``gemm_k`` / ``gemm_n`` are the input and output features of a GEMM with a weight
+    (0: not such a GEMM, or unknown), so the cost model can price its shape, not only
+    its FLOPs and bytes: the token count is ``flops / (2 k n)``, and TP splits ``n``
+    (column-parallel) or ``k`` (row-parallel).
     """
 
     name: str
@@ -68,11 +75,18 @@ class Op:
     shard_max: int = 0
     step: str = "forward"
     causal: bool = False
+    gemm_k: int = 0
+    gemm_n: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, KINDS, f"op {self.name!r}")
         _check_choice("shard", self.shard, SHARD_RULES, f"op {self.name!r}")
         _check_choice("step", self.step, STEPS, f"op {self.name!r}")
+        for name in ("gemm_k", "gemm_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GEMM_DIM:
+                allowed = f"an integer in 0..{MAX_GEMM_DIM}"
+                raise ValueError(f"op {self.name!r}: field {name!r} must be {allowed}, not {value!r}")
 
     def split(self, tp: int) -> int:
         """Degree by which the op's work and memory are divided on a TP group of ``tp``."""

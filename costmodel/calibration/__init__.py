@@ -8,6 +8,8 @@ Public API (used by ``paratune calibrate``):
   ``max_abs_pct_error``, ``rows``, ``per_op``);
 * ``default_profile_for(device) -> Profile`` (the profile shipped for a device folder name);
 * ``measure(device, out_dir, *, quick=False) -> Path`` (microbenchmarks with torch, imported lazily);
+* ``fit_from_aiconfigurator(system, *, backend, version, name) -> FitResult``: a profile fitted to NVIDIA
+  AIConfigurator's measured tables (the optional extra ``paratune[silicon]``), ``<gpu>-aic``;
 * ``fit_with_attention(profiles_dir, device, ...) -> FitResult``: ``fit_profile`` plus the attention
   curves of a measured ``attention.csv`` (``fit_attention``);
 * ``prediction_gap(profiles_dir, device, first, second) -> dict``: the largest relative difference of two
@@ -18,6 +20,7 @@ Public API (used by ``paratune calibrate``):
 * ``validate_cpu(...) -> dict``: a real model run on this CPU (1 process, TP2, PP2) against the cost model.
 """
 
+from ._aic_fit import fit_from_aiconfigurator
 from ._attention import fit_attention, fit_with_attention
 from ._check import CheckReport, check_profile
 from ._compare import parameter_gaps, prediction_gap
@@ -42,6 +45,7 @@ __all__ = [
     "compare_published",
     "default_profile_for",
     "fit_attention",
+    "fit_from_aiconfigurator",
     "fit_profile",
     "fit_with_attention",
     "measure",

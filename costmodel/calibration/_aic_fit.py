@@ -1,0 +1,140 @@
+"""``paratune calibrate fit --from aiconfigurator``: a profile fitted to a system's measured tables.
+
+What comes from where:
+
+* GEMMs (bf16 and fp8): the shape-aware model (:mod:`._aic_gemm`) fitted on the system's
+  ``gemm_perf`` table; its roofline base also becomes the ``matmul`` curves that price
+  GEMMs whose shape is unknown (backward GEMMs, imported graphs without weights).
+* The ops the tables do not measure (norms, elementwise, embeddings) and the links keep
+  the curves of a template profile (``h100-vidur``, fitted on Vidur's H100 tables): they
+  are fractions of the datasheet bandwidths, which is what carries across GPUs.
+* Held-out error: the GEMM model of a *sibling* system of the same architecture (H100 for
+  H200, GB200 for B200, ...) predicting this system's table, so the error recorded is that
+  of a system the fit never saw. Systems without a sibling record their in-sample error
+  and say so (``holdout_error.classes.gemm.method``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .._profile import Efficiency, load_profile
+from ._aic_gemm import GEMM_DTYPES, GemmRows, fit_gemm, gemm_errors, gemm_rows
+from ._aiconfigurator import LICENCE, package_version
+from ._fit import FitResult
+
+TEMPLATE = "h100-vidur"
+#: A system of the same architecture (same kernels, other datasheet) for the held-out check.
+SIBLINGS = {
+    "h100_sxm": "h200_sxm",
+    "h200_sxm": "h100_sxm",
+    "b200_sxm": "gb200",
+    "gb200": "b200_sxm",
+    "b300_sxm": "gb300",
+    "gb300": "b300_sxm",
+}
+#: paratune's name for a system's GPU (the fitted profile is ``<gpu>-aic``).
+GPU_NAMES = {
+    "a100_sxm": "a100",
+    "h100_sxm": "h100",
+    "h200_sxm": "h200",
+    "b200_sxm": "b200",
+    "b300_sxm": "b300",
+    "gb200": "gb200",
+    "gb300": "gb300",
+    "l40s": "l40s",
+    "rtx_pro_6000_server": "rtx-pro-6000",
+}
+
+
+def default_name(system: str) -> str:
+    """``<gpu>-aic``: the name a profile fitted on ``system`` is committed under."""
+    return f"{GPU_NAMES.get(system, system.replace('_', '-'))}-aic"
+
+
+def fit_from_aiconfigurator(
+    system: str, *, backend: str = "trtllm", version: str | None = None, name: str | None = None
+) -> FitResult:
+    """A profile of ``system`` fitted to AIConfigurator's measured tables, and the fit's report."""
+    rows: dict[str, GemmRows] = {}
+    for dtype in GEMM_DTYPES:
+        try:
+            rows[dtype] = gemm_rows(system, dtype, backend, version)
+        except ValueError:
+            if dtype == "bf16":
+                raise
+    models = {dtype: fit_gemm([r]) for dtype, r in rows.items()}
+    report: dict[str, Any] = {"system": system, "backend": backend, "gemm": {}}
+    for dtype, model in models.items():
+        report["gemm"][dtype] = {"in_sample": gemm_errors(model, rows[dtype]), "table": rows[dtype].provenance["table"]}
+    held = _sibling_errors(system, backend, rows)
+    for dtype, errors in held.items():
+        report["gemm"][dtype]["held_out"] = errors
+    template = load_profile(TEMPLATE)
+    bf16 = models["bf16"]
+    compute = {**template.compute, "matmul": Efficiency(bf16.compute_peak, bf16.compute_half)}
+    memory = {**template.memory, "matmul": Efficiency(bf16.memory_peak, bf16.memory_half)}
+    overheads = {**template.kernel_overheads, "matmul": bf16.overhead_s}
+    first = rows["bf16"]
+    provenance = {
+        **{k: v for k, v in first.provenance.items() if k not in ("table", "rows", "dropped_rows")},
+        "package_version": package_version(),
+        "licence": LICENCE,
+        "tables": {dtype: r.provenance["table"] for dtype, r in rows.items()},
+        "peaks": {"bf16_flops": first.peak, "memory_bytes_per_s": first.bw},
+    }
+    gemm_class = held.get("bf16") or report["gemm"]["bf16"]["in_sample"]
+    holdout = dict(template.holdout_error)
+    holdout["classes"] = {
+        **holdout.get("classes", {}),
+        "gemm": {
+            "rows": gemm_class["rows"],
+            "mape": gemm_class["mape"],
+            "method": f"fitted on {SIBLINGS[system]}" if system in SIBLINGS else "in-sample: no sibling system",
+        },
+    }
+    source = (
+        f"Fitted by `paratune calibrate fit --from aiconfigurator --system {system}` to NVIDIA AIConfigurator's "
+        f"measured tables ({provenance['package']} {provenance['package_version']}, {LICENCE}; engine {backend} "
+        f"{first.provenance['engine_version']}). Norms, elementwise ops and links: template {TEMPLATE}."
+    )
+    profile = dataclasses.replace(
+        template,
+        name=name or default_name(system),
+        source=source,
+        compute=compute,
+        memory=memory,
+        kernel_overheads=overheads,
+        gemm=models,
+        ranges={**template.ranges, **_ranges(list(rows.values()))},
+        holdout_error=holdout,
+        fit={"from": "aiconfigurator", "system": system, "provenance": provenance},
+    )
+    return FitResult(profile, report)
+
+
+def _sibling_errors(system: str, backend: str, rows: dict[str, GemmRows]) -> dict[str, dict[str, Any]]:
+    """Errors on this system's rows of the GEMM models fitted on its sibling (none without one)."""
+    sibling = SIBLINGS.get(system)
+    out: dict[str, dict[str, Any]] = {}
+    if sibling is None:
+        return out
+    for dtype, own in rows.items():
+        try:
+            other = gemm_rows(sibling, dtype, backend)
+        except ValueError:
+            continue
+        out[dtype] = {**gemm_errors(fit_gemm([other]), own), "fitted_on": sibling}
+    return out
+
+
+def _ranges(rows: list[GemmRows]) -> dict[str, tuple[float, float]]:
+    """The span of the GEMM rows, as the profile's calibrated range of kernels."""
+    flops = [r.flops for r in rows]
+    nbytes = [r.nbytes for r in rows]
+    return {
+        "flops_per_device": (float(min(f.min() for f in flops)), float(max(f.max() for f in flops))),
+        "bytes_per_device": (float(min(b.min() for b in nbytes)), float(max(b.max() for b in nbytes))),
+        "tokens": (float(min(r.m.min() for r in rows)), float(max(r.m.max() for r in rows))),
+    }
