@@ -163,9 +163,15 @@ def evaluate_arrays(ev: AnalyticEvaluator, batch: PlanBatch) -> BatchResult:
     alpha, bw = links["group_alpha"].take(at_start), links["group_bw"].take(at_start)
     tpf = tp.astype(float)
 
+    fit_on = links["fit_on"].take(at_start) if links["fit_on"].any() else None
+
     def allreduce(count: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         on = (count > 0.5) & (tp > 1) & (nbytes > 0)
-        return np.where(on, 2 * (tpf - 1) * (count * alpha) + 2 * (tpf - 1) / tpf * nbytes / bw, 0.0)
+        ring = 2 * (tpf - 1) * (count * alpha) + 2 * (tpf - 1) / tpf * nbytes / bw
+        if fit_on is not None:  # fitted collectives: the fastest measured algorithm (see tp_allreduce_time)
+            lat, per_byte = links["fit_lat"].take(at_start, axis=1), links["fit_per_byte"].take(at_start, axis=1)
+            ring = np.where(fit_on, np.min(count * lat + nbytes * per_byte, axis=0), ring)
+        return np.where(on, ring, 0.0)
 
     kern = kernels("fwd")
     comm = allreduce(diff("ar_fwd_n"), diff("ar_fwd_b") * scale)

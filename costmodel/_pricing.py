@@ -27,11 +27,23 @@ Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 point-to-point alpha + S/B. B and alpha are those of the slowest link the group spans;
 a calibrated per-collective base latency is folded into the group's alpha
 (:func:`group_link`), point-to-point uses the link's own p2p terms (:func:`pair_link`).
+
+Fitted collectives (a profile's optional ``collectives`` section, :mod:`._collectives`):
+a TP all-reduce on a group inside the section's link class (one NVLink / NVSwitch
+domain) costs the fastest of the measured algorithms of the engine's custom all-reduce
+(``tp_allreduce``; NCCL's curve when the engine's is missing), latency + S x seconds
+per byte; a group across nodes keeps the ring. :func:`group_terms` gives a group's
+:class:`GroupLink` (ring terms plus those algorithms), :func:`tp_allreduce_time` prices
+``count`` all-reduces of ``nbytes`` in total with it. The evaluators sum a stage's
+all-reduces as one call, which is exact when they have the same size (every TP
+all-reduce of a transformer layer moves tokens x hidden): count x min_a(lat_a + S b_a)
+= min_a(count lat_a + count S b_a). Data-parallel gradient all-reduces keep the ring.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -182,6 +194,55 @@ def allgather_time(nbytes: float, ranks: int, alpha: float, bandwidth: float) ->
     if ranks <= 1 or nbytes <= 0:
         return 0.0
     return (ranks - 1) * alpha + (ranks - 1) / ranks * nbytes / bandwidth
+
+
+class GroupLink(NamedTuple):
+    """Collective terms of a device group: the ring's (alpha, bytes/s) and the fitted TP all-reduce.
+
+    ``allreduce`` holds (seconds per all-reduce, seconds per byte) per measured
+    algorithm; empty when the ring prices it (no ``collectives`` section, or a group
+    outside its link class). Hashable, so tuners may key caches and sets by it.
+    """
+
+    alpha: float
+    bandwidth: float
+    allreduce: tuple[tuple[float, float], ...] = ()
+
+
+def tp_allreduce_time(nbytes: float, count: float, ranks: int, link: GroupLink) -> float:
+    """``count`` TP all-reduces of ``nbytes`` bytes in total (of equal sizes) on a group of ``ranks``."""
+    if not link.allreduce:
+        return allreduce_time(nbytes, ranks, count * link.alpha, link.bandwidth)
+    if ranks <= 1 or nbytes <= 0:
+        return 0.0
+    return min(count * lat + nbytes * per_byte for lat, per_byte in link.allreduce)
+
+
+def tp_allreduce_array(nbytes: np.ndarray, count: np.ndarray, ranks: int, link: GroupLink) -> np.ndarray:
+    """:func:`tp_allreduce_time` on arrays (0 where ``count`` or ``nbytes`` is 0)."""
+    if not link.allreduce:
+        out = 2 * (ranks - 1) * (count * link.alpha) + 2 * (ranks - 1) / ranks * nbytes / link.bandwidth
+    else:
+        out = np.min([count * lat + nbytes * per_byte for lat, per_byte in link.allreduce], axis=0)
+    return np.where((count > 0.5) & (nbytes > 0) & (ranks > 1), out, 0.0)
+
+
+def fitted_allreduce(platform: Platform, devices: tuple[int, ...] | list[int]) -> tuple[tuple[float, float], ...]:
+    """The fitted TP all-reduce algorithms of a group (empty: the ring prices it)."""
+    coll = platform.profile.collectives
+    if coll is None or len(devices) < 2 or platform.link_class(devices) != coll.link_class:
+        return ()
+    impl = coll.tp_implementation()
+    link = platform.links.get(coll.link_class)
+    if impl is None or link is None:
+        return ()
+    return coll.terms("all_reduce", impl, len(devices), link.bandwidth)
+
+
+def group_terms(platform: Platform, devices: tuple[int, ...] | list[int]) -> GroupLink:
+    """:func:`group_link` plus the group's fitted TP all-reduce (:func:`fitted_allreduce`)."""
+    alpha, bw = group_link(platform, devices)
+    return GroupLink(alpha, bw, fitted_allreduce(platform, devices))
 
 
 def p2p_time(nbytes: float, alpha: float, bandwidth: float) -> float:

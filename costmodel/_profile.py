@@ -14,7 +14,9 @@ op kind (a plain number: one overhead for every kind), and per link class
 ``base_latency_us`` (a fixed cost per collective, 0) and ``p2p_efficiency`` /
 ``p2p_latency_us`` (point-to-point terms; absent: the collective ones), and
 ``host_overhead_us`` (0: see :attr:`Profile.host_overhead_s`). ``fit`` keeps the
-free-form record of how a profile was fitted.
+free-form record of how a profile was fitted. ``collectives`` (absent: every
+collective is a ring on the link terms) holds measured collective curves, the
+algorithm chosen by size (:mod:`._collectives`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._collectives import Collectives
 from ._fields import FieldReader, load_yaml
 from ._machine import LOCAL_NAMES, local_profile_path
 
@@ -117,6 +120,7 @@ class Profile:
     roofline_exponent: float | None = None
     fit: dict[str, Any] = field(default_factory=dict)
     host_overhead_s: float = 0.0
+    collectives: Collectives | None = None
 
     def overhead(self, kind: str) -> float:
         """Fixed seconds of one kernel of ``kind`` (launch, prologue, tail)."""
@@ -149,6 +153,8 @@ class Profile:
         if self.host_overhead_s:
             out["host_overhead_us"] = _us(self.host_overhead_s)
         out["links"] = {k: v.to_dict() for k, v in self.links.items()}
+        if self.collectives is not None:
+            out["collectives"] = self.collectives.to_dict()
         out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
         out["holdout_error"] = self.holdout_error
         if self.fit:
@@ -212,6 +218,7 @@ class Profile:
             roofline_exponent=exponent,
             fit=r.raw("fit", {}) or {},  # free-form record of how the profile was fitted
             host_overhead_s=r.number("host_overhead_us", 0.0, minimum=0.0) * 1e-6,
+            collectives=Collectives.from_dict(r.child("collectives")) if r.has("collectives") else None,
         )
         r.finish()
         return prof
