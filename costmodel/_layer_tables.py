@@ -244,14 +244,14 @@ def contiguous_links(platform: Platform, candidates: list[int]) -> dict[str, np.
     ``group_alpha[t_index, start]`` / ``group_bw`` price the collectives of the
     group ``start .. start+t-1``; ``p2p_alpha[e]`` / ``p2p_bw`` the transfer
     from device e to e+1 (a boundary between contiguous stages). With fitted
-    collectives, ``fit_lat[k, t_index, start]`` / ``fit_per_byte`` are the group's
-    k-th all-reduce algorithm (``fit_on`` says which groups have them; unused slots
-    never win the minimum).
+    collectives, ``fit_lat[k, t_index, start]`` / ``fit_per_byte`` / ``fit_upto`` are
+    the group's k-th all-reduce algorithm (``fit_on`` says which groups have them;
+    slots after a group's last, unbounded one are never chosen).
     """
     n = platform.num_devices
     ga = np.zeros((len(candidates), n))
     gb = np.ones((len(candidates), n))
-    fitted: dict[tuple[int, int], tuple[tuple[float, float], ...]] = {}
+    fitted: dict[tuple[int, int], tuple[tuple[float, float, float], ...]] = {}
     for i, t in enumerate(candidates):
         for start in range(n - t + 1):
             terms = group_terms(platform, tuple(range(start, start + t)))
@@ -260,11 +260,12 @@ def contiguous_links(platform: Platform, candidates: list[int]) -> dict[str, np.
                 fitted[(i, start)] = terms.allreduce
     k = max((len(v) for v in fitted.values()), default=0)
     on = np.zeros((len(candidates), n), dtype=bool)
-    lat, per_byte = np.full((k, len(candidates), n), 1e30), np.zeros((k, len(candidates), n))
+    lat, per_byte = np.zeros((k, len(candidates), n)), np.zeros((k, len(candidates), n))
+    upto = np.full((k, len(candidates), n), np.inf)
     for (i, start), algs in fitted.items():
         on[i, start] = True
-        for j, (a, b) in enumerate(algs):
-            lat[j, i, start], per_byte[j, i, start] = a, b
+        for j, (a, b, u) in enumerate(algs):
+            lat[j, i, start], per_byte[j, i, start], upto[j, i, start] = a, b, u
     pa, pb = np.zeros(max(n, 1)), np.ones(max(n, 1))
     for e in range(n - 1):
         pa[e], pb[e] = pair_link(platform, (e,), (e + 1,))
@@ -276,4 +277,5 @@ def contiguous_links(platform: Platform, candidates: list[int]) -> dict[str, np.
         "fit_on": on,
         "fit_lat": lat.reshape(k, on.size),
         "fit_per_byte": per_byte.reshape(k, on.size),
+        "fit_upto": upto.reshape(k, on.size),
     }

@@ -20,20 +20,24 @@ from paratune.costmodel._profile import Profile
 from paratune.graphs import build_graph, coarsen
 from paratune.search import Problem, tune
 
-#: An H100-like section: a one-shot custom all-reduce (low latency, low bandwidth), a two-shot one
-#: and NCCL with NVLS for large messages (hand-set numbers of the fitted shape; the fit is tested below).
+MIB = 2**20
+#: An H100-like section: a one-shot custom all-reduce (low latency, low bandwidth) up to 512 KiB, a two-shot
+#: one up to 16 MiB, then NCCL with NVLS (hand-set numbers of the fitted shape; the fit is tested below).
 SECTION = {
     "tp_allreduce": "trtllm",
     "link_bandwidth_gbs": 450,
     "all_reduce": {
-        "nccl": {2: [[6.0, 0.3], [40.0, 0.75]], 8: [[16.0, 0.05], [35.0, 0.75], [75.0, 1.05]]},
+        "nccl": {
+            2: [[6.0, 0.3, 1 * MIB], [40.0, 0.75]],
+            8: [[16.0, 0.05, 0.5 * MIB], [35.0, 0.75, 64 * MIB], [75.0, 1.05]],
+        },
         "trtllm": {
-            2: [[2.7, 0.6], [75.0, 0.75]],
-            4: [[2.8, 0.03], [3.1, 0.35], [28.0, 0.77]],
-            8: [[3.2, 0.15], [17.5, 0.47], [72.0, 1.04]],
+            2: [[2.7, 0.6, 8 * MIB], [75.0, 0.75]],
+            4: [[2.8, 0.03, 0.1 * MIB], [3.1, 0.35, 8 * MIB], [28.0, 0.77]],
+            8: [[3.2, 0.15, 0.5 * MIB], [17.5, 0.47, 16 * MIB], [72.0, 1.04]],
         },
     },
-    "all_gather": {"nccl": {8: [[12.0, 0.1], [25.0, 0.9]]}},
+    "all_gather": {"nccl": {8: [[12.0, 0.1, 1 * MIB], [25.0, 0.9]]}},
 }
 
 
@@ -53,7 +57,8 @@ def test_section_round_trips_and_absent_means_none() -> None:
     assert Profile.from_dict(prof.to_dict(), "again") == prof
     coll = prof.collectives
     assert coll is not None and coll.tp_implementation() == "trtllm"
-    assert coll.curves["all_reduce"]["trtllm"][8][0] == pytest.approx((3.2e-6, 0.15))
+    assert coll.curves["all_reduce"]["trtllm"][8][0] == pytest.approx((3.2e-6, 0.15, 0.5 * MIB))
+    assert coll.curves["all_reduce"]["trtllm"][8][-1][2] == float("inf")
 
 
 @pytest.mark.parametrize(
@@ -62,8 +67,10 @@ def test_section_round_trips_and_absent_means_none() -> None:
         ({"all_reduce": {"nccl": {2: [[6.0, 0.0]]}}}, "efficiency"),
         ({"all_reduce": {"nccl": {2: [[float("nan"), 0.3]]}}}, "finite"),
         ({"all_reduce": {"nccl": {1: [[6.0, 0.3]]}}}, "group size"),
-        ({"all_reduce": {"nccl": {2: []}}}, "pairs"),
-        ({"all_reduce": {"nccl": {2: [[6.0]]}}}, "pair"),
+        ({"all_reduce": {"nccl": {2: []}}}, "list of 1 to"),
+        ({"all_reduce": {"nccl": {2: [[6.0]]}}}, "unbounded"),
+        ({"all_reduce": {"nccl": {2: [[6.0, 0.3], [9.0, 0.5]]}}}, "up_to_bytes"),
+        ({"all_reduce": {"nccl": {2: [[6.0, 0.3, 1e6], [7.0, 0.5, 1e5], [9.0, 0.5]]}}}, "must grow"),
         ({"allreduce": {}}, "unknown field"),
         ({"link_class": "pcie"}, "link_class"),
     ],
@@ -77,11 +84,13 @@ def test_bad_sections_name_the_field(patch: dict, message: str) -> None:
 def test_small_messages_take_the_low_latency_algorithm_and_large_ones_the_high_bandwidth_one() -> None:
     link = group_terms(FITTED, tuple(range(8)))
     assert len(link.allreduce) == 3
-    small, large = 64 * 1024, 256 * 2**20
-    per_alg = [[lat + s * b for lat, b in link.allreduce] for s in (small, large)]
-    assert int(np.argmin(per_alg[0])) == 0  # one-shot: the lowest latency
-    assert int(np.argmin(per_alg[1])) == 2  # NVLS: the highest bus bandwidth
-    assert tp_allreduce_time(small, 1, 8, link) == pytest.approx(min(per_alg[0]), rel=1e-12)
+    small, large = 64 * 1024, 256 * MIB
+    lines = [[lat + s * b for lat, b, _ in link.allreduce] for s in (small, large)]
+    lats, per_byte = [a[0] for a in link.allreduce], [a[1] for a in link.allreduce]
+    assert lats == sorted(lats) and per_byte == sorted(per_byte, reverse=True)  # latency traded for bandwidth
+    assert tp_allreduce_time(small, 1, 8, link) == pytest.approx(lines[0][0], rel=1e-12)  # one-shot
+    assert tp_allreduce_time(large, 1, 8, link) == pytest.approx(lines[1][2], rel=1e-12)  # NVLS
+    assert tp_allreduce_time(4 * MIB, 1, 8, link) == pytest.approx(17.5e-6 + 4 * MIB * per_byte[1], rel=1e-12)
     # the measured scale: a few microseconds for 64 KiB on 8 GPUs, where the ring's ~30 us was 5-10x too slow
     assert 3e-6 < tp_allreduce_time(small, 1, 8, link) < 8e-6
     ring = allreduce_time(small, 8, *group_link(BASE, tuple(range(8))))
@@ -103,6 +112,7 @@ def test_unmeasured_group_sizes_and_other_link_classes() -> None:
     coll = only_nccl.profile.collectives
     assert coll is not None and coll.algorithms("all_reduce", "nccl", 4) == (coll.curves["all_reduce"]["nccl"][2], 2)
     per_byte = group_terms(only_nccl, (0, 1, 2, 3)).allreduce[0][1]
+    assert group_terms(only_nccl, (0, 1, 2, 3)).allreduce[0][2] == 1 * MIB
     assert per_byte == pytest.approx(bus_factor("all_reduce", 4) / (0.3 * 450e9), rel=1e-12)
     # a group across the two nodes keeps the ring
     across = group_terms(FITTED, tuple(range(4, 12)))
@@ -161,3 +171,38 @@ def test_exact_tuners_agree_with_the_section(tmp_path: Path, phase: str, objecti
     assert a.objective_value is not None and b.objective_value is not None
     assert b.objective_value == pytest.approx(a.objective_value, rel=1e-9)
     assert p.score(b.best_plan).value == pytest.approx(b.objective_value, rel=1e-9)
+
+
+# -- the fit on AIConfigurator's measured tables (optional extra paratune[silicon]) -----------------
+
+
+def test_fit_reproduces_measured_points_and_orders_algorithms_by_size() -> None:
+    pytest.importorskip("aiconfigurator_core")
+    from paratune.costmodel.calibration._aic_comm import MAX_EFFICIENCY, errors, fit_curves, measured_curves
+
+    for impl in ("nccl", "trtllm"):
+        (curve,) = [c for c in measured_curves("h200_sxm", impl) if c.collective == "all_reduce" and c.ranks == 8]
+        algs = fit_curves([curve])
+        err = np.abs(errors(curve, algs))
+        assert err.mean() < 0.03 and err.max() < 0.15, (impl, err)
+        # small messages: the lowest-latency algorithm; large ones: the highest bus bandwidth
+        # (a flat, latency-bound band gets the largest efficiency allowed: no bandwidth to speak of)
+        assert algs[-1][1] == max(a[1] for a in algs if a[1] < MAX_EFFICIENCY) > 1.0  # NVLS beats the link
+        assert algs[0][0] < 0.5 * algs[-1][0]  # the algorithm of small messages has the far lower latency
+        assert algs[-1][2] == float("inf") and all(a[2] < b[2] for a, b in itertools.pairwise(algs))
+
+
+def test_fitted_fragment_loads_and_prices_the_measured_all_reduce() -> None:
+    pytest.importorskip("aiconfigurator_core")
+    from paratune.costmodel.calibration._aic_comm import fit_collectives, measured_curves
+
+    fragment, report = fit_collectives("h100_sxm", "trtllm")
+    # held out (fitted on H200 only): the target, <= 10% in every size band
+    for key in ("all_reduce/trtllm", "all_reduce/nccl"):
+        assert max(report["held_out"][key]["by_band"].values()) <= 10.0, report["held_out"][key]
+    assert report["provenance"] and all(p["licence"] == "Apache-2.0" for p in report["provenance"])
+    platform = _with_section(get_platform("dgx-h100"), fragment["collectives"])
+    (curve,) = [c for c in measured_curves("h100_sxm", "trtllm") if c.ranks == 8]
+    link = group_terms(platform, tuple(range(8)))
+    pred = np.array([tp_allreduce_time(s, 1, 8, link) for s in curve.nbytes])
+    np.testing.assert_allclose(pred, curve.seconds, rtol=0.15)
