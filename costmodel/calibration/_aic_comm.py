@@ -4,24 +4,29 @@ Why: a ring with one alpha-beta per link class prices a 64 KiB all-reduce on 8 H
 about 30 us, where the engines' custom all-reduce takes 3-6 us and NCCL 16-20 us, and a
 512 MiB one 12-25% slow because NVLink SHARP (NVLS) is not a ring. The engines pick an
 algorithm by message size (one-shot / two-shot custom all-reduce, then NCCL, which
-itself picks ring / tree / NVLS), so a collective of S bytes on n ranks is modelled as
+itself picks protocols and ring / tree / NVLS), so a collective of S bytes on n ranks
+is modelled, with ``a`` the algorithm whose size range holds S, as
 
-    t(S) = min over algorithms a of  latency_a + f(n) * S / (eff_a * B)
+    t(S) = latency_a + f(n) * S / (eff_a * B)
 
 with ``B`` the platform's link bandwidth per device and direction (the system spec's
 ``intra_node_bw``), ``f(n)`` the bus factor of the collective (2(n-1)/n for an
 all-reduce, (n-1)/n for all-gather, reduce-scatter and all-to-all: ``eff_a * B`` is
 the algorithm's bus bandwidth as nccl-tests reports it) and ``eff_a`` a fraction of
-``B`` (above 1 where NVLS reduces in the switch). The minimum of lines is concave: a
-low-latency algorithm has a lower bandwidth, which is what the data show.
+``B`` (above 1 where NVLS reduces in the switch). Thresholds, not the fastest line:
+NCCL does not always switch to a faster algorithm (8 B200: 32 us at 2 MiB, 53 us at
+4 MiB), and a minimum of lines, being concave, cannot follow that.
 
 Fitted per system, collective, implementation (``nccl``, or the engine's custom
 all-reduce: ``trtllm``, ``vllm``, ``sglang``) and group size: sizes are sorted and cut
-into up to :data:`MAX_ALGORITHMS` contiguous bands, each band gets a line by least
-squares on relative error, and the cut (and number of lines) with the lowest error wins
-(the cuts are searched exhaustively: about 20 sizes per curve). Expressed as
-fractions of ``B``, a curve fitted on some systems of an interconnect family predicts
-another (leave-one-system-out; :data:`FAMILIES`).
+into up to :data:`MAX_ALGORITHMS` contiguous bands of at least two sizes, each band
+gets a line by least squares on relative error, and the best cut is a dynamic program
+(a band more must lower the mean error by :data:`MIN_GAIN`); a threshold sits at the
+geometric mean of the sizes either side of a cut. Expressed as fractions of ``B``, a
+curve fitted on some systems of an interconnect family predicts another
+(leave-one-system-out; :data:`FAMILIES`). A group that spans more GPUs than the
+system's node or tray (GB300's multi-node NVLink kernels at 8 and 16) is only
+predicted from such groups; otherwise it is ``derived`` from the nearest size.
 
 Units read: ``message_size`` is in elements (AIConfigurator's collector divides the
 nccl-tests byte size by the element size); the ``half`` NCCL rows and the ``bfloat16``
@@ -258,7 +263,7 @@ def fit_collectives(system: str, backend: str = "trtllm") -> tuple[dict[str, Any
     report: dict[str, Any] = {
         "system": system,
         "backend": backend,
-        "model": "min over algorithms of latency + bus_factor * bytes / (efficiency * link bandwidth)",
+        "model": "latency + bus_factor * bytes / (efficiency * link bandwidth) of the algorithm the size selects",
         "in_sample": summarise(rows),
         "provenance": _provenance(curves),
     }
