@@ -16,7 +16,9 @@ degree t_s on devices D_s (replica k uses D_s shifted by k x devices per replica
   on ``group_link(D_s)``. Stage 0 also holds the pre-layer unit (embedding), the
   last stage the post-layer unit (final norm, LM head, loss). The all-reduces of
   a unit are sum over ops of allreduce_time(bytes_op x scale, t, alpha, B) =
-  allreduce_time(sum bytes x scale, t, n_ops x alpha, B) (ring formula is linear).
+  allreduce_time(sum bytes x scale, t, n_ops x alpha, B) (ring formula is linear);
+  with fitted collectives, :func:`tp_allreduce_time` of the sum and the count (exact
+  for all-reduces of equal sizes, as a transformer's are).
 * Boundary s -> s+1: c_s = p2p_time(boundary_bytes x scale, *pair_link(D_s, D_s+1)),
   boundary_bytes = the forward activations crossing the cut, from the graph's
   edges, each tensor once (x feeds two ops of the next layer but is sent once):
@@ -69,7 +71,7 @@ from ._layer_tables import ScaledTables, TpTables, UnitIndex, contiguous_links
 from ._metrics import Metrics
 from ._plan import SCHEDULES, Plan
 from ._platform import GIB, Platform
-from ._pricing import KernelPricer, allreduce_time, group_link, pair_link
+from ._pricing import GroupLink, KernelPricer, group_link, group_terms, pair_link, tp_allreduce_time
 
 
 class AnalyticEvaluator:
@@ -104,7 +106,7 @@ class AnalyticEvaluator:
         self.candidates = [t for t in range(1, min(meta.heads, platform.num_devices) + 1) if meta.heads % t == 0]
         self._tp: dict[int, TpTables] = {}
         self._scaled: dict[tuple[int, int], ScaledTables] = {}
-        self._links: dict[tuple[int, ...], tuple[float, float]] = {}
+        self._links: dict[tuple[int, ...], GroupLink] = {}
         self._pairs: dict[tuple[int, int], tuple[float, float]] = {}
         self._dp_links: dict[tuple[int, int, int], tuple[float, float]] = {}
         self._lower: float | None = None
@@ -125,10 +127,11 @@ class AnalyticEvaluator:
             tables = self._scaled[(tp, share)] = ScaledTables.build(self.units, self.pricer, tp, 1.0 / share)
         return tables
 
-    def link(self, devices: tuple[int, ...]) -> tuple[float, float]:
+    def link(self, devices: tuple[int, ...]) -> GroupLink:
+        """Collective terms of a TP group (:func:`group_terms`), cached by its devices."""
         terms = self._links.get(devices)
         if terms is None:
-            terms = self._links[devices] = group_link(self.platform, devices)
+            terms = self._links[devices] = group_terms(self.platform, devices)
         return terms
 
     def pair(self, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[float, float]:
@@ -162,12 +165,12 @@ class AnalyticEvaluator:
     def unit_forward_times(self, tp: int, devices: tuple[int, ...], *, share: int = 1) -> list[float]:
         """Forward seconds of each unit (kernels + TP all-reduces) on ``devices``; unit i+1 is layer i."""
         sc, tt = self.scaled_tables(tp, share), self.tp_tables(tp).lists
-        alpha, bw = self.link(devices)
+        link = self.link(devices)
         out = []
         for u in range(self.n_layers + 2):
             n_ar = tt["ar_fwd_n"][u + 1] - tt["ar_fwd_n"][u]
             ar_bytes = (tt["ar_fwd_b"][u + 1] - tt["ar_fwd_b"][u]) / share
-            ar = allreduce_time(ar_bytes, tp, n_ar * alpha, bw) if n_ar > 0.5 else 0.0
+            ar = tp_allreduce_time(ar_bytes, n_ar, tp, link) if n_ar > 0.5 else 0.0
             out.append(sc.fwd_l[u + 1] - sc.fwd_l[u] + ar)
         return out
 

@@ -14,7 +14,7 @@ from ._layer_tables import range_max
 from ._metrics import Metrics
 from ._pipeline import training_makespan
 from ._plan import Plan, Schedule
-from ._pricing import allreduce_time, p2p_time
+from ._pricing import allreduce_time, p2p_time, tp_allreduce_time
 from ._trust import annotate
 
 if TYPE_CHECKING:
@@ -50,13 +50,13 @@ def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
         tt = tp_cache.get(t) or ev.tp_tables(t)
         sc = sc_cache.get((t, share)) or ev.scaled_tables(t, share)
         tl = tt.lists
-        alpha, bw = links.get(st.devices) or ev.link(st.devices)
+        link = links.get(st.devices) or ev.link(st.devices)
         fl = sc.fwd_l
         kern = fl[hi] - fl[lo]
         col = tl["ar_fwd_n"]
         n_ar = col[hi] - col[lo]
         col = tl["ar_fwd_b"]
-        comm = allreduce_time((col[hi] - col[lo]) * scale, t, n_ar * alpha, bw) if n_ar > 0.5 else 0.0
+        comm = tp_allreduce_time((col[hi] - col[lo]) * scale, n_ar, t, link) if n_ar > 0.5 else 0.0
         col = tl["weights"]
         weights = col[hi] - col[lo]
         need = weights + 2.0 * range_max(tt.out_max_l, lo, hi) * scale
@@ -66,7 +66,7 @@ def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
             col = tl["ar_bwd_n"]
             n_ar = col[hi] - col[lo]
             col = tl["ar_bwd_b"]
-            comm_b = allreduce_time((col[hi] - col[lo]) * scale, t, n_ar * alpha, bw) if n_ar > 0.5 else 0.0
+            comm_b = tp_allreduce_time((col[hi] - col[lo]) * scale, n_ar, t, link) if n_ar > 0.5 else 0.0
             kept = m if gpipe else min(m, p - i)
             if st.recompute:
                 # Each micro-batch in flight keeps only its layer inputs; one layer's full

@@ -18,6 +18,7 @@ import numpy as np
 from ..graphs import Phase
 from ._batch import BatchResult, PlanBatch
 from ._pipeline import training_makespan
+from ._pricing import chosen_allreduce
 
 if TYPE_CHECKING:
     from ._analytic import AnalyticEvaluator
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 #: plans: about 2x faster than one pass).
 CHUNK = 16384
 
+_FIT_KEYS = ("fit_lat", "fit_per_byte", "fit_upto")
 _TP_KEYS = ("weights", "state", "kv", "stash", "inputs", "ar_fwd_n", "ar_fwd_b", "ar_bwd_n", "ar_bwd_b", "opt")
 
 
@@ -163,9 +165,15 @@ def evaluate_arrays(ev: AnalyticEvaluator, batch: PlanBatch) -> BatchResult:
     alpha, bw = links["group_alpha"].take(at_start), links["group_bw"].take(at_start)
     tpf = tp.astype(float)
 
+    fit_on = links["fit_on"].take(at_start) if links["fit_on"].any() else None
+
     def allreduce(count: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         on = (count > 0.5) & (tp > 1) & (nbytes > 0)
-        return np.where(on, 2 * (tpf - 1) * (count * alpha) + 2 * (tpf - 1) / tpf * nbytes / bw, 0.0)
+        ring = 2 * (tpf - 1) * (count * alpha) + 2 * (tpf - 1) / tpf * nbytes / bw
+        if fit_on is not None:  # fitted collectives: the algorithm the message size selects (tp_allreduce_time)
+            terms = [tuple(links[key][j].take(at_start) for key in _FIT_KEYS) for j in range(len(links["fit_lat"]))]
+            ring = np.where(fit_on, chosen_allreduce(nbytes, count, terms), ring)
+        return np.where(on, ring, 0.0)
 
     kern = kernels("fwd")
     comm = allreduce(diff("ar_fwd_n"), diff("ar_fwd_b") * scale)

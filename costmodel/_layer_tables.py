@@ -27,7 +27,7 @@ import numpy as np
 from ..graphs import TaskGraph
 from ._memory import kv_cache_memory, training_state_memory, weight_memory
 from ._platform import Platform
-from ._pricing import KernelPricer, OpTable, group_link, pair_link
+from ._pricing import KernelPricer, OpTable, group_terms, pair_link
 
 #: Profile range keys checked for extrapolation, and the per-device quantity each bounds.
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
@@ -226,15 +226,39 @@ def contiguous_links(platform: Platform, candidates: list[int]) -> dict[str, np.
 
     ``group_alpha[t_index, start]`` / ``group_bw`` price the collectives of the
     group ``start .. start+t-1``; ``p2p_alpha[e]`` / ``p2p_bw`` the transfer
-    from device e to e+1 (a boundary between contiguous stages).
+    from device e to e+1 (a boundary between contiguous stages). With fitted
+    collectives, ``fit_lat[k, t_index, start]`` / ``fit_per_byte`` / ``fit_upto`` are
+    the group's k-th all-reduce algorithm (``fit_on`` says which groups have them;
+    slots after a group's last, unbounded one are never chosen).
     """
     n = platform.num_devices
     ga = np.zeros((len(candidates), n))
     gb = np.ones((len(candidates), n))
+    fitted: dict[tuple[int, int], tuple[tuple[float, float, float], ...]] = {}
     for i, t in enumerate(candidates):
         for start in range(n - t + 1):
-            ga[i, start], gb[i, start] = group_link(platform, tuple(range(start, start + t)))
+            terms = group_terms(platform, tuple(range(start, start + t)))
+            ga[i, start], gb[i, start] = terms.alpha, terms.bandwidth
+            if terms.allreduce:
+                fitted[(i, start)] = terms.allreduce
+    k = max((len(v) for v in fitted.values()), default=0)
+    on = np.zeros((len(candidates), n), dtype=bool)
+    lat, per_byte = np.zeros((k, len(candidates), n)), np.zeros((k, len(candidates), n))
+    upto = np.full((k, len(candidates), n), np.inf)
+    for (i, start), algs in fitted.items():
+        on[i, start] = True
+        for j, (a, b, u) in enumerate(algs):
+            lat[j, i, start], per_byte[j, i, start], upto[j, i, start] = a, b, u
     pa, pb = np.zeros(max(n, 1)), np.ones(max(n, 1))
     for e in range(n - 1):
         pa[e], pb[e] = pair_link(platform, (e,), (e + 1,))
-    return {"group_alpha": ga, "group_bw": gb, "p2p_alpha": pa, "p2p_bw": pb}
+    return {
+        "group_alpha": ga,
+        "group_bw": gb,
+        "p2p_alpha": pa,
+        "p2p_bw": pb,
+        "fit_on": on,
+        "fit_lat": lat.reshape(k, on.size),
+        "fit_per_byte": per_byte.reshape(k, on.size),
+        "fit_upto": upto.reshape(k, on.size),
+    }

@@ -31,15 +31,29 @@ Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 point-to-point alpha + S/B. B and alpha are those of the slowest link the group spans;
 a calibrated per-collective base latency is folded into the group's alpha
 (:func:`group_link`), point-to-point uses the link's own p2p terms (:func:`pair_link`).
+
+Fitted collectives (a profile's optional ``collectives`` section, :mod:`._collectives`):
+a TP all-reduce on a group inside the section's link class (one NVLink / NVSwitch
+domain) costs what the engine's custom all-reduce measured (``tp_allreduce``; NCCL's
+curve when the engine's is missing): latency_a + S x seconds per byte_a, with a the
+algorithm whose size range holds the message of S bytes; a group across nodes keeps
+the ring. :func:`group_terms` gives a group's :class:`GroupLink` (ring terms plus those
+algorithms), :func:`tp_allreduce_time` prices ``count`` all-reduces of ``nbytes`` in
+total with it. The evaluators sum a stage's all-reduces as one call, which is exact
+when they have the same size (every TP all-reduce of a transformer layer moves tokens
+x hidden): count x (lat_a + S b_a) with S = nbytes / count. Data-parallel gradient
+all-reduces keep the ring.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
 from ..graphs import Op
+from ._collectives import Terms
 from ._platform import Platform
 from ._trust import ErrorModel
 
@@ -226,6 +240,71 @@ def allgather_time(nbytes: float, ranks: int, alpha: float, bandwidth: float) ->
     if ranks <= 1 or nbytes <= 0:
         return 0.0
     return (ranks - 1) * alpha + (ranks - 1) / ranks * nbytes / bandwidth
+
+
+class GroupLink(NamedTuple):
+    """Collective terms of a device group: the ring's (alpha, bytes/s) and the fitted TP all-reduce.
+
+    ``allreduce`` holds (seconds per all-reduce, seconds per byte, largest message in
+    bytes) per measured algorithm, by growing size; empty when the ring prices it (no
+    ``collectives`` section, or a group outside its link class). Hashable, so tuners
+    may key caches and sets by it.
+    """
+
+    alpha: float
+    bandwidth: float
+    allreduce: Terms = ()
+
+
+def tp_allreduce_time(nbytes: float, count: float, ranks: int, link: GroupLink) -> float:
+    """``count`` TP all-reduces of ``nbytes`` bytes in total (of equal sizes) on a group of ``ranks``."""
+    if not link.allreduce:
+        return allreduce_time(nbytes, ranks, count * link.alpha, link.bandwidth)
+    if ranks <= 1 or nbytes <= 0 or count <= 0:
+        return 0.0
+    size = nbytes / count
+    for lat, per_byte, upto in link.allreduce:
+        if size <= upto:
+            return count * lat + nbytes * per_byte
+    raise ValueError("fitted all-reduce: the last algorithm must have no size bound")  # the profile reader ensures it
+
+
+def chosen_allreduce(nbytes: np.ndarray, count: np.ndarray, terms: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+    """Seconds of ``count`` all-reduces of ``nbytes`` in total with per-element (latency, per byte, bound) arrays."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        size = nbytes / count
+    lat, per_byte, _ = terms[-1]
+    out = count * lat + nbytes * per_byte
+    for lat, per_byte, upto in reversed(terms[:-1]):
+        out = np.where(size <= upto, count * lat + nbytes * per_byte, out)
+    return out
+
+
+def tp_allreduce_array(nbytes: np.ndarray, count: np.ndarray, ranks: int, link: GroupLink) -> np.ndarray:
+    """:func:`tp_allreduce_time` on arrays (0 where ``count`` or ``nbytes`` is 0)."""
+    if not link.allreduce:
+        out = 2 * (ranks - 1) * (count * link.alpha) + 2 * (ranks - 1) / ranks * nbytes / link.bandwidth
+    else:
+        out = chosen_allreduce(nbytes, count, [tuple(np.asarray(v, dtype=float) for v in a) for a in link.allreduce])
+    return np.where((count > 0.5) & (nbytes > 0) & (ranks > 1), out, 0.0)
+
+
+def fitted_allreduce(platform: Platform, devices: tuple[int, ...] | list[int]) -> Terms:
+    """The fitted TP all-reduce algorithms of a group (empty: the ring prices it)."""
+    coll = platform.profile.collectives
+    if coll is None or len(devices) < 2 or platform.link_class(devices) != coll.link_class:
+        return ()
+    impl = coll.tp_implementation()
+    link = platform.links.get(coll.link_class)
+    if impl is None or link is None:
+        return ()
+    return coll.terms("all_reduce", impl, len(devices), link.bandwidth)
+
+
+def group_terms(platform: Platform, devices: tuple[int, ...] | list[int]) -> GroupLink:
+    """:func:`group_link` plus the group's fitted TP all-reduce (:func:`fitted_allreduce`)."""
+    alpha, bw = group_link(platform, devices)
+    return GroupLink(alpha, bw, fitted_allreduce(platform, devices))
 
 
 def p2p_time(nbytes: float, alpha: float, bandwidth: float) -> float:

@@ -13,9 +13,11 @@ hard ``max`` of compute and memory time), ``kernel_overhead_us`` as a mapping pe
 op kind (a plain number: one overhead for every kind), and per link class
 ``base_latency_us`` (a fixed cost per collective, 0) and ``p2p_efficiency`` /
 ``p2p_latency_us`` (point-to-point terms; absent: the collective ones), and
-``host_overhead_us`` (0: see :attr:`Profile.host_overhead_s`), and ``gemm`` (shape-aware
+``host_overhead_us`` (0: see :attr:`Profile.host_overhead_s`), ``gemm`` (shape-aware
 GEMM models per dtype, :mod:`._gemm`; absent: GEMMs are priced by the ``matmul``
-curves). ``fit`` keeps the free-form record of how a profile was fitted.
+curves) and ``collectives`` (measured collective curves, the algorithm chosen by size,
+:mod:`._collectives`; absent: every collective is a ring on the link terms). ``fit``
+keeps the free-form record of how a profile was fitted.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ._collectives import Collectives
 from ._fields import FieldReader, load_yaml
 from ._gemm import GemmModel
 from ._machine import LOCAL_NAMES, local_profile_path
@@ -122,6 +125,7 @@ class Profile:
     fit: dict[str, Any] = field(default_factory=dict)
     host_overhead_s: float = 0.0
     gemm: dict[str, GemmModel] = field(default_factory=dict)
+    collectives: Collectives | None = None
 
     def gemm_model(self, dtype: str) -> GemmModel | None:
         """The shape-aware GEMM model of ``dtype`` (fp16 falls back to bf16's), or None."""
@@ -160,6 +164,8 @@ class Profile:
         if self.host_overhead_s:
             out["host_overhead_us"] = _us(self.host_overhead_s)
         out["links"] = {k: v.to_dict() for k, v in self.links.items()}
+        if self.collectives is not None:
+            out["collectives"] = self.collectives.to_dict()
         out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
         out["holdout_error"] = self.holdout_error
         if self.gemm:
@@ -226,6 +232,7 @@ class Profile:
             fit=r.raw("fit", {}) or {},  # free-form record of how the profile was fitted
             host_overhead_s=r.number("host_overhead_us", 0.0, minimum=0.0) * 1e-6,
             gemm=_gemm_models(r),
+            collectives=Collectives.from_dict(r.child("collectives")) if r.has("collectives") else None,
         )
         r.finish()
         return prof

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..graphs import Phase
 from ._plan import Plan
-from ._pricing import allreduce_time, group_link, p2p_time, pair_link
+from ._pricing import GroupLink, allreduce_time, group_link, group_terms, p2p_time, pair_link
 from ._simengine import BACKWARD, SimInput
 
 if TYPE_CHECKING:
@@ -39,13 +39,13 @@ class Built:
     ar_part: list[float]  # all-reduce seconds inside each task's duration
     x_bytes: list[float]  # bytes of each transfer, whole batch
     per_stage: list[StagePrices]
-    links: list[tuple[float, float]]  # (alpha, bytes/s) of each stage's group
+    links: list[GroupLink]  # collective terms of each stage's group
 
 
 def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -> Built:
     """Per-task durations, transfers and the schedule of ``plan`` for the event loop."""
     T, stages = len(sim.ids), plan.stages
-    links = [group_link(sim.platform, st.devices) for st in stages]
+    links = [group_terms(sim.platform, st.devices) for st in stages]
     per_stage: list[StagePrices] = []
     for s, st in enumerate(stages):
         k_times, k_sums = sim.kernels(st.tp, scale)

@@ -67,7 +67,7 @@ from ._memory import kv_cache_memory, training_state_memory, weight_memory
 from ._metrics import Metrics
 from ._plan import Plan
 from ._platform import GIB, Platform
-from ._pricing import KernelPricer, OpTable, allreduce_time
+from ._pricing import GroupLink, KernelPricer, OpTable, tp_allreduce_time
 from ._profile import in_range
 from ._simbuild import Built, build_input
 from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
@@ -162,7 +162,7 @@ class Simulator:
         is_last[self.last_op] = True
         self._inner_mask = ~is_last
         self._kernels: dict[tuple[int, float], tuple[np.ndarray, list[float]]] = {}
-        self._ars: dict[tuple[int, float, float, float], tuple[np.ndarray, list[float]]] = {}
+        self._ars: dict[tuple[int, float, GroupLink], tuple[np.ndarray, list[float]]] = {}
         self._sizes: dict[int, TensorSizes] = {}
         self._outside: dict[tuple[int, float], list[float]] = {}
         self._work_ops = step_of_op != OPTIMIZER
@@ -189,15 +189,15 @@ class Simulator:
         times = self.kernels(tp, scale)[0]
         return np.add.reduceat(times * self.pricer.error_weights(self.table), self.offsets).tolist()
 
-    def allreduces(self, tp: int, scale: float, link: tuple[float, float]) -> tuple[np.ndarray, list[float]]:
+    def allreduces(self, tp: int, scale: float, link: GroupLink) -> tuple[np.ndarray, list[float]]:
         """TP all-reduce seconds after every op, and their sums per task, on a group with ``link`` terms."""
-        key = (tp, scale, *link)
+        key = (tp, scale, link)
         hit = self._ars.get(key)
         if hit is None:
             times = np.zeros(len(self.table))
             ar = self.table.allreduce_bytes
             for k in self.ar_ops:
-                times[k] = allreduce_time(float(ar[k]) * scale, tp, *link)
+                times[k] = tp_allreduce_time(float(ar[k]) * scale, 1, tp, link)
             hit = self._ars[key] = (times, np.add.reduceat(times, self.offsets).tolist())
         return hit
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..costmodel._layer_tables import range_max
-from ..costmodel._pricing import allreduce_time, p2p_time
+from ..costmodel._pricing import p2p_time, tp_allreduce_time
 from ..graphs import Phase
 from ..problem import Problem
 from ._features import BLOCK_FEATURES, LOOKAHEAD, TP_MENU, clip_array, context_features
@@ -111,7 +111,7 @@ class SplitTables:
             tt, st = ev.tp_tables(t), ev.scaled_tables(t, share)
             tl = tt.lists
             devices = tuple(range(t))
-            alpha, bw = ev.link(devices)
+            link = ev.link(devices)
             add = tt.weights.copy()
             flight = None
             if sc.train:
@@ -129,7 +129,7 @@ class SplitTables:
                 ):
                     cnt = tl[nkey][u + 1] - tl[nkey][u]
                     if cnt > 0.5:
-                        ar[u + 1] += allreduce_time((tl[bkey][u + 1] - tl[bkey][u]) * scale, t, cnt * alpha, bw)
+                        ar[u + 1] += tp_allreduce_time((tl[bkey][u + 1] - tl[bkey][u]) * scale, cnt, t, link)
             time = kern + np.cumsum(ar)
             self.stages[t] = StageTables(
                 t,

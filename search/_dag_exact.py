@@ -55,7 +55,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..costmodel import Plan, Simulator, Stage
-from ..costmodel._pricing import group_link, p2p_time, pair_link
+from ..costmodel._pricing import GroupLink, group_terms, p2p_time, pair_link
 from ..costmodel._simengine import BACKWARD
 from ..graphs import Phase
 from ..problem import Problem
@@ -101,13 +101,13 @@ class _Layout:
 
     tps: tuple[int, ...]
     devices: tuple[tuple[int, ...], ...]
-    sig: list[tuple[int, Terms]]  # per group: (TP degree, collective link terms)
+    sig: list[tuple[int, GroupLink]]  # per group: (TP degree, collective link terms)
     pair: list[list[Terms]]
     dur: list[list[float]]  # [group][task] seconds of one instance
     mem: list[list[float]]  # [group][task] static bytes per device
     prev: list[int]  # per group: the group of its class that must be opened first (-1: none)
 
-    def refined(self, j: int) -> tuple[tuple[int, Terms], tuple[Terms, ...]]:
+    def refined(self, j: int) -> tuple[tuple[int, GroupLink], tuple[Terms, ...]]:
         return self.sig[j], tuple(sorted(self.pair[j][x] for x in range(len(self.tps)) if x != j))
 
     def invariant(self) -> tuple[object, ...]:
@@ -231,13 +231,13 @@ class _Search:
             self.succs[u].append(v)
         if any(u >= v for v in range(self.T) for u, _, _ in self.preds[v]):
             raise RuntimeError("graph.tasks is not in topological order (a bug: please report the graph)")
-        self._durs: dict[tuple[int, Terms], list[float]] = {}
+        self._durs: dict[tuple[int, GroupLink], list[float]] = {}
         self._mems: dict[int, list[float]] = {}
         self.n_layouts = self.n_searched = self.nodes = self.leaves = 0
         self.stopped = False
 
     # -- prices --------------------------------------------------------------------
-    def durations(self, tp: int, link: Terms) -> list[float]:
+    def durations(self, tp: int, link: GroupLink) -> list[float]:
         """Seconds of each task of one instance on a group (what the simulator's build_input gives)."""
         key = (tp, link)
         if key not in self._durs:
@@ -264,7 +264,7 @@ class _Search:
         for tps in menu:
             devs = layout_devices(tps)
             k = len(tps)
-            sig = [(t, group_link(plat, d)) for t, d in zip(tps, devs, strict=True)]
+            sig = [(t, group_terms(plat, d)) for t, d in zip(tps, devs, strict=True)]
             pair = [[pair_link(plat, devs[a], devs[b]) if a != b else (0.0, 0.0) for b in range(k)] for a in range(k)]
             lay = _Layout(tps, devs, sig, pair, [], [], [-1] * k)
             bucket = seen.setdefault(lay.invariant(), [])

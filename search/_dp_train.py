@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..costmodel._pipeline import training_makespan
+from ..costmodel._pricing import GroupLink
 from ..problem import Evaluation
 from ._dp_common import SLACK, add_front, pareto, seed_plans
 from ._layered_space import LayeredSpace
@@ -334,7 +335,7 @@ class TrainDP:
             if t > dev or not space.tp_allowed(t):
                 continue
             allowed = space.allowed(t, share)
-            by_link: dict[tuple[float, float], list[int]] = {}
+            by_link: dict[GroupLink, list[int]] = {}
             for d in range(t, dev + 1):
                 by_link.setdefault(space.group_link(t, d - t), []).append(d)
             opt = space.base(t, share)["opt"]

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..costmodel import AnalyticEvaluator, Plan
+from ..costmodel._pricing import GroupLink, tp_allreduce_array
 from ..costmodel._trust import in_calibrated_tp
 from ..problem import Problem, contiguous_plan, divisors
 
@@ -136,7 +137,7 @@ class LayeredSpace:
             return True
         return self.ev.pricer.errors is not None and in_calibrated_tp(self.ev.platform.profile, [t])
 
-    def group_link(self, t: int, first: int) -> tuple[float, float]:
+    def group_link(self, t: int, first: int) -> GroupLink:
         return self.ev.link(tuple(range(first, first + t)))
 
     def hop(self, i: int, device: int, share: int) -> float:
@@ -236,28 +237,26 @@ class LayeredSpace:
             out = self._cache[key] = b["need0"] + b["kv"] * sequences * self.ev.kv_len
         return out
 
-    def inference_tau(self, t: int, share: int, link: tuple[float, float]) -> np.ndarray:
+    def inference_tau(self, t: int, share: int, link: GroupLink) -> np.ndarray:
         """Stage time (kernels + TP all-reduces) of each inference stage on a group with ``link``."""
         key = ("tau", t, share, link)
         out = self._cache.get(key)
         if out is None:
             b = self.base(t, share)
-            alpha, bw = link
-            comm = np.where(b["ar_n"] > 0.5, _allreduce(b["ar_b"], t, b["ar_n"] * alpha, bw), 0.0)
+            comm = tp_allreduce_array(b["ar_b"], b["ar_n"], t, link)
             out = self._cache[key] = b["kern"] + comm
         return out
 
-    def train_times(self, t: int, share: int, link: tuple[float, float], rc: bool) -> tuple[np.ndarray, np.ndarray]:
+    def train_times(self, t: int, share: int, link: GroupLink, rc: bool) -> tuple[np.ndarray, np.ndarray]:
         """(forward slot, backward slot) of each training stage, as the evaluator derives them from tau."""
         key = ("train", t, share, link, rc)
         out = self._cache.get(key)
         if out is None:
             b = self.base(t, share)
-            alpha, bw = link
-            comm = np.where(b["ar_n"] > 0.5, _allreduce(b["ar_b"], t, b["ar_n"] * alpha, bw), 0.0)
+            comm = tp_allreduce_array(b["ar_b"], b["ar_n"], t, link)
             kern = b["kern"]
             kern_b = b["kern_b"]
-            comm_b = np.where(b["arb_n"] > 0.5, _allreduce(b["arb_b"], t, b["arb_n"] * alpha, bw), 0.0)
+            comm_b = tp_allreduce_array(b["arb_b"], b["arb_n"], t, link)
             if rc:
                 kern_b = kern_b + kern
                 comm_b = comm_b + comm
