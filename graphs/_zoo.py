@@ -236,6 +236,7 @@ PRESETS: dict[str, ModelSpec] = {
         _llama("llama3-8b", 32, 4096, 32, 8, 14336, 128256),
         _llama("llama3-70b", 80, 8192, 64, 8, 28672, 128256),
         _llama("llama3-405b", 126, 16384, 128, 8, 53248, 128256),
+        _llama("qwen3-8b", 36, 4096, 32, 8, 12288, 151936),  # head_dim 128 = hidden / heads; QK-norm not modelled
         replace(_llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000), experts=8, top_k=2),
         replace(_gpt2("gpt3-175b", 96, 12288, 96), positions=2048),
     )

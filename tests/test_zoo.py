@@ -14,6 +14,7 @@ PUBLISHED = {
     "llama2-70b": (68.98e9, None),
     "llama3-8b": (8.03e9, None),
     "llama3-70b": (70.6e9, None),
+    "qwen3-8b": (8.19e9, None),
     "mixtral-8x7b": (46.7e9, 12.9e9),
     "gpt3-175b": (174.6e9, None),
     "gpt2": (124e6, None),
