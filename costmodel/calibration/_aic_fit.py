@@ -5,6 +5,8 @@ What comes from where:
 * GEMMs (bf16 and fp8): the shape-aware model (:mod:`._aic_gemm`) fitted on the system's
   ``gemm_perf`` table; its roofline base also becomes the ``matmul`` curves that price
   GEMMs whose shape is unknown (backward GEMMs, imported graphs without weights).
+* Collectives inside the NVLink domain: NCCL's and the engine's custom all-reduce, by
+  algorithm and size (:mod:`._aic_comm`, the ``collectives`` section).
 * The ops the tables do not measure (norms, elementwise, embeddings) and the links keep
   the curves of a template profile (``h100-vidur``, fitted on Vidur's H100 tables): they
   are fractions of the datasheet bandwidths, which is what carries across GPUs.
@@ -19,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .._profile import Efficiency, load_profile
+from .._profile import Efficiency, Profile, load_profile
+from ._aic_comm import fit_collectives
 from ._aic_gemm import GEMM_DTYPES, GemmRows, fit_gemm, gemm_errors, gemm_rows
 from ._aiconfigurator import LICENCE, package_version
 from ._fit import FitResult
@@ -84,6 +87,8 @@ def fit_from_aiconfigurator(
         "tables": {dtype: r.provenance["table"] for dtype, r in rows.items()},
         "peaks": {"bf16_flops": first.peak, "memory_bytes_per_s": first.bw},
     }
+    collectives, comm_report = fit_collectives(system, backend)
+    report["collectives"] = {k: comm_report[k] for k in ("in_sample", "held_out", "held_out_from") if k in comm_report}
     gemm_class = held.get("bf16") or report["gemm"]["bf16"]["in_sample"]
     holdout = dict(template.holdout_error)
     holdout["classes"] = {
@@ -94,6 +99,7 @@ def fit_from_aiconfigurator(
             "method": f"fitted on {SIBLINGS[system]}" if system in SIBLINGS else "in-sample: no sibling system",
         },
     }
+    holdout["collectives"] = {"aiconfigurator": _collective_errors(comm_report, backend)}
     source = (
         f"Fitted by `paratune calibrate fit --from aiconfigurator --system {system}` to NVIDIA AIConfigurator's "
         f"measured tables ({provenance['package']} {provenance['package_version']}, {LICENCE}; engine {backend} "
@@ -111,7 +117,15 @@ def fit_from_aiconfigurator(
         holdout_error=holdout,
         fit={"from": "aiconfigurator", "system": system, "provenance": provenance},
     )
-    return FitResult(profile, report)
+    merged = Profile.from_dict({**profile.to_dict(), **collectives}, f"fit of {system}")
+    return FitResult(merged, report)
+
+
+def _collective_errors(comm_report: dict[str, Any], backend: str) -> dict[str, Any]:
+    """The TP all-reduce's error in the shape :mod:`.._trust` reads (held out where a sibling exists)."""
+    errors = comm_report.get("held_out") or comm_report["in_sample"]
+    row = errors.get(f"all_reduce/{backend}") or errors["all_reduce/nccl"]
+    return {"all_reduce.intra": {"rows": row["points"], "mape": row["mape_pct"], "max_abs_pct_error": row["max_pct"]}}
 
 
 def _sibling_errors(system: str, backend: str, rows: dict[str, GemmRows]) -> dict[str, dict[str, Any]]:
