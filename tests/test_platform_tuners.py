@@ -79,6 +79,16 @@ def test_nvl72_takes_tp_72_when_the_heads_allow_it() -> None:
     assert m.feasible and m.devices_used == 72
 
 
+def test_nvl72_expert_groups_wider_than_8_split_the_experts() -> None:
+    p = _problem("gb200-nvl72", "decode", "mixtral-8x7b:layers=2").with_(batch=64)
+    peaks = []
+    for tp in (8, 16, 32):
+        m = p.evaluate(Plan.uniform(2, tp=tp))
+        assert m.feasible and m.devices_used == tp
+        peaks.append(m.max_memory_bytes)
+    assert peaks[0] > peaks[1] > peaks[2]  # 8 experts on 16 or 32 GPUs: each GPU holds a slice of every expert
+
+
 def test_nvl72_tp_groups_stay_on_nvlink_and_pay_infiniband_only_across_racks() -> None:
     one, two = (_problem(n, "decode", WIDE) for n in ("gb200-nvl72", "gb200-nvl72x2"))
     inside = one.evaluate(Plan.uniform(2, tp=64)).breakdown["communication_s"]
