@@ -179,3 +179,43 @@ def test_cli_lists_the_new_presets_and_evaluate_says_why_uncalibrated() -> None:
     assert data["devices_used"] == 64
     table = runner.invoke(app, args)
     assert table.exit_code == 0 and "gb200-aic" in table.stdout and "hand-set" not in table.stdout
+
+
+#: Preset -> AIConfigurator system whose spec its numbers come from.
+AIC_SYSTEMS = {
+    "dgx-h100": "h100_sxm",
+    "hgx-h200": "h200_sxm",
+    "dgx-b200": "b200_sxm",
+    "hgx-b300": "b300_sxm",
+    "gb200-nvl72": "gb200",
+    "l40s-pcie": "l40s",
+    "rtx-pro-6000": "rtx_pro_6000_server",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AIC_SYSTEMS))
+def test_presets_agree_with_aiconfigurator_system_specs(name: str) -> None:
+    pytest.importorskip("aiconfigurator_core")
+    from paratune.costmodel.calibration._aiconfigurator import system_spec
+
+    spec = system_spec(AIC_SYSTEMS[name])
+    gpu, node = spec["gpu"], spec["node"]
+    p = get_platform(name)
+    close = {"rel": 2e-3}  # H100's fp8: 1,979 (datasheet) against the spec's 1,978; memory rounded to 0.01 GiB
+    assert p.device.peak("bf16") == pytest.approx(gpu["bfloat16_tc_flops"], **close)
+    assert p.device.peak("fp8") == pytest.approx(gpu["fp8_tc_flops"], **close)
+    assert p.device.peak_flops.get("fp4") == (
+        pytest.approx(gpu["fp4_tc_flops"], **close) if "fp4_tc_flops" in gpu else None
+    )
+    assert p.device.memory_bw == pytest.approx(gpu["mem_bw"], **close)
+    assert p.links["intra"].bandwidth == pytest.approx(node["intra_node_bw"], **close)
+    between = node.get("inter_rack_bw", node["inter_node_bw"])  # GB200: "inter_node" is NVLink between trays
+    assert p.links["inter"].bandwidth == pytest.approx(between, **close)
+    if name == "gb200-nvl72":
+        assert p.devices_per_node == node["num_gpus_per_rack"]
+    else:
+        assert p.devices_per_node == node["num_gpus_per_node"]
+    if name == "hgx-h200":  # the preset keeps 141e9 bytes (131.3 GiB); the spec says 141 GiB: left as it was
+        assert gpu["mem_capacity"] == 141 * GIB and p.device.memory_bytes == pytest.approx(141e9, rel=1e-3)
+    else:
+        assert p.device.memory_bytes == pytest.approx(gpu["mem_capacity"], **close)
