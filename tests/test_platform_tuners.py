@@ -11,7 +11,7 @@ import pytest
 from paratune.costmodel import Plan
 from paratune.search import Limits, Problem, tune
 from paratune.search._layered_space import LayeredSpace
-from paratune.search._optuna_spaces import HybridSpace, UniformSpace
+from paratune.search._optuna_spaces import HybridSpace, PlacementSpace, UniformSpace
 
 PLATFORMS = ("dgx-b200", "hgx-b300", "gb200-nvl72", "l40s-pcie", "rtx-pro-6000")
 PHASES = {
@@ -64,6 +64,8 @@ def test_nvl72_spaces_hold_tp_beyond_8_and_72_gpu_plans() -> None:
     space = LayeredSpace.build(p)
     assert space.tps[-3:] == [16, 32, 64] and space.max_devices == 72 and (72, 1) in space.pairs
     assert HybridSpace(p).tps[-3:] == [16, 32, 64] and UniformSpace(p).tps[-3:] == [16, 32, 64]
+    placement = PlacementSpace(p.with_(granularity="sublayer"))
+    assert placement.tps[-3:] == [16, 32, 64] and placement.max_groups == 72
     for plan in (Plan.uniform(2, tp=64), Plan.uniform(2, tp=8, replicas=9), Plan.uniform(2, tp=1, replicas=72)):
         m = p.evaluate(plan)
         assert m.feasible and m.devices_used == plan.num_devices
