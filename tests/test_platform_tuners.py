@@ -100,6 +100,21 @@ def test_nvl72_tp_groups_stay_on_nvlink_and_pay_infiniband_only_across_racks() -
     assert pp.feasible and pp.devices_used == 128
 
 
+@pytest.mark.parametrize("phase", ["decode", "train"])
+def test_analytic_and_simulator_agree_on_racks_and_groups_that_straddle_them(phase: str) -> None:
+    p = _problem("gb200-nvl72x2", phase, WIDE).with_(batch=72)
+    plans = (
+        Plan.uniform(2, tp=64, pp=2, micro_batches=2),  # devices 64-127: the second stage spans both racks
+        Plan.uniform(2, tp=16, replicas=8),  # replica 4 (devices 64-79) spans both racks
+        Plan.uniform(2, tp=8, pp=2, replicas=9),
+    )
+    for plan in plans:
+        a, s = p.evaluator().evaluate(plan), p.simulator().evaluate(plan)
+        assert a.feasible and s.feasible and a.latency_s == pytest.approx(s.latency_s, rel=1e-9)
+    straddle, inside = (p.evaluate(pl) for pl in (plans[0], Plan.uniform(2, tp=64, pp=1)))
+    assert straddle.latency_s > 2 * inside.latency_s  # its all-reduces cross InfiniBand
+
+
 @pytest.mark.parametrize("phase", sorted(PHASES))
 def test_dp_and_optuna_search_the_whole_rack(phase: str) -> None:
     p = _problem("gb200-nvl72", phase, WIDE).with_(batch=72)
