@@ -27,6 +27,11 @@ default: the shipped default policy), ``granularity`` (default: the
 problem's), ``sweep`` (default true; false skips step 2) and ``temperature``
 of the sampled rollouts (default 1: the policy's own distribution; above 1
 explores more, which helps where the trained policy is confident and wrong).
+
+The policy's actions pick TP degrees from a fixed menu (``envs.TP_MENU``, up to 16):
+on a wide NVLink domain (72 GPUs on ``gb200-nvl72``) the degrees a problem allows
+beyond it (32, 64) are out of the rl tuner's reach, and its notes say so; the other
+tuners search them.
 """
 
 from __future__ import annotations
@@ -268,11 +273,25 @@ class RLTuner(Tuner):
             + (" + fine-tuning" if "finetuned" in meta else ""),
             f"greedy rollout: {greedy_text}; then {swept} greedy rollout(s) over other setups, "
             f"{sampled} sampled rollout(s)",
+            *_menu_note(problem),
         ]
 
     @staticmethod
     def _record(problem: Problem, recorder: Recorder, info: dict[str, Any]) -> Evaluation:
         return recorder.record(problem.score(info["plan"], info["metrics"]))
+
+
+def _menu_note(problem: Problem) -> list[str]:
+    """A note naming the TP degrees the problem allows but the policy's action menu lacks above its largest entry."""
+    from ..envs import TP_MENU
+
+    beyond = [t for t in problem.tp_degrees() if t > max(TP_MENU)]
+    if not beyond:
+        return []
+    return [
+        f"TP degrees {beyond} are allowed here but lie beyond the policy's TP menu (at most {max(TP_MENU)}): "
+        "the rl tuner cannot propose them (dp, enumerate, the heuristics and the Optuna spaces do)"
+    ]
 
 
 def same_setup(fixed: dict[str, Any], done: dict[str, Any]) -> bool:

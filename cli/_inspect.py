@@ -264,7 +264,7 @@ def _metrics_table(d: dict[str, Any], usable: float) -> None:
     table.add_row("lower bound", _ms(d["lower_bound_s"]))
     for key, value in d["breakdown"].items():
         table.add_row(f"  {key.removesuffix('_s')}", _ms(value))
-    if (d.get("calibration_reason") or "").startswith("uncalibrated on this CPU"):
+    if (d.get("calibration_reason") or "").startswith("uncalibrated on "):  # another CPU, or a borrowed profile
         trust = f"[yellow]{escape(d['calibration_reason'])}[/yellow]"
     elif d.get("expected_error_pct") is None:
         trust = "[yellow]hand-set profile: no measured error[/yellow]"

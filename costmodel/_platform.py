@@ -10,7 +10,12 @@ Two topologies:
   chip-to-chip links (a new accelerator). A group's collectives run on the
   mesh links; latency grows with the hops between its members.
 
-Preset names: ``dgx-a100``, ``dgx-h100``, ``hgx-h200``, ``mesh``, ``cpu-local``;
+A switch node is one NVLink domain: 8 GPUs on a DGX/HGX board, 72 on a GB200 NVL72
+rack (``devices_per_node: 72``), and PCIe for the boards without NVLink (L40S, RTX PRO
+6000: the ``intra`` link is PCIe).
+
+Preset names: ``dgx-a100``, ``dgx-h100``, ``hgx-h200``, ``dgx-b200``, ``hgx-b300``,
+``gb200-nvl72``, ``l40s-pcie``, ``rtx-pro-6000``, ``mesh``, ``cpu-local``;
 ``NAMExN`` gives N nodes (``dgx-h100x4``); ``NAME:field=value,...`` overrides any
 field (``mesh:rows=8,cols=8``, ``dgx-h100:links.inter.bandwidth_gbs=25``).
 """
@@ -30,6 +35,8 @@ from ._machine import LOCAL_NAMES, local_platform_path
 from ._profile import Profile, load_profile
 
 TOPOLOGIES = ("switch", "mesh")
+#: Dtypes a device may give a peak for (fp4: Blackwell's tensor cores; recorded for the fitted profiles).
+PEAK_DTYPES = ("fp32", "bf16", "fp16", "fp8", "fp4")
 GIB = 1024**3
 
 
@@ -77,6 +84,9 @@ class Platform:
     rows: int = 0
     cols: int = 0
     sources: tuple[str, ...] = ()
+    #: Why the profile does not describe this device (a placeholder borrowed from another GPU), or "" when it does:
+    #: predictions on such a platform are never called calibrated and this text says why.
+    uncalibrated: str = ""
 
     @property
     def num_devices(self) -> int:
@@ -134,6 +144,7 @@ class Platform:
                 for k, v in self.links.items()
             },
             "profile": {"name": self.profile.name, "source": self.profile.source},
+            "uncalibrated": self.uncalibrated or None,
             "sources": list(self.sources),
         }
 
@@ -158,8 +169,8 @@ def platform_from_dict(data: Any, where: str, *, local: bool = True) -> Platform
     pr = dr.child("peak_tflops")
     peaks = {}
     for dtype in list(pr.data):
-        if dtype not in ("fp32", "bf16", "fp16", "fp8"):
-            raise pr.error(dtype, "is not a dtype; allowed: fp32, bf16, fp16, fp8")
+        if dtype not in PEAK_DTYPES:
+            raise pr.error(dtype, f"is not a dtype; allowed: {', '.join(PEAK_DTYPES)}")
         peaks[dtype] = pr.number(dtype, positive=True) * 1e12
     if not peaks:
         raise dr.error("peak_tflops", "needs at least one dtype (e.g. bf16: 989)")
@@ -225,9 +236,27 @@ def platform_from_dict(data: Any, where: str, *, local: bool = True) -> Platform
         rows=rows,
         cols=cols,
         sources=tuple(r.raw("sources", []) or []),
+        uncalibrated=_placeholder_reason(r, profile_name),
     )
     r.finish()
     return platform
+
+
+def _placeholder_reason(r: FieldReader, profile_name: str) -> str:
+    """The reason of a ``placeholder: {profile, reason}`` entry when it names the profile in use, else "".
+
+    A preset whose own fitted profile does not exist yet borrows another GPU's and says so; the
+    entry names the profile it excuses, so that overriding ``profile`` (or the preset later
+    pointing at its fitted profile) drops it without another edit.
+    """
+    if not r.has("placeholder"):
+        return ""
+    pr = r.child("placeholder")
+    borrowed, reason = pr.text("profile"), pr.text("reason")
+    pr.finish()
+    if not reason.strip():
+        raise pr.error("reason", "must say why the profile does not describe this device")
+    return reason if borrowed == profile_name else ""
 
 
 _NODES = re.compile(r"^(?P<base>.+?)x(?P<nodes>\d+)$")

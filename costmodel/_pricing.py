@@ -176,7 +176,8 @@ class KernelPricer:
         self.exponent = prof.roofline_exponent
         self._prof = prof
         self.gemm = prof.gemm_model(dtype)
-        self.errors = ErrorModel.from_profile(prof)
+        # A profile borrowed from another device has no held-out error that applies here.
+        self.errors = None if platform.uncalibrated else ErrorModel.from_profile(prof)
 
     def error_weights(self, table: OpTable) -> np.ndarray:
         """Held-out MAPE (fraction) of each op's kind; zeros when the profile is hand-set."""

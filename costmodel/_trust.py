@@ -109,6 +109,8 @@ def calibration_reason(metrics: Metrics, platform: Platform) -> str | None:
     foreign = foreign_reason(platform.profile.name, platform.profile.fit)
     if foreign:
         return foreign
+    if platform.uncalibrated:
+        return f"uncalibrated on {platform.device.name}: {platform.uncalibrated}"
     if metrics.calibrated:
         return None
     if metrics.expected_error_pct is None:

@@ -116,9 +116,9 @@ class DPSolver(Tuner):
         )
         if problem.limits.calibrated_only and problem.evaluator().pricer.errors is None:
             recorder.certified = True
-            return [
-                f"no plan can be calibrated: profile {problem.resolved_platform.profile.name} has no held-out errors"
-            ]
+            plat = problem.resolved_platform
+            why = plat.uncalibrated or f"profile {plat.profile.name} has no held-out errors"
+            return [f"no plan can be calibrated: {why}"]
         memo: list[Evaluation | None] = []
 
         def run_fallback() -> Evaluation | None:
