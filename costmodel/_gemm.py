@@ -45,9 +45,12 @@ from ._fields import FieldReader
 MAX_GRID_CELLS = 1 << 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GemmModel:
-    """GEMM time of one dtype on one device type (see the module docstring)."""
+    """GEMM time of one dtype on one device type (see the module docstring).
+
+    Two models are equal when their profile sections are (the grids are numpy arrays).
+    """
 
     compute_peak: float
     compute_half: float
@@ -59,6 +62,11 @@ class GemmModel:
     log2_n: np.ndarray
     log2_k: np.ndarray
     residual: np.ndarray  # shape (len(log2_m), len(log2_n), len(log2_k)), natural log
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GemmModel) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def base_times(self, flops: np.ndarray, nbytes: np.ndarray, peak: float, bw: float) -> np.ndarray:
         """The roofline part, without overhead and residual."""

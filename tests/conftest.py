@@ -36,6 +36,8 @@ EXTRA_OF = {
     "stable_baselines3": "rl",
     "sb3_contrib": "rl",
     "playwright": "dev",
+    "aiconfigurator_core": "silicon",
+    "pyarrow": "silicon",
 }
 
 

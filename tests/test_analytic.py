@@ -57,7 +57,7 @@ def test_tp_divides_decode_kernel_time() -> None:
     smaller kernel is never faster per unit of work. With an ideal profile (no
     efficiency knee, no launch overhead) only the replicated norms and residual adds
     (~2% of the bytes at batch 64) keep it below t: it must lie in [0.95 t, t].
-    With the shipped h100-vidur profile each kernel also pays what TP cannot
+    With the shipped profile (h100-vidur when written) each kernel also pays what TP cannot
     divide: the fitted per-kind overheads (2-3 us) and the knees of the saturating
     curves, time = (w + half) / (peak x plateau), about 4 us of compute time per GEMM;
     at a large batch (512) it must still lie in [0.6 t, t] (measured 0.98 t, 0.94 t,
@@ -71,6 +71,7 @@ def test_tp_divides_decode_kernel_time() -> None:
         memory={k: Efficiency(v.peak, 0.0) for k, v in prof.memory.items()},
         kernel_overhead_s=0.0,
         kernel_overheads={},
+        gemm={},
     )
     ideal = dataclasses.replace(base, profile=ideal_prof)
     cases = ((ideal, 64, 0.95), (base, 512, 0.6))

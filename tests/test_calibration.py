@@ -90,8 +90,8 @@ def test_profile_records_provenance_and_ranges() -> None:
         assert {"tokens", "tp", "bytes_per_device", "message_bytes", "group_size"} <= set(prof.ranges)
         assert set(prof.fit["kernels"]) >= {"matmul", "norm", "elementwise", "embedding"}
     assert "BSD 3-Clause" in load_profile("a100-vidur").source  # the LLMCompass GEMMs
-    assert get_platform("hgx-h200").profile.name == "h100-vidur"
-    assert get_platform("hgx-h200").device.memory_bw == 4800e9  # its own HBM figure, the H100 fit's fractions
+    assert get_platform("hgx-h200").profile.name == "h200-aic"  # the presets use the AIConfigurator fits
+    assert get_platform("hgx-h200").device.memory_bw == 4800e9
 
 
 def test_old_profiles_keep_their_behaviour() -> None:

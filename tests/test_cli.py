@@ -28,7 +28,7 @@ def test_models_and_platforms_json() -> None:
     assert show["params"] > show["active_params"] > 0  # type: ignore[index]
     assert show["layers"] == 32  # type: ignore[index]
     plat = run_json("platforms", "show", "dgx-h100x2")
-    assert plat["devices"] == 16 and plat["profile"]["name"] == "h100-vidur"  # type: ignore[index]
+    assert plat["devices"] == 16 and plat["profile"]["name"] == "h100-aic"  # type: ignore[index]
 
 
 def test_graph_build_json_and_file(tmp_path: Path) -> None:

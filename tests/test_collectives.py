@@ -47,7 +47,8 @@ def _with_section(platform: Platform, section: dict | None = None) -> Platform:
     return dataclasses.replace(platform, profile=Profile.from_dict(data, "test profile"))
 
 
-BASE = get_platform("dgx-h100x2")
+#: The ring of the Vidur-fitted profile (no collectives section), and the same with the test section.
+BASE = get_platform("dgx-h100x2:profile=h100-vidur")
 FITTED = _with_section(BASE)
 
 
@@ -176,8 +177,8 @@ def test_exact_tuners_agree_with_the_section(tmp_path: Path, phase: str, objecti
 # -- the fit on AIConfigurator's measured tables (optional extra paratune[silicon]) -----------------
 
 
+@pytest.mark.needs("aiconfigurator_core", "pyarrow")
 def test_fit_reproduces_measured_points_and_orders_algorithms_by_size() -> None:
-    pytest.importorskip("aiconfigurator_core")
     from paratune.costmodel.calibration._aic_comm import MAX_EFFICIENCY, errors, fit_curves, measured_curves
 
     for impl in ("nccl", "trtllm"):
@@ -192,8 +193,8 @@ def test_fit_reproduces_measured_points_and_orders_algorithms_by_size() -> None:
         assert algs[-1][2] == float("inf") and all(a[2] < b[2] for a, b in itertools.pairwise(algs))
 
 
+@pytest.mark.needs("aiconfigurator_core", "pyarrow")
 def test_fitted_fragment_loads_and_prices_the_measured_all_reduce() -> None:
-    pytest.importorskip("aiconfigurator_core")
     from paratune.costmodel.calibration._aic_comm import fit_collectives, measured_curves
 
     fragment, report = fit_collectives("h100_sxm", "trtllm")

@@ -122,12 +122,54 @@ def test_committed_h200_profile_predicts_measured_gemms() -> None:
         assert err.max() < 0.5, (dtype, err.max())
 
 
+@pytest.mark.needs("aiconfigurator_core", "pyarrow")
 def test_a_gemm_model_fitted_on_h100_predicts_h200() -> None:
     """Leave-one-system-out: fitted on H100's fp8 GEMMs, checked on H200's (measured 4.7%; allowed 8%)."""
-    pytest.importorskip("aiconfigurator_core")
-    pytest.importorskip("pyarrow")
     from paratune.costmodel.calibration._aic_gemm import fit_gemm, gemm_errors, gemm_rows
 
     model = fit_gemm([gemm_rows("h100_sxm", "fp8")])
     held = gemm_errors(model, gemm_rows("h200_sxm", "fp8"))
     assert held["rows"] > 10_000 and held["mape"] < 8.0
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"),
+    [
+        (["--from", "aiconfigurator"], "--system"),
+        (["--from", "nowhere", "--system", "h200_sxm"], "--from"),
+        (["--from", "vidur"], "--profiles"),
+    ],
+)
+def test_fit_options_are_checked_in_one_line(tmp_path: Path, args: list[str], mentions: str) -> None:
+    from typer.testing import CliRunner
+
+    from paratune.cli import app
+
+    res = CliRunner().invoke(app, ["calibrate", "fit", *args, "-o", str(tmp_path / "p.yaml")])
+    assert res.exit_code == 2 and mentions in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.needs("aiconfigurator_core", "pyarrow")
+def test_an_unknown_system_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from paratune.cli import app
+
+    out = tmp_path / "p.yaml"
+    res = CliRunner().invoke(app, ["calibrate", "fit", "--from", "aiconfigurator", "--system", "../x", "-o", str(out)])
+    assert res.exit_code == 2 and "h200_sxm" in res.output and not out.exists()
+
+
+@pytest.mark.needs("aiconfigurator_core", "pyarrow")
+def test_the_fitted_profile_loads_and_records_where_it_came_from(tmp_path: Path) -> None:
+    from paratune.costmodel.calibration import fit_from_aiconfigurator, write_profile
+
+    result = fit_from_aiconfigurator("a100_sxm")
+    path = tmp_path / "a100-aic.yaml"
+    write_profile(result.profile, path)
+    prof = load_profile(str(path))
+    assert prof.name == "a100-aic" and set(prof.gemm) >= {"bf16"} and prof.collectives is not None
+    assert prof.fit["provenance"]["licence"] == "Apache-2.0" and "aiconfigurator" in prof.source
+    assert result.report["gemm"]["bf16"]["in_sample"]["mape"] < 10.0
+    assert prof.holdout_error["classes"]["gemm"]["method"].startswith("in-sample")

@@ -1,14 +1,18 @@
 """Every tuner on the presets from the system specs, and the spaces of a 72-GPU NVLink domain (gb200-nvl72).
 
-A placeholder profile prices these platforms until their fitted profiles come, so the tests check what
-the tuners can express (degrees, device counts, plans found and valid), not which plan wins.
+Each is priced by its profile fitted on AIConfigurator's measured tables (``<gpu>-aic``); the tests check
+what the tuners can express (degrees, device counts, plans found and valid), not which plan wins.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from paratune.costmodel import Plan
+from paratune.costmodel._platform import platforms_dir
 from paratune.search import Limits, Problem, tune
 from paratune.search._layered_space import LayeredSpace
 from paratune.search._optuna_spaces import HybridSpace, PlacementSpace, UniformSpace
@@ -39,17 +43,21 @@ def test_every_fast_tuner_finds_a_valid_plan(platform: str, phase: str) -> None:
         r = tune(p, name, budget=12, seed=0)
         assert r.best_plan is not None and r.objective_value is not None, (name, r.notes)
         assert r.best_plan.num_devices <= n and p.score(r.best_plan).feasible
-        assert r.best_metrics is not None and not r.best_metrics.calibrated  # a placeholder profile prices them
+        assert r.best_metrics is not None and r.best_metrics.expected_error_pct is not None  # a fitted profile
         values[name] = r.objective_value
     # dp is exact on this space: nothing found by another tuner beats it (minimised objectives, 1e-9 relative).
     assert all(values["dp"] <= v * (1 + 1e-9) for v in values.values()), values
 
 
-def test_calibrated_only_finds_nothing_on_a_placeholder_profile_and_says_why() -> None:
-    p = _problem("dgx-b200", "decode").with_(limits=Limits(calibrated_only=True))
-    r = tune(p, "dp")
+def test_calibrated_only_finds_nothing_on_a_placeholder_profile_and_says_why(tmp_path: Path) -> None:
+    data = yaml.safe_load((platforms_dir() / "dgx-b200.yaml").read_text())
+    data.update(profile="h100-vidur", placeholder={"profile": "h100-vidur", "reason": "fitted on H100, not B200"})
+    path = tmp_path / "b200-borrowed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    p = Problem("llama2-7b:layers=2", str(path), phase="decode", **PHASES["decode"])  # type: ignore[arg-type]
+    r = tune(p.with_(limits=Limits(calibrated_only=True)), "dp")
     assert r.best_plan is None
-    assert any(n.startswith("no plan can be calibrated: profile h100-vidur was fitted on H100") for n in r.notes)
+    assert any(n.startswith("no plan can be calibrated: fitted on H100, not B200") for n in r.notes), r.notes
 
 
 def test_enumerate_agrees_with_dp_on_a_pcie_board() -> None:

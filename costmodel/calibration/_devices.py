@@ -1,4 +1,4 @@
-"""Which platform a device folder is priced on, and which profile is shipped for it.
+"""Which platform a device folder is priced on, and which profile is shipped for its measurements.
 
 A profile holds efficiencies, fractions of a datasheet: fitting and checking
 need the datasheet of the device that was measured. Device folders are named as
@@ -9,13 +9,18 @@ name (``dgx-h100``) is accepted as a device too.
 
 from __future__ import annotations
 
+import dataclasses
+
 from .._machine import foreign_reason, measured_machine
 from .._platform import Platform, get_platform, preset_names
-from .._profile import Profile
+from .._profile import Profile, load_profile
 from ._read import Measurements
 
 #: Device folder -> platform preset whose datasheet (and shipped profile) it uses.
 DEVICE_PLATFORMS = {"a100": "dgx-a100", "h100": "dgx-h100", "h200": "hgx-h200", "cpu": "cpu-local"}
+#: Device folder -> the profile fitted on Vidur-format measurements of it, which Vidur-format fits start from
+#: and checks compare with (the presets themselves use the profiles fitted on AIConfigurator's tables).
+VIDUR_PROFILES = {"a100": "a100-vidur", "h100": "h100-vidur", "h200": "h100-vidur"}
 #: GPU name fragment in ``meta.json`` (``calibrate measure --device cuda``) -> preset.
 GPU_PLATFORMS = {"H200": "hgx-h200", "H100": "dgx-h100", "A100": "dgx-a100"}
 
@@ -52,9 +57,12 @@ def platform_for(device: str, meas: Measurements | None = None) -> Platform:
     """
     record = {"measured": {"machine": meas.meta.get("machine")}} if meas is not None else {}
     here = measured_machine(record) is not None and foreign_reason("", record) is None
-    return get_platform(preset_for(device, meas), local=here)
+    platform = get_platform(preset_for(device, meas), local=here)
+    if device in VIDUR_PROFILES:
+        return dataclasses.replace(platform, profile=load_profile(VIDUR_PROFILES[device]), uncalibrated="")
+    return platform
 
 
 def default_profile_for(device: str) -> Profile:
-    """The profile shipped for ``device``: the one its platform preset uses (a100 -> a100-vidur, ...)."""
+    """The profile shipped for ``device``'s Vidur-format measurements (a100 -> a100-vidur, ...), else its preset's."""
     return platform_for(device).profile
