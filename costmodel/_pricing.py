@@ -22,6 +22,13 @@ streams its operands nor computes at full rate, both pipelines stall each other;
 measured A100/H100 GEMMs are up to 30% slower there than ``max(c, m)``, and a
 fitted k of about 1.2-1.5 removes that bias (see ``calibration/_fit.py``).
 
+Inference attention on a profile with ``attention_phases`` (fitted on measured context
+and generation kernels, :mod:`.calibration._aic_attention`) is priced by the terms of the
+graph's phase instead (:class:`~._profile.AttentionPhase`):
+``overhead + c' + m' + output_bytes * rate``, c' and m' the FLOPs and bytes at the phase's
+fractions of the peaks (the bf16 peak for any dtype); training graphs keep the
+``attention`` curves.
+
 Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 2(n-1)·alpha + 2(n-1)/n·S/B; all-gather / reduce-scatter (n-1)·alpha + (n-1)/n·S/B;
 point-to-point alpha + S/B. B and alpha are those of the slowest link the group spans;
@@ -117,9 +124,13 @@ class KernelPricer:
         True
     """
 
-    def __init__(self, platform: Platform, dtype: str) -> None:
+    def __init__(self, platform: Platform, dtype: str, *, phase: str | None = None) -> None:
         self.platform = platform
+        self.attention = platform.profile.attention_phases.get(phase or "")
         dev, prof = platform.device, platform.profile
+        # The fitted attention terms are fractions of the bf16 peak whatever the model's dtype:
+        # the engines' fp8 attention runs about 1.2-1.3x faster than bf16, not at the fp8 peak.
+        self.attention_peak = dev.peak("bf16")
         self.peak = dev.peak(dtype)
         self.bw = dev.memory_bw
         self.host = prof.host_overhead_s
@@ -148,7 +159,15 @@ class KernelPricer:
                 comp[idx] = np.where(f > 0, f / (self.peak * ce(f)), 0.0)
                 mem[idx] = np.where(b > 0, b / (self.bw * me(b)), 0.0)
             fixed[idx] = self._prof.overhead(kind) + self.host
-        return roofline(comp, mem, self.exponent) + fixed
+        times = roofline(comp, mem, self.exponent) + fixed
+        if self.attention is not None and "attention" in table.kinds:
+            idx = np.fromiter((k == "attention" for k in table.kinds), dtype=bool, count=len(table))
+            a = self.attention
+            out = table.output_bytes[idx] * scale / table.split(tp)[idx]
+            comp_a = flops[idx] / (self.attention_peak * a.compute_peak)
+            mem_a = nbytes[idx] / (self.bw * a.memory_peak)
+            times[idx] = a.overhead_s + self.host + comp_a + mem_a + out * a.output_s_per_byte
+        return times
 
     def op_time(self, op: Op, tp: int, scale: float = 1.0) -> float:
         """Seconds of one op (convenience for a single op; prefer :meth:`op_times`)."""

@@ -14,7 +14,9 @@ op kind (a plain number: one overhead for every kind), and per link class
 ``base_latency_us`` (a fixed cost per collective, 0) and ``p2p_efficiency`` /
 ``p2p_latency_us`` (point-to-point terms; absent: the collective ones), and
 ``host_overhead_us`` (0: see :attr:`Profile.host_overhead_s`). ``fit`` keeps the
-free-form record of how a profile was fitted.
+free-form record of how a profile was fitted. ``attention_phases`` (absent: the
+``attention`` curves price every phase) prices inference attention per phase with the
+terms fitted on measured context / generation kernels (:class:`AttentionPhase`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,54 @@ class LinkCalibration:
         return out
 
 
+@dataclass(frozen=True)
+class AttentionPhase:
+    """Attention kernel time of one inference phase (``prefill`` or ``decode``), fitted on measured kernels.
+
+    ``t = overhead + F / (peak * compute_peak) + B / (bw * memory_peak) + output_bytes * output_s_per_byte``
+    with F, B and the output bytes those of the op on one device (causal FLOPs halved).
+    Why a sum and not the roofline's maximum: the engines' attention kernels (FMHA for
+    the context, XQA / paged kernels for generation) run their stages one after the
+    other per tile, and AIConfigurator's tables are fitted about twice as well by a
+    sum. Why an output term: generation time at short contexts grows with
+    batch x heads whatever the bytes (a fixed cost per query head and sequence:
+    about 600 us for 2048 sequences x 64 heads on H200), which neither curve gives.
+    """
+
+    compute_peak: float
+    memory_peak: float
+    overhead_s: float
+    output_s_per_byte: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "compute_peak": self.compute_peak,
+            "memory_peak": self.memory_peak,
+            "overhead_us": _us(self.overhead_s),
+            "output_ns_per_byte": float(f"{self.output_s_per_byte * 1e9:.12g}"),
+        }
+
+    @classmethod
+    def from_reader(cls, r: FieldReader) -> AttentionPhase:
+        fractions = {}
+        for name in ("compute_peak", "memory_peak"):
+            fractions[name] = r.number(name, positive=True)
+            if fractions[name] > 1.0:
+                raise r.error(name, f"is a fraction of the datasheet peak and must be <= 1, got {fractions[name]}")
+        out = cls(
+            fractions["compute_peak"],
+            fractions["memory_peak"],
+            r.number("overhead_us", minimum=0.0) * 1e-6,
+            r.number("output_ns_per_byte", 0.0, minimum=0.0) * 1e-9,
+        )
+        r.finish()
+        return out
+
+
+#: Phases :attr:`Profile.attention_phases` may price.
+ATTENTION_PHASES = ("prefill", "decode")
+
+
 def _us(seconds: float) -> float:
     """Seconds as microseconds, rounded so that a value read from YAML in us writes back the same."""
     return float(f"{seconds * 1e6:.12g}")
@@ -117,6 +167,7 @@ class Profile:
     roofline_exponent: float | None = None
     fit: dict[str, Any] = field(default_factory=dict)
     host_overhead_s: float = 0.0
+    attention_phases: dict[str, AttentionPhase] = field(default_factory=dict)
 
     def overhead(self, kind: str) -> float:
         """Fixed seconds of one kernel of ``kind`` (launch, prologue, tail)."""
@@ -148,6 +199,8 @@ class Profile:
             out["roofline_exponent"] = self.roofline_exponent
         if self.host_overhead_s:
             out["host_overhead_us"] = _us(self.host_overhead_s)
+        if self.attention_phases:
+            out["attention_phases"] = {k: v.to_dict() for k, v in self.attention_phases.items()}
         out["links"] = {k: v.to_dict() for k, v in self.links.items()}
         out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
         out["holdout_error"] = self.holdout_error
@@ -212,6 +265,7 @@ class Profile:
             roofline_exponent=exponent,
             fit=r.raw("fit", {}) or {},  # free-form record of how the profile was fitted
             host_overhead_s=r.number("host_overhead_us", 0.0, minimum=0.0) * 1e-6,
+            attention_phases=_attention_phases(r),
         )
         r.finish()
         return prof
@@ -228,6 +282,21 @@ def _overheads(r: FieldReader) -> tuple[float, dict[str, float]]:
     if "default" not in per_kind:
         raise o.error("default", "is missing: a per-kind kernel overhead needs a 'default'")
     return per_kind.pop("default"), per_kind
+
+
+def _attention_phases(r: FieldReader) -> dict[str, AttentionPhase]:
+    """``attention_phases``: optional mapping ``prefill`` / ``decode`` -> :class:`AttentionPhase` terms."""
+    if not r.has("attention_phases"):
+        return {}
+    a = r.child("attention_phases")
+    phases = {}
+    for phase in list(a.data):
+        if phase not in ATTENTION_PHASES:
+            raise a.error(str(phase), f"is not a phase attention is fitted for; allowed: {', '.join(ATTENTION_PHASES)}")
+        phases[phase] = AttentionPhase.from_reader(a.child(phase))
+        a.seen.add(phase)
+    a.finish()
+    return phases
 
 
 def profiles_dir() -> Path:

@@ -1,0 +1,240 @@
+"""Attention fitted on AIConfigurator's measured context (prefill) and generation (decode) kernels.
+
+Why: the profiles' ``attention`` curve was set by hand and prices the engines'
+attention 30-39% too fast. The package ``aiconfigurator-core`` ships, per system and
+engine, ``context_attention_perf`` and ``generation_attention_perf`` tables: the
+fused kernels the engines run (TensorRT-LLM's FMHA and XQA, vLLM / SGLang's flash and
+paged kernels), timed over batch, sequence length, heads, KV heads and head size.
+
+Each measured row becomes the FLOPs, bytes and output bytes of the zoo's
+``L<i>.attention`` op for that shape on one device (:func:`attention_work`, the same
+counts ``graphs._builder`` writes, causal prefill FLOPs halved as
+``OpTable.per_device`` does), so the fitted terms are the ones the cost model applies.
+Per phase the model is the sum
+``t = overhead + F / (peak * compute_peak) + B / (bw * memory_peak) + output_bytes * rate``
+(:class:`~.._profile.AttentionPhase`), fitted by bounded linear least squares on the
+relative error (fractions of the datasheet peaks of ``systems/<system>.yaml`` at most 1).
+
+Rows used: full attention (``window_size`` 0), head sizes 64 and 128, heads a multiple
+of KV heads. The fit uses bf16 attention with a bf16 KV cache; fp8-KV generation rows
+are checked, not fitted: with ``kv_dtype: fp8`` the graph reads half the KV bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._profile import AttentionPhase
+from ._aiconfigurator import read_table, system_spec
+
+CONTEXT, GENERATION = "context_attention_perf", "generation_attention_perf"
+PHASE_TABLE = {"prefill": CONTEXT, "decode": GENERATION}
+HEAD_DIMS = (64, 128)
+#: Families of systems for leave-one-system-out checks (each held out, fitted on the others).
+FAMILIES = (("h100_sxm", "h200_sxm"), ("b200_sxm", "b300_sxm", "gb200"))
+METHOD = "bounded least absolute relative error (reweighted scipy lsq_linear), bf16 rows, per phase"
+IRLS_ROUNDS = 8
+
+
+def attention_work(
+    phase: str,
+    batch: np.ndarray,
+    q_len: np.ndarray,
+    kv_len: np.ndarray,
+    heads: np.ndarray,
+    kv_heads: np.ndarray,
+    head_dim: np.ndarray,
+    *,
+    dtype_bytes: float = 2.0,
+    kv_dtype_bytes: Any = 2.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(priced FLOPs, bytes, output bytes) of the zoo's flash attention op on one device.
+
+    ``heads`` and ``kv_heads`` are those on the device. Prefill (``q_len`` = ``kv_len`` =
+    prompt) reads Q, K and V of the prompt and writes the output; its causal kernel runs
+    half the counted ``4 * batch * q_len * kv_len * hidden`` FLOPs. Decode (``q_len`` 1)
+    reads the KV cache of ``kv_len`` tokens (``kv_dtype_bytes`` per element) plus Q and
+    writes the output.
+    """
+    hidden, kv_dim = heads * head_dim, kv_heads * head_dim
+    tokens = batch * q_len
+    flops = 4.0 * batch * q_len * kv_len * hidden
+    if phase == "prefill":
+        return (
+            0.5 * flops,
+            tokens * 2.0 * kv_dim * kv_dtype_bytes + 2.0 * tokens * hidden * dtype_bytes,
+            (tokens * hidden * dtype_bytes),
+        )
+    if phase == "decode":
+        kv_read = batch * kv_len * 2.0 * kv_dim * kv_dtype_bytes
+        return flops, kv_read + 2.0 * tokens * hidden * dtype_bytes, tokens * hidden * dtype_bytes
+    raise ValueError(f"phase {phase!r}: attention is fitted for prefill or decode")
+
+
+@dataclass(frozen=True)
+class AttentionRows:
+    """Measured rows of one phase on one system, as the cost model counts their work."""
+
+    system: str
+    phase: str
+    flops: np.ndarray
+    bytes: np.ndarray
+    output_bytes: np.ndarray
+    seconds: np.ndarray
+    fp8_kv: np.ndarray  # bool
+    gqa: np.ndarray  # query heads per KV head
+    peak: float
+    bw: float
+    provenance: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.seconds)
+
+    def where(self, mask: np.ndarray) -> AttentionRows:
+        cols = {k: getattr(self, k)[mask] for k in ("flops", "bytes", "output_bytes", "seconds", "fp8_kv", "gqa")}
+        return AttentionRows(self.system, self.phase, peak=self.peak, bw=self.bw, provenance=self.provenance, **cols)
+
+    def design(self) -> np.ndarray:
+        """Columns multiplying (overhead s, 1/compute_peak, 1/memory_peak, s per output byte)."""
+        ones = np.ones(len(self))
+        return np.stack([ones, self.flops / self.peak, self.bytes / self.bw, self.output_bytes], axis=1)
+
+    def predict(self, terms: AttentionPhase) -> np.ndarray:
+        """Seconds the cost model gives these rows with ``terms`` (the formula of ``KernelPricer``)."""
+        return (
+            terms.overhead_s
+            + self.flops / (self.peak * terms.compute_peak)
+            + self.bytes / (self.bw * terms.memory_peak)
+            + self.output_bytes * terms.output_s_per_byte
+        )
+
+
+def read_rows(system: str, phase: str, backend: str = "trtllm", version: str | None = None) -> AttentionRows:
+    """The measured rows of ``phase`` (``prefill``: context table, ``decode``: generation table)."""
+    if phase not in PHASE_TABLE:
+        raise ValueError(f"phase {phase!r}: attention is fitted for prefill or decode")
+    cols = (
+        "batch_size",
+        "isl",
+        "num_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "window_size",
+        "attn_dtype",
+        "kv_cache_dtype",
+        "step",
+    )
+    t = read_table(system, "attention", PHASE_TABLE[phase], backend, version, columns=cols)
+    n, kv, hd = (t[c].astype(float) for c in ("num_heads", "num_key_value_heads", "head_dim"))
+    attn_fp8 = np.char.lower(t["attn_dtype"].astype(str)) == "fp8"
+    fp8_kv = np.char.lower(t["kv_cache_dtype"].astype(str)) == "fp8"
+    keep = (t["window_size"] == 0) & np.isin(hd, HEAD_DIMS) & (n % kv == 0) & ~attn_fp8
+    t = t.where(keep)
+    n, kv, hd, fp8_kv = n[keep], kv[keep], hd[keep], fp8_kv[keep]
+    batch, isl = t["batch_size"].astype(float), t["isl"].astype(float)
+    kv_bytes = np.where(fp8_kv, 1.0, 2.0)
+    if phase == "prefill":
+        work = attention_work(phase, batch, isl, isl, n, kv, hd, kv_dtype_bytes=kv_bytes)
+    else:  # the step-th generated token attends to the prompt and the tokens before it, and itself
+        work = attention_work(
+            phase, batch, np.ones_like(isl), isl + t["step"].astype(float), n, kv, hd, kv_dtype_bytes=kv_bytes
+        )
+    gpu = system_spec(system)["gpu"]
+    return AttentionRows(
+        system,
+        phase,
+        *work,
+        t["seconds"],
+        fp8_kv,
+        n / kv,
+        float(gpu["bfloat16_tc_flops"]),
+        float(gpu["mem_bw"]),
+        dict(t.provenance),
+    )
+
+
+def fit_phase(rows: list[AttentionRows]) -> AttentionPhase:
+    """Terms of one phase fitted on the bf16-KV rows of one or more systems (fractions of each one's peaks)."""
+    from scipy.optimize import lsq_linear
+
+    bf16 = [r.where(~r.fp8_kv) for r in rows]
+    x = np.concatenate([r.design() / r.seconds[:, None] for r in bf16])
+    if not len(x):
+        raise ValueError("no bf16 attention rows to fit")
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-30)  # columns of very different magnitudes
+    lower = np.array([0.0, 1.0, 1.0, 0.0]) * scale  # efficiencies at most 1: 1/peak >= 1
+    weights = np.ones(len(x))
+    for _ in range(IRLS_ROUNDS):  # reweighted: least absolute relative error, what MAPE reports
+        sol = lsq_linear(x / scale * weights[:, None], weights, bounds=(lower, np.inf), method="bvls").x / scale
+        weights = 1.0 / np.sqrt(np.maximum(np.abs(x @ sol - 1.0), 0.01))
+    overhead, inv_c, inv_m, rate = (float(v) for v in sol)
+    return AttentionPhase(_sig(1.0 / max(inv_c, 1.0)), _sig(1.0 / max(inv_m, 1.0)), _sig(overhead), _sig(rate))
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.6g}")
+
+
+def errors(rows: AttentionRows, terms: AttentionPhase) -> dict[str, Any]:
+    """MAPE, median, 90th percentile and bias (%) of ``terms`` on ``rows``."""
+    if not len(rows):
+        return {"rows": 0}
+    err = (rows.predict(terms) / rows.seconds - 1.0) * 100.0
+    return {
+        "rows": len(rows),
+        "mape": round(float(np.mean(np.abs(err))), 2),
+        "median_ape": round(float(np.median(np.abs(err))), 2),
+        "p90_ape": round(float(np.percentile(np.abs(err), 90)), 2),
+        "bias_pct": round(float(np.mean(err)), 2),
+    }
+
+
+def phase_errors(rows: AttentionRows, terms: AttentionPhase) -> dict[str, Any]:
+    """Errors on bf16-KV rows, on those with at most 16 query heads per KV head (the models served), and fp8-KV."""
+    bf16 = rows.where(~rows.fp8_kv)
+    out = {"bf16": errors(bf16, terms), "bf16_gqa_le16": errors(bf16.where(bf16.gqa <= 16), terms)}
+    if rows.fp8_kv.any():
+        out["fp8_kv"] = errors(rows.where(rows.fp8_kv), terms)
+    return out
+
+
+def fit_attention_tables(
+    system: str, backend: str = "trtllm", version: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Profile fragment ``{"attention_phases": ...}`` fitted on ``system``'s tables, and a JSON-able report.
+
+    The report holds, per phase, the in-sample errors and the tables' provenance.
+    """
+    fragment: dict[str, Any] = {"attention_phases": {}}
+    report: dict[str, Any] = {"system": system, "backend": backend, "method": METHOD, "phases": {}}
+    for phase in PHASE_TABLE:
+        rows = read_rows(system, phase, backend, version)
+        terms = fit_phase([rows])
+        fragment["attention_phases"][phase] = terms.to_dict()
+        report["phases"][phase] = {
+            "terms": terms.to_dict(),
+            "in_sample": phase_errors(rows, terms),
+            "provenance": rows.provenance,
+        }
+    return fragment, report
+
+
+def leave_one_out(
+    family: tuple[str, ...], backend: str = "trtllm", version: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per system of ``family`` and phase: errors of terms fitted on the other systems only, and in-sample."""
+    rows = {(s, p): read_rows(s, p, backend, version) for s in family for p in PHASE_TABLE}
+    out: dict[str, dict[str, Any]] = {}
+    for held in family:
+        out[held] = {}
+        for phase in PHASE_TABLE:
+            others = [rows[s, phase] for s in family if s != held]
+            out[held][phase] = {
+                "held_out": phase_errors(rows[held, phase], fit_phase(others)),
+                "in_sample": phase_errors(rows[held, phase], fit_phase([rows[held, phase]])),
+                "fitted_on": [s for s in family if s != held],
+            }
+    return out
