@@ -25,9 +25,9 @@ fitted k of about 1.2-1.5 removes that bias (see ``calibration/_fit.py``).
 Inference attention on a profile with ``attention_phases`` (fitted on measured context
 and generation kernels, :mod:`.calibration._aic_attention`) is priced by the terms of the
 graph's phase instead (:class:`~._profile.AttentionPhase`):
-``overhead + c' + m' + output_bytes * rate``, c' and m' the FLOPs and bytes at the phase's
-fractions of the peaks (the bf16 peak for any dtype); training graphs keep the
-``attention`` curves.
+``overhead + c' + m' + output_bytes * rate + sequences * kv_bytes_per_token * rate'``, c' and
+m' the FLOPs and bytes at the phase's fractions of the peaks (the bf16 peak for any dtype);
+training graphs keep the ``attention`` curves.
 
 Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 2(n-1)·alpha + 2(n-1)/n·S/B; all-gather / reduce-scatter (n-1)·alpha + (n-1)/n·S/B;
@@ -124,8 +124,9 @@ class KernelPricer:
         True
     """
 
-    def __init__(self, platform: Platform, dtype: str, *, phase: str | None = None) -> None:
+    def __init__(self, platform: Platform, dtype: str, *, phase: str | None = None, batch: int = 0) -> None:
         self.platform = platform
+        self.batch = batch  # sequences of the graph's workload: the per-sequence attention term
         self.attention = platform.profile.attention_phases.get(phase or "")
         dev, prof = platform.device, platform.profile
         # The fitted attention terms are fractions of the bf16 peak whatever the model's dtype:
@@ -166,7 +167,11 @@ class KernelPricer:
             out = table.output_bytes[idx] * scale / table.split(tp)[idx]
             comp_a = flops[idx] / (self.attention_peak * a.compute_peak)
             mem_a = nbytes[idx] / (self.bw * a.memory_peak)
-            times[idx] = a.overhead_s + self.host + comp_a + mem_a + out * a.output_s_per_byte
+            seq_kv = self.batch * scale * table.kv_bytes_per_token[idx] / table.split(tp)[idx]
+            times[idx] = (
+                a.overhead_s + self.host + comp_a + mem_a + out * a.output_s_per_byte
+                + seq_kv * a.sequence_s_per_kv_byte
+            )  # fmt: skip
         return times
 
     def op_time(self, op: Op, tp: int, scale: float = 1.0) -> float:

@@ -86,27 +86,32 @@ class LinkCalibration:
 class AttentionPhase:
     """Attention kernel time of one inference phase (``prefill`` or ``decode``), fitted on measured kernels.
 
-    ``t = overhead + F / (peak * compute_peak) + B / (bw * memory_peak) + output_bytes * output_s_per_byte``
-    with F, B and the output bytes those of the op on one device (causal FLOPs halved).
-    Why a sum and not the roofline's maximum: the engines' attention kernels (FMHA for
-    the context, XQA / paged kernels for generation) run their stages one after the
-    other per tile, and AIConfigurator's tables are fitted about twice as well by a
-    sum. Why an output term: generation time at short contexts grows with
-    batch x heads whatever the bytes (a fixed cost per query head and sequence:
-    about 600 us for 2048 sequences x 64 heads on H200), which neither curve gives.
+    ``t = overhead + F / (peak * compute_peak) + B / (bw * memory_peak) + output_bytes * output_s_per_byte
+    + sequences * kv_bytes_per_token * sequence_s_per_kv_byte``, with F, B, the output bytes and
+    the KV bytes per token those of the op on one device (causal FLOPs halved, peak the bf16
+    one) and ``sequences`` the batch (micro-batch) the op runs.
+
+    Why a sum and not the roofline's maximum: the engines' attention kernels (FMHA for the
+    context, XQA / paged kernels for generation) run their stages one after the other per
+    tile, and AIConfigurator's tables are fitted about twice as well by a sum. Why the last
+    two terms: generation at short contexts costs a fixed time per sequence and KV head (a
+    thread block each: about 600 us for 2048 sequences x 8 KV heads on H200, at any number
+    of query heads, whatever the bytes), and per query head written; neither curve gives it.
     """
 
     compute_peak: float
     memory_peak: float
     overhead_s: float
     output_s_per_byte: float = 0.0
+    sequence_s_per_kv_byte: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {
             "compute_peak": self.compute_peak,
             "memory_peak": self.memory_peak,
             "overhead_us": _us(self.overhead_s),
-            "output_ns_per_byte": float(f"{self.output_s_per_byte * 1e9:.12g}"),
+            "output_ns_per_byte": _ns(self.output_s_per_byte),
+            "sequence_ns_per_kv_byte": _ns(self.sequence_s_per_kv_byte),
         }
 
     @classmethod
@@ -121,9 +126,15 @@ class AttentionPhase:
             fractions["memory_peak"],
             r.number("overhead_us", minimum=0.0) * 1e-6,
             r.number("output_ns_per_byte", 0.0, minimum=0.0) * 1e-9,
+            r.number("sequence_ns_per_kv_byte", 0.0, minimum=0.0) * 1e-9,
         )
         r.finish()
         return out
+
+
+def _ns(seconds: float) -> float:
+    """Seconds as nanoseconds, rounded so that a value read from YAML in ns writes back the same."""
+    return float(f"{seconds * 1e9:.12g}")
 
 
 #: Phases :attr:`Profile.attention_phases` may price.
