@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graphs import Op
+from ..graphs import GraphMeta, Op
 from ._platform import Platform
 from ._trust import ErrorModel
 
@@ -124,10 +124,14 @@ class KernelPricer:
         True
     """
 
-    def __init__(self, platform: Platform, dtype: str, *, phase: str | None = None, batch: int = 0) -> None:
+    def __init__(
+        self, platform: Platform, dtype: str, *, phase: str | None = None, batch: int = 0, kv_dtype: str | None = None
+    ) -> None:
         self.platform = platform
         self.batch = batch  # sequences of the graph's workload: the per-sequence attention term
-        self.attention = platform.profile.attention_phases.get(phase or "")
+        fitted = platform.profile.attention_phases
+        fp8_key = f"{phase}_fp8_kv"
+        self.attention = fitted.get(fp8_key if (kv_dtype or dtype) == "fp8" and fp8_key in fitted else phase or "")
         dev, prof = platform.device, platform.profile
         # The fitted attention terms are fractions of the bf16 peak whatever the model's dtype:
         # the engines' fp8 attention runs about 1.2-1.3x faster than bf16, not at the fp8 peak.
@@ -139,6 +143,12 @@ class KernelPricer:
         self.exponent = prof.roofline_exponent
         self._prof = prof
         self.errors = ErrorModel.from_profile(prof)
+
+    @classmethod
+    def for_graph(cls, platform: Platform, meta: GraphMeta) -> KernelPricer:
+        """The pricer of a graph's ops: its dtype and, for fitted attention, its phase, batch and KV-cache dtype."""
+        kv_dtype = meta.spec.get("kv_dtype") if isinstance(meta.spec, dict) else None
+        return cls(platform, meta.dtype, phase=meta.phase, batch=meta.batch, kv_dtype=str(kv_dtype or meta.dtype))
 
     def error_weights(self, table: OpTable) -> np.ndarray:
         """Held-out MAPE (fraction) of each op's kind; zeros when the profile is hand-set."""

@@ -16,7 +16,8 @@ op kind (a plain number: one overhead for every kind), and per link class
 ``host_overhead_us`` (0: see :attr:`Profile.host_overhead_s`). ``fit`` keeps the
 free-form record of how a profile was fitted. ``attention_phases`` (absent: the
 ``attention`` curves price every phase) prices inference attention per phase with the
-terms fitted on measured context / generation kernels (:class:`AttentionPhase`).
+terms fitted on measured context / generation kernels (:class:`AttentionPhase`), with
+their own terms for an fp8 KV cache (``prefill_fp8_kv``, ``decode_fp8_kv``) when given.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def _ns(seconds: float) -> float:
     return float(f"{seconds * 1e9:.12g}")
 
 
-#: Phases :attr:`Profile.attention_phases` may price.
-ATTENTION_PHASES = ("prefill", "decode")
+#: Keys of :attr:`Profile.attention_phases`: a phase, and its terms with an fp8 KV cache (fp8 FMHA).
+ATTENTION_PHASES = ("prefill", "decode", "prefill_fp8_kv", "decode_fp8_kv")
 
 
 def _us(seconds: float) -> float:

@@ -167,13 +167,17 @@ def read_rows(system: str, phase: str, backend: str = "trtllm", version: str | N
     )
 
 
-def fit_phase(rows: list[AttentionRows]) -> AttentionPhase:
-    """Terms of one phase fitted on the bf16-KV rows of one or more systems (fractions of each one's peaks)."""
+def fit_phase(rows: list[AttentionRows], *, fp8_kv: bool = False) -> AttentionPhase:
+    """Terms of one phase fitted on the :func:`fitted` rows of one or more systems (fractions of each one's peaks).
+
+    ``fp8_kv``: fit the rows measured with an fp8 KV cache instead of bf16.
+    """
     from scipy.optimize import lsq_linear
 
-    x = np.concatenate([r.where(fitted(r)).design() / r.where(fitted(r)).seconds[:, None] for r in rows])
+    used = [r.where(fitted(r, fp8_kv=fp8_kv)) for r in rows]
+    x = np.concatenate([r.design() / r.seconds[:, None] for r in used])
     if not len(x):
-        raise ValueError("no bf16 attention rows to fit")
+        raise ValueError(f"no attention rows to fit ({'fp8' if fp8_kv else 'bf16'} KV cache)")
     scale = np.maximum(np.abs(x).max(axis=0), 1e-30)  # columns of very different magnitudes
     lower = np.array([0.0, 1.0, 1.0, 0.0, 0.0]) * scale  # efficiencies at most 1: 1/peak >= 1
     weights = np.ones(len(x))
@@ -204,22 +208,29 @@ def errors(rows: AttentionRows, terms: AttentionPhase) -> dict[str, Any]:
     }
 
 
-def fitted(rows: AttentionRows) -> np.ndarray:
-    """The rows a fit uses: bf16 KV cache, head size ``FIT_HEAD_DIM``, at most ``FIT_MAX_GQA`` heads per KV head."""
-    return ~rows.fp8_kv & (rows.head_dim == FIT_HEAD_DIM) & (rows.gqa <= FIT_MAX_GQA)
+def fitted(rows: AttentionRows, *, fp8_kv: bool = False) -> np.ndarray:
+    """The rows a fit uses: head size ``FIT_HEAD_DIM``, at most ``FIT_MAX_GQA`` heads per KV head, the KV dtype."""
+    return (rows.fp8_kv == fp8_kv) & (rows.head_dim == FIT_HEAD_DIM) & (rows.gqa <= FIT_MAX_GQA)
 
 
-def phase_errors(rows: AttentionRows, terms: AttentionPhase) -> dict[str, Any]:
+def phase_errors(rows: AttentionRows, terms: AttentionPhase, *, fp8_kv: bool = False) -> dict[str, Any]:
     """Errors on the rows fitted, those of them over 20 us, and the kinds of rows not fitted (checked)."""
-    shape = (rows.head_dim == FIT_HEAD_DIM) & (rows.gqa <= FIT_MAX_GQA)
-    bf16 = rows.where(fitted(rows))
+    kv = rows.fp8_kv == fp8_kv
+    used = rows.where(fitted(rows, fp8_kv=fp8_kv))
     return {
-        "bf16": errors(bf16, terms),
-        "bf16_over_20us": errors(bf16.where(bf16.seconds > 20e-6), terms),
-        "fp8_kv": errors(rows.where(rows.fp8_kv & shape), terms),
-        "head_dim_64": errors(rows.where(~rows.fp8_kv & (rows.head_dim == 64) & (rows.gqa <= FIT_MAX_GQA)), terms),
-        "gqa_over_16": errors(rows.where(~rows.fp8_kv & (rows.head_dim == FIT_HEAD_DIM) & ~shape), terms),
+        "fitted_rows": errors(used, terms),
+        "over_20us": errors(used.where(used.seconds > 20e-6), terms),
+        "head_dim_64": errors(rows.where(kv & (rows.head_dim == 64) & (rows.gqa <= FIT_MAX_GQA)), terms),
+        "gqa_over_16": errors(rows.where(kv & (rows.head_dim == FIT_HEAD_DIM) & (rows.gqa > FIT_MAX_GQA)), terms),
     }
+
+
+def _variants(rows: AttentionRows) -> list[tuple[str, bool]]:
+    """(profile key, fp8 KV) of the terms the rows allow: ``prefill``, ``prefill_fp8_kv``, ..."""
+    keys = [(rows.phase, False)]
+    if fitted(rows, fp8_kv=True).any():
+        keys.append((f"{rows.phase}_fp8_kv", True))
+    return keys
 
 
 def fit_attention_tables(
@@ -227,35 +238,50 @@ def fit_attention_tables(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Profile fragment ``{"attention_phases": ...}`` fitted on ``system``'s tables, and a JSON-able report.
 
-    The report holds, per phase, the in-sample errors and the tables' provenance.
+    Keys: ``prefill`` and ``decode`` (bf16 KV cache), and ``prefill_fp8_kv`` / ``decode_fp8_kv``
+    where the tables have fp8-KV rows. The report holds, per key, the terms, the in-sample
+    errors and the tables' provenance; ``fp8_kv_on_bf16_terms`` the error of pricing fp8-KV
+    rows by halving their KV bytes only (what a profile without fp8-KV terms gives).
     """
-    fragment: dict[str, Any] = {"attention_phases": {}}
+    phases: dict[str, Any] = {}
     report: dict[str, Any] = {"system": system, "backend": backend, "method": METHOD, "phases": {}}
     for phase in PHASE_TABLE:
         rows = read_rows(system, phase, backend, version)
-        terms = fit_phase([rows])
-        fragment["attention_phases"][phase] = terms.to_dict()
-        report["phases"][phase] = {
-            "terms": terms.to_dict(),
-            "in_sample": phase_errors(rows, terms),
-            "provenance": rows.provenance,
-        }
+        for key, fp8 in _variants(rows):
+            terms = fit_phase([rows], fp8_kv=fp8)
+            phases[key] = terms.to_dict()
+            report["phases"][key] = {
+                "terms": terms.to_dict(),
+                "in_sample": phase_errors(rows, terms, fp8_kv=fp8),
+                "provenance": rows.provenance,
+            }
+        if f"{phase}_fp8_kv" in phases:
+            bf16_terms = fit_phase([rows])
+            report["phases"][f"{phase}_fp8_kv"]["fp8_kv_on_bf16_terms"] = errors(
+                rows.where(fitted(rows, fp8_kv=True)), bf16_terms
+            )
+    fragment = {"attention_phases": phases}
     return fragment, report
 
 
 def leave_one_out(
     family: tuple[str, ...], backend: str = "trtllm", version: str | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Per system of ``family`` and phase: errors of terms fitted on the other systems only, and in-sample."""
+    """Per system of ``family`` and profile key: errors of terms fitted on the other systems only, and in-sample."""
     rows = {(s, p): read_rows(s, p, backend, version) for s in family for p in PHASE_TABLE}
     out: dict[str, dict[str, Any]] = {}
     for held in family:
         out[held] = {}
+        others_names = [s for s in family if s != held]
         for phase in PHASE_TABLE:
-            others = [rows[s, phase] for s in family if s != held]
-            out[held][phase] = {
-                "held_out": phase_errors(rows[held, phase], fit_phase(others)),
-                "in_sample": phase_errors(rows[held, phase], fit_phase([rows[held, phase]])),
-                "fitted_on": [s for s in family if s != held],
-            }
+            mine = rows[held, phase]
+            for key, fp8 in _variants(mine):
+                others = [rows[s, phase] for s in others_names if fitted(rows[s, phase], fp8_kv=fp8).any()]
+                if not others:
+                    continue
+                out[held][key] = {
+                    "held_out": phase_errors(mine, fit_phase(others, fp8_kv=fp8), fp8_kv=fp8),
+                    "in_sample": phase_errors(mine, fit_phase([mine], fp8_kv=fp8), fp8_kv=fp8),
+                    "fitted_on": [s for s in others_names if fitted(rows[s, phase], fp8_kv=fp8).any()],
+                }
     return out
