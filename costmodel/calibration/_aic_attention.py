@@ -126,22 +126,17 @@ def read_rows(system: str, phase: str, backend: str = "trtllm", version: str | N
     """The measured rows of ``phase`` (``prefill``: context table, ``decode``: generation table)."""
     if phase not in PHASE_TABLE:
         raise ValueError(f"phase {phase!r}: attention is fitted for prefill or decode")
-    cols = (
-        "batch_size",
-        "isl",
-        "num_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "window_size",
-        "attn_dtype",
-        "kv_cache_dtype",
-        "step",
-    )
-    t = read_table(system, "attention", PHASE_TABLE[phase], backend, version, columns=cols)
+    t = read_table(system, "attention", PHASE_TABLE[phase], backend, version)
+    for column in ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "attn_dtype", "kv_cache_dtype"):
+        if column not in t.columns:
+            raise ValueError(f"{t.provenance['table']}: no {column!r} column")
+    if phase == "decode" and "step" not in t.columns:
+        raise ValueError(f"{t.provenance['table']}: no 'step' column")
+    window = t.columns.get("window_size", np.zeros(len(t)))  # older tables: full attention only
     n, kv, hd = (t[c].astype(float) for c in ("num_heads", "num_key_value_heads", "head_dim"))
     attn_fp8 = np.char.lower(t["attn_dtype"].astype(str)) == "fp8"
     fp8_kv = np.char.lower(t["kv_cache_dtype"].astype(str)) == "fp8"
-    keep = (t["window_size"] == 0) & np.isin(hd, HEAD_DIMS) & (n % kv == 0) & ~attn_fp8
+    keep = (window == 0) & np.isin(hd, HEAD_DIMS) & (n % kv == 0) & ~attn_fp8
     t = t.where(keep)
     n, kv, hd, fp8_kv = n[keep], kv[keep], hd[keep], fp8_kv[keep]
     batch, isl = t["batch_size"].astype(float), t["isl"].astype(float)
