@@ -25,9 +25,9 @@ fitted k of about 1.2-1.5 removes that bias (see ``calibration/_fit.py``).
 Inference attention on a profile with ``attention_phases`` (fitted on measured context
 and generation kernels, :mod:`.calibration._aic_attention`) is priced by the terms of the
 graph's phase instead (:class:`~._profile.AttentionPhase`):
-``overhead + c' + m' + output_bytes * rate + sequences * kv_bytes_per_token * rate'``, c' and
-m' the FLOPs and bytes at the phase's fractions of the peaks (the bf16 peak for any dtype);
-training graphs keep the ``attention`` curves.
+``overhead + c' + m' + output_bytes * rate + sequences * (kv_bytes_per_token * rate'
++ q_bytes_per_token * rate'')``, c' and m' the FLOPs and bytes at the phase's fractions of
+the peaks (the bf16 peak for any dtype); training graphs keep the ``attention`` curves.
 
 Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 2(n-1)·alpha + 2(n-1)/n·S/B; all-gather / reduce-scatter (n-1)·alpha + (n-1)/n·S/B;
@@ -125,10 +125,18 @@ class KernelPricer:
     """
 
     def __init__(
-        self, platform: Platform, dtype: str, *, phase: str | None = None, batch: int = 0, kv_dtype: str | None = None
+        self,
+        platform: Platform,
+        dtype: str,
+        *,
+        phase: str | None = None,
+        batch: int = 0,
+        q_len: int = 1,
+        kv_dtype: str | None = None,
     ) -> None:
         self.platform = platform
-        self.batch = batch  # sequences of the graph's workload: the per-sequence attention term
+        # Sequences of the graph's workload and query tokens of each: the per-sequence attention terms.
+        self.batch, self.q_len = batch, max(q_len, 1)
         fitted = platform.profile.attention_phases
         fp8_key = f"{phase}_fp8_kv"
         self.attention = fitted.get(fp8_key if (kv_dtype or dtype) == "fp8" and fp8_key in fitted else phase or "")
@@ -147,8 +155,9 @@ class KernelPricer:
     @classmethod
     def for_graph(cls, platform: Platform, meta: GraphMeta) -> KernelPricer:
         """The pricer of a graph's ops: its dtype and, for fitted attention, its phase, batch and KV-cache dtype."""
-        kv_dtype = meta.spec.get("kv_dtype") if isinstance(meta.spec, dict) else None
-        return cls(platform, meta.dtype, phase=meta.phase, batch=meta.batch, kv_dtype=str(kv_dtype or meta.dtype))
+        kv_dtype = str((meta.spec.get("kv_dtype") if isinstance(meta.spec, dict) else None) or meta.dtype)
+        q_len = meta.seq if meta.phase == "prefill" else 1
+        return cls(platform, meta.dtype, phase=meta.phase, batch=meta.batch, q_len=q_len, kv_dtype=kv_dtype)
 
     def error_weights(self, table: OpTable) -> np.ndarray:
         """Held-out MAPE (fraction) of each op's kind; zeros when the profile is hand-set."""
@@ -180,7 +189,7 @@ class KernelPricer:
             seq_kv = self.batch * scale * table.kv_bytes_per_token[idx] / table.split(tp)[idx]
             times[idx] = (
                 a.overhead_s + self.host + comp_a + mem_a + out * a.output_s_per_byte
-                + seq_kv * a.sequence_s_per_kv_byte
+                + seq_kv * a.sequence_s_per_kv_byte + out / self.q_len * a.sequence_s_per_q_byte
             )  # fmt: skip
         return times
 

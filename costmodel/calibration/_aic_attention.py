@@ -12,9 +12,10 @@ counts ``graphs._builder`` writes, causal prefill FLOPs halved as
 ``OpTable.per_device`` does), so the fitted terms are the ones the cost model applies.
 Per phase the model is the sum
 ``t = overhead + F / (peak * compute_peak) + B / (bw * memory_peak) + output_bytes * rate
-+ sequences * kv_bytes_per_token * rate'`` (:class:`~.._profile.AttentionPhase`), linear in
-its five parameters, fitted by least absolute relative error (bounded, reweighted least
-squares; fractions of the datasheet peaks of ``systems/<system>.yaml`` at most 1).
++ sequences * (kv_bytes_per_token * rate' + q_bytes_per_token * rate'')``
+(:class:`~.._profile.AttentionPhase`), linear in its six parameters (five for decode),
+fitted by least absolute relative error (bounded, reweighted least squares; fractions
+of the datasheet peaks of ``systems/<system>.yaml`` at most 1).
 
 Rows read: full attention (``window_size`` 0), head sizes 64 and 128, heads a multiple
 of KV heads. The fit uses bf16 attention with a bf16 KV cache, head size 128 and at most
@@ -58,8 +59,8 @@ def attention_work(
     *,
     dtype_bytes: float = 2.0,
     kv_dtype_bytes: Any = 2.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(priced FLOPs, bytes, output bytes, sequences x KV bytes per token) of the zoo's attention op on one device.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(priced FLOPs, bytes, output bytes, sequences x KV and x query bytes per token) of the zoo's op on one device.
 
     ``heads`` and ``kv_heads`` are those on the device. Prefill (``q_len`` = ``kv_len`` =
     prompt) reads Q, K and V of the prompt and writes the output; its causal kernel runs
@@ -73,9 +74,9 @@ def attention_work(
     flops = 4.0 * batch * q_len * kv_len * hidden
     out = tokens * hidden * dtype_bytes
     if phase == "prefill":
-        return 0.5 * flops, tokens * kv_per_token + 2.0 * out, out, batch * kv_per_token
+        return 0.5 * flops, tokens * kv_per_token + 2.0 * out, out, batch * kv_per_token, out / q_len
     if phase == "decode":
-        return flops, batch * kv_len * kv_per_token + 2.0 * out, out, batch * kv_per_token
+        return flops, batch * kv_len * kv_per_token + 2.0 * out, out, batch * kv_per_token, out / q_len
     raise ValueError(f"phase {phase!r}: attention is fitted for prefill or decode")
 
 
@@ -89,6 +90,7 @@ class AttentionRows:
     bytes: np.ndarray
     output_bytes: np.ndarray
     sequence_kv_bytes: np.ndarray  # sequences x KV bytes per token
+    sequence_q_bytes: np.ndarray  # sequences x query (output) bytes per token
     seconds: np.ndarray
     fp8_kv: np.ndarray  # bool
     gqa: np.ndarray  # query heads per KV head
@@ -101,14 +103,19 @@ class AttentionRows:
         return len(self.seconds)
 
     def where(self, mask: np.ndarray) -> AttentionRows:
-        names = ("flops", "bytes", "output_bytes", "sequence_kv_bytes", "seconds", "fp8_kv", "gqa", "head_dim")
+        names = ("flops", "bytes", "output_bytes", "sequence_kv_bytes", "sequence_q_bytes", "seconds", "fp8_kv", "gqa",
+                 "head_dim")  # fmt: skip
         cols = {k: getattr(self, k)[mask] for k in names}
         return AttentionRows(self.system, self.phase, peak=self.peak, bw=self.bw, provenance=self.provenance, **cols)
 
     def design(self) -> np.ndarray:
-        """Columns multiplying (overhead, 1/compute_peak, 1/memory_peak, s per output byte, s per sequence KV byte)."""
+        """Columns multiplying (overhead, 1/compute_peak, 1/memory_peak, s per output byte, s per sequence KV byte,
+        s per sequence query byte); decode has one query token, so the last equals the output column and is left out.
+        """
         ones = np.ones(len(self))
         cols = [ones, self.flops / self.peak, self.bytes / self.bw, self.output_bytes, self.sequence_kv_bytes]
+        if self.phase == "prefill":
+            cols.append(self.sequence_q_bytes)
         return np.stack(cols, axis=1)
 
     def predict(self, terms: AttentionPhase) -> np.ndarray:
@@ -119,6 +126,7 @@ class AttentionRows:
             + self.bytes / (self.bw * terms.memory_peak)
             + self.output_bytes * terms.output_s_per_byte
             + self.sequence_kv_bytes * terms.sequence_s_per_kv_byte
+            + self.sequence_q_bytes * terms.sequence_s_per_q_byte
         )
 
 
@@ -174,14 +182,19 @@ def fit_phase(rows: list[AttentionRows], *, fp8_kv: bool = False) -> AttentionPh
     if not len(x):
         raise ValueError(f"no attention rows to fit ({'fp8' if fp8_kv else 'bf16'} KV cache)")
     scale = np.maximum(np.abs(x).max(axis=0), 1e-30)  # columns of very different magnitudes
-    lower = np.array([0.0, 1.0, 1.0, 0.0, 0.0]) * scale  # efficiencies at most 1: 1/peak >= 1
+    lower = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 0.0][: x.shape[1]]) * scale  # efficiencies at most 1: 1/peak >= 1
     weights = np.ones(len(x))
     for _ in range(IRLS_ROUNDS):  # reweighted: least absolute relative error, what MAPE reports
         sol = lsq_linear(x / scale * weights[:, None], weights, bounds=(lower, np.inf), method="bvls").x / scale
         weights = 1.0 / np.sqrt(np.maximum(np.abs(x @ sol - 1.0), 0.01))
-    overhead, inv_c, inv_m, out_rate, seq_rate = (float(v) for v in sol)
+    overhead, inv_c, inv_m, out_rate, kv_rate, q_rate = (float(v) for v in [*sol, 0.0][:6])
     return AttentionPhase(
-        _sig(1.0 / max(inv_c, 1.0)), _sig(1.0 / max(inv_m, 1.0)), _sig(overhead), _sig(out_rate), _sig(seq_rate)
+        _sig(1.0 / max(inv_c, 1.0)),
+        _sig(1.0 / max(inv_m, 1.0)),
+        _sig(overhead),
+        _sig(out_rate),
+        _sig(kv_rate),
+        _sig(q_rate),
     )
 
 
