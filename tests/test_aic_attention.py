@@ -220,3 +220,21 @@ def test_fp8_kv_cache_halves_the_kv_bytes_and_prices_decode_cheaper() -> None:
     assert t_f8 < 0.75 * t_bf
     with pytest.raises(ValueError, match="kv_dtype"):
         dataclasses.replace(SPEC, kv_dtype="int4")
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_evaluators_agree_with_fitted_attention(phase: str) -> None:
+    from paratune.costmodel import AnalyticEvaluator, Plan, Simulator
+    from paratune.graphs import build_graph
+
+    base = get_platform("dgx-h100")
+    plat = dataclasses.replace(base, profile=_profile_with_terms())
+    seq, context = (1, 1024) if phase == "decode" else (512, 0)
+    g = build_graph("llama2-7b:layers=4,kv_heads=8", phase=phase, batch=8, seq=seq, context=context)
+    ev, sim = AnalyticEvaluator(g, plat), Simulator(g, plat)
+    before = AnalyticEvaluator(g, base)
+    for tp, pp, m, r in ((1, 1, 1, 1), (2, 2, 2, 1), (4, 1, 1, 2)):
+        plan = Plan.uniform(4, tp=tp, pp=pp, micro_batches=m, replicas=r)
+        a = ev.evaluate(plan)
+        assert sim.run(plan, timeline=False).metrics.latency_s == pytest.approx(a.latency_s, rel=1e-6)
+        assert a.latency_s != pytest.approx(before.evaluate(plan).latency_s, rel=1e-3)  # the terms are used
