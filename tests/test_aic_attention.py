@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from paratune.costmodel import KernelPricer, OpTable, get_platform
+from paratune.costmodel import KernelPricer, OpTable, get_platform, load_profile
 from paratune.costmodel._fields import FieldReader
 from paratune.costmodel._profile import AttentionPhase, Profile
 from paratune.costmodel.calibration._aic_attention import attention_work
@@ -124,11 +124,22 @@ def h200_fit() -> tuple[dict, dict]:
 
 
 def test_h200_fit_is_a_valid_profile_fragment_within_tolerance(h200_fit: tuple[dict, dict]) -> None:
+    from paratune.costmodel._trust import ErrorModel
+
     fragment, report = h200_fit
-    data = _profile_with_terms().to_dict()
+    data = load_profile("h100-vidur").to_dict()  # a fitted profile: the fragment merged into it
     data["attention_phases"] = fragment["attention_phases"]
+    data["fit"]["attention"] = fragment["fit"]["attention"]
+    data["holdout_error"]["per_op"].update(fragment["holdout_error"]["per_op"])
     prof = Profile.from_dict(data, "fragment")
     assert set(prof.attention_phases) == {"prefill", "decode", "prefill_fp8_kv", "decode_fp8_kv"}
+    # The held-out errors (fitted on H100 only) weigh attention seconds in the error bars.
+    held = fragment["holdout_error"]["per_op"]
+    errors = ErrorModel.from_profile(prof)
+    assert errors is not None
+    expected = (held["attention_prefill"]["mape"] + held["attention_decode"]["mape"]) / 200
+    assert errors.of("attention") == pytest.approx(expected, rel=1e-9)
+    assert held["attention_prefill"]["mape"] <= 10.0 and held["attention_decode"]["mape"] <= 20.0
     # Stated tolerances on the rows fitted (bf16, full attention, head size 128, gqa <= 16), in-sample
     # MAPE measured 6.3% prefill and 17.8% decode on H200 (trtllm 1.3.0rc20): a regression past these fails.
     phases = report["phases"]

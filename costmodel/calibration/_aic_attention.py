@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .._profile import AttentionPhase
-from ._aiconfigurator import read_table, system_spec
+from ._aiconfigurator import DISTRIBUTION, LICENCE, backends, package_version, read_table, system_spec
 
 CONTEXT, GENERATION = "context_attention_perf", "generation_attention_perf"
 PHASE_TABLE = {"prefill": CONTEXT, "decode": GENERATION}
@@ -244,31 +244,54 @@ def _variants(rows: AttentionRows) -> list[tuple[str, bool]]:
 def fit_attention_tables(
     system: str, backend: str = "trtllm", version: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Profile fragment ``{"attention_phases": ...}`` fitted on ``system``'s tables, and a JSON-able report.
+    """Profile fragment fitted on ``system``'s attention tables, and a JSON-able report.
 
-    Keys: ``prefill`` and ``decode`` (bf16 KV cache), and ``prefill_fp8_kv`` / ``decode_fp8_kv``
-    where the tables have fp8-KV rows. The report holds, per key, the terms, the in-sample
-    errors and the tables' provenance; ``fp8_kv_on_bf16_terms`` the error of pricing fp8-KV
-    rows by halving their KV bytes only (what a profile without fp8-KV terms gives).
+    The fragment holds ``attention_phases`` (keys ``prefill`` and ``decode``, bf16 KV cache,
+    and ``prefill_fp8_kv`` / ``decode_fp8_kv`` where the tables have fp8-KV rows), a
+    ``fit.attention`` record (method, tables, in-sample MAPE) and, when ``system`` is in one
+    of :data:`FAMILIES`, ``holdout_error.per_op.attention_<key>``: the errors on ``system``'s
+    rows of terms fitted on the family's other systems only (their newest tables).
+    The report holds, per key, the terms, in-sample and held-out errors and the tables'
+    provenance; ``fp8_kv_on_bf16_terms`` the error of pricing fp8-KV rows by halving their KV
+    bytes only (what a profile without fp8-KV terms gives).
     """
+    family = next((f for f in FAMILIES if system in f), ())
+    others = [s for s in family if s != system and backend in backends(s, "attention")]
     phases: dict[str, Any] = {}
+    held_out: dict[str, Any] = {}
     report: dict[str, Any] = {"system": system, "backend": backend, "method": METHOD, "phases": {}}
     for phase in PHASE_TABLE:
         rows = read_rows(system, phase, backend, version)
+        other_rows = [read_rows(s, phase, backend) for s in others]
         for key, fp8 in _variants(rows):
             terms = fit_phase([rows], fp8_kv=fp8)
             phases[key] = terms.to_dict()
-            report["phases"][key] = {
+            entry = report["phases"][key] = {
                 "terms": terms.to_dict(),
                 "in_sample": phase_errors(rows, terms, fp8_kv=fp8),
                 "provenance": rows.provenance,
             }
+            usable = [r for r in other_rows if fitted(r, fp8_kv=fp8).any()]
+            if usable:
+                entry["held_out"] = phase_errors(rows, fit_phase(usable, fp8_kv=fp8), fp8_kv=fp8)
+                entry["held_out"]["fitted_on"] = [r.system for r in usable]
+                held_out[f"attention_{key}"] = entry["held_out"]["fitted_rows"]
         if f"{phase}_fp8_kv" in phases:
-            bf16_terms = fit_phase([rows])
-            report["phases"][f"{phase}_fp8_kv"]["fp8_kv_on_bf16_terms"] = errors(
-                rows.where(fitted(rows, fp8_kv=True)), bf16_terms
-            )
-    fragment = {"attention_phases": phases}
+            fp8_rows = rows.where(fitted(rows, fp8_kv=True))
+            report["phases"][f"{phase}_fp8_kv"]["fp8_kv_on_bf16_terms"] = errors(fp8_rows, fit_phase([rows]))
+    record = {
+        "method": METHOD,
+        "tables": [v["provenance"]["table"] for k, v in report["phases"].items() if not k.endswith("_fp8_kv")],
+        "package": DISTRIBUTION,
+        "package_version": package_version(),
+        "licence": LICENCE,
+        "in_sample_mape": {k: v["in_sample"]["fitted_rows"].get("mape") for k, v in report["phases"].items()},
+    }
+    if held_out:
+        record["held_out_fitted_on"] = others
+    fragment: dict[str, Any] = {"attention_phases": phases, "fit": {"attention": record}}
+    if held_out:
+        fragment["holdout_error"] = {"per_op": held_out}
     return fragment, report
 
 
