@@ -187,9 +187,10 @@ class KernelPricer:
             comp_a = flops[idx] / (self.attention_peak * a.compute_peak)
             mem_a = nbytes[idx] / (self.bw * a.memory_peak)
             seq_kv = self.batch * scale * table.kv_bytes_per_token[idx] / table.split(tp)[idx]
+            stream = attention_stream(mem_a, seq_kv * a.sequence_s_per_kv_byte, a.join_exponent)
             times[idx] = (
-                a.overhead_s + self.host + comp_a + mem_a + out * a.output_s_per_byte
-                + seq_kv * a.sequence_s_per_kv_byte + out / self.q_len * a.sequence_s_per_q_byte
+                a.overhead_s + self.host + comp_a + stream + out * a.output_s_per_byte
+                + out / self.q_len * a.sequence_s_per_q_byte
             )  # fmt: skip
         return times
 
@@ -211,6 +212,11 @@ def roofline(comp: np.ndarray, mem: np.ndarray, exponent: float | None) -> np.nd
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(hi > 0, lo / hi, 0.0)
     return hi * (1.0 + ratio**exponent) ** (1.0 / exponent)
+
+
+def attention_stream(memory: np.ndarray, per_sequence: np.ndarray, exponent: float | None) -> np.ndarray:
+    """Memory term and per-sequence KV term of fitted attention: summed, or joined with ``exponent``."""
+    return memory + per_sequence if exponent is None else roofline(memory, per_sequence, exponent)
 
 
 def allreduce_time(nbytes: float, ranks: int, alpha: float, bandwidth: float) -> float:

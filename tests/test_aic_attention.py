@@ -21,7 +21,7 @@ from paratune.graphs import ModelSpec, build_spec_graph
 SPEC = ModelSpec(name="gqa", layers=1, hidden=4096, heads=32, kv_heads=8, ffn=1024, vocab=8)
 TERMS = {
     "prefill": AttentionPhase(0.55, 0.6, 16e-6, 1.5e-12, 3e-11, 1e-10),
-    "decode": AttentionPhase(0.15, 0.8, 9e-6, 1.0e-11, 1.4e-11),
+    "decode": AttentionPhase(0.15, 0.8, 9e-6, 1.0e-11, 1.4e-11, join_exponent=3.0),
 }
 
 
@@ -69,6 +69,7 @@ def test_attention_phases_round_trip_and_refuse_bad_values() -> None:
     for phase, field, value, message in (
         ("decode", "memory_peak", 1.5, "must be <= 1"),
         ("decode", "overhead_us", float("nan"), "finite"),
+        ("decode", "join_exponent", 0.5, "must be >= 1"),
         ("prefill", "typo", 1.0, "unknown field"),
     ):
         bad = prof.to_dict()
@@ -93,12 +94,14 @@ def test_pricer_applies_the_terms_of_the_graphs_phase_only(phase: str) -> None:
     shape = (np.array([v], dtype=float) for v in (batch, q_len, kv_len, SPEC.heads / tp, SPEC.kv_heads / tp, 128))
     f, b, out, seq_kv, seq_q = attention_work(phase, *shape)
     a = TERMS[phase]
+    memory, per_sequence = b[0] / (plat.device.memory_bw * a.memory_peak), seq_kv[0] * a.sequence_s_per_kv_byte
+    k = a.join_exponent
+    stream = memory + per_sequence if k is None else (memory**k + per_sequence**k) ** (1 / k)
     expected = (
         a.overhead_s
         + f[0] / (plat.device.peak("bf16") * a.compute_peak)
-        + b[0] / (plat.device.memory_bw * a.memory_peak)
+        + stream
         + out[0] * a.output_s_per_byte
-        + seq_kv[0] * a.sequence_s_per_kv_byte
         + seq_q[0] * a.sequence_s_per_q_byte
     )
     assert KernelPricer.for_graph(plat, graph.meta).op_times(table, tp)[0] == pytest.approx(expected, rel=1e-9)
@@ -196,17 +199,15 @@ def test_graph_with_fp8_kv_cache_is_priced_by_the_fp8_kv_terms() -> None:
     assert KernelPricer.for_graph(plat, build_spec_graph(SPEC, phase="train", batch=8, seq=64).meta).attention is None
 
 
-def test_held_out_h100_from_h200() -> None:
-    pytest.importorskip("aiconfigurator_core")
-    pytest.importorskip("pyarrow")
-    from paratune.costmodel.calibration._aic_attention import leave_one_out
-
-    result = leave_one_out(("h100_sxm", "h200_sxm"))
-    held = result["h100_sxm"]
-    # Held out scores about as well as in-sample: the model's form, not the system, limits it.
+def test_held_out_h200_from_h100(h200_fit: tuple[dict, dict]) -> None:
+    _, report = h200_fit
+    # Terms fitted on H100's rows only, checked on H200's: about as good as in-sample (the model's form,
+    # not the system, limits it). Measured 8.0% prefill, 17.8% decode.
     for phase, bound in (("prefill", 10.0), ("decode", 20.0)):
-        assert held[phase]["held_out"]["fitted_rows"]["mape"] <= bound
-        assert held[phase]["held_out"]["fitted_rows"]["mape"] <= held[phase]["in_sample"]["fitted_rows"]["mape"] + 6.0
+        entry = report["phases"][phase]
+        assert entry["held_out"]["fitted_on"] == ["h100_sxm"]
+        assert entry["held_out"]["fitted_rows"]["mape"] <= bound
+        assert entry["held_out"]["fitted_rows"]["mape"] <= entry["in_sample"]["fitted_rows"]["mape"] + 3.0
 
 
 def _reader(data: dict) -> FieldReader:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._pricing import attention_stream
 from .._profile import AttentionPhase
 from ._aiconfigurator import DISTRIBUTION, LICENCE, backends, package_version, read_table, system_spec
 
@@ -120,12 +121,13 @@ class AttentionRows:
 
     def predict(self, terms: AttentionPhase) -> np.ndarray:
         """Seconds the cost model gives these rows with ``terms`` (the formula of ``KernelPricer``)."""
+        memory = self.bytes / (self.bw * terms.memory_peak)
+        stream = attention_stream(memory, self.sequence_kv_bytes * terms.sequence_s_per_kv_byte, terms.join_exponent)
         return (
             terms.overhead_s
             + self.flops / (self.peak * terms.compute_peak)
-            + self.bytes / (self.bw * terms.memory_peak)
+            + stream
             + self.output_bytes * terms.output_s_per_byte
-            + self.sequence_kv_bytes * terms.sequence_s_per_kv_byte
             + self.sequence_q_bytes * terms.sequence_s_per_q_byte
         )
 
@@ -188,14 +190,49 @@ def fit_phase(rows: list[AttentionRows], *, fp8_kv: bool = False) -> AttentionPh
         sol = lsq_linear(x / scale * weights[:, None], weights, bounds=(lower, np.inf), method="bvls").x / scale
         weights = 1.0 / np.sqrt(np.maximum(np.abs(x @ sol - 1.0), 0.01))
     overhead, inv_c, inv_m, out_rate, kv_rate, q_rate = (float(v) for v in [*sol, 0.0][:6])
+    linear = AttentionPhase(1.0 / max(inv_c, 1.0), 1.0 / max(inv_m, 1.0), overhead, out_rate, kv_rate, q_rate)
+    best = linear
+    if kv_rate > 0:  # decode: try joining the KV stream and the per-sequence term (hidden behind long streams)
+        joined = _fit_join(used, linear)
+        if _mape(used, joined) < _mape(used, linear):
+            best = joined
     return AttentionPhase(
-        _sig(1.0 / max(inv_c, 1.0)),
-        _sig(1.0 / max(inv_m, 1.0)),
-        _sig(overhead),
-        _sig(out_rate),
-        _sig(kv_rate),
-        _sig(q_rate),
+        _sig(best.compute_peak),
+        _sig(best.memory_peak),
+        _sig(best.overhead_s),
+        _sig(best.output_s_per_byte),
+        _sig(best.sequence_s_per_kv_byte),
+        _sig(best.sequence_s_per_q_byte),
+        None if best.join_exponent is None else _sig(best.join_exponent),
     )
+
+
+def _mape(rows: list[AttentionRows], terms: AttentionPhase) -> float:
+    return float(np.mean(np.concatenate([np.abs(r.predict(terms) / r.seconds - 1.0) for r in rows])))
+
+
+def _fit_join(rows: list[AttentionRows], start: AttentionPhase) -> AttentionPhase:
+    """``start`` refitted with the memory and per-sequence KV terms joined (robust loss on relative error)."""
+    from scipy.optimize import least_squares
+
+    floor = 1e-30
+
+    def unpack(z: np.ndarray) -> AttentionPhase:
+        o, c, m, r_out, r_kv, r_q, k = np.exp(z)
+        return AttentionPhase(float(1 / c), float(1 / m), float(o), float(r_out), float(r_kv), float(r_q), 1.0 + k)
+
+    def residuals(z: np.ndarray) -> np.ndarray:
+        return np.concatenate([r.predict(unpack(z)) / r.seconds - 1.0 for r in rows])
+
+    z0 = np.log(np.maximum([start.overhead_s, 1 / start.compute_peak, 1 / start.memory_peak,
+                            start.output_s_per_byte, start.sequence_s_per_kv_byte, start.sequence_s_per_q_byte,
+                            1.0], floor))  # fmt: skip
+    lower = np.full(7, -np.inf)
+    lower[1:3] = 0.0  # efficiencies at most 1
+    x_scale = np.ones(7)
+    fit = least_squares(residuals, np.maximum(z0, lower), bounds=(lower, np.inf), loss="soft_l1", f_scale=0.05,
+                        x_scale=x_scale, max_nfev=400)  # fmt: skip
+    return unpack(fit.x)
 
 
 def _sig(value: float) -> float:
