@@ -250,3 +250,57 @@ def test_evaluators_agree_with_fitted_attention(phase: str) -> None:
         a = ev.evaluate(plan)
         assert sim.run(plan, timeline=False).metrics.latency_s == pytest.approx(a.latency_s, rel=1e-6)
         assert a.latency_s != pytest.approx(before.evaluate(plan).latency_s, rel=1e-3)  # the terms are used
+
+
+def _fake_table(phase: str, seconds: np.ndarray | None = None, drop: str = "") -> object:
+    """A measured table of the package's layout (no package needed): a grid of shapes, bf16 and fp8 KV."""
+    from paratune.costmodel.calibration._aiconfigurator import Table
+
+    grid = np.array(
+        [
+            (b, s, n, kv, 128, kv_fp8)
+            for b in (1, 4, 16, 64, 256)
+            for s in ((128, 512, 2048, 8192) if phase == "prefill" else (1, 255, 4095, 32767))
+            for n, kv in ((8, 1), (32, 8), (64, 8))
+            for kv_fp8 in (0, 1)
+        ],
+        dtype=float,
+    )
+    n_rows = len(grid)
+    cols = {
+        "batch_size": grid[:, 0].astype(int),
+        "isl": grid[:, 1].astype(int) if phase == "prefill" else np.ones(n_rows, dtype=int),
+        "step": np.zeros(n_rows, dtype=int) if phase == "prefill" else grid[:, 1].astype(int),
+        "num_heads": grid[:, 2].astype(int),
+        "num_key_value_heads": grid[:, 3].astype(int),
+        "head_dim": grid[:, 4].astype(int),
+        "window_size": np.zeros(n_rows, dtype=int),
+        "attn_dtype": np.array(["bfloat16"] * n_rows),
+        "kv_cache_dtype": np.where(grid[:, 5] > 0, "fp8", "bfloat16"),
+        "seconds": np.ones(n_rows) if seconds is None else seconds,
+    }
+    cols.pop(drop, None)
+    return Table(cols, "fake", "attention", "trtllm", "1.0", phase, {"table": f"fake/{phase}.parquet"})
+
+
+@pytest.mark.parametrize(("phase", "join"), [("prefill", None), ("decode", None), ("decode", 3.0)])
+def test_fit_recovers_the_terms_that_made_the_times(
+    phase: str, join: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("scipy")
+    from paratune.costmodel.calibration import _aic_attention as aic
+
+    spec = {"gpu": {"bfloat16_tc_flops": 989e12, "mem_bw": 4.8e12}}
+    monkeypatch.setattr(aic, "system_spec", lambda system: spec)
+    truth = dataclasses.replace(TERMS[phase], join_exponent=join)
+    monkeypatch.setattr(aic, "read_table", lambda *a, **k: _fake_table(phase))
+    seconds = aic.read_rows("fake", phase).predict(truth)
+    monkeypatch.setattr(aic, "read_table", lambda *a, **k: _fake_table(phase, seconds))
+    rows = aic.read_rows("fake", phase)
+    fitted_terms = aic.fit_phase([rows])
+    assert np.allclose(rows.predict(fitted_terms), rows.seconds, rtol=0.01)
+    assert fitted_terms.overhead_s == pytest.approx(truth.overhead_s, rel=0.05)
+    # A table without a column the fit needs: a ValueError naming it.
+    monkeypatch.setattr(aic, "read_table", lambda *a, **k: _fake_table(phase, seconds, drop="num_heads"))
+    with pytest.raises(ValueError, match="num_heads"):
+        aic.read_rows("fake", phase)
