@@ -137,9 +137,10 @@ class KernelPricer:
         self.platform = platform
         # Sequences of the graph's workload and query tokens of each: the per-sequence attention terms.
         self.batch, self.q_len = batch, max(q_len, 1)
-        fitted = platform.profile.attention_phases
-        fp8_key = f"{phase}_fp8_kv"
-        self.attention = fitted.get(fp8_key if (kv_dtype or dtype) == "fp8" and fp8_key in fitted else phase or "")
+        # Fitted attention terms of the phase; with an fp8 KV cache its own terms when the profile has them.
+        phases, fp8_key = platform.profile.attention_phases, f"{phase}_fp8_kv"
+        key = fp8_key if (kv_dtype or dtype) == "fp8" and fp8_key in phases else (phase or "")
+        self.attention = phases.get(key)
         dev, prof = platform.device, platform.profile
         # The fitted attention terms are fractions of the bf16 peak whatever the model's dtype:
         # the engines' fp8 attention runs about 1.2-1.3x faster than bf16, not at the fp8 peak.
