@@ -98,7 +98,7 @@ class AnalyticEvaluator:
         self.phase, self.n_layers, self.batch = meta.phase, meta.n_layers, meta.batch
         self.kv_len = meta.seq if meta.phase == Phase.PREFILL else meta.context + 1
         self.tokens = meta.batch * meta.seq
-        self.pricer = KernelPricer(platform, meta.dtype)
+        self.pricer = KernelPricer.for_graph(platform, meta)
         self.units = UnitIndex(graph)
         self.cut = self.units.cut.tolist()
         self._starts = self.units.allowed_start.tolist()

@@ -26,6 +26,13 @@ A GEMM with a known shape (``Op.gemm_k`` / ``gemm_n``) on a profile with a ``gem
 for the dtype is priced by that model instead (:mod:`._gemm`: the same roofline with its
 own curves, times a residual fitted over (m, n, k) on measured GEMMs), plus ``host``.
 
+Inference attention on a profile with ``attention_phases`` (fitted on measured context
+and generation kernels, :mod:`.calibration._aic_attention`) is priced by the terms of the
+graph's phase instead (:class:`~._profile.AttentionPhase`):
+``overhead + c' + m' + output_bytes * rate + sequences * (kv_bytes_per_token * rate'
++ q_bytes_per_token * rate'')``, c' and m' the FLOPs and bytes at the phase's fractions of
+the peaks (the bf16 peak for any dtype); training graphs keep the ``attention`` curves.
+
 Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 2(n-1)·alpha + 2(n-1)/n·S/B; all-gather / reduce-scatter (n-1)·alpha + (n-1)/n·S/B;
 point-to-point alpha + S/B. B and alpha are those of the slowest link the group spans;
@@ -52,7 +59,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..graphs import Op
+from ..graphs import GraphMeta, Op
 from ._collectives import Terms
 from ._platform import Platform
 from ._trust import ErrorModel
@@ -166,9 +173,27 @@ class KernelPricer:
         True
     """
 
-    def __init__(self, platform: Platform, dtype: str) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        dtype: str,
+        *,
+        phase: str | None = None,
+        batch: int = 0,
+        q_len: int = 1,
+        kv_dtype: str | None = None,
+    ) -> None:
         self.platform = platform
+        # Sequences of the graph's workload and query tokens of each: the per-sequence attention terms.
+        self.batch, self.q_len = batch, max(q_len, 1)
+        # Fitted attention terms of the phase; with an fp8 KV cache its own terms when the profile has them.
+        phases, fp8_key = platform.profile.attention_phases, f"{phase}_fp8_kv"
+        key = fp8_key if (kv_dtype or dtype) == "fp8" and fp8_key in phases else (phase or "")
+        self.attention = phases.get(key)
         dev, prof = platform.device, platform.profile
+        # The fitted attention terms are fractions of the bf16 peak whatever the model's dtype:
+        # the engines' fp8 attention runs about 1.2-1.3x faster than bf16, not at the fp8 peak.
+        self.attention_peak = dev.peak("bf16")
         self.peak = dev.peak(dtype)
         self.bw = dev.memory_bw
         self.host = prof.host_overhead_s
@@ -178,6 +203,13 @@ class KernelPricer:
         self.gemm = prof.gemm_model(dtype)
         # A profile borrowed from another device has no held-out error that applies here.
         self.errors = None if platform.uncalibrated else ErrorModel.from_profile(prof)
+
+    @classmethod
+    def for_graph(cls, platform: Platform, meta: GraphMeta) -> KernelPricer:
+        """The pricer of a graph's ops: its dtype and, for fitted attention, its phase, batch and KV-cache dtype."""
+        kv_dtype = str((meta.spec.get("kv_dtype") if isinstance(meta.spec, dict) else None) or meta.dtype)
+        q_len = meta.seq if meta.phase == "prefill" else 1
+        return cls(platform, meta.dtype, phase=meta.phase, batch=meta.batch, q_len=q_len, kv_dtype=kv_dtype)
 
     def error_weights(self, table: OpTable) -> np.ndarray:
         """Held-out MAPE (fraction) of each op's kind; zeros when the profile is hand-set."""
@@ -207,6 +239,18 @@ class KernelPricer:
             if idx.any():
                 gemm = self.gemm.times(m[idx], n[idx], k[idx], flops[idx], nbytes[idx], self.peak, self.bw)
                 times[idx] = gemm + self.host
+        if self.attention is not None and "attention" in table.kinds:
+            idx = np.fromiter((k == "attention" for k in table.kinds), dtype=bool, count=len(table))
+            a = self.attention
+            out = table.output_bytes[idx] * scale / table.split(tp)[idx]
+            comp_a = flops[idx] / (self.attention_peak * a.compute_peak)
+            mem_a = nbytes[idx] / (self.bw * a.memory_peak)
+            seq_kv = self.batch * scale * table.kv_bytes_per_token[idx] / table.split(tp)[idx]
+            stream = attention_stream(mem_a, seq_kv * a.sequence_s_per_kv_byte, a.join_exponent)
+            times[idx] = (
+                a.overhead_s + self.host + comp_a + stream + out * a.output_s_per_byte
+                + out / self.q_len * a.sequence_s_per_q_byte
+            )  # fmt: skip
         return times
 
     def op_time(self, op: Op, tp: int, scale: float = 1.0) -> float:
@@ -227,6 +271,11 @@ def roofline(comp: np.ndarray, mem: np.ndarray, exponent: float | None) -> np.nd
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(hi > 0, lo / hi, 0.0)
     return hi * (1.0 + ratio**exponent) ** (1.0 / exponent)
+
+
+def attention_stream(memory: np.ndarray, per_sequence: np.ndarray, exponent: float | None) -> np.ndarray:
+    """Memory term and per-sequence KV term of fitted attention: summed, or joined with ``exponent``."""
+    return memory + per_sequence if exponent is None else roofline(memory, per_sequence, exponent)
 
 
 def allreduce_time(nbytes: float, ranks: int, alpha: float, bandwidth: float) -> float:

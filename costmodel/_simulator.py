@@ -156,7 +156,7 @@ class Simulator:
         step_of_op = np.array(self.step, dtype=np.intp)[op_task]
         self.op_task, self.fwd_ops = op_task, step_of_op == FORWARD
         self.ar_ops = np.flatnonzero(self.table.allreduce_bytes > 0).tolist()
-        self.pricer = KernelPricer(platform, meta.dtype)
+        self.pricer = KernelPricer.for_graph(platform, meta)
         self.kv_len = meta.seq if self.phase == Phase.PREFILL else meta.context + 1
         is_last = np.zeros(len(ops), dtype=bool)
         is_last[self.last_op] = True

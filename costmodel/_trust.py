@@ -25,6 +25,8 @@ _KIND_OPS = {
     "norm": ("attn_norm", "mlp_norm"),
     "elementwise": ("attn_rope", "mlp_act", "residual"),
     "embedding": ("embed",),
+    # Fitted on AIConfigurator's kernels (calibration/_aic_attention.py), held out per system.
+    "attention": ("attention_prefill", "attention_decode"),
 }
 
 

@@ -114,8 +114,8 @@ def _attention(b: _Builder, i: int, inputs: list[str], tokens: float, q_len: int
     s, dt = b.spec, b.spec.dtype_bytes
     h, kvd, batch, phase = s.hidden, s.kv_dim, b.meta.batch, b.meta.phase
     th = tokens * h
-    kv_per_token = 2.0 * kvd * dt
-    kv_read = batch * kv_len * kv_per_token if phase == Phase.DECODE else tokens * 2 * kvd * dt
+    kv_per_token = 2.0 * kvd * s.kv_dtype_bytes  # K and V as cached (an fp8 cache: half)
+    kv_read = batch * kv_len * kv_per_token if phase == Phase.DECODE else tokens * kv_per_token
     kv_store = 0.0 if phase == Phase.TRAIN else kv_per_token
     scope = f"layers.{i}.attn"
     if s.attention == "flash":

@@ -70,6 +70,8 @@ class ModelSpec:
         type_vocab: token-type embeddings (BERT).
         attention: how attention runs: ``flash`` (one fused kernel, causal half skipped) or
             ``unfused`` (scores materialised, as in Megatron-LM before FlashAttention).
+        kv_dtype: dtype of the KV cache (bf16, fp16, fp8); empty: ``dtype``. An fp8 cache
+            (what serving engines offer for bf16 models) halves the KV bytes stored and read.
     """
 
     name: str
@@ -90,6 +92,7 @@ class ModelSpec:
     positions: int = 0
     type_vocab: int = 0
     attention: str = "flash"
+    kv_dtype: str = ""
 
     def __post_init__(self) -> None:
         where = f"model {self.name!r}"
@@ -112,6 +115,8 @@ class ModelSpec:
             raise ValueError(f"{where}: field 'top_k' must be in 1..experts ({self.experts}), got {self.top_k}")
         if self.dtype not in DTYPE_BYTES or self.dtype == "fp32":
             raise ValueError(f"{where}: field 'dtype' is {self.dtype!r}; allowed: bf16, fp16, fp8")
+        if self.kv_dtype and (self.kv_dtype not in DTYPE_BYTES or self.kv_dtype == "fp32"):
+            raise ValueError(f"{where}: field 'kv_dtype' is {self.kv_dtype!r}; allowed: bf16, fp16, fp8 (empty: dtype)")
         if self.arch not in ARCHS:
             raise ValueError(f"{where}: field 'arch' is {self.arch!r}; allowed: {', '.join(ARCHS)}")
         if self.attention not in ATTENTIONS:
@@ -131,6 +136,11 @@ class ModelSpec:
     @property
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def kv_dtype_bytes(self) -> int:
+        """Bytes per KV-cache element (``kv_dtype``, or the model's dtype when it is empty)."""
+        return DTYPE_BYTES[self.kv_dtype or self.dtype]
 
     @property
     def mlp_matrices(self) -> int:
@@ -173,7 +183,10 @@ class ModelSpec:
         return self.embedding_params() + self.layers * self.layer_params(active=active) + self.head_params()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.kv_dtype:
+            del out["kv_dtype"]  # the default: files written before the field stay the same
+        return out
 
     def describe(self) -> dict[str, Any]:
         """What ``paratune models show`` prints."""

@@ -5,6 +5,8 @@ What comes from where:
 * GEMMs (bf16 and fp8): the shape-aware model (:mod:`._aic_gemm`) fitted on the system's
   ``gemm_perf`` table; its roofline base also becomes the ``matmul`` curves that price
   GEMMs whose shape is unknown (backward GEMMs, imported graphs without weights).
+* Attention, prefill and decode, bf16 and fp8 KV cache: the terms fitted on the context
+  and generation attention tables (:mod:`._aic_attention`, the ``attention_phases`` section).
 * Collectives inside the NVLink domain: NCCL's and the engine's custom all-reduce, by
   algorithm and size (:mod:`._aic_comm`, the ``collectives`` section).
 * The ops the tables do not measure (norms, elementwise, embeddings) and the links keep
@@ -22,6 +24,7 @@ import dataclasses
 from typing import Any
 
 from .._profile import Efficiency, Profile, load_profile
+from ._aic_attention import fit_attention_tables
 from ._aic_comm import fit_collectives
 from ._aic_gemm import GEMM_DTYPES, GemmRows, fit_gemm, gemm_errors, gemm_rows
 from ._aiconfigurator import LICENCE, package_version
@@ -117,8 +120,20 @@ def fit_from_aiconfigurator(
         holdout_error=holdout,
         fit={"from": "aiconfigurator", "system": system, "provenance": provenance},
     )
-    merged = Profile.from_dict({**profile.to_dict(), **collectives}, f"fit of {system}")
-    return FitResult(merged, report)
+    attention, report["attention"] = fit_attention_tables(system, backend, version)
+    data = _merged(_merged(profile.to_dict(), collectives), attention)
+    return FitResult(Profile.from_dict(data, f"fit of {system}"), report)
+
+
+def _merged(base: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``fragment`` merged in: mappings merged key by key, other values replaced."""
+    out = dict(base)
+    for key, value in fragment.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _collective_errors(comm_report: dict[str, Any], backend: str) -> dict[str, Any]:
