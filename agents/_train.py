@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .._limits import MAX_TIMESTEPS, check_at_most
 from ..problem import Problem
 from ._policy import ALGOS, Policy, algo_class, build_model, env_spec_of, library_versions, save_policy
 from ._policy_meta import MAX_N_STEPS
@@ -168,6 +169,7 @@ def train(
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    check_at_most(timesteps, MAX_TIMESTEPS, "timesteps")
     if n_steps is not None and not 2 <= n_steps <= MAX_N_STEPS:  # the loader's bound: a saved policy must load
         raise ValueError(f"n_steps must be in [2, {MAX_N_STEPS}], got {n_steps}")
     pool = load_pool(scenarios)
@@ -290,6 +292,7 @@ def finetune(
 
     if steps < 1:
         raise ValueError(f"finetune steps must be >= 1, got {steps}")
+    check_at_most(steps, MAX_TIMESTEPS, "finetune steps")
     torch.set_num_threads(1)
     set_random_seed(seed)
     vec = make_vec_env(

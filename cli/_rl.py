@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .._limits import MAX_BUDGET, MAX_TIMESTEPS
 from ..agents._settings import TRAIN, TRANSFER
 from ._common import (
     MAX_PROCESSES,
@@ -29,6 +30,7 @@ from ._common import (
     ScenarioOpt,
     SeedOpt,
     SeqOpt,
+    at_most,
     console,
     finite_number,
     output_folder,
@@ -45,7 +47,7 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (policy.zip, policy.json, tb/, ...).")],
     algo: Annotated[str, typer.Option("--algo", help="maskable-ppo | ppo | a2c.")] = TRAIN.algo,
     timesteps: Annotated[
-        int, typer.Option("--timesteps", "-n", min=1, help="Environment steps in all.")
+        int, typer.Option("--timesteps", "-n", min=1, callback=at_most(MAX_TIMESTEPS), help="Environment steps in all.")
     ] = TRAIN.timesteps,
     seed: SeedOpt = TRAIN.seed,
     n_envs: Annotated[
@@ -139,10 +141,22 @@ def transfer_command(
     memory_gib: MemoryOpt = None,
     scenario: ScenarioOpt = None,
     finetune_steps: Annotated[
-        int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps on this scenario (0: skip).")
+        int,
+        typer.Option(
+            "--finetune-steps",
+            min=0,
+            callback=at_most(MAX_TIMESTEPS),
+            help="Fine-tuning steps on this scenario (0: skip).",
+        ),
     ] = TRANSFER.finetune_steps,
     rollouts: Annotated[
-        int, typer.Option("--rollouts", min=1, help="Rollouts of the rl tuner (greedy, setup sweep, sampled).")
+        int,
+        typer.Option(
+            "--rollouts",
+            min=1,
+            callback=at_most(MAX_BUDGET),
+            help="Rollouts of the rl tuner (greedy, setup sweep, sampled).",
+        ),
     ] = TRANSFER.rollouts,
     temperature: Annotated[
         float,

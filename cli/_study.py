@@ -16,8 +16,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .._limits import MAX_BUDGET
 from ._common import (
-    MAX_BUDGET,
     BatchOpt,
     ContextOpt,
     JsonOpt,

@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .._limits import MAX_BUDGET, MAX_DEVICES
 from ._common import (
-    MAX_BUDGET,
     BatchOpt,
     ContextOpt,
     GranOpt,
@@ -28,6 +28,7 @@ from ._common import (
     ScenarioOpt,
     SeedOpt,
     SeqOpt,
+    at_most,
     console,
     output_file,
     positive_number,
@@ -105,7 +106,8 @@ def tune(
     tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", callback=positive_number, help="TBT SLO, ms.")] = None,
     ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", callback=positive_number, help="TTFT SLO, ms.")] = None,
     max_devices: Annotated[
-        int | None, typer.Option("--max-devices", min=1, help="Use at most this many devices.")
+        int | None,
+        typer.Option("--max-devices", min=1, callback=at_most(MAX_DEVICES), help="Use at most this many devices."),
     ] = None,
     calibrated_only: Annotated[
         bool, typer.Option("--calibrated-only", help="Only plans inside the calibration profile's fitted range.")

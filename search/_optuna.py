@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from .._limits import MAX_DEVICES
 from ..costmodel import Metrics, Plan
 from ..problem import Evaluation, Problem
 from ._options import TunerOptions, about
@@ -87,7 +88,8 @@ class OptunaOptions(TunerOptions):
         metadata=about("granularities the uniform space visits (default layer, layers:2, layers:4 where they divide)"),
     )
     max_stages: int | None = field(
-        default=None, metadata=about("cap on the stages of the hybrid space (default 16)", minimum=1)
+        default=None,
+        metadata=about("cap on the stages of the hybrid space (default 16)", minimum=1, maximum=MAX_DEVICES),
     )
     population_size: int | None = field(
         default=None, metadata=about("NSGA-II's population (default: budget / 8, in 8..50)", minimum=2)

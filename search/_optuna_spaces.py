@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import networkx as nx
 
+from .._limits import MAX_MICRO_BATCHES
 from ..costmodel import Plan, Stage
 from ..graphs import Phase, parse_granularity
 from ..problem import Problem, contiguous_plan, divisors
@@ -60,7 +61,9 @@ class Space(ABC):
         batch = problem.graph().meta.batch
         self.batch = batch
         self.replica_choices = [r for r in divisors(batch) if r <= problem.max_devices]
-        self.micro_choices = divisors(batch)
+        # A plan of more micro-batches than MAX_MICRO_BATCHES is refused (the simulator steps each through each
+        # stage), so the space offers none: a batch of 65,536 would otherwise draw up to 65,536.
+        self.micro_choices = [m for m in divisors(batch) if m <= MAX_MICRO_BATCHES]
 
     @abstractmethod
     def suggest(self, trial: Trial) -> Plan:

@@ -155,8 +155,8 @@ FACTORIES = [(["graph", "build", "-m", "module:os.path:join"], ["os.path:join", 
 LIBRARY = [
     (["evaluate", *M, "--plan", "bin.json"], ["bin.json", "UTF-8"]),  # no file name before
     (["models", "show", "bad.yaml"], ["bad.yaml", "line 3"]),
-    (["tune", *M, "--max-devices", "100000"], ["max_devices"]),  # ignored before
-    (["tune", *M, "--max-devices", "100"], ["max_devices", "8 devices"]),
+    (["tune", *M, "--max-devices", "100000"], ["--max-devices"]),  # ignored before
+    (["tune", *M, "--max-devices", "100"], ["--max-devices", "8 devices"]),
     (["evaluate", *M, "--phase", "train", "--plan", "recompute.json"], ["recompute"]),  # "no" meant yes before
     (["tune", *M, "--batch", "100000000000000000000"], ["batch"]),  # hung before
 ]
