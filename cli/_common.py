@@ -204,6 +204,12 @@ def problem_from_options(
         return Problem.load(scenario)
     if not model or not platform:
         raise ValueError("--model and --platform are required (or --scenario FILE)")
+    phase = fields.get("phase")
+    if phase is not None:  # Problem's message names its field ('problem: field phase'); the user typed --phase
+        from ..graphs import PHASES
+
+        if phase not in PHASES:
+            raise ValueError(f"--phase is {phase!r}; allowed: {', '.join(PHASES)}")
     problem = Problem(model=model, platform=platform, limits=Limits(**limits), **fields)
     cap = limits.get("max_devices")
     if cap is not None:  # the library's message names 'limits.max_devices', a field of a scenario file

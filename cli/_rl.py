@@ -7,6 +7,7 @@ stable-baselines3 are imported inside the commands, never at start-up.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .._limits import MAX_BUDGET, MAX_TIMESTEPS
-from ..agents._settings import TRAIN, TRANSFER
+from ..agents._settings import DEFAULT_ENV_ID, TRAIN, TRANSFER, VecEnv
 from ._common import (
     MAX_PROCESSES,
     BatchOpt,
@@ -90,6 +91,7 @@ def train_command(
 
     if algo not in ALGOS:  # before torch loads: a typo fails fast
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
+    _check_train_flags(vec_env, env_id, granularity, random_setup, imitate)
     output_folder(out, "--out")
     result = train(
         scenarios,
@@ -123,6 +125,20 @@ def train_command(
     for key, value in data.items():
         table.add_row(key, escape(str(value)))
     console.print(table)
+
+
+def _check_train_flags(vec_env: str, env_id: str, granularity: str | None, random_setup: float, imitate: bool) -> None:
+    """The flags ``train`` checks again under their library names (``vec_env``), named as typed, before OUT is made."""
+    from ..graphs import parse_granularity
+
+    if granularity is not None:
+        parse_granularity(granularity)
+    allowed = typing.get_args(VecEnv)
+    if vec_env not in allowed:
+        raise ValueError(f"--vec-env is {vec_env!r}; allowed: {', '.join(allowed)}")
+    for flag, given in (("--random-setup", bool(random_setup)), ("--imitate", imitate)):
+        if given and env_id != DEFAULT_ENV_ID:
+            raise ValueError(f"{flag} applies to --env {DEFAULT_ENV_ID} only, not {env_id}")
 
 
 @user_errors

@@ -80,8 +80,15 @@ def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
 
 def _run(kind: str, problem: Any, options: dict[str, Any], budget: int, seed: int, output: Path, quiet: bool) -> Any:
     """Run the study; Ctrl-C keeps the finished cells and says how to resume (exit code 130)."""
-    from ..study import run_study
+    from ..study import check_study_options, run_study
 
+    try:
+        check_study_options(kind, options)
+    except ValueError as exc:  # "option 'ks' ..." -> "--ks ...": the user typed a flag
+        text = str(exc)
+        for name in options:
+            text = text.replace(f"option '{name}'", "--" + name.replace("_", "-"))
+        raise ValueError(text) from None
     output_folder(output)
     try:
         return run_study(kind, problem, options=options, budget=budget, seed=seed, out_dir=output, say=_say(quiet))

@@ -1,8 +1,9 @@
 """Hostile values (issue 15, items 2, 3 and 6): sizes without bounds, non-finite numbers, wrong types in files.
 
-Each CLI case runs ``paratune`` in a child with a memory and time limit (``tests/_hostile.py``) and must end in
-exit 2 with one ``error:`` line that names what to fix, no traceback and no file written. The tables are the
-count the issue asks for; the library tests below them pin the pieces (divisors from factors, Limits).
+Each CLI case runs in one child process with a memory limit, in its own folder under its own time limit
+(``run_batch`` in ``tests/_hostile.py``), and must end in exit 2 with one ``error:`` line that names what to
+fix, no traceback and no file written. The tables are the count the issue asks for; the library tests below
+them pin the pieces (divisors from factors, Limits).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
-from _hostile import assert_refused, run_paratune
+from _hostile import Run, assert_refused, run_batch
 
 from paratune._limits import MAX_BATCH, MAX_DEVICES, MAX_FILE_BYTES, MAX_LAYERS, parse_json
 from paratune.costmodel import Plan, get_platform
@@ -88,9 +89,9 @@ OPTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "mentions"), [c[1:] for c in OPTION_CASES], ids=[c[0] for c in OPTION_CASES])
-def test_options_refused(tmp_path: Path, argv: list[str], mentions: list[str]) -> None:
-    assert_refused(run_paratune(argv, tmp_path), mentions=mentions)
+@pytest.mark.parametrize(("name", "mentions"), [(c[0], c[2]) for c in OPTION_CASES], ids=[c[0] for c in OPTION_CASES])
+def test_options_refused(runs: dict[str, tuple[Run, Path]], name: str, mentions: list[str]) -> None:
+    assert_refused(runs[f"option:{name}"][0], mentions=mentions)
 
 
 # -- files: scenarios, platforms, models, plans, campaigns ------------------------------------------------------
@@ -252,13 +253,32 @@ FILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("files", "argv", "mentions"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
-def test_files_refused(tmp_path: Path, files: dict[str, str], argv: list[str], mentions: list[str]) -> None:
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text, errors="surrogateescape")
-    assert_refused(run_paratune(argv, tmp_path), mentions=mentions)
-    assert not (tmp_path / "pwned").exists()
+@pytest.mark.parametrize(("name", "mentions"), [(c[0], c[3]) for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+def test_files_refused(runs: dict[str, tuple[Run, Path]], name: str, mentions: list[str]) -> None:
+    run, folder = runs[f"file:{name}"]
+    assert_refused(run, mentions=mentions)
+    assert not (folder / "pwned").exists()
+
+
+#: An infeasible prediction (over memory): its --json output must still be strict JSON.
+STRICT_JSON = ["evaluate", "-m", "llama2-70b", "-p", "dgx-a100", "--json"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Run, Path]]:
+    """Every case of the tables (and :data:`STRICT_JSON`) run once, in one child process, each in its own folder."""
+    cases: dict[str, tuple[list[str], Path]] = {}
+    for name, argv, _ in OPTION_CASES:
+        cases[f"option:{name}"] = (argv, tmp_path_factory.mktemp("option"))
+    for name, files, argv, _ in FILE_CASES:
+        folder = tmp_path_factory.mktemp("file")
+        for file, text in files.items():
+            (folder / file).parent.mkdir(exist_ok=True)
+            (folder / file).write_text(text, errors="surrogateescape")
+        cases[f"file:{name}"] = (argv, folder)
+    cases["strict-json"] = (STRICT_JSON, tmp_path_factory.mktemp("json"))
+    done = run_batch(list(cases.values()))
+    return {key: (run, folder) for (key, (_, folder)), run in zip(cases.items(), done, strict=True)}
 
 
 # -- the library: the same bounds without the command line ----------------------------------------------------
@@ -333,9 +353,9 @@ def test_strict_json(text: str) -> None:
         parse_json(text, "x.json")
 
 
-def test_json_output_is_strict_for_an_infeasible_plan(tmp_path: Path) -> None:
+def test_json_output_is_strict_for_an_infeasible_plan(runs: dict[str, tuple[Run, Path]]) -> None:
     """An infeasible prediction (over memory) still prints JSON any strict parser reads: no NaN, no Infinity."""
-    run = run_paratune(["evaluate", "-m", "llama2-70b", "-p", "dgx-a100", "--json"], tmp_path)
+    run = runs["strict-json"][0]
     assert run.returncode == 0, run.describe()
     data = parse_json(run.stdout, "evaluate --json")
     assert data["feasible"] is False
@@ -403,3 +423,23 @@ def test_rl_counts_are_bounded_in_the_library() -> None:
         transfer(problem, rollouts=MAX_BUDGET + 1, policy="missing.zip")
     with pytest.raises(ValueError, match="finetune_steps is 100,000,001"):
         transfer(problem, finetune_steps=MAX_TIMESTEPS + 1, policy="missing.zip")
+
+
+def test_train_checks_its_options_before_it_makes_the_output_folder(tmp_path: Path) -> None:
+    """``train`` made OUT, then refused ``vec_env``, ``granularity``, ``random_setup`` or ``imitate``."""
+    pytest.importorskip("torch")
+    from paratune.agents import train
+
+    pool = [Problem("llama2-7b:layers=2", "dgx-a100")]
+    out = tmp_path / "out"
+    placement = "paratune/Placement-v0"
+    for kwargs, word in [
+        ({"vec_env": "nope"}, "vec_env"),
+        ({"granularity": "nope"}, "granularity"),
+        ({"env_id": placement, "random_setup": 0.5}, "random_setup"),
+        ({"env_id": placement, "imitate": True}, "imitate"),
+        ({"timesteps": 10**9}, "timesteps is 1,000,000,000"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            train(pool, out=out, **kwargs)  # type: ignore[arg-type]
+        assert not out.exists(), kwargs
