@@ -226,6 +226,7 @@ def evaluate(
         granularity = plan.granularity
     graph = _load_graph(model, phase, batch, seq, context, granularity)
     if plan_file is None:
+        _check_uniform_flags(graph, pp, replicas, micro_batches)
         plan = Plan.uniform(
             graph.meta.n_layers,
             tp=tp,
@@ -257,6 +258,17 @@ def evaluate(
         print_json(data)
         return
     _metrics_table(data, plat.device.usable_memory)
+
+
+def _check_uniform_flags(graph: Any, pp: int, replicas: int, micro_batches: int) -> None:
+    """What ``Plan.uniform`` and ``Plan.check`` refuse in their words (``pp``, ``micro_batches``), named as typed."""
+    n_layers, batch = graph.meta.n_layers, graph.meta.batch
+    if pp > n_layers:
+        raise ValueError(f"--pp is {pp} but the model has {n_layers} layers; give at most {n_layers}")
+    if batch % (replicas * micro_batches):
+        raise ValueError(
+            f"--replicas x --micro-batches ({replicas} x {micro_batches}) must divide the batch ({batch}, --batch)"
+        )
 
 
 def _metrics_table(d: dict[str, Any], usable: float) -> None:

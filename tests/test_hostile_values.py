@@ -79,6 +79,8 @@ OPTION_CASES = [
     ("study-batch", ["study", "granularity", "-o", "out", *EVAL[1:], "--batch", "100000"], ["--batch", "65,536"]),
     ("graph-seq", ["graph", "build", "-m", "llama2-7b", "--seq", "100000000"], ["--seq", "16,777,216"]),
     ("transfer-context", [*TRANSFER, "--context", "100000000"], ["--context"]),
+    ("pp-over-layers", [*EVAL, "--pp", "100"], ["--pp", "32 layers"]),  # "pp must be in 1..32" before
+    ("split", [*EVAL, "--batch", "3", "--micro-batches", "2"], ["--micro-batches", "--batch"]),  # "micro_batches"
     ("tune-max-devices-9", [*TUNE7[:-1], "dgx-h100", "--max-devices", "9"], ["--max-devices is 9", "8 devices"]),
     ("recompute-decode", [*EVAL, "--recompute"], ["recompute", "training"]),
     ("gpipe-decode", [*EVAL, "--schedule", "gpipe"], ["gpipe", "training"]),
