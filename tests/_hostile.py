@@ -114,7 +114,7 @@ def run_batch(cases: Sequence[tuple[Sequence[str], Path]], *, timeout_s: float =
                 env=env,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                timeout=timeout_s * max(1, len(cases)),
+                timeout=timeout_s * max(1, len(cases)),  # not reached: a stuck case ends the child (watchdog)
                 preexec_fn=_limit_memory,
                 check=False,
             )

@@ -5,7 +5,8 @@ change to its folder, call the CLI's app with stdout and stderr captured, and ap
 ``{"code", "stdout", "stderr"}`` to RESULTS as soon as the case ends (so a crash loses only the case
 that caused it). What a process would show is reproduced: ``sys.exit`` codes, an uncaught exception
 as its traceback and exit code 1. A case running past SECONDS is stopped by ``SIGALRM`` and reported
-with exit code -14; the parent's memory limit covers the whole run.
+with exit code -14; one stuck where no signal is handled (inside C code) makes a watchdog end the whole
+process, and the parent runs the cases left one per process. The parent's memory limit covers the run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -29,10 +32,25 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _Hang
 
 
+#: When the case running now must have ended (monotonic seconds), or None between cases.
+_deadline: list[float | None] = [None]
+#: Seconds past its alarm a case may take before the watchdog ends the process.
+GRACE_S = 10.0
+
+
+def _watchdog() -> None:
+    while True:
+        time.sleep(0.5)
+        deadline = _deadline[0]
+        if deadline is not None and time.monotonic() > deadline:
+            os._exit(70)  # the parent runs this case and the rest again, one per process
+
+
 def _run_one(app: Any, args: list[str], limit_s: float) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = 0
     sys.stdout, sys.stderr = out, err
+    _deadline[0] = time.monotonic() + limit_s + GRACE_S
     signal.setitimer(signal.ITIMER_REAL, limit_s)
     try:
         with warnings.catch_warnings():  # a fresh warnings registry: a warning shows in every case, as in a process
@@ -51,6 +69,7 @@ def _run_one(app: Any, args: list[str], limit_s: float) -> tuple[int, str, str]:
         code = 1
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        _deadline[0] = None
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     return code, out.getvalue(), err.getvalue()
 
@@ -60,6 +79,7 @@ def main(cases_path: str, results_path: str, limit_s: str) -> None:
 
     cases = json.loads(Path(cases_path).read_text())
     signal.signal(signal.SIGALRM, _alarm)
+    threading.Thread(target=_watchdog, daemon=True).start()
     with open(results_path, "a", encoding="utf-8") as results:
         for case in cases:
             os.chdir(case["cwd"])
