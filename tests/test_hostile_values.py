@@ -415,6 +415,16 @@ def test_optuna_spaces_offer_no_more_micro_batches_than_a_plan_may_have() -> Non
         assert max(space.replica_choices) == 8, name
 
 
+def test_heuristics_pick_no_more_micro_batches_than_a_plan_may_have() -> None:
+    """Training heuristics take 4 x PP micro-batches: with 2,048 stages that was 8,192, a plan no reader accepts."""
+    from paratune._limits import MAX_MICRO_BATCHES
+    from paratune.search._heuristics import _micro_batches, _Shape
+
+    shape = _Shape(n_layers=4096, tps=[1], per_node=8, nodes=512, devices=4096, batch=MAX_BATCH, train=True)
+    assert _micro_batches(shape, pp=2048, replicas=1) == MAX_MICRO_BATCHES
+    assert _micro_batches(shape, pp=4, replicas=2) == 16
+
+
 def test_rl_counts_are_bounded_in_the_library() -> None:
     """``transfer`` refuses before it loads a policy or runs a step (the CLI names the flags)."""
     from paratune._limits import MAX_BUDGET, MAX_TIMESTEPS
