@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -57,6 +57,17 @@ def at_most(maximum: int) -> Callable[[int | None], int | None]:
         return value
 
     return check
+
+
+def flag_named(exc: ValueError, options: Iterable[str]) -> ValueError:
+    """``exc`` with each library option it names (``option 'max_buckets'``) as the flag typed (``--max-buckets``).
+
+    For options the command passes on under the flag's name (``--storage`` -> a tuner's ``storage``).
+    """
+    text = str(exc)
+    for name in options:
+        text = text.replace(f"option '{name}'", "--" + name.replace("_", "-"))
+    return ValueError(text)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]

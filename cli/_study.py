@@ -30,6 +30,7 @@ from ._common import (
     SeedOpt,
     SeqOpt,
     console,
+    flag_named,
     output_folder,
     print_json,
     problem_from_options,
@@ -84,11 +85,8 @@ def _run(kind: str, problem: Any, options: dict[str, Any], budget: int, seed: in
 
     try:
         check_study_options(kind, options)
-    except ValueError as exc:  # "option 'ks' ..." -> "--ks ...": the user typed a flag
-        text = str(exc)
-        for name in options:
-            text = text.replace(f"option '{name}'", "--" + name.replace("_", "-"))
-        raise ValueError(text) from None
+    except ValueError as exc:
+        raise flag_named(exc, options) from None
     output_folder(output)
     try:
         return run_study(kind, problem, options=options, budget=budget, seed=seed, out_dir=output, say=_say(quiet))

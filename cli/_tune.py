@@ -30,6 +30,7 @@ from ._common import (
     SeqOpt,
     at_most,
     console,
+    flag_named,
     output_file,
     positive_number,
     print_json,
@@ -148,8 +149,14 @@ def tune(
         if tuner != "rl":
             raise ValueError(f"--policy applies to --tuner rl, not {tuner!r}")
         options["policy"] = str(policy)
-    runner = make_tuner(tuner, **options)
-    result = _run_with_progress(runner, problem, budget, seed, quiet=as_json)
+    try:
+        runner = make_tuner(tuner, **options)  # checks --storage and --policy (the files, the URL) now
+    except ValueError as exc:
+        raise flag_named(exc, options) from None
+    try:
+        result = _run_with_progress(runner, problem, budget, seed, quiet=as_json)
+    except ValueError as exc:  # e.g. a --storage that cannot be opened
+        raise flag_named(exc, options) from None
     optimum_value, optimal_note = _optimum(problem, result, enabled=optimum)
     if output is not None and result.best_plan is not None:
         result.best_plan.save(output)

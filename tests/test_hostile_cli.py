@@ -24,6 +24,7 @@ from paratune.cli import app
 
 M = ["-m", "llama2-7b:layers=4", "-p", "dgx-a100"]
 TRAIN = ["train", "--scenarios", "list.yaml", "--out", "out"]
+OPTUNA = ["tune", *M, "--tuner", "optuna-tpe", "--budget", "4", "--no-optimum"]
 #: A model name that rich would read as markup (``[/x]`` crashed it, ``[bold]`` vanished).
 EVIL = "evil[/x][bold]"
 
@@ -38,6 +39,7 @@ def make_work(tmp_path: Path) -> Path:
     """A working folder holding the hostile files the cases name."""
     (tmp_path / "adir").mkdir()
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00\x81binary")
+    (tmp_path / "garbage.db").write_bytes(b"garbage, not SQLite" * 64)
     (tmp_path / "bad.yaml").write_text("name: x\nlayers: [1, 2\nhidden: 3\n")
     (tmp_path / "py.yaml").write_text("!!python/object/apply:os.system ['touch pwned']\n")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
@@ -114,7 +116,14 @@ VALUES = [
     (["tune", *M, "--tuner", ""], ["tuner"]),
     (["tune", *M, "--tuner", "dp", "--policy", "x.zip"], ["--policy"]),
     (["tune", *M, "--tuner", "dp", "--storage", "sqlite:///x.db"], ["--storage"]),
-    (["tune", *M, "--tuner", "rl", "--policy", "adir"], ["adir"]),
+    (["tune", *M, "--tuner", "rl", "--policy", "adir"], ["--policy", "adir"]),  # "option 'policy'" before
+    (["tune", *M, "--tuner", "rl", "--policy", "x.zip"], ["--policy", "x.zip"]),
+    # an Optuna storage: tracebacks (NoSuchModuleError, OperationalError) or folders made before
+    ([*OPTUNA, "--storage", "notaurl://x"], ["--storage", "notaurl"]),
+    ([*OPTUNA, "--storage", "sqlite:///no/such/x.db"], ["--storage", "does not exist"]),
+    ([*OPTUNA, "--storage", "journal:no/such/j.log"], ["--storage", "does not exist"]),
+    ([*OPTUNA, "--storage", "journal:adir"], ["--storage", "adir", "folder"]),
+    ([*OPTUNA, "--storage", "sqlite:///garbage.db"], ["--storage", "garbage.db", "not a database"]),
     (["tune", *M, "--scenario", "list.yaml"], ["give either"]),
     (["tune", "--scenario", "list.yaml"], ["list.yaml"]),
     (["tune", "--scenario", "py.yaml"], ["py.yaml", "python"]),

@@ -245,6 +245,7 @@ FILE_CASES = [
     ("cp-budget-huge", cp("[megatron]", "[{name: optuna-tpe, budget: 100000000000}]"), RUN, ["budget"]),
     ("cp-dp-micro", cp("[megatron]", "[{name: dp, options: {max_micro_batches: 100000}}]"), RUN, ["4096"]),
     ("cp-dp-replicas", cp("[megatron]", "[{name: dp, options: {replicas: 100000}}]"), RUN, ["replicas", "65536"]),
+    ("cp-storage", cp("[megatron]", "[{name: optuna-tpe, options: {storage: 'notaurl://x'}}]"), RUN, ["storage"]),
     ("cp-stages", cp("[megatron]", "[{name: optuna-tpe, options: {max_stages: 100000}}]"), RUN, ["max_stages"]),
     (  # a policy path is read from the spec's folder (sub/), not from the current folder, where mine.zip lies
         "cp-policy-cwd",
