@@ -456,3 +456,20 @@ def test_train_checks_its_options_before_it_makes_the_output_folder(tmp_path: Pa
         with pytest.raises(ValueError, match=word):
             train(pool, out=out, **kwargs)  # type: ignore[arg-type]
         assert not out.exists(), kwargs
+
+
+def test_the_placement_space_is_bounded() -> None:
+    """65,536 devices made each task a choice among 65,536 groups (0.75 s and megabytes per trial on 25 tasks)."""
+    from paratune._limits import MAX_PLACEMENT_CHOICES
+    from paratune.search import make_tuner
+    from paratune.search._optuna_spaces import MAX_PLACEMENT_GROUPS, make_space
+
+    wide = Problem("llama2-7b:layers=2", "dgx-h100x8192", phase="prefill", seq=16, granularity="op")
+    assert make_space("placement", wide).max_groups == MAX_PLACEMENT_GROUPS
+    result = make_tuner("optuna-random", space="placement", warm_start=False).tune(wide, budget=2, seed=0)
+    assert result.evaluations == 2
+    many = Problem("llama2-7b:layers=400", "dgx-h100x32", phase="prefill", seq=16, granularity="op")
+    tasks = len(many.graph("op").tasks)
+    assert tasks * MAX_PLACEMENT_GROUPS > MAX_PLACEMENT_CHOICES
+    with pytest.raises(ValueError, match=rf"placement.*{tasks:,} tasks x 256 device groups"):
+        make_space("placement", many)
