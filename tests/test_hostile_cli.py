@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from paratune.cli import app
 
 M = ["-m", "llama2-7b:layers=4", "-p", "dgx-a100"]
-TRAIN = ["train", "--scenarios", "list.yaml", "--out", "out"]
+TRAIN = ["train", "--scenarios", "pool.yaml", "--out", "out", "--timesteps", "64"]  # a valid pool: mistakes in flags
 OPTUNA = ["tune", *M, "--tuner", "optuna-tpe", "--budget", "4", "--no-optimum"]
 #: A model name that rich would read as markup (``[/x]`` crashed it, ``[bold]`` vanished).
 EVIL = "evil[/x][bold]"
@@ -44,6 +44,7 @@ def make_work(tmp_path: Path) -> Path:
     (tmp_path / "py.yaml").write_text("!!python/object/apply:os.system ['touch pwned']\n")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "pool.yaml").write_text("- name: a\n  model: llama2-7b:layers=2\n  platform: dgx-a100\n")
     (tmp_path / "facs.py").write_text(
         "def not_a_module():\n    return 42\n\n\ndef raises():\n    raise KeyError('x')\n"
     )
