@@ -39,8 +39,15 @@ MAX_SEQ = 1 << 24
 #: Cells of the exact solver's tables, layers^2 x devices: dp's memory grows with it (1,000 layers on 64 devices,
 #: 6.4e7 cells, take 2.4 GB; 2,000 layers 9.4 GB). Larger problems are refused by ``dp``, not by the other tuners.
 MAX_DP_CELLS = 64_000_000
-#: Evaluations of one tuner run in a campaign (Optuna keeps every trial in memory).
+#: Choices of one trial of Optuna's placement space, tasks x device groups (each task draws a group; Optuna
+#: keeps every trial's choices in memory): 4,096 op-level tasks on 256 groups.
+MAX_PLACEMENT_CHOICES = 1 << 20
+#: Evaluations of one tuner run (``--budget``, a campaign tuner's ``budget``; Optuna keeps every trial in memory);
+#: also the rollouts of the rl tuner (``transfer --rollouts``), which are its evaluations.
 MAX_BUDGET = 10_000_000
+#: Environment steps of a training or fine-tuning run (``train --timesteps``, ``transfer --finetune-steps``):
+#: 1,000x the default 100,000, about a day at the ~1,000 steps/s of a 2-core machine.
+MAX_TIMESTEPS = 100_000_000
 #: Seeds of one campaign.
 MAX_SEEDS = 10_000
 #: Scenarios of one campaign after inline lists expand.

@@ -34,6 +34,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .._limits import MAX_TIMESTEPS, check_at_most
+from ..graphs import parse_granularity
 from ..problem import Problem
 from ._policy import ALGOS, Policy, algo_class, build_model, env_spec_of, library_versions, save_policy
 from ._policy_meta import MAX_N_STEPS
@@ -168,8 +170,18 @@ def train(
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    check_at_most(timesteps, MAX_TIMESTEPS, "timesteps")
     if n_steps is not None and not 2 <= n_steps <= MAX_N_STEPS:  # the loader's bound: a saved policy must load
         raise ValueError(f"n_steps must be in [2, {MAX_N_STEPS}], got {n_steps}")
+    # Every option is checked before OUT is made: a mistake leaves no folder behind.
+    if vec_env not in VEC_ENVS:
+        raise ValueError(f"vec_env must be one of {', '.join(VEC_ENVS)}, got {vec_env!r}")
+    if granularity is not None:
+        parse_granularity(granularity)
+    if random_setup and env_id != DEFAULT_ENV_ID:
+        raise ValueError(f"random_setup applies to {DEFAULT_ENV_ID} only, not {env_id}")
+    if imitate and env_id != DEFAULT_ENV_ID:
+        raise ValueError(f"imitate applies to {DEFAULT_ENV_ID} only, not {env_id}")
     pool = load_pool(scenarios)
     obs_size, n_actions = env_spec_of(env_id)
     out = Path(out)
@@ -178,8 +190,6 @@ def train(
     torch.set_num_threads(1)  # small MLPs: more threads only contend (STACK.md: up to 3x faster)
 
     start = time.perf_counter()
-    if random_setup and env_id != DEFAULT_ENV_ID:
-        raise ValueError(f"random_setup applies to {DEFAULT_ENV_ID} only, not {env_id}")
     env_kwargs = {"random_setup": random_setup} if random_setup else {}
     vec = make_vec_env(
         env_id, pool, n_envs=n_envs, seed=seed, granularity=granularity, vec_env=vec_env, env_kwargs=env_kwargs
@@ -194,8 +204,6 @@ def train(
 
     imitation = None
     if imitate:
-        if env_id != DEFAULT_ENV_ID:
-            raise ValueError(f"imitate applies to {DEFAULT_ENV_ID} only, not {env_id}")
         from ._imitate import clone, demonstrations
 
         demos = demonstrations(pool, granularity=granularity, variants=True, setups=imitate_setups, seed=seed)
@@ -290,6 +298,7 @@ def finetune(
 
     if steps < 1:
         raise ValueError(f"finetune steps must be >= 1, got {steps}")
+    check_at_most(steps, MAX_TIMESTEPS, "finetune steps")
     torch.set_num_threads(1)
     set_random_seed(seed)
     vec = make_vec_env(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._limits import MAX_BUDGET, MAX_TIMESTEPS, check_at_most
 from ..problem import Problem
 from ..search import TuneResult, make_tuner
 from ._policy import Policy
@@ -122,6 +123,8 @@ def transfer(
         raise ValueError(f"rollouts must be >= 1, got {rollouts}")
     if finetune_steps < 0:
         raise ValueError(f"finetune_steps must be >= 0, got {finetune_steps}")
+    check_at_most(rollouts, MAX_BUDGET, "rollouts")
+    check_at_most(finetune_steps, MAX_TIMESTEPS, "finetune_steps")
     pol = resolve_policy(policy)
     opt, source, certified = optimum_of(problem)
     heur, heur_value, notes = best_heuristic(problem)

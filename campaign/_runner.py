@@ -538,6 +538,7 @@ def _run_job(store: Store, worker: Worker, claim: Claim, beat: _Heartbeat, probl
             if job.tuner_name.startswith("optuna-") and "storage" not in options:
                 # each Optuna job keeps its study in a journal file: `optuna-dashboard FILE` opens it
                 journal = logs.parent / "optuna" / f"job-{claim.id:05d}.journal"
+                journal.parent.mkdir(exist_ok=True)  # the storage option names a file in an existing folder
                 journal.unlink(missing_ok=True)  # a re-run starts its study afresh
                 study = f"{job.tuner}:{job.scenario}:seed{job.seed}"
                 options = {**options, "storage": f"journal:{journal}", "study_name": study}

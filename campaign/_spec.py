@@ -15,6 +15,7 @@ Example (``configs/campaigns/demo.yaml`` is a complete one)::
       - megatron                                          # a name, or a mapping:
       - {name: optuna-tpe, budget: 200, options: {space: hybrid}}
       - {name: rl, optional: true}                        # skipped when not registered
+      - {name: rl, label: rl-mine, options: {policy: ../policies/mine.zip}}  # relative to this file
     seeds: 2                                              # a count (0, 1) or a list [0, 7, 42]
     output: runs/my-campaign                              # default runs/<name>/ (relative to the current folder)
     storage: sqlite:///runs/my-campaign/campaign.db       # default: that SQLite file; any SQLAlchemy URL
@@ -42,6 +43,7 @@ import glob
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +160,7 @@ class CampaignSpec:
         description = r.text("description", "")
         scenarios, sources = _scenarios(r, base or Path("."), check=check)
         studies_given = r.raw("studies", None) is not None
-        tuners, skipped = _tuners(r, required=not studies_given)
+        tuners, skipped = _tuners(r, base, required=not studies_given)
         seeds = _seeds(r)
         studies = _studies(r, [p.name for p in scenarios], seeds[0]) if studies_given else []
         n_jobs = len(scenarios) * (len(tuners) * len(seeds) + 1 + len(studies))  # an upper bound of len(jobs())
@@ -325,7 +327,7 @@ def _inline(item: dict[str, Any], where: str, *, check: bool) -> list[Problem]:
     return out
 
 
-def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], list[str]]:
+def _tuners(r: FieldReader, base: Path | None, *, required: bool = True) -> tuple[list[TunerSpec], list[str]]:
     items = r.raw("tuners", None if required else [])
     if not required and items == []:
         return [], []
@@ -344,6 +346,7 @@ def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], 
         options = tr.raw("options", {})
         if not isinstance(options, dict):
             raise tr.error("options", f"must be a mapping of option: value, got {options!r}")
+        options = _resolve_policy(options, base)
         optional = tr.raw("optional", False)
         if not isinstance(optional, bool):
             raise tr.error("optional", f"must be true or false, got {optional!r}")
@@ -369,8 +372,21 @@ def _tuners(r: FieldReader, *, required: bool = True) -> tuple[list[TunerSpec], 
     return out, skipped
 
 
+def _resolve_policy(options: dict[str, Any], base: Path | None) -> dict[str, Any]:
+    """``options`` with a relative ``policy`` path made absolute against ``base``, the spec file's folder.
+
+    Like the scenario files it lists, a spec names its policy relative to itself, so the campaign
+    runs the same from any folder; the absolute path is what the store keeps and the jobs read.
+    An absolute path, or a spec read without a file (``base`` None), is kept as it is.
+    """
+    policy = options.get("policy")
+    if base is None or not isinstance(policy, str) or not policy or Path(policy).is_absolute():
+        return options
+    return {**options, "policy": os.path.abspath(base / policy)}
+
+
 def _check_policy_option(tr: FieldReader, options: dict[str, Any]) -> None:
-    """A ``policy`` option must name a file that exists now (relative to the current folder, as jobs read it).
+    """A ``policy`` option must name a file that exists now (resolved by :func:`_resolve_policy`).
 
     Otherwise every job of the tuner would fail at run time while the campaign itself looks fine.
     """
@@ -380,7 +396,7 @@ def _check_policy_option(tr: FieldReader, options: dict[str, Any]) -> None:
     if not isinstance(policy, str) or not policy:
         raise tr.error("options.policy", f"must be the path of a policy file, got {policy!r}")
     if not Path(policy).is_file():
-        raise tr.error("options.policy", f"names {policy!r}, which is not a file (paths are relative to {Path.cwd()})")
+        raise tr.error("options.policy", f"names {policy!r}, not a file (relative paths start at the spec's folder)")
 
 
 def _seeds(r: FieldReader) -> list[int]:

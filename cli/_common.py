@@ -7,20 +7,22 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from .._limits import DOC, MAX_BATCH, MAX_DEVICES, MAX_SEQ
+
 # Wide enough for the tables when the output is piped (rich falls back to 80 columns).
 console = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, emoji=False)  # ":train:" stays text
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Bounds of CLI counts that drive work (the library bounds models, platforms and workloads itself).
-MAX_BUDGET = 10_000_000  # evaluations of one search: hours on the fastest tuner
-MAX_PLAN_DEGREE = 1 << 16  # --tp, --pp: no platform has more devices
+#: Bounds of CLI counts that drive work. The library bounds models, platforms and workloads itself, but in
+#: words of its fields (``workload: field 'batch'``); the options check the same bounds first, naming the flag.
+MAX_PLAN_DEGREE = MAX_DEVICES  # --tp, --pp: no platform has more devices
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeded generators take 32-bit seeds
 MAX_PROCESSES = 256  # --workers, --n-envs: processes started on this machine (each imports numpy, maybe torch)
 
@@ -42,6 +44,32 @@ def finite_number(value: float | None) -> float | None:
     return value
 
 
+def at_most(maximum: int) -> Callable[[int | None], int | None]:
+    """Option callback: a count that drives work is at most ``maximum`` (a bound of ``paratune._limits``).
+
+    Checked where the flag is read, so the one-line error names the flag the user typed
+    (``--batch``), not the library field it becomes.
+    """
+
+    def check(value: int | None) -> int | None:
+        if value is not None and value > maximum:
+            raise typer.BadParameter(f"at most {maximum:,} is accepted, got {value:,} (bounds: {DOC})")
+        return value
+
+    return check
+
+
+def flag_named(exc: ValueError, options: Iterable[str]) -> ValueError:
+    """``exc`` with each library option it names (``option 'max_buckets'``) as the flag typed (``--max-buckets``).
+
+    For options the command passes on under the flag's name (``--storage`` -> a tuner's ``storage``).
+    """
+    text = str(exc)
+    for name in options:
+        text = text.replace(f"option '{name}'", "--" + name.replace("_", "-"))
+    return ValueError(text)
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")]
 # Options that describe a problem, shared by `tune`, `study`, `transfer`, `evaluate` and `graph build`.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Zoo name[:field=v], YAML, graph JSON, hf:TYPE.")]
@@ -50,9 +78,19 @@ PhaseOpt = Annotated[str, typer.Option("--phase", help="prefill | decode | train
 ObjectiveOpt = Annotated[
     str, typer.Option("--objective", "-O", help="ttft | tbt | step | throughput | tbt+memory | ... (default: by phase)")
 ]
-BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="Sequences in the batch.")]
-SeqOpt = Annotated[int, typer.Option("--seq", "-s", min=1, help="Prompt (prefill) or sequence (train) length.")]
-ContextOpt = Annotated[int, typer.Option("--context", "-c", min=0, help="KV length of a decode step (default: seq).")]
+BatchOpt = Annotated[
+    int, typer.Option("--batch", "-b", min=1, callback=at_most(MAX_BATCH), help="Sequences in the batch.")
+]
+SeqOpt = Annotated[
+    int,
+    typer.Option("--seq", "-s", min=1, callback=at_most(MAX_SEQ), help="Prompt (prefill) or sequence (train) length."),
+]
+ContextOpt = Annotated[
+    int,
+    typer.Option(
+        "--context", "-c", min=0, callback=at_most(MAX_SEQ), help="KV length of a decode step (default: seq)."
+    ),
+]
 GranOpt = Annotated[str, typer.Option("--granularity", "-g", help="op | sublayer | layer | layers:k.")]
 MemoryOpt = Annotated[
     float | None, typer.Option("--memory-gib", callback=positive_number, help="Memory cap per device, GiB (> 0).")
@@ -177,7 +215,21 @@ def problem_from_options(
         return Problem.load(scenario)
     if not model or not platform:
         raise ValueError("--model and --platform are required (or --scenario FILE)")
-    return Problem(model=model, platform=platform, limits=Limits(**limits), **fields)
+    phase = fields.get("phase")
+    if phase is not None:  # Problem's message names its field ('problem: field phase'); the user typed --phase
+        from ..graphs import PHASES
+
+        if phase not in PHASES:
+            raise ValueError(f"--phase is {phase!r}; allowed: {', '.join(PHASES)}")
+    problem = Problem(model=model, platform=platform, limits=Limits(**limits), **fields)
+    cap = limits.get("max_devices")
+    if cap is not None:  # the library's message names 'limits.max_devices', a field of a scenario file
+        from ..costmodel import get_platform
+
+        n = get_platform(platform).num_devices
+        if cap > n:
+            raise ValueError(f"--max-devices is {cap} but platform {platform!r} has {n} devices; give at most {n}")
+    return problem
 
 
 def output_file(path: Path, option: str = "-o", *, example: str = "plan.json") -> Path:

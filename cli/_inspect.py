@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .._limits import MAX_DEVICES, MAX_MICRO_BATCHES, check_at_most
 from ._common import (
     MAX_PLAN_DEGREE,
     BatchOpt,
@@ -18,6 +19,7 @@ from ._common import (
     JsonOpt,
     PhaseOpt,
     SeqOpt,
+    at_most,
     console,
     output_file,
     print_json,
@@ -191,8 +193,13 @@ def evaluate(
     pp: Annotated[
         int, typer.Option("--pp", min=1, max=MAX_PLAN_DEGREE, help="Pipeline stages (layers split evenly).")
     ] = 1,
-    micro_batches: Annotated[int, typer.Option("--micro-batches", min=1, help="Micro-batches in flight.")] = 1,
-    replicas: Annotated[int, typer.Option("--replicas", min=1, help="Data-parallel replicas.")] = 1,
+    micro_batches: Annotated[
+        int,
+        typer.Option("--micro-batches", min=1, callback=at_most(MAX_MICRO_BATCHES), help="Micro-batches in flight."),
+    ] = 1,
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=1, callback=at_most(MAX_DEVICES), help="Data-parallel replicas.")
+    ] = 1,
     schedule: Annotated[str, typer.Option("--schedule", help="Training schedule: 1f1b | gpipe.")] = "1f1b",
     recompute: Annotated[bool, typer.Option("--recompute", help="Full activation recomputation (train).")] = False,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="A plan JSON file instead of --tp/--pp.")] = None,
@@ -212,12 +219,14 @@ def evaluate(
     if plan_file is not None and (recompute or schedule != "1f1b" or (tp, pp, micro_batches, replicas) != (1, 1, 1, 1)):
         raise ValueError("--plan FILE gives the whole plan: leave out --tp, --pp, --micro-batches, --replicas, "
                          "--schedule and --recompute")  # fmt: skip
+    check_at_most(tp * pp, MAX_DEVICES, f"--tp x --pp ({tp} x {pp})")  # before Plan.uniform names 'tp x pp'
     plat = get_platform(platform)
     if plan_file is not None:
         plan = Plan.load(plan_file)
         granularity = plan.granularity
     graph = _load_graph(model, phase, batch, seq, context, granularity)
     if plan_file is None:
+        _check_uniform_flags(graph, pp, replicas, micro_batches)
         plan = Plan.uniform(
             graph.meta.n_layers,
             tp=tp,
@@ -249,6 +258,17 @@ def evaluate(
         print_json(data)
         return
     _metrics_table(data, plat.device.usable_memory)
+
+
+def _check_uniform_flags(graph: Any, pp: int, replicas: int, micro_batches: int) -> None:
+    """What ``Plan.uniform`` and ``Plan.check`` refuse in their words (``pp``, ``micro_batches``), named as typed."""
+    n_layers, batch = graph.meta.n_layers, graph.meta.batch
+    if pp > n_layers:
+        raise ValueError(f"--pp is {pp} but the model has {n_layers} layers; give at most {n_layers}")
+    if batch % (replicas * micro_batches):
+        raise ValueError(
+            f"--replicas x --micro-batches ({replicas} x {micro_batches}) must divide the batch ({batch}, --batch)"
+        )
 
 
 def _metrics_table(d: dict[str, Any], usable: float) -> None:

@@ -7,6 +7,7 @@ stable-baselines3 are imported inside the commands, never at start-up.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..agents._settings import TRAIN, TRANSFER
+from .._limits import MAX_BUDGET, MAX_TIMESTEPS
+from ..agents._settings import DEFAULT_ENV_ID, TRAIN, TRANSFER, VecEnv
 from ._common import (
     MAX_PROCESSES,
     BatchOpt,
@@ -29,6 +31,7 @@ from ._common import (
     ScenarioOpt,
     SeedOpt,
     SeqOpt,
+    at_most,
     console,
     finite_number,
     output_folder,
@@ -45,7 +48,7 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (policy.zip, policy.json, tb/, ...).")],
     algo: Annotated[str, typer.Option("--algo", help="maskable-ppo | ppo | a2c.")] = TRAIN.algo,
     timesteps: Annotated[
-        int, typer.Option("--timesteps", "-n", min=1, help="Environment steps in all.")
+        int, typer.Option("--timesteps", "-n", min=1, callback=at_most(MAX_TIMESTEPS), help="Environment steps in all.")
     ] = TRAIN.timesteps,
     seed: SeedOpt = TRAIN.seed,
     n_envs: Annotated[
@@ -88,6 +91,7 @@ def train_command(
 
     if algo not in ALGOS:  # before torch loads: a typo fails fast
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
+    _check_train_flags(vec_env, env_id, granularity, random_setup, imitate)
     output_folder(out, "--out")
     result = train(
         scenarios,
@@ -123,6 +127,20 @@ def train_command(
     console.print(table)
 
 
+def _check_train_flags(vec_env: str, env_id: str, granularity: str | None, random_setup: float, imitate: bool) -> None:
+    """The flags ``train`` checks again under their library names (``vec_env``), named as typed, before OUT is made."""
+    from ..graphs import parse_granularity
+
+    if granularity is not None:
+        parse_granularity(granularity)
+    allowed = typing.get_args(VecEnv)
+    if vec_env not in allowed:
+        raise ValueError(f"--vec-env is {vec_env!r}; allowed: {', '.join(allowed)}")
+    for flag, given in (("--random-setup", bool(random_setup)), ("--imitate", imitate)):
+        if given and env_id != DEFAULT_ENV_ID:
+            raise ValueError(f"{flag} applies to --env {DEFAULT_ENV_ID} only, not {env_id}")
+
+
 @user_errors
 def transfer_command(
     policy: Annotated[
@@ -139,10 +157,22 @@ def transfer_command(
     memory_gib: MemoryOpt = None,
     scenario: ScenarioOpt = None,
     finetune_steps: Annotated[
-        int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps on this scenario (0: skip).")
+        int,
+        typer.Option(
+            "--finetune-steps",
+            min=0,
+            callback=at_most(MAX_TIMESTEPS),
+            help="Fine-tuning steps on this scenario (0: skip).",
+        ),
     ] = TRANSFER.finetune_steps,
     rollouts: Annotated[
-        int, typer.Option("--rollouts", min=1, help="Rollouts of the rl tuner (greedy, setup sweep, sampled).")
+        int,
+        typer.Option(
+            "--rollouts",
+            min=1,
+            callback=at_most(MAX_BUDGET),
+            help="Rollouts of the rl tuner (greedy, setup sweep, sampled).",
+        ),
     ] = TRANSFER.rollouts,
     temperature: Annotated[
         float,

@@ -16,8 +16,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .._limits import MAX_BUDGET
 from ._common import (
-    MAX_BUDGET,
     BatchOpt,
     ContextOpt,
     JsonOpt,
@@ -30,6 +30,7 @@ from ._common import (
     SeedOpt,
     SeqOpt,
     console,
+    flag_named,
     output_folder,
     print_json,
     problem_from_options,
@@ -80,8 +81,12 @@ def _finish(data: dict[str, Any], output: Path, as_json: bool) -> None:
 
 def _run(kind: str, problem: Any, options: dict[str, Any], budget: int, seed: int, output: Path, quiet: bool) -> Any:
     """Run the study; Ctrl-C keeps the finished cells and says how to resume (exit code 130)."""
-    from ..study import run_study
+    from ..study import check_study_options, run_study
 
+    try:
+        check_study_options(kind, options)
+    except ValueError as exc:
+        raise flag_named(exc, options) from None
     output_folder(output)
     try:
         return run_study(kind, problem, options=options, budget=budget, seed=seed, out_dir=output, say=_say(quiet))

@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .._limits import MAX_BUDGET, MAX_DEVICES
 from ._common import (
-    MAX_BUDGET,
     BatchOpt,
     ContextOpt,
     GranOpt,
@@ -28,7 +28,9 @@ from ._common import (
     ScenarioOpt,
     SeedOpt,
     SeqOpt,
+    at_most,
     console,
+    flag_named,
     output_file,
     positive_number,
     print_json,
@@ -105,7 +107,8 @@ def tune(
     tbt_ms: Annotated[float | None, typer.Option("--tbt-ms", callback=positive_number, help="TBT SLO, ms.")] = None,
     ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", callback=positive_number, help="TTFT SLO, ms.")] = None,
     max_devices: Annotated[
-        int | None, typer.Option("--max-devices", min=1, help="Use at most this many devices.")
+        int | None,
+        typer.Option("--max-devices", min=1, callback=at_most(MAX_DEVICES), help="Use at most this many devices."),
     ] = None,
     calibrated_only: Annotated[
         bool, typer.Option("--calibrated-only", help="Only plans inside the calibration profile's fitted range.")
@@ -146,8 +149,14 @@ def tune(
         if tuner != "rl":
             raise ValueError(f"--policy applies to --tuner rl, not {tuner!r}")
         options["policy"] = str(policy)
-    runner = make_tuner(tuner, **options)
-    result = _run_with_progress(runner, problem, budget, seed, quiet=as_json)
+    try:
+        runner = make_tuner(tuner, **options)  # checks --storage and --policy (the files, the URL) now
+    except ValueError as exc:
+        raise flag_named(exc, options) from None
+    try:
+        result = _run_with_progress(runner, problem, budget, seed, quiet=as_json)
+    except ValueError as exc:  # e.g. a --storage that cannot be opened
+        raise flag_named(exc, options) from None
     optimum_value, optimal_note = _optimum(problem, result, enabled=optimum)
     if output is not None and result.best_plan is not None:
         result.best_plan.save(output)

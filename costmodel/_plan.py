@@ -319,11 +319,26 @@ class Plan:
         return plan
 
     def save(self, path: str | Path) -> None:
+        """Write the plan as JSON to ``path`` (through ``path.tmp``, so a reader never sees half a file).
+
+        The folder must exist: a typo in a path must not leave folders behind (the CLI checks ``-o`` the same way).
+
+        Raises:
+            FileNotFoundError: the folder of ``path`` does not exist (the message names it).
+            IsADirectoryError: ``path`` is a folder.
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        parent = path.absolute().parent
+        if not parent.is_dir():
+            raise FileNotFoundError(f"{path}: folder {parent} does not exist (Plan.save creates no folders)")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a folder; give the plan file to write (e.g. {path / 'plan.json'})")
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:

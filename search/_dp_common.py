@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._limits import MAX_MICRO_BATCHES
 from ..costmodel._batch import PlanBatch
 from ..problem import Evaluation, divisors
 from ._heuristics import BalancedPP, Megatron, MinTpReplicas, ServingDefault
@@ -143,7 +144,10 @@ def fallback(
         for r in divisors(problem.batch)
         if r <= space.max_devices
         for m in divisors(problem.batch // r)
-        if (r, m) not in space.pairs and replicas in (None, r) and micro_batches in (None, m)
+        if m <= MAX_MICRO_BATCHES  # a plan of more micro-batches could not be read back
+        and (r, m) not in space.pairs
+        and replicas in (None, r)
+        and micro_batches in (None, m)
     ]
     seeds = seed_plans(space, pairs, top=16, few=True) if pairs else []
     if seeds:

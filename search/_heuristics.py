@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._limits import MAX_MICRO_BATCHES
 from ..costmodel import Plan
 from ..graphs import Phase
 from ..problem import Evaluation, Problem, contiguous_plan, divisors, even_cuts
@@ -81,8 +82,8 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 
 def _micro_batches(shape: _Shape, pp: int, replicas: int) -> int:
-    """4 x PP when training, PP for inference, clipped to a divisor of the per-replica batch."""
-    target = 4 * pp if shape.train else pp
+    """4 x PP when training, PP for inference, clipped to a divisor of the per-replica batch (and to the plan bound)."""
+    target = min(4 * pp if shape.train else pp, MAX_MICRO_BATCHES)
     return _largest_divisor(shape.batch // replicas, target)
 
 

@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+from .._limits import MAX_DEVICES, MAX_MICRO_BATCHES
+
 #: Activation recomputation choices of the layered space (``dp``, ``enumerate``).
 Recompute = Literal["search", "off", "on"]
 
@@ -184,15 +186,22 @@ def type_text(hint: Any) -> str:
 class LayeredOptions(TunerOptions):
     """Options of the tuners over the layered space (``dp``, ``enumerate``)."""
 
-    max_micro_batches: int = field(default=64, metadata=about("largest micro-batch count tried", minimum=1))
+    max_micro_batches: int = field(
+        default=64, metadata=about("largest micro-batch count tried", minimum=1, maximum=MAX_MICRO_BATCHES)
+    )
     recompute: Recompute = field(
         default="search",
         metadata=about("activation recomputation when training: search both, off or on for every stage"),
     )
     replicas: int | None = field(
-        default=None, metadata=about("fix the replica count (default: every divisor of the batch)", minimum=1)
+        default=None,
+        metadata=about("fix the replica count (default: every divisor of the batch)", minimum=1, maximum=MAX_DEVICES),
     )
     micro_batches: int | None = field(
         default=None,
-        metadata=about("fix the micro-batch count (default: every divisor up to max_micro_batches)", minimum=1),
+        metadata=about(
+            "fix the micro-batch count (default: every divisor up to max_micro_batches)",
+            minimum=1,
+            maximum=MAX_MICRO_BATCHES,
+        ),
     )

@@ -33,10 +33,12 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from .._limits import MAX_DEVICES, shown
 from ..costmodel import Metrics, Plan
 from ..problem import Evaluation, Problem
 from ._options import TunerOptions, about
@@ -87,7 +89,8 @@ class OptunaOptions(TunerOptions):
         metadata=about("granularities the uniform space visits (default layer, layers:2, layers:4 where they divide)"),
     )
     max_stages: int | None = field(
-        default=None, metadata=about("cap on the stages of the hybrid space (default 16)", minimum=1)
+        default=None,
+        metadata=about("cap on the stages of the hybrid space (default 16)", minimum=1, maximum=MAX_DEVICES),
     )
     population_size: int | None = field(
         default=None, metadata=about("NSGA-II's population (default: budget / 8, in 8..50)", minimum=2)
@@ -105,6 +108,10 @@ class OptunaOptions(TunerOptions):
             maximum=1.0,
         ),
     )
+
+    def __post_init__(self) -> None:
+        if self.storage is not None:  # when the options are read (a campaign spec loads), not when a study starts
+            check_storage(self.storage)
 
 
 class OptunaTuner(Tuner):
@@ -196,8 +203,9 @@ class OptunaTuner(Tuner):
                 # Experimental-feature notices (multivariate TPE, with_margin, QMC, GP) say nothing to a user here.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 sampler = self._sampler(optuna, seed, recorder.remaining or 200)
-                study = optuna.create_study(
-                    storage=_storage(optuna, self.storage),
+                study = _create_study(
+                    optuna,
+                    self.storage,
                     sampler=sampler,
                     study_name=self.study_name or (f"{self.name}:{problem.name}" if self.storage else None),
                     directions=directions,
@@ -368,14 +376,86 @@ def _active_constraints(problem: Problem) -> list[int]:
 
 
 def _storage(optuna: Any, storage: str | None) -> Any:
-    """``journal:PATH`` as Optuna's journal file storage (the folder is created); anything else as given."""
+    """``journal:PATH`` as Optuna's journal file storage; anything else as given (both checked by the options)."""
     if storage is None or not storage.startswith("journal:"):
         return storage
-    from pathlib import Path
-
     path = Path(storage.removeprefix("journal:"))
-    path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _create_study(optuna: Any, storage: str | None, **kwargs: Any) -> Any:
+    """``optuna.create_study`` on ``storage``; a storage that cannot be opened is one ValueError naming it.
+
+    An unreachable server, a wrong password or a file that is not a database ended in the driver's
+    traceback; the URL is shown without its password.
+    """
+    try:
+        return optuna.create_study(storage=_storage(optuna, storage), **kwargs)
+    except Exception as exc:
+        if storage is None:
+            raise
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(exc, SQLAlchemyError | OSError):
+            raise
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split("(Background on")[0].split())
+        raise ValueError(f"option 'storage': {_without_password(storage)}: cannot open it ({reason})") from None
+
+
+def _without_password(storage: str) -> str:
+    if storage.startswith("journal:"):
+        return storage
+    from sqlalchemy.engine import make_url
+
+    return make_url(storage).render_as_string(hide_password=True)
+
+
+#: Databases an Optuna storage URL may name (Optuna's RDB storage, through SQLAlchemy).
+STORAGE_BACKENDS = ("sqlite", "postgresql", "mysql")
+STORAGE_FORMS = "sqlite:///FILE, postgresql://USER@HOST/DB, mysql://USER@HOST/DB or journal:FILE"
+
+
+def check_storage(storage: str, what: str = "option 'storage'") -> None:
+    """Refuse, before a study starts, a storage Optuna could not open or that would need folders made.
+
+    An unknown kind of URL ended in SQLAlchemy's NoSuchModuleError, a SQLite file in a missing folder in
+    its OperationalError, both as tracebacks; a journal in a missing folder made the folders. The file
+    itself (SQLite or journal) is created, as asked; its folder must exist. ``what`` names the option
+    (``--storage`` on the command line).
+
+    Raises:
+        ValueError: naming ``what`` and what is wrong.
+    """
+    if storage.startswith("journal:"):
+        _check_storage_file(Path(storage.removeprefix("journal:")), storage, what)
+        return
+    try:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+    except ImportError:  # pragma: no cover - Optuna brings SQLAlchemy; without it the tuner cannot run anyway
+        return
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise ValueError(f"{what}: {shown(storage)} is not a storage URL; give {STORAGE_FORMS}") from None
+    backend = url.drivername.partition("+")[0]
+    if backend not in STORAGE_BACKENDS:
+        raise ValueError(
+            f"{what}: {url.render_as_string(hide_password=True)} names the database kind {backend!r}, "
+            f"which Optuna does not store in; give {STORAGE_FORMS}"
+        )
+    if backend == "sqlite" and url.database not in (None, "", ":memory:"):
+        _check_storage_file(Path(url.database), storage, what)
+
+
+def _check_storage_file(path: Path, storage: str, what: str) -> None:
+    if not str(path) or str(path) == ".":
+        raise ValueError(f"{what}: {shown(storage)} names no file; give {STORAGE_FORMS}")
+    if path.is_dir():
+        raise ValueError(f"{what}: {path} is a folder; give the file the study is kept in")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(f"{what}: folder {parent} does not exist (paratune creates no folders)")
 
 
 class OptunaTPE(OptunaTuner):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import networkx as nx
 
+from .._limits import DOC, MAX_MICRO_BATCHES, MAX_PLACEMENT_CHOICES
 from ..costmodel import Plan, Stage
 from ..graphs import Phase, parse_granularity
 from ..problem import Problem, contiguous_plan, divisors
@@ -46,6 +47,9 @@ SPACES = ("uniform", "hybrid", "placement")
 WEIGHT_RANGE = (0.25, 4.0)
 #: Default cap on the stages of the hybrid space (two parameters per stage).
 MAX_STAGES = 16
+#: Device groups a task of the placement space chooses among (4x the largest shipped platform): each trial
+#: draws one categorical of this many choices per task, and Optuna keeps each trial's choices.
+MAX_PLACEMENT_GROUPS = 256
 
 
 class Space(ABC):
@@ -60,7 +64,9 @@ class Space(ABC):
         batch = problem.graph().meta.batch
         self.batch = batch
         self.replica_choices = [r for r in divisors(batch) if r <= problem.max_devices]
-        self.micro_choices = divisors(batch)
+        # A plan of more micro-batches than MAX_MICRO_BATCHES is refused (the simulator steps each through each
+        # stage), so the space offers none: a batch of 65,536 would otherwise draw up to 65,536.
+        self.micro_choices = [m for m in divisors(batch) if m <= MAX_MICRO_BATCHES]
 
     @abstractmethod
     def suggest(self, trial: Trial) -> Plan:
@@ -324,7 +330,10 @@ class PlacementSpace(Space):
     and each task draws one (a categorical). The groups used become the stages, in
     the topological order of their first task, on contiguous devices from 0 (so
     replicas never collide and pipeline neighbours sit side by side). The menu is
-    sized for small instances: one parameter per task.
+    sized for small instances: one parameter per task, among at most
+    :data:`MAX_PLACEMENT_GROUPS` groups; tasks x groups is bounded by
+    ``_limits.MAX_PLACEMENT_CHOICES`` (65,536 devices made 65,536 choices per task, 0.75 s and
+    megabytes per trial on 25 tasks).
     """
 
     name = "placement"
@@ -336,7 +345,14 @@ class PlacementSpace(Space):
         self.order = list(nx.topological_sort(self.graph.nx))
         self.position = {t: i for i, t in enumerate(self.order)}
         self.tps = problem.tp_degrees()
-        self.max_groups = problem.max_devices
+        self.max_groups = min(problem.max_devices, MAX_PLACEMENT_GROUPS)
+        choices = len(self.order) * self.max_groups
+        if choices > MAX_PLACEMENT_CHOICES:
+            raise ValueError(
+                f"space 'placement': {len(self.order):,} tasks x {self.max_groups} device groups make {choices:,} "
+                f"choices per trial; at most {MAX_PLACEMENT_CHOICES:,} (see {DOC}): use a coarser granularity "
+                "or space 'hybrid'"
+            )
 
     def suggest(self, trial: Trial) -> Plan:
         tp = self.tps[self._index(trial, "tp", len(self.tps))]

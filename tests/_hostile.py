@@ -1,18 +1,23 @@
-"""A harness for hostile-input tests: run ``paratune`` in a fresh process with hard limits.
+"""A harness for hostile-input tests: run ``paratune`` in a child process with hard limits.
 
 A user's mistake must end in one line on stderr and exit code 2, with no traceback, no
-file written and no runaway use of time or memory. Running each case in its own process
-is the only honest way to check the last two: the child gets an address-space limit
-(``RLIMIT_AS``) and a wall-clock timeout, and the working folder is compared before and
-after. Start-up costs about half a second per case.
+file written and no runaway use of time or memory. A child process is the honest way to
+check the last two: it gets an address-space limit (``RLIMIT_AS``) and a wall-clock limit,
+and the working folder is compared before and after. :func:`run_paratune` runs one case
+per process (start-up costs about half a second); :func:`run_batch` runs a table of cases
+in one process (``_hostile_batch.py``), each in its own folder under its own alarm, which
+is how the tables of ``test_hostile_cli.py`` and ``test_hostile_values.py`` run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +88,47 @@ def run_paratune(
     after = _snapshot(cwd)
     written = tuple(sorted(p for p, stamp in after.items() if before.get(p) != stamp))
     return Run(tuple(args), proc.returncode, proc.stdout, proc.stderr, written)
+
+
+def run_batch(cases: Sequence[tuple[Sequence[str], Path]], *, timeout_s: float = TIME_LIMIT_S) -> list[Run]:
+    """Run each ``(args, cwd)`` case like :func:`run_paratune`, all in one child process; a Run per case, in order.
+
+    The child (``_hostile_batch.py``) imports paratune once and runs the cases one after the other, each in
+    its folder, with its output captured and an alarm of ``timeout_s``; the memory limit holds for the
+    whole child. Each case's folder is compared before and after the batch, so cases must not share
+    folders. Cases a crashed or killed child did not finish are run again one per process, so each
+    failure is reported with its own case.
+    """
+    folders = [Path(cwd) for _, cwd in cases]
+    if len(set(folders)) != len(folders):
+        raise ValueError("run_batch: each case needs a folder of its own (written files are found per folder)")
+    before = [_snapshot(folder) for folder in folders]
+    with tempfile.TemporaryDirectory(prefix="hostile-batch-") as scratch:
+        cases_file, results_file = Path(scratch, "cases.json"), Path(scratch, "results.jsonl")
+        cases_file.write_text(json.dumps([{"args": list(args), "cwd": str(cwd)} for args, cwd in cases]))
+        env = {**os.environ, "PARATUNE_DEBUG": "0", "COLUMNS": "160"}
+        runner = str(Path(__file__).with_name("_hostile_batch.py"))
+        with contextlib.suppress(subprocess.TimeoutExpired):  # what it did not finish runs again below
+            subprocess.run(
+                [sys.executable, runner, str(cases_file), str(results_file), str(timeout_s)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout_s * max(1, len(cases)),  # not reached: a stuck case ends the child (watchdog)
+                preexec_fn=_limit_memory,
+                check=False,
+            )
+        done = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
+    runs = []
+    for i, (args, cwd) in enumerate(cases):
+        if i >= len(done):
+            runs.append(run_paratune(args, Path(cwd), timeout_s=timeout_s))
+            continue
+        after = _snapshot(folders[i])
+        written = tuple(sorted(p for p, stamp in after.items() if before[i].get(p) != stamp))
+        res = done[i]
+        runs.append(Run(tuple(args), res["code"], res["stdout"], res["stderr"], written))
+    return runs
 
 
 def assert_refused(run: Run, *, mentions: Sequence[str] = ()) -> None:

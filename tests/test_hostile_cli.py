@@ -1,11 +1,12 @@
 """Hostile input on the command line: every user mistake is one ``error:`` line, exit 2, nothing written.
 
-Each case runs ``paratune`` in a child process with a memory and a time limit (tests/_hostile.py).
-The tables are the inventory of what was tried: usage errors that Click used to print in a
-framed box, values that crashed (ZeroDivisionError, OverflowError, TypeError from a user's
-factory, rich's MarkupError), outputs that left a ``.tmp`` or created folders, and flags that
-were silently ignored. Cases marked ``needs_library`` are refused by the library checks of
-issue 15 (paratune/_limits.py and Problem's checks); they run once those are in.
+The cases run in one child process with a memory limit, each in its own folder under its own
+time limit (``run_batch`` in tests/_hostile.py); the few that need a process of their own (a
+port held by this process) use ``run_paratune``. The tables are the inventory of what was tried:
+usage errors that Click used to print in a framed box, values that crashed (ZeroDivisionError,
+OverflowError, TypeError from a user's factory, rich's MarkupError), outputs that left a ``.tmp``
+or created folders, and flags that were silently ignored. Cases marked ``needs_library`` are
+refused by the library checks of issue 15 (paratune/_limits.py and Problem's checks).
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import socket
 from pathlib import Path
 
 import pytest
-from _hostile import assert_refused, run_paratune
+from _hostile import Run, assert_refused, run_batch, run_paratune
 from typer.testing import CliRunner
 
 from paratune.cli import app
 
 M = ["-m", "llama2-7b:layers=4", "-p", "dgx-a100"]
+TRAIN = ["train", "--scenarios", "pool.yaml", "--out", "out", "--timesteps", "64"]  # a valid pool: mistakes in flags
+OPTUNA = ["tune", *M, "--tuner", "optuna-tpe", "--budget", "4", "--no-optimum"]
+#: A model name that rich would read as markup (``[/x]`` crashed it, ``[bold]`` vanished).
+EVIL = "evil[/x][bold]"
 
 #: The library's bounds and strict readers (another slice of issue 15); until they are in, these cases fail.
 needs_library = pytest.mark.skipif(
@@ -30,15 +35,16 @@ needs_library = pytest.mark.skipif(
 )
 
 
-@pytest.fixture()
-def work(tmp_path: Path) -> Path:
+def make_work(tmp_path: Path) -> Path:
     """A working folder holding the hostile files the cases name."""
     (tmp_path / "adir").mkdir()
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00\x81binary")
+    (tmp_path / "garbage.db").write_bytes(b"garbage, not SQLite" * 64)
     (tmp_path / "bad.yaml").write_text("name: x\nlayers: [1, 2\nhidden: 3\n")
     (tmp_path / "py.yaml").write_text("!!python/object/apply:os.system ['touch pwned']\n")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "pool.yaml").write_text("- name: a\n  model: llama2-7b:layers=2\n  platform: dgx-a100\n")
     (tmp_path / "facs.py").write_text(
         "def not_a_module():\n    return 42\n\n\ndef raises():\n    raise KeyError('x')\n"
     )
@@ -52,6 +58,8 @@ def work(tmp_path: Path) -> Path:
     (tmp_path / "recompute.json").write_text(json.dumps({**plan, "stages": [{**stage, "recompute": "no"}]}))
     graph = {"format": "paratune.taskgraph", "version": 1, "meta": {}, "tasks": [], "edges": [[1]]}
     (tmp_path / "edges.json").write_text(json.dumps(graph))
+    spec = {"name": EVIL, "layers": 2, "hidden": 256, "heads": 4, "kv_heads": 4, "ffn": 512, "vocab": 1000}
+    (tmp_path / "evil.yaml").write_text(json.dumps(spec))  # JSON is YAML
     return tmp_path
 
 
@@ -96,7 +104,10 @@ VALUES = [
     (["evaluate", *M, "--phase", "train", "--schedule", "nope"], ["schedule", "nope"]),
     (["study", "granularity", "-o", "out", *M, "--tuners", ""], ["--tuners"]),  # ran every tuner before
     (["study", "granularity", "-o", "out", *M, "--granularities", ","], ["--granularities"]),
-    (["study", "granularity", "-o", "out", *M, "--tuners", "nope"], ["nope"]),
+    (["study", "granularity", "-o", "out", *M, "--tuners", "nope"], ["--tuners", "nope"]),  # "option 'tuners'" before
+    (["study", "static-vs-runtime", "-o", "out", "-w", "chat", *M, "--ks", "0"], ["--ks"]),  # "option 'ks'" before
+    (["tune", *M, "--phase", "nope"], ["--phase", "nope"]),  # "problem: field 'phase'" before
+    (["transfer", *M, "--phase", "nope"], ["--phase", "nope"]),
     (["evaluate", *M, "--plan", "negative.json"], ["device -1 is negative", "0..7"]),  # "highest used: 7" before
     (["evaluate", *M, "--plan", "twice.json"], ["device 0 is listed 8 times"]),  # seven messages before
     (["graph", "build", "-m", "edges.json"], ["edges.json", "malformed"]),  # no file name before
@@ -106,7 +117,14 @@ VALUES = [
     (["tune", *M, "--tuner", ""], ["tuner"]),
     (["tune", *M, "--tuner", "dp", "--policy", "x.zip"], ["--policy"]),
     (["tune", *M, "--tuner", "dp", "--storage", "sqlite:///x.db"], ["--storage"]),
-    (["tune", *M, "--tuner", "rl", "--policy", "adir"], ["adir"]),
+    (["tune", *M, "--tuner", "rl", "--policy", "adir"], ["--policy", "adir"]),  # "option 'policy'" before
+    (["tune", *M, "--tuner", "rl", "--policy", "x.zip"], ["--policy", "x.zip"]),
+    # an Optuna storage: tracebacks (NoSuchModuleError, OperationalError) or folders made before
+    ([*OPTUNA, "--storage", "notaurl://x"], ["--storage", "notaurl"]),
+    ([*OPTUNA, "--storage", "sqlite:///no/such/x.db"], ["--storage", "does not exist"]),
+    ([*OPTUNA, "--storage", "journal:no/such/j.log"], ["--storage", "does not exist"]),
+    ([*OPTUNA, "--storage", "journal:adir"], ["--storage", "adir", "folder"]),
+    ([*OPTUNA, "--storage", "sqlite:///garbage.db"], ["--storage", "garbage.db", "not a database"]),
     (["tune", *M, "--scenario", "list.yaml"], ["give either"]),
     (["tune", "--scenario", "list.yaml"], ["list.yaml"]),
     (["tune", "--scenario", "py.yaml"], ["py.yaml", "python"]),
@@ -145,6 +163,11 @@ OUTPUTS = [
     (["study", "granularity", "-o", "plan.json", *M], ["plan.json", "not a folder"]),
     (["train", "--scenarios", "list.yaml", "--out", "plan.json"], ["--out", "not a folder"]),
     (["report", "adir", "-o", "adir"], ["adir"]),
+    # train checked these after making --out (a folder left behind), under library names (vec_env, random_setup)
+    ([*TRAIN, "--vec-env", "nope"], ["--vec-env", "nope"]),
+    ([*TRAIN, "-g", "nope"], ["granularity", "nope"]),
+    ([*TRAIN, "--env", "paratune/Placement-v0", "--imitate"], ["--imitate", "Mapping-v0"]),
+    ([*TRAIN, "--env", "paratune/Placement-v0", "--random-setup", "0.5"], ["--random-setup", "Mapping-v0"]),
 ]
 
 # A user's module factory: its exceptions were tracebacks (TypeError from module:os.path:join). One case
@@ -155,8 +178,8 @@ FACTORIES = [(["graph", "build", "-m", "module:os.path:join"], ["os.path:join", 
 LIBRARY = [
     (["evaluate", *M, "--plan", "bin.json"], ["bin.json", "UTF-8"]),  # no file name before
     (["models", "show", "bad.yaml"], ["bad.yaml", "line 3"]),
-    (["tune", *M, "--max-devices", "100000"], ["max_devices"]),  # ignored before
-    (["tune", *M, "--max-devices", "100"], ["max_devices", "8 devices"]),
+    (["tune", *M, "--max-devices", "100000"], ["--max-devices"]),  # ignored before
+    (["tune", *M, "--max-devices", "100"], ["--max-devices", "8 devices"]),
     (["evaluate", *M, "--phase", "train", "--plan", "recompute.json"], ["recompute"]),  # "no" meant yes before
     (["tune", *M, "--batch", "100000000000000000000"], ["batch"]),  # hung before
 ]
@@ -166,15 +189,40 @@ def _id(case: tuple[list[str], list[str]]) -> str:
     return " ".join(case[0])[:80]
 
 
+#: Commands that succeed on a name holding markup, printing it as it is.
+MARKUP = [
+    ["models", "show", "evil.yaml"],
+    ["graph", "build", "-m", "evil.yaml"],
+    ["evaluate", "-m", "evil.yaml", "-p", "dgx-a100"],
+]
+HELP = [["tune", "--help"], ["models"]]
+REFUSED = USAGE + VALUES + OUTPUTS + LIBRARY
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], Run]:
+    """Every case of the tables run once, in one child process (``run_batch``), each in a fresh working folder."""
+    first = [tuple(args) for args, _ in REFUSED] + [tuple(args) for args in MARKUP + HELP]
+    last = [tuple(args) for args, _ in FACTORIES] if HAS_TORCH else []  # a user's factory imports torch: last
+    argvs = list(dict.fromkeys(first + last))
+    folders = [make_work(tmp_path_factory.mktemp("case")) for _ in argvs]
+    return dict(zip(argvs, run_batch(list(zip(argvs, folders, strict=True))), strict=True))
+
+
 @pytest.mark.parametrize("args, mentions", USAGE + VALUES + OUTPUTS, ids=[_id(c) for c in USAGE + VALUES + OUTPUTS])
-def test_a_user_mistake_is_refused_in_one_line(work: Path, args: list[str], mentions: list[str]) -> None:
-    assert_refused(run_paratune(args, work), mentions=mentions)
+def test_a_user_mistake_is_refused_in_one_line(
+    runs: dict[tuple[str, ...], Run], args: list[str], mentions: list[str]
+) -> None:
+    assert_refused(runs[tuple(args)], mentions=mentions)
 
 
 @pytest.mark.parametrize("args, mentions", FACTORIES, ids=[_id(c) for c in FACTORIES])
-def test_a_failing_user_factory_is_named_in_one_line(work: Path, args: list[str], mentions: list[str]) -> None:
+def test_a_failing_user_factory_is_named_in_one_line(
+    runs: dict[tuple[str, ...], Run], args: list[str], mentions: list[str]
+) -> None:
     pytest.importorskip("torch")
-    assert_refused(run_paratune(args, work), mentions=mentions)
+    assert_refused(runs[tuple(args)], mentions=mentions)
 
 
 @pytest.mark.parametrize(
@@ -202,26 +250,18 @@ def test_a_failing_factory_is_a_value_error_naming_it(
 
 @needs_library
 @pytest.mark.parametrize("args, mentions", LIBRARY, ids=[_id(c) for c in LIBRARY])
-def test_a_mistake_the_library_refuses_is_one_line(work: Path, args: list[str], mentions: list[str]) -> None:
-    assert_refused(run_paratune(args, work), mentions=mentions)
+def test_a_mistake_the_library_refuses_is_one_line(
+    runs: dict[tuple[str, ...], Run], args: list[str], mentions: list[str]
+) -> None:
+    assert_refused(runs[tuple(args)], mentions=mentions)
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["models", "show", "evil.yaml"],
-        ["graph", "build", "-m", "evil.yaml"],
-        ["evaluate", "-m", "evil.yaml", "-p", "dgx-a100"],
-    ],
-)
-def test_user_text_is_printed_as_it_is_not_as_markup(tmp_path: Path, args: list[str]) -> None:
+@pytest.mark.parametrize("args", MARKUP, ids=[_id((c, [])) for c in MARKUP])
+def test_user_text_is_printed_as_it_is_not_as_markup(runs: dict[tuple[str, ...], Run], args: list[str]) -> None:
     """A name holding ``[/x]`` crashed rich (MarkupError) and ``[bold]`` vanished; both print literally."""
-    name = "evil[/x][bold]"
-    spec = {"name": name, "layers": 2, "hidden": 256, "heads": 4, "kv_heads": 4, "ffn": 512, "vocab": 1000}
-    (tmp_path / "evil.yaml").write_text(json.dumps(spec))  # JSON is YAML
-    run = run_paratune(args, tmp_path)
+    run = runs[tuple(args)]
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.describe()
-    assert name in run.stdout, run.describe()
+    assert EVIL in run.stdout, run.describe()
 
 
 def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
@@ -241,8 +281,48 @@ def test_cli_runner_sees_the_one_line_usage_error_too() -> None:
     assert len(lines) == 1 and lines[0].startswith("error: --batch: "), res.output
 
 
-def test_help_still_prints_and_a_bare_group_shows_its_help(tmp_path: Path) -> None:
-    helped = run_paratune(["tune", "--help"], tmp_path)
+def test_help_still_prints_and_a_bare_group_shows_its_help(runs: dict[tuple[str, ...], Run]) -> None:
+    helped = runs[("tune", "--help")]
     assert helped.returncode == 0 and "--batch" in helped.stdout and not helped.stderr.strip(), helped.describe()
-    bare = run_paratune(["models"], tmp_path)
+    bare = runs[("models",)]
     assert bare.returncode == 2 and "show" in bare.stdout and "Traceback" not in bare.stderr, bare.describe()
+
+
+def test_the_batch_runner_reports_what_a_process_would() -> None:
+    """A case in the batch child ends as in a process of its own: exit code, output, traceback, a hang stopped."""
+    import signal
+    import sys
+
+    from _hostile_batch import _alarm, _run_one
+
+    def exits(args: list[str], prog_name: str) -> None:
+        print("out")
+        print("err", file=sys.stderr)
+        raise SystemExit(2)
+
+    def crashes(args: list[str], prog_name: str) -> None:
+        raise KeyError("boom")
+
+    def hangs(args: list[str], prog_name: str) -> None:
+        while True:
+            pass
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        assert _run_one(exits, [], 5.0) == (2, "out\n", "err\n")
+        code, _, err = _run_one(crashes, [], 5.0)
+        assert code == 1 and "Traceback" in err and "KeyError: 'boom'" in err
+        code, _, err = _run_one(hangs, [], 0.2)
+        assert code == -signal.SIGALRM and "hung" in err
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_batch_finds_the_files_each_case_wrote(tmp_path: Path) -> None:
+    """The folders are compared around the batch: a case that writes is seen, its neighbour is not blamed."""
+    writes, refused = tmp_path / "writes", tmp_path / "refused"
+    writes.mkdir()
+    refused.mkdir()
+    done = run_batch([(["graph", "build", "-m", "llama2-7b:layers=1", "-o", "g.json"], writes), (["nope"], refused)])
+    assert done[0].returncode == 0 and done[0].written == ("g.json",), done[0].describe()
+    assert done[1].returncode == 2 and not done[1].written, done[1].describe()

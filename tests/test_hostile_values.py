@@ -1,19 +1,19 @@
 """Hostile values (issue 15, items 2, 3 and 6): sizes without bounds, non-finite numbers, wrong types in files.
 
-Each CLI case runs ``paratune`` in a child with a memory and time limit (``tests/_hostile.py``) and must end in
-exit 2 with one ``error:`` line that names what to fix, no traceback and no file written. The tables are the
-count the issue asks for; the library tests below them pin the pieces (divisors from factors, Limits).
+Each CLI case runs in one child process with a memory limit, in its own folder under its own time limit
+(``run_batch`` in ``tests/_hostile.py``), and must end in exit 2 with one ``error:`` line that names what to
+fix, no traceback and no file written. The tables are the count the issue asks for; the library tests below
+them pin the pieces (divisors from factors, Limits).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
-from _hostile import assert_refused, run_paratune
+from _hostile import Run, assert_refused, run_batch
 
 from paratune._limits import MAX_BATCH, MAX_DEVICES, MAX_FILE_BYTES, MAX_LAYERS, parse_json
 from paratune.costmodel import Plan, get_platform
@@ -23,6 +23,9 @@ from paratune.problem import Limits, Problem
 
 EVAL = ["evaluate", "-m", "llama2-7b", "-p", "dgx-a100"]
 TUNE = ["tune", "-t", "megatron", "--no-optimum"]
+TUNE7 = [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100"]
+TRANSFER = ["transfer", "-m", "llama2-7b:layers=4", "-p", "dgx-a100"]
+TRAIN = ["train", "--scenarios", "x", "--out", "y"]
 
 # -- the command line: overrides and options whose size drives work ---------------------------------------------
 OPTION_CASES = [
@@ -54,20 +57,31 @@ OPTION_CASES = [
     ("link-nan", [*EVAL[:3], "-p", "dgx-h100:links.intra.bandwidth_gbs=.nan"], ["links.intra.bandwidth_gbs"]),
     ("latency-inf", [*EVAL[:3], "-p", "dgx-h100:links.intra.latency_us=.inf"], ["latency_us"]),
     ("override-yaml", [*EVAL[:3], "-p", "dgx-h100:device.memory_gib=[1"], ["memory_gib"]),
-    ("batch-huge", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--batch", "100000000000000000000"], ["batch"]),
-    ("batch-eval", [*EVAL, "--batch", "100000000000"], ["batch", "65,536"]),
-    ("seq-huge", [*EVAL, "--phase", "prefill", "--seq", "100000000000"], ["seq"]),
-    ("context-huge", [*EVAL, "--context", "100000000000"], ["context"]),
-    ("micro-batches", [*EVAL, "--batch", "8", "--micro-batches", "100000000000"], ["micro_batches"]),
+    ("batch-huge", [*TUNE7, "--batch", "100000000000000000000"], ["--batch"]),
+    ("batch-eval", [*EVAL, "--batch", "100000000000"], ["--batch", "65,536"]),
+    ("seq-huge", [*EVAL, "--phase", "prefill", "--seq", "100000000000"], ["--seq"]),
+    ("context-huge", [*EVAL, "--context", "100000000000"], ["--context"]),
+    ("micro-batches", [*EVAL, "--batch", "8", "--micro-batches", "100000000000"], ["--micro-batches"]),
     ("micro-batches-sim", [*EVAL, "--batch", "65536", "--micro-batches", "65536", "--simulate"], ["4,096"]),
-    ("replicas", [*EVAL, "--replicas", "100000000000"], ["replicas"]),
+    ("replicas", [*EVAL, "--replicas", "100000000000"], ["--replicas"]),
     ("dp-layers", [*TUNE[:1], "-t", "dp", "-m", "llama2-7b:layers=2000", "-p", "dgx-h100x8"], ["dp", "layers^2"]),
     ("dp-devices", [*TUNE[:1], "-t", "dp", "-m", "llama2-7b", "-p", "dgx-h100x8192"], ["dp", "devices"]),
     ("tp-huge", [*EVAL, "--tp", "1000000000"], ["tp"]),
-    ("tp-pp-huge", [*EVAL, "--tp", "10000", "--pp", "32"], ["tp x pp"]),
-    ("memory-gib-0", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--memory-gib", "0"], ["memory_gib", "> 0"]),
-    ("max-devices", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--max-devices", "100000"], ["max_devices"]),
-    ("max-devices-over", [*TUNE, "-m", "llama2-7b", "-p", "dgx-a100", "--max-devices", "9"], ["max_devices", "8"]),
+    ("tp-pp-huge", [*EVAL, "--tp", "10000", "--pp", "32"], ["--tp x --pp"]),
+    ("memory-gib-0", [*TUNE7, "--memory-gib", "0"], ["--memory-gib", "memory_gib", "> 0"]),
+    ("max-devices", [*TUNE7, "--max-devices", "100000"], ["--max-devices", "65,536"]),
+    ("max-devices-over", [*TUNE7, "--max-devices", "9"], ["--max-devices", "8 devices"]),
+    # counts of the RL commands: unbounded before (a day per 1e8 steps); the flag is named, not the library field
+    ("timesteps", [*TRAIN, "--timesteps", "1000000000"], ["--timesteps", "100,000,000"]),
+    ("finetune-steps", [*TRANSFER, "--finetune-steps", "1000000000"], ["--finetune-steps", "100,000,000"]),
+    ("rollouts", [*TRANSFER, "--rollouts", "1000000000"], ["--rollouts", "10,000,000"]),
+    # sizes named by the flag typed, not by the library's field ('workload: field batch', 'limits.max_devices')
+    ("study-batch", ["study", "granularity", "-o", "out", *EVAL[1:], "--batch", "100000"], ["--batch", "65,536"]),
+    ("graph-seq", ["graph", "build", "-m", "llama2-7b", "--seq", "100000000"], ["--seq", "16,777,216"]),
+    ("transfer-context", [*TRANSFER, "--context", "100000000"], ["--context"]),
+    ("pp-over-layers", [*EVAL, "--pp", "100"], ["--pp", "32 layers"]),  # "pp must be in 1..32" before
+    ("split", [*EVAL, "--batch", "3", "--micro-batches", "2"], ["--micro-batches", "--batch"]),  # "micro_batches"
+    ("tune-max-devices-9", [*TUNE7[:-1], "dgx-h100", "--max-devices", "9"], ["--max-devices is 9", "8 devices"]),
     ("recompute-decode", [*EVAL, "--recompute"], ["recompute", "training"]),
     ("gpipe-decode", [*EVAL, "--schedule", "gpipe"], ["gpipe", "training"]),
     ("gpipe-prefill", [*EVAL, "--phase", "prefill", "--schedule", "gpipe"], ["gpipe", "training"]),
@@ -77,9 +91,9 @@ OPTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "mentions"), [c[1:] for c in OPTION_CASES], ids=[c[0] for c in OPTION_CASES])
-def test_options_refused(tmp_path: Path, argv: list[str], mentions: list[str]) -> None:
-    assert_refused(run_paratune(argv, tmp_path), mentions=mentions)
+@pytest.mark.parametrize(("name", "mentions"), [(c[0], c[2]) for c in OPTION_CASES], ids=[c[0] for c in OPTION_CASES])
+def test_options_refused(runs: dict[str, tuple[Run, Path]], name: str, mentions: list[str]) -> None:
+    assert_refused(runs[f"option:{name}"][0], mentions=mentions)
 
 
 # -- files: scenarios, platforms, models, plans, campaigns ------------------------------------------------------
@@ -89,6 +103,7 @@ MODEL = "name: m\nlayers: 4\nhidden: 512\nheads: 8\nffn: 1024\nvocab: 1000\n"
 STAGE = {"tp": 1, "devices": [0], "layers": [0, 31]}
 PLAN = {"granularity": "layer", "micro_batches": 1, "replicas": 1, "stages": [STAGE]}
 CAMPAIGN = "name: c\nscenarios:\n  - s.yaml\ntuners: [megatron]\nseeds: 1\noptimum: false\n"
+POLICY = "[{name: rl, options: {policy: mine.zip}}]"
 
 
 def _plan(**changes: object) -> str:
@@ -228,30 +243,60 @@ FILE_CASES = [
     ("cp-bogus-option", cp("[megatron]", "[{name: optuna-tpe, options: {bogus: 1}}]"), RUN, ["bogus"]),
     ("cp-policy-missing", cp("[megatron]", "[{name: rl, options: {policy: nope.zip}}]"), RUN, ["policy", "nope.zip"]),
     ("cp-budget-huge", cp("[megatron]", "[{name: optuna-tpe, budget: 100000000000}]"), RUN, ["budget"]),
+    ("cp-dp-micro", cp("[megatron]", "[{name: dp, options: {max_micro_batches: 100000}}]"), RUN, ["4096"]),
+    ("cp-dp-replicas", cp("[megatron]", "[{name: dp, options: {replicas: 100000}}]"), RUN, ["replicas", "65536"]),
+    ("cp-storage", cp("[megatron]", "[{name: optuna-tpe, options: {storage: 'notaurl://x'}}]"), RUN, ["storage"]),
+    ("cp-stages", cp("[megatron]", "[{name: optuna-tpe, options: {max_stages: 100000}}]"), RUN, ["max_stages"]),
+    (  # a policy path is read from the spec's folder (sub/), not from the current folder, where mine.zip lies
+        "cp-policy-cwd",
+        {"sub/s.yaml": SCENARIO, "sub/c.yaml": CAMPAIGN.replace("[megatron]", POLICY), "mine.zip": ""},
+        ["campaign", "run", "sub/c.yaml"],
+        ["sub/c.yaml", "policy", "sub/mine.zip"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("files", "argv", "mentions"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
-def test_files_refused(tmp_path: Path, files: dict[str, str], argv: list[str], mentions: list[str]) -> None:
-    for name, text in files.items():
-        (tmp_path / name).write_text(text, errors="surrogateescape")
-    assert_refused(run_paratune(argv, tmp_path), mentions=mentions)
-    assert not (tmp_path / "pwned").exists()
+@pytest.mark.parametrize(("name", "mentions"), [(c[0], c[3]) for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+def test_files_refused(runs: dict[str, tuple[Run, Path]], name: str, mentions: list[str]) -> None:
+    run, folder = runs[f"file:{name}"]
+    assert_refused(run, mentions=mentions)
+    assert not (folder / "pwned").exists()
+
+
+#: An infeasible prediction (over memory): its --json output must still be strict JSON.
+STRICT_JSON = ["evaluate", "-m", "llama2-70b", "-p", "dgx-a100", "--json"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Run, Path]]:
+    """Every case of the tables (and :data:`STRICT_JSON`) run once, in one child process, each in its own folder."""
+    cases: dict[str, tuple[list[str], Path]] = {}
+    for name, argv, _ in OPTION_CASES:
+        cases[f"option:{name}"] = (argv, tmp_path_factory.mktemp("option"))
+    for name, files, argv, _ in FILE_CASES:
+        folder = tmp_path_factory.mktemp("file")
+        for file, text in files.items():
+            (folder / file).parent.mkdir(exist_ok=True)
+            (folder / file).write_text(text, errors="surrogateescape")
+        cases[f"file:{name}"] = (argv, folder)
+    cases["strict-json"] = (STRICT_JSON, tmp_path_factory.mktemp("json"))
+    done = run_batch(list(cases.values()))
+    return {key: (run, folder) for (key, (_, folder)), run in zip(cases.items(), done, strict=True)}
 
 
 # -- the library: the same bounds without the command line ----------------------------------------------------
 def test_divisors_of_huge_numbers_come_from_factors() -> None:
-    start = time.perf_counter()
-    found = divisors(10**20)
-    assert len(found) == 21 * 21  # 2**20 * 5**20
-    assert found[:4] == [1, 2, 4, 5] and found[-1] == 10**20
-    assert prime_factors(2**61 - 1) == {2**61 - 1: 1}
-    assert prime_factors((2**31 - 1) * (2**32 - 5)) == {2**31 - 1: 1, 2**32 - 5: 1}
+    """Trial division by the primes up to 4,096 covers every bounded size (<= 2^24), primes and prime squares too."""
+    assert divisors(2**24) == [2**e for e in range(25)]
+    assert len(divisors(2**12 * 3**7)) == 13 * 8 and divisors(2**12 * 3**7)[-1] == 2**12 * 3**7
+    assert prime_factors(16_777_213) == {16_777_213: 1}  # the largest prime below 2^24
+    assert prime_factors(4093 * 4093) == {4093: 2}  # a prime square: the last trial divisor counts
+    assert prime_factors(4099 * 4091) == {4091: 1, 4099: 1}  # a factor above sqrt(2^24) is left over
+    assert prime_factors(1) == {}
     assert all(divisors(n) == [d for d in range(1, n + 1) if n % d == 0] for n in range(1, 400))
-    assert time.perf_counter() - start < 30.0  # a hang guard, not a speed target
 
 
-@pytest.mark.parametrize("n", [0, -4, 2.0, True, 2**81])
+@pytest.mark.parametrize("n", [0, -4, 2.0, True, 2**24 + 1, 10**20])
 def test_divisors_refuse_non_counts(n: object) -> None:
     with pytest.raises(ValueError, match="n must"):
         divisors(n)  # type: ignore[arg-type]
@@ -311,9 +356,120 @@ def test_strict_json(text: str) -> None:
         parse_json(text, "x.json")
 
 
-def test_json_output_is_strict_for_an_infeasible_plan(tmp_path: Path) -> None:
+def test_json_output_is_strict_for_an_infeasible_plan(runs: dict[str, tuple[Run, Path]]) -> None:
     """An infeasible prediction (over memory) still prints JSON any strict parser reads: no NaN, no Infinity."""
-    run = run_paratune(["evaluate", "-m", "llama2-70b", "-p", "dgx-a100", "--json"], tmp_path)
+    run = runs["strict-json"][0]
     assert run.returncode == 0, run.describe()
     data = parse_json(run.stdout, "evaluate --json")
     assert data["feasible"] is False
+
+
+def test_plan_save_creates_no_folders_and_leaves_no_tmp(tmp_path: Path) -> None:
+    """``Plan.save`` from Python made the missing folders of a mistyped path; now it names the missing folder."""
+    plan = Plan.uniform(4)
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(FileNotFoundError, match=f"folder {missing} does not exist"):
+        plan.save(missing / "plan.json")
+    assert not (tmp_path / "no").exists()
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        plan.save(tmp_path / "adir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"] and not any((tmp_path / "adir").iterdir())
+    plan.save(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json") == plan and not (tmp_path / "plan.json.tmp").exists()
+
+
+def test_a_campaign_policy_path_starts_at_the_spec_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``policy: pol/mine.zip`` is read next to the spec, whatever the current folder; absolute paths stay."""
+    from paratune.campaign import CampaignSpec
+
+    specs = tmp_path / "specs"
+    (specs / "pol").mkdir(parents=True)
+    (specs / "pol" / "mine.zip").write_bytes(b"")  # loading the spec checks the file exists, not what it holds
+    (specs / "s.yaml").write_text(SCENARIO)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    def load(policy: str) -> CampaignSpec:
+        (specs / "c.yaml").write_text(CAMPAIGN.replace("[megatron]", POLICY.replace("mine.zip", policy)))
+        return CampaignSpec.load(Path("../specs/c.yaml"))
+
+    stored = load("pol/mine.zip").tuners[0].options["policy"]
+    assert stored == str(specs / "pol" / "mine.zip")
+    assert load(stored).tuners[0].options["policy"] == stored  # absolute: kept
+    (elsewhere / "pol").mkdir()
+    (elsewhere / "pol" / "other.zip").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"tuners\[0\].*other\.zip"):
+        load("pol/other.zip")  # next to the current folder only: resolved against cwd before
+
+
+def test_optuna_spaces_offer_no_more_micro_batches_than_a_plan_may_have() -> None:
+    """A batch of 65,536 made 65,536 micro-batches a choice; plans above MAX_MICRO_BATCHES are refused."""
+    from paratune._limits import MAX_MICRO_BATCHES
+    from paratune.search._optuna_spaces import make_space
+
+    problem = Problem("llama2-7b:layers=2", "dgx-a100", phase="prefill", batch=MAX_BATCH, seq=16)
+    for name in ("uniform", "hybrid"):
+        space = make_space(name, problem)
+        assert max(space.micro_choices) == MAX_MICRO_BATCHES, name
+        assert max(space.replica_choices) == 8, name
+
+
+def test_heuristics_pick_no_more_micro_batches_than_a_plan_may_have() -> None:
+    """Training heuristics take 4 x PP micro-batches: with 2,048 stages that was 8,192, a plan no reader accepts."""
+    from paratune._limits import MAX_MICRO_BATCHES
+    from paratune.search._heuristics import _micro_batches, _Shape
+
+    shape = _Shape(n_layers=4096, tps=[1], per_node=8, nodes=512, devices=4096, batch=MAX_BATCH, train=True)
+    assert _micro_batches(shape, pp=2048, replicas=1) == MAX_MICRO_BATCHES
+    assert _micro_batches(shape, pp=4, replicas=2) == 16
+
+
+def test_rl_counts_are_bounded_in_the_library() -> None:
+    """``transfer`` refuses before it loads a policy or runs a step (the CLI names the flags)."""
+    from paratune._limits import MAX_BUDGET, MAX_TIMESTEPS
+    from paratune.agents import transfer
+
+    problem = Problem("llama2-7b:layers=2", "dgx-a100")
+    with pytest.raises(ValueError, match="rollouts is 10,000,001"):
+        transfer(problem, rollouts=MAX_BUDGET + 1, policy="missing.zip")
+    with pytest.raises(ValueError, match="finetune_steps is 100,000,001"):
+        transfer(problem, finetune_steps=MAX_TIMESTEPS + 1, policy="missing.zip")
+
+
+def test_train_checks_its_options_before_it_makes_the_output_folder(tmp_path: Path) -> None:
+    """``train`` made OUT, then refused ``vec_env``, ``granularity``, ``random_setup`` or ``imitate``."""
+    pytest.importorskip("torch")
+    from paratune.agents import train
+
+    pool = [Problem("llama2-7b:layers=2", "dgx-a100")]
+    out = tmp_path / "out"
+    placement = "paratune/Placement-v0"
+    for kwargs, word in [
+        ({"vec_env": "nope"}, "vec_env"),
+        ({"granularity": "nope"}, "granularity"),
+        ({"env_id": placement, "random_setup": 0.5}, "random_setup"),
+        ({"env_id": placement, "imitate": True}, "imitate"),
+        ({"timesteps": 10**9}, "timesteps is 1,000,000,000"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            train(pool, out=out, **kwargs)  # type: ignore[arg-type]
+        assert not out.exists(), kwargs
+
+
+def test_the_placement_space_is_bounded() -> None:
+    """65,536 devices made each task a choice among 65,536 groups (0.75 s and megabytes per trial on 25 tasks)."""
+    from paratune._limits import MAX_PLACEMENT_CHOICES
+    from paratune.search import make_tuner
+    from paratune.search._optuna_spaces import MAX_PLACEMENT_GROUPS, make_space
+
+    wide = Problem("llama2-7b:layers=2", "dgx-h100x8192", phase="prefill", seq=16, granularity="op")
+    assert make_space("placement", wide).max_groups == MAX_PLACEMENT_GROUPS
+    result = make_tuner("optuna-random", space="placement", warm_start=False).tune(wide, budget=2, seed=0)
+    assert result.evaluations == 2
+    many = Problem("llama2-7b:layers=400", "dgx-h100x32", phase="prefill", seq=16, granularity="op")
+    tasks = len(many.graph("op").tasks)
+    assert tasks * MAX_PLACEMENT_GROUPS > MAX_PLACEMENT_CHOICES
+    with pytest.raises(ValueError, match=rf"placement.*{tasks:,} tasks x 256 device groups"):
+        make_space("placement", many)
