@@ -24,6 +24,9 @@ TERMS = {
     "decode": AttentionPhase(0.15, 0.8, 9e-6, 1.0e-11, 1.4e-11, join_exponent=3.0),
 }
 
+#: A preset without fitted attention terms (dgx-h100 itself is priced by h100-aic, which has them).
+BASE = "dgx-h100:profile=h100-vidur"
+
 
 def _attention_op(phase: str, batch: int, seq: int) -> OpTable:
     graph = build_spec_graph(SPEC, phase=phase, batch=batch, seq=seq, context=seq if phase == "decode" else 0)
@@ -54,7 +57,7 @@ def test_row_work_is_the_graph_ops_work_per_device(phase: str, tp: int) -> None:
 
 
 def _profile_with_terms() -> Profile:
-    return dataclasses.replace(get_platform("dgx-h100").profile, attention_phases=TERMS)
+    return dataclasses.replace(get_platform(BASE).profile, attention_phases=TERMS)
 
 
 def test_attention_phases_round_trip_and_refuse_bad_values() -> None:
@@ -65,7 +68,7 @@ def test_attention_phases_round_trip_and_refuse_bad_values() -> None:
     for phase, terms in TERMS.items():
         assert back.attention_phases[phase].output_s_per_byte == pytest.approx(terms.output_s_per_byte, rel=1e-12)
         assert back.attention_phases[phase].overhead_s == pytest.approx(terms.overhead_s, rel=1e-12)
-    assert "attention_phases" not in get_platform("dgx-h100").profile.to_dict()  # absent stays absent
+    assert "attention_phases" not in get_platform(BASE).profile.to_dict()  # absent stays absent
     for phase, field, value, message in (
         ("decode", "memory_peak", 1.5, "must be <= 1"),
         ("decode", "overhead_us", float("nan"), "finite"),
@@ -85,7 +88,7 @@ def test_attention_phases_round_trip_and_refuse_bad_values() -> None:
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_pricer_applies_the_terms_of_the_graphs_phase_only(phase: str) -> None:
     """The pricer's time of the graph's op is the fitted formula on the row's work (what the fit minimised)."""
-    base = get_platform("dgx-h100")
+    base = get_platform(BASE)
     plat = dataclasses.replace(base, profile=_profile_with_terms())
     batch, seq, tp = 8, 2048, 2
     graph = build_spec_graph(SPEC, phase=phase, batch=batch, seq=seq, context=seq if phase == "decode" else 0)
@@ -188,7 +191,7 @@ def test_fp8_kv_decode_is_cheaper_than_bf16_kv(h200_fit: tuple[dict, dict]) -> N
 def test_graph_with_fp8_kv_cache_is_priced_by_the_fp8_kv_terms() -> None:
     fp8_terms = AttentionPhase(0.8, 0.7, 6e-6, 0.0, 3e-11)
     plat = dataclasses.replace(
-        get_platform("dgx-h100"),
+        get_platform(BASE),
         profile=dataclasses.replace(_profile_with_terms(), attention_phases={**TERMS, "decode_fp8_kv": fp8_terms}),
     )
     graph = build_spec_graph(dataclasses.replace(SPEC, kv_dtype="fp8"), phase="decode", batch=8, seq=4096)
@@ -226,7 +229,7 @@ def test_fp8_kv_cache_halves_the_kv_bytes_and_prices_decode_cheaper() -> None:
     q_and_out = 2 * 16 * SPEC.hidden * 2  # Q read and output written stay bf16
     assert f8.bytes - q_and_out == pytest.approx((bf.bytes - q_and_out) / 2, rel=1e-12)
     assert f8.flops == bf.flops
-    plat = dataclasses.replace(get_platform("dgx-h100"), profile=_profile_with_terms())
+    plat = dataclasses.replace(get_platform(BASE), profile=_profile_with_terms())
     pricer = KernelPricer(plat, "bf16", phase="decode")
     t_bf, t_f8 = (pricer.op_times(OpTable.from_ops([op]), 1)[0] for op in (bf, f8))
     assert t_f8 < 0.75 * t_bf
@@ -239,7 +242,7 @@ def test_evaluators_agree_with_fitted_attention(phase: str) -> None:
     from paratune.costmodel import AnalyticEvaluator, Plan, Simulator
     from paratune.graphs import build_graph
 
-    base = get_platform("dgx-h100")
+    base = get_platform(BASE)
     plat = dataclasses.replace(base, profile=_profile_with_terms())
     seq, context = (1, 1024) if phase == "decode" else (512, 0)
     g = build_graph("llama2-7b:layers=4,kv_heads=8", phase=phase, batch=8, seq=seq, context=context)

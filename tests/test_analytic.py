@@ -72,6 +72,7 @@ def test_tp_divides_decode_kernel_time() -> None:
         kernel_overhead_s=0.0,
         kernel_overheads={},
         gemm={},
+        attention_phases={},
     )
     ideal = dataclasses.replace(base, profile=ideal_prof)
     cases = ((ideal, 64, 0.95), (base, 512, 0.6))
