@@ -126,7 +126,7 @@ class GemmModel:
             curves.append((peak, c.number("half", minimum=0.0)))
             c.finish()
         grids = [_grid(r, name) for name in ("log2_m", "log2_n", "log2_k")]
-        shape = tuple(len(g) for g in grids)
+        shape = (len(grids[0]), len(grids[1]), len(grids[2]))
         if int(np.prod(shape)) > MAX_GRID_CELLS:
             raise r.error("residual", f"has {int(np.prod(shape))} cells; at most {MAX_GRID_CELLS} are allowed")
         residual = _residual(r, shape)

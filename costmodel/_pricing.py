@@ -55,7 +55,7 @@ all-reduces keep the ring.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,9 +108,10 @@ class OpTable:
 
     def rows(self, idx: np.ndarray) -> OpTable:
         """The rows ``idx`` of this table."""
-        cols = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "kinds"}
+        cols: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "kinds"}
+        picked: dict[str, Any] = {k: None if v is None else v[idx] for k, v in cols.items()}
         return OpTable(
-            **{k: None if v is None else v[idx] for k, v in cols.items()},
+            **picked,
             kinds=tuple(self.kinds[i] for i in np.arange(len(self.kinds))[idx]),
         )
 

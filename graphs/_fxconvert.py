@@ -220,7 +220,7 @@ class Converter:
         if name != "linear" or kind != "matmul" or len(args) < 2:
             return (0, 0)
         w = self.source[args[1]].root if args[1] in self.source else None
-        val = w.meta.get("val") if w is not None else None
+        val: Any = w.meta.get("val") if w is not None else None
         if w is None or w.name not in self.params or not is_tensor(val) or val.dim() != 2:
             return (0, 0)
         return (int(val.shape[0]), int(val.shape[1]))
