@@ -82,7 +82,8 @@ def _fit_aiconfigurator(output: Path, system: str, backend: str, version: str, n
 
     if not system:
         raise ValueError("--from aiconfigurator needs --system (e.g. h200_sxm)")
-    console.print(f"fitting {escape(system)} ({escape(backend)}) ...", style="dim") if not as_json else None
+    if not as_json:
+        console.print(f"fitting {escape(system)} ({escape(backend)}) ...", style="dim")
     result = fit_from_aiconfigurator(system, backend=backend, version=version or None, name=name or None)
     write_profile(result.profile, output)
     report = {**result.report, "profile": result.profile.name, "output": str(output)}

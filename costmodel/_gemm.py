@@ -116,7 +116,11 @@ class GemmModel:
 
     @classmethod
     def from_dict(cls, data: Any, where: str, prefix: str = "") -> GemmModel:
-        r = FieldReader(data, where, prefix)
+        return cls.from_reader(FieldReader(data, where, prefix))
+
+    @classmethod
+    def from_reader(cls, r: FieldReader) -> GemmModel:
+        """The model a profile's ``gemm.<dtype>`` section describes (errors name the field)."""
         curves = []
         for part in ("compute", "memory"):
             c = r.child(part)

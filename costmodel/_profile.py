@@ -26,10 +26,11 @@ of how a profile was fitted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -37,6 +38,8 @@ from ._collectives import Collectives
 from ._fields import FieldReader, load_yaml
 from ._gemm import GemmModel
 from ._machine import LOCAL_NAMES, local_profile_path
+
+T = TypeVar("T")
 
 LINK_CLASSES = ("intra", "inter", "mesh", "host")
 #: Dtypes a ``gemm`` section may describe (the model dtypes of :mod:`paratune.graphs`).
@@ -318,17 +321,25 @@ class Profile:
         return prof
 
 
+def _keyed(
+    r: FieldReader, name: str, allowed: tuple[str, ...], what: str, build: Callable[[FieldReader], T]
+) -> dict[str, T]:
+    """An optional mapping section ``name`` whose keys are ``allowed``, each value read by ``build``."""
+    if not r.has(name):
+        return {}
+    section = r.child(name)
+    out = {}
+    for key in list(section.data):
+        if key not in allowed:
+            raise section.error(str(key), f"is not {what}; allowed: {', '.join(allowed)}")
+        out[key] = build(section.child(key))
+    section.finish()
+    return out
+
+
 def _gemm_models(r: FieldReader) -> dict[str, GemmModel]:
     """``gemm``: a shape-aware GEMM model per dtype (absent: none)."""
-    if not r.has("gemm"):
-        return {}
-    g = r.child("gemm")
-    models = {}
-    for dtype in list(g.data):
-        if dtype not in GEMM_DTYPES:
-            raise g.error(str(dtype), f"is not a dtype; allowed: {', '.join(GEMM_DTYPES)}")
-        models[dtype] = GemmModel.from_dict(g.raw(dtype), r.where, g.path(dtype))
-    return models
+    return _keyed(r, "gemm", GEMM_DTYPES, "a dtype", GemmModel.from_reader)
 
 
 def _overheads(r: FieldReader) -> tuple[float, dict[str, float]]:
@@ -346,17 +357,8 @@ def _overheads(r: FieldReader) -> tuple[float, dict[str, float]]:
 
 def _attention_phases(r: FieldReader) -> dict[str, AttentionPhase]:
     """``attention_phases``: optional mapping ``prefill`` / ``decode`` -> :class:`AttentionPhase` terms."""
-    if not r.has("attention_phases"):
-        return {}
-    a = r.child("attention_phases")
-    phases = {}
-    for phase in list(a.data):
-        if phase not in ATTENTION_PHASES:
-            raise a.error(str(phase), f"is not a phase attention is fitted for; allowed: {', '.join(ATTENTION_PHASES)}")
-        phases[phase] = AttentionPhase.from_reader(a.child(phase))
-        a.seen.add(phase)
-    a.finish()
-    return phases
+    what = "a phase attention is fitted for"
+    return _keyed(r, "attention_phases", ATTENTION_PHASES, what, AttentionPhase.from_reader)
 
 
 def profiles_dir() -> Path:
