@@ -145,6 +145,18 @@ def test_h200_fit_within_stated_tolerance(h200_fit: tuple[dict, dict]) -> None:
         # Power-law routing priced as paratune prices a graph: a looser check, not fitted.
         assert report["dtypes"][dtype]["power_law"]["median_ape"] <= 12.0
     assert report["version"] == "1.3.0rc20"
+    # Held out: H200 predicted by the terms fitted on H100 alone (measured 11.4% bf16, 12.3% fp8), and
+    # those errors weigh MoE seconds in the error bars of a profile carrying the fragment.
+    from paratune.costmodel._trust import ErrorModel
+
+    held = fragment["holdout_error"]["per_op"]
+    assert held["moe_bf16"]["fitted_on"] == ["h100_sxm"]
+    assert held["moe_bf16"]["mape"] <= 13.0 and held["moe_fp8"]["mape"] <= 14.0
+    data["holdout_error"].setdefault("per_op", {}).update(held)
+    errors = ErrorModel.from_profile(Profile.from_dict(data, "fit"))
+    assert errors is not None
+    assert errors.of("moe") == pytest.approx((held["moe_bf16"]["mape"] + held["moe_fp8"]["mape"]) / 200, rel=1e-9)
+    assert fragment["fit"]["moe"]["licence"] == "Apache-2.0"
 
 
 def test_pricer_reproduces_measured_mixtral_blocks(h200_fit: tuple[dict, dict]) -> None:

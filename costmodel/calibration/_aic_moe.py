@@ -32,7 +32,7 @@ from ...graphs import Op
 from .._moe import MoeFeatures, MoeModel, moe_features
 from .._pricing import OpTable
 from ._aic_gemm import system_peaks
-from ._aiconfigurator import Table, backends, read_table, tables, versions
+from ._aiconfigurator import DISTRIBUTION, LICENCE, Table, backends, package_version, read_table, tables, versions
 
 #: Kernels fitted -> gated (the up GEMM has 2 x inter outputs).
 KERNELS = {"moe_torch_flow_cutlass": True, "moe_torch_flow": True, "moe_torch_flow_nongated": False}
@@ -238,13 +238,23 @@ def moe_errors(model: MoeModel, rows: MoeRows) -> dict[str, Any]:
 
 
 def fit_moe(system: str, backend: str = "trtllm", version: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ``moe`` profile fragment of ``system`` and its report (an empty fragment when it has no MoE rows)."""
+    """The MoE profile fragment of ``system`` and its report (an empty fragment when it has no MoE rows).
+
+    The fragment holds ``moe`` (terms per dtype), a ``fit.moe`` record (tables, in-sample MAPE)
+    and, when ``system`` is in one of :data:`FAMILIES`, ``holdout_error.per_op.moe_<dtype>``:
+    the errors on ``system``'s rows of terms fitted on the family's other systems only.
+    """
     version = version or moe_version(system, backend)
     report: dict[str, Any] = {"system": system, "backend": backend, "version": version, "dtypes": {}}
     if version is None:
-        report["skipped"] = f"no moe_perf table of {backend} for {system}"
+        report["skipped"] = (
+            f"no moe_perf rows of {backend} for {system} at expert parallelism 1 with a fitted kernel "
+            f"({', '.join(KERNELS)}; bfloat16 or fp8)"
+        )
         return {}, report
+    family = next((f for f in FAMILIES.values() if system in f), ())
     section: dict[str, Any] = {}
+    held_out: dict[str, Any] = {}
     for dtype in MOE_DTYPES:
         try:
             rows = moe_rows(system, dtype, backend, version)
@@ -262,11 +272,35 @@ def fit_moe(system: str, backend: str = "trtllm", version: str | None = None) ->
             entry["power_law"] = moe_errors(model, moe_rows(system, dtype, backend, version, balanced=False))
         except ValueError as exc:  # a table without power-law rows: the check is left out, and said so
             entry["power_law"] = {"skipped": str(exc)}
+        others = [r for r in (_rows_or_none(s, dtype, backend) for s in family if s != system) if r is not None]
+        if others:
+            entry["held_out"] = {**moe_errors(fit_model(others), rows), "fitted_on": [r.system for r in others]}
+            held_out[f"moe_{dtype}"] = {k: entry["held_out"][k] for k in ("rows", "mape", "median_ape", "fitted_on")}
         report["dtypes"][dtype] = entry
     if not section:
         report["skipped"] = "no dtype had enough rows of the fitted kernels at expert parallelism 1"
         return {}, report
-    return {"moe": section}, report
+    record = {
+        "method": "grouped-GEMM terms, soft-L1 least squares on log(predicted / measured), balanced rows, EP 1",
+        "tables": sorted({v["table"] for v in report["dtypes"].values() if "table" in v}),
+        "package": DISTRIBUTION,
+        "package_version": package_version(),
+        "licence": LICENCE,
+        "in_sample_mape": {k: v["in_sample"]["mape"] for k, v in report["dtypes"].items() if "in_sample" in v},
+    }
+    fragment: dict[str, Any] = {"moe": section, "fit": {"moe": record}}
+    if held_out:
+        fragment["holdout_error"] = {"per_op": held_out}
+    return fragment, report
+
+
+def _rows_or_none(system: str, dtype: str, backend: str) -> MoeRows | None:
+    """The balanced rows of another system, or None when it has none to fit."""
+    try:
+        rows = moe_rows(system, dtype, backend)
+    except ValueError:
+        return None
+    return rows if len(rows) >= MIN_ROWS else None
 
 
 def leave_one_out(family: tuple[str, ...], dtype: str = "bf16", backend: str = "trtllm") -> dict[str, Any]:
