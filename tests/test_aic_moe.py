@@ -192,3 +192,22 @@ def _reader(data: dict):
     from paratune.costmodel._fields import FieldReader
 
     return FieldReader(data, "fragment")
+
+
+@pytest.mark.needs("aiconfigurator_core", "pyarrow")
+def test_the_aic_fit_carries_the_moe_section(tmp_path) -> None:
+    """``fit_from_aiconfigurator`` merges the fragment: the written profile prices Mixtral's experts with it."""
+    from paratune.costmodel._profile import load_profile
+    from paratune.costmodel._trust import ErrorModel
+    from paratune.costmodel.calibration import fit_from_aiconfigurator, write_profile
+
+    result = fit_from_aiconfigurator("h200_sxm")
+    path = tmp_path / "h200-aic.yaml"
+    write_profile(result.profile, path)
+    prof = load_profile(str(path))
+    assert set(prof.moe) == {"bf16", "fp8"} and prof.moe == result.profile.moe
+    assert prof.fit["moe"]["tables"] == ["systems/data/h200_sxm/moe/trtllm/1.3.0rc20/moe_perf.parquet"]
+    assert result.report["moe"]["dtypes"]["bf16"]["in_sample"]["mape"] <= 10.0
+    errors = ErrorModel.from_profile(prof)
+    assert errors is not None and 0.0 < errors.of("moe") <= 0.14
+    assert errors.of("moe") != pytest.approx(errors.of("matmul"))
