@@ -33,6 +33,12 @@ graph's phase instead (:class:`~._profile.AttentionPhase`):
 + q_bytes_per_token * rate'')``, c' and m' the FLOPs and bytes at the phase's fractions of
 the peaks (the bf16 peak for any dtype); training graphs keep the ``attention`` curves.
 
+MoE expert GEMMs (kind ``moe``, forward, with a shape and weights) on a profile with a ``moe``
+model for the dtype are priced by its grouped-GEMM terms (:mod:`._moe`, fitted on measured
+MoE blocks by :mod:`.calibration._aic_moe`): efficiency by tokens per expert and by the TP
+shard's width, and a routed-token term TP does not divide. In inference the experts'
+element-wise activation then costs only ``host``: the engines fuse it into the first GEMM.
+
 Collectives (alpha-beta, ring): all-reduce of S bytes on n ranks costs
 2(n-1)·alpha + 2(n-1)/n·S/B; all-gather / reduce-scatter (n-1)·alpha + (n-1)/n·S/B;
 point-to-point alpha + S/B. B and alpha are those of the slowest link the group spans;
@@ -59,8 +65,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..graphs import GraphMeta, Op
+from ..graphs import DTYPE_BYTES, GraphMeta, Op
 from ._collectives import Terms
+from ._moe import MoeModel, moe_features
 from ._platform import Platform
 from ._trust import ErrorModel
 
@@ -83,6 +90,7 @@ class OpTable:
     gemm_k: np.ndarray | None = None  # GEMM input features (0: not a GEMM with a weight)
     gemm_n: np.ndarray | None = None  # GEMM output features
     row_split: np.ndarray | None = None  # bool: TP splits k (row-parallel), else n
+    experts: np.ndarray | None = None  # bool: an op of a MoE block's experts (shard "experts")
 
     @classmethod
     def from_ops(cls, ops: list[Op] | tuple[Op, ...]) -> OpTable:
@@ -104,6 +112,7 @@ class OpTable:
             gemm_k=col("gemm_k"),
             gemm_n=col("gemm_n"),
             row_split=np.array([o.shard == "row" for o in ops], dtype=bool),
+            experts=np.array([o.shard == "experts" for o in ops], dtype=bool),
         )
 
     def rows(self, idx: np.ndarray) -> OpTable:
@@ -185,6 +194,8 @@ class KernelPricer:
         kv_dtype: str | None = None,
     ) -> None:
         self.platform = platform
+        # Inference: the engines fuse the experts' activation into the grouped GEMM (see _moe_times).
+        self.fuse_expert_act = phase in ("prefill", "decode")
         # Sequences of the graph's workload and query tokens of each: the per-sequence attention terms.
         self.batch, self.q_len = batch, max(q_len, 1)
         # Fitted attention terms of the phase; with an fp8 KV cache its own terms when the profile has them.
@@ -202,6 +213,8 @@ class KernelPricer:
         self.exponent = prof.roofline_exponent
         self._prof = prof
         self.gemm = prof.gemm_model(dtype)
+        self.moe = prof.moe_model(dtype)
+        self.elem_bytes = float(DTYPE_BYTES.get(dtype, 2))
         # A profile borrowed from another device has no held-out error that applies here.
         self.errors = None if platform.uncalibrated else ErrorModel.from_profile(prof)
 
@@ -240,6 +253,8 @@ class KernelPricer:
             if idx.any():
                 gemm = self.gemm.times(m[idx], n[idx], k[idx], flops[idx], nbytes[idx], self.peak, self.bw)
                 times[idx] = gemm + self.host
+        if self.moe is not None and "moe" in table.kinds:
+            times = self._moe_times(self.moe, table, tp, flops, nbytes, times)
         if self.attention is not None and "attention" in table.kinds:
             idx = np.fromiter((k == "attention" for k in table.kinds), dtype=bool, count=len(table))
             a = self.attention
@@ -252,6 +267,37 @@ class KernelPricer:
                 a.overhead_s + self.host + comp_a + stream + out * a.output_s_per_byte
                 + out / self.q_len * a.sequence_s_per_q_byte
             )  # fmt: skip
+        return times
+
+    def _moe_times(
+        self, model: MoeModel, table: OpTable, tp: int, flops: np.ndarray, nbytes: np.ndarray, times: np.ndarray
+    ) -> np.ndarray:
+        """``times`` with expert GEMMs of known shape priced by ``model``; in inference their activation fused.
+
+        Expert ops without a shape or weights (an imported batched matmul that the importer
+        could not read) keep the ``moe`` curves, and then so does their activation.
+        """
+        if table.gemm_k is None or table.gemm_n is None:
+            return times
+        kinds = np.array(table.kinds)
+        idx = (kinds == "moe") & (table.gemm_k > 0) & (table.gemm_n > 0) & (table.weight_bytes > 0)
+        if not idx.any():
+            return times
+        x = moe_features(
+            flops[idx],
+            nbytes[idx],
+            table.weight_bytes[idx],
+            table.gemm_k[idx],
+            table.gemm_n[idx],
+            table.allreduce_bytes[idx] > 0,
+            table.split(tp)[idx],
+            self.elem_bytes,
+        )
+        times = times.copy()
+        times[idx] = model.times(x, self.peak, self.bw) + self.host
+        # Serving engines fuse the experts' activation into the first grouped GEMM: the block's time holds it.
+        if table.experts is not None and self.fuse_expert_act:
+            times[table.experts & (kinds == "elementwise")] = self.host
         return times
 
     def op_time(self, op: Op, tp: int, scale: float = 1.0) -> float:

@@ -20,7 +20,9 @@ curves), ``collectives`` (measured collective curves, the algorithm chosen by si
 ``attention_phases`` (absent: the ``attention`` curves price every phase), which prices
 inference attention per phase with the terms fitted on measured context / generation
 kernels (:class:`AttentionPhase`), with their own terms for an fp8 KV cache
-(``prefill_fp8_kv``, ``decode_fp8_kv``) when given. ``fit`` keeps the free-form record
+(``prefill_fp8_kv``, ``decode_fp8_kv``) when given. ``moe`` (absent: the ``moe`` curves
+price expert GEMMs) prices the expert GEMMs of a MoE block per dtype with the grouped-GEMM
+terms fitted on measured MoE kernels (:mod:`._moe`). ``fit`` keeps the free-form record
 of how a profile was fitted.
 """
 
@@ -38,6 +40,7 @@ from ._collectives import Collectives
 from ._fields import FieldReader, load_yaml
 from ._gemm import GemmModel
 from ._machine import LOCAL_NAMES, local_profile_path
+from ._moe import MoeModel, moe_models
 
 T = TypeVar("T")
 
@@ -206,6 +209,13 @@ class Profile:
     gemm: dict[str, GemmModel] = field(default_factory=dict)
     collectives: Collectives | None = None
     attention_phases: dict[str, AttentionPhase] = field(default_factory=dict)
+    moe: dict[str, MoeModel] = field(default_factory=dict)
+
+    def moe_model(self, dtype: str) -> MoeModel | None:
+        """The grouped-GEMM model of MoE experts in ``dtype`` (fp16 falls back to bf16's), or None."""
+        if dtype in self.moe:
+            return self.moe[dtype]
+        return self.moe.get("bf16") if dtype == "fp16" else None
 
     def gemm_model(self, dtype: str) -> GemmModel | None:
         """The shape-aware GEMM model of ``dtype`` (fp16 falls back to bf16's), or None."""
@@ -252,6 +262,8 @@ class Profile:
         out["holdout_error"] = self.holdout_error
         if self.gemm:
             out["gemm"] = {k: v.to_dict() for k, v in self.gemm.items()}
+        if self.moe:
+            out["moe"] = {k: v.to_dict() for k, v in self.moe.items()}
         if self.fit:
             out["fit"] = self.fit
         return out
@@ -316,6 +328,7 @@ class Profile:
             gemm=_gemm_models(r),
             collectives=Collectives.from_dict(r.child("collectives")) if r.has("collectives") else None,
             attention_phases=_attention_phases(r),
+            moe=moe_models(r),
         )
         r.finish()
         return prof

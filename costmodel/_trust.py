@@ -27,6 +27,8 @@ _KIND_OPS = {
     "embedding": ("embed",),
     # Fitted on AIConfigurator's kernels (calibration/_aic_attention.py), held out per system.
     "attention": ("attention_prefill", "attention_decode"),
+    # MoE blocks (calibration/_aic_moe.py), held out per system within its family.
+    "moe": ("moe_bf16", "moe_fp8"),
 }
 
 
