@@ -134,7 +134,7 @@ def _with_residual(base: GemmModel, rows: list[GemmRows]) -> GemmModel:
     shape = (len(base.log2_m), len(base.log2_n), len(base.log2_k))
     designs, targets = [], []
     for r in rows:
-        target = np.log((r.seconds - base.overhead_s).clip(min=r.seconds * 0.05) / _core(base, r))
+        target = np.log(r.seconds / (_core(base, r) + base.overhead_s))
         designs.append(_design(base, r, shape))
         targets.append(target)
     x = vstack(designs).tocsr()
