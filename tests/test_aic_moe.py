@@ -28,7 +28,7 @@ def _expert_ops(phase: str, batch: int, seq: int) -> list:
     return [graph.task(f"L0.moe_{n}").ops[0] for n in ("up", "act", "down")]
 
 
-def _with_terms(preset: str = "dgx-h100", terms: dict[str, MoeModel] | None = None):
+def _with_terms(preset: str = "dgx-h100:profile=h100-vidur", terms: dict[str, MoeModel] | None = None):
     base = get_platform(preset)
     return dataclasses.replace(base, profile=dataclasses.replace(base.profile, moe=terms or {"bf16": TERMS}))
 
@@ -52,7 +52,7 @@ def test_moe_section_round_trips_and_refuses_bad_values() -> None:
     assert back.moe["bf16"].overhead_s == pytest.approx(TERMS.overhead_s, rel=1e-12)
     assert back.moe["bf16"].token_s_per_byte == pytest.approx(TERMS.token_s_per_byte, rel=1e-12)
     assert back.moe_model("fp16") is back.moe["bf16"] and back.moe_model("fp32") is None
-    assert "moe" not in get_platform("dgx-h100").profile.to_dict()  # absent stays absent
+    assert "moe" not in get_platform("dgx-h100:profile=h100-vidur").profile.to_dict()  # absent stays absent
     for field, value, message in (
         ("compute_peak", 1.5, "must be <= 1"),
         ("memory_peak", 0.0, "must be > 0|positive"),
@@ -95,7 +95,7 @@ def test_pricer_prices_expert_gemms_with_the_terms(tp: int) -> None:
     assert times[1] == pytest.approx(plat.profile.host_overhead_s, abs=1e-15)  # activation fused in inference
     # Training keeps the activation; a profile without the section prices by the moe curves, as before.
     assert KernelPricer(plat, "bf16", phase="train").op_times(table, tp)[1] > 1e-7
-    base = KernelPricer.for_graph(get_platform("dgx-h100"), graph.meta).op_times(table, tp)
+    base = KernelPricer.for_graph(get_platform("dgx-h100:profile=h100-vidur"), graph.meta).op_times(table, tp)
     assert not np.allclose(base, times)
     assert KernelPricer.for_graph(_with_terms(terms={"fp8": TERMS}), graph.meta).op_times(table, tp) == (
         pytest.approx(base, rel=1e-12)
@@ -113,7 +113,7 @@ def test_both_evaluators_agree_with_fitted_moe_terms() -> None:
             assert s.stage_times_s == pytest.approx(a.stage_times_s, rel=1e-9), (phase, tp, pp)
             assert s.latency_s == pytest.approx(a.latency_s, rel=0.01), (phase, tp, pp)
         # The terms are in use: the same plan is priced differently without them.
-        plain = AnalyticEvaluator(g, get_platform("dgx-h100x2")).evaluate(Plan.uniform(4, tp=2))
+        plain = AnalyticEvaluator(g, get_platform("dgx-h100x2:profile=h100-vidur")).evaluate(Plan.uniform(4, tp=2))
         assert plain.latency_s != pytest.approx(ev.evaluate(Plan.uniform(4, tp=2)).latency_s, rel=1e-3)
 
 
