@@ -68,6 +68,13 @@ class FieldReader:
             raise self.error(name, f"must be >= {minimum}, got {value}")
         return float(value)
 
+    def fraction(self, name: str, default: Any = ...) -> float:
+        """A fraction of a datasheet peak: in (0, 1]."""
+        value = self.number(name, default, positive=True)
+        if value > 1.0:
+            raise self.error(name, f"is a fraction of the datasheet peak and must be <= 1, got {value}")
+        return value
+
     def integer(self, name: str, default: Any = ..., *, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, int):

@@ -127,10 +127,7 @@ class GemmModel:
         curves = []
         for part in ("compute", "memory"):
             c = r.child(part)
-            peak = c.number("peak", positive=True)
-            if peak > 1.0:
-                raise c.error("peak", f"is a fraction of the datasheet peak and must be <= 1, got {peak}")
-            curves.append((peak, c.number("half", minimum=0.0)))
+            curves.append((c.fraction("peak"), c.number("half", minimum=0.0)))
             c.finish()
         grids = [_grid(r, name) for name in ("log2_m", "log2_n", "log2_k")]
         shape = (len(grids[0]), len(grids[1]), len(grids[2]))

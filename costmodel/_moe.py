@@ -92,16 +92,11 @@ class MoeModel:
 
     @classmethod
     def from_reader(cls, r: FieldReader) -> MoeModel:
-        peaks = {}
-        for name in ("compute_peak", "memory_peak"):
-            peaks[name] = r.number(name, positive=True)
-            if peaks[name] > 1.0:
-                raise r.error(name, f"is a fraction of the datasheet peak and must be <= 1, got {peaks[name]}")
         model = cls(
-            compute_peak=peaks["compute_peak"],
+            compute_peak=r.fraction("compute_peak"),
             half_tokens=r.number("half_tokens", minimum=0.0),
             half_split=r.number("half_split", 0.0, minimum=0.0),
-            memory_peak=peaks["memory_peak"],
+            memory_peak=r.fraction("memory_peak"),
             exponent=r.number("exponent", minimum=1.0),
             overhead_s=r.number("overhead_us", minimum=0.0) * 1e-6,
             token_s_per_byte=r.number("token_ns_per_byte", 0.0, minimum=0.0) * 1e-9,
@@ -134,21 +129,6 @@ def moe_features(
     hidden = np.where(combiner, gemm_n, gemm_k)
     split_dim = np.where(combiner, gemm_k, gemm_n) / split
     return MoeFeatures(flops, nbytes, per_expert, split_dim, routed * hidden * elem_bytes)
-
-
-def moe_models(r: FieldReader) -> dict[str, MoeModel]:
-    """``moe``: a grouped-GEMM model per dtype (absent: none, the ``moe`` curves price expert GEMMs)."""
-    if not r.has("moe"):
-        return {}
-    g = r.child("moe")
-    models = {}
-    for dtype in list(g.data):
-        if dtype not in MOE_DTYPES:
-            raise g.error(str(dtype), f"is not a dtype; allowed: {', '.join(MOE_DTYPES)}")
-        models[dtype] = MoeModel.from_reader(g.child(dtype))
-        g.seen.add(dtype)
-    g.finish()
-    return models
 
 
 def _num(x: float) -> float:

@@ -40,7 +40,7 @@ from ._collectives import Collectives
 from ._fields import FieldReader, load_yaml
 from ._gemm import GemmModel
 from ._machine import LOCAL_NAMES, local_profile_path
-from ._moe import MoeModel, moe_models
+from ._moe import MOE_DTYPES, MoeModel
 
 T = TypeVar("T")
 
@@ -142,14 +142,9 @@ class AttentionPhase:
 
     @classmethod
     def from_reader(cls, r: FieldReader) -> AttentionPhase:
-        fractions = {}
-        for name in ("compute_peak", "memory_peak"):
-            fractions[name] = r.number(name, positive=True)
-            if fractions[name] > 1.0:
-                raise r.error(name, f"is a fraction of the datasheet peak and must be <= 1, got {fractions[name]}")
         out = cls(
-            fractions["compute_peak"],
-            fractions["memory_peak"],
+            r.fraction("compute_peak"),
+            r.fraction("memory_peak"),
             r.number("overhead_us", minimum=0.0) * 1e-6,
             r.number("output_ns_per_byte", 0.0, minimum=0.0) * 1e-9,
             r.number("sequence_ns_per_kv_byte", 0.0, minimum=0.0) * 1e-9,
@@ -328,7 +323,7 @@ class Profile:
             gemm=_gemm_models(r),
             collectives=Collectives.from_dict(r.child("collectives")) if r.has("collectives") else None,
             attention_phases=_attention_phases(r),
-            moe=moe_models(r),
+            moe=_keyed(r, "moe", MOE_DTYPES, "a dtype", MoeModel.from_reader),
         )
         r.finish()
         return prof
