@@ -90,9 +90,8 @@ def _fit_aiconfigurator(output: Path, system: str, backend: str, version: str, n
     if as_json:
         print_json(report)
         return
-    table = Table(title=escape(f"GEMM fit of {system} ({backend})"))
-    for col in ("dtype", "rows", "MAPE % in sample", "MAPE % held out", "held out: fitted on"):
-        table.add_column(col, justify="left" if col in ("dtype", "held out: fitted on") else "right")
+    columns = ("dtype", "rows", "MAPE % in sample", "MAPE % held out", "held out: fitted on")
+    table = _table(escape(f"GEMM fit of {system} ({backend})"), columns, text=("dtype", "held out: fitted on"))
     for dtype, row in report["gemm"].items():
         held = row.get("held_out", {})
         table.add_row(dtype, str(row["in_sample"]["rows"]), f"{row['in_sample']['mape']:.1f}",
@@ -165,9 +164,8 @@ def published(
     if as_json:
         print_json(rows)
         return
-    table = Table(title=escape(f"published figures against paratune on {platform}"))
-    for col in ("run", "published", "predicted", "unit", "error %"):
-        table.add_column(col, justify="left" if col in ("run", "unit") else "right")
+    columns = ("run", "published", "predicted", "unit", "error %")
+    table = _table(escape(f"published figures against paratune on {platform}"), columns, text=("run", "unit"))
     for r in rows:
         table.add_row(
             escape(str(r["name"])),
@@ -179,10 +177,16 @@ def published(
     console.print(table)
 
 
-def _error_table(title: str, report: dict[str, Any]) -> None:
+def _table(title: str, columns: tuple[str, ...], *, text: tuple[str, ...]) -> Table:
+    """A table whose ``text`` columns are left-aligned and the others (numbers) right-aligned."""
     table = Table(title=title)
-    for col in ("op class", "rows", "MAPE %", "max |error| %"):
-        table.add_column(col, justify="left" if col == "op class" else "right")
+    for col in columns:
+        table.add_column(col, justify="left" if col in text else "right")
+    return table
+
+
+def _error_table(title: str, report: dict[str, Any]) -> None:
+    table = _table(title, ("op class", "rows", "MAPE %", "max |error| %"), text=("op class",))
     for op, row in sorted(report.get("per_op", {}).items()):
         table.add_row(escape(op), str(row["rows"]), f"{row['mape']:.1f}", f"{row['max_abs_pct_error']:.1f}")
     table.add_row("[bold]all[/bold]", str(report.get("rows", "")), f"{report.get('mape', float('nan')):.1f}",

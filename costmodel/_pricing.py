@@ -69,6 +69,7 @@ from ..graphs import DTYPE_BYTES, GraphMeta, Op
 from ._collectives import Terms
 from ._moe import MoeModel, moe_features
 from ._platform import Platform
+from ._profile import AttentionPhase
 from ._trust import ErrorModel
 
 
@@ -234,11 +235,12 @@ class KernelPricer:
     def op_times(self, table: OpTable, tp: int, scale: float = 1.0) -> np.ndarray:
         """Seconds of each op on one device of a TP group of ``tp``, for a ``scale`` share of the batch."""
         flops, nbytes = table.per_device(tp, scale)
+        kinds = np.array(table.kinds)
         comp = np.zeros(len(table))
         mem = np.zeros(len(table))
         fixed = np.full(len(table), self.overhead)
         for kind in sorted(set(table.kinds)):
-            idx = np.fromiter((k == kind for k in table.kinds), dtype=bool, count=len(table))
+            idx = kinds == kind
             ce, me = self._prof.compute_eff(kind), self._prof.memory_eff(kind)
             f, b = flops[idx], nbytes[idx]
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -249,28 +251,42 @@ class KernelPricer:
         shapes = table.gemm_shapes(tp, scale) if self.gemm is not None else None
         if shapes is not None and self.gemm is not None:
             m, n, k = shapes
-            idx = (m > 0) & np.fromiter((x == "matmul" for x in table.kinds), dtype=bool, count=len(table))
+            idx = (m > 0) & (kinds == "matmul")
             if idx.any():
-                gemm = self.gemm.times(m[idx], n[idx], k[idx], flops[idx], nbytes[idx], self.peak, self.bw)
-                times[idx] = gemm + self.host
+                times[idx] = self.gemm.times(m[idx], n[idx], k[idx], flops[idx], nbytes[idx], self.peak, self.bw)
+                times[idx] += self.host
         if self.moe is not None and "moe" in table.kinds:
-            times = self._moe_times(self.moe, table, tp, flops, nbytes, times)
+            times = self._moe_times(self.moe, table, kinds, tp, flops, nbytes, times)
         if self.attention is not None and "attention" in table.kinds:
-            idx = np.fromiter((k == "attention" for k in table.kinds), dtype=bool, count=len(table))
-            a = self.attention
-            out = table.output_bytes[idx] * scale / table.split(tp)[idx]
-            comp_a = flops[idx] / (self.attention_peak * a.compute_peak)
-            mem_a = nbytes[idx] / (self.bw * a.memory_peak)
-            seq_kv = self.batch * scale * table.kv_bytes_per_token[idx] / table.split(tp)[idx]
-            stream = attention_stream(mem_a, seq_kv * a.sequence_s_per_kv_byte, a.join_exponent)
-            times[idx] = (
-                a.overhead_s + self.host + comp_a + stream + out * a.output_s_per_byte
-                + out / self.q_len * a.sequence_s_per_q_byte
-            )  # fmt: skip
+            idx = kinds == "attention"
+            times[idx] = self._attention_times(self.attention, table, idx, tp, scale, flops[idx], nbytes[idx])
         return times
 
+    def _attention_times(
+        self, a: AttentionPhase, table: OpTable, idx: np.ndarray, tp: int, scale: float, flops: np.ndarray,
+        nbytes: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
+        """Seconds of the attention rows ``idx`` (their per-device ``flops`` and ``nbytes``) by the phase's terms."""
+        split = table.split(tp)[idx]
+        out = table.output_bytes[idx] * scale / split
+        comp = flops / (self.attention_peak * a.compute_peak)
+        mem = nbytes / (self.bw * a.memory_peak)
+        seq_kv = self.batch * scale * table.kv_bytes_per_token[idx] / split
+        stream = attention_stream(mem, seq_kv * a.sequence_s_per_kv_byte, a.join_exponent)
+        return (
+            a.overhead_s + self.host + comp + stream + out * a.output_s_per_byte
+            + out / self.q_len * a.sequence_s_per_q_byte
+        )  # fmt: skip
+
     def _moe_times(
-        self, model: MoeModel, table: OpTable, tp: int, flops: np.ndarray, nbytes: np.ndarray, times: np.ndarray
+        self,
+        model: MoeModel,
+        table: OpTable,
+        kinds: np.ndarray,
+        tp: int,
+        flops: np.ndarray,
+        nbytes: np.ndarray,
+        times: np.ndarray,
     ) -> np.ndarray:
         """``times`` with expert GEMMs of known shape priced by ``model``; in inference their activation fused.
 
@@ -279,7 +295,6 @@ class KernelPricer:
         """
         if table.gemm_k is None or table.gemm_n is None:
             return times
-        kinds = np.array(table.kinds)
         idx = (kinds == "moe") & (table.gemm_k > 0) & (table.gemm_n > 0) & (table.weight_bytes > 0)
         if not idx.any():
             return times
