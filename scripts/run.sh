@@ -40,7 +40,7 @@ setup() {
 typecheck() {
     local tree=build/typecheck/paratune
     rm -rf build/typecheck && mkdir -p "$tree"
-    for f in *.py graphs costmodel problem envs agents search campaign dashboard study cli configs; do
+    for f in *.py graphs costmodel problem serving envs agents search campaign dashboard study cli configs; do
         ln -s "$PWD/$f" "$tree/$f"
     done
     (cd build/typecheck && mypy --config-file ../../pyproject.toml -p paratune)

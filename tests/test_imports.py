@@ -46,13 +46,16 @@ LAYERS: dict[str, frozenset[str]] = {
     "graphs": frozenset(),
     "costmodel": frozenset({"graphs"}),
     "problem": frozenset({"costmodel", "graphs"}),
-    "search": frozenset({"problem", "costmodel", "graphs"}),
-    "envs": frozenset({"search", "problem", "costmodel", "graphs"}),  # the reward's baseline is a heuristic tuner
-    "agents": frozenset({"envs", "search", "problem", "costmodel", "graphs"}),
-    "study": frozenset({"search", "problem", "costmodel", "graphs"}),
-    "campaign": frozenset({"study", "search", "problem", "costmodel", "graphs"}),
-    "dashboard": frozenset({"campaign", "study", "problem", "costmodel", "graphs"}),
-    "cli": frozenset({"dashboard", "campaign", "study", "agents", "envs", "search", "problem", "costmodel", "graphs"}),
+    "serving": frozenset({"costmodel", "graphs"}),
+    "search": frozenset({"serving", "problem", "costmodel", "graphs"}),
+    "envs": frozenset({"search", "serving", "problem", "costmodel", "graphs"}),  # the reward's baseline is a heuristic
+    "agents": frozenset({"envs", "search", "serving", "problem", "costmodel", "graphs"}),
+    "study": frozenset({"search", "serving", "problem", "costmodel", "graphs"}),
+    "campaign": frozenset({"study", "search", "serving", "problem", "costmodel", "graphs"}),
+    "dashboard": frozenset({"campaign", "study", "serving", "problem", "costmodel", "graphs"}),
+    "cli": frozenset(
+        {"dashboard", "campaign", "study", "agents", "envs", "search", "serving", "problem", "costmodel", "graphs"}
+    ),
 }
 
 #: Root modules and data packages any layer may import; they import nothing of paratune themselves.

@@ -1,0 +1,23 @@
+"""Serving: deployments of engine pools under traffic and latency targets (issue 17).
+
+The layer above the cost model: an iteration of an engine is priced from the model's
+per-op costs as functions of batch and context (no graph rebuild per workload), a
+steady-state analytic model and a request-level simulator schedule requests on it.
+"""
+
+from __future__ import annotations
+
+from ._types import ENGINES, ROLES, Deployment, IterationCost, Lengths, Mix, Pool, ServingMetrics, Slo, Traffic
+
+__all__ = [
+    "ENGINES",
+    "ROLES",
+    "Deployment",
+    "IterationCost",
+    "Lengths",
+    "Mix",
+    "Pool",
+    "ServingMetrics",
+    "Slo",
+    "Traffic",
+]
