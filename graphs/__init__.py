@@ -13,10 +13,11 @@ from ._sources import load_graph
 from ._task import KINDS, SHARD_RULES, STEPS, Op, Task
 from ._taskgraph import PHASES, GraphMeta, Phase, TaskGraph
 from ._toy import toy_graph
-from ._zoo import DTYPE_BYTES, PRESETS, ModelSpec, get_model
+from ._zoo import DTYPE_BYTES, HF_IDS, PRESETS, ModelSpec, get_model
 
 __all__ = [
     "DTYPE_BYTES",
+    "HF_IDS",
     "KINDS",
     "PHASES",
     "PRESETS",

@@ -300,6 +300,23 @@ def spec_from_mapping(data: dict[str, Any], *, where: str, base: ModelSpec | Non
     return ModelSpec(**values)
 
 
+#: Hugging Face ids of the zoo's presets, for the engines' launch lines (other models print a placeholder).
+HF_IDS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama2-70b": "meta-llama/Llama-2-70b-hf",
+    "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama3-70b": "meta-llama/Meta-Llama-3-70B",
+    "llama3-405b": "meta-llama/Llama-3.1-405B",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1",
+}
+
+
 def get_model(source: str) -> ModelSpec:
     """Resolve a zoo model: ``NAME``, ``NAME:field=value,...`` or a YAML file path.
 

@@ -7,12 +7,14 @@ steady-state analytic model and a request-level simulator schedule requests on i
 
 from __future__ import annotations
 
+from ._launch import EngineLaunch, serving_launch_lines
 from ._types import ENGINES, ROLES, Deployment, IterationCost, Lengths, Mix, Pool, ServingMetrics, Slo, Traffic
 
 __all__ = [
     "ENGINES",
     "ROLES",
     "Deployment",
+    "EngineLaunch",
     "IterationCost",
     "Lengths",
     "Mix",
@@ -20,4 +22,5 @@ __all__ = [
     "ServingMetrics",
     "Slo",
     "Traffic",
+    "serving_launch_lines",
 ]
