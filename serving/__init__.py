@@ -7,12 +7,16 @@ steady-state analytic model and a request-level simulator schedule requests on i
 
 from __future__ import annotations
 
+from ._costs import instance_cost
+from ._engines import ENGINE_PROFILES, EngineProfile, engine_profile
 from ._types import ENGINES, ROLES, Deployment, IterationCost, Lengths, Mix, Pool, ServingMetrics, Slo, Traffic
 
 __all__ = [
     "ENGINES",
+    "ENGINE_PROFILES",
     "ROLES",
     "Deployment",
+    "EngineProfile",
     "IterationCost",
     "Lengths",
     "Mix",
@@ -20,4 +24,6 @@ __all__ = [
     "ServingMetrics",
     "Slo",
     "Traffic",
+    "engine_profile",
+    "instance_cost",
 ]
