@@ -122,6 +122,7 @@ class _PoolModel:
         else:
             caps.append(self.budget / max(self.steps, 1e-12))
         self.x_cap = min(caps)
+        self._memo: dict[tuple[float, float | None], tuple[float, float, float, float]] = {}
 
     # -- one period -------------------------------------------------------------------------------
     def _p(self, mix: _Fluid) -> float:
@@ -140,9 +141,14 @@ class _PoolModel:
         return float(k), self.isl / k
 
     def periods(self, x: float, n: float | None = None) -> tuple[float, float, float, float]:
-        """(mean period, period with j chunks, with j + 1, f) at x arrivals per iteration."""
-        if n is None:
-            n = x * self.steps
+        """(mean period, period with j chunks, with j + 1, f) at x arrivals per iteration (memoised)."""
+        key = (x, n)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._periods(x, x * self.steps if n is None else n)
+        return hit
+
+    def _periods(self, x: float, n: float) -> tuple[float, float, float, float]:
         if not self.prefill:
             p = self._p(_Fluid(0.0, 0.0, n, n * self.context, n))
             return p, p, p, 0.0
