@@ -12,12 +12,12 @@ grid points of the few quantities an iteration's cost depends on, prices them wi
   call by :func:`~._pricing.tp_allreduce_time` on the stage's group (algorithm switches do not interpolate);
 * **prefill attention**: the chunks' T_p tokens and causal work W (``Mix.prefill_attention``) are read as
   B_eff whole prompts of s_eff tokens, s_eff = 2W / T_p - 1 and B_eff = T_p / s_eff (exact for whole
-  prompts); time = t_1(s_eff) + (B_eff - 1) g(s_eff), with t_1 one prompt's kernel and g the cost of one
-  more (the fitted attention terms are affine in the sequences at a fixed length, so this is exact there;
-  the hand-set curves are approximated by their 1 -> 2 sequence slope). A chunk of q tokens after c cached
-  ones keeps its causal FLOPs but reads only the KV of its own q tokens: compute-bound, so slightly low;
-* **decode attention**: n sequences reading C cached tokens in all: t_1(C / n) + (n - 1) g(C / n), the same
-  affine form over a grid of mean contexts;
+  prompts), priced on a grid of lengths (4 points per octave) and of sequence counts, linear between counts
+  (:class:`_AttentionGrid`: the fitted attention terms are affine in the sequences, two counts suffice;
+  the hand-set curves get powers of two). A chunk of q tokens after c cached ones keeps its causal FLOPs
+  but reads only the KV of its own q tokens: compute-bound, so slightly low;
+* **decode attention**: n sequences reading C cached tokens in all: the same grid over the mean context
+  C / n;
 * **LM head and final norm** on the ``sampled`` rows only (the engines compute logits for them alone);
 * **pipeline**: layers split evenly over ``pp`` stages, earlier stages taking the remainder (as
   ``problem.even_cuts``), stage s on devices s*tp .. s*tp+tp-1; a point-to-point of T x hidden activations
@@ -110,8 +110,8 @@ class _Workloads:
     head: OpTable
     head_group: np.ndarray
     lengths: list[int]
-    prefill_attention: tuple[list[Op], list[Op]]  # one and two sequences at each length
-    decode_attention: tuple[list[Op], list[Op]]
+    prefill_attention: list[Op]  # one sequence at each length (more sequences: the pricer's batch scale)
+    decode_attention: list[Op]
     reference: OpTable  # every op of the one-layer graph at the reference tokens (memory, workspace)
     reference_unit: np.ndarray  # 0 embedding, 1 layer, 2 head
     reference_tokens: int
@@ -152,8 +152,8 @@ def _workloads(spec: ModelSpec) -> _Workloads:
             ops = _ops_by_layer(one, phase=phase, batch=batch, seq=1, context=length)[0]
         return next(o for o in ops if o.kind == "attention")
 
-    prefill = ([attention("prefill", 1, s) for s in lengths], [attention("prefill", 2, s) for s in lengths])
-    decode = ([attention("decode", 1, c) for c in lengths], [attention("decode", 2, c) for c in lengths])
+    prefill = [attention("prefill", 1, s) for s in lengths]
+    decode = [attention("decode", 1, c) for c in lengths]
     ref_tokens = 1024
     ref = _ops_by_layer(one, phase="prefill", batch=1, seq=ref_tokens)
     ref_ops = [*ref[-1], *ref[0], *ref[1]]
@@ -165,6 +165,51 @@ def _workloads(spec: ModelSpec) -> _Workloads:
         tokens, layer, lg, embed, eg, heads, head, hg, lengths, prefill, decode, OpTable.from_ops(ref_ops), unit,
         ref_tokens,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _AttentionGrid:
+    """One layer's attention kernel over (sequences, length): a length curve per sequence count, linear between.
+
+    With the fitted attention terms of a phase the kernel is affine in the sequences at a fixed length (every
+    term but the launch scales with the batch), so two counts (1 and 2) give it exactly; the hand-set curves'
+    efficiency grows with the work, so they get a count grid of powers of two up to 2^16.
+    """
+
+    counts: tuple[float, ...]
+    curves: tuple[_Curve, ...]
+
+    @classmethod
+    def price(cls, platform: Platform, dtype: str, kv_dtype: str, tp: int, phase: str, w: _Workloads) -> _AttentionGrid:
+        ops = w.prefill_attention if phase == "prefill" else w.decode_attention
+        fitted = KernelPricer(platform, dtype, phase=phase, kv_dtype=kv_dtype).attention is not None
+        counts = (1, 2) if fitted else tuple(1 << i for i in range(17))
+        times = np.zeros((len(ops), len(counts)))
+        if fitted:  # the fitted terms read the query length from the pricer: one per length
+            for i, (length, op) in enumerate(zip(w.lengths, ops, strict=True)):
+                q = length if phase == "prefill" else 1
+                pricer = KernelPricer(platform, dtype, phase=phase, batch=1, q_len=q, kv_dtype=kv_dtype)
+                table = OpTable.from_ops([op])
+                times[i] = [float(pricer.op_times(table, tp, float(b))[0]) for b in counts]
+        else:
+            pricer = KernelPricer(platform, dtype, phase=phase, batch=1, kv_dtype=kv_dtype)
+            table = OpTable.from_ops(ops)
+            for j, b in enumerate(counts):
+                times[:, j] = pricer.op_times(table, tp, float(b))
+        return cls(
+            tuple(float(b) for b in counts), tuple(_Curve.fit(w.lengths, times[:, j]) for j in range(len(counts)))
+        )
+
+    def __call__(self, sequences: float, length: float) -> float:
+        counts = self.counts
+        j = bisect_right(counts, sequences) - 1
+        if j < 0:
+            j = 0
+        elif j > len(counts) - 2:
+            j = len(counts) - 2
+        lo, hi = counts[j], counts[j + 1]
+        a = self.curves[j](length)
+        return a + (sequences - lo) / (hi - lo) * (self.curves[j + 1](length) - a)
 
 
 def _sum_by_group(times: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
@@ -242,20 +287,8 @@ class IterationModel:
         self._embed = _Curve.fit(w.tokens, _sum_by_group(pricer.op_times(w.embed, tp), w.embed_group, len(w.tokens)))
         self._head = _Curve.fit(w.heads, _sum_by_group(pricer.op_times(w.head, tp), w.head_group, len(w.heads)))
 
-        def attention(phase: str, pair: tuple[list[Op], list[Op]]) -> tuple[_Curve, _Curve]:
-            one, two = [], []
-            for length, a, b in zip(w.lengths, *pair, strict=True):
-                q = length if phase == "prefill" else 1
-                p1 = KernelPricer(platform, dtype, phase=phase, batch=1, q_len=q, kv_dtype=kv_dtype)
-                p2 = KernelPricer(platform, dtype, phase=phase, batch=2, q_len=q, kv_dtype=kv_dtype)
-                t1 = float(p1.op_times(OpTable.from_ops([a]), tp)[0])
-                t2 = float(p2.op_times(OpTable.from_ops([b]), tp)[0])
-                one.append(t1)
-                two.append(max(t2 - t1, 1e-12))
-            return _Curve.fit(w.lengths, np.array(one)), _Curve.fit(w.lengths, np.array(two))
-
-        self._prefill_one, self._prefill_more = attention("prefill", w.prefill_attention)
-        self._decode_one, self._decode_more = attention("decode", w.decode_attention)
+        self._prefill_attention = _AttentionGrid.price(platform, dtype, kv_dtype, tp, "prefill", w)
+        self._decode_attention = _AttentionGrid.price(platform, dtype, kv_dtype, tp, "decode", w)
         ref, unit, t_ref = w.reference, w.reference_unit, float(w.reference_tokens)
         # All-reduces per token (bytes of one token's all-reduced activations) and their count per unit.
         ar = ref.allreduce_bytes
@@ -358,13 +391,13 @@ class IterationModel:
             s = 2.0 * mix.prefill_attention / tp_ - 1.0
             if s < 1.0:
                 s = 1.0
-            out += self._prefill_one(s) + (tp_ / s - 1.0) * self._prefill_more(s)
+            out += self._prefill_attention(tp_ / s, s)
         n = mix.decode_seqs
         if n > 0:
             c = mix.decode_context / n
             if c < 1.0:
                 c = 1.0
-            out += self._decode_one(c) + (n - 1) * self._decode_more(c)
+            out += self._decode_attention(n, c)
         return out
 
     def stage_times(self, mix: Any) -> tuple[list[float], list[float]]:

@@ -43,6 +43,19 @@ def test_prefill_matches_graph_evaluator_off_grid(model: str, tp: int, pp: int) 
         assert im.latency_s(mix) == pytest.approx(ref, rel=TOLERANCE), (batch, seq)
 
 
+def test_hand_set_attention_curves_are_followed_across_batch_sizes() -> None:
+    """dgx-a100's profile prices attention by efficiency curves, not affine in the batch: the count grid holds."""
+    a100 = get_platform("dgx-a100")
+    spec = get_model("llama3-8b")
+    im = IterationModel(spec, a100, tp=2)
+    plan = contiguous_plan(even_cuts(spec.layers, 1, 2))
+    for batch, context in ((64, 3000), (128, 512), (300, 2000)):
+        graph = build_graph(spec, phase="decode", batch=batch, seq=1, context=context)
+        ref = AnalyticEvaluator(graph, a100).evaluate(plan).latency_s
+        mix = Mix(decode_seqs=batch, decode_context=batch * context, sampled=batch)
+        assert im.latency_s(mix) == pytest.approx(ref, rel=TOLERANCE), (batch, context)
+
+
 def test_mixed_iteration_costs_between_its_parts_and_their_sum() -> None:
     """One iteration of a chunk and decodes reads the weights once: cheaper than two, dearer than either."""
     im = IterationModel(get_model("llama3-8b"), H100, tp=1)
