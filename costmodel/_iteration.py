@@ -76,8 +76,8 @@ def _grid(top: int, per_octave: int) -> list[int]:
 class _Curve:
     """A positive function of a positive variable, log-log interpolated on a grid (extended at both ends)."""
 
-    xs: tuple[float, ...]  # log x
-    ys: tuple[float, ...]  # log y
+    xs: tuple[float, ...]  # log x of the segments' starts but the first (bisect finds the segment)
+    intercepts: tuple[float, ...]  # segment i: log y = intercepts[i] + slopes[i] log x
     slopes: tuple[float, ...]
 
     @classmethod
@@ -85,16 +85,13 @@ class _Curve:
         lx = [math.log(v) for v in x]
         ly = [math.log(max(float(v), 1e-15)) for v in y]
         slopes = [(ly[i + 1] - ly[i]) / (lx[i + 1] - lx[i]) for i in range(len(lx) - 1)]
-        return cls(tuple(lx), tuple(ly), tuple(slopes))
+        intercepts = [ly[i] - lx[i] * slopes[i] for i in range(len(slopes))]
+        return cls(tuple(lx[1:-1]), tuple(intercepts), tuple(slopes))
 
     def __call__(self, x: float) -> float:
         lx = math.log(x)
-        i = bisect_right(self.xs, lx) - 1
-        if i < 0:
-            i = 0
-        elif i >= len(self.slopes):
-            i = len(self.slopes) - 1
-        return math.exp(self.ys[i] + (lx - self.xs[i]) * self.slopes[i])
+        i = bisect_right(self.xs, lx)  # 0 .. len(slopes) - 1: the end segments extend beyond the grid
+        return math.exp(self.intercepts[i] + self.slopes[i] * lx)
 
 
 @dataclass(frozen=True)
@@ -283,8 +280,8 @@ class IterationModel:
     def _price(self, w: _Workloads, dtype: str, kv_dtype: str) -> None:
         platform, tp = self.platform, self.tp
         pricer = KernelPricer(platform, dtype, phase="decode", kv_dtype=kv_dtype)
-        self._layer = _Curve.fit(w.tokens, _sum_by_group(pricer.op_times(w.layer, tp), w.layer_group, len(w.tokens)))
-        self._embed = _Curve.fit(w.tokens, _sum_by_group(pricer.op_times(w.embed, tp), w.embed_group, len(w.tokens)))
+        layer = _sum_by_group(pricer.op_times(w.layer, tp), w.layer_group, len(w.tokens))
+        embed = _sum_by_group(pricer.op_times(w.embed, tp), w.embed_group, len(w.tokens))
         self._head = _Curve.fit(w.heads, _sum_by_group(pricer.op_times(w.head, tp), w.head_group, len(w.heads)))
 
         self._prefill_attention = _AttentionGrid.price(platform, dtype, kv_dtype, tp, "prefill", w)
@@ -296,6 +293,14 @@ class IterationModel:
         self._ar_layer_count = float(((ar > 0) & (unit == 1)).sum())
         self._ar_embed_bytes = float(ar[unit == 0].sum()) / t_ref
         self._ar_embed_count = float(((ar > 0) & (unit == 0)).sum())
+        # Per stage: its layers, token ops (its layers' and the embedding's, one curve), all-reduces, link.
+        self._stages: list[tuple[float, _Curve, float, float, GroupLink]] = []
+        for s, n in enumerate(self.stage_layers):
+            first = s == 0
+            curve = _Curve.fit(w.tokens, n * layer + (embed if first else 0.0))
+            count = n * self._ar_layer_count + (self._ar_embed_count if first else 0.0)
+            per_token = n * self._ar_layer_bytes + (self._ar_embed_bytes if first else 0.0)
+            self._stages.append((float(n), curve, count if tp > 1 else 0.0, per_token, self._links[s]))
         #: Bytes per token crossing a pipeline boundary: the residual stream.
         self._cut_bytes = float(self.spec.hidden * self.spec.dtype_bytes)
         #: The links a KV cache leaves an instance by: within a node, across nodes.
@@ -405,25 +410,20 @@ class IterationModel:
         tokens = mix.prefill_tokens + mix.decode_seqs
         if tokens <= 0:
             return [0.0] * self.pp, [0.0] * (self.pp - 1)
-        layer = self._layer(tokens) + self._per_layer_attention(mix)
+        attention = self._per_layer_attention(mix)
         tp = self.tp
-        ar_layer = self._ar_layer_bytes * tokens
         stages = []
-        for s, n in enumerate(self.stage_layers):
-            t = n * layer
-            count, nbytes = n * self._ar_layer_count, n * ar_layer
-            if s == 0:
-                t += self._embed(tokens)
-                count += self._ar_embed_count
-                nbytes += self._ar_embed_bytes * tokens
-            if s == self.pp - 1 and mix.sampled > 0:
-                t += self._head(mix.sampled)
-            if tp > 1 and count > 0.5:
-                t += tp_allreduce_time(nbytes, count, tp, self._links[s])
+        for n, curve, count, per_token, link in self._stages:
+            t = curve(tokens) + n * attention
+            if count > 0.5:
+                t += tp_allreduce_time(per_token * tokens, count, tp, link)
             stages.append(t)
+        if mix.sampled > 0:
+            stages[-1] += self._head(mix.sampled)
+        if self.pp == 1:
+            return stages, []
         cut = self._cut_bytes * tokens
-        hops = [p2p_time(cut, alpha, bw) for alpha, bw in self._pairs]
-        return stages, hops
+        return stages, [p2p_time(cut, alpha, bw) for alpha, bw in self._pairs]
 
     def overhead_s(self, mix: Any) -> float:
         """The engine's per-iteration time outside the GPU kernels (scheduler, sampling, host)."""
