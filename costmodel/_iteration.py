@@ -168,9 +168,10 @@ def _workloads(spec: ModelSpec) -> _Workloads:
 class _AttentionGrid:
     """One layer's attention kernel over (sequences, length): a length curve per sequence count, linear between.
 
-    With the fitted attention terms of a phase the kernel is affine in the sequences at a fixed length (every
-    term but the launch scales with the batch), so two counts (1 and 2) give it exactly; the hand-set curves'
-    efficiency grows with the work, so they get a count grid of powers of two up to 2^16.
+    The fitted attention terms of a phase are affine in the sequences at a fixed length (every term but the
+    launch scales with the batch): then two counts (1 and 2) give it exactly. Where the kernel is not (the
+    hand-set efficiency curves, or a fitted residual over sequences x KV), a probe at 2^16 sequences says
+    so and the counts become the powers of two up to 2^16.
     """
 
     counts: tuple[float, ...]
@@ -179,23 +180,36 @@ class _AttentionGrid:
     @classmethod
     def price(cls, platform: Platform, dtype: str, kv_dtype: str, tp: int, phase: str, w: _Workloads) -> _AttentionGrid:
         ops = w.prefill_attention if phase == "prefill" else w.decode_attention
-        fitted = KernelPricer(platform, dtype, phase=phase, kv_dtype=kv_dtype).attention is not None
-        counts = (1, 2) if fitted else tuple(1 << i for i in range(17))
-        times = np.zeros((len(ops), len(counts)))
-        if fitted:  # the fitted terms read the query length from the pricer: one per length
-            for i, (length, op) in enumerate(zip(w.lengths, ops, strict=True)):
-                q = length if phase == "prefill" else 1
-                pricer = KernelPricer(platform, dtype, phase=phase, batch=1, q_len=q, kv_dtype=kv_dtype)
-                table = OpTable.from_ops([op])
-                times[i] = [float(pricer.op_times(table, tp, float(b))[0]) for b in counts]
+        whole = KernelPricer(platform, dtype, phase=phase, batch=1, kv_dtype=kv_dtype)
+        # Fitted prefill terms read the query length from the pricer: one pricer per length.
+        per_length = phase == "prefill" and whole.attention is not None
+        tables = [OpTable.from_ops([op]) for op in ops] if per_length else []
+        pricers = [
+            KernelPricer(platform, dtype, phase=phase, batch=1, q_len=length, kv_dtype=kv_dtype) for length in w.lengths
+        ] if per_length else []  # fmt: skip
+        table = OpTable.from_ops(ops)
+
+        def times(counts: tuple[int, ...]) -> np.ndarray:
+            """Seconds at each length (rows) and sequence count (columns): the batch as the pricer's scale."""
+            if per_length:
+                return np.array(
+                    [
+                        [float(p.op_times(t, tp, float(b))[0]) for b in counts]
+                        for p, t in zip(pricers, tables, strict=True)
+                    ]
+                )
+            return np.column_stack([whole.op_times(table, tp, float(b)) for b in counts])
+
+        top = 1 << 16
+        probe = times((1, 2, top))
+        line = probe[:, 0] + (top - 1) * (probe[:, 1] - probe[:, 0])
+        if np.allclose(probe[:, 2], line, rtol=1e-6, atol=0.0):
+            counts, grid = (1, 2), probe[:, :2]
         else:
-            pricer = KernelPricer(platform, dtype, phase=phase, batch=1, kv_dtype=kv_dtype)
-            table = OpTable.from_ops(ops)
-            for j, b in enumerate(counts):
-                times[:, j] = pricer.op_times(table, tp, float(b))
-        return cls(
-            tuple(float(b) for b in counts), tuple(_Curve.fit(w.lengths, times[:, j]) for j in range(len(counts)))
-        )
+            counts = tuple(1 << i for i in range(17))
+            grid = times(counts)
+        curves = tuple(_Curve.fit(w.lengths, grid[:, j]) for j in range(len(counts)))
+        return cls(tuple(float(b) for b in counts), curves)
 
     def __call__(self, sequences: float, length: float) -> float:
         counts = self.counts
