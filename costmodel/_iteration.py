@@ -203,8 +203,9 @@ class _AttentionGrid:
         top = 1 << 16
         probe = times((1, 2, top))
         line = probe[:, 0] + (top - 1) * (probe[:, 1] - probe[:, 0])
+        counts: tuple[int, ...] = (1, 2)
         if np.allclose(probe[:, 2], line, rtol=1e-6, atol=0.0):
-            counts, grid = (1, 2), probe[:, :2]
+            grid = probe[:, :2]
         else:
             counts = tuple(1 << i for i in range(17))
             grid = times(counts)
