@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..graphs import ModelSpec, build_graph
+from ..graphs import DTYPE_BYTES, ModelSpec, build_graph
 from ..graphs._task import Op
 from ._memory import kv_cache_memory, weight_memory
 from ._platform import Platform
@@ -224,6 +224,12 @@ class _AttentionGrid:
         return a + (sequences - lo) / (hi - lo) * (self.curves[j + 1](length) - a)
 
 
+def kv_shard_bytes_per_token(spec: ModelSpec, *, tp: int, pp: int, kv_dtype: str | None = None) -> float:
+    """KV bytes per token on the most loaded GPU of a TP x PP instance (KV heads replicated past their count)."""
+    per_layer = 2.0 * spec.kv_dim * DTYPE_BYTES[kv_dtype or spec.kv_dtype or spec.dtype] / min(tp, spec.kv_heads)
+    return per_layer * -(-spec.layers // pp)
+
+
 def _sum_by_group(times: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(group, weights=times, minlength=n)
 
@@ -289,6 +295,9 @@ class IterationModel:
         self._memory_tables(w)
         self.kv_capacity_tokens = 0
         self._set_capacity(memory_fraction, budget_tokens, max_seqs, page_tokens)  # raises before pricing
+        #: Largest KV shard per token a transfer moves, and whether the peer instance shares the node.
+        self.kv_transfer_bytes_per_token = self.kv_bytes_per_token
+        self.kv_same_node = True
         self._price(w, dtype, kv_dtype)
 
     # -- construction -------------------------------------------------------------------------------
@@ -388,19 +397,22 @@ class IterationModel:
         """KV-cache bytes one token occupies on the GPU of the instance that holds the most of it."""
         return max(self.stage_kv_per_token)
 
-    def kv_transfer_s(self, tokens: float, *, same_node: bool) -> float:
-        """Seconds to send ``tokens`` tokens' KV cache to another instance (disaggregated serving).
+    def kv_transfer_s(self, tokens: float, *, same_node: bool | None = None) -> float:
+        """Seconds to send ``tokens`` tokens' KV cache between a prefill and a decode instance (disaggregated).
 
         Every GPU sends its own shard at once (the engines' NIXL / NCCL transfers run per rank), so the
-        time is that of the largest shard over one link: NVLink when both instances sit in one node, the
-        network otherwise (the platform's point-to-point terms).
+        time is that of the largest shard (``kv_transfer_bytes_per_token``: this instance's, or the larger of
+        the pair's when ``serving.instance_cost`` knows the other pool) over one link: NVLink when both
+        instances sit in one node, the network otherwise (the platform's point-to-point terms).
+        ``same_node`` None: ``kv_same_node`` (set by ``instance_cost`` from the deployment; True by default).
         """
         if tokens <= 0:
             return 0.0
+        same = self.kv_same_node if same_node is None else same_node
         links = self._kv_links
-        terms = links.get("intra" if same_node else "inter") or links.get("intra") or next(iter(links.values()))
+        terms = links.get("intra" if same else "inter") or links.get("intra") or next(iter(links.values()))
         alpha, bw = terms
-        return p2p_time(tokens * self.kv_bytes_per_token, alpha, bw)
+        return p2p_time(tokens * self.kv_transfer_bytes_per_token, alpha, bw)
 
     # -- per iteration ------------------------------------------------------------------------------
     def _per_layer_attention(self, mix: Any) -> float:

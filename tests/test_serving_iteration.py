@@ -117,3 +117,14 @@ def test_instance_cost_is_cached_and_carries_the_pool_limits() -> None:
     assert sglang.latency_s(mix) < a.latency_s(mix)
     with pytest.raises(ValueError, match=r"TP 1 x PP 1"):
         instance_cost("llama3-70b", H100, Pool(), Deployment((Pool(),)))
+
+
+def test_disaggregated_pair_shares_one_kv_transfer_time() -> None:
+    """Both sides of a prefill -> decode pair price the same transfer (the larger shard), whichever is asked."""
+    pre, dec = Pool(role="prefill", tp=1), Pool(role="decode", tp=4)
+    dep = Deployment((pre, dec))
+    a, b = (instance_cost("llama3-8b", H100, p, dep) for p in (pre, dec))
+    assert a.kv_transfer_s(1000) == b.kv_transfer_s(1000) > 0
+    assert a.kv_transfer_bytes_per_token == a.kv_bytes_per_token == 131072  # TP 1 holds all 32 layers' K and V
+    assert b.kv_bytes_per_token == 131072 / 4
+    assert a.kv_same_node and a.kv_transfer_s(1000, same_node=False) > a.kv_transfer_s(1000)
