@@ -7,7 +7,9 @@ Prints, and with ``--json`` writes as one JSON object (also to ``--out``):
 * ``batched_evals_per_s`` — the same problem through ``evaluate_batch`` (target >= 500,000/s);
 * ``simulator_ms`` — discrete-event simulator, one evaluation of the op-granularity llama2-7b prefill
   graph imported with torch.export (about 1,300 tasks; the zoo graph when torch is missing) (target <= 50 ms);
-* ``hf_import_s`` — ``hf:llama`` prefill import in a fresh process, torch import included (target <= 10 s).
+* ``hf_import_s`` — ``hf:llama`` prefill import in a fresh process, torch import included (target <= 10 s);
+* ``new_workload_evals_per_s`` — the serving analytic model on a new traffic per call (new lengths and rate),
+  instance costs cached, no graph rebuild (target >= 5,000/s; ``_serving_speed.py``).
 
 Run: ``python benchmarks/costmodel_speed.py [--json] [--out FILE]`` inside the project's environment.
 """
@@ -24,7 +26,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-TARGETS = {"single_evals_per_s": 10_000, "batched_evals_per_s": 500_000, "simulator_ms": 50, "hf_import_s": 10}
+TARGETS = {
+    "single_evals_per_s": 10_000,
+    "batched_evals_per_s": 500_000,
+    "simulator_ms": 50,
+    "hf_import_s": 10,
+    "new_workload_evals_per_s": 5_000,
+}
 
 IMPORT_SNIPPET = """
 import time, json
@@ -59,6 +67,7 @@ def simulator_graph() -> Any:
 def main() -> None:
     from _analytic_speed import measure_analytic
     from _figures import emit, figure_parser, provenance
+    from _serving_speed import measure_serving
     from _simulator_speed import measure_simulator
 
     args = figure_parser(__doc__).parse_args()
@@ -69,6 +78,7 @@ def main() -> None:
     figures.update(measure_simulator(graph))
     figures["simulator_tasks"] = graph.num_tasks
     figures.update(measure_import())
+    figures.update(measure_serving())
     figures["targets"] = TARGETS
     figures["meets_targets"] = {
         k: (

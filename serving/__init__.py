@@ -7,14 +7,19 @@ steady-state analytic model and a request-level simulator schedule requests on i
 
 from __future__ import annotations
 
+from ._analytic import analytic
+from ._costs import instance_cost
+from ._engines import ENGINE_PROFILES, EngineProfile, engine_profile
 from ._launch import EngineLaunch, serving_launch_lines
 from ._types import ENGINES, ROLES, Deployment, IterationCost, Lengths, Mix, Pool, ServingMetrics, Slo, Traffic
 
 __all__ = [
     "ENGINES",
+    "ENGINE_PROFILES",
     "ROLES",
     "Deployment",
     "EngineLaunch",
+    "EngineProfile",
     "IterationCost",
     "Lengths",
     "Mix",
@@ -22,5 +27,8 @@ __all__ = [
     "ServingMetrics",
     "Slo",
     "Traffic",
+    "analytic",
+    "engine_profile",
+    "instance_cost",
     "serving_launch_lines",
 ]

@@ -1,0 +1,151 @@
+"""The steady-state analytic serving model: Little's law, load, saturation, disaggregation, SLOs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from paratune.costmodel import get_platform
+from paratune.costmodel._iteration import IterationModel
+from paratune.serving import Deployment, Lengths, Mix, Pool, Slo, Traffic, analytic, instance_cost
+
+H100 = get_platform("dgx-h100")
+CHAT = (Lengths(mean=1000), Lengths(mean=200))
+
+
+def _mixed(replicas: int = 2, **pool: int) -> tuple[Deployment, dict[str, IterationModel]]:
+    dep = Deployment((Pool(tp=1, replicas=replicas, **pool),))
+    return dep, {"mixed": instance_cost("llama3-8b", H100, dep.pools[0], dep)}
+
+
+def _traffic(rate: float | None = None, concurrency: int | None = None) -> Traffic:
+    return Traffic(*CHAT, rate=rate, concurrency=concurrency)
+
+
+def test_littles_law_and_throughput_equal_to_arrivals_below_capacity() -> None:
+    dep, costs = _mixed()
+    for rate in (1.0, 10.0, 30.0):
+        m = analytic(dep, _traffic(rate), costs)
+        assert not m.saturated
+        assert m.requests_per_s == pytest.approx(rate, rel=1e-9)
+        assert m.tokens_per_s_per_gpu == pytest.approx(rate * 200 / dep.gpus, rel=1e-9)
+        # Little: requests in flight per instance = arrivals per instance x time in the system.
+        in_system = (m.ttft_ms["mean"] + 199 * m.tpot_ms["mean"]) / 1e3
+        assert m.concurrency == pytest.approx(rate / 2 * in_system, rel=1e-6)
+        assert m.tokens_per_s_per_user == pytest.approx(1e3 / m.tpot_ms["mean"], rel=1e-12)
+
+
+def test_tpot_and_ttft_grow_with_rate_and_percentiles_are_ordered() -> None:
+    dep, costs = _mixed()
+    runs = [analytic(dep, _traffic(rate), costs) for rate in (1.0, 8.0, 20.0, 40.0)]
+    tpots = [m.tpot_ms["mean"] for m in runs]
+    ttfts = [m.ttft_ms["mean"] for m in runs]
+    assert all(a < b for a, b in itertools.pairwise(tpots))
+    assert all(a < b for a, b in itertools.pairwise(ttfts))
+    for m in runs:
+        for d in (m.ttft_ms, m.tpot_ms):
+            assert d["p50"] <= d["p90"] <= d["p99"]
+
+
+def test_tpot_at_light_load_is_one_sequence_decode_step() -> None:
+    dep, costs = _mixed(replicas=1)
+    m = analytic(dep, _traffic(0.01), costs)
+    alone = costs["mixed"].latency_s(Mix(decode_seqs=1, decode_context=1100, sampled=1))
+    assert m.tpot_ms["p50"] == pytest.approx(alone * 1e3, rel=0.02)
+
+
+def test_saturation_above_capacity_reports_the_capped_throughput() -> None:
+    dep, costs = _mixed()
+    below = analytic(dep, _traffic(30.0), costs)
+    over = analytic(dep, _traffic(1000.0), costs)
+    far = analytic(dep, _traffic(5000.0), costs)
+    assert over.saturated and far.saturated and not below.saturated
+    assert 30.0 < over.requests_per_s < 1000.0
+    assert far.requests_per_s == pytest.approx(over.requests_per_s, rel=1e-9)  # capacity does not depend on load
+    assert math.isinf(over.ttft_ms["p90"])
+    assert over.meets_slo is None
+    assert analytic(dep, _traffic(1000.0), costs, Slo(tpot_ms=1e9)).meets_slo is False
+    # Just below capacity is not saturated and serves what arrives.
+    edge = analytic(dep, _traffic(0.98 * over.requests_per_s), costs)
+    assert not edge.saturated and edge.ttft_ms["mean"] > below.ttft_ms["mean"]
+
+
+def test_batch_cap_and_kv_capacity_bound_the_decode_batch() -> None:
+    dep, costs = _mixed(replicas=1, max_num_seqs=16)
+    m = analytic(dep, _traffic(1000.0), costs)
+    # At the cap 16 sequences decode: 199 decode steps each, one token per step per sequence.
+    assert m.saturated
+    assert m.requests_per_s * 199 * m.tpot_ms["mean"] / 1e3 == pytest.approx(16, rel=0.02)
+    wide = analytic(_mixed(replicas=1)[0], _traffic(1000.0), _mixed(replicas=1)[1])
+    assert wide.requests_per_s > 2 * m.requests_per_s
+
+
+def test_closed_loop_keeps_the_users_in_flight() -> None:
+    dep, costs = _mixed()
+    for users in (1, 16, 128):
+        m = analytic(dep, _traffic(concurrency=users), costs)
+        cycle = (m.ttft_ms["mean"] + 199 * m.tpot_ms["mean"]) / 1e3
+        assert m.requests_per_s * cycle == pytest.approx(users, rel=1e-3)
+        assert not m.saturated
+
+
+def _disaggregated(
+    prefill: int = 1, decode: int = 2, **decode_pool: int
+) -> tuple[Deployment, dict[str, IterationModel]]:
+    pre = Pool(role="prefill", tp=1, replicas=prefill)
+    dec = Pool(role="decode", tp=1, replicas=decode, **decode_pool)
+    dep = Deployment((pre, dec))
+    return dep, {
+        "prefill": instance_cost("llama3-8b", H100, pre, dep),
+        "decode": instance_cost("llama3-8b", H100, dec, dep),
+    }
+
+
+def test_disaggregated_ttft_includes_the_kv_transfer_and_tpot_has_no_prefill_interference() -> None:
+    dep, costs = _disaggregated()
+    m = analytic(dep, _traffic(2.0), costs)
+    pre = costs["prefill"]
+    prompt = pre.latency_s(Mix(prefill_tokens=1000, prefill_attention=1000 * 1001 / 2, sampled=1))
+    transfer = pre.kv_transfer_s(1000, same_node=True)
+    # 1000 tokens x 32 layers x 2 x 1024 x 2 bytes = 131 MB over NVLink: tens of microseconds to a millisecond.
+    assert 1e-5 < transfer < 5e-3
+    assert m.ttft_ms["p50"] == pytest.approx((prompt + transfer) * 1e3, rel=0.01)
+    assert m.tpot_ms["p99"] == pytest.approx(m.tpot_ms["p50"], rel=1e-9)  # no chunks interleave
+    # Across nodes the transfer runs on the network: slower.
+    assert pre.kv_transfer_s(1000, same_node=False) > 3 * transfer
+    # The aggregated deployment with the same GPUs has TPOT spread from prompt chunks.
+    agg, agg_costs = _mixed(replicas=3)
+    a = analytic(agg, _traffic(20.0), agg_costs)
+    assert a.tpot_ms["p99"] > a.tpot_ms["p50"]
+
+
+def test_disaggregated_capacity_is_the_smaller_pool() -> None:
+    dep, costs = _disaggregated(prefill=1, decode=1, max_num_seqs=8)
+    m = analytic(dep, _traffic(1000.0), costs)
+    assert m.saturated
+    assert any("saturated" in n for n in m.notes)
+    more_decode, costs2 = _disaggregated(prefill=1, decode=4, max_num_seqs=8)
+    assert analytic(more_decode, _traffic(1000.0), costs2).requests_per_s > 2 * m.requests_per_s
+
+
+def test_slo_flag_follows_its_percentile() -> None:
+    dep, costs = _mixed()
+    m = analytic(dep, _traffic(20.0), costs, Slo(ttft_ms=1e4, tpot_ms=1e4, percentile=95))
+    assert m.meets_slo is True and "p95" in m.ttft_ms
+    assert m.ttft_ms["p90"] <= m.ttft_ms["p95"] <= m.ttft_ms["p99"]
+    tight = Slo(tpot_ms=m.tpot_ms["p50"] * 0.5)
+    assert analytic(dep, _traffic(20.0), costs, tight).meets_slo is False
+    loose_p50 = Slo(ttft_ms=m.ttft_ms["p50"] * 1.001, percentile=50)
+    assert analytic(dep, _traffic(20.0), costs, loose_p50).meets_slo is True
+
+
+def test_bad_inputs_raise_naming_the_field() -> None:
+    dep, costs = _mixed()
+    with pytest.raises(ValueError, match="rate"):
+        analytic(dep, _traffic(0.0), costs)
+    with pytest.raises(ValueError, match="mixed"):
+        analytic(dep, _traffic(1.0), {})
+    with pytest.raises(ValueError, match="prompt and output"):
+        analytic(dep, Traffic(Lengths(mean=0.5), Lengths(mean=10), rate=1.0), costs)
