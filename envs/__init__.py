@@ -1,6 +1,6 @@
-"""Gymnasium environments for learned mapping: ``paratune/Mapping-v0`` and ``paratune/Placement-v0``.
+"""Gymnasium environments: ``paratune/Mapping-v0``, ``paratune/Placement-v0`` and ``paratune/Serving-v0``.
 
-Importing this package registers both ids with gymnasium::
+Importing this package registers the ids with gymnasium::
 
     import gymnasium
     import paratune.envs  # registers the ids
@@ -15,6 +15,10 @@ Importing this package registers both ids with gymnasium::
   priced by the analytic evaluator.
 * ``Placement-v0`` (:mod:`._placement`): any DAG; a TP degree, then one device
   group per forward task; priced by the discrete-event simulator.
+* ``Serving-v0`` (:mod:`._serving`): a serving deployment (mode, TP, PP, batch cap,
+  token budget per pool) for a traffic and SLO; priced by the steady-state serving
+  model; its own reward (tokens/s per GPU against the engine defaults) and scenarios
+  (:class:`~paratune.search._serve.ServingProblem`).
 
 Both have a ``Discrete(N_ACTIONS)`` action space and a ``Box(0, FEATURE_MAX)``
 float32 observation of fixed size whatever the model or platform (layout
@@ -44,9 +48,15 @@ from ._pool import DEFAULT_POOL, load_pool
 from ._reward import REWARD_CLIP, Reference, reference, reward
 
 #: Every environment id this package registers.
-ENV_IDS = ("paratune/Mapping-v0", "paratune/Placement-v0")
+#: The environments whose episodes are plan problems (a scenario pool of :class:`~paratune.problem.Problem`).
+PLAN_ENV_IDS = ("paratune/Mapping-v0", "paratune/Placement-v0")
+ENV_IDS = (*PLAN_ENV_IDS, "paratune/Serving-v0")
 
-_ENTRIES = ("paratune.envs._mapping:MappingEnv", "paratune.envs._placement:PlacementEnv")
+_ENTRIES = (
+    "paratune.envs._mapping:MappingEnv",
+    "paratune.envs._placement:PlacementEnv",
+    "paratune.envs._serving:ServingEnv",
+)
 for _id, _entry in zip(ENV_IDS, _ENTRIES, strict=True):
     if _id not in registry:
         register(id=_id, entry_point=_entry, disable_env_checker=False)
@@ -57,6 +67,7 @@ __all__ = [
     "FEATURE_MAX",
     "N_ACTIONS",
     "OBS_SCHEMA_VERSION",
+    "PLAN_ENV_IDS",
     "REWARD_CLIP",
     "TP_MENU",
     "MappingEnv",

@@ -118,16 +118,14 @@ class Deployment:
         pools = []
         for i, raw in enumerate(raw_pools):
             p = FieldReader(raw, where, f"pools[{i}]")
-            fields_ = {
-                "role": p.text("role", "mixed", choices=ROLES),
-                "tp": p.integer("tp", 1, minimum=1, maximum=MAX_DEVICES),
-                "pp": p.integer("pp", 1, minimum=1, maximum=MAX_DEVICES),
-                "replicas": p.integer("replicas", 1, minimum=1, maximum=MAX_DEVICES),
-                "max_num_seqs": p.integer("max_num_seqs", 256, minimum=1, maximum=MAX_BATCH),
-                "max_batched_tokens": p.integer("max_batched_tokens", 8192, minimum=1, maximum=MAX_BATCHED_TOKENS),
-            }
+            role = p.text("role", "mixed", choices=ROLES)
+            tp = p.integer("tp", 1, minimum=1, maximum=MAX_DEVICES)
+            pp = p.integer("pp", 1, minimum=1, maximum=MAX_DEVICES)
+            replicas = p.integer("replicas", 1, minimum=1, maximum=MAX_DEVICES)
+            seqs = p.integer("max_num_seqs", 256, minimum=1, maximum=MAX_BATCH)
+            tokens = p.integer("max_batched_tokens", 8192, minimum=1, maximum=MAX_BATCHED_TOKENS)
             try:
-                pools.append(Pool(**fields_))
+                pools.append(Pool(role, tp, pp, replicas, seqs, tokens))
             except ValueError as exc:
                 raise ValueError(f"{where}: pools[{i}]: {exc}") from None
             p.finish()

@@ -11,7 +11,7 @@ import pytest
 
 import paratune.envs as envs
 from paratune.costmodel import Plan
-from paratune.envs import ENV_IDS, FEATURE_MAX, N_ACTIONS, TP_MENU, load_pool
+from paratune.envs import ENV_IDS, FEATURE_MAX, N_ACTIONS, PLAN_ENV_IDS, TP_MENU, load_pool
 from paratune.search import Problem, make_tuner
 
 TINY = "llama2-7b:layers=4,hidden=512,heads=8,kv_heads=8"
@@ -68,7 +68,7 @@ def test_check_env(env_id: str) -> None:
     sb3_check_env(gym.make(env_id).unwrapped, warn=True)
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", PLAN_ENV_IDS)
 def test_same_seed_same_rollout(env_id: str, fuzz_pool: list[Problem]) -> None:
     runs = []
     for _ in range(2):
@@ -85,7 +85,7 @@ def test_same_seed_same_rollout(env_id: str, fuzz_pool: list[Problem]) -> None:
         np.testing.assert_array_equal(o1, o2)
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", PLAN_ENV_IDS)
 def test_fuzz_random_masked_steps(env_id: str, fuzz_pool: list[Problem]) -> None:
     """10,000 random masked steps over many scenarios: no exception, no NaN, rewards bounded."""
     env = gym.make(env_id, scenarios=fuzz_pool)
