@@ -1,0 +1,83 @@
+"""``benchmarks/_aic_serving.py``: AIConfigurator's serving search as a peer, in paratune's deployment schema.
+
+The first tests need no peer: the scenarios cover what issue 17 asks for and a result row
+of the peer translates into a deployment paratune reads back. The last one runs the peer's
+search on a small scenario (two GPUs, disaggregated) and checks that its estimate of the
+chosen deployment reproduces the search's own figures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from paratune.serving import Deployment
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "_aic_serving.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("_aic_serving", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scenarios_cover_the_issue(bench: ModuleType) -> None:
+    scenarios = bench.SCENARIOS
+    assert len(scenarios) >= 12
+    assert len({s["name"] for s in scenarios}) == len(scenarios)
+    assert {s["model"] for s in scenarios} == {"llama3-8b", "llama3-70b", "mixtral-8x7b"}
+    assert {s["system"] for s in scenarios} == {"h100_sxm", "h200_sxm", "b200_sxm"}
+    assert {s["traffic"] for s in scenarios} == {"chat", "long"}
+    assert {s["mode"] for s in scenarios} == {"agg", "disagg", "both"}
+    for s in scenarios:
+        assert s["platform"] == bench.PLATFORMS[s["system"]]
+        assert s["ttft_ms"] > 0 and s["tpot_ms"] > 0 and s["isl"] > s["osl"] > 1
+
+
+def test_agg_row_translates_and_reads_back(bench: ModuleType) -> None:
+    scenario = bench._scenario("llama3.1-8b", "h200_sxm", bench.CHAT, "agg")  # 8 GPUs
+    row = {"tp": 2, "pp": 1, "bs": 96, "ctx_tokens": 2048, "num_total_gpus": 2, "dp": 1, "moe_ep": None}
+    row |= {"backend": "vllm", "gemm": "fp8", "kvcache": "bfloat16"}
+    data, notes = bench.row_to_deployment(row, scenario, "agg")
+    dep = Deployment.from_dict(data)
+    assert notes == []
+    (pool,) = dep.pools
+    assert (pool.role, pool.tp, pool.replicas, pool.max_num_seqs, pool.max_batched_tokens) == ("mixed", 2, 4, 96, 2048)
+    assert (dep.engine, dep.dtype, dep.kv_dtype, dep.gpus) == ("vllm", "fp8", "bf16", 8)
+
+
+def test_disagg_row_scales_workers_by_the_copies_that_fit(bench: ModuleType) -> None:
+    scenario = bench._scenario("llama3.1-70b", "h100_sxm", bench.LONG, "disagg", gpus=16)
+    row = {"(p)tp": 2, "(p)pp": 1, "(p)bs": 1, "(p)workers": 1, "(p)dp": 1, "(p)moe_ep": 1}
+    row |= {"(d)tp": 4, "(d)pp": 1, "(d)bs": 64, "(d)workers": 1, "(d)dp": 2, "(d)moe_ep": 1, "num_total_gpus": 6}
+    data, notes = bench.row_to_deployment(row, scenario, "disagg")
+    dep = Deployment.from_dict(data)
+    pre, dec = dep.pool("prefill"), dep.pool("decode")
+    assert (pre.tp, pre.replicas, pre.max_num_seqs, pre.max_batched_tokens) == (2, 2, 1, 8192)
+    assert (dec.tp, dec.replicas, dec.max_num_seqs, dec.max_batched_tokens) == (4, 2, 64, 64)
+    assert dep.gpus == 12  # two copies of the 6-GPU group fit in 16
+    assert len(notes) == 1 and "(d)" in notes[0] and "not expressible" in notes[0]
+
+
+@pytest.mark.needs("aiconfigurator", "aiconfigurator_core")
+def test_search_reads_back_and_its_estimate_reproduces_it(bench: ModuleType) -> None:
+    scenario = bench._scenario("llama3.1-8b", "h200_sxm", bench.CHAT, "disagg", gpus=2)
+    found = bench.aic_search(scenario)
+    assert found["status"] == "ok" and found["mode"] == "disagg"
+    dep = Deployment.from_dict(found["deployment"])
+    assert dep.disaggregated and dep.gpus <= 2
+    assert dep.to_dict() == found["deployment"]
+    assert found["wall_s"] > 0
+    again = bench.aic_estimate(scenario, found["deployment"])
+    for key in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_ms", "tpot_ms"):
+        assert again[key] == pytest.approx(found["aic"][key], rel=0.01), key
+    assert again["meets_slo"] == found["aic"]["meets_slo"]
