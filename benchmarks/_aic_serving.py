@@ -425,6 +425,99 @@ def aic_estimate(
     return {**figures, "notes": notes, "wall_s": time.perf_counter() - start, "version": result.backend_version}
 
 
+# -- what the lead's benchmark plugs paratune into ----------------------------------------------------------------
+#: Issue 17's target: paratune's deployment at least as good as the peer's by the peer's own estimate, within 3% ...
+TARGET_RATIO = 0.97
+#: ... on at least this share of the scenarios, in no more wall time.
+TARGET_SHARE = 0.8
+
+
+def paratune_inputs(scenario: Mapping[str, Any], *, concurrency: int | None = None, percentile: float = 50.0) -> dict:
+    """The scenario in paratune's serving vocabulary: fixed prompt and output lengths, the SLO, a closed-loop load.
+
+    The peer's TTFT and TPOT are steady-state means of identical requests, so the SLO's
+    percentile defaults to the median. The peer has no arrival process: it reports the
+    load its full batches sustain; ``concurrency`` (requests in flight over the whole
+    deployment) defaults to the scenario's GPUs x 64, a saturating closed loop.
+    """
+    from paratune.serving import Lengths, Slo, Traffic
+
+    load = concurrency if concurrency is not None else 64 * int(scenario["gpus"])
+    return {
+        "traffic": Traffic(
+            prompt=Lengths(kind="fixed", mean=float(scenario["isl"])),
+            output=Lengths(kind="fixed", mean=float(scenario["osl"])),
+            concurrency=load,
+        ),
+        "slo": Slo(ttft_ms=float(scenario["ttft_ms"]), tpot_ms=float(scenario["tpot_ms"]), percentile=percentile),
+        "gpus": int(scenario["gpus"]),
+        "platform": scenario["platform"],
+        "model": scenario["model"],
+        "dtype": scenario["dtype"],
+        "engine": scenario["backend"],
+    }
+
+
+def _score(figures: Mapping[str, Any], budget: int) -> float:
+    """What a choice is worth to the peer: its ranking figure, nothing when it misses the SLO or the GPU budget."""
+    if not figures["meets_slo"] or figures["gpus_used"] > budget:
+        return 0.0
+    return float(figures["tokens_per_s_per_gpu_cluster"])
+
+
+def compare(
+    scenario: Mapping[str, Any],
+    found: Mapping[str, Any],
+    deployment: Mapping[str, Any],
+    *,
+    wall_s: float,
+    models: _PeerModels | None = None,
+) -> dict[str, Any]:
+    """paratune's ``deployment`` (found in ``wall_s`` seconds) against the peer's search result ``found``.
+
+    Both are scored by the peer's estimate (:func:`aic_estimate` for paratune's): its
+    ``tokens/s/gpu_cluster``, zero for a deployment that misses the SLO or uses more GPUs
+    than the scenario has. ``ratio`` is paratune's score over the peer's (``inf`` when only
+    the peer's scores zero); ``as_good`` is ``ratio >= TARGET_RATIO``, ``faster`` that
+    paratune's search took no more wall time.
+    """
+    estimate = aic_estimate(scenario, deployment, models=models)
+    budget = int(scenario["gpus"])
+    ours, theirs = _score(estimate, budget), _score(found["aic"], budget)
+    ratio = ours / theirs if theirs > 0 else (math.inf if ours > 0 else math.nan)
+    return {
+        "estimate": estimate,
+        "ratio": ratio,
+        "as_good": bool(ratio >= TARGET_RATIO) or (ours == theirs == 0.0),
+        "wall_s": wall_s,
+        "peer_wall_s": float(found["wall_s"]),
+        "wall_ratio": wall_s / found["wall_s"] if found["wall_s"] > 0 else math.inf,
+        "faster": wall_s <= found["wall_s"],
+    }
+
+
+def verdict(comparisons: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The issue's pass mark over the scenarios: as good (within 3%) on ``TARGET_SHARE`` of them, in no more wall time.
+
+    The wall time is compared in total (every search of the run), as one run of the
+    benchmark does both; ``faster`` also counts the scenarios paratune searched faster.
+    """
+    n = len(comparisons)
+    good = sum(bool(c["as_good"]) for c in comparisons)
+    share = good / n if n else 0.0
+    wall = sum(float(c["wall_s"]) for c in comparisons)
+    peer_wall = sum(float(c["peer_wall_s"]) for c in comparisons)
+    return {
+        "scenarios": n,
+        "as_good": good,
+        "share_as_good": share,
+        "faster": sum(bool(c["faster"]) for c in comparisons),
+        "wall_s": wall,
+        "peer_wall_s": peer_wall,
+        "meets_target": bool(n and share >= TARGET_SHARE and wall <= peer_wall),
+    }
+
+
 # -- the runnable check --------------------------------------------------------------------------------------------
 def run(scenarios: list[dict[str, Any]], say: Any = print) -> list[dict[str, Any]]:
     """Search every scenario, then re-estimate the chosen deployment; a row per scenario (``status`` ok/none/error)."""

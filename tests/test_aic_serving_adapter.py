@@ -68,6 +68,52 @@ def test_disagg_row_scales_workers_by_the_copies_that_fit(bench: ModuleType) -> 
     assert len(notes) == 1 and "(d)" in notes[0] and "not expressible" in notes[0]
 
 
+def test_paratune_inputs_speak_the_serving_vocabulary(bench: ModuleType) -> None:
+    scenario = bench._scenario("llama3.1-70b", "h200_sxm", bench.LONG, "both", tpot_ms=50.0)
+    inputs = bench.paratune_inputs(scenario, concurrency=96)
+    traffic, slo = inputs["traffic"], inputs["slo"]
+    assert (traffic.prompt.mean, traffic.output.mean, traffic.concurrency, traffic.rate) == (8192, 512, 96, None)
+    assert (slo.ttft_ms, slo.tpot_ms, slo.percentile) == (4000.0, 50.0, 50.0)
+    assert (inputs["gpus"], inputs["platform"], inputs["model"]) == (8, "hgx-h200", "llama3-70b")
+    assert bench.paratune_inputs(scenario)["traffic"].concurrency == 8 * 64
+
+
+def _figures(cluster: float, *, meets: bool = True, gpus: int = 8) -> dict:
+    return {"tokens_per_s_per_gpu_cluster": cluster, "meets_slo": meets, "gpus_used": gpus}
+
+
+@pytest.mark.parametrize(
+    ("ours", "ratio", "as_good"),
+    [
+        (_figures(980.0), 0.98, True),
+        (_figures(960.0), 0.96, False),
+        (_figures(1500.0, meets=False), 0.0, False),  # misses the SLO: worth nothing
+        (_figures(1500.0, gpus=16), 0.0, False),  # over the GPU budget: worth nothing
+    ],
+)
+def test_compare_scores_by_the_peers_estimate(bench: ModuleType, monkeypatch, ours: dict, ratio, as_good) -> None:
+    scenario = bench._scenario("llama3.1-8b", "h100_sxm", bench.CHAT, "agg")
+    monkeypatch.setattr(bench, "aic_estimate", lambda *a, **k: ours)
+    found = {"aic": _figures(1000.0), "wall_s": 10.0}
+    got = bench.compare(scenario, found, {}, wall_s=4.0)
+    assert got["ratio"] == pytest.approx(ratio, abs=1e-12)
+    assert got["as_good"] is as_good
+    assert got["faster"] and got["wall_ratio"] == pytest.approx(0.4)
+
+
+def test_verdict_needs_the_share_and_the_total_wall_time(bench: ModuleType) -> None:
+    def row(good: bool, wall: float) -> dict:
+        return {"as_good": good, "faster": wall <= 10.0, "wall_s": wall, "peer_wall_s": 10.0}
+
+    passing = [row(True, 5.0)] * 4 + [row(False, 5.0)]  # 80%, half the time
+    assert bench.verdict(passing)["meets_target"]
+    assert not bench.verdict([row(True, 5.0)] * 3 + [row(False, 5.0)] * 2)["meets_target"]  # 60%
+    slow = bench.verdict([row(True, 30.0)] + [row(True, 5.0)] * 4)  # 50 s against 50 s: still no more
+    assert slow["meets_target"] and slow["faster"] == 4
+    assert not bench.verdict([row(True, 31.0)] + [row(True, 5.0)] * 4)["meets_target"]
+    assert not bench.verdict([])["meets_target"]
+
+
 @pytest.mark.needs("aiconfigurator", "aiconfigurator_core")
 def test_search_reads_back_and_its_estimate_reproduces_it(bench: ModuleType) -> None:
     scenario = bench._scenario("llama3.1-8b", "h200_sxm", bench.CHAT, "disagg", gpus=2)
@@ -81,3 +127,5 @@ def test_search_reads_back_and_its_estimate_reproduces_it(bench: ModuleType) -> 
     for key in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_ms", "tpot_ms"):
         assert again[key] == pytest.approx(found["aic"][key], rel=0.01), key
     assert again["meets_slo"] == found["aic"]["meets_slo"]
+    same = bench.compare(scenario, found, found["deployment"], wall_s=found["wall_s"])
+    assert same["ratio"] == pytest.approx(1.0, rel=0.01) and same["as_good"]
