@@ -221,6 +221,9 @@ def row_to_deployment(row: Mapping[str, Any], scenario: Mapping[str, Any], mode:
                 max_batched_tokens=int(row["(d)bs"]),
             ),
         )
+    for what in ("gemm", "kvcache"):
+        if str(row.get(f"{prefix}{what}")) not in _DTYPES:
+            notes.append(f"{what} quant {row.get(f'{prefix}{what}')!r}: not expressible, read as bf16")
     dep = Deployment(
         pools=pools,
         engine=str(row.get(f"{prefix}backend", scenario["backend"])),

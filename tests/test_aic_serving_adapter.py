@@ -59,13 +59,16 @@ def test_disagg_row_scales_workers_by_the_copies_that_fit(bench: ModuleType) -> 
     scenario = bench._scenario("llama3.1-70b", "h100_sxm", bench.LONG, "disagg", gpus=16)
     row = {"(p)tp": 2, "(p)pp": 1, "(p)bs": 1, "(p)workers": 1, "(p)dp": 1, "(p)moe_ep": 1}
     row |= {"(d)tp": 4, "(d)pp": 1, "(d)bs": 64, "(d)workers": 1, "(d)dp": 2, "(d)moe_ep": 1, "num_total_gpus": 6}
+    row |= {"(d)gemm": "bfloat16", "(d)kvcache": "fp8_block"}
     data, notes = bench.row_to_deployment(row, scenario, "disagg")
     dep = Deployment.from_dict(data)
     pre, dec = dep.pool("prefill"), dep.pool("decode")
     assert (pre.tp, pre.replicas, pre.max_num_seqs, pre.max_batched_tokens) == (2, 2, 1, 8192)
     assert (dec.tp, dec.replicas, dec.max_num_seqs, dec.max_batched_tokens) == (4, 2, 64, 64)
     assert dep.gpus == 12  # two copies of the 6-GPU group fit in 16
-    assert len(notes) == 1 and "(d)" in notes[0] and "not expressible" in notes[0]
+    assert dep.kv_dtype == "bf16"  # a quant mode paratune has no name for reads as bf16, and says so
+    assert len(notes) == 2 and all("not expressible" in n for n in notes)
+    assert notes[0].startswith("(d)attention dp 2") and "fp8_block" in notes[1]
 
 
 def test_paratune_inputs_speak_the_serving_vocabulary(bench: ModuleType) -> None:
