@@ -247,6 +247,7 @@ def _figures(raw: Mapping[str, Any], scenario: Mapping[str, Any], gpus_used: int
         "requests_per_s": float(raw["seq/s/gpu"]) * gpus_used,
         "gpus_used": gpus_used,
         "meets_slo": bool(ttft <= scenario["ttft_ms"] and tpot <= scenario["tpot_ms"]),
+        "fits": True,  # weights and the batch's KV cache fit the peer's memory model
     }
 
 
@@ -342,7 +343,8 @@ def aic_estimate(
     ``min(max_num_seqs, max_batched_tokens // isl)`` prompts (at least 1), the decode
     pool's ``max_num_seqs``; the worker counts are the pools' replicas and the peer
     rate-matches them. A deployment on more GPUs than the scenario's budget is priced
-    all the same and flagged in ``notes``.
+    all the same and flagged in ``notes``; one whose weights or batch's KV cache do not fit
+    the peer's memory model has ``fits`` false (weights: zero throughput, latencies ``None``).
     """
     from aiconfigurator.cli.api import cli_estimate
 
@@ -366,6 +368,7 @@ def aic_estimate(
     own = models is None
     peers = _PeerModels() if models is None else models
     start = time.perf_counter()
+    gpus_used = dep.gpus  # agg: the replicas of one priced instance; disagg: both pools
     try:
         path = peers.path(_model_key(scenario))
         with _quiet():
@@ -387,7 +390,6 @@ def aic_estimate(
                     **moe,
                     **common,
                 )
-                gpus_used = pool.gpus
             else:
                 pre, dec = dep.pool("prefill"), dep.pool("decode")
                 p_bs = max(1, min(pre.max_num_seqs, pre.max_batched_tokens // isl))
@@ -417,15 +419,31 @@ def aic_estimate(
                     **moe,
                     **common,
                 )
-                gpus_used = dep.gpus
+    except RuntimeError as exc:  # the peer says the weights do not fit: a figure, not a crash
+        if "OOM" not in str(exc):
+            raise
+        notes.append(f"peer: {exc}")
+        return {**_no_fit(gpus_used), "notes": notes, "wall_s": time.perf_counter() - start, "version": None}
     finally:
         if own:
             peers.close()
-    raw = result.raw
-    figures = _figures(raw, scenario, gpus_used)
+    figures = _figures(result.raw, scenario, gpus_used)
     if result.kv_cache_warning:
+        figures["fits"] = False
         notes.append(f"peer: {result.kv_cache_warning}")
     return {**figures, "notes": notes, "wall_s": time.perf_counter() - start, "version": result.backend_version}
+
+
+def _no_fit(gpus_used: int) -> dict[str, Any]:
+    """The figures of a deployment the peer cannot hold in memory: no throughput, no latency, no SLO met."""
+    keys = ("tokens_per_s_per_gpu", "tokens_per_s_per_gpu_cluster", "tokens_per_s_per_user", "requests_per_s")
+    return {
+        **dict.fromkeys(keys, 0.0),
+        **dict.fromkeys(("ttft_ms", "tpot_ms", "request_latency_ms")),  # None: no latency to speak of
+        "gpus_used": gpus_used,
+        "meets_slo": False,
+        "fits": False,
+    }
 
 
 # -- what the lead's benchmark plugs paratune into ----------------------------------------------------------------
@@ -463,7 +481,7 @@ def paratune_inputs(scenario: Mapping[str, Any], *, concurrency: int | None = No
 
 def _score(figures: Mapping[str, Any], budget: int) -> float:
     """What a choice is worth to the peer: its ranking figure, nothing when it misses the SLO or the GPU budget."""
-    if not figures["meets_slo"] or figures["gpus_used"] > budget:
+    if not figures["meets_slo"] or not figures.get("fits", True) or figures["gpus_used"] > budget:
         return 0.0
     return float(figures["tokens_per_s_per_gpu_cluster"])
 
@@ -479,10 +497,10 @@ def compare(
     """paratune's ``deployment`` (found in ``wall_s`` seconds) against the peer's search result ``found``.
 
     Both are scored by the peer's estimate (:func:`aic_estimate` for paratune's): its
-    ``tokens/s/gpu_cluster``, zero for a deployment that misses the SLO or uses more GPUs
-    than the scenario has. ``ratio`` is paratune's score over the peer's (``inf`` when only
-    the peer's scores zero); ``as_good`` is ``ratio >= TARGET_RATIO``, ``faster`` that
-    paratune's search took no more wall time.
+    ``tokens/s/gpu_cluster``, zero for a deployment that misses the SLO, does not fit the
+    peer's memory model or uses more GPUs than the scenario has. ``ratio`` is paratune's
+    score over the peer's (``inf`` when only the peer's scores zero); ``as_good`` is
+    ``ratio >= TARGET_RATIO``, ``faster`` that paratune's search took no more wall time.
     """
     estimate = aic_estimate(scenario, deployment, models=models)
     budget = int(scenario["gpus"])

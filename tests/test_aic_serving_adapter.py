@@ -81,8 +81,8 @@ def test_paratune_inputs_speak_the_serving_vocabulary(bench: ModuleType) -> None
     assert bench.paratune_inputs(scenario)["traffic"].concurrency == 8 * 64
 
 
-def _figures(cluster: float, *, meets: bool = True, gpus: int = 8) -> dict:
-    return {"tokens_per_s_per_gpu_cluster": cluster, "meets_slo": meets, "gpus_used": gpus}
+def _figures(cluster: float, *, meets: bool = True, gpus: int = 8, fits: bool = True) -> dict:
+    return {"tokens_per_s_per_gpu_cluster": cluster, "meets_slo": meets, "gpus_used": gpus, "fits": fits}
 
 
 @pytest.mark.parametrize(
@@ -92,6 +92,7 @@ def _figures(cluster: float, *, meets: bool = True, gpus: int = 8) -> dict:
         (_figures(960.0), 0.96, False),
         (_figures(1500.0, meets=False), 0.0, False),  # misses the SLO: worth nothing
         (_figures(1500.0, gpus=16), 0.0, False),  # over the GPU budget: worth nothing
+        (_figures(1500.0, fits=False), 0.0, False),  # its KV cache does not fit: worth nothing
     ],
 )
 def test_compare_scores_by_the_peers_estimate(bench: ModuleType, monkeypatch, ours: dict, ratio, as_good) -> None:
@@ -132,3 +133,7 @@ def test_search_reads_back_and_its_estimate_reproduces_it(bench: ModuleType) -> 
     assert again["meets_slo"] == found["aic"]["meets_slo"]
     same = bench.compare(scenario, found, found["deployment"], wall_s=found["wall_s"])
     assert same["ratio"] == pytest.approx(1.0, rel=0.01) and same["as_good"]
+    oversized = {"pools": [{"role": "mixed", "tp": 1, "replicas": 2, "max_num_seqs": 4096}]}
+    worse = bench.compare(scenario, found, oversized, wall_s=1.0)
+    assert not worse["estimate"]["fits"] and worse["estimate"]["notes"]
+    assert worse["ratio"] == 0.0 and not worse["as_good"]
