@@ -28,16 +28,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .._limits import MAX_DEVICES, MAX_SEQ
 from ..costmodel import Platform
+from ..costmodel._fields import FieldReader
 from ..graphs import ModelSpec, get_model
-from ..serving import Deployment, IterationCost, Pool, ServingMetrics, Slo, Traffic, instance_cost
+from ..serving import ENGINES, Deployment, IterationCost, Lengths, Pool, ServingMetrics, Slo, Traffic, instance_cost
 from ..serving import analytic as analytic_model
 
 Evaluate = Callable[[Deployment, Traffic, Mapping[str, IterationCost], Slo | None], ServingMetrics]
 
+#: Most values of an ``empirical`` length distribution read from a mapping; most closed-loop users.
+MAX_LENGTH_VALUES = 1_000_000
+MAX_CONCURRENCY = 1 << 20
 #: Loads, as fractions of a candidate's capacity, at which the Pareto fronts sample it.
 FRONT_LOADS: tuple[float, ...] = (1.0, 0.5, 0.25)
 #: Disaggregated pairs re-checked as whole deployments after the per-side sizing.
@@ -109,6 +114,82 @@ class ServingProblem:
 
     def space(self) -> ServingSpace:
         return ServingSpace.default(self.spec(), self.resolved_platform(), self.gpus)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping (JSON / YAML) that :meth:`from_dict` reads back."""
+        t = self.traffic
+        return {
+            "name": self.name,
+            "model": self.model,
+            "platform": self.platform,
+            "prompt": asdict(t.prompt),
+            "output": asdict(t.output),
+            "rate": t.rate,
+            "concurrency": t.concurrency,
+            "slo": None if self.slo is None else asdict(self.slo),
+            "gpus": self.gpus,
+            "engine": self.engine,
+            "dtype": self.dtype,
+            "kv_dtype": self.kv_dtype,
+            "carry": self.carry,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "serving problem") -> ServingProblem:
+        """Read :meth:`to_dict`'s mapping; errors name the field."""
+        r = FieldReader(data, where)
+
+        def lengths(name: str) -> Lengths:
+            raw = r.child(name)
+            values = raw.raw("values", [])
+            if not isinstance(values, list | tuple) or len(values) > MAX_LENGTH_VALUES:
+                raise raw.error("values", f"must be a list of at most {MAX_LENGTH_VALUES:,} token counts")
+            try:
+                return Lengths(
+                    kind=raw.text("kind", "fixed"),
+                    mean=raw.number("mean", positive=True),
+                    low=raw.integer("low", 1, minimum=1),
+                    high=raw.integer("high", MAX_SEQ, minimum=1, maximum=MAX_SEQ),
+                    sigma=raw.number("sigma", 0.0, minimum=0.0),
+                    values=tuple(int(v) for v in values),
+                )
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: field '{name}': {exc}") from None
+
+        prompt, output = lengths("prompt"), lengths("output")
+        rate = r.raw("rate", None)
+        concurrency = r.raw("concurrency", None)
+        rate = None if rate is None else r.number("rate", positive=True)
+        concurrency = None if concurrency is None else r.integer("concurrency", minimum=1, maximum=MAX_CONCURRENCY)
+        slo = None
+        if r.raw("slo", None) is not None:
+            s = r.child("slo")
+            ttft = s.raw("ttft_ms", None)
+            tpot = s.raw("tpot_ms", None)
+            slo = Slo(
+                ttft_ms=None if ttft is None else s.number("ttft_ms", positive=True),
+                tpot_ms=None if tpot is None else s.number("tpot_ms", positive=True),
+                percentile=s.number("percentile", 90.0, positive=True, maximum=99.99),
+            )
+            s.finish()
+        try:
+            traffic = Traffic(prompt, output, rate=rate, concurrency=concurrency)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        problem = cls(
+            model=r.text("model"),
+            platform=r.text("platform"),
+            traffic=traffic,
+            slo=slo,
+            gpus=r.integer("gpus", 8, minimum=1, maximum=MAX_DEVICES),
+            engine=r.text("engine", "vllm", choices=ENGINES),
+            dtype=r.text("dtype", "bf16", choices=("bf16", "fp16", "fp8")),
+            kv_dtype=r.text("kv_dtype", "bf16", choices=("bf16", "fp16", "fp8")),
+            carry=bool(r.raw("carry", False) is True),
+            name=r.text("name", ""),
+        )
+        r.finish()
+        return problem
 
 
 @dataclass(frozen=True)

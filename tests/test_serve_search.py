@@ -131,3 +131,18 @@ def test_optuna_never_beats_the_exhaustive_optimum(h100, result) -> None:
     assert res.best.metrics.tokens_per_s_per_gpu <= result.best.metrics.tokens_per_s_per_gpu * (1 + 1e-9)
     again = optuna_deployments("llama3-8b", h100, CHAT, SLO, gpus=8, space=SMALL, trials=25, seed=3)
     assert again.best is not None and again.best.deployment == res.best.deployment  # seeded
+
+
+def test_a_serving_problem_reads_back_and_names_bad_fields() -> None:
+    from paratune.envs._serving import DEFAULT_SERVING_POOL
+    from paratune.search._serve import ServingProblem
+
+    for problem in DEFAULT_SERVING_POOL:
+        assert ServingProblem.from_dict(problem.to_dict()) == problem
+    data = DEFAULT_SERVING_POOL[0].to_dict()
+    with pytest.raises(ValueError, match="x.yaml: field 'gpus'"):
+        ServingProblem.from_dict({**data, "gpus": 0}, where="x.yaml")
+    with pytest.raises(ValueError, match="unknown field"):
+        ServingProblem.from_dict({**data, "gpu": 8}, where="x.yaml")
+    with pytest.raises(ValueError, match="finite"):
+        ServingProblem.from_dict({**data, "rate": float("nan")}, where="x.yaml")
