@@ -118,7 +118,11 @@ def study_outputs(data: dict[str, Any]) -> tuple[list[StudyTable], list[Any], li
         from ._runtime import runtime_figures, runtime_tables
 
         return runtime_tables(data), runtime_figures(data), list(data.get("summary", []))
-    raise ValueError(f"unknown study kind {data.get('kind')!r}; known: {', '.join(STUDY_KINDS)}")
+    if data.get("kind") == "serving-load":
+        from ._serving_load import serving_load_figures, serving_load_tables
+
+        return serving_load_tables(data), serving_load_figures(data), list(data.get("summary", []))
+    raise ValueError(f"unknown study kind {data.get('kind')!r}; known: {', '.join((*STUDY_KINDS, 'serving-load'))}")
 
 
 def find_studies(folders: Sequence[str | Path], max_depth: int = 4) -> list[tuple[Path, dict[str, Any]]]:
