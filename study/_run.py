@@ -118,11 +118,16 @@ def study_outputs(data: dict[str, Any]) -> tuple[list[StudyTable], list[Any], li
         from ._runtime import runtime_figures, runtime_tables
 
         return runtime_tables(data), runtime_figures(data), list(data.get("summary", []))
+    if data.get("kind") == "serve-tune":
+        from ._serve_tune import serve_tune_figures, serve_tune_tables
+
+        return serve_tune_tables(data), serve_tune_figures(data), list(data.get("summary", []))
     if data.get("kind") == "serving-load":
         from ._serving_load import serving_load_figures, serving_load_tables
 
         return serving_load_tables(data), serving_load_figures(data), list(data.get("summary", []))
-    raise ValueError(f"unknown study kind {data.get('kind')!r}; known: {', '.join((*STUDY_KINDS, 'serving-load'))}")
+    known = ", ".join((*STUDY_KINDS, "serve-tune", "serving-load"))
+    raise ValueError(f"unknown study kind {data.get('kind')!r}; known: {known}")
 
 
 def find_studies(folders: Sequence[str | Path], max_depth: int = 4) -> list[tuple[Path, dict[str, Any]]]:
