@@ -395,7 +395,10 @@ def fit_attention_tables(
 def leave_one_out(
     family: tuple[str, ...], backend: str = "trtllm", version: str | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Per system of ``family`` and profile key: errors of terms fitted on the other systems only, and in-sample."""
+    """Per system of ``family`` and profile key: errors of terms fitted on the other systems only, and in-sample.
+
+    ``held_out_terms_only``: the held-out errors of the smooth terms without their residual.
+    """
     rows = {(s, p): read_rows(s, p, backend, version) for s in family for p in PHASE_TABLE}
     out: dict[str, dict[str, Any]] = {}
     for held in family:
@@ -407,8 +410,10 @@ def leave_one_out(
                 others = [rows[s, phase] for s in others_names if fitted(rows[s, phase], fp8_kv=fp8).any()]
                 if not others:
                     continue
+                smooth = fit_phase(others, fp8_kv=fp8, residual=False)
                 out[held][key] = {
                     "held_out": phase_errors(mine, fit_phase(others, fp8_kv=fp8), fp8_kv=fp8),
+                    "held_out_terms_only": errors(mine.where(fitted(mine, fp8_kv=fp8)), smooth),
                     "in_sample": phase_errors(mine, fit_phase([mine], fp8_kv=fp8), fp8_kv=fp8),
                     "fitted_on": [s for s in others_names if fitted(rows[s, phase], fp8_kv=fp8).any()],
                 }
