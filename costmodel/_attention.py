@@ -74,17 +74,15 @@ class AttentionResidual:
 
         The fit (:mod:`.calibration._aic_attention`) builds its design matrix from the same corners.
         """
-        shape = self.values.shape
+        _, s1, s2 = self.values.shape
         (i0, w0), (i1, w1), (i2, w2) = (
             grid_axis(g, np.asarray(v, dtype=float)) for g, v in zip(self.grids, (kv_len, kv_elems, gqa), strict=True)
         )
-        idx, wts = [], []
-        for a, fa in ((0, 1.0 - w0), (1, w0)):
-            for b, fb in ((0, 1.0 - w1), (1, w1)):
-                for c, fc in ((0, 1.0 - w2), (1, w2)):
-                    idx.append(np.ravel_multi_index((i0 + a, i1 + b, i2 + c), shape))
-                    wts.append(fa * fb * fc)
-        return np.array(idx), np.array(wts)
+        offsets = np.array([a * s1 * s2 + b * s2 + c for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+        idx = ((i0 * s1 + i1) * s2 + i2)[None, :] + offsets[:, None]
+        f0, f1, f2 = (np.stack([1.0 - w, w]) for w in (w0, w1, w2))
+        wts = (f0[:, None, None, :] * f1[None, :, None, :] * f2[None, None, :, :]).reshape(8, -1)
+        return idx, wts
 
     def correction(self, kv_len: Any, kv_elems: Any, gqa: Any) -> np.ndarray:
         """``r``: the fitted log residual at each row (multiply the phase's time by ``exp(r)``)."""
