@@ -141,7 +141,7 @@ def _print(figures: dict[str, Any]) -> None:
             print(f"{system:<12} {key:<22} {row['mape_pct']:>6.1f} {'':>6}  {bands}")
         for key, row in (entry.get("attention") or {}).items():
             if isinstance(row, dict) and "mape" in row:
-                print(f"{system:<12} attention/{key:<12} {row['mape']:>6.1f}")
+                print(f"{system:<12} {'attention/' + key:<22} {row['mape']:>6.1f}")
     print("\nworst held-out system per op kind:")
     for kind, row in figures["summary"].items():
         verdict = "ok" if row["met"] else "MISSED"

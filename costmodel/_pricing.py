@@ -32,6 +32,10 @@ graph's phase instead (:class:`~._profile.AttentionPhase`):
 ``overhead + c' + m' + output_bytes * rate + sequences * (kv_bytes_per_token * rate'
 + q_bytes_per_token * rate'')``, c' and m' the FLOPs and bytes at the phase's fractions of
 the peaks (the bf16 peak for any dtype); training graphs keep the ``attention`` curves.
+Where the phase has a ``residual`` (:mod:`._attention`), that time is multiplied by
+``exp(r(kv_len, kv_elems, gqa))``, the three read from the row and the pricer's batch,
+q_len and dtypes (:func:`._attention.row_features`: kv_len is the counted FLOPs over
+4 x the output elements, so a row built for any context gets its own).
 
 MoE expert GEMMs (kind ``moe``, forward, with a shape and weights) on a profile with a ``moe``
 model for the dtype are priced by its grouped-GEMM terms (:mod:`._moe`, fitted on measured
@@ -66,6 +70,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..graphs import DTYPE_BYTES, GraphMeta, Op
+from ._attention import row_features
 from ._collectives import Terms
 from ._moe import MoeModel, moe_features
 from ._platform import Platform
@@ -216,6 +221,7 @@ class KernelPricer:
         self.gemm = prof.gemm_model(dtype)
         self.moe = prof.moe_model(dtype)
         self.elem_bytes = float(DTYPE_BYTES.get(dtype, 2))
+        self.kv_elem_bytes = float(DTYPE_BYTES.get(kv_dtype or dtype, 2))
         # A profile borrowed from another device has no held-out error that applies here.
         self.errors = None if platform.uncalibrated else ErrorModel.from_profile(prof)
 
@@ -266,17 +272,27 @@ class KernelPricer:
         self, a: AttentionPhase, table: OpTable, idx: np.ndarray, tp: int, scale: float, flops: np.ndarray,
         nbytes: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
-        """Seconds of the attention rows ``idx`` (their per-device ``flops`` and ``nbytes``) by the phase's terms."""
+        """Seconds of the attention rows ``idx`` (their per-device ``flops`` and ``nbytes``) by the phase's terms.
+
+        With a residual, its features come from the row: the context from the counted FLOPs
+        over the output (``4 x sequences x q_len x kv_len x hidden`` over ``sequences x q_len
+        x hidden`` elements), sequences x KV elements from the KV bytes per token and the
+        pricer's batch and KV dtype, query heads per KV head from both.
+        """
         split = table.split(tp)[idx]
         out = table.output_bytes[idx] * scale / split
         comp = flops / (self.attention_peak * a.compute_peak)
         mem = nbytes / (self.bw * a.memory_peak)
         seq_kv = self.batch * scale * table.kv_bytes_per_token[idx] / split
         stream = attention_stream(mem, seq_kv * a.sequence_s_per_kv_byte, a.join_exponent)
-        return (
-            a.overhead_s + self.host + comp + stream + out * a.output_s_per_byte
-            + out / self.q_len * a.sequence_s_per_q_byte
-        )  # fmt: skip
+        kernel = a.overhead_s + comp + stream + out * a.output_s_per_byte + out / self.q_len * a.sequence_s_per_q_byte
+        if a.residual is not None:
+            features = row_features(
+                table.flops[idx] * scale / split, out, seq_kv, self.batch * scale, self.q_len, self.elem_bytes,
+                self.kv_elem_bytes,
+            )  # fmt: skip
+            kernel = kernel * np.exp(a.residual.correction(*features))
+        return kernel + self.host
 
     def _moe_times(
         self,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from paratune.costmodel import KernelPricer, OpTable, get_platform, load_profile
+from paratune.costmodel._attention import AttentionResidual
 from paratune.costmodel._fields import FieldReader
 from paratune.costmodel._profile import AttentionPhase, Profile
 from paratune.costmodel.calibration._aic_attention import attention_work
@@ -145,13 +146,14 @@ def test_h200_fit_is_a_valid_profile_fragment_within_tolerance(h200_fit: tuple[d
     assert errors is not None
     expected = (held["attention_prefill"]["mape"] + held["attention_decode"]["mape"]) / 200
     assert errors.of("attention") == pytest.approx(expected, rel=1e-9)
-    assert held["attention_prefill"]["mape"] <= 10.0 and held["attention_decode"]["mape"] <= 20.0
+    assert held["attention_prefill"]["mape"] <= 10.0 and held["attention_decode"]["mape"] <= 10.0
     # Stated tolerances on the rows fitted (bf16, full attention, head size 128, gqa <= 16), in-sample
-    # MAPE measured 6.3% prefill and 17.8% decode on H200 (trtllm 1.3.0rc20): a regression past these fails.
+    # MAPE measured 1.6% prefill and 1.8% decode on H200 with the residual (trtllm 1.3.0rc20; the
+    # smooth terms alone: 6.3% / 17.8%): a regression past these fails.
     phases = report["phases"]
-    assert phases["prefill"]["in_sample"]["fitted_rows"]["mape"] <= 8.0
-    assert phases["decode"]["in_sample"]["fitted_rows"]["mape"] <= 20.0
-    assert phases["decode"]["in_sample"]["fitted_rows"]["median_ape"] <= 17.0
+    assert phases["prefill"]["in_sample"]["fitted_rows"]["mape"] <= 3.0
+    assert phases["decode"]["in_sample"]["fitted_rows"]["mape"] <= 3.0
+    assert phases["decode"]["in_sample"]["fitted_rows"]["p90_ape"] <= 6.0
     assert report["phases"]["prefill"]["provenance"]["licence"] == "Apache-2.0"
 
 
@@ -182,9 +184,9 @@ def test_fp8_kv_decode_is_cheaper_than_bf16_kv(h200_fit: tuple[dict, dict]) -> N
     assert float(np.median(fp8.seconds)) < float(np.median(bf16.seconds))
     assert float(np.median(fp8.predict(fp8_terms))) < float(np.median(bf16.predict(bf16_terms)))
     # Its own terms price the fp8-KV rows better than halving the KV bytes in the bf16 terms
-    # (measured 19.4% against 40.0% on H200).
+    # (measured 2.1% against 51.7% on H200).
     own = report["phases"]["decode_fp8_kv"]
-    assert own["in_sample"]["fitted_rows"]["mape"] <= 22.0
+    assert own["in_sample"]["fitted_rows"]["mape"] <= 4.0
     assert own["in_sample"]["fitted_rows"]["mape"] < own["fp8_kv_on_bf16_terms"]["mape"] - 10.0
 
 
@@ -204,13 +206,13 @@ def test_graph_with_fp8_kv_cache_is_priced_by_the_fp8_kv_terms() -> None:
 
 def test_held_out_h200_from_h100(h200_fit: tuple[dict, dict]) -> None:
     _, report = h200_fit
-    # Terms fitted on H100's rows only, checked on H200's: about as good as in-sample (the model's form,
-    # not the system, limits it). Measured 8.0% prefill, 17.8% decode.
-    for phase, bound in (("prefill", 10.0), ("decode", 20.0)):
+    # Terms and residual fitted on H100's rows only, checked on H200's: the residual carries over (the
+    # kernels are the same). Measured 4.4% / 5.8% prefill / fp8 KV, 5.8% / 7.5% decode (smooth terms
+    # alone: 8.0% / 8.7%, 17.8% / 19.6%); issue 16's target: 10%.
+    for phase, bound in (("prefill", 6.0), ("prefill_fp8_kv", 7.0), ("decode", 7.0), ("decode_fp8_kv", 9.0)):
         entry = report["phases"][phase]
         assert entry["held_out"]["fitted_on"] == ["h100_sxm"]
         assert entry["held_out"]["fitted_rows"]["mape"] <= bound
-        assert entry["held_out"]["fitted_rows"]["mape"] <= entry["in_sample"]["fitted_rows"]["mape"] + 3.0
 
 
 def _reader(data: dict) -> FieldReader:
@@ -307,3 +309,105 @@ def test_fit_recovers_the_terms_that_made_the_times(
     monkeypatch.setattr(aic, "read_table", lambda *a, **k: _fake_table(phase, seconds, drop="num_heads"))
     with pytest.raises(ValueError, match="num_heads"):
         aic.read_rows("fake", phase)
+
+
+# -- the residual over (kv_len, kv_elems, gqa) ----------------------------------------------------------
+
+
+def _residual(seed: int = 0) -> AttentionResidual:
+    """A residual with distinct values in every cell (so a wrong cell or weight shows)."""
+    grids = (np.arange(0.0, 15.0), np.arange(8.0, 22.0), np.arange(0.0, 5.0))
+    values = np.random.default_rng(seed).uniform(-0.4, 0.4, tuple(len(g) for g in grids))
+    return AttentionResidual(*grids, np.round(values, 4))
+
+
+def test_residual_round_trips_and_refuses_bad_values() -> None:
+    terms = {k: dataclasses.replace(v, residual=_residual(i)) for i, (k, v) in enumerate(TERMS.items())}
+    prof = dataclasses.replace(_profile_with_terms(), attention_phases=terms)
+    data = prof.to_dict()
+    back = Profile.from_dict(data, "t")
+    assert back.to_dict() == data
+    assert all(back.attention_phases[k].residual == v.residual for k, v in terms.items())
+    assert "residual" not in _profile_with_terms().to_dict()["attention_phases"]["decode"]  # optional
+    rows = len(data["attention_phases"]["decode"]["residual"]["values"])
+    for field, value, message in (
+        ("values", ["0 0 0 0 nan"] * rows, "finite numbers"),
+        ("values", ["0 0 0 0 9"] * rows, "within -3..3"),
+        ("values", ["0 0 0 0"] * rows, "5 finite numbers"),
+        ("values", ["0 0 0 0 0"] * (rows - 1), f"list of {rows} strings"),
+        ("log2_gqa", [0, 1, 1, 2, 3], "increase strictly"),
+        ("log2_kv_len", [0, float("inf")], "finite numbers"),
+        ("log2_kv_elems", np.linspace(0.0, 40.0, 1000).tolist(), "cells"),
+        ("typo", 1, "unknown field"),
+    ):
+        bad = prof.to_dict()
+        bad["attention_phases"]["decode"]["residual"][field] = value
+        with pytest.raises(ValueError, match=message) as err:
+            Profile.from_dict(bad, "t")
+        assert "attention_phases.decode.residual" in str(err.value)
+
+
+@pytest.mark.parametrize(("phase", "kv_dtype", "tp"), [("prefill", None, 2), ("decode", None, 2), ("decode", "fp8", 8)])
+def test_pricer_applies_the_residual_at_the_rows_features(phase: str, kv_dtype: str | None, tp: int) -> None:
+    """The pricer reads (kv_len, sequences x KV elements, gqa) from the row alone, as the fit counts them."""
+    residual = _residual()
+    terms = {k: dataclasses.replace(v, residual=residual) for k, v in TERMS.items()}
+    plain = dataclasses.replace(get_platform(BASE), profile=_profile_with_terms())
+    plat = dataclasses.replace(plain, profile=dataclasses.replace(plain.profile, attention_phases=terms))
+    spec = dataclasses.replace(SPEC, kv_dtype=kv_dtype) if kv_dtype else SPEC
+    batch, seq = 8, 2048
+    graph = build_spec_graph(spec, phase=phase, batch=batch, seq=seq, context=seq if phase == "decode" else 0)
+    table = OpTable.from_ops(graph.task("L0.attention").ops)
+    kv_len = seq if phase == "prefill" else seq + 1
+    kv_heads = SPEC.kv_heads / min(tp, SPEC.kv_heads)
+    kv_elems = batch * 2 * kv_heads * SPEC.head_dim
+    gqa = SPEC.heads / SPEC.kv_heads
+    factor = float(np.exp(residual.correction(np.array([kv_len]), np.array([kv_elems]), np.array([gqa]))[0]))
+    assert abs(np.log(factor)) > 1e-3  # the check below can fail
+    for scale in (1.0, 0.5):
+        with_residual = KernelPricer.for_graph(plat, graph.meta).op_times(table, tp, scale)[0]
+        smooth = KernelPricer.for_graph(plain, graph.meta).op_times(table, tp, scale)[0]
+        if scale == 0.5:  # half the sequences per micro-batch: half the KV elements
+            kv_half = np.array([kv_elems / 2])
+            factor = float(np.exp(residual.correction(np.array([kv_len]), kv_half, np.array([gqa]))[0]))
+        assert with_residual == pytest.approx(smooth * factor, rel=1e-9)
+
+
+def test_row_features_of_the_graph_op_are_the_measured_rows() -> None:
+    """``row_features`` of a zoo op gives the (kv_len, kv_elems, gqa) that ``read_rows`` records for its shape."""
+    from paratune.costmodel._attention import row_features
+
+    for phase, kv_dtype, tp in (("prefill", None, 1), ("decode", None, 4), ("decode", "fp8", 2)):
+        spec = dataclasses.replace(SPEC, kv_dtype=kv_dtype) if kv_dtype else SPEC
+        batch, seq = 4, 1024
+        graph = build_spec_graph(spec, phase=phase, batch=batch, seq=seq, context=seq if phase == "decode" else 0)
+        t = OpTable.from_ops(graph.task("L0.attention").ops)
+        q_len = seq if phase == "prefill" else 1
+        kv_bytes = 1.0 if kv_dtype else 2.0
+        kv_len, kv_elems, gqa = row_features(
+            t.flops / tp, t.output_bytes / tp, batch * t.kv_bytes_per_token / tp, batch, q_len, 2.0, kv_bytes
+        )
+        assert kv_len[0] == pytest.approx(seq if phase == "prefill" else seq + 1, rel=1e-12)
+        assert kv_elems[0] == pytest.approx(batch * 2 * SPEC.kv_heads / tp * SPEC.head_dim, rel=1e-12)
+        assert gqa[0] == pytest.approx(SPEC.heads / SPEC.kv_heads, rel=1e-12)
+
+
+def test_fit_residual_recovers_the_steps_that_made_the_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("scipy")
+    from paratune.costmodel.calibration import _aic_attention as aic
+
+    spec = {"gpu": {"bfloat16_tc_flops": 989e12, "mem_bw": 4.8e12}}
+    monkeypatch.setattr(aic, "system_spec", lambda system: spec)
+    monkeypatch.setattr(aic, "read_table", lambda *a, **k: _fake_table("decode"))
+    rows = aic.read_rows("fake", "decode")
+    terms = TERMS["decode"]
+    kv_len, kv_elems, gqa = rows.features()
+    steps = 0.3 * (kv_len > 1000) - 0.2 * (kv_elems > 1e5) + 0.1 * (gqa >= 8)  # +35%, -18%, +11%
+    monkeypatch.setattr(aic, "read_table", lambda *a, **k: _fake_table("decode", rows.predict(terms) * np.exp(steps)))
+    measured = aic.read_rows("fake", "decode")
+    residual = aic.fit_residual([measured.where(aic.fitted(measured))], terms)
+    used = measured.where(aic.fitted(measured))
+    fitted = residual.correction(*used.features())
+    assert np.abs(fitted - steps[aic.fitted(measured)]).max() <= 0.02
+    priced = dataclasses.replace(terms, residual=residual)
+    assert np.allclose(used.predict(priced), used.seconds, rtol=0.02)

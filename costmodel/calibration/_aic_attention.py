@@ -15,7 +15,15 @@ Per phase the model is the sum
 + sequences * (kv_bytes_per_token * rate' + q_bytes_per_token * rate'')``
 (:class:`~.._profile.AttentionPhase`), linear in its six parameters (five for decode),
 fitted by least absolute relative error (bounded, reweighted least squares; fractions
-of the datasheet peaks of ``systems/<system>.yaml`` at most 1).
+of the datasheet peaks of ``systems/<system>.yaml`` at most 1). That time is then multiplied
+by ``exp(r)``, a log residual on a grid over (context, sequences x KV elements, query heads
+per KV head) (:class:`~.._attention.AttentionResidual`), fitted by damped least squares on
+the log ratio of the measured times to the terms': the kernels' steps (thread blocks per
+sequence and KV head, context splits, tiles) the smooth terms miss.
+
+Held-out checks fit on the other systems of the same SM version (:data:`FAMILIES`):
+B300 / GB300 (sm_103) run prefill 8-12% faster than B200 / GB200 (sm_100) at the same
+datasheet peaks, which no datasheet number says.
 
 Rows read: full attention (``window_size`` 0), head sizes 64 and 128, heads a multiple
 of KV heads. The fit uses bf16 attention with a bf16 KV cache, head size 128 and at most
@@ -25,11 +33,13 @@ of KV heads. The fit uses bf16 attention with a bf16 KV cache, head size 128 and
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .._attention import MAX_ABS, AttentionResidual
 from .._pricing import attention_stream
 from .._profile import AttentionPhase
 from ._aiconfigurator import DISTRIBUTION, LICENCE, backends, package_version, read_table, system_spec
@@ -37,10 +47,18 @@ from ._aiconfigurator import DISTRIBUTION, LICENCE, backends, package_version, r
 CONTEXT, GENERATION = "context_attention_perf", "generation_attention_perf"
 PHASE_TABLE = {"prefill": CONTEXT, "decode": GENERATION}
 HEAD_DIMS = (64, 128)
-#: Families of systems for leave-one-system-out checks (each held out, fitted on the others).
-FAMILIES = (("h100_sxm", "h200_sxm"), ("b200_sxm", "b300_sxm", "gb200"))
-METHOD = "least absolute relative error (reweighted bounded lsq_linear), bf16, head size 128, gqa <= 16, per phase"
+#: Families of systems for leave-one-system-out checks (each held out, fitted on the others): one SM
+#: version each (the systems' ``sm_version``: 90, 100, 103), the kernels and their steps are the same.
+FAMILIES = (("h100_sxm", "h200_sxm"), ("b200_sxm", "gb200"), ("b300_sxm", "gb300"))
+METHOD = (
+    "least absolute relative error (reweighted bounded lsq_linear), then a log residual over "
+    "(kv_len, kv_elems, gqa) (damped lsqr); bf16, head size 128, gqa <= 16, per phase"
+)
 IRLS_ROUNDS = 8
+#: Damping of the residual's least squares (log units): cells few rows touch stay near 0.
+RESIDUAL_DAMP = 0.1
+#: log2 of the largest query heads per KV head on the residual's grid (the rows fitted: at most 16).
+RESIDUAL_MAX_LOG2_GQA = 4
 #: Query heads per KV head of the rows fitted: the models served have 1-16 (Llama-3 405B, Qwen3:
 #: 16); beyond, generation runs another kernel, about 1.8x slower than these terms give.
 FIT_MAX_GQA = 16
@@ -96,6 +114,8 @@ class AttentionRows:
     fp8_kv: np.ndarray  # bool
     gqa: np.ndarray  # query heads per KV head
     head_dim: np.ndarray
+    kv_len: np.ndarray  # tokens each query attends to
+    kv_elems: np.ndarray  # sequences x KV elements per token (K and V)
     peak: float
     bw: float
     provenance: dict[str, Any]
@@ -105,7 +125,7 @@ class AttentionRows:
 
     def where(self, mask: np.ndarray) -> AttentionRows:
         names = ("flops", "bytes", "output_bytes", "sequence_kv_bytes", "sequence_q_bytes", "seconds", "fp8_kv", "gqa",
-                 "head_dim")  # fmt: skip
+                 "head_dim", "kv_len", "kv_elems")  # fmt: skip
         cols = {k: getattr(self, k)[mask] for k in names}
         return AttentionRows(self.system, self.phase, peak=self.peak, bw=self.bw, provenance=self.provenance, **cols)
 
@@ -123,13 +143,20 @@ class AttentionRows:
         """Seconds the cost model gives these rows with ``terms`` (the formula of ``KernelPricer``)."""
         memory = self.bytes / (self.bw * terms.memory_peak)
         stream = attention_stream(memory, self.sequence_kv_bytes * terms.sequence_s_per_kv_byte, terms.join_exponent)
-        return (
+        base = (
             terms.overhead_s
             + self.flops / (self.peak * terms.compute_peak)
             + stream
             + self.output_bytes * terms.output_s_per_byte
             + self.sequence_q_bytes * terms.sequence_s_per_q_byte
         )
+        if terms.residual is None:
+            return base
+        return base * np.exp(terms.residual.correction(*self.features()))
+
+    def features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kv_len, kv_elems, gqa) of the rows: the residual's axes (``row_features`` gives the same from an op)."""
+        return self.kv_len, self.kv_elems, self.gqa
 
 
 def read_rows(system: str, phase: str, backend: str = "trtllm", version: str | None = None) -> AttentionRows:
@@ -151,12 +178,10 @@ def read_rows(system: str, phase: str, backend: str = "trtllm", version: str | N
     n, kv, hd, fp8_kv = n[keep], kv[keep], hd[keep], fp8_kv[keep]
     batch, isl = t["batch_size"].astype(float), t["isl"].astype(float)
     kv_bytes = np.where(fp8_kv, 1.0, 2.0)
-    if phase == "prefill":
-        work = attention_work(phase, batch, isl, isl, n, kv, hd, kv_dtype_bytes=kv_bytes)
-    else:  # the step-th generated token attends to the prompt and the tokens before it, and itself
-        work = attention_work(
-            phase, batch, np.ones_like(isl), isl + t["step"].astype(float), n, kv, hd, kv_dtype_bytes=kv_bytes
-        )
+    # The step-th generated token attends to the prompt and the tokens before it, and itself.
+    kv_len = isl if phase == "prefill" else isl + t["step"].astype(float)
+    q_len = isl if phase == "prefill" else np.ones_like(isl)
+    work = attention_work(phase, batch, q_len, kv_len, n, kv, hd, kv_dtype_bytes=kv_bytes)
     gpu = system_spec(system)["gpu"]
     return AttentionRows(
         system,
@@ -166,16 +191,19 @@ def read_rows(system: str, phase: str, backend: str = "trtllm", version: str | N
         fp8_kv,
         n / kv,
         hd,
+        kv_len,
+        batch * 2.0 * kv * hd,
         float(gpu["bfloat16_tc_flops"]),
         float(gpu["mem_bw"]),
         dict(t.provenance),
     )
 
 
-def fit_phase(rows: list[AttentionRows], *, fp8_kv: bool = False) -> AttentionPhase:
+def fit_phase(rows: list[AttentionRows], *, fp8_kv: bool = False, residual: bool = True) -> AttentionPhase:
     """Terms of one phase fitted on the :func:`fitted` rows of one or more systems (fractions of each one's peaks).
 
-    ``fp8_kv``: fit the rows measured with an fp8 KV cache instead of bf16.
+    ``fp8_kv``: fit the rows measured with an fp8 KV cache instead of bf16. ``residual``: then fit
+    the log residual over (kv_len, kv_elems, gqa) on the same rows (False: the smooth terms only).
     """
     from scipy.optimize import lsq_linear
 
@@ -196,7 +224,7 @@ def fit_phase(rows: list[AttentionRows], *, fp8_kv: bool = False) -> AttentionPh
         joined = _fit_join(used, linear)
         if _mape(used, joined) < _mape(used, linear):
             best = joined
-    return AttentionPhase(
+    terms = AttentionPhase(
         _sig(best.compute_peak),
         _sig(best.memory_peak),
         _sig(best.overhead_s),
@@ -205,6 +233,38 @@ def fit_phase(rows: list[AttentionRows], *, fp8_kv: bool = False) -> AttentionPh
         _sig(best.sequence_s_per_q_byte),
         None if best.join_exponent is None else _sig(best.join_exponent),
     )
+    return dataclasses.replace(terms, residual=fit_residual(used, terms)) if residual else terms
+
+
+def fit_residual(rows: list[AttentionRows], terms: AttentionPhase) -> AttentionResidual:
+    """Log residual of ``terms`` on ``rows`` over a grid of whole log2 steps spanning their features.
+
+    Damped least squares on ``log(measured / terms)`` with the trilinear weights the pricer
+    applies (:meth:`AttentionResidual.corners`): the measured rows sit on powers of two of
+    context and sequences x KV heads, so each cell is about the mean log ratio of the rows on
+    it; cells no row touches stay 0 (the terms alone).
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.linalg import lsqr
+
+    kv_len, kv_elems, gqa = (np.concatenate(f) for f in zip(*(r.features() for r in rows), strict=True))
+    grids = (_span(kv_len), _span(kv_elems), np.arange(0.0, RESIDUAL_MAX_LOG2_GQA + 1.0))
+    empty = AttentionResidual(*grids, values=np.zeros(tuple(len(g) for g in grids)))
+    idx, wts = empty.corners(kv_len, kv_elems, gqa)
+    n = idx.shape[1]
+    design = csr_matrix((wts.ravel(), (np.tile(np.arange(n), 8), idx.ravel())), shape=(n, empty.values.size))
+    base = np.concatenate([r.predict(terms) for r in rows])
+    target = np.log(np.concatenate([r.seconds for r in rows]) / base)
+    values = lsqr(design, target, damp=RESIDUAL_DAMP)[0]
+    values = np.clip(np.round(values, 4), -MAX_ABS, MAX_ABS).reshape(empty.values.shape)
+    return AttentionResidual(*grids, values=values)
+
+
+def _span(values: np.ndarray) -> np.ndarray:
+    """Whole log2 steps from below the smallest of ``values`` to above the largest (at least two)."""
+    log = np.log2(np.maximum(values, 1.0))
+    lo, hi = float(np.floor(log.min())), float(np.ceil(log.max()))
+    return np.arange(lo, max(hi, lo + 1.0) + 1.0)
 
 
 def _mape(rows: list[AttentionRows], terms: AttentionPhase) -> float:
@@ -335,7 +395,10 @@ def fit_attention_tables(
 def leave_one_out(
     family: tuple[str, ...], backend: str = "trtllm", version: str | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Per system of ``family`` and profile key: errors of terms fitted on the other systems only, and in-sample."""
+    """Per system of ``family`` and profile key: errors of terms fitted on the other systems only, and in-sample.
+
+    ``held_out_terms_only``: the held-out errors of the smooth terms without their residual.
+    """
     rows = {(s, p): read_rows(s, p, backend, version) for s in family for p in PHASE_TABLE}
     out: dict[str, dict[str, Any]] = {}
     for held in family:
@@ -347,8 +410,10 @@ def leave_one_out(
                 others = [rows[s, phase] for s in others_names if fitted(rows[s, phase], fp8_kv=fp8).any()]
                 if not others:
                     continue
+                smooth = fit_phase(others, fp8_kv=fp8, residual=False)
                 out[held][key] = {
                     "held_out": phase_errors(mine, fit_phase(others, fp8_kv=fp8), fp8_kv=fp8),
+                    "held_out_terms_only": errors(mine.where(fitted(mine, fp8_kv=fp8)), smooth),
                     "in_sample": phase_errors(mine, fit_phase([mine], fp8_kv=fp8), fp8_kv=fp8),
                     "fitted_on": [s for s in others_names if fitted(rows[s, phase], fp8_kv=fp8).any()],
                 }
