@@ -25,8 +25,9 @@ under the caps: ``saturated``, throughput is that at the cap and TTFT infinite (
 * TTFT = the prompt's own k chunk iterations (k P(n, j + 1)) + the join + a queue. The join is the rest
   of the iteration under way, length-biased: uniform over a short (j chunks) or a long (j + 1) iteration,
   the long one with probability f P(n, j + 1) / T (a request that arrives during another prompt's chunk
-  waits for it). Other prompts' chunks sharing its iterations add a spread, Poisson(k m) chunks of
-  P(n, j + 2) - P(n, j + 1) each (normal approximation). The queue is an M/D/c for the binding resource:
+  waits for it). Other prompts' chunks sharing its iterations add Poisson(k m) chunks of
+  P(n, j + 2) - P(n, j + 1) each; a longer prompt than the mean (the prompt distribution's percentile) adds
+  its extra tokens' share of the chunk iterations. The queue is an M/D/c for the binding resource:
   the sequence and KV slots (c = min(max_num_seqs, capacity / (ISL + OSL)) / p, held for the decode steps,
   utilisation n / c) or the token budget (chunk slots, utilisation x (OSL - 1 + ISL) / budget), both 1
   exactly at the cap; Sakasegawa's P(wait) = rho^(sqrt(2 (c + 1)) - 1) and a mean wait of those who wait of
@@ -43,11 +44,10 @@ point with no chunks): TPOT has no interference spread.
 **Closed loop** (``concurrency`` N): lambda solves lambda (TTFT + (OSL - 1) TPOT) = N (bisection; the cycle
 grows without bound at saturation, so a solution exists below it).
 
-What is approximate: lengths enter by their means (the spread of lengths widens the simulator's
-percentiles, not these), prefill chunks are fluid (a fraction of a prompt per iteration), the queues are
+What is approximate: lengths enter by their means but for the prompt's own prefill in TTFT's percentiles,
+prefill chunks are fluid (a fraction of a prompt per iteration), the queues are
 M/D/c stand-ins for batching servers, and percentiles add shapes (uniform, normal, exponential) term by term.
-Against the request-level simulator (llama3-8b on dgx-h100, chat 1000/200, up to 90% of capacity):
-tokens/s/GPU within 1%, TPOT p50 within 5%, TTFT p50 within 25% and p90/p99 within about 30%.
+Against the request-level simulator: ``benchmarks/serving_agreement.py`` (figures in ``docs/serving.md``).
 """
 
 from __future__ import annotations
@@ -101,7 +101,10 @@ class _Side:
     join_short: float = 0.0  # the iterations under way: without this prompt's chunk (period) ...
     join_long: float = 0.0  # ... and with one more chunk (period), the latter a share ``join_pi`` of the time
     join_pi: float = 0.0
-    spread: float = 0.0  # standard deviation of the service from other prompts' chunks sharing its iterations
+    sharing: float = 0.0  # mean count of other prompts' chunks sharing this prompt's iterations ...
+    included: float = 0.0  # ... of which ``service`` already holds this many (j per iteration) ...
+    per_chunk: float = 0.0  # ... and what each adds (s)
+    marginal: float = 0.0  # the prompt's own share of ``service`` (what scales with its length), s
     p_wait: float = 0.0  # probability that a request queues before its prefill
     wait_cond: float = 0.0  # mean queueing of those who queue (s)
 
@@ -248,7 +251,8 @@ class _PoolModel:
             side.join_short, side.join_long = short, long
             side.join_pi = f * long / side.period
             side.join = ((1.0 - f) * short**2 + f * long**2) / (2.0 * side.period)
-            side.spread = math.sqrt(k * m) * (p2 - p1)
+            side.sharing, side.included, side.per_chunk = k * m, k * j, p2 - p1
+            side.marginal = k * (p1 - short) if p1 > short else k * (p2 - p1)
             slots = min(self.pool.max_num_seqs, self.cost.kv_capacity_tokens / (self.isl + self.osl)) / self.pp
             queues = []
             if self.steps > 0:  # sequence and KV slots, held for the decode steps (the caps of x)
@@ -262,6 +266,7 @@ class _PoolModel:
             blend = rho_cap**4
             rho = (1.0 - blend) * min(per_batch * alone, 1.0) + blend * rho_cap
             side.p_wait, side.wait_cond = _mdc(rho, 1.0, rho / per_batch)
+            side.marginal = side.service
 
 
 def _mdc(rho: float, servers: float, service: float) -> tuple[float, float]:
@@ -297,6 +302,49 @@ def _root(g: Callable[[float], float], lo: float, g_lo: float, hi: float, g_hi: 
                 g_lo /= 2.0
             side = -1
     return c
+
+
+def _poisson_quantile(mean: float, p: float) -> float:
+    """The p-th percentile of a Poisson count of ``mean`` (normal beyond a mean of 50)."""
+    if mean <= 0.0:
+        return 0.0
+    if mean > 50.0:
+        return max(mean + _z(p) * math.sqrt(mean), 0.0)
+    target, term, count = p / 100.0, math.exp(-mean), 0
+    total = term
+    while total < target and count < 400:
+        count += 1
+        term *= mean / count
+        total += term
+    return float(count)
+
+
+def _length_quantile(lengths: Any, p: float) -> float:
+    """The p-th percentile of a :class:`Lengths` (fixed, uniform, lognormal of the given mean, empirical)."""
+    kind = getattr(lengths, "kind", "fixed")
+    mean = float(lengths.mean)
+    if kind == "uniform":
+        return lengths.low + p / 100.0 * (lengths.high - lengths.low)
+    if kind == "lognormal" and lengths.sigma > 0.0:
+        value = mean * math.exp(-0.5 * lengths.sigma**2 + lengths.sigma * _z(p))
+        return min(max(value, float(lengths.low)), float(lengths.high))
+    if kind == "empirical" and lengths.values:
+        ordered = _sorted(lengths.values)
+        return float(ordered[min(int(p / 100.0 * len(ordered)), len(ordered) - 1)])
+    return mean
+
+
+_SORTED: dict[int, tuple[tuple[int, ...], list[int]]] = {}
+
+
+def _sorted(values: tuple[int, ...]) -> list[int]:
+    """``sorted(values)``, kept for the few empirical distributions a search reuses (keyed by identity)."""
+    hit = _SORTED.get(id(values))
+    if hit is None or hit[0] is not values:
+        if len(_SORTED) >= 8:
+            _SORTED.clear()
+        hit = _SORTED[id(values)] = (values, sorted(values))
+    return hit[1]
 
 
 def _lengths(traffic: Traffic) -> tuple[float, float]:
@@ -350,7 +398,8 @@ class _Evaluator:
         """Mean time a request spends in the deployment at ``rate`` (TTFT + (OSL - 1) TPOT)."""
         sides = self.sides(rate)
         first = sides[0]
-        ttft = first.join + first.wait_mean + first.service + self.transfer
+        shared = (first.sharing - first.included) * first.per_chunk
+        ttft = first.join + first.wait_mean + first.service + shared + self.transfer
         return ttft + max(self.osl - 1.0, 0.0) * sides[-1].tpot
 
 
@@ -392,11 +441,14 @@ def analytic(
     percentiles = list(PERCENTILES)
     if slo is not None and slo.percentile not in percentiles:
         percentiles.append(float(slo.percentile))
-    ttft = {"mean": (base + first.join + first.wait_mean) * 1e3}
+    shared = (first.sharing - first.included) * first.per_chunk
+    ttft = {"mean": (base + shared + first.join + first.wait_mean) * 1e3}
     tpot = {"mean": decode.tpot * 1e3}
     for p in percentiles:
         key = f"p{p:g}"
-        ttft[key] = (base + first.join_quantile(p) + _z(p) * first.spread + first.wait_quantile(p)) * 1e3
+        extra = (_poisson_quantile(first.sharing, p) - first.included) * first.per_chunk
+        longer = (_length_quantile(traffic.prompt, p) / ev.isl - 1.0) * first.marginal
+        ttft[key] = (base + first.join_quantile(p) + extra + longer + first.wait_quantile(p)) * 1e3
         tpot[key] = (decode.tpot + _z(p) * decode.tpot_std) * 1e3 if decode.tpot > 0 else 0.0
     out_tokens = served * ev.osl
     in_flight = served * (ttft["mean"] / 1e3 + max(ev.osl - 1.0, 0.0) * decode.tpot)
