@@ -149,3 +149,38 @@ def test_bad_inputs_raise_naming_the_field() -> None:
         analytic(dep, _traffic(1.0), {})
     with pytest.raises(ValueError, match="prompt and output"):
         analytic(dep, Traffic(Lengths(mean=0.5), Lengths(mean=10), rate=1.0), costs)
+
+
+def test_prompt_length_spread_widens_the_ttft_tail_not_the_mean_throughput() -> None:
+    dep, costs = _mixed()
+    fixed = analytic(dep, _traffic(8.0), costs)
+    spread = analytic(dep, Traffic(Lengths(kind="lognormal", mean=1000, sigma=0.8), CHAT[1], rate=8.0), costs)
+    assert spread.tokens_per_s_per_gpu == pytest.approx(fixed.tokens_per_s_per_gpu, rel=1e-9)
+    assert spread.ttft_ms["p99"] > 1.5 * fixed.ttft_ms["p99"]
+    assert spread.ttft_ms["p50"] < fixed.ttft_ms["p50"]  # the lognormal's median is below its mean
+
+
+def test_poisson_and_length_quantiles() -> None:
+    from paratune.serving._analytic import _length_quantile, _poisson_quantile
+
+    assert _poisson_quantile(0.0, 99.0) == 0.0
+    assert _poisson_quantile(0.1, 50.0) == 0.0 and _poisson_quantile(0.1, 99.0) == 1.0  # P(0) = 0.905, P(<=1) = 0.995
+    assert _poisson_quantile(3.0, 90.0) == 5.0  # P(<=4) = 0.815, P(<=5) = 0.916
+    assert _length_quantile(Lengths(kind="uniform", mean=150, low=100, high=200), 90.0) == pytest.approx(190.0)
+    median = _length_quantile(Lengths(kind="lognormal", mean=1000, sigma=0.8), 50.0)
+    assert median == pytest.approx(1000 * math.exp(-0.32), rel=1e-9)
+    assert _length_quantile(Lengths(kind="empirical", mean=2.5, values=(1, 2, 3, 4)), 90.0) == 4.0
+
+
+def test_pipeline_parallel_instance_keeps_pp_batches_in_flight() -> None:
+    """PP 2: each batch iterates every max(latency, 2 x interval); capacity stays near that of TP 2."""
+    traffic = _traffic(4.0)
+    pp = Deployment((Pool(tp=2, pp=2),))
+    tp = Deployment((Pool(tp=4),))
+    m_pp = analytic(pp, traffic, {"mixed": instance_cost("llama3-70b", H100, pp.pools[0], pp)})
+    m_tp = analytic(tp, traffic, {"mixed": instance_cost("llama3-70b", H100, tp.pools[0], tp)})
+    assert not m_pp.saturated and not m_tp.saturated
+    assert m_pp.tpot_ms["mean"] > m_tp.tpot_ms["mean"]  # a token crosses both stages in turn
+    cost = instance_cost("llama3-70b", H100, pp.pools[0], pp)
+    one = cost.latency_s(Mix(decode_seqs=1, decode_context=1100, sampled=1))
+    assert m_pp.tpot_ms["p50"] >= one * 1e3 * 0.99
