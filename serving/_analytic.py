@@ -240,7 +240,6 @@ class _PoolModel:
         # Iterations carrying j + 1 and j + 2 chunks: the one with this prompt's chunk, and its slope per chunk.
         _, short, long, f = self.periods(x)
         p1 = long if f > 0.0 else self._p(_Fluid((j + 1) * q, (j + 1) * work, n, ctx, n + (j + 1) / k))
-        p2 = self._p(_Fluid((j + 2) * q, (j + 2) * work, n, ctx, n + (j + 2) / k))
         side.service = k * p1
         if side.saturated:
             side.p_wait, side.wait_cond = 1.0, INF
@@ -251,6 +250,7 @@ class _PoolModel:
             side.join_short, side.join_long = short, long
             side.join_pi = f * long / side.period
             side.join = ((1.0 - f) * short**2 + f * long**2) / (2.0 * side.period)
+            p2 = self._p(_Fluid((j + 2) * q, (j + 2) * work, n, ctx, n + (j + 2) / k))
             side.sharing, side.included, side.per_chunk = k * m, k * j, p2 - p1
             side.marginal = k * (p1 - short) if p1 > short else k * (p2 - p1)
             slots = min(self.pool.max_num_seqs, self.cost.kv_capacity_tokens / (self.isl + self.osl)) / self.pp
@@ -261,7 +261,7 @@ class _PoolModel:
             queues.append(_mdc(x * (self.steps + self.isl) / self.budget, chunk_slots, side.service))
             side.p_wait, side.wait_cond = max(queues, key=lambda w: w[0] * w[1])
         else:  # a prefill pool: an M/D/1 whose service is one prompt's alone at light load, the capacity's at the cap
-            alone = k * self._p(_Fluid(q, work, 0.0, 0.0, 1.0 / k))
+            alone = k * (p1 if j == 0 else self._p(_Fluid(q, work, 0.0, 0.0, 1.0 / k)))
             rho_cap = side.rate / side.capacity
             blend = rho_cap**4
             rho = (1.0 - blend) * min(per_batch * alone, 1.0) + blend * rho_cap
@@ -289,7 +289,7 @@ def _root(g: Callable[[float], float], lo: float, g_lo: float, hi: float, g_hi: 
     for _ in range(100):
         c = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
         g_c = g(c)
-        if abs(g_c) <= 1e-7 * max(c, 1e-12) or hi - lo <= 1e-9 * hi:
+        if abs(g_c) <= 1e-6 * max(c, 1e-12) or hi - lo <= 1e-9 * hi:
             return c
         if g_c > 0:
             lo, g_lo = c, g_c
