@@ -229,6 +229,9 @@ class _PoolModel:
         side = _Side(rate, capacity, saturated, mean, tpot, std, n * self.pp)
         if self.prefill:
             self._ttft(side, x, n, per_batch)
+        elif self.steps > 0:  # a decode pool: requests wait for a sequence / KV slot (M/D/c, as above)
+            slots = min(self.pool.max_num_seqs, self.cost.kv_capacity_tokens / (self.isl + self.osl)) / self.pp
+            side.p_wait, side.wait_cond = (1.0, INF) if saturated else _mdc(n / slots, slots, self.steps * mean)
         return side
 
     def _ttft(self, side: _Side, x: float, n: float, per_batch: float) -> None:
@@ -400,7 +403,8 @@ class _Evaluator:
         first = sides[0]
         shared = (first.sharing - first.included) * first.per_chunk
         ttft = first.join + first.wait_mean + first.service + shared + self.transfer
-        return ttft + max(self.osl - 1.0, 0.0) * sides[-1].tpot
+        admit = sides[-1].wait_mean if len(sides) > 1 else 0.0
+        return ttft + max(self.osl - 1.0, 0.0) * sides[-1].tpot + admit
 
 
 def analytic(
@@ -443,13 +447,24 @@ def analytic(
         percentiles.append(float(slo.percentile))
     shared = (first.sharing - first.included) * first.per_chunk
     ttft = {"mean": (base + shared + first.join + first.wait_mean) * 1e3}
-    tpot = {"mean": decode.tpot * 1e3}
+    # A disaggregated request may wait for a decode slot: spread over its decode steps (TPOT, as measured).
+    steps = max(ev.osl - 1.0, 1.0)
+    admit = decode.wait_mean / steps if deployment.disaggregated else 0.0
+    tpot = {"mean": (decode.tpot + admit) * 1e3 if decode.tpot > 0 else 0.0}
     for p in percentiles:
         key = f"p{p:g}"
         extra = (_poisson_quantile(first.sharing, p) - first.included) * first.per_chunk
         longer = (_length_quantile(traffic.prompt, p) / ev.isl - 1.0) * first.marginal
         ttft[key] = (base + first.join_quantile(p) + extra + longer + first.wait_quantile(p)) * 1e3
-        tpot[key] = (decode.tpot + _z(p) * decode.tpot_std) * 1e3 if decode.tpot > 0 else 0.0
+        admit_p = decode.wait_quantile(p) / steps if deployment.disaggregated else 0.0
+        tpot[key] = (decode.tpot + _z(p) * decode.tpot_std + admit_p) * 1e3 if decode.tpot > 0 else 0.0
+    if traffic.concurrency is not None and not saturated:
+        cycle = ttft["mean"] / 1e3 + max(ev.osl - 1.0, 0.0) * tpot["mean"] / 1e3
+        deficit = traffic.concurrency / served - cycle
+        if deficit > 1e-3 * cycle:  # users beyond what the caps admit wait in the queue (Little's law)
+            notes.append(f"closed loop: {deficit * 1e3:.4g} ms of queueing beyond the caps added to TTFT")
+            for key in ttft:
+                ttft[key] += deficit * 1e3
     out_tokens = served * ev.osl
     in_flight = served * (ttft["mean"] / 1e3 + max(ev.osl - 1.0, 0.0) * decode.tpot)
     instances = deployment.pools[-1].replicas

@@ -91,6 +91,15 @@ def test_closed_loop_keeps_the_users_in_flight() -> None:
         assert not m.saturated
 
 
+def test_closed_loop_beyond_the_caps_queues_users_in_both_layouts() -> None:
+    """More users than the batch caps admit: Little's law still holds, the excess waits (TTFT or decode slots)."""
+    for dep, costs in (_mixed(max_num_seqs=32), _disaggregated(max_num_seqs=32)):
+        m = analytic(dep, _traffic(concurrency=2000), costs)
+        cycle = (m.ttft_ms["mean"] + 199 * m.tpot_ms["mean"]) / 1e3
+        assert m.requests_per_s * cycle == pytest.approx(2000, rel=0.02)
+        assert not m.saturated
+
+
 def _disaggregated(
     prefill: int = 1, decode: int = 2, **decode_pool: int
 ) -> tuple[Deployment, dict[str, IterationModel]]:
