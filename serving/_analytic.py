@@ -54,16 +54,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any, cast
 
+from ._shapes import INF, PERCENTILES, Side, length_quantile, mdc, poisson_quantile, z_score
 from ._types import Deployment, IterationCost, Mix, Pool, ServingMetrics, Slo, Traffic
-
-#: Percentiles every result reports (an SLO's own percentile is added when it is another).
-PERCENTILES = (50.0, 90.0, 99.0)
-_Z = {p: NormalDist().inv_cdf(p / 100.0) for p in PERCENTILES}
-INF = math.inf
 
 
 class _Fluid:
@@ -78,58 +72,6 @@ class _Fluid:
         self.decode_seqs = decode_seqs
         self.decode_context = context
         self.sampled = sampled
-
-
-def _z(p: float) -> float:
-    z = _Z.get(p)
-    return NormalDist().inv_cdf(p / 100.0) if z is None else z
-
-
-@dataclass
-class _Side:
-    """One pool's steady state: its period, throughput and latency terms per request."""
-
-    rate: float  # requests/s the pool serves (all instances)
-    capacity: float  # requests/s at its cap
-    saturated: bool
-    period: float  # mean period of a batch's iterations (s)
-    tpot: float  # mean time per output token after the first (s); 0 for a prefill pool
-    tpot_std: float
-    decoding: float  # sequences decoding per instance
-    service: float = 0.0  # a prompt's own prefill iterations (s)
-    join: float = 0.0  # mean wait for the iteration under way (aggregated), s
-    join_short: float = 0.0  # the iterations under way: without this prompt's chunk (period) ...
-    join_long: float = 0.0  # ... and with one more chunk (period), the latter a share ``join_pi`` of the time
-    join_pi: float = 0.0
-    sharing: float = 0.0  # mean count of other prompts' chunks sharing this prompt's iterations ...
-    included: float = 0.0  # ... of which ``service`` already holds this many (j per iteration) ...
-    per_chunk: float = 0.0  # ... and what each adds (s)
-    marginal: float = 0.0  # the prompt's own share of ``service`` (what scales with its length), s
-    p_wait: float = 0.0  # probability that a request queues before its prefill
-    wait_cond: float = 0.0  # mean queueing of those who queue (s)
-
-    @property
-    def wait_mean(self) -> float:
-        return self.p_wait * self.wait_cond if self.p_wait > 0.0 else 0.0
-
-    def join_quantile(self, p: float) -> float:
-        """The join at percentile p: uniform over the iteration under way, short or long (length-biased)."""
-        if self.join <= 0.0:
-            return 0.0
-        q, pi, short, long = p / 100.0, self.join_pi, self.join_short, self.join_long
-        density = (1.0 - pi) / short + pi / long if short > 0.0 else pi / long
-        if short > 0.0 and q <= short * density:
-            return q / density
-        return long * (q - (1.0 - pi)) / pi if pi > 0.0 else short
-
-    def wait_quantile(self, p: float) -> float:
-        """Queueing at percentile p: 0 with probability 1 - p_wait, else exponential of mean ``wait_cond``."""
-        if not math.isfinite(self.wait_cond):
-            return INF
-        tail = 1.0 - p / 100.0
-        if self.p_wait <= tail:
-            return 0.0
-        return self.wait_cond * math.log(self.p_wait / tail)
 
 
 class _PoolModel:
@@ -205,7 +147,7 @@ class _PoolModel:
         t_cap = self.periods(x_cap)[0]
         return x_cap, t_cap, x_cap / t_cap * self.pool.replicas * self.pp
 
-    def solve(self, rate: float) -> _Side:
+    def solve(self, rate: float) -> Side:
         """The steady state at ``rate`` requests/s on the whole pool."""
         per_batch = rate / (self.pool.replicas * self.pp)
         x_cap, t_cap, capacity = self.capacity()
@@ -215,7 +157,7 @@ class _PoolModel:
                   per_batch * t_cap - x_cap)  # fmt: skip
         return self._side(x, per_batch, capacity, saturated=False)
 
-    def _side(self, x: float, per_batch: float, capacity: float, *, saturated: bool) -> _Side:
+    def _side(self, x: float, per_batch: float, capacity: float, *, saturated: bool) -> Side:
         mean, p0, p1, f = self.periods(x)
         n = x * self.steps
         rate = per_batch * self.pool.replicas * self.pp
@@ -226,15 +168,15 @@ class _PoolModel:
             else:  # a request decodes with itself at least
                 tpot, q0, q1, f = self.periods(x, n=1.0)
             std = abs(q1 - q0) * math.sqrt(f * (1.0 - f) / self.steps)
-        side = _Side(rate, capacity, saturated, mean, tpot, std, n * self.pp)
+        side = Side(rate, capacity, saturated, mean, tpot, std, n * self.pp)
         if self.prefill:
             self._ttft(side, x, n, per_batch)
         elif self.steps > 0:  # a decode pool: requests wait for a sequence / KV slot (M/D/c, as above)
             slots = min(self.pool.max_num_seqs, self.cost.kv_capacity_tokens / (self.isl + self.osl)) / self.pp
-            side.p_wait, side.wait_cond = (1.0, INF) if saturated else _mdc(n / slots, slots, self.steps * mean)
+            side.p_wait, side.wait_cond = (1.0, INF) if saturated else mdc(n / slots, slots, self.steps * mean)
         return side
 
-    def _ttft(self, side: _Side, x: float, n: float, per_batch: float) -> None:
+    def _ttft(self, side: Side, x: float, n: float, per_batch: float) -> None:
         """Fill the TTFT terms of ``side``: the prompt's own chunks, the join, their spread, the queue."""
         k, q = self.chunks(n)
         m = x * k
@@ -259,30 +201,17 @@ class _PoolModel:
             slots = min(self.pool.max_num_seqs, self.cost.kv_capacity_tokens / (self.isl + self.osl)) / self.pp
             queues = []
             if self.steps > 0:  # sequence and KV slots, held for the decode steps (the caps of x)
-                queues.append(_mdc(n / slots, slots, self.steps * side.period))
+                queues.append(mdc(n / slots, slots, self.steps * side.period))
             chunk_slots = max(math.floor((self.budget - n) / q + 1e-9), 1)
-            queues.append(_mdc(x * (self.steps + self.isl) / self.budget, chunk_slots, side.service))
+            queues.append(mdc(x * (self.steps + self.isl) / self.budget, chunk_slots, side.service))
             side.p_wait, side.wait_cond = max(queues, key=lambda w: w[0] * w[1])
         else:  # a prefill pool: an M/D/1 whose service is one prompt's alone at light load, the capacity's at the cap
             alone = k * (p1 if j == 0 else self._p(_Fluid(q, work, 0.0, 0.0, 1.0 / k)))
             rho_cap = side.rate / side.capacity
             blend = rho_cap**4
             rho = (1.0 - blend) * min(per_batch * alone, 1.0) + blend * rho_cap
-            side.p_wait, side.wait_cond = _mdc(rho, 1.0, rho / per_batch)
+            side.p_wait, side.wait_cond = mdc(rho, 1.0, rho / per_batch)
             side.marginal = side.service
-
-
-def _mdc(rho: float, servers: float, service: float) -> tuple[float, float]:
-    """(probability of waiting, mean wait of those who wait) in an M/D/c queue of utilisation ``rho``.
-
-    Sakasegawa's approximation of M/M/c, P(wait) = rho^(sqrt(2 (c + 1)) - 1) (exact for c = 1), and the mean
-    wait of those who wait S / (c (1 - rho)), halved for deterministic service (M/D/1's Pollaczek-Khinchine).
-    """
-    if rho >= 1.0:
-        return 1.0, INF
-    if rho <= 0.0:
-        return 0.0, 0.0
-    return rho ** (math.sqrt(2.0 * (servers + 1.0)) - 1.0), 0.5 * service / (servers * (1.0 - rho))
 
 
 def _root(g: Callable[[float], float], lo: float, g_lo: float, hi: float, g_hi: float) -> float:
@@ -305,49 +234,6 @@ def _root(g: Callable[[float], float], lo: float, g_lo: float, hi: float, g_hi: 
                 g_lo /= 2.0
             side = -1
     return c
-
-
-def _poisson_quantile(mean: float, p: float) -> float:
-    """The p-th percentile of a Poisson count of ``mean`` (normal beyond a mean of 50)."""
-    if mean <= 0.0:
-        return 0.0
-    if mean > 50.0:
-        return max(mean + _z(p) * math.sqrt(mean), 0.0)
-    target, term, count = p / 100.0, math.exp(-mean), 0
-    total = term
-    while total < target and count < 400:
-        count += 1
-        term *= mean / count
-        total += term
-    return float(count)
-
-
-def _length_quantile(lengths: Any, p: float) -> float:
-    """The p-th percentile of a :class:`Lengths` (fixed, uniform, lognormal of the given mean, empirical)."""
-    kind = getattr(lengths, "kind", "fixed")
-    mean = float(lengths.mean)
-    if kind == "uniform":
-        return lengths.low + p / 100.0 * (lengths.high - lengths.low)
-    if kind == "lognormal" and lengths.sigma > 0.0:
-        value = mean * math.exp(-0.5 * lengths.sigma**2 + lengths.sigma * _z(p))
-        return min(max(value, float(lengths.low)), float(lengths.high))
-    if kind == "empirical" and lengths.values:
-        ordered = _sorted(lengths.values)
-        return float(ordered[min(int(p / 100.0 * len(ordered)), len(ordered) - 1)])
-    return mean
-
-
-_SORTED: dict[int, tuple[tuple[int, ...], list[int]]] = {}
-
-
-def _sorted(values: tuple[int, ...]) -> list[int]:
-    """``sorted(values)``, kept for the few empirical distributions a search reuses (keyed by identity)."""
-    hit = _SORTED.get(id(values))
-    if hit is None or hit[0] is not values:
-        if len(_SORTED) >= 8:
-            _SORTED.clear()
-        hit = _SORTED[id(values)] = (values, sorted(values))
-    return hit[1]
 
 
 def _lengths(traffic: Traffic) -> tuple[float, float]:
@@ -394,7 +280,7 @@ class _Evaluator:
         """Requests/s the deployment sustains (the smaller pool capacity)."""
         return min(p.capacity()[2] for p in self.pools)
 
-    def sides(self, rate: float) -> list[_Side]:
+    def sides(self, rate: float) -> list[Side]:
         return [p.solve(rate) for p in self.pools]
 
     def cycle(self, rate: float) -> float:
@@ -453,11 +339,11 @@ def analytic(
     tpot = {"mean": (decode.tpot + admit) * 1e3 if decode.tpot > 0 else 0.0}
     for p in percentiles:
         key = f"p{p:g}"
-        extra = (_poisson_quantile(first.sharing, p) - first.included) * first.per_chunk
-        longer = (_length_quantile(traffic.prompt, p) / ev.isl - 1.0) * first.marginal
+        extra = (poisson_quantile(first.sharing, p) - first.included) * first.per_chunk
+        longer = (length_quantile(traffic.prompt, p) / ev.isl - 1.0) * first.marginal
         ttft[key] = (base + first.join_quantile(p) + extra + longer + first.wait_quantile(p)) * 1e3
         admit_p = decode.wait_quantile(p) / steps if deployment.disaggregated else 0.0
-        tpot[key] = (decode.tpot + _z(p) * decode.tpot_std + admit_p) * 1e3 if decode.tpot > 0 else 0.0
+        tpot[key] = (decode.tpot + z_score(p) * decode.tpot_std + admit_p) * 1e3 if decode.tpot > 0 else 0.0
     if traffic.concurrency is not None and not saturated:
         cycle = ttft["mean"] / 1e3 + max(ev.osl - 1.0, 0.0) * tpot["mean"] / 1e3
         deficit = traffic.concurrency / served - cycle

@@ -170,15 +170,15 @@ def test_prompt_length_spread_widens_the_ttft_tail_not_the_mean_throughput() -> 
 
 
 def test_poisson_and_length_quantiles() -> None:
-    from paratune.serving._analytic import _length_quantile, _poisson_quantile
+    from paratune.serving._shapes import length_quantile, poisson_quantile
 
-    assert _poisson_quantile(0.0, 99.0) == 0.0
-    assert _poisson_quantile(0.1, 50.0) == 0.0 and _poisson_quantile(0.1, 99.0) == 1.0  # P(0) = 0.905, P(<=1) = 0.995
-    assert _poisson_quantile(3.0, 90.0) == 5.0  # P(<=4) = 0.815, P(<=5) = 0.916
-    assert _length_quantile(Lengths(kind="uniform", mean=150, low=100, high=200), 90.0) == pytest.approx(190.0)
-    median = _length_quantile(Lengths(kind="lognormal", mean=1000, sigma=0.8), 50.0)
+    assert poisson_quantile(0.0, 99.0) == 0.0
+    assert poisson_quantile(0.1, 50.0) == 0.0 and poisson_quantile(0.1, 99.0) == 1.0  # P(0) = 0.905, P(<=1) = 0.995
+    assert poisson_quantile(3.0, 90.0) == 5.0  # P(<=4) = 0.815, P(<=5) = 0.916
+    assert length_quantile(Lengths(kind="uniform", mean=150, low=100, high=200), 90.0) == pytest.approx(190.0)
+    median = length_quantile(Lengths(kind="lognormal", mean=1000, sigma=0.8), 50.0)
     assert median == pytest.approx(1000 * math.exp(-0.32), rel=1e-9)
-    assert _length_quantile(Lengths(kind="empirical", mean=2.5, values=(1, 2, 3, 4)), 90.0) == 4.0
+    assert length_quantile(Lengths(kind="empirical", mean=2.5, values=(1, 2, 3, 4)), 90.0) == 4.0
 
 
 def test_pipeline_parallel_instance_keeps_pp_batches_in_flight() -> None:
