@@ -153,8 +153,12 @@ class _PoolModel:
         x_cap, t_cap, capacity = self.capacity()
         if per_batch * t_cap >= x_cap:  # no fixed point under the caps
             return self._side(x_cap, capacity / (self.pool.replicas * self.pp), capacity, saturated=True)
-        x = _root(lambda v: per_batch * self.periods(v)[0] - v, 0.0, per_batch * self.periods(0.0)[0], x_cap,
-                  per_batch * t_cap - x_cap)  # fmt: skip
+        # Start just above 0: with no fixed cost per iteration (a cost without engine overhead), x = 0 is a
+        # spurious root (an empty iteration takes no time).
+        lo = x_cap * 1e-9
+        g_lo = per_batch * self.periods(lo)[0] - lo
+        x = lo if g_lo <= 0.0 else _root(lambda v: per_batch * self.periods(v)[0] - v, lo, g_lo, x_cap,
+                                         per_batch * t_cap - x_cap)  # fmt: skip
         return self._side(x, per_batch, capacity, saturated=False)
 
     def _side(self, x: float, per_batch: float, capacity: float, *, saturated: bool) -> Side:
@@ -193,8 +197,9 @@ class _PoolModel:
             if f <= 0.0:
                 long, f = short, 1.0
             side.join_short, side.join_long = short, long
-            side.join_pi = f * long / side.period
-            side.join = ((1.0 - f) * short**2 + f * long**2) / (2.0 * side.period)
+            if side.period > 0.0:
+                side.join_pi = f * long / side.period
+                side.join = ((1.0 - f) * short**2 + f * long**2) / (2.0 * side.period)
             p2 = self._p(_Fluid((j + 2) * q, (j + 2) * work, n, ctx, n + (j + 2) / k))
             side.sharing, side.included, side.per_chunk = k * m, k * j, p2 - p1
             side.marginal = k * (p1 - short) if p1 > short else k * (p2 - p1)

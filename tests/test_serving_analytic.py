@@ -193,3 +193,28 @@ def test_pipeline_parallel_instance_keeps_pp_batches_in_flight() -> None:
     cost = instance_cost("llama3-70b", H100, pp.pools[0], pp)
     one = cost.latency_s(Mix(decode_seqs=1, decode_context=1100, sampled=1))
     assert m_pp.tpot_ms["p50"] >= one * 1e3 * 0.99
+
+
+class _LinearCost:
+    """A bare IterationCost: 5 ms + 20 us per token, no fixed cost for an empty iteration, no kv_transfer_s."""
+
+    pp = 1
+    kv_capacity_tokens = 1_000_000
+
+    def latency_s(self, mix: Mix) -> float:
+        tokens = mix.prefill_tokens + mix.decode_seqs
+        return 5e-3 + 20e-6 * tokens if tokens > 0 else 0.0
+
+    def interval_s(self, mix: Mix) -> float:
+        return self.latency_s(mix)
+
+
+def test_any_iteration_cost_works_even_without_a_fixed_cost_per_iteration() -> None:
+    dep = Deployment((Pool(),))
+    m = analytic(dep, _traffic(2.0), {"mixed": _LinearCost()})
+    # Capacity bound: 1000 + 199 tokens per request at 20 us (plus 5 ms per iteration) is far above 2 req/s.
+    assert not m.saturated and m.requests_per_s == pytest.approx(2.0)
+    assert m.tpot_ms["p50"] > 5.0 and m.ttft_ms["p50"] > 5.0 + 20e-3 * 1000
+    dis = Deployment((Pool(role="prefill"), Pool(role="decode")))
+    d = analytic(dis, _traffic(2.0), {"prefill": _LinearCost(), "decode": _LinearCost()})
+    assert any("kv_transfer_s" in n for n in d.notes)
