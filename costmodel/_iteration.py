@@ -285,6 +285,19 @@ class IterationModel:
 
     def latency_s(self, mix: Any) -> float:
         """Seconds from the iteration's start to its sampled tokens: every stage and transfer in turn."""
+        if self.pp == 1:  # the common case, without the lists
+            tokens = mix.prefill_tokens + mix.decode_seqs
+            sampled = mix.sampled
+            overhead = self.iteration_overhead_s + self.sequence_overhead_s * sampled
+            if tokens <= 0:
+                return overhead
+            n, curve, count, per_token, link = self._stages[0]
+            t = curve(tokens) + n * self._per_layer_attention(mix)
+            if count > 0.5:
+                t += tp_allreduce_time(per_token * tokens, count, self.tp, link)
+            if sampled > 0:
+                t += self._head(sampled)
+            return t + overhead
         stages, hops = self.stage_times(mix)
         return sum(stages) + sum(hops) + self.overhead_s(mix)
 

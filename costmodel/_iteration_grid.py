@@ -138,7 +138,7 @@ class AttentionGrid:
     """
 
     counts: tuple[float, ...]
-    curves: tuple[Curve, ...]
+    curves: tuple[Curve, ...]  # one per count, on the same lengths (one bisect serves them all)
 
     @classmethod
     def price(cls, platform: Platform, dtype: str, kv_dtype: str, tp: int, phase: str, w: Workloads) -> AttentionGrid:
@@ -183,8 +183,12 @@ class AttentionGrid:
         elif j > len(counts) - 2:
             j = len(counts) - 2
         lo, hi = counts[j], counts[j + 1]
-        a = self.curves[j](length)
-        return a + (sequences - lo) / (hi - lo) * (self.curves[j + 1](length) - a)
+        c0, c1 = self.curves[j], self.curves[j + 1]
+        lx = math.log(length)
+        i = bisect_right(c0.xs, lx)
+        a = math.exp(c0.intercepts[i] + c0.slopes[i] * lx)
+        b = math.exp(c1.intercepts[i] + c1.slopes[i] * lx)
+        return a + (sequences - lo) / (hi - lo) * (b - a)
 
 
 def sum_by_group(times: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:

@@ -220,24 +220,24 @@ class _PoolModel:
 
 
 def _root(g: Callable[[float], float], lo: float, g_lo: float, hi: float, g_hi: float) -> float:
-    """A root of ``g`` in [lo, hi] with g(lo) > 0 >= g(hi) (regula falsi, Illinois variant)."""
-    side = 0
-    c = hi
+    """A root of ``g`` in [lo, hi] with g(lo) > 0 >= g(hi): secant steps, kept inside the bracket.
+
+    ``g`` is nearly linear (the period is nearly affine in the load), so secants through the last two
+    points converge in a few steps; a step that leaves the bracket falls back to its regula falsi point.
+    """
+    prev, g_prev = lo, g_lo
+    c = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
     for _ in range(100):
-        c = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
         g_c = g(c)
         if abs(g_c) <= 1e-6 * max(c, 1e-12) or hi - lo <= 1e-9 * hi:
             return c
         if g_c > 0:
             lo, g_lo = c, g_c
-            if side == 1:
-                g_hi /= 2.0
-            side = 1
         else:
             hi, g_hi = c, g_c
-            if side == -1:
-                g_lo /= 2.0
-            side = -1
+        step = c - g_c * (c - prev) / (g_c - g_prev) if g_c != g_prev else hi
+        prev, g_prev = c, g_c
+        c = step if lo < step < hi else (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
     return c
 
 
