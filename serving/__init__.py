@@ -7,7 +7,7 @@ steady-state analytic model and a request-level simulator schedule requests on i
 
 from __future__ import annotations
 
-from ._analytic import analytic
+from ._analytic import analytic, metrics_json
 from ._costs import instance_cost
 from ._engines import ENGINE_PROFILES, EngineProfile, engine_profile
 from ._types import ENGINES, ROLES, Deployment, IterationCost, Lengths, Mix, Pool, ServingMetrics, Slo, Traffic
@@ -28,4 +28,5 @@ __all__ = [
     "analytic",
     "engine_profile",
     "instance_cost",
+    "metrics_json",
 ]

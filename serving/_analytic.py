@@ -399,7 +399,7 @@ def _closed_loop_rate(ev: _Evaluator, users: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def describe(metrics: ServingMetrics) -> dict[str, Any]:
+def metrics_json(metrics: ServingMetrics) -> dict[str, Any]:
     """The metrics as a JSON-ready dict (infinite latencies as None)."""
     out = metrics.to_dict()
     for key in ("ttft_ms", "tpot_ms"):

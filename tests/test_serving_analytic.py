@@ -218,3 +218,14 @@ def test_any_iteration_cost_works_even_without_a_fixed_cost_per_iteration() -> N
     dis = Deployment((Pool(role="prefill"), Pool(role="decode")))
     d = analytic(dis, _traffic(2.0), {"prefill": _LinearCost(), "decode": _LinearCost()})
     assert any("kv_transfer_s" in n for n in d.notes)
+
+
+def test_metrics_json_is_strict_json_when_saturated() -> None:
+    import json
+
+    from paratune.serving import metrics_json
+
+    dep, costs = _mixed()
+    out = metrics_json(analytic(dep, _traffic(1000.0), costs, Slo(ttft_ms=100)))
+    text = json.dumps(out, allow_nan=False)  # raises on inf / nan
+    assert '"saturated": true' in text and out["ttft_ms"]["p90"] is None and out["meets_slo"] is False
