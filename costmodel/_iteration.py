@@ -13,7 +13,7 @@ grid points of the few quantities an iteration's cost depends on, prices them wi
 * **prefill attention**: the chunks' T_p tokens and causal work W (``Mix.prefill_attention``) are read as
   B_eff whole prompts of s_eff tokens, s_eff = 2W / T_p - 1 and B_eff = T_p / s_eff (exact for whole
   prompts), priced on a grid of lengths (4 points per octave) and of sequence counts, linear between counts
-  (:class:`_AttentionGrid`: the fitted attention terms are affine in the sequences, two counts suffice;
+  (:class:`~._iteration_grid.AttentionGrid`: the fitted attention terms are affine in the sequences, two counts suffice;
   the hand-set curves get powers of two). A chunk of q tokens after c cached ones keeps its causal FLOPs
   but reads only the KV of its own q tokens: compute-bound, so slightly low;
 * **decode attention**: n sequences reading C cached tokens in all: the same grid over the mean context
@@ -42,196 +42,23 @@ budget's tokens (the evaluator's rule, input and output of the biggest op alive 
 from __future__ import annotations
 
 import copy
-import functools
 import math
-from bisect import bisect_right
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ..graphs import DTYPE_BYTES, ModelSpec, build_graph
-from ..graphs._task import Op
+from ..graphs import DTYPE_BYTES, ModelSpec
+from ._iteration_grid import AttentionGrid, Curve, Workloads, sum_by_group, workloads
 from ._memory import kv_cache_memory, weight_memory
 from ._platform import Platform
-from ._pricing import GroupLink, KernelPricer, OpTable, group_terms, p2p_time, pair_link, tp_allreduce_time
-
-#: Grid points per octave of the token grid (GEMM efficiency has kinks; 8 keeps off-grid error < 0.5%).
-TOKENS_PER_OCTAVE = 8
-#: Grid points per octave of the attention grids (smooth in the length).
-ATTENTION_PER_OCTAVE = 4
-#: Largest tokens / context on the grids; beyond it the last segment is extended (log-log).
-GRID_TOP = 1 << 20
-#: Largest sampled rows on the head grid.
-HEAD_TOP = 1 << 16
-
-
-def _grid(top: int, per_octave: int) -> list[int]:
-    """Distinct integers 1 .. ``top`` spaced ``per_octave`` to an octave."""
-    steps = round(math.log2(top) * per_octave)
-    return sorted({max(1, round(2.0 ** (i / per_octave))) for i in range(steps + 1)})
-
-
-@dataclass(frozen=True)
-class _Curve:
-    """A positive function of a positive variable, log-log interpolated on a grid (extended at both ends)."""
-
-    xs: tuple[float, ...]  # log x of the segments' starts but the first (bisect finds the segment)
-    intercepts: tuple[float, ...]  # segment i: log y = intercepts[i] + slopes[i] log x
-    slopes: tuple[float, ...]
-
-    @classmethod
-    def fit(cls, x: list[int] | list[float], y: np.ndarray) -> _Curve:
-        lx = [math.log(v) for v in x]
-        ly = [math.log(max(float(v), 1e-15)) for v in y]
-        slopes = [(ly[i + 1] - ly[i]) / (lx[i + 1] - lx[i]) for i in range(len(lx) - 1)]
-        intercepts = [ly[i] - lx[i] * slopes[i] for i in range(len(slopes))]
-        return cls(tuple(lx[1:-1]), tuple(intercepts), tuple(slopes))
-
-    def __call__(self, x: float) -> float:
-        lx = math.log(x)
-        i = bisect_right(self.xs, lx)  # 0 .. len(slopes) - 1: the end segments extend beyond the grid
-        return math.exp(self.intercepts[i] + self.slopes[i] * lx)
-
-
-@dataclass(frozen=True)
-class _Workloads:
-    """Ops of a one-layer copy of the model at every grid point (independent of platform and TP)."""
-
-    tokens: list[int]
-    layer: OpTable  # non-attention ops of the layer at each token grid point
-    layer_group: np.ndarray  # grid index of each row
-    embed: OpTable
-    embed_group: np.ndarray
-    heads: list[int]
-    head: OpTable
-    head_group: np.ndarray
-    lengths: list[int]
-    prefill_attention: list[Op]  # one sequence at each length (more sequences: the pricer's batch scale)
-    decode_attention: list[Op]
-    reference: OpTable  # every op of the one-layer graph at the reference tokens (memory, workspace)
-    reference_unit: np.ndarray  # 0 embedding, 1 layer, 2 head
-    reference_tokens: int
-
-
-def _ops_by_layer(spec: ModelSpec, *, phase: str, batch: int, seq: int, context: int = 0) -> dict[int, list[Op]]:
-    graph = build_graph(spec, phase=phase, batch=batch, seq=seq, context=context)
-    out: dict[int, list[Op]] = {}
-    for task in graph.tasks:
-        out.setdefault(task.layer, []).extend(task.ops)
-    return out
-
-
-def _stack(rows: list[list[Op]]) -> tuple[OpTable, np.ndarray]:
-    ops = [op for group in rows for op in group]
-    group = np.repeat(np.arange(len(rows)), [len(g) for g in rows])
-    return OpTable.from_ops(ops), group
-
-
-@functools.lru_cache(maxsize=16)
-def _workloads(spec: ModelSpec) -> _Workloads:
-    """Build the one-layer graphs of every grid point once per model (cached: TP and platform reuse them)."""
-    one = replace(spec, layers=1, attention="flash")
-    tokens = _grid(GRID_TOP, TOKENS_PER_OCTAVE)
-    layer_rows, embed_rows = [], []
-    for t in tokens:
-        by_layer = _ops_by_layer(one, phase="prefill", batch=1, seq=t)
-        layer_rows.append([o for o in by_layer[0] if o.kind != "attention"])
-        embed_rows.append(by_layer[-1])
-    heads = _grid(HEAD_TOP, TOKENS_PER_OCTAVE)
-    head_rows = [_ops_by_layer(one, phase="decode", batch=n, seq=1, context=1)[1] for n in heads]
-    lengths = _grid(GRID_TOP, ATTENTION_PER_OCTAVE)
-
-    def attention(phase: str, batch: int, length: int) -> Op:
-        if phase == "prefill":
-            ops = _ops_by_layer(one, phase=phase, batch=batch, seq=length)[0]
-        else:
-            ops = _ops_by_layer(one, phase=phase, batch=batch, seq=1, context=length)[0]
-        return next(o for o in ops if o.kind == "attention")
-
-    prefill = [attention("prefill", 1, s) for s in lengths]
-    decode = [attention("decode", 1, c) for c in lengths]
-    ref_tokens = 1024
-    ref = _ops_by_layer(one, phase="prefill", batch=1, seq=ref_tokens)
-    ref_ops = [*ref[-1], *ref[0], *ref[1]]
-    unit = np.array([0] * len(ref[-1]) + [1] * len(ref[0]) + [2] * len(ref[1]))
-    layer, lg = _stack(layer_rows)
-    embed, eg = _stack(embed_rows)
-    head, hg = _stack(head_rows)
-    return _Workloads(
-        tokens, layer, lg, embed, eg, heads, head, hg, lengths, prefill, decode, OpTable.from_ops(ref_ops), unit,
-        ref_tokens,
-    )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _AttentionGrid:
-    """One layer's attention kernel over (sequences, length): a length curve per sequence count, linear between.
-
-    The fitted attention terms of a phase are affine in the sequences at a fixed length (every term but the
-    launch scales with the batch): then two counts (1 and 2) give it exactly. Where the kernel is not (the
-    hand-set efficiency curves, or a fitted residual over sequences x KV), a probe at 2^16 sequences says
-    so and the counts become the powers of two up to 2^16.
-    """
-
-    counts: tuple[float, ...]
-    curves: tuple[_Curve, ...]
-
-    @classmethod
-    def price(cls, platform: Platform, dtype: str, kv_dtype: str, tp: int, phase: str, w: _Workloads) -> _AttentionGrid:
-        ops = w.prefill_attention if phase == "prefill" else w.decode_attention
-        whole = KernelPricer(platform, dtype, phase=phase, batch=1, kv_dtype=kv_dtype)
-        # Fitted prefill terms read the query length from the pricer: one pricer per length.
-        per_length = phase == "prefill" and whole.attention is not None
-        tables = [OpTable.from_ops([op]) for op in ops] if per_length else []
-        pricers = [
-            KernelPricer(platform, dtype, phase=phase, batch=1, q_len=length, kv_dtype=kv_dtype) for length in w.lengths
-        ] if per_length else []  # fmt: skip
-        table = OpTable.from_ops(ops)
-
-        def times(counts: tuple[int, ...]) -> np.ndarray:
-            """Seconds at each length (rows) and sequence count (columns): the batch as the pricer's scale."""
-            if per_length:
-                return np.array(
-                    [
-                        [float(p.op_times(t, tp, float(b))[0]) for b in counts]
-                        for p, t in zip(pricers, tables, strict=True)
-                    ]
-                )
-            return np.column_stack([whole.op_times(table, tp, float(b)) for b in counts])
-
-        top = 1 << 16
-        probe = times((1, 2, top))
-        line = probe[:, 0] + (top - 1) * (probe[:, 1] - probe[:, 0])
-        counts: tuple[int, ...] = (1, 2)
-        if np.allclose(probe[:, 2], line, rtol=1e-6, atol=0.0):
-            grid = probe[:, :2]
-        else:
-            counts = tuple(1 << i for i in range(17))
-            grid = times(counts)
-        curves = tuple(_Curve.fit(w.lengths, grid[:, j]) for j in range(len(counts)))
-        return cls(tuple(float(b) for b in counts), curves)
-
-    def __call__(self, sequences: float, length: float) -> float:
-        counts = self.counts
-        j = bisect_right(counts, sequences) - 1
-        if j < 0:
-            j = 0
-        elif j > len(counts) - 2:
-            j = len(counts) - 2
-        lo, hi = counts[j], counts[j + 1]
-        a = self.curves[j](length)
-        return a + (sequences - lo) / (hi - lo) * (self.curves[j + 1](length) - a)
+from ._pricing import GroupLink, KernelPricer, group_terms, p2p_time, pair_link, tp_allreduce_time
 
 
 def kv_shard_bytes_per_token(spec: ModelSpec, *, tp: int, pp: int, kv_dtype: str | None = None) -> float:
     """KV bytes per token on the most loaded GPU of a TP x PP instance (KV heads replicated past their count)."""
     per_layer = 2.0 * spec.kv_dim * DTYPE_BYTES[kv_dtype or spec.kv_dtype or spec.dtype] / min(tp, spec.kv_heads)
     return per_layer * -(-spec.layers // pp)
-
-
-def _sum_by_group(times: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(group, weights=times, minlength=n)
 
 
 class IterationModel:
@@ -291,7 +118,7 @@ class IterationModel:
         self.stage_layers = [base + (1 if s < extra else 0) for s in range(pp)]
         self._links: list[GroupLink] = [group_terms(platform, tuple(range(s * tp, (s + 1) * tp))) for s in range(pp)]
         self._pairs = [pair_link(platform, (s * tp + tp - 1,), ((s + 1) * tp,)) for s in range(pp - 1)]
-        w = _workloads(spec)
+        w = workloads(spec)
         self._memory_tables(w)
         self.kv_capacity_tokens = 0
         self._set_capacity(memory_fraction, budget_tokens, max_seqs, page_tokens)  # raises before pricing
@@ -301,15 +128,15 @@ class IterationModel:
         self._price(w, dtype, kv_dtype)
 
     # -- construction -------------------------------------------------------------------------------
-    def _price(self, w: _Workloads, dtype: str, kv_dtype: str) -> None:
+    def _price(self, w: Workloads, dtype: str, kv_dtype: str) -> None:
         platform, tp = self.platform, self.tp
         pricer = KernelPricer(platform, dtype, phase="decode", kv_dtype=kv_dtype)
-        layer = _sum_by_group(pricer.op_times(w.layer, tp), w.layer_group, len(w.tokens))
-        embed = _sum_by_group(pricer.op_times(w.embed, tp), w.embed_group, len(w.tokens))
-        self._head = _Curve.fit(w.heads, _sum_by_group(pricer.op_times(w.head, tp), w.head_group, len(w.heads)))
+        layer = sum_by_group(pricer.op_times(w.layer, tp), w.layer_group, len(w.tokens))
+        embed = sum_by_group(pricer.op_times(w.embed, tp), w.embed_group, len(w.tokens))
+        self._head = Curve.fit(w.heads, sum_by_group(pricer.op_times(w.head, tp), w.head_group, len(w.heads)))
 
-        self._prefill_attention = _AttentionGrid.price(platform, dtype, kv_dtype, tp, "prefill", w)
-        self._decode_attention = _AttentionGrid.price(platform, dtype, kv_dtype, tp, "decode", w)
+        self._prefill_attention = AttentionGrid.price(platform, dtype, kv_dtype, tp, "prefill", w)
+        self._decode_attention = AttentionGrid.price(platform, dtype, kv_dtype, tp, "decode", w)
         ref, unit, t_ref = w.reference, w.reference_unit, float(w.reference_tokens)
         # All-reduces per token (bytes of one token's all-reduced activations) and their count per unit.
         ar = ref.allreduce_bytes
@@ -318,10 +145,10 @@ class IterationModel:
         self._ar_embed_bytes = float(ar[unit == 0].sum()) / t_ref
         self._ar_embed_count = float(((ar > 0) & (unit == 0)).sum())
         # Per stage: its layers, token ops (its layers' and the embedding's, one curve), all-reduces, link.
-        self._stages: list[tuple[float, _Curve, float, float, GroupLink]] = []
+        self._stages: list[tuple[float, Curve, float, float, GroupLink]] = []
         for s, n in enumerate(self.stage_layers):
             first = s == 0
-            curve = _Curve.fit(w.tokens, n * layer + (embed if first else 0.0))
+            curve = Curve.fit(w.tokens, n * layer + (embed if first else 0.0))
             count = n * self._ar_layer_count + (self._ar_embed_count if first else 0.0)
             per_token = n * self._ar_layer_bytes + (self._ar_embed_bytes if first else 0.0)
             self._stages.append((float(n), curve, count if tp > 1 else 0.0, per_token, self._links[s]))
@@ -330,7 +157,7 @@ class IterationModel:
         #: The links a KV cache leaves an instance by: within a node, across nodes.
         self._kv_links = {name: platform.p2p_terms(name) for name in platform.links if name != "host"}
 
-    def _memory_tables(self, w: _Workloads) -> None:
+    def _memory_tables(self, w: Workloads) -> None:
         ref, unit, tp = w.reference, w.reference_unit, self.tp
         rows = [np.flatnonzero(unit == u) for u in range(3)]
         weights = [weight_memory(ref.rows(r), tp) for r in rows]
@@ -458,6 +285,19 @@ class IterationModel:
 
     def latency_s(self, mix: Any) -> float:
         """Seconds from the iteration's start to its sampled tokens: every stage and transfer in turn."""
+        if self.pp == 1:  # the common case, without the lists
+            tokens = mix.prefill_tokens + mix.decode_seqs
+            sampled = mix.sampled
+            overhead = self.iteration_overhead_s + self.sequence_overhead_s * sampled
+            if tokens <= 0:
+                return overhead
+            n, curve, count, per_token, link = self._stages[0]
+            t = curve(tokens) + n * self._per_layer_attention(mix)
+            if count > 0.5:
+                t += tp_allreduce_time(per_token * tokens, count, self.tp, link)
+            if sampled > 0:
+                t += self._head(sampled)
+            return t + overhead
         stages, hops = self.stage_times(mix)
         return sum(stages) + sum(hops) + self.overhead_s(mix)
 

@@ -7,7 +7,7 @@ steady-state analytic model and a request-level simulator schedule requests on i
 
 from __future__ import annotations
 
-from ._analytic import analytic
+from ._analytic import analytic, metrics_json
 from ._costs import instance_cost
 from ._engines import ENGINE_PROFILES, EngineProfile, engine_profile
 from ._launch import EngineLaunch, serving_launch_lines
@@ -30,5 +30,6 @@ __all__ = [
     "analytic",
     "engine_profile",
     "instance_cost",
+    "metrics_json",
     "serving_launch_lines",
 ]

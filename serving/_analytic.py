@@ -22,42 +22,42 @@ under the caps: ``saturated``, throughput is that at the cap and TTFT infinite (
 * TPOT = the mean period (with at least one decoding sequence: the request itself); its percentiles come
   from chunk interleaving: a request's OSL - 1 iterations carry the extra chunk Binomial(OSL - 1, f) times,
   a normal approximation of that mean.
-* TTFT = the wait for the next iteration (T / 2) + the queue of requests + the prompt's own k chunk
-  iterations (k P(n, j + 1)). The queue is an M/D/1 on the capacity-equivalent server of a batch in
-  flight: utilisation rho = rate / capacity (the pool's requests/s at its cap), service 1 / mu with mu the
-  capacity per batch, mean wait rho / (2 mu (1 - rho)): nothing at light load, unbounded at the cap,
-  whichever cap binds (a prompt waits for a KV or batch slot as for the budget). Its percentiles take the
-  wait as 0 with probability 1 - rho and exponential otherwise (exact in the tail of M/M/1, an
-  approximation for M/D/1, which is lighter-tailed).
+* TTFT = the prompt's own k chunk iterations (k P(n, j + 1)) + the join + a queue. The join is the rest
+  of the iteration under way, length-biased: uniform over a short (j chunks) or a long (j + 1) iteration,
+  the long one with probability f P(n, j + 1) / T (a request that arrives during another prompt's chunk
+  waits for it). Other prompts' chunks sharing its iterations add Poisson(k m) chunks of
+  P(n, j + 2) - P(n, j + 1) each; a longer prompt than the mean (the prompt distribution's percentile) adds
+  its extra tokens' share of the chunk iterations. The queue is an M/D/c for the binding resource:
+  the sequence and KV slots (c = min(max_num_seqs, capacity / (ISL + OSL)) / p, held for the decode steps,
+  utilisation n / c) or the token budget (chunk slots, utilisation x (OSL - 1 + ISL) / budget), both 1
+  exactly at the cap; Sakasegawa's P(wait) = rho^(sqrt(2 (c + 1)) - 1) and a mean wait of those who wait of
+  S / (2 c (1 - rho)), exponential.
 
 **Disaggregated**: the prefill pool runs prompts only (x prompts per iteration, up to the budget, chunked
-when a prompt exceeds it; the M/D/1 wait above without the iteration wait: an idle prefill engine starts at
-once), then the KV cache of the ISL tokens moves to a decode instance (NVLink when both instances fit one
-node, the network otherwise: ``kv_transfer_s``), and TTFT includes the transfer. The decode pool runs
-decodes only (the same fixed point with no chunks): TPOT has no interference spread.
+when a prompt exceeds it), then the KV cache of the ISL tokens moves to a decode instance (NVLink when both
+instances fit one node, the network otherwise: ``kv_transfer_s``), and TTFT includes the transfer. Its queue
+is an M/D/1 whose utilisation moves from a lone prompt's (lambda x its prefill time) at light load to the
+capacity's (lambda / capacity) near the cap (weights 1 - rho_cap^4 and rho_cap^4): batching lengthens the
+service of a prompt that waited but raises the capacity. The decode pool runs decodes only (the same fixed
+point with no chunks): TPOT has no interference spread.
 
 **Closed loop** (``concurrency`` N): lambda solves lambda (TTFT + (OSL - 1) TPOT) = N (bisection; the cycle
 grows without bound at saturation, so a solution exists below it).
 
-What is approximate: lengths enter by their means (the spread of lengths widens the simulator's
-percentiles, not these), prefill chunks are fluid (a fraction of a prompt per iteration), the queue is an
-M/D/1 stand-in for a batching server, and percentiles use normal or exponential shapes.
+What is approximate: lengths enter by their means but for the prompt's own prefill in TTFT's percentiles,
+prefill chunks are fluid (a fraction of a prompt per iteration), the queues are
+M/D/c stand-ins for batching servers, and percentiles add shapes (uniform, normal, exponential) term by term.
+Against the request-level simulator: ``benchmarks/serving_agreement.py`` (figures in ``docs/serving.md``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any, cast
 
+from ._shapes import INF, PERCENTILES, Side, length_quantile, mdc, poisson_quantile, z_score
 from ._types import Deployment, IterationCost, Mix, Pool, ServingMetrics, Slo, Traffic
-
-#: Percentiles every result reports (an SLO's own percentile is added when it is another).
-PERCENTILES = (50.0, 90.0, 99.0)
-_Z = {p: NormalDist().inv_cdf(p / 100.0) for p in PERCENTILES}
-INF = math.inf
 
 
 class _Fluid:
@@ -72,28 +72,6 @@ class _Fluid:
         self.decode_seqs = decode_seqs
         self.decode_context = context
         self.sampled = sampled
-
-
-def _z(p: float) -> float:
-    z = _Z.get(p)
-    return NormalDist().inv_cdf(p / 100.0) if z is None else z
-
-
-@dataclass
-class _Side:
-    """One pool's steady state: its period, throughput and latency terms per request."""
-
-    rate: float  # requests/s the pool serves (all instances)
-    capacity: float  # requests/s at its cap
-    saturated: bool
-    period: float  # mean period of a batch's iterations (s)
-    tpot: float  # mean time per output token after the first (s); 0 for a prefill pool
-    tpot_std: float
-    service: float  # a prompt's own prefill time (s)
-    join: float  # wait for the iteration under way to end (aggregated: half a period), s
-    wait_mean: float  # queueing of prompts before their prefill (s)
-    rho: float  # utilisation of the prefill queue
-    decoding: float  # sequences decoding per instance
 
 
 class _PoolModel:
@@ -169,17 +147,21 @@ class _PoolModel:
         t_cap = self.periods(x_cap)[0]
         return x_cap, t_cap, x_cap / t_cap * self.pool.replicas * self.pp
 
-    def solve(self, rate: float) -> _Side:
+    def solve(self, rate: float) -> Side:
         """The steady state at ``rate`` requests/s on the whole pool."""
         per_batch = rate / (self.pool.replicas * self.pp)
         x_cap, t_cap, capacity = self.capacity()
         if per_batch * t_cap >= x_cap:  # no fixed point under the caps
             return self._side(x_cap, capacity / (self.pool.replicas * self.pp), capacity, saturated=True)
-        x = _root(lambda v: per_batch * self.periods(v)[0] - v, 0.0, per_batch * self.periods(0.0)[0], x_cap,
-                  per_batch * t_cap - x_cap)  # fmt: skip
+        # Start just above 0: with no fixed cost per iteration (a cost without engine overhead), x = 0 is a
+        # spurious root (an empty iteration takes no time).
+        lo = x_cap * 1e-9
+        g_lo = per_batch * self.periods(lo)[0] - lo
+        x = lo if g_lo <= 0.0 else _root(lambda v: per_batch * self.periods(v)[0] - v, lo, g_lo, x_cap,
+                                         per_batch * t_cap - x_cap)  # fmt: skip
         return self._side(x, per_batch, capacity, saturated=False)
 
-    def _side(self, x: float, per_batch: float, capacity: float, *, saturated: bool) -> _Side:
+    def _side(self, x: float, per_batch: float, capacity: float, *, saturated: bool) -> Side:
         mean, p0, p1, f = self.periods(x)
         n = x * self.steps
         rate = per_batch * self.pool.replicas * self.pp
@@ -190,49 +172,73 @@ class _PoolModel:
             else:  # a request decodes with itself at least
                 tpot, q0, q1, f = self.periods(x, n=1.0)
             std = abs(q1 - q0) * math.sqrt(f * (1.0 - f) / self.steps)
-        service = wait = rho = 0.0
+        side = Side(rate, capacity, saturated, mean, tpot, std, n * self.pp)
         if self.prefill:
-            k, _ = self.chunks(n)
-            service = k * p1
-            rho = rate / capacity
-            if saturated or rho >= 1.0:
-                wait = INF
-            else:  # M/D/1 on the capacity-equivalent server of one batch in flight
-                wait = rho * (self.pool.replicas * self.pp / capacity) / (2.0 * (1.0 - rho))
-        join = mean / 2.0 if self.prefill and self.decode else 0.0  # an aggregated engine never idles
-        return _Side(rate, capacity, saturated, mean, tpot, std, service, join, wait, rho, n * self.pp)
+            self._ttft(side, x, n, per_batch)
+        elif self.steps > 0:  # a decode pool: requests wait for a sequence / KV slot (M/D/c, as above)
+            slots = min(self.pool.max_num_seqs, self.cost.kv_capacity_tokens / (self.isl + self.osl)) / self.pp
+            side.p_wait, side.wait_cond = (1.0, INF) if saturated else mdc(n / slots, slots, self.steps * mean)
+        return side
+
+    def _ttft(self, side: Side, x: float, n: float, per_batch: float) -> None:
+        """Fill the TTFT terms of ``side``: the prompt's own chunks, the join, their spread, the queue."""
+        k, q = self.chunks(n)
+        m = x * k
+        j = math.floor(m)
+        ctx, work = n * self.context, self.work / k
+        # Iterations carrying j + 1 and j + 2 chunks: the one with this prompt's chunk, and its slope per chunk.
+        _, short, long, f = self.periods(x)
+        p1 = long if f > 0.0 else self._p(_Fluid((j + 1) * q, (j + 1) * work, n, ctx, n + (j + 1) / k))
+        side.service = k * p1
+        if side.saturated:
+            side.p_wait, side.wait_cond = 1.0, INF
+            return
+        if self.decode:  # aggregated: the iteration under way, chunks sharing iterations, a multi-server queue
+            if f <= 0.0:
+                long, f = short, 1.0
+            side.join_short, side.join_long = short, long
+            if side.period > 0.0:
+                side.join_pi = f * long / side.period
+                side.join = ((1.0 - f) * short**2 + f * long**2) / (2.0 * side.period)
+            p2 = self._p(_Fluid((j + 2) * q, (j + 2) * work, n, ctx, n + (j + 2) / k))
+            side.sharing, side.included, side.per_chunk = k * m, k * j, p2 - p1
+            side.marginal = k * (p1 - short) if p1 > short else k * (p2 - p1)
+            slots = min(self.pool.max_num_seqs, self.cost.kv_capacity_tokens / (self.isl + self.osl)) / self.pp
+            queues = []
+            if self.steps > 0:  # sequence and KV slots, held for the decode steps (the caps of x)
+                queues.append(mdc(n / slots, slots, self.steps * side.period))
+            chunk_slots = max(math.floor((self.budget - n) / q + 1e-9), 1)
+            queues.append(mdc(x * (self.steps + self.isl) / self.budget, chunk_slots, side.service))
+            side.p_wait, side.wait_cond = max(queues, key=lambda w: w[0] * w[1])
+        else:  # a prefill pool: an M/D/1 whose service is one prompt's alone at light load, the capacity's at the cap
+            alone = k * (p1 if j == 0 else self._p(_Fluid(q, work, 0.0, 0.0, 1.0 / k)))
+            rho_cap = side.rate / side.capacity
+            blend = rho_cap**4
+            rho = (1.0 - blend) * min(per_batch * alone, 1.0) + blend * rho_cap
+            side.p_wait, side.wait_cond = mdc(rho, 1.0, rho / per_batch)
+            side.marginal = side.service
 
 
 def _root(g: Callable[[float], float], lo: float, g_lo: float, hi: float, g_hi: float) -> float:
-    """A root of ``g`` in [lo, hi] with g(lo) > 0 >= g(hi) (regula falsi, Illinois variant)."""
-    side = 0
-    c = hi
+    """A root of ``g`` in [lo, hi] with g(lo) > 0 >= g(hi): secant steps, kept inside the bracket.
+
+    ``g`` is nearly linear (the period is nearly affine in the load), so secants through the last two
+    points converge in a few steps; a step that leaves the bracket falls back to its regula falsi point.
+    """
+    prev, g_prev = lo, g_lo
+    c = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
     for _ in range(100):
-        c = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
         g_c = g(c)
-        if abs(g_c) <= 1e-7 * max(c, 1e-12) or hi - lo <= 1e-9 * hi:
+        if abs(g_c) <= 1e-6 * max(c, 1e-12) or hi - lo <= 1e-9 * hi:
             return c
         if g_c > 0:
             lo, g_lo = c, g_c
-            if side == 1:
-                g_hi /= 2.0
-            side = 1
         else:
             hi, g_hi = c, g_c
-            if side == -1:
-                g_lo /= 2.0
-            side = -1
+        step = c - g_c * (c - prev) / (g_c - g_prev) if g_c != g_prev else hi
+        prev, g_prev = c, g_c
+        c = step if lo < step < hi else (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
     return c
-
-
-def _wait_quantile(mean: float, rho: float, p: float) -> float:
-    """Queueing wait at percentile p: 0 with probability 1 - rho, else exponential of mean ``mean / rho``."""
-    if not math.isfinite(mean):
-        return INF
-    tail = 1.0 - p / 100.0
-    if rho <= tail or mean <= 0.0:
-        return 0.0
-    return mean / rho * math.log(rho / tail)
 
 
 def _lengths(traffic: Traffic) -> tuple[float, float]:
@@ -279,14 +285,17 @@ class _Evaluator:
         """Requests/s the deployment sustains (the smaller pool capacity)."""
         return min(p.capacity()[2] for p in self.pools)
 
-    def sides(self, rate: float) -> list[_Side]:
+    def sides(self, rate: float) -> list[Side]:
         return [p.solve(rate) for p in self.pools]
 
     def cycle(self, rate: float) -> float:
         """Mean time a request spends in the deployment at ``rate`` (TTFT + (OSL - 1) TPOT)."""
         sides = self.sides(rate)
-        ttft = sum(s.join + s.wait_mean + s.service for s in sides) + self.transfer
-        return ttft + max(self.osl - 1.0, 0.0) * sides[-1].tpot
+        first = sides[0]
+        shared = (first.sharing - first.included) * first.per_chunk
+        ttft = first.join + first.wait_mean + first.service + shared + self.transfer
+        admit = sides[-1].wait_mean if len(sides) > 1 else 0.0
+        return ttft + max(self.osl - 1.0, 0.0) * sides[-1].tpot + admit
 
 
 def analytic(
@@ -322,18 +331,31 @@ def analytic(
     if saturated:
         notes.append(f"saturated: {rate:.4g} req/s offered, {served:.4g} req/s sustained")
     decode = sides[-1]
-    base = sum(s.service + s.join for s in sides) + ev.transfer
-    waits = [(s.wait_mean, s.rho) for s in sides if s.service > 0.0]
-    wait_mean = sum(w for w, _ in waits)
+    first = sides[0]  # the pool that runs the prompts
+    base = first.service + ev.transfer
     percentiles = list(PERCENTILES)
     if slo is not None and slo.percentile not in percentiles:
         percentiles.append(float(slo.percentile))
-    ttft = {"mean": (base + wait_mean) * 1e3}
-    tpot = {"mean": decode.tpot * 1e3}
+    shared = (first.sharing - first.included) * first.per_chunk
+    ttft = {"mean": (base + shared + first.join + first.wait_mean) * 1e3}
+    # A disaggregated request may wait for a decode slot: spread over its decode steps (TPOT, as measured).
+    steps = max(ev.osl - 1.0, 1.0)
+    admit = decode.wait_mean / steps if deployment.disaggregated else 0.0
+    tpot = {"mean": (decode.tpot + admit) * 1e3 if decode.tpot > 0 else 0.0}
     for p in percentiles:
         key = f"p{p:g}"
-        ttft[key] = (base + sum(_wait_quantile(w, r, p) for w, r in waits)) * 1e3
-        tpot[key] = (decode.tpot + _z(p) * decode.tpot_std) * 1e3 if decode.tpot > 0 else 0.0
+        extra = (poisson_quantile(first.sharing, p) - first.included) * first.per_chunk
+        longer = (length_quantile(traffic.prompt, p) / ev.isl - 1.0) * first.marginal
+        ttft[key] = (base + first.join_quantile(p) + extra + longer + first.wait_quantile(p)) * 1e3
+        admit_p = decode.wait_quantile(p) / steps if deployment.disaggregated else 0.0
+        tpot[key] = (decode.tpot + z_score(p) * decode.tpot_std + admit_p) * 1e3 if decode.tpot > 0 else 0.0
+    if traffic.concurrency is not None and not saturated:
+        cycle = ttft["mean"] / 1e3 + max(ev.osl - 1.0, 0.0) * tpot["mean"] / 1e3
+        deficit = traffic.concurrency / served - cycle
+        if deficit > 1e-3 * cycle:  # users beyond what the caps admit wait in the queue (Little's law)
+            notes.append(f"closed loop: {deficit * 1e3:.4g} ms of queueing beyond the caps added to TTFT")
+            for key in ttft:
+                ttft[key] += deficit * 1e3
     out_tokens = served * ev.osl
     in_flight = served * (ttft["mean"] / 1e3 + max(ev.osl - 1.0, 0.0) * decode.tpot)
     instances = deployment.pools[-1].replicas
@@ -377,7 +399,7 @@ def _closed_loop_rate(ev: _Evaluator, users: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def describe(metrics: ServingMetrics) -> dict[str, Any]:
+def metrics_json(metrics: ServingMetrics) -> dict[str, Any]:
     """The metrics as a JSON-ready dict (infinite latencies as None)."""
     out = metrics.to_dict()
     for key in ("ttft_ms", "tpot_ms"):

@@ -91,6 +91,15 @@ def test_closed_loop_keeps_the_users_in_flight() -> None:
         assert not m.saturated
 
 
+def test_closed_loop_beyond_the_caps_queues_users_in_both_layouts() -> None:
+    """More users than the batch caps admit: Little's law still holds, the excess waits (TTFT or decode slots)."""
+    for dep, costs in (_mixed(max_num_seqs=32), _disaggregated(max_num_seqs=32)):
+        m = analytic(dep, _traffic(concurrency=2000), costs)
+        cycle = (m.ttft_ms["mean"] + 199 * m.tpot_ms["mean"]) / 1e3
+        assert m.requests_per_s * cycle == pytest.approx(2000, rel=0.02)
+        assert not m.saturated
+
+
 def _disaggregated(
     prefill: int = 1, decode: int = 2, **decode_pool: int
 ) -> tuple[Deployment, dict[str, IterationModel]]:
@@ -149,3 +158,74 @@ def test_bad_inputs_raise_naming_the_field() -> None:
         analytic(dep, _traffic(1.0), {})
     with pytest.raises(ValueError, match="prompt and output"):
         analytic(dep, Traffic(Lengths(mean=0.5), Lengths(mean=10), rate=1.0), costs)
+
+
+def test_prompt_length_spread_widens_the_ttft_tail_not_the_mean_throughput() -> None:
+    dep, costs = _mixed()
+    fixed = analytic(dep, _traffic(8.0), costs)
+    spread = analytic(dep, Traffic(Lengths(kind="lognormal", mean=1000, sigma=0.8), CHAT[1], rate=8.0), costs)
+    assert spread.tokens_per_s_per_gpu == pytest.approx(fixed.tokens_per_s_per_gpu, rel=1e-9)
+    assert spread.ttft_ms["p99"] > 1.5 * fixed.ttft_ms["p99"]
+    assert spread.ttft_ms["p50"] < fixed.ttft_ms["p50"]  # the lognormal's median is below its mean
+
+
+def test_poisson_and_length_quantiles() -> None:
+    from paratune.serving._shapes import length_quantile, poisson_quantile
+
+    assert poisson_quantile(0.0, 99.0) == 0.0
+    assert poisson_quantile(0.1, 50.0) == 0.0 and poisson_quantile(0.1, 99.0) == 1.0  # P(0) = 0.905, P(<=1) = 0.995
+    assert poisson_quantile(3.0, 90.0) == 5.0  # P(<=4) = 0.815, P(<=5) = 0.916
+    assert length_quantile(Lengths(kind="uniform", mean=150, low=100, high=200), 90.0) == pytest.approx(190.0)
+    median = length_quantile(Lengths(kind="lognormal", mean=1000, sigma=0.8), 50.0)
+    assert median == pytest.approx(1000 * math.exp(-0.32), rel=1e-9)
+    assert length_quantile(Lengths(kind="empirical", mean=2.5, values=(1, 2, 3, 4)), 90.0) == 4.0
+
+
+def test_pipeline_parallel_instance_keeps_pp_batches_in_flight() -> None:
+    """PP 2: each batch iterates every max(latency, 2 x interval); capacity stays near that of TP 2."""
+    traffic = _traffic(4.0)
+    pp = Deployment((Pool(tp=2, pp=2),))
+    tp = Deployment((Pool(tp=4),))
+    m_pp = analytic(pp, traffic, {"mixed": instance_cost("llama3-70b", H100, pp.pools[0], pp)})
+    m_tp = analytic(tp, traffic, {"mixed": instance_cost("llama3-70b", H100, tp.pools[0], tp)})
+    assert not m_pp.saturated and not m_tp.saturated
+    assert m_pp.tpot_ms["mean"] > m_tp.tpot_ms["mean"]  # a token crosses both stages in turn
+    cost = instance_cost("llama3-70b", H100, pp.pools[0], pp)
+    one = cost.latency_s(Mix(decode_seqs=1, decode_context=1100, sampled=1))
+    assert m_pp.tpot_ms["p50"] >= one * 1e3 * 0.99
+
+
+class _LinearCost:
+    """A bare IterationCost: 5 ms + 20 us per token, no fixed cost for an empty iteration, no kv_transfer_s."""
+
+    pp = 1
+    kv_capacity_tokens = 1_000_000
+
+    def latency_s(self, mix: Mix) -> float:
+        tokens = mix.prefill_tokens + mix.decode_seqs
+        return 5e-3 + 20e-6 * tokens if tokens > 0 else 0.0
+
+    def interval_s(self, mix: Mix) -> float:
+        return self.latency_s(mix)
+
+
+def test_any_iteration_cost_works_even_without_a_fixed_cost_per_iteration() -> None:
+    dep = Deployment((Pool(),))
+    m = analytic(dep, _traffic(2.0), {"mixed": _LinearCost()})
+    # Capacity bound: 1000 + 199 tokens per request at 20 us (plus 5 ms per iteration) is far above 2 req/s.
+    assert not m.saturated and m.requests_per_s == pytest.approx(2.0)
+    assert m.tpot_ms["p50"] > 5.0 and m.ttft_ms["p50"] > 5.0 + 20e-3 * 1000
+    dis = Deployment((Pool(role="prefill"), Pool(role="decode")))
+    d = analytic(dis, _traffic(2.0), {"prefill": _LinearCost(), "decode": _LinearCost()})
+    assert any("kv_transfer_s" in n for n in d.notes)
+
+
+def test_metrics_json_is_strict_json_when_saturated() -> None:
+    import json
+
+    from paratune.serving import metrics_json
+
+    dep, costs = _mixed()
+    out = metrics_json(analytic(dep, _traffic(1000.0), costs, Slo(ttft_ms=100)))
+    text = json.dumps(out, allow_nan=False)  # raises on inf / nan
+    assert '"saturated": true' in text and out["ttft_ms"]["p90"] is None and out["meets_slo"] is False
