@@ -7,17 +7,42 @@ steady-state analytic model and a request-level simulator schedule requests on i
 
 from __future__ import annotations
 
-from ._types import ENGINES, ROLES, Deployment, IterationCost, Lengths, Mix, Pool, ServingMetrics, Slo, Traffic
+from ._simulator import simulate, simulate_requests
+from ._traffic import PRESETS, Requests, lengths_from_spec, read_trace, sample_requests, traffic_from_spec
+from ._types import (
+    ENGINES,
+    MAX_REQUESTS,
+    ROLES,
+    Deployment,
+    IterationCost,
+    Lengths,
+    Mix,
+    Pool,
+    ServingMetrics,
+    Slo,
+    Trace,
+    Traffic,
+)
 
 __all__ = [
     "ENGINES",
+    "MAX_REQUESTS",
+    "PRESETS",
     "ROLES",
     "Deployment",
     "IterationCost",
     "Lengths",
     "Mix",
     "Pool",
+    "Requests",
     "ServingMetrics",
     "Slo",
+    "Trace",
     "Traffic",
+    "lengths_from_spec",
+    "read_trace",
+    "sample_requests",
+    "simulate",
+    "simulate_requests",
+    "traffic_from_spec",
 ]
