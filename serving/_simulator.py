@@ -299,7 +299,7 @@ class _Sim:
 
 
 def _default_transfer(costs: Mapping[str, IterationCost]) -> Callable[[int], float]:
-    for role in ("decode", "prefill"):
+    for role in ("prefill", "decode"):  # the analytic model asks the prefill cost too
         fn = getattr(costs.get(role), "kv_transfer_s", None)
         if callable(fn):
             return fn

@@ -189,7 +189,7 @@ def _empirical(values: tuple[int, ...]) -> Lengths:
 def sample_lengths(lengths: Lengths, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` token counts drawn from ``lengths`` (int64, each in ``lengths.low..lengths.high``, at least 1)."""
     if lengths.kind == "fixed":
-        return np.full(n, int(lengths.mean), dtype=np.int64)
+        return np.full(n, min(max(round(lengths.mean), 1, lengths.low), lengths.high), dtype=np.int64)
     if lengths.kind == "uniform":
         return rng.integers(lengths.low, lengths.high + 1, size=n, dtype=np.int64)
     if lengths.kind == "empirical":

@@ -155,7 +155,8 @@ class Deployment:
 class Lengths:
     """A distribution of token counts: ``fixed`` (value), ``uniform`` (low..high), ``lognormal`` (mean, sigma), or
     ``empirical`` (values drawn with equal weight). ``mean`` is exact for every kind (the lognormal's is its mean,
-    not its median), so the analytic model and the simulator see the same average."""
+    not its median), so the analytic model and the simulator see the same average. Requests are drawn in whole
+    tokens, at least 1 (a fixed mean of 99.6 draws 100; a lognormal's draws are rounded)."""
 
     kind: str = "fixed"
     mean: float = 1024.0
@@ -167,8 +168,8 @@ class Lengths:
     def __post_init__(self) -> None:
         if self.kind not in LENGTH_KINDS:
             raise ValueError(f"lengths kind {self.kind!r}; allowed: {', '.join(LENGTH_KINDS)}")
-        if not is_finite_number(self.mean) or not 1 <= self.mean <= MAX_SEQ:
-            raise ValueError(f"lengths field 'mean' must be a finite number in 1..{MAX_SEQ:,}, got {self.mean!r}")
+        if not is_finite_number(self.mean) or not 0 < self.mean <= MAX_SEQ:
+            raise ValueError(f"lengths field 'mean' must be a finite number > 0 and <= {MAX_SEQ:,}, got {self.mean!r}")
         for name in ("low", "high"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
@@ -177,8 +178,6 @@ class Lengths:
             raise ValueError(f"lengths field 'low' ({self.low}) is above 'high' ({self.high})")
         if not is_finite_number(self.sigma) or not 0 <= self.sigma <= MAX_SIGMA:
             raise ValueError(f"lengths field 'sigma' must be a finite number in 0..{MAX_SIGMA}, got {self.sigma!r}")
-        if self.kind == "fixed" and self.mean != round(self.mean):
-            raise ValueError(f"fixed lengths: field 'mean' is a token count, an integer; got {self.mean!r}")
         if self.kind == "uniform" and not math.isclose(self.mean, (self.low + self.high) / 2):
             raise ValueError(f"uniform lengths: field 'mean' must be (low + high) / 2 = {(self.low + self.high) / 2}")
         if self.kind == "empirical":

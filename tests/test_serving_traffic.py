@@ -59,8 +59,9 @@ def test_lengths_validation() -> None:
         Lengths("empirical", mean=3.0, values=(1, 2))
     with pytest.raises(ValueError, match="'values' is empty"):
         Lengths("empirical", mean=3.0)
-    with pytest.raises(ValueError, match="integer"):
-        Lengths("fixed", mean=10.5)
+    with pytest.raises(ValueError, match="'mean' must be a finite number > 0"):
+        Lengths("fixed", mean=0.0)
+    assert Lengths("fixed", mean=10.4).mean == 10.4  # the analytic model takes fractional means; draws round
 
 
 def test_traffic_validation() -> None:
@@ -164,6 +165,12 @@ def test_sampling_is_seeded_and_has_the_stated_moments() -> None:
     gaps = np.diff(a.arrival_s, prepend=0.0)
     assert gaps.min() > 0 and gaps.mean() == pytest.approx(0.25, rel=0.02)
     assert gaps.std() == pytest.approx(0.25, rel=0.03)  # exponential: std = mean
+
+
+def test_fixed_draws_round_to_whole_tokens() -> None:
+    t = Traffic(Lengths("fixed", mean=10.6), Lengths("fixed", mean=0.3), concurrency=1)
+    r = sample_requests(t, 3, seed=0)
+    assert r.prompt.tolist() == [11, 11, 11] and r.output.tolist() == [1, 1, 1]
 
 
 def test_common_random_numbers_across_rates() -> None:
