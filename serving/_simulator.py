@@ -96,7 +96,6 @@ class _Sim:
         self.output = reqs.output.tolist()
         n = len(self.prompt)
         self.arrival = reqs.arrival_s.tolist()
-        self.admitted = [math.nan] * n  # first admission (prefill side)
         self.first = [math.nan] * n
         self.finish = [math.nan] * n
         self.wait = [0.0] * n  # time in queues before admission, summed over pools
@@ -117,6 +116,8 @@ class _Sim:
             if cost is None:
                 raise ValueError(f"costs has no entry for the {pool.role!r} pool (keys: {', '.join(costs)})")
             cap = min(pool.max_num_seqs, pool.max_batched_tokens)
+            if cost.kv_capacity_tokens is None:
+                raise ValueError(f"the {pool.role} cost has no KV capacity: the weights alone do not fit an instance")
             kv = int(cost.kv_capacity_tokens)
             need = [p + o for p, o in zip(self.prompt, self.output, strict=True)]
             if pool.role == "prefill":
@@ -224,7 +225,6 @@ class _Sim:
                 self.join_decode(lane, r)
                 budget -= 1
                 continue
-            self.admitted[r] = t
             lane.prefilling.append(r)
             q = min(self.prompt[r], budget)
             chunks.append((r, q))

@@ -95,6 +95,10 @@ def test_kv_capacity_bounds_the_batch() -> None:
     assert m.saturated  # 16 users, 4 run: more wait than run
     with pytest.raises(ValueError, match="needs 1,100 KV tokens but a mixed instance holds 1,000"):
         simulate(_mixed(), _fixed(600, 500, rate=1.0), {"mixed": Linear(kv_capacity_tokens=1000)}, requests=10)
+    no_room = Linear()
+    no_room.kv_capacity_tokens = None  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="weights alone do not fit"):
+        simulate(_mixed(), _fixed(6, 5, rate=1.0), {"mixed": no_room}, requests=10)
 
 
 def test_closed_loop_runs_the_concurrency() -> None:
