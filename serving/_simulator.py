@@ -192,8 +192,9 @@ class _Sim:
             mix = self.mix(lane, it)
             latency = float(inst.cost.latency_s(mix))
             interval = float(inst.cost.interval_s(mix)) if pp > 1 else latency
-            if not (latency > 0 and math.isfinite(latency) and 0 < interval <= latency):
+            if not (latency > 0 and math.isfinite(latency) and 0 < interval <= latency * (1 + 1e-9)):
                 raise ValueError(f"{inst.role} cost gave latency {latency!r} s, interval {interval!r} s for {mix}")
+            interval = min(interval, latency)
             lane.busy = True
             self.launched += 1
             inst.stage_free = t + interval
