@@ -1,16 +1,16 @@
 """The serving simulator against a real continuous-batching run on this CPU (a benchmark, not a timed test).
 
-A small decoder-only model in torch (``_serving_engine.py``: 4 layers, hidden 512, random weights, fp32, one
-thread per process) is served by a minimal continuous-batching engine with the simulator's scheduler rules, in
-one process and as TP2 (two gloo processes), under Poisson arrivals. For each: a *calibration* run (its own seed
-and rate) times every iteration; a linear iteration cost over the :class:`~paratune.serving.Mix` fields
-(``a + b prefill_tokens + c prefill_attention + d decode_seqs + e decode_context + f sampled``, least squares
-with the coefficients kept non-negative) is fitted on those timings; then a *measurement* run right after it,
-on other arrivals, records each request's TTFT and TPOT, and ``paratune.serving.simulate_requests`` replays the same arrivals and
-lengths on the fitted cost (and, to isolate the scheduling model, on a cost fitted on the measurement run's own
-iterations). Prints TTFT / TPOT p50 and p90 measured and simulated (target: p50 within 15%) and the fit's
-error on the measurement run's iterations (held out); ``--out FILE`` writes the JSON. Other load on the
-machine shows up as noise: ``--repeats N`` repeats the pair N times; the engine is timed on its CPU time by default
+A small decoder-only model in torch (``_serving_engine.py``: 4 layers, hidden 512, random weights, fp32, one thread
+per process) is served by a minimal continuous-batching engine with the simulator's scheduler rules, in one process
+and as TP2 (two gloo processes), under Poisson arrivals. For each: a *calibration* run (its own seed and rate)
+times every iteration; a linear iteration cost over the :class:`~paratune.serving.Mix` fields (``a + b
+prefill_tokens + c prefill_attention + d decode_seqs + e decode_context + f sampled``, least squares with the
+coefficients kept non-negative) is fitted on those timings; then a *measurement* run right after it, on other
+arrivals, records each request's TTFT and TPOT, and ``paratune.serving.simulate_requests`` replays the same
+arrivals and lengths on the fitted cost (and, to isolate the scheduling model, on a cost fitted on the measurement
+run's own iterations). Prints TTFT / TPOT p50 and p90 measured and simulated (target: p50 within 15%) and the fit's
+error on the measurement run's iterations (held out); ``--out FILE`` writes the JSON. Other load on the machine
+shows up as noise: ``--repeats N`` repeats the pair N times; the engine is timed on its CPU time by default
 (``--clock cpu``, a dedicated core: docs/serving.md), ``--clock wall`` takes real time.
 
 Run: ``python benchmarks/serving_cpu.py [--quick] [--tp 1,2] [--clock wall|cpu] [--repeats N] [--out F]``.
