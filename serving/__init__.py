@@ -11,11 +11,28 @@ from ._analytic import analytic, metrics_json
 from ._costs import instance_cost
 from ._engines import ENGINE_PROFILES, EngineProfile, engine_profile
 from ._launch import EngineLaunch, serving_launch_lines
-from ._types import ENGINES, ROLES, Deployment, IterationCost, Lengths, Mix, Pool, ServingMetrics, Slo, Traffic
+from ._simulator import simulate, simulate_requests
+from ._traffic import PRESETS, Requests, lengths_from_spec, read_trace, sample_requests, traffic_from_spec
+from ._types import (
+    ENGINES,
+    MAX_REQUESTS,
+    ROLES,
+    Deployment,
+    IterationCost,
+    Lengths,
+    Mix,
+    Pool,
+    ServingMetrics,
+    Slo,
+    Trace,
+    Traffic,
+)
 
 __all__ = [
     "ENGINES",
     "ENGINE_PROFILES",
+    "MAX_REQUESTS",
+    "PRESETS",
     "ROLES",
     "Deployment",
     "EngineLaunch",
@@ -24,12 +41,20 @@ __all__ = [
     "Lengths",
     "Mix",
     "Pool",
+    "Requests",
     "ServingMetrics",
     "Slo",
+    "Trace",
     "Traffic",
     "analytic",
     "engine_profile",
     "instance_cost",
+    "lengths_from_spec",
     "metrics_json",
+    "read_trace",
+    "sample_requests",
     "serving_launch_lines",
+    "simulate",
+    "simulate_requests",
+    "traffic_from_spec",
 ]

@@ -20,10 +20,11 @@ they schedule requests.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .._limits import MAX_BATCH, MAX_DEVICES, MAX_SEQ, check_at_most
+from .._limits import MAX_BATCH, MAX_DEVICES, MAX_SEQ, check_at_most, is_finite_number
 from ..costmodel._fields import FieldReader
 
 #: Roles of a pool: aggregated (prefill and decode on the same instances) or one side of a disaggregated pair.
@@ -32,6 +33,12 @@ ROLES: tuple[str, ...] = ("mixed", "prefill", "decode")
 ENGINES: tuple[str, ...] = ("vllm", "sglang", "trtllm")
 #: Most tokens one iteration may schedule (a bound on --max-num-batched-tokens).
 MAX_BATCHED_TOKENS = 1 << 20
+#: Most requests of a trace or of one simulation (the simulator keeps a few numbers per request).
+MAX_REQUESTS = 1_000_000
+#: Kinds of a length distribution (:class:`Lengths`).
+LENGTH_KINDS: tuple[str, ...] = ("fixed", "uniform", "lognormal", "empirical")
+#: Largest lognormal sigma: exp(sigma^2) is the spread of the tail; 4 already gives a mean 8.9e6 x the median.
+MAX_SIGMA = 4.0
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,8 @@ class Deployment:
 class Lengths:
     """A distribution of token counts: ``fixed`` (value), ``uniform`` (low..high), ``lognormal`` (mean, sigma), or
     ``empirical`` (values drawn with equal weight). ``mean`` is exact for every kind (the lognormal's is its mean,
-    not its median), so the analytic model and the simulator see the same average."""
+    not its median), so the analytic model and the simulator see the same average. Requests are drawn in whole
+    tokens, at least 1 (a fixed mean of 99.6 draws 100; a lognormal's draws are rounded)."""
 
     kind: str = "fixed"
     mean: float = 1024.0
@@ -154,6 +162,69 @@ class Lengths:
     high: int = MAX_SEQ
     sigma: float = 0.0
     values: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.kind not in LENGTH_KINDS:
+            raise ValueError(f"lengths kind {self.kind!r}; allowed: {', '.join(LENGTH_KINDS)}")
+        if not is_finite_number(self.mean) or not 0 < self.mean <= MAX_SEQ:
+            raise ValueError(f"lengths field 'mean' must be a finite number > 0 and <= {MAX_SEQ:,}, got {self.mean!r}")
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
+                raise ValueError(f"lengths field {name!r} must be an integer in 1..{MAX_SEQ:,}, got {value!r}")
+        if self.low > self.high:
+            raise ValueError(f"lengths field 'low' ({self.low}) is above 'high' ({self.high})")
+        if not is_finite_number(self.sigma) or not 0 <= self.sigma <= MAX_SIGMA:
+            raise ValueError(f"lengths field 'sigma' must be a finite number in 0..{MAX_SIGMA}, got {self.sigma!r}")
+        if self.kind == "uniform" and not math.isclose(self.mean, (self.low + self.high) / 2):
+            raise ValueError(f"uniform lengths: field 'mean' must be (low + high) / 2 = {(self.low + self.high) / 2}")
+        if self.kind == "empirical":
+            if not self.values:
+                raise ValueError("empirical lengths: field 'values' is empty")
+            check_at_most(len(self.values), MAX_REQUESTS, "empirical lengths: number of values")
+            bad = [v for v in self.values if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SEQ]
+            if bad:
+                raise ValueError(f"empirical lengths: values must be integers in 1..{MAX_SEQ:,}, got {bad[0]!r}")
+            if not math.isclose(self.mean, sum(self.values) / len(self.values), rel_tol=1e-9):
+                raise ValueError("empirical lengths: field 'mean' must be the mean of 'values'")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Recorded requests, replayed in order: prompt and output tokens of each, and their arrival times if known.
+
+    ``arrival_s`` is empty when the trace gives lengths only (the traffic's rate or concurrency then sets the
+    arrivals), else one non-decreasing time per request.
+    """
+
+    prompt: tuple[int, ...]
+    output: tuple[int, ...]
+    arrival_s: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt)
+        if n == 0:
+            raise ValueError("trace has no requests")
+        check_at_most(n, MAX_REQUESTS, "trace requests")
+        if len(self.output) != n or len(self.arrival_s) not in (0, n):
+            raise ValueError(
+                f"trace columns differ in length: prompt {n}, output {len(self.output)}, "
+                f"arrival_s {len(self.arrival_s)}"
+            )
+        for name, column in (("prompt", self.prompt), ("output", self.output)):
+            for i, v in enumerate(column):
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SEQ:
+                    raise ValueError(
+                        f"trace request {i}: {name} tokens must be an integer in 1..{MAX_SEQ:,}, got {v!r}"
+                    )
+        previous = 0.0
+        for i, t in enumerate(self.arrival_s):
+            if not is_finite_number(t) or t < previous:
+                raise ValueError(f"trace request {i}: arrival_s must be finite, >= 0 and non-decreasing, got {t!r}")
+            previous = t
+
+    def __len__(self) -> int:
+        return len(self.prompt)
 
 
 @dataclass(frozen=True)
@@ -164,10 +235,18 @@ class Traffic:
     output: Lengths
     rate: float | None = None  # requests per second, Poisson arrivals
     concurrency: int | None = None  # closed loop: this many requests always in flight
+    trace: Trace | None = None  # replayed in order (its arrivals too, when it has them and ``rate`` is their rate)
 
     def __post_init__(self) -> None:
         if (self.rate is None) == (self.concurrency is None):
             raise ValueError("traffic needs exactly one of rate (requests/s) or concurrency (requests in flight)")
+        if self.rate is not None and (not is_finite_number(self.rate) or self.rate <= 0):
+            raise ValueError(f"traffic field 'rate' must be a finite number of requests/s > 0, got {self.rate!r}")
+        if self.concurrency is not None:
+            c = self.concurrency
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+                raise ValueError(f"traffic field 'concurrency' must be an integer >= 1, got {c!r}")
+            check_at_most(c, MAX_BATCH, "traffic field 'concurrency'")
 
 
 @dataclass(frozen=True)
