@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from . import _calibrate, _campaign, _dashboard, _inspect, _rl, _study, _tune
+from . import _calibrate, _campaign, _dashboard, _inspect, _rl, _serve, _study, _tune
 from ._usage import OneLineErrorGroup
 
 app = typer.Typer(
@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for _group in (_inspect, _calibrate, _tune, _campaign, _study, _rl, _dashboard):
+for _group in (_inspect, _calibrate, _tune, _serve, _campaign, _study, _rl, _dashboard):
     _group.register(app)
 
 

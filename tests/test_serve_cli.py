@@ -1,0 +1,73 @@
+"""``paratune serve-tune``: the --json contract, the simulator's check, the study folder, and user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from paratune.cli import app
+from paratune.serving import Deployment
+
+runner = CliRunner()
+BASE = ["serve-tune", "-m", "llama3-8b", "-p", "dgx-h100", "--gpus", "4", "--workload", "fixed:1024/fixed:128"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("serve") / "study"
+    r = runner.invoke(app, [*BASE, "--ttft-ms", "500", "--tpot-ms", "20", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    data["_out"] = out
+    return data
+
+
+def test_json_contract(result) -> None:
+    dep = result["deployment"]
+    assert Deployment.from_dict(dep).gpus <= 4
+    for pool in dep["pools"]:
+        assert {"role", "tp", "pp", "replicas", "max_num_seqs", "max_batched_tokens"} <= set(pool)
+    for key in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "load"):
+        assert result[key] > 0
+    for key in ("ttft_ms", "tpot_ms"):
+        assert {"p50", "p90", "p99"} <= set(result[key])
+    assert result["meets_slo"] is True and result["source"] == "simulated"
+    assert result["tpot_ms"]["p90"] <= 20.0 and result["ttft_ms"]["p90"] <= 500.0
+    assert result["pareto_front"] and {"tokens_per_s_per_gpu", "tokens_per_s_per_user"} <= set(
+        result["pareto_front"][0]
+    )
+    assert [x["engine"] for x in result["launch"]] == ["vllm", "sglang", "trtllm"]
+    assert result["versions"] and result["seed"] == 0 and result["profile"]
+
+
+def test_the_study_folder_reads_back(result) -> None:
+    r = runner.invoke(app, ["study", "show", str(result["_out"]), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["kind"] == "serve-tune"
+    assert (result["_out"] / "pareto_front.csv").exists() and (result["_out"] / "plots.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--engine", "tgi"], "--engine"),
+        (["--modes", "both"], "--modes"),
+        (["--rate", "2", "--concurrency", "4"], "not both"),
+        (["--gpus", "99"], "--gpus"),
+        (["--workload", "fixed:0/fixed:1"], "fixed"),
+        (["--kv-dtype", "int4"], "--kv-dtype"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(extra: list[str], message: str) -> None:
+    r = runner.invoke(app, [*BASE, *extra])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_an_unreachable_slo_exits_1_and_says_why() -> None:
+    r = runner.invoke(app, [*BASE, "--tpot-ms", "0.01", "--no-simulate", "--json"])
+    assert r.exit_code == 1
+    data = json.loads(r.stdout)
+    assert data["deployment"] is None and "SLO" in data["reason"]
