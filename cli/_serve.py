@@ -179,6 +179,7 @@ def _result_data(problem: Any, platform: Any, result: Any, *, simulate: bool, se
         else:
             chosen = verified
             data["verified"] = {"load": verified.load, "lowered": verified.load < best.load}
+            data["simulated"]["cdf"] = _cdf(problem, platform, verified, seed)
     m = chosen.metrics
     data.update(
         load=chosen.load,
@@ -190,6 +191,17 @@ def _result_data(problem: Any, platform: Any, result: Any, *, simulate: bool, se
         source="simulated" if simulate else "analytic",
     )
     return data
+
+
+def _cdf(problem: Any, platform: Any, candidate: Any, seed: int) -> dict[str, list[float]]:
+    """The simulated latency distributions of the verified deployment at its load (101 quantiles each)."""
+    from ..search._serve import VERIFY_REQUESTS, with_load
+    from ..serving import instance_cost, latency_quantiles
+
+    dep = candidate.deployment
+    costs = {p.role: instance_cost(problem.model, platform, p, dep) for p in dep.pools}
+    traffic = with_load(problem.traffic, candidate.load)
+    return latency_quantiles(dep, traffic, costs, requests=VERIFY_REQUESTS, seed=seed)
 
 
 def _point(c: Any) -> dict[str, Any]:

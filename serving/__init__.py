@@ -11,7 +11,7 @@ from ._analytic import analytic, metrics_json
 from ._costs import instance_cost
 from ._engines import ENGINE_PROFILES, EngineProfile, engine_profile
 from ._launch import EngineLaunch, serving_launch_lines
-from ._simulator import simulate, simulate_requests
+from ._simulator import latency_quantiles, simulate, simulate_requests
 from ._traffic import PRESETS, Requests, lengths_from_spec, read_trace, sample_requests, traffic_from_spec
 from ._types import (
     ENGINES,
@@ -49,6 +49,7 @@ __all__ = [
     "analytic",
     "engine_profile",
     "instance_cost",
+    "latency_quantiles",
     "lengths_from_spec",
     "metrics_json",
     "read_trace",

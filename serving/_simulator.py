@@ -362,18 +362,55 @@ def simulate_requests(
     return _metrics(sim, deployment, slo, warmup)
 
 
-def _metrics(sim: _Sim, deployment: Deployment, slo: Slo | None, warmup: float) -> ServingMetrics:
+def latency_quantiles(
+    deployment: Deployment,
+    traffic: Traffic,
+    costs: Mapping[str, IterationCost],
+    *,
+    requests: int = 2000,
+    seed: int = 0,
+    warmup: float = 0.1,
+) -> dict[str, list[float]]:
+    """The simulated TTFT and TPOT distributions (ms) as 101 quantiles each (0%, 1%, ..., 100%): a CDF to plot.
+
+    The same run as :func:`simulate` with the same arguments (the same requests), kept compact for a result file.
+    """
+    check_at_most(requests, MAX_REQUESTS, "latency_quantiles: requests")
+    sim = _Sim(
+        deployment, costs, sample_requests(traffic, requests, seed), traffic.concurrency, _default_transfer(costs)
+    )
+    sim.run()
+    ttft, tpot = _latencies(sim, _measured(sim, warmup))
+    q = np.linspace(0.0, 100.0, 101)
+    return {
+        "ttft_ms": [float(v) * 1e3 for v in np.percentile(ttft, q)],
+        "tpot_ms": [float(v) * 1e3 for v in np.percentile(tpot, q)] if len(tpot) else [],
+    }
+
+
+def _measured(sim: _Sim, warmup: float) -> np.ndarray:
+    """Indices of the requests measured: all but the first ``warmup`` fraction by arrival."""
     n = len(sim.prompt)
-    arrival = np.asarray(sim.arrival)
-    order = np.argsort(arrival, kind="stable")
-    measured = order[int(warmup * n) :] if int(warmup * n) < n else order[-1:]
+    order = np.argsort(np.asarray(sim.arrival), kind="stable")
+    return order[int(warmup * n) :] if int(warmup * n) < n else order[-1:]
+
+
+def _latencies(sim: _Sim, measured: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(TTFT, TPOT) in seconds of the measured requests (TPOT of those with more than one output token)."""
     first = np.asarray(sim.first)[measured]
     finish = np.asarray(sim.finish)[measured]
     output = np.asarray(sim.output)[measured]
-    arr = arrival[measured]
-    ttft = first - arr
     multi = output > 1
-    tpot = (finish[multi] - first[multi]) / (output[multi] - 1)
+    return first - np.asarray(sim.arrival)[measured], (finish[multi] - first[multi]) / (output[multi] - 1)
+
+
+def _metrics(sim: _Sim, deployment: Deployment, slo: Slo | None, warmup: float) -> ServingMetrics:
+    n = len(sim.prompt)
+    arrival = np.asarray(sim.arrival)
+    measured = _measured(sim, warmup)
+    finish = np.asarray(sim.finish)[measured]
+    arr = arrival[measured]
+    ttft, tpot = _latencies(sim, measured)
     t0, t1 = float(arr.min()), float(arrival.max())
     notes = [f"simulated {n} requests in {sim.launched} iterations; {n - len(measured)} dropped as warmup"]
     if t1 <= t0:  # one measured request, or all arriving together (a closed loop's first batch)

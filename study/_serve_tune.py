@@ -135,14 +135,17 @@ def serve_tune_figures(data: dict[str, Any]) -> list[Any]:
         title=f"tokens/s per GPU against TTFT {key}", xaxis_title=f"TTFT {key} (ms)", yaxis_title="tokens/s per GPU"
     )
     figs.append(fig2)
-    samples = (data.get("simulated") or {}).get("samples")
-    if samples:
+    cdf = (data.get("simulated") or {}).get("cdf")
+    if cdf:
         fig3 = go.Figure()
         for name in ("ttft_ms", "tpot_ms"):
-            values = sorted(samples.get(name, []))
+            values = cdf.get(name, [])
             if values:
-                n = len(values)
-                fig3.add_trace(go.Scatter(x=values, y=[(i + 1) / n for i in range(n)], name=name, mode="lines"))
+                n = len(values) - 1
+                fig3.add_trace(go.Scatter(x=values, y=[i / n for i in range(n + 1)], name=name, mode="lines"))
+                target = slo.get(name)
+                if target:
+                    fig3.add_vline(x=target, line_dash="dash", annotation_text=f"{name} target")
         fig3.update_layout(
             title="Simulated latency distributions (CDF)", xaxis_title="ms", yaxis_title="fraction", xaxis_type="log"
         )

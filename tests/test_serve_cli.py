@@ -40,6 +40,8 @@ def test_json_contract(result) -> None:
     )
     assert [x["engine"] for x in result["launch"]] == ["vllm", "sglang", "trtllm"]
     assert result["versions"] and result["seed"] == 0 and result["profile"]
+    cdf = result["simulated"]["cdf"]["ttft_ms"]
+    assert len(cdf) == 101 and all(a <= b for a, b in zip(cdf, cdf[1:], strict=False))
 
 
 def test_the_study_folder_reads_back(result) -> None:
