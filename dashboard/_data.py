@@ -135,7 +135,8 @@ class Study:
 
     @property
     def title(self) -> str:
-        head = f"{self.kind} study: {self.field('model')} on {self.field('platform')}, {self.field('phase')}"
+        phase = self.field("phase")
+        head = f"{self.kind} study: {self.field('model')} on {self.field('platform')}" + (f", {phase}" if phase else "")
         workload = self.data.get("workload", {}).get("name") if self.kind == "static-vs-runtime" else None
         return head + (f", workload {workload}" if workload else "") + (f" ({self.campaign})" if self.campaign else "")
 

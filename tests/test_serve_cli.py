@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -41,7 +42,7 @@ def test_json_contract(result) -> None:
     assert [x["engine"] for x in result["launch"]] == ["vllm", "sglang", "trtllm"]
     assert result["versions"] and result["seed"] == 0 and result["profile"]
     cdf = result["simulated"]["cdf"]["ttft_ms"]
-    assert len(cdf) == 101 and all(a <= b for a, b in zip(cdf, cdf[1:], strict=False))
+    assert len(cdf) == 101 and all(a <= b for a, b in itertools.pairwise(cdf))
 
 
 def test_the_study_folder_reads_back(result) -> None:
@@ -73,3 +74,15 @@ def test_an_unreachable_slo_exits_1_and_says_why() -> None:
     assert r.exit_code == 1
     data = json.loads(r.stdout)
     assert data["deployment"] is None and "SLO" in data["reason"]
+
+
+def test_the_dashboard_and_report_show_the_serving_study(result) -> None:
+    from paratune.dashboard._data import load_runs
+    from paratune.dashboard._report import build_report
+
+    results = load_runs(result["_out"].parent)
+    (study,) = [s for s in results.studies if s.kind == "serve-tune"]
+    assert study.title == "serve-tune study: llama3-8b on dgx-h100"
+    page = build_report(results)
+    assert "serve-tune study" in page and "tokens/s per GPU against tokens/s per user" in page
+    assert "TPOT target" in page  # the SLO line on the front
