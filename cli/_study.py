@@ -32,6 +32,7 @@ from ._common import (
     console,
     flag_named,
     output_folder,
+    positive_number,
     print_json,
     problem_from_options,
     user_errors,
@@ -162,6 +163,51 @@ def static_vs_runtime(
         raise ValueError(f"--ks must be comma-separated integers, got {ks!r}") from None
     options = {"workload": workload, "ks": k_values, "max_buckets": max_buckets}
     data = _run("static-vs-runtime", problem, options, budget, seed, output, as_json)
+    _finish(data, output, as_json)
+
+
+@study_app.command("serving-load")
+@user_errors
+def serving_load(
+    output: OutOpt,
+    model: ModelOpt = None,
+    platform: PlatformOpt = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", min=1, help="Cluster size (default: the platform's).")] = None,
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", help="chat | long-context | PROMPT/OUTPUT lengths (see serve-tune).")
+    ] = "chat",
+    ttft_ms: Annotated[float | None, typer.Option("--ttft-ms", callback=positive_number, help="TTFT SLO, ms.")] = None,
+    tpot_ms: Annotated[float | None, typer.Option("--tpot-ms", callback=positive_number, help="TPOT SLO, ms.")] = None,
+    loads: Annotated[str, typer.Option("--loads", help="Loads as fractions of the peak, comma-separated.")] = (
+        "0.1,0.25,0.5,0.75,0.95"
+    ),
+    engine: Annotated[str, typer.Option("--engine", help="vllm | sglang | trtllm.")] = "vllm",
+    as_json: JsonOpt = False,
+) -> None:
+    """Serving under a changing load: the best deployment per load against one static deployment, per decision."""
+    from ..costmodel import get_platform
+    from ..search._serve import ServingProblem
+    from ..serving import ENGINES, Slo, traffic_from_spec
+    from ..study._serving_load import run_serving_load_study
+
+    if not model or not platform:
+        raise ValueError("--model and --platform are required")
+    if engine not in ENGINES:
+        raise ValueError(f"--engine is {engine!r}; allowed: {', '.join(ENGINES)}")
+    try:
+        fractions = tuple(float(x) for x in loads.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--loads must be comma-separated fractions, got {loads!r}") from None
+    if not fractions or any(not (0 < f <= 1) for f in fractions):
+        raise ValueError(f"--loads are fractions of the peak in (0, 1], got {loads!r}")
+    plat = get_platform(platform)
+    budget = gpus if gpus is not None else plat.num_devices
+    if budget > plat.num_devices:
+        raise ValueError(f"--gpus is {budget} but platform {platform!r} has {plat.num_devices} GPUs")
+    slo = Slo(ttft_ms=ttft_ms, tpot_ms=tpot_ms) if (ttft_ms or tpot_ms) else None
+    problem = ServingProblem(model, platform, traffic_from_spec(workload, rate=1.0), slo, budget, engine)
+    output_folder(output)
+    data = run_serving_load_study(problem, loads=fractions, out_dir=output, say=_say(as_json))
     _finish(data, output, as_json)
 
 

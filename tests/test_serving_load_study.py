@@ -34,3 +34,20 @@ def test_oracle_static_and_redecisions_are_ordered(tmp_path) -> None:
     tables, figures, summary = study_outputs(back)
     assert tables[0].rows and figures and summary[0].startswith("llama3-8b")
     assert (tmp_path / "loads.csv").read_text().startswith("load,")
+
+
+def test_the_command_line_runs_it_and_refuses_bad_loads(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from paratune.cli import app
+
+    runner = CliRunner()
+    base = ["study", "serving-load", "-m", "llama3-8b", "-p", "dgx-h100", "--gpus", "2", "-w", "fixed:512/fixed:64"]
+    bad = runner.invoke(app, [*base, "--loads", "0.5,2", "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "--loads" in bad.output
+    assert not (tmp_path / "bad").exists()
+    ok = runner.invoke(app, [*base, "--loads", "0.3,0.9", "--tpot-ms", "30", "-o", str(tmp_path / "s"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["kind"] == "serving-load"
