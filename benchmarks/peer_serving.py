@@ -1,0 +1,368 @@
+"""Serving search against a peer: paratune's deployment next to NVIDIA AIConfigurator's, each priced by both tools.
+
+Issue 17's validation run (``python benchmarks/peer_aiconfigurator.py --serving``, which dispatches here): for
+every scenario of ``_aic_serving.SCENARIOS`` (Llama-3.1 8B / 70B, Mixtral-8x7B; H100, H200, B200; chat and
+long-context traffic; aggregated, disaggregated or both), in one process:
+
+1. paratune's search (:func:`paratune.search._serve.search_deployments`, the analytic model), timed;
+2. AIConfigurator's search (``_aic_serving.aic_search``: the tasks of ``aiconfigurator cli default``), timed;
+3. cross-evaluation: paratune's choice priced by AIConfigurator (``aic_estimate``) and AIConfigurator's choice
+   priced by paratune (the :class:`~paratune.search._serve.Evaluator` of the same problem: at the request rate
+   AIConfigurator says it sustains, and at paratune's own capacity within the SLO);
+4. a table, the issue's verdict (``_aic_serving.verdict``: paratune's choice at least 0.97 of the peer's by the
+   peer's own ``tokens/s/gpu_cluster`` on 80% of the scenarios, in no more wall time) and JSON.
+
+How the question is posed to paratune (:func:`pose`), so that both tools answer the same one:
+
+* **Load**: an open loop (Poisson arrivals), each candidate at the largest rate it sustains within the SLO, the
+  budget filled with replicas. AIConfigurator has no arrivals: it reports the rate a full batch sustains, with a
+  queueing factor on TTFT; the open loop's M/D/1 wait is paratune's stand-in for that factor. (A closed loop asks
+  the same question but costs ~10x more per evaluation: each one solves the loop's rate by bisection.)
+* **SLO percentile**: the median (the peer's TTFT and TPOT are steady-state means of identical requests).
+* **Hand-off** (:func:`handoff`): AIConfigurator prices a batch that is *always full* (its ``bs``), paratune a
+  batch *cap* (``--max-num-seqs``) with the batch the load gives. paratune's choice goes to the peer with each
+  decoding pool's cap set to its operating batch (requests per instance x the time each holds a slot, Little's
+  law; per PP stage): the cap an operator sets to hold the SLO, and what the peer's ``bs`` means. paratune's own
+  figures for that deployment at the same rate are reported beside (``handoff_paratune``): the cap does not bind
+  below it.
+
+Timing: each tool's search is timed around its own call, in the same process, neither warmed: paratune's first
+scenario pays its calibration tables and instance-cost grids (built lazily per model and platform), the peer's
+its system tables (its in-process caches serve later scenarios, as paratune's do). Imports are not counted for
+either tool. Machine: whatever ``provenance`` says; with other jobs on the CPUs a wall time varies up to 3x.
+
+Run: ``python benchmarks/peer_serving.py [--only SUBSTR] [--json] [--out FILE]`` (or ``peer_aiconfigurator.py
+--serving ...``). Exits with 2 and one line when AIConfigurator is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: Modes of paratune's space for a scenario's ``mode``.
+_MODES = {"agg": ("agg",), "disagg": ("disagg",), "both": ("agg", "disagg")}
+
+
+def pose(scenario: Mapping[str, Any]) -> dict[str, Any]:
+    """The scenario as paratune's search question: open-loop traffic, median SLO, the scenario's modes."""
+    from _aic_serving import paratune_inputs
+
+    inputs = paratune_inputs(scenario)
+    inputs["traffic"] = replace(inputs["traffic"], concurrency=None, rate=1.0)  # the rate is searched per candidate
+    inputs["modes"] = _MODES[str(scenario["mode"])]
+    return inputs
+
+
+def operating_batch(rate_per_instance: float, slots_s: float, pp: int, cap: int) -> int:
+    """Sequences one batch in flight holds at a rate (Little's law), rounded up, within 1..``cap``."""
+    if not rate_per_instance > 0 or not slots_s > 0 or not math.isfinite(rate_per_instance * slots_s):
+        return cap
+    return max(1, min(cap, math.ceil(rate_per_instance * slots_s / max(pp, 1) - 1e-9)))
+
+
+def handoff(deployment: Any, metrics: Any, osl: int) -> Any:
+    """``deployment`` with each decoding pool's batch cap at the batch it runs at ``metrics`` (see the docstring).
+
+    A request holds a decode slot for its OSL - 1 decode iterations of TPOT each (aggregated: the iteration that
+    samples its first token too, so OSL). The mean TPOT is the period of an iteration.
+    """
+    tpot_s = float(metrics.tpot_ms["mean"]) / 1e3
+    rate = float(metrics.requests_per_s)
+    pools = []
+    for pool in deployment.pools:
+        if pool.role == "prefill":
+            pools.append(pool)
+            continue
+        steps = osl if pool.role == "mixed" else osl - 1
+        b = operating_batch(rate / pool.replicas, steps * tpot_s, pool.pp, pool.max_num_seqs)
+        pools.append(replace(pool, max_num_seqs=b))
+    return replace(deployment, pools=tuple(pools))
+
+
+def figures(metrics: Any, gpus_used: int, budget: int) -> dict[str, Any]:
+    """paratune's metrics in the peer's terms: per GPU of the budget (idle GPUs counted), medians, the SLO flag."""
+    if metrics is None:
+        return {
+            "tokens_per_s_per_gpu_cluster": 0.0,
+            "tokens_per_s_per_user": 0.0,
+            "ttft_ms": None,
+            "tpot_ms": None,
+            "requests_per_s": 0.0,
+            "meets_slo": False,
+        }
+
+    def finite(v: float) -> float | None:
+        return float(v) if math.isfinite(v) else None
+
+    return {
+        "tokens_per_s_per_gpu_cluster": metrics.tokens_per_s_per_gpu * gpus_used / budget,
+        "tokens_per_s_per_user": metrics.tokens_per_s_per_user,
+        "ttft_ms": finite(metrics.ttft_ms["p50"]),
+        "tpot_ms": finite(metrics.tpot_ms["p50"]),
+        "requests_per_s": metrics.requests_per_s,
+        "meets_slo": bool(metrics.meets_slo) and not metrics.saturated,
+    }
+
+
+def paratune_search(scenario: Mapping[str, Any]) -> tuple[Any, Any, float]:
+    """paratune's search on ``scenario``: (the search result, the problem's evaluator, wall seconds of the search)."""
+    from paratune.costmodel import get_platform
+    from paratune.graphs import get_model
+    from paratune.search._serve import Evaluator, ServingSpace, search_deployments
+    from paratune.serving import Deployment, Pool
+
+    q = pose(scenario)
+    platform = get_platform(q["platform"])
+    space = replace(ServingSpace.default(get_model(q["model"]), platform, q["gpus"]), modes=q["modes"])
+    start = time.perf_counter()
+    result = search_deployments(
+        q["model"], platform, q["traffic"], q["slo"], gpus=q["gpus"], engine=q["engine"], dtype=q["dtype"], space=space
+    )
+    wall = time.perf_counter() - start
+    proto = Deployment((Pool(),), engine=q["engine"], dtype=q["dtype"])
+    ev = Evaluator(q["model"], platform, q["traffic"], q["slo"], gpus=q["gpus"], target=None, proto=proto)
+    return result, ev, wall
+
+
+def paratune_prices(ev: Any, deployment: Mapping[str, Any], rate: float, budget: int) -> dict[str, Any]:
+    """paratune's figures for a given deployment: at ``rate`` requests/s, and at its capacity within the SLO."""
+    from paratune.serving import Deployment
+
+    dep = replace(Deployment.from_dict(dict(deployment)), engine=ev.proto.engine)
+    at = ev.at(dep, rate) if rate > 0 else None
+    cap = ev.capacity(dep)
+    return {
+        "at_peer_rate": figures(at, dep.gpus, budget),
+        "at_capacity": figures(None if cap is None else cap.metrics, dep.gpus, budget),
+        "fits": ev.costs(dep) is not None,
+    }
+
+
+def run_scenario(scenario: Mapping[str, Any], models: Any) -> dict[str, Any]:
+    """Both searches and both cross-evaluations of one scenario (a row; ``status`` ok / none / error)."""
+    from _aic_serving import aic_search, compare
+
+    budget = int(scenario["gpus"])
+    row: dict[str, Any] = {"scenario": scenario["name"], "spec": dict(scenario)}
+    result, ev, wall = paratune_search(scenario)
+    row["paratune_wall_s"] = wall
+    row["paratune_evaluations"] = result.evaluations
+    found = aic_search(scenario, models=models)
+    row["peer_wall_s"] = float(found["wall_s"])
+    if found["status"] != "ok" or result.best is None:
+        row["status"] = "none"
+        row["reason"] = result.reason if result.best is None else "the peer found no configuration"
+        return row
+    best = result.best
+    hand = handoff(best.deployment, best.metrics, int(scenario["osl"]))
+    cmp = compare(scenario, found, hand.to_dict(), wall_s=wall, models=models)
+    hand_at = ev.at(hand, best.metrics.requests_per_s)
+    row.update(
+        status="ok",
+        paratune={
+            "deployment": best.deployment.to_dict(),
+            "handoff": hand.to_dict(),
+            "paratune": figures(best.metrics, best.deployment.gpus, budget),
+            "handoff_paratune": figures(hand_at, hand.gpus, budget),
+            "peer": cmp["estimate"],
+        },
+        peer={
+            "mode": found["mode"],
+            "deployment": found["deployment"],
+            "peer": found["aic"],
+            "paratune": paratune_prices(ev, found["deployment"], float(found["aic"]["requests_per_s"]), budget),
+            "notes": found["notes"],
+        },
+        ratio=cmp["ratio"],
+        as_good=cmp["as_good"],
+        faster=cmp["faster"],
+        wall_s=wall,
+    )
+    return row
+
+
+def run(scenarios: list[dict[str, Any]], say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every scenario in turn, errors kept as rows (a peer's or paratune's exception is a figure, not a crash)."""
+    from peer_aiconfigurator import _PeerModels
+
+    rows = []
+    models = _PeerModels()
+    try:
+        for scenario in scenarios:
+            try:
+                row = run_scenario(scenario, models)
+            except Exception as exc:
+                row = {"scenario": scenario["name"], "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            ratio = row.get("ratio")
+            say(
+                f"{scenario['name']}: {row['status']}"
+                + (f" ratio {ratio:.3f}" if ratio is not None else "")
+                + f" paratune {row.get('paratune_wall_s', 0.0):.1f} s, peer {row.get('peer_wall_s', 0.0):.1f} s"
+            )
+            rows.append(row)
+    finally:
+        models.close()
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's verdict over the rows; a scenario that failed counts as not as good, its wall times still count."""
+    from _aic_serving import verdict
+
+    comparisons = [
+        {
+            "as_good": r.get("as_good", False),
+            "wall_s": r.get("paratune_wall_s", 0.0),
+            "peer_wall_s": r.get("peer_wall_s", 0.0),
+            "faster": r.get("faster", r.get("paratune_wall_s", 0.0) <= r.get("peer_wall_s", 0.0)),
+        }
+        for r in rows
+    ]
+    out = verdict(comparisons)
+    out["ratios"] = {r["scenario"]: r.get("ratio") for r in rows}
+    out["errors"] = sum(r["status"] == "error" for r in rows)
+    return out
+
+
+def label(dep: Mapping[str, Any]) -> str:
+    """A deployment in a few characters: ``8x tp1 b96 t1024`` or ``P 4x tp1 t2048 + D 2x tp2 b116``."""
+    parts = []
+    for p in dep["pools"]:
+        pp = f"pp{p['pp']}" if p["pp"] > 1 else ""
+        if p["role"] == "prefill":
+            parts.append(f"P {p['replicas']}x tp{p['tp']}{pp} t{p['max_batched_tokens']}")
+        elif p["role"] == "decode":
+            parts.append(f"D {p['replicas']}x tp{p['tp']}{pp} b{p['max_num_seqs']}")
+        else:
+            parts.append(f"{p['replicas']}x tp{p['tp']}{pp} b{p['max_num_seqs']} t{p['max_batched_tokens']}")
+    return " + ".join(parts)
+
+
+def _fig(f: Mapping[str, Any]) -> str:
+    """tokens/s/GPU | tokens/s/user | TTFT | TPOT, compactly (a missed SLO starred)."""
+    if not f or not f.get("tokens_per_s_per_gpu_cluster"):
+        return "-"
+    ttft = "-" if f.get("ttft_ms") is None else f"{f['ttft_ms']:.0f}"
+    tpot = "-" if f.get("tpot_ms") is None else f"{f['tpot_ms']:.1f}"
+    star = "" if f.get("meets_slo") else "*"
+    return f"{f['tokens_per_s_per_gpu_cluster']:.0f}{star} {f['tokens_per_s_per_user']:.0f} {ttft} {tpot}"
+
+
+def _print(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="Serving search: paratune vs AIConfigurator (figures: tok/s/GPU tok/s/user TTFT TPOT, * = SLO missed)"
+    )
+    cols = (
+        "scenario",
+        "paratune's choice",
+        "by paratune",
+        "by peer",
+        "peer's choice",
+        "by peer ",
+        "by paratune ",
+        "ratio",
+        "pt s",
+        "peer s",
+    )
+    for col in cols:
+        table.add_column(col, justify="left" if "choice" in col or col == "scenario" else "right")
+    for r in rows:
+        if r["status"] != "ok":
+            table.add_row(
+                r["scenario"],
+                f"[red]{r.get('error', r.get('reason', ''))[:80]}[/red]",
+                *[""] * 6,
+                f"{r.get('paratune_wall_s', 0.0):.1f}",
+                f"{r.get('peer_wall_s', 0.0):.1f}",
+            )
+            continue
+        p, a = r["paratune"], r["peer"]
+        ratio = r["ratio"]
+        text = f"{ratio:.3f}" if math.isfinite(ratio) else str(ratio)
+        table.add_row(
+            r["scenario"],
+            label(p["handoff"]),
+            _fig(p["paratune"]),
+            _fig(p["peer"]),
+            f"{a['mode']}: {label(a['deployment'])}",
+            _fig(a["peer"]),
+            _fig(a["paratune"]["at_capacity"]),
+            text if r["as_good"] else f"[yellow]{text}[/yellow]",
+            f"{r['paratune_wall_s']:.1f}",
+            f"{r['peer_wall_s']:.1f}",
+        )
+    Console(width=250).print(table)
+    s = summary
+    print(
+        f"{s['as_good']}/{s['scenarios']} scenarios as good (ratio >= 0.97 by the peer's estimate, target 80%); "
+        f"search wall time paratune {s['wall_s']:.1f} s, peer {s['peer_wall_s']:.1f} s "
+        f"(paratune faster on {s['faster']}); target {'met' if s['meets_target'] else 'MISSED'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _figures import emit, figure_parser, provenance
+    from peer_aiconfigurator import peer_available
+
+    parser = figure_parser(__doc__)
+    parser.add_argument("--only", default=None, help="only the scenarios whose name contains this text")
+    args = parser.parse_args(argv)
+    if not peer_available():
+        print(
+            "aiconfigurator is not installed: pip install aiconfigurator (the peer of this benchmark)", file=sys.stderr
+        )
+        return 2
+    from _aic_serving import SCENARIOS
+
+    scenarios = [s for s in SCENARIOS if args.only is None or args.only in s["name"]]
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    import paratune.search._serve  # noqa: F401  (imports are not the searches' wall time)
+
+    start = time.perf_counter()
+    rows = run(scenarios, say=say)
+    summary = summarise(rows)
+    from importlib.metadata import version as dist_version
+
+    out = {
+        "summary": summary,
+        "rows": rows,
+        "posing": {
+            "load": "open loop, each candidate at its capacity within the SLO",
+            "slo_percentile": 50.0,
+            "handoff": "decoding pools' batch cap at the operating batch (Little's law)",
+        },
+        "peer": {"package": "aiconfigurator", "version": dist_version("aiconfigurator"), "licence": "Apache-2.0"},
+        "seconds": time.perf_counter() - start,
+        "provenance": provenance(),
+    }
+    if emit(_finite(json.loads(json.dumps(out, default=str))), args.out, args.json):
+        return 0
+    _print(rows, summary)
+    return 0
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with infinite and NaN floats as None (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
