@@ -37,7 +37,9 @@ node, the network otherwise: ``kv_transfer_s``), and TTFT includes the transfer.
 decodes only (the same fixed point with no chunks): TPOT has no interference spread.
 
 **Closed loop** (``concurrency`` N): lambda solves lambda (TTFT + (OSL - 1) TPOT) = N (bisection; the cycle
-grows without bound at saturation, so a solution exists below it).
+grows without bound at saturation when the prompts' queue is the bottleneck). When the decode side of a
+disaggregated pair binds, the cycle stays bounded at its capacity: the users it cannot hold wait for admission,
+(N - lambda cycle) / lambda seconds more of TTFT (Little's law), rather than being dropped from the figures.
 
 What is approximate: lengths enter by their means (the spread of lengths widens the simulator's
 percentiles, not these), prefill chunks are fluid (a fraction of a prompt per iteration), the queue is an
@@ -310,8 +312,14 @@ def analytic(
     """
     ev = _Evaluator(deployment, traffic, costs)
     notes = ev.notes
+    backlog = 0.0  # closed loop: seconds a request waits for admission beyond the pools' own queues
     if traffic.concurrency is not None:
-        rate = _closed_loop_rate(ev, float(traffic.concurrency))
+        users = float(traffic.concurrency)
+        rate = _closed_loop_rate(ev, users)
+        held = rate * ev.cycle(rate)
+        if users - held > 1e-3 * users:  # more users than the deployment holds (a decode-bound disaggregated pair)
+            backlog = (users - held) / rate  # Little's law on the users left waiting for a slot
+            notes.append(f"closed loop: {users - held:.4g} users wait for admission ({backlog * 1e3:.4g} ms)")
     else:
         rate = float(traffic.rate or 0.0)
         if not rate > 0.0 or not math.isfinite(rate):
@@ -322,7 +330,7 @@ def analytic(
     if saturated:
         notes.append(f"saturated: {rate:.4g} req/s offered, {served:.4g} req/s sustained")
     decode = sides[-1]
-    base = sum(s.service + s.join for s in sides) + ev.transfer
+    base = sum(s.service + s.join for s in sides) + ev.transfer + backlog
     waits = [(s.wait_mean, s.rho) for s in sides if s.service > 0.0]
     wait_mean = sum(w for w, _ in waits)
     percentiles = list(PERCENTILES)
