@@ -18,11 +18,16 @@ How the question is posed to paratune (:func:`pose`), so that both tools answer 
   budget filled with replicas. AIConfigurator has no arrivals: it reports the rate a full batch sustains, with a
   queueing factor on TTFT; the open loop's M/D/1 wait is paratune's stand-in for that factor. (A closed loop asks
   the same question but costs ~10x more per evaluation: each one solves the loop's rate by bisection.)
+* **Objective**: output tokens/s per GPU of the *budget* (``fill_budget``: idle GPUs counted), the peer's
+  ``tokens/s/gpu_cluster``; paratune's default ranks per GPU used, and would leave 2-4 GPUs of a budget idle for
+  a better figure per GPU used, which the peer's figure counts as a loss.
 * **SLO percentile**: the median (the peer's TTFT and TPOT are steady-state means of identical requests).
 * **Hand-off** (:func:`handoff`): AIConfigurator prices a batch that is *always full* (its ``bs``), paratune a
   batch *cap* (``--max-num-seqs``) with the batch the load gives. paratune's choice goes to the peer with each
   decoding pool's cap set to its operating batch (requests per instance x the time each holds a slot, Little's
-  law; per PP stage): the cap an operator sets to hold the SLO, and what the peer's ``bs`` means. paratune's own
+  law; per PP stage): the cap an operator sets to hold the SLO, and what the peer's ``bs`` means. A prefill pool
+  (the peer prices a static batch of ``(p)bs`` prompts, always full) gets the prompts one of its iterations runs
+  at that rate (:func:`prefill_batch`), not the most its token budget admits. paratune's own
   figures for that deployment at the same rate are reported beside (``handoff_paratune``): the cap does not bind
   below it.
 
@@ -69,18 +74,42 @@ def operating_batch(rate_per_instance: float, slots_s: float, pp: int, cap: int)
     return max(1, min(cap, math.ceil(rate_per_instance * slots_s / max(pp, 1) - 1e-9)))
 
 
-def handoff(deployment: Any, metrics: Any, osl: int) -> Any:
-    """``deployment`` with each decoding pool's batch cap at the batch it runs at ``metrics`` (see the docstring).
+def prefill_batch(cost: Any, rate_per_instance: float, isl: int, pp: int, most: int) -> int:
+    """Prompts one prefill iteration runs at a rate: the least b with b >= (rate / pp) x period(b prompts).
+
+    The steady state of a prefill engine that takes every waiting prompt (up to its budget) each iteration; the
+    peer's static prefill batch ``(p)bs`` is that b, always full.
+    """
+    from paratune.serving import Mix
+
+    per_batch = rate_per_instance / max(pp, 1)
+    for b in range(1, max(most, 1) + 1):
+        mix = Mix(prefill_tokens=b * isl, prefill_attention=b * isl * (isl + 1) / 2.0, sampled=b)
+        period = max(cost.latency_s(mix), pp * cost.interval_s(mix)) if pp > 1 else cost.latency_s(mix)
+        if per_batch * period <= b:
+            return b
+    return max(most, 1)
+
+
+def handoff(deployment: Any, metrics: Any, isl: int, osl: int, cost_of: Callable[[Any], Any] | None = None) -> Any:
+    """``deployment`` with each pool's batch at the batch it runs at ``metrics`` (see the module docstring).
 
     A request holds a decode slot for its OSL - 1 decode iterations of TPOT each (aggregated: the iteration that
-    samples its first token too, so OSL). The mean TPOT is the period of an iteration.
+    samples its first token too, so OSL). The mean TPOT is the period of an iteration. A prefill pool (when
+    ``cost_of`` prices its instance) gets :func:`prefill_batch` prompts and a token budget of that many prompts.
     """
     tpot_s = float(metrics.tpot_ms["mean"]) / 1e3
     rate = float(metrics.requests_per_s)
     pools = []
     for pool in deployment.pools:
         if pool.role == "prefill":
-            pools.append(pool)
+            cost = None if cost_of is None or pool.max_batched_tokens < isl else cost_of(pool)
+            if cost is None:  # chunked prompts (one at a time), or no price: as chosen
+                pools.append(pool)
+                continue
+            most = min(pool.max_num_seqs, pool.max_batched_tokens // isl)
+            b = prefill_batch(cost, rate / pool.replicas, isl, pool.pp, most)
+            pools.append(replace(pool, max_num_seqs=b, max_batched_tokens=b * isl))
             continue
         steps = osl if pool.role == "mixed" else osl - 1
         b = operating_batch(rate / pool.replicas, steps * tpot_s, pool.pp, pool.max_num_seqs)
@@ -125,8 +154,9 @@ def paratune_search(scenario: Mapping[str, Any]) -> tuple[Any, Any, float]:
     space = replace(ServingSpace.default(get_model(q["model"]), platform, q["gpus"]), modes=q["modes"])
     start = time.perf_counter()
     result = search_deployments(
-        q["model"], platform, q["traffic"], q["slo"], gpus=q["gpus"], engine=q["engine"], dtype=q["dtype"], space=space
-    )
+        q["model"], platform, q["traffic"], q["slo"], gpus=q["gpus"], engine=q["engine"], dtype=q["dtype"],
+        space=space, fill_budget=True,
+    )  # fmt: skip
     wall = time.perf_counter() - start
     proto = Deployment((Pool(),), engine=q["engine"], dtype=q["dtype"])
     ev = Evaluator(q["model"], platform, q["traffic"], q["slo"], gpus=q["gpus"], target=None, proto=proto)
@@ -163,7 +193,7 @@ def run_scenario(scenario: Mapping[str, Any], models: Any) -> dict[str, Any]:
         row["reason"] = result.reason if result.best is None else "the peer found no configuration"
         return row
     best = result.best
-    hand = handoff(best.deployment, best.metrics, int(scenario["osl"]))
+    hand = handoff(best.deployment, best.metrics, int(scenario["isl"]), int(scenario["osl"]), ev.cost)
     cmp = compare(scenario, found, hand.to_dict(), wall_s=wall, models=models)
     hand_at = ev.at(hand, best.metrics.requests_per_s)
     row.update(
@@ -339,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "rows": rows,
         "posing": {
+            "objective": "output tokens/s per GPU of the budget (fill_budget)",
             "load": "open loop, each candidate at its capacity within the SLO",
             "slo_percentile": 50.0,
             "handoff": "decoding pools' batch cap at the operating batch (Little's law)",

@@ -61,15 +61,30 @@ def test_operating_batch_is_littles_law_rounded_up_within_the_cap(bench: ModuleT
 def test_handoff_caps_the_decoding_pools_at_their_batch(bench: ModuleType) -> None:
     metrics = SimpleNamespace(tpot_ms={"mean": 20.0}, requests_per_s=40.0)
     agg = Deployment((Pool("mixed", tp=1, replicas=8, max_num_seqs=1024, max_batched_tokens=2048),))
-    (pool,) = bench.handoff(agg, metrics, 256).pools
+    (pool,) = bench.handoff(agg, metrics, 1024, 256).pools
     assert (pool.max_num_seqs, pool.max_batched_tokens, pool.replicas) == (26, 2048, 8)  # 5 req/s x 256 x 20 ms
     pd = Deployment(
         (Pool("prefill", tp=1, replicas=4, max_num_seqs=1024, max_batched_tokens=4096),
          Pool("decode", tp=2, replicas=2, max_num_seqs=512, max_batched_tokens=16384))
     )  # fmt: skip
-    pre, dec = bench.handoff(pd, metrics, 256).pools
-    assert pre == pd.pools[0]  # the prefill side is priced by its token budget
+    pre, dec = bench.handoff(pd, metrics, 1024, 256).pools
+    assert pre == pd.pools[0]  # no price for the prefill side: as chosen
     assert dec.max_num_seqs == 102 and dec.max_batched_tokens == 16384  # 20 req/s x 255 x 20 ms
+
+    class Cost:  # 10 ms a step plus 10 us a prompt token
+        pp = 1
+
+        def latency_s(self, mix) -> float:
+            return 0.01 + 1e-5 * mix.prefill_tokens
+
+        interval_s = latency_s
+
+    busy = SimpleNamespace(tpot_ms={"mean": 20.0}, requests_per_s=200.0)
+    pre, dec = bench.handoff(pd, busy, 1024, 256, lambda pool: Cost()).pools
+    # 50 prompts/s an instance: one prompt a 20.24 ms step is not enough (1.01 > 1), two a 30.5 ms step are
+    assert (pre.max_num_seqs, pre.max_batched_tokens, pre.replicas) == (2, 2048, 4)
+    assert dec.max_num_seqs == 510
+    assert bench.prefill_batch(Cost(), 1e6, 1024, 1, 4) == 4  # never above what the budget admits
 
 
 def test_figures_count_the_budget_and_a_missing_metric_is_worth_nothing(bench: ModuleType) -> None:
