@@ -177,9 +177,72 @@ def paratune_prices(ev: Any, deployment: Mapping[str, Any], rate: float, budget:
     }
 
 
-def run_scenario(scenario: Mapping[str, Any], models: Any) -> dict[str, Any]:
-    """Both searches and both cross-evaluations of one scenario (a row; ``status`` ok / none / error)."""
-    from _aic_serving import aic_search, compare
+#: AIConfigurator's aggregated batch grid (its decode batches follow a similar schedule): the re-fit's candidates.
+PEER_BATCHES: tuple[int, ...] = (
+    *range(1, 16),
+    *range(16, 32, 4),
+    *range(32, 64, 8),
+    *range(64, 256, 16),
+    *range(256, 512, 32),
+    512,
+    768,
+    1024,
+)
+
+
+def refit_candidates(batch: int) -> list[int]:
+    """Batches the re-fit tries around paratune's ``batch``: the peer's grid within [batch / 2, 2 batch], and it."""
+    return sorted({b for b in PEER_BATCHES if batch / 2 <= b <= 2 * batch} | {batch})
+
+
+def refit(
+    scenario: Mapping[str, Any], deployment: Mapping[str, Any], estimate: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """paratune's layout at the batch the PEER's model allows (a labelled posing, not paratune's answer).
+
+    The decoding pool's batch is re-fit in the peer's model: the largest of :func:`refit_candidates` that meets
+    the SLO by the peer's estimate (binary search, the SLO taken as monotone in the batch), then the two below it
+    (the peer's tables are not monotone in throughput); the best score wins. Everything else (mode, TP / PP per
+    pool, replicas, the prefill:decode ratio, the token budget) is paratune's. It separates paratune's layout
+    decisions from the few percent by which the two models' step times differ, which decide whether a deployment
+    run at the edge of the SLO in one model meets it in the other.
+    """
+    from _aic_serving import _score
+
+    dep = json.loads(json.dumps(dict(deployment)))
+    index = len(dep["pools"]) - 1  # the mixed pool, or the decode pool
+    budget = int(scenario["gpus"])
+    seen: dict[int, dict[str, Any]] = {}
+
+    def at(b: int) -> dict[str, Any]:
+        if b not in seen:
+            dep["pools"][index]["max_num_seqs"] = b
+            if dep["pools"][index]["role"] == "decode":
+                dep["pools"][index]["max_batched_tokens"] = b
+            seen[b] = estimate(json.loads(json.dumps(dep)))
+        return seen[b]
+
+    grid = refit_candidates(int(deployment["pools"][index]["max_num_seqs"]))
+    lo, hi = -1, len(grid)  # grid[lo] meets the SLO (or lo = -1), grid[hi] does not (or hi = len)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _score(at(grid[mid]), budget) > 0:
+            lo = mid
+        else:
+            hi = mid
+    for i in (lo - 1, lo - 2):
+        if i >= 0:
+            at(grid[i])
+    best = max(seen, key=lambda b: (_score(seen[b], budget), -b))
+    return {"batch": best, "estimate": seen[best], "score": _score(seen[best], budget), "calls": len(seen)}
+
+
+def run_scenario(scenario: Mapping[str, Any], models: Any, *, refit_batch: bool = True) -> dict[str, Any]:
+    """Both searches and both cross-evaluations of one scenario (a row; ``status`` ok / none / error).
+
+    ``refit_batch``: also :func:`refit` paratune's layout in the peer's model (``layout_ratio``).
+    """
+    from _aic_serving import TARGET_RATIO, _score, aic_estimate, aic_search, compare
 
     budget = int(scenario["gpus"])
     row: dict[str, Any] = {"scenario": scenario["name"], "spec": dict(scenario)}
@@ -217,10 +280,20 @@ def run_scenario(scenario: Mapping[str, Any], models: Any) -> dict[str, Any]:
         faster=cmp["faster"],
         wall_s=wall,
     )
+    if refit_batch:
+        start = time.perf_counter()
+        fit = refit(scenario, hand.to_dict(), lambda d: aic_estimate(scenario, d, models=models))
+        theirs = _score(found["aic"], budget)
+        layout = fit["score"] / theirs if theirs > 0 else (math.inf if fit["score"] > 0 else math.nan)
+        row["refit"] = {**fit, "wall_s": time.perf_counter() - start}
+        row["layout_ratio"] = layout
+        row["layout_as_good"] = bool(layout >= TARGET_RATIO) or (fit["score"] == theirs == 0.0)
     return row
 
 
-def run(scenarios: list[dict[str, Any]], say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run(
+    scenarios: list[dict[str, Any]], say: Callable[[str], None] = print, *, refit_batch: bool = True
+) -> list[dict[str, Any]]:
     """Every scenario in turn, errors kept as rows (a peer's or paratune's exception is a figure, not a crash)."""
     from peer_aiconfigurator import _PeerModels
 
@@ -229,13 +302,14 @@ def run(scenarios: list[dict[str, Any]], say: Callable[[str], None] = print) -> 
     try:
         for scenario in scenarios:
             try:
-                row = run_scenario(scenario, models)
+                row = run_scenario(scenario, models, refit_batch=refit_batch)
             except Exception as exc:
                 row = {"scenario": scenario["name"], "status": "error", "error": f"{type(exc).__name__}: {exc}"}
             ratio = row.get("ratio")
             say(
                 f"{scenario['name']}: {row['status']}"
                 + (f" ratio {ratio:.3f}" if ratio is not None else "")
+                + (f" (layout {row['layout_ratio']:.3f})" if "layout_ratio" in row else "")
                 + f" paratune {row.get('paratune_wall_s', 0.0):.1f} s, peer {row.get('peer_wall_s', 0.0):.1f} s"
             )
             rows.append(row)
@@ -260,6 +334,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = verdict(comparisons)
     out["ratios"] = {r["scenario"]: r.get("ratio") for r in rows}
     out["errors"] = sum(r["status"] == "error" for r in rows)
+    if any("layout_ratio" in r for r in rows):  # the labelled posing: paratune's layout, the peer's batch
+        out["layout_as_good"] = sum(bool(r.get("layout_as_good", False)) for r in rows)
+        out["layout_ratios"] = {r["scenario"]: r.get("layout_ratio") for r in rows}
     return out
 
 
@@ -303,6 +380,7 @@ def _print(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> None:
         "by peer ",
         "by paratune ",
         "ratio",
+        "layout",
         "pt s",
         "peer s",
     )
@@ -313,7 +391,7 @@ def _print(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> None:
             table.add_row(
                 r["scenario"],
                 f"[red]{r.get('error', r.get('reason', ''))[:80]}[/red]",
-                *[""] * 6,
+                *[""] * 7,
                 f"{r.get('paratune_wall_s', 0.0):.1f}",
                 f"{r.get('peer_wall_s', 0.0):.1f}",
             )
@@ -330,6 +408,7 @@ def _print(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> None:
             _fig(a["peer"]),
             _fig(a["paratune"]["at_capacity"]),
             text if r["as_good"] else f"[yellow]{text}[/yellow]",
+            _layout(r),
             f"{r['paratune_wall_s']:.1f}",
             f"{r['peer_wall_s']:.1f}",
         )
@@ -340,6 +419,19 @@ def _print(rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> None:
         f"search wall time paratune {s['wall_s']:.1f} s, peer {s['peer_wall_s']:.1f} s "
         f"(paratune faster on {s['faster']}); target {'met' if s['meets_target'] else 'MISSED'}"
     )
+    if "layout_as_good" in s:
+        print(
+            f"layout (a labelled posing: paratune's layout at the batch the peer's model allows, not the verdict): "
+            f"{s['layout_as_good']}/{s['scenarios']} as good"
+        )
+
+
+def _layout(row: Mapping[str, Any]) -> str:
+    """The layout ratio and the batch the peer re-fit, e.g. ``1.004 b160``."""
+    if "layout_ratio" not in row:
+        return "-"
+    ratio = row["layout_ratio"]
+    return f"{ratio:.3f} b{row['refit']['batch']}" if math.isfinite(ratio) else f"{ratio} b{row['refit']['batch']}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = figure_parser(__doc__)
     parser.add_argument("--only", default=None, help="only the scenarios whose name contains this text")
+    parser.add_argument(
+        "--no-refit", action="store_true", help="skip re-fitting paratune's batch in the peer's model (layout ratio)"
+    )
     args = parser.parse_args(argv)
     if not peer_available():
         print(
@@ -361,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     import paratune.search._serve  # noqa: F401  (imports are not the searches' wall time)
 
     start = time.perf_counter()
-    rows = run(scenarios, say=say)
+    rows = run(scenarios, say=say, refit_batch=not args.no_refit)
     summary = summarise(rows)
     from importlib.metadata import version as dist_version
 
@@ -372,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             "objective": "output tokens/s per GPU of the budget (fill_budget)",
             "load": "open loop, each candidate at its capacity within the SLO",
             "slo_percentile": 50.0,
-            "handoff": "decoding pools' batch cap at the operating batch (Little's law)",
+            "handoff": "decoding pools' batch cap at their operating batch, prefill pools' prompts per step",
+            "layout_ratio": "labelled posing: paratune's layout with the decoding batch re-fit in the peer's model",
         },
         "peer": {"package": "aiconfigurator", "version": dist_version("aiconfigurator"), "licence": "Apache-2.0"},
         "seconds": time.perf_counter() - start,

@@ -116,6 +116,26 @@ def test_summary_counts_failures_as_misses_and_their_wall_time(bench: ModuleType
     assert bench._finite({"a": [math.inf, 1.0], "b": math.nan}) == {"a": [None, 1.0], "b": None}
 
 
+def test_refit_takes_the_largest_batch_the_peer_allows_and_its_best_neighbour(bench: ModuleType, aic) -> None:
+    assert bench.refit_candidates(100) == [56, 64, 80, 96, 100, 112, 128, 144, 160, 176, 192]
+    scenario = aic._scenario("llama3.1-8b", "h100_sxm", aic.CHAT, "agg")
+    calls: list[int] = []
+
+    def estimate(dep: dict) -> dict:
+        b = dep["pools"][0]["max_num_seqs"]
+        calls.append(b)
+        worth = 1000.0 + b if b != 112 else 5000.0  # not monotone: 112 beats the largest batch that meets the SLO
+        return {"tokens_per_s_per_gpu_cluster": worth, "meets_slo": b <= 130, "gpus_used": 8, "fits": True}
+
+    dep = Deployment((Pool("mixed", replicas=8, max_num_seqs=100),)).to_dict()
+    fit = bench.refit(scenario, dep, estimate)
+    assert fit["batch"] == 112 and fit["score"] == 5000.0
+    assert len(calls) == len(set(calls)) == fit["calls"] <= 6  # binary search, then two neighbours, each once
+    assert 128 in calls and 144 in calls  # the edge: 128 meets the SLO, 144 does not
+    nothing = bench.refit(scenario, dep, lambda d: {**estimate(d), "meets_slo": False})
+    assert nothing["score"] == 0.0
+
+
 def test_labels_are_short(bench: ModuleType) -> None:
     pd = Deployment((Pool("prefill", replicas=4, max_batched_tokens=2048), Pool("decode", tp=2, pp=2, max_num_seqs=96)))
     assert bench.label(pd.to_dict()) == "P 4x tp1 t2048 + D 1x tp2pp2 b96"
@@ -128,7 +148,7 @@ def test_both_searches_and_both_cross_evaluations_on_a_small_scenario(bench: Mod
     scenario = aic._scenario("llama3.1-8b", "h200_sxm", aic.CHAT, "agg", gpus=2)
     models = _PeerModels()
     try:
-        row = bench.run_scenario(scenario, models)
+        row = bench.run_scenario(scenario, models, refit_batch=False)  # the re-fit is tested above without the peer
     finally:
         models.close()
     assert row["status"] == "ok", row
