@@ -202,39 +202,58 @@ def refit(
 
     The decoding pool's batch is re-fit in the peer's model: the largest of :func:`refit_candidates` that meets
     the SLO by the peer's estimate (binary search, the SLO taken as monotone in the batch), then the two below it
-    (the peer's tables are not monotone in throughput); the best score wins. Everything else (mode, TP / PP per
-    pool, replicas, the prefill:decode ratio, the token budget) is paratune's. It separates paratune's layout
-    decisions from the few percent by which the two models' step times differ, which decide whether a deployment
-    run at the edge of the SLO in one model meets it in the other.
+    (the peer's tables are not monotone in throughput); the best score wins. When no decode batch meets the SLO,
+    a prefill pool's static batch is halved (down to one prompt) and the decode batch re-fit again. Everything
+    else (mode, TP / PP per pool, replicas, the prefill:decode ratio) is paratune's. It separates paratune's
+    layout decisions from the few percent by which the two models' step times differ, which decide whether a
+    deployment run at the edge of the SLO in one model meets it in the other.
     """
     from _aic_serving import _score
 
     dep = json.loads(json.dumps(dict(deployment)))
     index = len(dep["pools"]) - 1  # the mixed pool, or the decode pool
     budget = int(scenario["gpus"])
-    seen: dict[int, dict[str, Any]] = {}
+    isl = int(scenario["isl"])
+    seen: dict[tuple[int, int], dict[str, Any]] = {}
 
-    def at(b: int) -> dict[str, Any]:
-        if b not in seen:
+    def at(p_bs: int, b: int) -> dict[str, Any]:
+        if (p_bs, b) not in seen:
             dep["pools"][index]["max_num_seqs"] = b
             if dep["pools"][index]["role"] == "decode":
                 dep["pools"][index]["max_batched_tokens"] = b
-            seen[b] = estimate(json.loads(json.dumps(dep)))
-        return seen[b]
+                if p_bs != first:  # a halved static prefill batch (the peer's (p)bs)
+                    dep["pools"][0]["max_num_seqs"], dep["pools"][0]["max_batched_tokens"] = p_bs, p_bs * isl
+            seen[p_bs, b] = estimate(json.loads(json.dumps(dep)))
+        return seen[p_bs, b]
 
-    grid = refit_candidates(int(deployment["pools"][index]["max_num_seqs"]))
-    lo, hi = -1, len(grid)  # grid[lo] meets the SLO (or lo = -1), grid[hi] does not (or hi = len)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _score(at(grid[mid]), budget) > 0:
-            lo = mid
-        else:
-            hi = mid
-    for i in (lo - 1, lo - 2):
-        if i >= 0:
-            at(grid[i])
-    best = max(seen, key=lambda b: (_score(seen[b], budget), -b))
-    return {"batch": best, "estimate": seen[best], "score": _score(seen[best], budget), "calls": len(seen)}
+    def fit(p_bs: int) -> None:
+        grid = refit_candidates(int(deployment["pools"][index]["max_num_seqs"]))
+        lo, hi = -1, len(grid)  # grid[lo] meets the SLO (or lo = -1), grid[hi] does not (or hi = len)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _score(at(p_bs, grid[mid]), budget) > 0:
+                lo = mid
+            else:
+                hi = mid
+        for i in (lo - 1, lo - 2):
+            if i >= 0:
+                at(p_bs, grid[i])
+
+    pre = dep["pools"][0]
+    first = max(1, min(int(pre["max_num_seqs"]), int(pre["max_batched_tokens"]) // isl)) if index == 1 else 0
+    p_bs = first
+    fit(p_bs)
+    while index == 1 and p_bs > 1 and max(_score(v, budget) for v in seen.values()) == 0.0:
+        p_bs //= 2
+        fit(p_bs)
+    best = max(seen, key=lambda k: (_score(seen[k], budget), -k[1], k[0]))
+    return {
+        "batch": best[1],
+        "prefill_batch": best[0] or None,
+        "estimate": seen[best],
+        "score": _score(seen[best], budget),
+        "calls": len(seen),
+    }
 
 
 def run_scenario(scenario: Mapping[str, Any], models: Any, *, refit_batch: bool = True) -> dict[str, Any]:
@@ -431,7 +450,9 @@ def _layout(row: Mapping[str, Any]) -> str:
     if "layout_ratio" not in row:
         return "-"
     ratio = row["layout_ratio"]
-    return f"{ratio:.3f} b{row['refit']['batch']}" if math.isfinite(ratio) else f"{ratio} b{row['refit']['batch']}"
+    fit = row["refit"]
+    text = f"{ratio:.3f}" if math.isfinite(ratio) else str(ratio)
+    return f"{text} b{fit['batch']}" + (f" p{fit['prefill_batch']}" if fit.get("prefill_batch") else "")
 
 
 def main(argv: list[str] | None = None) -> int:

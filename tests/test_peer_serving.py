@@ -136,6 +136,24 @@ def test_refit_takes_the_largest_batch_the_peer_allows_and_its_best_neighbour(be
     assert nothing["score"] == 0.0
 
 
+def test_refit_halves_a_prefill_batch_the_peer_finds_too_slow(bench: ModuleType, aic: ModuleType) -> None:
+    scenario = aic._scenario("llama3.1-8b", "h100_sxm", aic.CHAT, "disagg")
+    pd = Deployment(
+        (Pool("prefill", replicas=4, max_num_seqs=8, max_batched_tokens=8192),
+         Pool("decode", tp=2, replicas=2, max_num_seqs=100))
+    ).to_dict()  # fmt: skip
+
+    def estimate(dep: dict) -> dict:
+        pre, dec = dep["pools"]
+        assert pre["max_batched_tokens"] == 1024 * pre["max_num_seqs"]  # the peer's (p)bs, whole prompts
+        ok = pre["max_num_seqs"] <= 2 and dec["max_num_seqs"] <= 120  # TTFT wants at most 2 prompts a batch
+        worth = 100.0 + dec["max_num_seqs"] - pre["max_num_seqs"]
+        return {"tokens_per_s_per_gpu_cluster": worth, "meets_slo": ok, "gpus_used": 8, "fits": True}
+
+    fit = bench.refit(scenario, pd, estimate)
+    assert (fit["prefill_batch"], fit["batch"], fit["score"]) == (2, 112, 210.0)
+
+
 def test_labels_are_short(bench: ModuleType) -> None:
     pd = Deployment((Pool("prefill", replicas=4, max_batched_tokens=2048), Pool("decode", tp=2, pp=2, max_num_seqs=96)))
     assert bench.label(pd.to_dict()) == "P 4x tp1 t2048 + D 1x tp2pp2 b96"
