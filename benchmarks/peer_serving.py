@@ -25,11 +25,12 @@ How the question is posed to paratune (:func:`pose`), so that both tools answer 
 * **Hand-off** (:func:`handoff`): AIConfigurator prices a batch that is *always full* (its ``bs``), paratune a
   batch *cap* (``--max-num-seqs``) with the batch the load gives. paratune's choice goes to the peer with each
   decoding pool's cap set to its operating batch (requests per instance x the time each holds a slot, Little's
-  law; per PP stage): the cap an operator sets to hold the SLO, and what the peer's ``bs`` means. A prefill pool
+  law; per PP stage, as the peer's batch is per batch in flight): what the peer's ``bs`` means. A prefill pool
   (the peer prices a static batch of ``(p)bs`` prompts, always full) gets the prompts one of its iterations runs
-  at that rate (:func:`prefill_batch`), not the most its token budget admits. paratune's own
-  figures for that deployment at the same rate are reported beside (``handoff_paratune``): the cap does not bind
-  below it.
+  at that rate (:func:`prefill_batch`), not the most its token budget admits. The hand-off is the peer's reading
+  of paratune's operating point, not what paratune would launch (its searched caps): in paratune's model a cap
+  at the *mean* batch binds, prompts queue for a slot and TTFT grows (``handoff_paratune`` reports it; the
+  throughput holds, except under PP, where paratune's cap counts every stage's batch).
 
 Timing: each tool's search is timed around its own call, in the same process, neither warmed: paratune's first
 scenario pays its calibration tables and instance-cost grids (built lazily per model and platform), the peer's

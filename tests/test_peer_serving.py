@@ -174,7 +174,7 @@ def test_both_searches_and_both_cross_evaluations_on_a_small_scenario(bench: Mod
     hand = Deployment.from_dict(ours["handoff"])
     assert hand.gpus <= 2 and not hand.disaggregated
     assert ours["paratune"]["meets_slo"] and ours["paratune"]["tokens_per_s_per_gpu_cluster"] > 0
-    # the hand-off's cap does not bind at the chosen load: paratune's own figure is unchanged within 2%
+    # at the hand-off's cap (the mean batch, no PP) paratune's throughput holds within 2% (TTFT grows: prompts queue)
     assert ours["handoff_paratune"]["tokens_per_s_per_gpu_cluster"] == pytest.approx(
         ours["paratune"]["tokens_per_s_per_gpu_cluster"], rel=0.02
     )
