@@ -39,7 +39,8 @@ of the prefill / decode step (``y`` / ``n``).
 
 Run: ``python benchmarks/peer_aiconfigurator.py [--json] [--out FILE] [--only SUBSTR]
 [--backend trtllm] [--version V] [--stride N]``. Exits with 2 and one line when
-AIConfigurator is not installed.
+AIConfigurator is not installed. ``--serving`` runs the serving-search comparison instead
+(``benchmarks/peer_serving.py``, issue 17).
 """
 
 from __future__ import annotations
@@ -427,6 +428,11 @@ def _print(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    if "--serving" in args_in:  # issue 17's serving search against the peer's: benchmarks/peer_serving.py
+        from peer_serving import main as serving_main
+
+        return serving_main([a for a in args_in if a != "--serving"])
     from _figures import emit, figure_parser, provenance
 
     parser = figure_parser(__doc__)

@@ -255,9 +255,11 @@ class Evaluator:
         target: float | None,
         proto: Deployment,
         evaluate: Evaluate = analytic_model,
+        fill_budget: bool = False,
     ) -> None:
         self.model, self.platform, self.traffic, self.slo = model, platform, traffic, slo
         self.gpus, self.target, self.proto, self.evaluate = gpus, target, proto, evaluate
+        self.fill_budget = fill_budget  # rank per GPU of the budget (idle GPUs count): see search_deployments
         self.calls = 0
         self.skipped: dict[str, int] = {}
         self._costs: dict[Pool, IterationCost | None] = {}
@@ -414,20 +416,27 @@ def search_deployments(
     space: ServingSpace | None = None,
     evaluate: Evaluate = analytic_model,
     progress: Callable[[str], None] | None = None,
+    fill_budget: bool = False,
 ) -> ServingSearchResult:
     """The deployment of at most ``gpus`` GPUs with the most output tokens/s per GPU within the SLO, and the fronts.
 
     ``traffic`` gives the lengths and the kind of arrivals (Poisson rate, or closed-loop concurrency). With
     ``carry`` its load (the rate, or the concurrency) must be carried: each candidate gets the fewest replicas that
     carry it within the SLO, and tokens/s per GPU counts the GPUs used. Without, every candidate runs at its
-    capacity and fills the budget with replicas.
+    capacity and fills the budget with replicas. ``fill_budget``: rank by output tokens/s per GPU of the whole
+    budget, idle GPUs counted (AIConfigurator's ``tokens/s/gpu_cluster``: the GPUs are bought, what do they serve),
+    rather than per GPU used (idle ones can serve something else); a disaggregated pair then takes the ratio x:y
+    that serves the most within the budget.
     """
     started = time.perf_counter()
     spec = get_model(model) if isinstance(model, str) else model
     space = space or ServingSpace.default(spec, platform, gpus)
     target = (traffic.rate if traffic.rate is not None else traffic.concurrency) if carry else None
     proto = Deployment((Pool(),), engine=engine, dtype=dtype, kv_dtype=kv_dtype)
-    ev = Evaluator(model, platform, traffic, slo, gpus=gpus, target=target, proto=proto, evaluate=evaluate)
+    ev = Evaluator(
+        model, platform, traffic, slo, gpus=gpus, target=target, proto=proto, evaluate=evaluate,
+        fill_budget=fill_budget,
+    )  # fmt: skip
     say = progress or (lambda _msg: None)
 
     candidates: list[Candidate] = []
@@ -444,7 +453,10 @@ def finish(ev: Evaluator, candidates: list[Candidate], space: ServingSpace, star
     """The best feasible candidate and the fronts, from every candidate a search evaluated."""
     slo, target, gpus = ev.slo, ev.target, ev.gpus
     feasible = [c for c in candidates if not c.metrics.saturated and c.metrics.meets_slo is not False]
-    best = max(feasible, key=lambda c: c.metrics.tokens_per_s_per_gpu, default=None)
+    if ev.fill_budget:  # per GPU of the budget: a deployment leaving GPUs idle is worth less
+        best = max(feasible, key=lambda c: c.metrics.tokens_per_s_per_gpu * c.deployment.gpus, default=None)
+    else:
+        best = max(feasible, key=lambda c: c.metrics.tokens_per_s_per_gpu, default=None)
     points = _front_points(ev, feasible)
     reason = ""
     if best is None:
@@ -498,7 +510,8 @@ def _disaggregated(ev: Evaluator, space: ServingSpace, say: Callable[[str], None
     scored: list[tuple[float, Pool, Pool, int, int]] = []
     for p, cp in cap_p.items():
         for d, cd in cap_d.items():
-            best = best_ratio(p.gpus_per_instance, cp, d.gpus_per_instance, cd, ev.gpus, ev.target)
+            gp, gd = p.gpus_per_instance, d.gpus_per_instance
+            best = best_ratio(gp, cp, gd, cd, ev.gpus, ev.target, fill=ev.fill_budget)
             if best is not None:
                 scored.append((best[0], p, d, best[1], best[2]))
     scored.sort(key=lambda s: -s[0])
@@ -506,14 +519,23 @@ def _disaggregated(ev: Evaluator, space: ServingSpace, say: Callable[[str], None
 
 
 def best_ratio(
-    gp: int, cp: float, gd: int, cd: float, gpus: int, target: float | None
+    gp: int, cp: float, gd: int, cd: float, gpus: int, target: float | None, *, fill: bool = False
 ) -> tuple[float, int, int] | None:
     """The instance counts (x prefill, y decode) within ``gpus`` with the most requests/s per GPU (or carrying
-    ``target`` with the fewest GPUs), and that figure."""
+    ``target`` with the fewest GPUs), and that figure. ``fill``: per GPU of the budget, idle GPUs counted (the most
+    requests/s the budget serves; of equal ones, the fewest GPUs)."""
     if target is not None:
         x, y = math.ceil(target / cp - 1e-9), math.ceil(target / cd - 1e-9)
         used = x * gp + y * gd
         return None if used > gpus else (target / used, x, y)
+    if fill:
+        filled: tuple[float, int, int] | None = None
+        for x in range(1, (gpus - gd) // gp + 1):
+            y = min((gpus - x * gp) // gd, max(1, math.ceil(x * cp / cd - 1e-9)))
+            per_budget = min(x * cp, y * cd) / gpus
+            if filled is None or per_budget > filled[0] * (1 + 1e-9):
+                filled = (per_budget, x, y)
+        return filled
     best: tuple[float, int, int] | None = None
     for x in range(1, (gpus - gd) // gp + 1):
         ideal = x * cp / cd

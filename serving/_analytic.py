@@ -42,7 +42,9 @@ service of a prompt that waited but raises the capacity. The decode pool runs de
 point with no chunks): TPOT has no interference spread.
 
 **Closed loop** (``concurrency`` N): lambda solves lambda (TTFT + (OSL - 1) TPOT) = N (bisection; the cycle
-grows without bound at saturation, so a solution exists below it).
+grows without bound at saturation when the prompts' queue is the bottleneck). When the decode side of a
+disaggregated pair binds, the cycle stays bounded at its capacity: the users it cannot hold wait for admission,
+(N - lambda cycle) / lambda seconds more of TTFT (Little's law), rather than being dropped from the figures.
 
 What is approximate: lengths enter by their means but for the prompt's own prefill in TTFT's percentiles,
 prefill chunks are fluid (a fraction of a prompt per iteration), the queues are

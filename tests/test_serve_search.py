@@ -107,6 +107,23 @@ def test_best_ratio_is_the_brute_force_optimum() -> None:
     assert carried == (5.0 / 5, 3, 2)
 
 
+def test_best_ratio_filling_the_budget_is_the_brute_force_optimum_per_budget_gpu() -> None:
+    for gp, cp, gd, cd, gpus in [(2, 3.0, 1, 1.0, 8), (1, 5.0, 4, 7.0, 16), (4, 1.0, 2, 9.0, 12), (2, 1.0, 4, 3.0, 16)]:
+        got = best_ratio(gp, cp, gd, cd, gpus, None, fill=True)
+        brute = max(
+            min(x * cp, y * cd) / gpus
+            for x in range(1, gpus + 1)
+            for y in range(1, gpus + 1)
+            if x * gp + y * gd <= gpus
+        )
+        assert got is not None and math.isclose(got[0], brute, rel_tol=1e-12)
+        assert got[1] * gp + got[2] * gd <= gpus
+    # per GPU used, 3 prefill (1 GPU, 1 req/s) and 1 decode (2 GPUs, 3 req/s) are best (0.6 on 5 GPUs, 3 idle); per
+    # GPU of the budget 4 + 2 on all 8 serve more (4 req/s)
+    assert best_ratio(1, 1.0, 2, 3.0, 8, None) == pytest.approx((0.6, 3, 1))
+    assert best_ratio(1, 1.0, 2, 3.0, 8, None, fill=True) == pytest.approx((0.5, 4, 2))
+
+
 def test_an_unreachable_slo_says_so(h100) -> None:
     res = search_deployments("llama3-8b", h100, CHAT, Slo(tpot_ms=0.01), gpus=8, space=SMALL)
     assert res.best is None and "SLO" in res.reason
@@ -140,7 +157,7 @@ def test_a_serving_problem_reads_back_and_names_bad_fields() -> None:
     for problem in DEFAULT_SERVING_POOL:
         assert ServingProblem.from_dict(problem.to_dict()) == problem
     data = DEFAULT_SERVING_POOL[0].to_dict()
-    with pytest.raises(ValueError, match="x.yaml: field 'gpus'"):
+    with pytest.raises(ValueError, match=r"x\.yaml: field 'gpus'"):
         ServingProblem.from_dict({**data, "gpus": 0}, where="x.yaml")
     with pytest.raises(ValueError, match="unknown field"):
         ServingProblem.from_dict({**data, "gpu": 8}, where="x.yaml")

@@ -139,6 +139,18 @@ def test_disaggregated_capacity_is_the_smaller_pool() -> None:
     assert analytic(more_decode, _traffic(1000.0), costs2).requests_per_s > 2 * m.requests_per_s
 
 
+def test_closed_loop_beyond_a_decode_bound_pair_waits_for_admission() -> None:
+    """More users than the decode side holds: the excess waits for a decode slot after its first token (TPOT grows,
+    as a request-level measurement sees it), it is not dropped from the loop."""
+    dep, costs = _disaggregated(prefill=2, decode=1, max_num_seqs=8)
+    few, many = (analytic(dep, _traffic(concurrency=n), costs) for n in (64, 640))
+    assert many.requests_per_s == pytest.approx(few.requests_per_s, rel=0.01)  # both at the decode side's capacity
+    assert many.tpot_ms["mean"] > 5 * few.tpot_ms["mean"]
+    for m, users in ((few, 64), (many, 640)):
+        cycle = (m.ttft_ms["mean"] + 199 * m.tpot_ms["mean"]) / 1e3
+        assert m.requests_per_s * cycle == pytest.approx(users, rel=1e-3)
+
+
 def test_slo_flag_follows_its_percentile() -> None:
     dep, costs = _mixed()
     m = analytic(dep, _traffic(20.0), costs, Slo(ttft_ms=1e4, tpot_ms=1e4, percentile=95))
