@@ -264,3 +264,48 @@ def test_training_bound_never_exceeds_the_makespan() -> None:
         assert bound <= step * (1 + 1e-12), (p, m, bound, step)
         tight += bound >= step * (1 - 1e-9)
     assert tight > 40  # exact on many (uniform-like) cases, so the test can see a bound that is too high
+
+
+def test_gap_ladder_runs_coarse_passes_first_and_keeps_the_finest_proven() -> None:
+    """The gap passes after the cap: coarsest first, stop at the first one the cap cuts short, certify on a find.
+
+    A stub search whose labels grow as the threshold nears the optimum (as on large
+    problems) stands in for the suffix search, so the ladder's bookkeeping is checked alone.
+    """
+    from types import SimpleNamespace
+
+    from paratune.search import _dp_train
+
+    class Stub(_dp_train.TrainDP):
+        def __init__(self, optimum: float, open_bound: float, max_labels: int) -> None:
+            self.optimum, self.max_labels, self.thresholds = optimum, max_labels, []
+            self.labels, self.gap_labels, self.best, self.best_item = 7, 0, 100.0, ("incumbent",)
+            self.open_bound, self.stopped, self._caps = open_bound, True, {}
+            self.space = SimpleNamespace(_cache={})
+
+        def _solve(self, r: int, m: int, dev: int) -> None:
+            self.thresholds.append(self.best)
+            if self.best > self.optimum:  # a plan below the threshold: found with few labels
+                self.labels += 100
+                self.best, self.best_item = self.optimum, ("optimum",)
+            else:
+                self.labels += int(10 / (1 - self.best / self.optimum))
+
+    combos = [(50.0, 1, 4, 8)]
+    assert tuple(sorted(_dp_train.GAPS, reverse=True)) == _dp_train.GAPS
+    # the incumbent is the optimum: 5 %, 2 %, 1 % finish (210 .. 1010 labels), 0.5 % (2010) is cut short
+    dp = Stub(optimum=100.0, open_bound=90.0, max_labels=1500)
+    dp._gap_passes(combos)
+    assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01, 99.502]
+    assert dp.open_bound == pytest.approx(100 / 1.01, rel=1e-12) and dp.stopped
+    assert (dp.best, dp.best_item, dp.labels) == (100.0, ("incumbent",), 7)  # the incumbent and the exact count back
+    # an optimum 0.6 % below the incumbent: 1 % finishes (2545 labels), the 0.5 % pass finds it and certifies
+    dp = Stub(optimum=99.4, open_bound=90.0, max_labels=3000)
+    dp._gap_passes(combos)
+    assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01, 99.502]
+    assert not dp.stopped and (dp.best, dp.best_item) == (99.4, ("optimum",))
+    assert dp.open_bound == pytest.approx(100 / 1.01, rel=1e-12)
+    # the exact pass already proved more than 5 %: that pass is skipped; a tight cap stops at 2 %
+    dp = Stub(optimum=100.0, open_bound=97.0, max_labels=300)
+    dp._gap_passes(combos)
+    assert [round(t, 3) for t in dp.thresholds] == [98.039] and dp.open_bound == 97.0 and dp.stopped
