@@ -33,8 +33,11 @@ returns to stage 0 after B_k, and every stage ends with its tail (DP all-reduce
 + optimizer). It is exact for uniform stages. Each stage's m (f_k + b_k) also counts
 its 1F1B waits (:func:`._dp_train._waits`: the fill before its first backward and the
 drain before its last, when micro-batches' round trips through the stages after it
-are longer than its warm-up covers), which brings the bound of heterogeneous plans
-within about 1 % of their makespan. Suffixes whose bound (completed by
+are longer than its warm-up covers), and each pair of adjacent stages a steady-state
+term (:func:`._dp_train._pair`: 1F1B alternates between them, crossing their link twice
+per two micro-batches, so two bottleneck stages across a slow link cost more than
+either alone), which brings the bound of heterogeneous plans within a fraction of a
+percent of their makespan. Suffixes whose bound (completed by
 an admissible prefix: the cheapest sums, and prefix tables that price the prefix's
 own pipeline terms with its stages' memory at their 1F1B positions) reaches the
 incumbent are dropped; every complete plan left is priced exactly (the makespan

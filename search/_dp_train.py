@@ -56,17 +56,45 @@ def _waits(trip: Any, f: Any, b: Any, w: Any, m: int) -> Any:
     return np.where(w < m, fill + drain, np.maximum(fill, drain))
 
 
-def _prepend(P: Any, Q: Any, trip: Any, f: Any, b: Any, hop: Any, tail: Any, k: int, m: int) -> tuple[Any, Any, Any]:
+def _pair(trip: Any, f: Any, b: Any, hop: Any, c_next: Any, w: int, m: int) -> Any:
+    """A 1F1B path through a stage (f, b, w warm-up forwards) and the next one (f + b = ``c_next``, ``hop`` apart).
+
+    In the steady state the stage's backward q is followed by its forward w + q, which the
+    next stage runs after its backward q + 1 and before its backward q + 2, which the stage
+    needs for its backward q + 2: a cycle of two micro-batches that costs both stages'
+    f + b and the hop twice. Two adjacent bottleneck stages across a slow link thus take
+    (c + c_next) / 2 + hop per micro-batch, which the single-stage terms miss. The path:
+    the stage's first backward (after micro-batch 0's round trip ``trip`` through the
+    stages after it, or after its own warm-up forwards), its second when the parity asks,
+    the cycles up to backward m - 1 - w, then its last forward and the last micro-batch's
+    round trip to its last backward. Measured from micro-batch 0's arrival at the stage
+    (the caller adds the traversals before it and the tails); exact for uniform stages.
+    """
+    last = m - 1 - w  # the backward before the stage's last forward
+    if last < 0:  # no steady state
+        return np.zeros(np.shape(f + b + trip))
+    q0 = last % 2
+    round_trip = f + 2 * hop + trip + b
+    first = np.maximum(f + 2 * hop + trip, w * f) + b + q0 * (f + b)
+    return first + (last - q0) // 2 * (f + b + c_next + 2 * hop) + round_trip
+
+
+def _prepend(
+    P: Any, Q: Any, trip: Any, f: Any, b: Any, hop: Any, tail: Any, k: int, m: int, c_next: Any = None
+) -> tuple[Any, Any, Any]:
     """A suffix of k stages with bound terms (P, Q) and round trip ``trip``, after prepending a stage.
 
     The stage has forward f, backward b, tail ``tail`` and ``hop`` into the suffix (k = 0:
-    it is the last stage). Returns the new (P, Q, trip); a complete plan's bound is
+    it is the last stage), whose first stage has f + b = ``c_next`` (None: no pair term,
+    :func:`_pair`). Returns the new (P, Q, trip); a complete plan's bound is
     max(P + tail_0, Q) (the module docstring).
     """
     c = f + b
     if k == 0:
         return m * c, m * c + tail, c
     busy = m * c + _waits(2 * hop + trip, f, b, min(m, k + 1), m)
+    if c_next is not None:
+        busy = np.maximum(busy, _pair(trip, f, b, hop, c_next, min(m, k + 1), m))
     return np.maximum(busy, (f + hop) + (hop + b) + P), np.maximum(busy + tail, (f + hop) + Q), c + 2 * hop + trip
 
 
@@ -570,6 +598,7 @@ class TrainDP:
                 Q = np.array([x[1] for x in items])[:, None]
                 MEM = np.array([x[2] for x in items])[:, None]
                 TRIP = np.array([x[5] for x in items])[:, None]  # micro-batch 0's round trip through the suffix
+                NEXT = np.array([0.0 if x[4] is None else x[4][4] + x[4][5] for x in items])[:, None]  # its first f + b
                 kept = min(m, k + 1)
                 j = i_next - 1
                 for t in space.tps:
@@ -593,7 +622,8 @@ class TrainDP:
                             continue
                         b, tail = b_all[:i_next, j], tail_all[:i_next, j]
                         shape = (len(items), i_next)
-                        p2, q2, trip2 = (np.broadcast_to(x, shape) for x in _prepend(P, Q, TRIP, f, b, hop, tail, k, m))
+                        terms = _prepend(P, Q, TRIP, f, b, hop, tail, k, m, NEXT)
+                        p2, q2, trip2 = (np.broadcast_to(x, shape) for x in terms)
                         mem2 = np.broadcast_to(need, shape) if k == 0 else np.maximum(MEM, need)
                         first = np.arange(i_next)
                         complete = first == 0
