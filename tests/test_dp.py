@@ -316,14 +316,15 @@ def test_gap_ladder_runs_coarse_passes_first_and_keeps_the_finest_proven() -> No
 
     combos = [(50.0, 1, 4, 8)]
     assert tuple(sorted(_dp_train.GAPS, reverse=True)) == _dp_train.GAPS
-    # the incumbent is the optimum: 5 %, 2 %, 1 % finish (210 .. 1010 labels), 0.5 % (2010) is cut short
-    dp = Stub(optimum=100.0, open_bound=90.0, max_labels=1500)
+    # the incumbent is the optimum: 5 %, 2 %, 1 % finish (210 + 510 + 1010 labels of the 2500 they share),
+    # 0.5 % (2010) is cut short
+    dp = Stub(optimum=100.0, open_bound=90.0, max_labels=2500)
     dp._gap_passes(combos)
     assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01, 99.502]
     assert dp.open_bound == pytest.approx(100 / 1.01, rel=1e-12) and dp.stopped
     assert (dp.best, dp.best_item, dp.labels) == (100.0, ("incumbent",), 7)  # the incumbent and the exact count back
-    # an optimum 0.6 % below the incumbent: 1 % finishes (2545 labels), the 0.5 % pass finds it and certifies
-    dp = Stub(optimum=99.4, open_bound=90.0, max_labels=3000)
+    # an optimum 0.6 % below the incumbent: 5 %, 2 %, 1 % finish (3515 labels), the 0.5 % pass finds it and certifies
+    dp = Stub(optimum=99.4, open_bound=90.0, max_labels=4000)
     dp._gap_passes(combos)
     assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01, 99.502]
     assert not dp.stopped and (dp.best, dp.best_item) == (99.4, ("optimum",))
@@ -332,3 +333,8 @@ def test_gap_ladder_runs_coarse_passes_first_and_keeps_the_finest_proven() -> No
     dp = Stub(optimum=100.0, open_bound=97.0, max_labels=300)
     dp._gap_passes(combos)
     assert [round(t, 3) for t in dp.thresholds] == [98.039] and dp.open_bound == 97.0 and dp.stopped
+    # the budget is shared: with 1500 the 1 % pass gets only the 780 labels 5 % and 2 % left
+    dp = Stub(optimum=100.0, open_bound=90.0, max_labels=1500)
+    dp._gap_passes(combos)
+    assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01]
+    assert dp.open_bound == pytest.approx(100 / 1.02, rel=1e-12) and dp.max_labels == 1500
