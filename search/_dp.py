@@ -45,9 +45,9 @@ recursion on numpy arrays, many plans at once) in increasing bound order until t
 next bound reaches the best value. Nothing is dropped except by a valid bound, so
 the result is certified optimal; when the label cap (option ``max_labels``) is hit
 the search stops and the result is reported uncertified with the gap that is proven:
-gap passes then prune against best / 1.05, 1.02, 1.01, 1.005, 1.002 (coarsest first, until
-the cap cuts one short), and the finest that finishes proves the plan within that gap
-of the optimum.
+gap passes then prune against best / 1.05, 1.02, 1.01 (coarsest first, sharing one label
+cap, until the cap cuts one short), and the finest that finishes proves the plan within
+that gap of the optimum.
 
 **Never wrong about infeasibility.** When the cap stops the search, or the space
 (micro-batches <= ``max_micro_batches``, the problem's granularity) holds no

@@ -289,7 +289,7 @@ def test_training_bound_sees_two_bottleneck_stages_across_a_slow_link() -> None:
         assert bound(f, b, hops, tails, m, False) < step * (1 - 0.005)
 
 
-def test_gap_ladder_runs_coarse_passes_first_and_keeps_the_finest_proven() -> None:
+def test_gap_ladder_runs_coarse_passes_first_and_keeps_the_finest_proven(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gap passes after the cap: coarsest first, stop at the first one the cap cuts short, certify on a find.
 
     A stub search whose labels grow as the threshold nears the optimum (as on large
@@ -316,6 +316,7 @@ def test_gap_ladder_runs_coarse_passes_first_and_keeps_the_finest_proven() -> No
 
     combos = [(50.0, 1, 4, 8)]
     assert tuple(sorted(_dp_train.GAPS, reverse=True)) == _dp_train.GAPS
+    monkeypatch.setattr(_dp_train, "GAPS", (0.05, 0.02, 0.01, 0.005))
     # the incumbent is the optimum: 5 %, 2 %, 1 % finish (210 + 510 + 1010 labels of the 2500 they share),
     # 0.5 % (2010) is cut short
     dp = Stub(optimum=100.0, open_bound=90.0, max_labels=2500)
