@@ -33,8 +33,11 @@ returns to stage 0 after B_k, and every stage ends with its tail (DP all-reduce
 + optimizer). It is exact for uniform stages. Each stage's m (f_k + b_k) also counts
 its 1F1B waits (:func:`._dp_train._waits`: the fill before its first backward and the
 drain before its last, when micro-batches' round trips through the stages after it
-are longer than its warm-up covers), which brings the bound of heterogeneous plans
-within about 1 % of their makespan. Suffixes whose bound (completed by
+are longer than its warm-up covers), and each pair of adjacent stages a steady-state
+term (:func:`._dp_train._pair`: 1F1B alternates between them, crossing their link twice
+per two micro-batches, so two bottleneck stages across a slow link cost more than
+either alone), which brings the bound of heterogeneous plans within a fraction of a
+percent of their makespan. Suffixes whose bound (completed by
 an admissible prefix: the cheapest sums, and prefix tables that price the prefix's
 own pipeline terms with its stages' memory at their 1F1B positions) reaches the
 incumbent are dropped; every complete plan left is priced exactly (the makespan
@@ -42,8 +45,9 @@ recursion on numpy arrays, many plans at once) in increasing bound order until t
 next bound reaches the best value. Nothing is dropped except by a valid bound, so
 the result is certified optimal; when the label cap (option ``max_labels``) is hit
 the search stops and the result is reported uncertified with the gap that is proven:
-gap passes then prune against best / 1.01 (then / 1.05), and one that finishes proves
-the plan within that gap of the optimum.
+gap passes then prune against best / 1.05, 1.02, 1.01 (coarsest first, sharing one label
+cap, until the cap cuts one short), and the finest that finishes proves the plan within
+that gap of the optimum.
 
 **Never wrong about infeasibility.** When the cap stops the search, or the space
 (micro-batches <= ``max_micro_batches``, the problem's granularity) holds no

@@ -34,8 +34,9 @@ from ._tuner import Recorder
 
 #: Complete plans priced per numpy pass.
 CHUNK = 512
-#: Relative gaps that dp tries to prove, smallest first, when the label cap stops the exact search.
-GAPS = (0.01, 0.05)
+#: Relative gaps that dp tries to prove, coarsest first, when the label cap stops the exact search (finer
+#: rungs cost more than the exact pass itself on the 64-GPU cases: gpt3-175b's 0.5 % pass twice its 1 %).
+GAPS = (0.05, 0.02, 0.01)
 #: Prefix tables (see TrainDP._prefix_tables) kept apart per number of following stages up to this one.
 EXACT_FOLLOWERS = 16
 
@@ -56,17 +57,45 @@ def _waits(trip: Any, f: Any, b: Any, w: Any, m: int) -> Any:
     return np.where(w < m, fill + drain, np.maximum(fill, drain))
 
 
-def _prepend(P: Any, Q: Any, trip: Any, f: Any, b: Any, hop: Any, tail: Any, k: int, m: int) -> tuple[Any, Any, Any]:
+def _pair(trip: Any, f: Any, b: Any, hop: Any, c_next: Any, w: int, m: int) -> Any:
+    """A 1F1B path through a stage (f, b, w warm-up forwards) and the next one (f + b = ``c_next``, ``hop`` apart).
+
+    In the steady state the stage's backward q is followed by its forward w + q, which the
+    next stage runs after its backward q + 1 and before its backward q + 2, which the stage
+    needs for its backward q + 2: a cycle of two micro-batches that costs both stages'
+    f + b and the hop twice. Two adjacent bottleneck stages across a slow link thus take
+    (c + c_next) / 2 + hop per micro-batch, which the single-stage terms miss. The path:
+    the stage's first backward (after micro-batch 0's round trip ``trip`` through the
+    stages after it, or after its own warm-up forwards), its second when the parity asks,
+    the cycles up to backward m - 1 - w, then its last forward and the last micro-batch's
+    round trip to its last backward. Measured from micro-batch 0's arrival at the stage
+    (the caller adds the traversals before it and the tails); exact for uniform stages.
+    """
+    last = m - 1 - w  # the backward before the stage's last forward
+    if last < 0:  # no steady state
+        return np.zeros(np.shape(f + b + trip))
+    q0 = last % 2
+    round_trip = f + 2 * hop + trip + b
+    first = np.maximum(f + 2 * hop + trip, w * f) + b + q0 * (f + b)
+    return first + (last - q0) // 2 * (f + b + c_next + 2 * hop) + round_trip
+
+
+def _prepend(
+    P: Any, Q: Any, trip: Any, f: Any, b: Any, hop: Any, tail: Any, k: int, m: int, c_next: Any = None
+) -> tuple[Any, Any, Any]:
     """A suffix of k stages with bound terms (P, Q) and round trip ``trip``, after prepending a stage.
 
     The stage has forward f, backward b, tail ``tail`` and ``hop`` into the suffix (k = 0:
-    it is the last stage). Returns the new (P, Q, trip); a complete plan's bound is
+    it is the last stage), whose first stage has f + b = ``c_next`` (None: no pair term,
+    :func:`_pair`). Returns the new (P, Q, trip); a complete plan's bound is
     max(P + tail_0, Q) (the module docstring).
     """
     c = f + b
     if k == 0:
         return m * c, m * c + tail, c
     busy = m * c + _waits(2 * hop + trip, f, b, min(m, k + 1), m)
+    if c_next is not None:
+        busy = np.maximum(busy, _pair(trip, f, b, hop, c_next, min(m, k + 1), m))
     return np.maximum(busy, (f + hop) + (hop + b) + P), np.maximum(busy + tail, (f + hop) + Q), c + 2 * hop + trip
 
 
@@ -470,7 +499,7 @@ class TrainDP:
         return notes
 
     def _gap_passes(self, combos: list[tuple[float, int, int, int]]) -> None:
-        """After the cap: prove the best plan within a gap of the optimum, the smallest of GAPS that finishes.
+        """After the cap: prove the best plan within a gap of the optimum, down GAPS while passes finish.
 
         A pass prunes against best / (1 + gap) instead of the best: near-optimal plans, whose
         bounds lie within a fraction of a percent of their step and of each other, are what
@@ -478,34 +507,45 @@ class TrainDP:
         plan was pruned by a bound at or above that threshold or priced at or above it, so
         it is a proven lower bound (``open_bound``). A plan found below it is the optimum
         (everything else was pruned against it or priced), which certifies the search.
+
+        GAPS run coarsest first: the labels a pass needs grow steeply as its threshold nears
+        the optimum (llama3-405b on 64 H200: 0 at 5 %, 1.7k at 2 %, 183k at 1 %, over 300k at
+        0.5 %), so the coarse passes cost little. The passes share one label cap (``max_labels``,
+        so a capped search costs at most twice the cap), and the ladder stops at the first pass
+        the cap cuts short with the finest gap proven so far.
         """
         exact_labels = self.labels
+        saved = self.best, self.best_item
+        spent = 0
         for gap in GAPS:
-            threshold = self.best / (1.0 + gap)
-            if threshold <= self.open_bound:
-                break
-            saved = self.best, self.best_item
+            threshold = saved[0] / (1.0 + gap)
+            if threshold <= self.open_bound:  # already proven
+                continue
             self.best, self.best_item, self.labels = threshold, None, 0
             for (r, m), cap in self._caps.items():  # prefix tables capped at the threshold prune far more
                 self.space._cache.pop(("prefix_tables", r, m, cap), None)
             self._caps.clear()
             finished = True
-            for root, r, m, d in combos:
-                if root * (1 - SLACK) >= self.best:
-                    continue
-                self._solve(r, m, d)
-                if self.labels > self.max_labels:
-                    finished = False
-                    break
+            cap, self.max_labels = self.max_labels, self.max_labels - spent  # what the passes before left
+            try:
+                for root, r, m, d in combos:
+                    if root * (1 - SLACK) >= self.best:
+                        continue
+                    self._solve(r, m, d)
+                    if self.labels > self.max_labels:
+                        finished = False
+                        break
+            finally:
+                self.max_labels = cap
+            spent += self.labels
             self.gap_labels += self.labels
-            if self.best_item is None:
-                self.best, self.best_item = saved
-            elif finished:  # the optimum, below the threshold
-                self.stopped = False
+            if self.best_item is not None:  # a plan below the threshold: the optimum if the pass finished
+                self.stopped = self.stopped and not finished
                 break
-            if finished:
-                self.open_bound = max(self.open_bound, threshold)
+            self.best, self.best_item = saved
+            if not finished:
                 break
+            self.open_bound = max(self.open_bound, threshold)
         self.labels = exact_labels
 
     def cap_note(self, value: float | None) -> str:
@@ -566,6 +606,7 @@ class TrainDP:
                 Q = np.array([x[1] for x in items])[:, None]
                 MEM = np.array([x[2] for x in items])[:, None]
                 TRIP = np.array([x[5] for x in items])[:, None]  # micro-batch 0's round trip through the suffix
+                NEXT = np.array([0.0 if x[4] is None else x[4][4] + x[4][5] for x in items])[:, None]  # its first f + b
                 kept = min(m, k + 1)
                 j = i_next - 1
                 for t in space.tps:
@@ -589,7 +630,8 @@ class TrainDP:
                             continue
                         b, tail = b_all[:i_next, j], tail_all[:i_next, j]
                         shape = (len(items), i_next)
-                        p2, q2, trip2 = (np.broadcast_to(x, shape) for x in _prepend(P, Q, TRIP, f, b, hop, tail, k, m))
+                        terms = _prepend(P, Q, TRIP, f, b, hop, tail, k, m, NEXT)
+                        p2, q2, trip2 = (np.broadcast_to(x, shape) for x in terms)
                         mem2 = np.broadcast_to(need, shape) if k == 0 else np.maximum(MEM, need)
                         first = np.arange(i_next)
                         complete = first == 0

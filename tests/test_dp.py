@@ -258,9 +258,84 @@ def test_training_bound_never_exceeds_the_makespan() -> None:
         P = Q = trip = 0.0
         for k, s in enumerate(range(p - 1, -1, -1)):
             hop = hops[s] if s < p - 1 else 0.0
-            P, Q, trip = (float(x) for x in _prepend(P, Q, trip, f[s], b[s], hop, tails[s], k, m))
+            c_next = f[s + 1] + b[s + 1] if s < p - 1 else None
+            P, Q, trip = (float(x) for x in _prepend(P, Q, trip, f[s], b[s], hop, tails[s], k, m, c_next))
         bound = max(P + tails[0], Q)
         step = training_makespan(list(f), list(b), list(hops), list(tails), m, False)
         assert bound <= step * (1 + 1e-12), (p, m, bound, step)
         tight += bound >= step * (1 - 1e-9)
     assert tight > 40  # exact on many (uniform-like) cases, so the test can see a bound that is too high
+
+
+def test_training_bound_sees_two_bottleneck_stages_across_a_slow_link() -> None:
+    """Equal stages, one slow hop: 1F1B alternates over that link, which the pair term prices (1-4 % missed before)."""
+    from paratune.costmodel._pipeline import training_makespan
+    from paratune.search._dp_train import _prepend
+
+    def bound(f: list[float], b: list[float], hops: list[float], tails: list[float], m: int, pair: bool) -> float:
+        P = Q = trip = 0.0
+        for k, s in enumerate(range(len(f) - 1, -1, -1)):
+            hop = hops[s] if s < len(f) - 1 else 0.0
+            c_next = f[s + 1] + b[s + 1] if pair and s < len(f) - 1 else None
+            P, Q, trip = (float(x) for x in _prepend(P, Q, trip, f[s], b[s], hop, tails[s], k, m, c_next))
+        return max(P + tails[0], Q)
+
+    for p, m, slow in ((3, 8, 0.1), (4, 16, 0.05), (8, 64, 0.01)):
+        f, b, tails = [0.25] * p, [0.75] * p, [0.05] * p
+        hops = [0.001] * (p - 1)
+        hops[p // 2 - 1] = slow
+        step = training_makespan(f, b, hops, tails, m, False)
+        assert bound(f, b, hops, tails, m, True) == pytest.approx(step, rel=1e-9)
+        assert bound(f, b, hops, tails, m, False) < step * (1 - 0.005)
+
+
+def test_gap_ladder_runs_coarse_passes_first_and_keeps_the_finest_proven(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gap passes after the cap: coarsest first, stop at the first one the cap cuts short, certify on a find.
+
+    A stub search whose labels grow as the threshold nears the optimum (as on large
+    problems) stands in for the suffix search, so the ladder's bookkeeping is checked alone.
+    """
+    from types import SimpleNamespace
+
+    from paratune.search import _dp_train
+
+    class Stub(_dp_train.TrainDP):
+        def __init__(self, optimum: float, open_bound: float, max_labels: int) -> None:
+            self.optimum, self.max_labels, self.thresholds = optimum, max_labels, []
+            self.labels, self.gap_labels, self.best, self.best_item = 7, 0, 100.0, ("incumbent",)
+            self.open_bound, self.stopped, self._caps = open_bound, True, {}
+            self.space = SimpleNamespace(_cache={})
+
+        def _solve(self, r: int, m: int, dev: int) -> None:
+            self.thresholds.append(self.best)
+            if self.best > self.optimum:  # a plan below the threshold: found with few labels
+                self.labels += 100
+                self.best, self.best_item = self.optimum, ("optimum",)
+            else:
+                self.labels += int(10 / (1 - self.best / self.optimum))
+
+    combos = [(50.0, 1, 4, 8)]
+    assert tuple(sorted(_dp_train.GAPS, reverse=True)) == _dp_train.GAPS
+    monkeypatch.setattr(_dp_train, "GAPS", (0.05, 0.02, 0.01, 0.005))
+    # the incumbent is the optimum: 5 %, 2 %, 1 % finish (210 + 510 + 1010 labels of the 2500 they share),
+    # 0.5 % (2010) is cut short
+    dp = Stub(optimum=100.0, open_bound=90.0, max_labels=2500)
+    dp._gap_passes(combos)
+    assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01, 99.502]
+    assert dp.open_bound == pytest.approx(100 / 1.01, rel=1e-12) and dp.stopped
+    assert (dp.best, dp.best_item, dp.labels) == (100.0, ("incumbent",), 7)  # the incumbent and the exact count back
+    # an optimum 0.6 % below the incumbent: 5 %, 2 %, 1 % finish (3515 labels), the 0.5 % pass finds it and certifies
+    dp = Stub(optimum=99.4, open_bound=90.0, max_labels=4000)
+    dp._gap_passes(combos)
+    assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01, 99.502]
+    assert not dp.stopped and (dp.best, dp.best_item) == (99.4, ("optimum",))
+    assert dp.open_bound == pytest.approx(100 / 1.01, rel=1e-12)
+    # the exact pass already proved more than 5 %: that pass is skipped; a tight cap stops at 2 %
+    dp = Stub(optimum=100.0, open_bound=97.0, max_labels=300)
+    dp._gap_passes(combos)
+    assert [round(t, 3) for t in dp.thresholds] == [98.039] and dp.open_bound == 97.0 and dp.stopped
+    # the budget is shared: with 1500 the 1 % pass gets only the 780 labels 5 % and 2 % left
+    dp = Stub(optimum=100.0, open_bound=90.0, max_labels=1500)
+    dp._gap_passes(combos)
+    assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01]
+    assert dp.open_bound == pytest.approx(100 / 1.02, rel=1e-12) and dp.max_labels == 1500
