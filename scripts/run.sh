@@ -55,6 +55,8 @@ case "$cmd" in
     demo)
         # the demo campaign: a few scenarios x heuristics, dp, two Optuna samplers and the shipped RL policy x 2 seeds
         paratune campaign run configs/campaigns/demo.yaml
+        # a serving question: Llama-3-8B on one DGX H100 for chat traffic under TTFT / TPOT targets (the report shows it)
+        paratune serve-tune -m llama3-8b -p dgx-h100 --workload chat --ttft-ms 500 --tpot-ms 20 --out runs/demo/serving
         paratune report runs/demo -o runs/demo/report.html
         echo
         echo "report:    runs/demo/report.html (one self-contained HTML file; open it in a browser)"
