@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ def run_serving_load_study(
     stretch: list[list[float]] = []  # [candidate][load]
     for c in choices:
         stretch.append([_stretch(problem, ev.at(c.deployment, r)) for r in rates])
-    oracle = [min(range(len(choices)), key=lambda i, j=j: stretch[i][j]) for j in range(len(rates))]
+    oracle = [min(range(len(choices)), key=[row[j] for row in stretch].__getitem__) for j in range(len(rates))]
     best = [stretch[oracle[j]][j] for j in range(len(rates))]
 
     def worst_ratio(i: int) -> float:
@@ -256,7 +257,9 @@ def serving_load_tables(data: dict[str, Any]) -> list[StudyTable]:
         "static_regret",
         *(f"redecide_{d}" for d in DECISIONS),
     ]
-    pct = {c: fmt_pct for c in cols if c == "static_regret" or c.startswith("redecide_")}
+    pct: dict[str, Callable[[Any], str]] = {
+        c: fmt_pct for c in cols if c == "static_regret" or c.startswith("redecide_")
+    }
     return [
         StudyTable(
             "loads",
