@@ -130,7 +130,13 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
     check_fields(meta, where)
     from ..envs import _serving
 
-    serving = meta.get("env_id") == SERVING_ENV_ID  # its own observation schema, action count and scenarios
+    env_id = meta.get("env_id")
+    if not isinstance(env_id, str) or env_id not in envs.ENV_IDS:
+        raise ValueError(
+            f"{where}: the policy was trained on env id {shown(env_id)}, which this paratune does not register "
+            f"(it registers {', '.join(envs.ENV_IDS)}); retrain it with `paratune train`"
+        )
+    serving = env_id == SERVING_ENV_ID  # its own observation schema, action count and scenarios
     want_schema = _serving.SERVING_OBS_SCHEMA_VERSION if serving else envs.OBS_SCHEMA_VERSION
     schema = meta.get("obs_schema_version")
     if not is_int(schema) or schema != want_schema:
@@ -139,12 +145,6 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
             f"{SERVING_ENV_ID if serving else 'plan'} environments use observation schema version {want_schema}; "
             "the features differ, so the policy cannot run here: retrain it with `paratune train` (or use the "
             f"paratune version {str(meta.get('versions', {}).get('paratune', '?'))[:40]} it was trained with)"
-        )
-    env_id = meta.get("env_id")
-    if not isinstance(env_id, str) or env_id not in envs.ENV_IDS:
-        raise ValueError(
-            f"{where}: the policy was trained on env id {shown(env_id)}, which this paratune does not register "
-            f"(it registers {', '.join(envs.ENV_IDS)}); retrain it with `paratune train`"
         )
     want_actions = _serving.N_ACTIONS if serving else envs.N_ACTIONS
     n_actions = meta.get("n_actions")

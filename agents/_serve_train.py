@@ -32,12 +32,13 @@ from ._train import HYPERPARAMS, NET_ARCH, TrainResult, _eval_callback, _sizes
 class ServingTrainSettings:
     """The shipped serving policy's recipe (``scripts/train_serving_policy.sh``)."""
 
-    timesteps: int = 20_000  # about 3,500 episodes of 5-7 decisions
+    timesteps: int = 4_096  # PPO after cloning: ~700 episodes of 5-7 decisions (longer runs fit the pool, not
+    # the validation split: benchmarks/serving_tuners.py --split validation, docs/serving.md)
     seed: int = 0
     n_envs: int = 4
     n_evals: int = 6
     imitate: bool = True  # first clone the exhaustive optimum of every pool problem and of its variants
-    imitate_variants: int = 4  # variants per pool problem (lengths, SLO) cloned too
+    imitate_variants: int = 6  # variants per pool problem (lengths, SLO) cloned too: all of _serve_imitate.VARIANTS
 
 
 SERVING_TRAIN = ServingTrainSettings()
@@ -105,8 +106,10 @@ def train_serving(
     check_at_most(timesteps, MAX_TIMESTEPS, "timesteps")
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-    if not 0 <= imitate_variants <= 6:
-        raise ValueError(f"imitate_variants must be in [0, 6], got {imitate_variants}")
+    from ._serve_imitate import VARIANTS
+
+    if not 0 <= imitate_variants <= len(VARIANTS):
+        raise ValueError(f"imitate_variants must be in [0, {len(VARIANTS)}], got {imitate_variants}")
     pool = load_serving_pool(scenarios)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
