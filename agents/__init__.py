@@ -8,6 +8,9 @@
   trained on another observation schema.
 * :class:`RLTuner` (:mod:`._rl_tuner`): a policy as a tuner (greedy rollout, then
   best of sampled rollouts), registered as ``rl`` (an entry point of ``pyproject.toml``).
+* :func:`train_serving` (:mod:`._serve_train`) and :func:`rl_deployments` (:mod:`._serve_rl`): a policy of
+  ``paratune/Serving-v0`` (deployments for a traffic and SLO), trained on a pool of serving problems, and its
+  rollouts as the serving space's ``rl`` tuner (shipped: ``agents/policies/serving.zip``).
 * :func:`transfer` (:mod:`._transfer`): zero-shot and fine-tuned results on a new
   scenario, with gaps to the ``dp`` optimum and to the best heuristic.
 
@@ -34,6 +37,9 @@ _NAMES = {
     "RLTuner": "._rl_tuner",
     "rollout": "._rl_tuner",
     "transfer": "._transfer",
+    "train_serving": "._serve_train",
+    "rl_deployments": "._serve_rl",
+    "serving_policy_path": "._serve_rl",
     "TransferReport": "._transfer",
 }
 

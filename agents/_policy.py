@@ -37,6 +37,9 @@ from .._limits import shown
 from ._policy_meta import check_fields, is_int, model_kwargs, read_metadata_file
 from ._policy_zip import PolicyArchive, load_optimizer_state, plain_tensor, read_policy_zip
 
+#: The serving environment: its policies have their own observation schema and scenarios (serving problems).
+SERVING_ENV_ID = "paratune/Serving-v0"
+
 #: Version of the metadata layout written next to a policy zip.
 POLICY_FORMAT_VERSION = 1
 
@@ -125,26 +128,34 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
             f"{POLICY_FORMAT_VERSION}); retrain the policy with `paratune train`"
         )
     check_fields(meta, where)
-    schema = meta.get("obs_schema_version")
-    if not is_int(schema) or schema != envs.OBS_SCHEMA_VERSION:
-        raise ValueError(
-            f"{where}: the policy was trained on observation schema version {shown(schema)} but this paratune's "
-            f"environments use observation schema version {envs.OBS_SCHEMA_VERSION}; the features differ, so "
-            "the policy cannot run here: retrain it with `paratune train` (or use the paratune version "
-            f"{str(meta.get('versions', {}).get('paratune', '?'))[:40]} it was trained with)"
-        )
+    from ..envs import _serving
+
     env_id = meta.get("env_id")
     if not isinstance(env_id, str) or env_id not in envs.ENV_IDS:
         raise ValueError(
             f"{where}: the policy was trained on env id {shown(env_id)}, which this paratune does not register "
             f"(it registers {', '.join(envs.ENV_IDS)}); retrain it with `paratune train`"
         )
-    n_actions = meta.get("n_actions")
-    if not is_int(n_actions) or n_actions != envs.N_ACTIONS:
+    serving = env_id == SERVING_ENV_ID  # its own observation schema, action count and scenarios
+    want_schema = _serving.SERVING_OBS_SCHEMA_VERSION if serving else envs.OBS_SCHEMA_VERSION
+    schema = meta.get("obs_schema_version")
+    if not is_int(schema) or schema != want_schema:
         raise ValueError(
-            f"{where}: the policy has {shown(n_actions)} actions but {env_id} has {envs.N_ACTIONS} "
-            f"(TP menu {list(envs.TP_MENU)}); retrain it with `paratune train`"
+            f"{where}: the policy was trained on observation schema version {shown(schema)} but this paratune's "
+            f"{SERVING_ENV_ID if serving else 'plan'} environments use observation schema version {want_schema}; "
+            "the features differ, so the policy cannot run here: retrain it with `paratune train` (or use the "
+            f"paratune version {str(meta.get('versions', {}).get('paratune', '?'))[:40]} it was trained with)"
         )
+    want_actions = _serving.N_ACTIONS if serving else envs.N_ACTIONS
+    n_actions = meta.get("n_actions")
+    if not is_int(n_actions) or n_actions != want_actions:
+        menu = "largest menu: 8 batch caps" if serving else f"TP menu {list(envs.TP_MENU)}"
+        raise ValueError(
+            f"{where}: the policy has {shown(n_actions)} actions but {env_id} has {want_actions} "
+            f"({menu}); retrain it with `paratune train`"
+        )
+    if serving:
+        _check_serving_scenarios(meta.get("scenarios", []), where)
     obs_size, _ = env_spec_of(env_id)
     if not is_int(meta.get("obs_size")) or meta.get("obs_size") != obs_size:
         raise ValueError(
@@ -155,6 +166,14 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
     if not isinstance(algo, str) or algo not in ALGOS:
         raise ValueError(f"{where}: field 'algo' is {shown(algo)}; allowed: {', '.join(ALGOS)}")
     model_kwargs(meta, algo, where)
+
+
+def _check_serving_scenarios(scenarios: list[Any], where: str) -> None:
+    """A Serving-v0 policy's training scenarios must read as serving problems (errors name the item and field)."""
+    from ..search._serve import ServingProblem
+
+    for i, item in enumerate(scenarios):
+        ServingProblem.from_dict(item, where=f"{where}: field 'scenarios[{i}]'")
 
 
 def build_model(meta: dict[str, Any], *, env: Any = None, **overrides: Any) -> Any:

@@ -224,9 +224,22 @@ class RLTuner(Tuner):
     Options: ClassVar[type[TunerOptions]] = RLOptions
     config: RLOptions
 
+    @staticmethod
+    def serving_search(problem: Any, *, budget: int | None, seed: int) -> Any:
+        """The serving space's ``rl`` tuner (``search._serve_tuners`` reaches it through this class's entry point):
+        the shipped Serving-v0 policy's greedy and sampled rollouts (:func:`._serve_rl.rl_deployments`)."""
+        from ._serve_rl import serving_search
+
+        return serving_search(problem, budget=budget, seed=seed)
+
     def _search(self, problem: Problem, recorder: Recorder, rng: np.random.Generator, seed: int) -> list[str] | None:
         temperature = self.config.temperature
         policy = resolve_policy(self.config.policy)
+        if policy.env_id == "paratune/Serving-v0":
+            raise ValueError(
+                f"rl tuner: policy {policy.path or '(in memory)'} chooses serving deployments (paratune/Serving-v0), "
+                "not plans; use it with `paratune serve-tune --tuner rl` (paratune.agents.rl_deployments)"
+            )
         gran = self.config.granularity or problem.granularity
         if policy.env_id == "paratune/Mapping-v0" and not problem.graph(gran).is_layered:
             raise ValueError(

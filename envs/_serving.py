@@ -31,13 +31,25 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ..search._serve import Candidate, ServingProblem, ample_shapes, best_ratio, default_deployment
+from ..search._serve import (
+    Candidate,
+    Evaluator,
+    ServingProblem,
+    ServingSpace,
+    ample_shapes,
+    best_ratio,
+    default_deployment,
+)
 from ..serving import Lengths, Pool, Slo, Traffic
 from ._features import FEATURE_MAX, clip_array
 from ._reward import REWARD_CLIP
 
 #: Largest menu of one decision (batch caps: 8 values).
 N_ACTIONS = 8
+
+#: Version of the observation layout below (:data:`SERVING_FEATURES`); a saved Serving-v0 policy records it and
+#: the loader refuses one of another version. Bump it when a feature is added, dropped or rescaled.
+SERVING_OBS_SCHEMA_VERSION = 1
 
 #: Decisions of each mode, in order.
 AGG_DECISIONS = ("mode", "tp", "pp", "max_num_seqs", "max_batched_tokens")
@@ -110,6 +122,8 @@ class ServingEnv(gym.Env[np.ndarray, np.int64]):
         self._cache: dict[int, Any] = {}  # per scenario: evaluator, space, context features, reference
         self._mask = np.zeros(N_ACTIONS, dtype=bool)
         self._problem: ServingProblem | None = None
+        #: The candidate the last finished episode evaluated (None when it fit nothing): what a tuner keeps.
+        self.last_candidate: Candidate | None = None
 
     # -- gymnasium API ------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
@@ -155,6 +169,27 @@ class ServingEnv(gym.Env[np.ndarray, np.int64]):
     def action_masks(self) -> np.ndarray:
         """Valid actions now (sb3-contrib ``MaskablePPO`` reads this); never all False."""
         return self._mask.copy()
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The evaluator of the current episode's problem (its calls, cached costs): a tuner's ``finish`` reads it."""
+        if self._problem is None:
+            raise RuntimeError("call reset() before reading the evaluator")
+        return self._sc["ev"]
+
+    @property
+    def space(self) -> ServingSpace:
+        """The grid the current episode's menus come from."""
+        if self._problem is None:
+            raise RuntimeError("call reset() before reading the space")
+        return self._sc["space"]
+
+    def share_evaluations(self, other: ServingEnv) -> None:
+        """Use ``other``'s per-problem state (evaluator, reference, memoised deployments): envs stepped together
+        over one pool then price each deployment once. The pools must be equal."""
+        if other.pool != self.pool:
+            raise ValueError("share_evaluations: the two envs' pools differ")
+        self._cache = other._cache
 
     # -- episode state ------------------------------------------------------------------------------------------
     def _scenario(self, index: int) -> dict[str, Any]:
@@ -226,7 +261,18 @@ class ServingEnv(gym.Env[np.ndarray, np.int64]):
         )
 
     def deployment_candidate(self) -> Candidate | None:
-        """The candidate the choices so far describe (after the last step), evaluated."""
+        """The candidate the choices so far describe (after the last step), evaluated.
+
+        Memoised per scenario by the choices: the evaluation is deterministic, and training or a tuner's sampled
+        rollouts revisit the same few deployments many times.
+        """
+        key = (self._mode(), tuple(sorted(self._choices.items())))
+        done = self._sc.setdefault("done", {})
+        if key not in done:
+            done[key] = self._evaluate_choices()
+        return done[key]
+
+    def _evaluate_choices(self) -> Candidate | None:
         assert self._problem is not None
         ev = self._sc["ev"]
         if self._mode() == "agg":
@@ -267,7 +313,7 @@ class ServingEnv(gym.Env[np.ndarray, np.int64]):
         return None if ratio is None else ev.disaggregated(prefill, decode, ratio[1], ratio[2])
 
     def _finish(self, info: dict[str, Any]) -> tuple[np.ndarray, float, bool, bool, dict]:
-        cand = self.deployment_candidate()
+        cand = self.last_candidate = self.deployment_candidate()
         ok = cand is not None and not cand.metrics.saturated and cand.metrics.meets_slo is not False
         if ok and cand is not None:
             value = cand.metrics.tokens_per_s_per_gpu
