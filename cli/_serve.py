@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .._limits import MAX_DEVICES
+from .._limits import MAX_BUDGET, MAX_DEVICES
 from ._common import (
     JsonOpt,
     ModelOpt,
@@ -61,6 +61,16 @@ def serve_tune(
     dtype: Annotated[str, typer.Option("--dtype", help="bf16 | fp8 weights and GEMMs.")] = "bf16",
     kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="bf16 | fp8 KV cache.")] = "bf16",
     modes: Annotated[str, typer.Option("--modes", help="agg, disagg, or agg,disagg.")] = "agg,disagg",
+    tuner: Annotated[
+        str,
+        typer.Option(
+            "--tuner", "-t", help="exhaustive | optuna-tpe | optuna-nsga2 | random | rl | vllm/sglang/trtllm-default."
+        ),
+    ] = "exhaustive",
+    budget: Annotated[
+        int | None,
+        typer.Option("--budget", "-n", min=1, max=MAX_BUDGET, help="Trials (optuna-*, random) or rollouts (rl)."),
+    ] = None,
     simulate: Annotated[
         bool, typer.Option("--simulate/--no-simulate", help="Check the chosen deployment with the simulator.")
     ] = True,
@@ -74,7 +84,8 @@ def serve_tune(
 ) -> None:
     """Find the deployment (TP, PP, replicas, batch cap, chunk, aggregated or disaggregated) for a traffic and SLO."""
     from ..costmodel import get_platform
-    from ..search._serve import VERIFY_REQUESTS, ServingProblem, ServingSpace, search_deployments
+    from ..search._serve import VERIFY_REQUESTS, ServingProblem, search_deployments
+    from ..search._serve_tuners import SERVING_TUNERS, serve_tune
     from ..serving import ENGINES, Slo, traffic_from_spec
 
     if output is not None:
@@ -94,23 +105,27 @@ def serve_tune(
     if not wanted or any(m not in ("agg", "disagg") for m in wanted):
         raise ValueError(f"--modes is {modes!r}; allowed: agg, disagg, or agg,disagg")
     plat = get_platform(platform)
-    budget = gpus if gpus is not None else plat.num_devices
-    if budget > plat.num_devices:
-        raise ValueError(f"--gpus is {budget} but platform {platform!r} has {plat.num_devices} GPUs")
+    gpus_used = gpus if gpus is not None else plat.num_devices
+    if gpus_used > plat.num_devices:
+        raise ValueError(f"--gpus is {gpus_used} but platform {platform!r} has {plat.num_devices} GPUs")
     carry = rate is not None or concurrency is not None
     traffic = traffic_from_spec(workload, rate=rate if carry else 1.0, concurrency=concurrency)
     slo = Slo(ttft_ms=ttft_ms, tpot_ms=tpot_ms, percentile=percentile) if (ttft_ms or tpot_ms) else None
-    problem = ServingProblem(model, platform, traffic, slo, budget, engine, dtype, kv_dtype, carry)
-    space = problem.space()
-    space = ServingSpace(space.tp, space.pp, space.max_num_seqs, space.max_batched_tokens, wanted)
+    problem = ServingProblem(model, platform, traffic, slo, gpus_used, engine, dtype, kv_dtype, carry, modes=wanted)
+    if tuner not in SERVING_TUNERS:
+        raise ValueError(f"--tuner is {tuner!r}; allowed: {', '.join(SERVING_TUNERS)}")
     say = None if as_json else (lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))
-    result = search_deployments(
-        model, plat, traffic, slo, gpus=budget, engine=engine, dtype=dtype, kv_dtype=kv_dtype, carry=carry,
-        space=space, progress=say,
-    )  # fmt: skip
+    if tuner == "exhaustive":
+        result = search_deployments(
+            model, plat, traffic, slo, gpus=gpus_used, engine=engine, dtype=dtype, kv_dtype=kv_dtype, carry=carry,
+            space=problem.space(), progress=say,
+        )  # fmt: skip
+    else:
+        result = serve_tune(problem, tuner, budget=budget, seed=seed)
     if simulate and result.best is not None and say is not None:
         say(f"checking the chosen deployment with the simulator ({VERIFY_REQUESTS} requests)")
     data = _result_data(problem, plat, result, simulate=simulate, seed=seed)
+    data["tuner"] = tuner
     if output is not None and result.best is not None:
         import json
 

@@ -91,6 +91,11 @@ class ServingProblem:
     kv_dtype: str = "bf16"
     carry: bool = False
     name: str = ""
+    modes: tuple[str, ...] = ("agg", "disagg")
+
+    def __post_init__(self) -> None:
+        if not self.modes or any(m not in ("agg", "disagg") for m in self.modes):
+            raise ValueError(f"modes {list(self.modes)}; allowed: agg, disagg (one or both)")
 
     def resolved_platform(self) -> Platform:
         from ..costmodel import get_platform
@@ -113,7 +118,8 @@ class ServingProblem:
         )  # fmt: skip
 
     def space(self) -> ServingSpace:
-        return ServingSpace.default(self.spec(), self.resolved_platform(), self.gpus)
+        """The default grid of this problem's model, platform and budget, in its modes."""
+        return replace(ServingSpace.default(self.spec(), self.resolved_platform(), self.gpus), modes=self.modes)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping (JSON / YAML) that :meth:`from_dict` reads back."""
@@ -132,6 +138,7 @@ class ServingProblem:
             "dtype": self.dtype,
             "kv_dtype": self.kv_dtype,
             "carry": self.carry,
+            "modes": list(self.modes),
         }
 
     @classmethod
@@ -187,6 +194,7 @@ class ServingProblem:
             kv_dtype=r.text("kv_dtype", "bf16", choices=("bf16", "fp16", "fp8")),
             carry=bool(r.raw("carry", False) is True),
             name=r.text("name", ""),
+            modes=_modes(r),
         )
         r.finish()
         return problem
@@ -303,7 +311,12 @@ class Evaluator:
         return m
 
     def capacity(self, deployment: Deployment) -> Candidate | None:
-        """The largest load the deployment sustains within the SLO (doubling, then geometric bisection)."""
+        """The largest load the deployment sustains within the SLO (doubling, then geometric bisection).
+
+        A closed loop's load is its users: past the deployment's caps more users only wait (the throughput stops
+        growing), and without a latency target nothing would stop the doubling, so its capacity is the fewest
+        users that reach the most throughput (more than 0.1% gained per step).
+        """
         closed = self.traffic.concurrency is not None
         load = 1.0
         m = self.ok(deployment, load)
@@ -322,7 +335,7 @@ class Evaluator:
         for _ in range(40):
             hi_load = lo_load * 2.0
             m = self.ok(deployment, hi_load)
-            if m is None:
+            if m is None or (closed and not _more(m, best)):
                 break
             lo_load, best = hi_load, m
         else:
@@ -332,7 +345,7 @@ class Evaluator:
             if closed and mid <= lo_load:
                 break
             m = self.ok(deployment, mid)
-            if m is None:
+            if m is None or (closed and not _more(m, best)):
                 hi_load = mid
             else:
                 lo_load, best = mid, m
@@ -378,6 +391,11 @@ class Evaluator:
             m = self.at(dep, self.target)
             return None if m is None else Candidate(dep, m, self.target)
         return self.capacity(dep)
+
+
+def _more(m: ServingMetrics, than: ServingMetrics) -> bool:
+    """Whether ``m`` serves meaningfully more requests/s than ``than`` (a closed loop's users still pay)."""
+    return m.requests_per_s > than.requests_per_s * 1.001
 
 
 def with_load(traffic: Traffic, load: float) -> Traffic:
@@ -447,6 +465,13 @@ def search_deployments(
     if "disagg" in space.modes and gpus >= 2:
         candidates.extend(_disaggregated(ev, space, say))
     return finish(ev, candidates, space, started)
+
+
+def _modes(r: FieldReader) -> tuple[str, ...]:
+    raw = r.raw("modes", ["agg", "disagg"])
+    if not isinstance(raw, list) or not raw or any(m not in ("agg", "disagg") for m in raw):
+        raise r.error("modes", f"must be a list of agg and/or disagg, got {raw!r}")
+    return tuple(raw)
 
 
 def finish(ev: Evaluator, candidates: list[Candidate], space: ServingSpace, started: float) -> ServingSearchResult:

@@ -1,7 +1,8 @@
 """Optuna over the serving space: the same decisions and evaluator as the exhaustive search, sampled.
 
-A trial picks the mode, then the instance shapes: aggregated (TP, PP, batch cap, token budget); disaggregated
-(prefill TP, PP, token budget; decode TP, PP, batch cap). The prefill:decode ratio is not sampled: for a pair of
+A trial picks the mode and every instance parameter (a fixed space: the mode decides which are used):
+aggregated (TP, PP, batch cap, token budget); disaggregated (prefill TP, PP, token budget; decode TP, PP, batch
+cap). TPE is multivariate (it models the parameters jointly). The prefill:decode ratio is not sampled: for a pair of
 shapes it is solved exactly from the two sides' capacities (:func:`~._serve.best_ratio`), as the exhaustive search
 does. Objectives: tokens/s per GPU alone (TPE, single objective), or tokens/s per GPU and tokens/s per user
 (NSGA-II, the Pareto front). A trial whose deployment does not fit or misses the SLO scores 0 (and is reported so):
@@ -65,7 +66,7 @@ def optuna_deployments(
         raise ValueError(f"no mode of {list(space.modes)} can run on {gpus} GPU(s)")
     multi = sampler == "nsga2"
     samplers: dict[str, Any] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }
@@ -76,39 +77,39 @@ def optuna_deployments(
     candidates: list[Candidate] = []
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        # Every parameter is suggested in every trial, whatever the mode: a fixed space lets NSGA-II's crossover and
+        # multivariate TPE model the parameters jointly (a space conditional on the mode left them sampling
+        # everything but the mode independently: NSGA-II then equalled random search).
         mode = trial.suggest_categorical("mode", modes)
+        tp = trial.suggest_categorical("tp", list(space.tp))
+        pp = trial.suggest_categorical("pp", list(space.pp))
+        seqs = trial.suggest_categorical("max_num_seqs", list(space.max_num_seqs))
+        tokens = trial.suggest_categorical("max_batched_tokens", list(space.max_batched_tokens))
+        prefill = Pool(
+            "prefill",
+            tp=trial.suggest_categorical("prefill_tp", list(space.tp)),
+            pp=trial.suggest_categorical("prefill_pp", list(space.pp)),
+            max_num_seqs=max(space.max_num_seqs),
+            max_batched_tokens=trial.suggest_categorical("prefill_tokens", list(space.max_batched_tokens)),
+        )
+        decode = Pool(
+            "decode",
+            tp=trial.suggest_categorical("decode_tp", list(space.tp)),
+            pp=trial.suggest_categorical("decode_pp", list(space.pp)),
+            max_num_seqs=trial.suggest_categorical("decode_seqs", list(space.max_num_seqs)),
+            max_batched_tokens=max(space.max_batched_tokens),
+        )
         cand: Candidate | None = None
         if mode == "agg":
-            pool = Pool(
-                "mixed",
-                tp=trial.suggest_categorical("tp", list(space.tp)),
-                pp=trial.suggest_categorical("pp", list(space.pp)),
-                max_num_seqs=trial.suggest_categorical("max_num_seqs", list(space.max_num_seqs)),
-                max_batched_tokens=trial.suggest_categorical("max_batched_tokens", list(space.max_batched_tokens)),
-            )
+            pool = Pool("mixed", tp=tp, pp=pp, max_num_seqs=seqs, max_batched_tokens=tokens)
             cand = ev.aggregated(pool) if pool.gpus_per_instance <= gpus else None
-        else:
+        elif prefill.gpus_per_instance + decode.gpus_per_instance <= gpus:
             assert ample is not None
-            prefill = Pool(
-                "prefill",
-                tp=trial.suggest_categorical("prefill_tp", list(space.tp)),
-                pp=trial.suggest_categorical("prefill_pp", list(space.pp)),
-                max_num_seqs=max(space.max_num_seqs),
-                max_batched_tokens=trial.suggest_categorical("prefill_tokens", list(space.max_batched_tokens)),
-            )
-            decode = Pool(
-                "decode",
-                tp=trial.suggest_categorical("decode_tp", list(space.tp)),
-                pp=trial.suggest_categorical("decode_pp", list(space.pp)),
-                max_num_seqs=trial.suggest_categorical("decode_seqs", list(space.max_num_seqs)),
-                max_batched_tokens=max(space.max_batched_tokens),
-            )
-            if prefill.gpus_per_instance + decode.gpus_per_instance <= gpus:
-                cp, cd = ev.side_capacity(prefill, ample[1]), ev.side_capacity(decode, ample[0])
-                if cp is not None and cd is not None:
-                    ratio = best_ratio(prefill.gpus_per_instance, cp, decode.gpus_per_instance, cd, gpus, target)
-                    if ratio is not None:
-                        cand = ev.disaggregated(prefill, decode, ratio[1], ratio[2])
+            cp, cd = ev.side_capacity(prefill, ample[1]), ev.side_capacity(decode, ample[0])
+            if cp is not None and cd is not None:
+                ratio = best_ratio(prefill.gpus_per_instance, cp, decode.gpus_per_instance, cd, gpus, target)
+                if ratio is not None:
+                    cand = ev.disaggregated(prefill, decode, ratio[1], ratio[2])
         ok = cand is not None and not cand.metrics.saturated and cand.metrics.meets_slo is not False
         if cand is not None:
             candidates.append(cand)

@@ -61,6 +61,7 @@ def test_the_study_folder_reads_back(result) -> None:
         (["--gpus", "99"], "--gpus"),
         (["--workload", "fixed:0/fixed:1"], "fixed"),
         (["--kv-dtype", "int4"], "--kv-dtype"),
+        (["--tuner", "dp"], "--tuner"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(extra: list[str], message: str) -> None:
@@ -86,3 +87,11 @@ def test_the_dashboard_and_report_show_the_serving_study(result) -> None:
     page = build_report(results)
     assert "serve-tune study" in page and "tokens/s per GPU against tokens/s per user" in page
     assert "TPOT target" in page  # the SLO line on the front
+
+
+@pytest.mark.parametrize("tuner", ["optuna-tpe", "rl", "vllm-default"])
+def test_every_serving_tuner_runs_from_the_command_line(tuner: str) -> None:
+    r = runner.invoke(app, [*BASE, "--tpot-ms", "30", "--tuner", tuner, "--budget", "12", "--no-simulate", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["tuner"] == tuner and data["meets_slo"] is True and data["deployment"]["gpus"] <= 4

@@ -163,3 +163,12 @@ def test_a_serving_problem_reads_back_and_names_bad_fields() -> None:
         ServingProblem.from_dict({**data, "gpu": 8}, where="x.yaml")
     with pytest.raises(ValueError, match="finite"):
         ServingProblem.from_dict({**data, "rate": float("nan")}, where="x.yaml")
+
+
+def test_a_closed_loop_capacity_stops_where_throughput_does(h100) -> None:
+    closed = Traffic(CHAT.prompt, CHAT.output, concurrency=8)
+    res = search_deployments("llama3-8b", h100, closed, None, gpus=2, space=SMALL)  # no SLO: nothing else stops it
+    assert res.best is not None and res.best.load < 2**20
+    ev = Evaluator("llama3-8b", h100, closed, None, gpus=2, target=None, proto=Deployment((Pool(),)))
+    more = ev.at(res.best.deployment, res.best.load * 4)
+    assert more is not None and more.requests_per_s <= res.best.metrics.requests_per_s * 1.01
