@@ -13,7 +13,6 @@ The shipped policy (``agents/policies/serving.zip``) is ``scripts/train_serving_
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from .._limits import MAX_TIMESTEPS, check_at_most
 from ..search._serve import ServingProblem
 from ..search._serve_pool import load_serving_pool
 from ._imitate import Demonstrations
-from ._policy import SERVING_ENV_ID, algo_class, library_versions, save_policy
-from ._train import HYPERPARAMS, NET_ARCH, TrainResult, _eval_callback, _sizes
+from ._policy import SERVING_ENV_ID, algo_class, save_policy
+from ._train import HYPERPARAMS, NET_ARCH, TrainResult, _eval_callback, _sizes, policy_metadata
 
 
 @dataclass(frozen=True)
@@ -149,27 +148,23 @@ def train_serving(
         vec.close()
         eval_env.close()
     wall = time.perf_counter() - start
-    meta = {
-        "env_id": SERVING_ENV_ID,
-        "env_version": 0,
-        "obs_schema_version": SERVING_OBS_SCHEMA_VERSION,
-        "obs_size": len(SERVING_FEATURES),
-        "n_actions": N_ACTIONS,
-        "algo": algo,
-        "timesteps": int(model.num_timesteps),
-        "requested_timesteps": timesteps,
-        "seed": seed,
-        "n_envs": n_envs,
-        "granularity": None,
-        "env_kwargs": {},
-        "imitation": imitation,
-        "hyperparameters": {**kwargs, "policy_kwargs": {"net_arch": NET_ARCH}},
-        "pool": str(scenarios) if isinstance(scenarios, (str, Path)) else "in-memory",
-        "scenarios": [p.to_dict() for p in pool],
-        "scenario_names": [p.name for p in pool],
-        "train_wall_s": round(wall, 2),
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "versions": library_versions(),
-    }
+    meta = policy_metadata(
+        model,
+        env_id=SERVING_ENV_ID,
+        obs_schema_version=SERVING_OBS_SCHEMA_VERSION,
+        obs_size=len(SERVING_FEATURES),
+        n_actions=N_ACTIONS,
+        algo=algo,
+        timesteps=timesteps,
+        seed=seed,
+        n_envs=n_envs,
+        granularity=None,
+        env_kwargs={},
+        imitation=imitation,
+        hyperparameters=kwargs,
+        scenarios=scenarios,
+        pool=pool,
+        wall=wall,
+    )
     path = save_policy(model, out / "policy.zip", meta)
     return TrainResult(path, meta, wall)

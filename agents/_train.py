@@ -230,10 +230,52 @@ def train(
         vec.close()
         eval_env.close()
     wall = time.perf_counter() - start
-    meta = {
+    meta = policy_metadata(
+        model,
+        env_id=env_id,
+        obs_schema_version=OBS_SCHEMA_VERSION,
+        obs_size=obs_size,
+        n_actions=n_actions,
+        algo=algo,
+        timesteps=timesteps,
+        seed=seed,
+        n_envs=n_envs,
+        granularity=granularity,
+        env_kwargs=env_kwargs,
+        imitation=imitation,
+        hyperparameters=kwargs,
+        scenarios=scenarios,
+        pool=pool,
+        wall=wall,
+    )
+    path = save_policy(model, out / "policy.zip", meta)
+    return TrainResult(path, meta, wall)
+
+
+def policy_metadata(
+    model: Any,
+    *,
+    env_id: str,
+    obs_schema_version: int,
+    obs_size: int,
+    n_actions: int,
+    algo: str,
+    timesteps: int,
+    seed: int,
+    n_envs: int,
+    granularity: str | None,
+    env_kwargs: dict[str, Any],
+    imitation: Any,
+    hyperparameters: dict[str, Any],
+    scenarios: Any,
+    pool: Sequence[Any],
+    wall: float,
+) -> dict[str, Any]:
+    """What a trained policy's JSON says of it (any env: ``pool`` items have ``to_dict()`` and ``name``)."""
+    return {
         "env_id": env_id,
         "env_version": int(env_id.rsplit("-v", 1)[1]),
-        "obs_schema_version": OBS_SCHEMA_VERSION,
+        "obs_schema_version": obs_schema_version,
         "obs_size": obs_size,
         "n_actions": n_actions,
         "algo": algo,
@@ -244,7 +286,7 @@ def train(
         "granularity": granularity,
         "env_kwargs": env_kwargs,
         "imitation": imitation,
-        "hyperparameters": {**kwargs, "policy_kwargs": {"net_arch": NET_ARCH}},
+        "hyperparameters": {**hyperparameters, "policy_kwargs": {"net_arch": NET_ARCH}},
         "pool": str(scenarios) if isinstance(scenarios, (str, Path)) else "in-memory",
         "scenarios": [p.to_dict() for p in pool],
         "scenario_names": [p.name for p in pool],
@@ -252,8 +294,6 @@ def train(
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
-    path = save_policy(model, out / "policy.zip", meta)
-    return TrainResult(path, meta, wall)
 
 
 def _eval_callback(algo: str, eval_env: Any, out: Path, freq: int, *, n_episodes: int) -> Any:

@@ -39,9 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from .._limits import is_finite_number
 from ._fields import FieldReader
-from ._gemm import grid_axis
+from ._gemm import grid_axis, read_grid_values, read_log2_grid, six_digits
 
 #: Grid names in a profile, in the order of :meth:`AttentionResidual.correction`'s arguments.
 AXES = ("log2_kv_len", "log2_kv_elems", "log2_gqa")
@@ -91,19 +90,21 @@ class AttentionResidual:
 
     def to_dict(self) -> dict[str, Any]:
         rows = self.values.reshape(-1, self.values.shape[-1])
-        out: dict[str, Any] = {name: [_num(x) for x in g] for name, g in zip(AXES, self.grids, strict=True)}
+        out: dict[str, Any] = {name: [six_digits(x) for x in g] for name, g in zip(AXES, self.grids, strict=True)}
         out["values"] = [" ".join(f"{x:.4f}" for x in row) for row in rows]
         return out
 
     @classmethod
     def from_reader(cls, r: FieldReader) -> AttentionResidual:
         """The residual a profile's ``attention_phases.<key>.residual`` describes (errors name the field)."""
-        grids = [_grid(r, name) for name in AXES]
+        grids = [read_log2_grid(r, name) for name in AXES]
         shape = (len(grids[0]), len(grids[1]), len(grids[2]))
         cells = int(np.prod(shape))
         if cells > MAX_CELLS:
             raise r.error("values", f"has {cells} cells; at most {MAX_CELLS} are allowed")
-        out = cls(grids[0], grids[1], grids[2], _values(r, shape))
+        out = cls(
+            grids[0], grids[1], grids[2], read_grid_values(r, "values", shape, limit=MAX_ABS, pair="(kv_len, kv_elems)")
+        )
         r.finish()
         return out
 
@@ -132,34 +133,3 @@ def row_features(
         kv_per_token = np.where(sequences > 0, kv_elems / sequences, 0.0)
         gqa = np.where(kv_per_token > 0, 2.0 * hidden / kv_per_token, 1.0)
     return kv_len, kv_elems, gqa
-
-
-def _num(x: float) -> float:
-    return float(f"{float(x):.6g}")
-
-
-def _grid(r: FieldReader, name: str) -> np.ndarray:
-    raw = r.raw(name)
-    if not isinstance(raw, list) or len(raw) < 2 or not all(is_finite_number(x) for x in raw):
-        raise r.error(name, "must be a list of at least 2 finite numbers (log2 of the grid's values)")
-    grid = np.array(raw, dtype=float)
-    if np.any(np.diff(grid) <= 0) or grid[0] < 0 or grid[-1] > 40:
-        raise r.error(name, "must increase strictly, within 0..40")
-    return grid
-
-
-def _values(r: FieldReader, shape: tuple[int, int, int]) -> np.ndarray:
-    raw = r.raw("values")
-    rows = shape[0] * shape[1]
-    if not isinstance(raw, list) or len(raw) != rows or not all(isinstance(x, str) for x in raw):
-        raise r.error("values", f"must be a list of {rows} strings (one per (kv_len, kv_elems) pair of the grid)")
-    values = []
-    for i, row in enumerate(raw):
-        try:
-            numbers = [float(x) for x in row.split()]
-        except ValueError:
-            raise r.error("values", f"row {i} is not a list of numbers") from None
-        if len(numbers) != shape[2] or not all(np.isfinite(numbers)) or max(map(abs, numbers)) > MAX_ABS:
-            raise r.error("values", f"row {i} must hold {shape[2]} finite numbers within -{MAX_ABS:g}..{MAX_ABS:g}")
-        values.append(numbers)
-    return np.array(values, dtype=float).reshape(shape)

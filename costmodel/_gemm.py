@@ -107,13 +107,13 @@ class GemmModel:
     def to_dict(self) -> dict[str, Any]:
         rows = self.residual.reshape(-1, self.residual.shape[-1])
         return {
-            "compute": {"peak": _num(self.compute_peak), "half": _num(self.compute_half)},
-            "memory": {"peak": _num(self.memory_peak), "half": _num(self.memory_half)},
-            "exponent": _num(self.exponent),
-            "overhead_us": _num(self.overhead_s * 1e6),
-            "log2_m": [_num(x) for x in self.log2_m],
-            "log2_n": [_num(x) for x in self.log2_n],
-            "log2_k": [_num(x) for x in self.log2_k],
+            "compute": {"peak": six_digits(self.compute_peak), "half": six_digits(self.compute_half)},
+            "memory": {"peak": six_digits(self.memory_peak), "half": six_digits(self.memory_half)},
+            "exponent": six_digits(self.exponent),
+            "overhead_us": six_digits(self.overhead_s * 1e6),
+            "log2_m": [six_digits(x) for x in self.log2_m],
+            "log2_n": [six_digits(x) for x in self.log2_n],
+            "log2_k": [six_digits(x) for x in self.log2_k],
             "residual": [" ".join(f"{x:.4f}" for x in row) for row in rows],
         }
 
@@ -129,11 +129,11 @@ class GemmModel:
             c = r.child(part)
             curves.append((c.fraction("peak"), c.number("half", minimum=0.0)))
             c.finish()
-        grids = [_grid(r, name) for name in ("log2_m", "log2_n", "log2_k")]
+        grids = [read_log2_grid(r, name) for name in ("log2_m", "log2_n", "log2_k")]
         shape = (len(grids[0]), len(grids[1]), len(grids[2]))
         if int(np.prod(shape)) > MAX_GRID_CELLS:
             raise r.error("residual", f"has {int(np.prod(shape))} cells; at most {MAX_GRID_CELLS} are allowed")
-        residual = _residual(r, shape)
+        residual = read_grid_values(r, "residual", shape, limit=5.0, pair="(m, n)")
         model = cls(
             compute_peak=curves[0][0],
             compute_half=curves[0][1],
@@ -157,32 +157,36 @@ def grid_axis(grid: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndar
     return i, (x - grid[i]) / (grid[i + 1] - grid[i])
 
 
-def _num(x: float) -> float:
+def six_digits(x: float) -> float:
+    """``x`` rounded to 6 significant digits: what a fitted profile writes."""
     return float(f"{float(x):.6g}")
 
 
-def _grid(r: FieldReader, name: str) -> np.ndarray:
+def read_log2_grid(r: FieldReader, name: str) -> np.ndarray:
+    """A profile's grid axis: at least 2 strictly increasing log2 values within 0..40 (errors name the field)."""
     raw = r.raw(name)
     if not isinstance(raw, list) or len(raw) < 2 or not all(is_finite_number(x) for x in raw):
-        raise r.error(name, "must be a list of at least 2 finite numbers (log2 of the grid's sizes)")
+        raise r.error(name, "must be a list of at least 2 finite numbers (log2 of the grid's values)")
     grid = np.array(raw, dtype=float)
     if np.any(np.diff(grid) <= 0) or grid[0] < 0 or grid[-1] > 40:
         raise r.error(name, "must increase strictly, within 0..40")
     return grid
 
 
-def _residual(r: FieldReader, shape: tuple[int, int, int]) -> np.ndarray:
-    raw = r.raw("residual")
+def read_grid_values(r: FieldReader, name: str, shape: tuple[int, int, int], *, limit: float, pair: str) -> np.ndarray:
+    """A 3-D grid of log residuals written as one string per ``pair`` of the first two axes (the third axis's
+    values in it), each finite and within ``-limit..limit``."""
+    raw = r.raw(name)
     rows = shape[0] * shape[1]
     if not isinstance(raw, list) or len(raw) != rows or not all(isinstance(x, str) for x in raw):
-        raise r.error("residual", f"must be a list of {rows} strings (one per (m, n) pair of the grid)")
+        raise r.error(name, f"must be a list of {rows} strings (one per {pair} pair of the grid)")
     values = []
     for i, row in enumerate(raw):
         try:
             numbers = [float(x) for x in row.split()]
         except ValueError:
-            raise r.error("residual", f"row {i} is not a list of numbers") from None
-        if len(numbers) != shape[2] or not all(np.isfinite(numbers)) or max(map(abs, numbers)) > 5.0:
-            raise r.error("residual", f"row {i} must hold {shape[2]} finite numbers within -5..5")
+            raise r.error(name, f"row {i} is not a list of numbers") from None
+        if len(numbers) != shape[2] or not all(np.isfinite(numbers)) or max(map(abs, numbers)) > limit:
+            raise r.error(name, f"row {i} must hold {shape[2]} finite numbers within -{limit:g}..{limit:g}")
         values.append(numbers)
     return np.array(values, dtype=float).reshape(shape)
