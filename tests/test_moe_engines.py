@@ -130,3 +130,28 @@ def test_sglang_moe_fit_on_b200() -> None:
     data = get_platform("dgx-b200").profile.to_dict()
     data["moe_engines"] = fragment["moe_engines"]
     assert Profile.from_dict(data, "fit").moe_model("bf16", "sglang") is not None
+
+
+def test_peer_ops_benchmark_groups_paratunes_ops_under_the_peers_names() -> None:
+    """``benchmarks/peer_ops.py``: paratune's kernels per peer op; ``--engine-terms off`` is the old model."""
+    import importlib.util
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "peer_ops.py"
+    spec = importlib.util.spec_from_file_location("peer_ops", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    args = Namespace(
+        model="mixtral-8x7b", system="b200_sxm", tp=2, batch=929, isl=1152, backend="sglang", dtype="bf16",
+        phase="decode", engine_terms="on",
+    )  # fmt: skip
+    on = module.paratune_ops(args)
+    off = module.paratune_ops(Namespace(**{**vars(args), "engine_terms": "off"}))
+    assert {"attention", "moe", "qkv_gemm", "logits_gemm", "router_gemm"} <= set(on)
+    # Measured per layer (B200, TP 2, ~929 tokens, balanced): SGLang 0.78 ms, TensorRT-LLM 0.36 ms; 32 layers.
+    assert on["moe"] == pytest.approx(32 * 0.78, rel=0.12) and off["moe"] == pytest.approx(32 * 0.36, rel=0.12)
+    assert {k: v for k, v in on.items() if k != "moe"} == pytest.approx({k: v for k, v in off.items() if k != "moe"})
