@@ -258,7 +258,7 @@ def fit_moe(system: str, backend: str = "trtllm", version: str | None = None) ->
     if version is None:
         report["skipped"] = (
             f"no moe_perf rows of {backend} for {system} at expert parallelism 1 with a fitted kernel "
-            f"({', '.join(KERNELS)}; bfloat16 or fp8)"
+            f"({', '.join(_backend_kernels(backend))}; bfloat16 or fp8)"
         )
         return {}, report
     family = next((f for f in FAMILIES.values() if system in f), ())
@@ -303,6 +303,12 @@ def fit_moe(system: str, backend: str = "trtllm", version: str | None = None) ->
     return fragment, report
 
 
+def _backend_kernels(backend: str) -> list[str]:
+    """The fitted kernels a ``backend``'s table may hold (TensorRT-LLM's are not prefixed by its name)."""
+    own = [k for k in KERNELS if k.startswith(backend)]
+    return own or [k for k in KERNELS if not k.startswith(tuple(ENGINE_BACKENDS.values()))]
+
+
 def fit_moe_engines(system: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``moe_engines`` fragment of ``system``: each engine of :data:`ENGINE_BACKENDS` fitted on its own table.
 
@@ -321,7 +327,7 @@ def fit_moe_engines(system: str) -> tuple[dict[str, Any], dict[str, Any]]:
         section[engine] = fragment["moe"]
         record[engine] = {
             **fragment["fit"]["moe"],
-            "kernel": [k for k in KERNELS if k.startswith(backend)],
+            "kernel": _backend_kernels(backend),
             "held_out": {
                 d: {k: e["held_out"][k] for k in ("rows", "mape", "median_ape", "fitted_on")}
                 for d, e in report[engine]["dtypes"].items()
