@@ -475,6 +475,8 @@ def paratune_inputs(scenario: Mapping[str, Any], *, concurrency: int | None = No
         "platform": scenario["platform"],
         "model": scenario["model"],
         "dtype": scenario["dtype"],
+        # The peer's fp8 scenarios store the KV cache in fp8 too (:func:`_quant`): the same question to paratune.
+        "kv_dtype": scenario["dtype"],
         "engine": scenario["backend"],
     }
 

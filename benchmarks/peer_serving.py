@@ -156,10 +156,10 @@ def paratune_search(scenario: Mapping[str, Any]) -> tuple[Any, Any, float]:
     start = time.perf_counter()
     result = search_deployments(
         q["model"], platform, q["traffic"], q["slo"], gpus=q["gpus"], engine=q["engine"], dtype=q["dtype"],
-        space=space, fill_budget=True,
+        kv_dtype=q["kv_dtype"], space=space, fill_budget=True,
     )  # fmt: skip
     wall = time.perf_counter() - start
-    proto = Deployment((Pool(),), engine=q["engine"], dtype=q["dtype"])
+    proto = Deployment((Pool(),), engine=q["engine"], dtype=q["dtype"], kv_dtype=q["kv_dtype"])
     ev = Evaluator(q["model"], platform, q["traffic"], q["slo"], gpus=q["gpus"], target=None, proto=proto)
     return result, ev, wall
 

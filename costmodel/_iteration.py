@@ -95,6 +95,7 @@ class IterationModel:
         budget_tokens: int = 8192,
         max_seqs: int = 256,
         page_tokens: int = 1,
+        engine: str | None = None,
     ) -> None:
         dtype = dtype or spec.dtype
         kv_dtype = kv_dtype or spec.kv_dtype or dtype
@@ -112,6 +113,8 @@ class IterationModel:
         self.spec, self.platform, self.tp, self.pp = spec, platform, tp, pp
         self.where = where
         self.iteration_overhead_s = float(iteration_overhead_s)
+        #: The serving engine whose own kernels price the step where the profile has them (MoE experts).
+        self.engine = engine
         self.sequence_overhead_s = float(sequence_overhead_s)
         base, extra = divmod(spec.layers, pp)
         #: Layers of each pipeline stage (earlier stages take the remainder).
@@ -130,7 +133,7 @@ class IterationModel:
     # -- construction -------------------------------------------------------------------------------
     def _price(self, w: Workloads, dtype: str, kv_dtype: str) -> None:
         platform, tp = self.platform, self.tp
-        pricer = KernelPricer(platform, dtype, phase="decode", kv_dtype=kv_dtype)
+        pricer = KernelPricer(platform, dtype, phase="decode", kv_dtype=kv_dtype, engine=self.engine)
         layer = sum_by_group(pricer.op_times(w.layer, tp), w.layer_group, len(w.tokens))
         embed = sum_by_group(pricer.op_times(w.embed, tp), w.embed_group, len(w.tokens))
         self._head = Curve.fit(w.heads, sum_by_group(pricer.op_times(w.head, tp), w.head_group, len(w.heads)))

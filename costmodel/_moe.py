@@ -42,6 +42,8 @@ from ._fields import FieldReader
 
 #: Dtypes a ``moe`` section may describe.
 MOE_DTYPES = ("bf16", "fp16", "fp8")
+#: Serving engines a profile's ``moe_engines`` may give their own terms (their MoE kernel is not TensorRT-LLM's).
+MOE_ENGINES = ("sglang", "vllm")
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,7 @@ class KernelPricer:
         batch: int = 0,
         q_len: int = 1,
         kv_dtype: str | None = None,
+        engine: str | None = None,
     ) -> None:
         self.platform = platform
         # Inference: the engines fuse the experts' activation into the grouped GEMM (see _moe_times).
@@ -219,7 +220,8 @@ class KernelPricer:
         self.exponent = prof.roofline_exponent
         self._prof = prof
         self.gemm = prof.gemm_model(dtype)
-        self.moe = prof.moe_model(dtype)
+        # The serving engine's own MoE kernel when the profile has its terms (``engine`` None: TensorRT-LLM's).
+        self.moe = prof.moe_model(dtype, engine)
         self.elem_bytes = float(DTYPE_BYTES.get(dtype, 2))
         self.kv_elem_bytes = float(DTYPE_BYTES.get(kv_dtype or dtype, 2))
         # A profile borrowed from another device has no held-out error that applies here.

@@ -22,8 +22,10 @@ inference attention per phase with the terms fitted on measured context / genera
 kernels (:class:`AttentionPhase`), with their own terms for an fp8 KV cache
 (``prefill_fp8_kv``, ``decode_fp8_kv``) when given. ``moe`` (absent: the ``moe`` curves
 price expert GEMMs) prices the expert GEMMs of a MoE block per dtype with the grouped-GEMM
-terms fitted on measured MoE kernels (:mod:`._moe`). ``fit`` keeps the free-form record
-of how a profile was fitted.
+terms fitted on measured MoE kernels (:mod:`._moe`); ``moe_engines`` (absent: ``moe``
+for every engine) holds such terms per serving engine whose MoE kernel is another one
+(SGLang's Triton fused MoE runs 2-2.5x slower than TensorRT-LLM's, which ``moe`` is fitted on).
+``fit`` keeps the free-form record of how a profile was fitted.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ._collectives import Collectives
 from ._fields import FieldReader, load_yaml
 from ._gemm import GemmModel
 from ._machine import LOCAL_NAMES, local_profile_path
-from ._moe import MOE_DTYPES, MoeModel
+from ._moe import MOE_DTYPES, MOE_ENGINES, MoeModel
 
 T = TypeVar("T")
 
@@ -214,12 +216,20 @@ class Profile:
     collectives: Collectives | None = None
     attention_phases: dict[str, AttentionPhase] = field(default_factory=dict)
     moe: dict[str, MoeModel] = field(default_factory=dict)
+    moe_engines: dict[str, dict[str, MoeModel]] = field(default_factory=dict)
 
-    def moe_model(self, dtype: str) -> MoeModel | None:
-        """The grouped-GEMM model of MoE experts in ``dtype`` (fp16 falls back to bf16's), or None."""
-        if dtype in self.moe:
-            return self.moe[dtype]
-        return self.moe.get("bf16") if dtype == "fp16" else None
+    def moe_model(self, dtype: str, engine: str | None = None) -> MoeModel | None:
+        """The grouped-GEMM model of MoE experts in ``dtype`` (fp16 falls back to bf16's), or None.
+
+        With ``engine``, that engine's own terms when the profile has them for the dtype: the
+        engines run different MoE kernels (``moe`` is fitted on TensorRT-LLM's).
+        """
+        for terms in (self.moe_engines.get(engine or "", {}), self.moe):
+            if dtype in terms:
+                return terms[dtype]
+            if dtype == "fp16" and "bf16" in terms:
+                return terms["bf16"]
+        return None
 
     def gemm_model(self, dtype: str) -> GemmModel | None:
         """The shape-aware GEMM model of ``dtype`` (fp16 falls back to bf16's), or None."""
@@ -268,6 +278,8 @@ class Profile:
             out["gemm"] = {k: v.to_dict() for k, v in self.gemm.items()}
         if self.moe:
             out["moe"] = {k: v.to_dict() for k, v in self.moe.items()}
+        if self.moe_engines:
+            out["moe_engines"] = {e: {k: v.to_dict() for k, v in m.items()} for e, m in self.moe_engines.items()}
         if self.fit:
             out["fit"] = self.fit
         return out
@@ -333,6 +345,7 @@ class Profile:
             collectives=Collectives.from_dict(r.child("collectives")) if r.has("collectives") else None,
             attention_phases=_attention_phases(r),
             moe=_keyed(r, "moe", MOE_DTYPES, "a dtype", MoeModel.from_reader),
+            moe_engines=_keyed(r, "moe_engines", MOE_ENGINES, "an engine with its own MoE terms", _moe_terms),
         )
         r.finish()
         return prof
@@ -351,6 +364,17 @@ def _keyed(
             raise section.error(str(key), f"is not {what}; allowed: {', '.join(allowed)}")
         out[key] = build(section.child(key))
     section.finish()
+    return out
+
+
+def _moe_terms(r: FieldReader) -> dict[str, MoeModel]:
+    """One engine's ``moe_engines`` entry: terms per dtype, as in ``moe``."""
+    out = {}
+    for key in list(r.data):
+        if key not in MOE_DTYPES:
+            raise r.error(str(key), f"is not a dtype; allowed: {', '.join(MOE_DTYPES)}")
+        out[key] = MoeModel.from_reader(r.child(key))
+    r.finish()
     return out
 
 

@@ -54,6 +54,7 @@ def instance_cost(
             budget_tokens=pool.max_batched_tokens,
             max_seqs=pool.max_num_seqs,
             page_tokens=engine.page_tokens,
+            engine=engine.name,
         )
         if len(_CACHE) >= CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))

@@ -47,6 +47,9 @@ def test_pose_is_an_open_loop_at_the_median_with_the_scenarios_modes(bench: Modu
     assert (q["slo"].ttft_ms, q["slo"].tpot_ms, q["slo"].percentile) == (4000.0, 50.0, 50.0)
     assert q["modes"] == ("disagg",)
     assert bench.pose(aic._scenario("llama3.1-8b", "h100_sxm", aic.CHAT, "both"))["modes"] == ("agg", "disagg")
+    # The peer's fp8 scenario stores its KV cache in fp8: paratune is asked the same (bf16 KV lost it the SLO).
+    fp8 = bench.pose(aic._scenario("llama3.1-70b", "b200_sxm", aic.CHAT, "agg", tpot_ms=40.0, dtype="fp8"))
+    assert (fp8["dtype"], fp8["kv_dtype"]) == ("fp8", "fp8") and q["kv_dtype"] == "bf16"
 
 
 def test_operating_batch_is_littles_law_rounded_up_within_the_cap(bench: ModuleType) -> None:

@@ -9,7 +9,8 @@ What comes from where:
   and generation attention tables (:mod:`._aic_attention`, the ``attention_phases`` section).
 * MoE expert GEMMs, bf16 and fp8: the grouped-GEMM terms fitted on the ``moe_perf`` table
   (:mod:`._aic_moe`, the ``moe`` section); a system without MoE rows gets none (the report
-  says why) and keeps the template's ``moe`` curves.
+  says why) and keeps the template's ``moe`` curves. SGLang's own MoE kernel (Triton fused
+  MoE): the same terms fitted on its ``sglang`` table (``moe_engines.sglang``, :func:`fit_moe_engines`).
 * Collectives inside the NVLink domain: NCCL's and the engine's custom all-reduce, by
   algorithm and size (:mod:`._aic_comm`, the ``collectives`` section).
 * The ops the tables do not measure (norms, elementwise, embeddings) and the links keep
@@ -30,7 +31,7 @@ from .._profile import Efficiency, Profile, load_profile
 from ._aic_attention import fit_attention_tables
 from ._aic_comm import fit_collectives
 from ._aic_gemm import GEMM_DTYPES, GemmRows, fit_gemm, gemm_errors, gemm_rows
-from ._aic_moe import fit_moe
+from ._aic_moe import fit_moe, fit_moe_engines
 from ._aiconfigurator import LICENCE, package_version
 from ._fit import FitResult
 
@@ -127,7 +128,8 @@ def fit_from_aiconfigurator(
     attention, report["attention"] = fit_attention_tables(system, backend, version)
     # The MoE tables' engine versions differ from the GEMM ones: fit_moe picks the richest.
     moe, report["moe"] = fit_moe(system, backend)
-    data = _merged(_merged(_merged(profile.to_dict(), collectives), attention), moe)
+    engines, report["moe_engines"] = fit_moe_engines(system)
+    data = _merged(_merged(_merged(_merged(profile.to_dict(), collectives), attention), moe), engines)
     return FitResult(Profile.from_dict(data, f"fit of {system}"), report)
 
 
