@@ -30,7 +30,7 @@ setup() {
             cp constraints.txt "$pins"
             "$VENV/bin/python" -m pip install -q -c "$pins" torch
         fi
-        "$VENV/bin/python" -m pip install -q -c "$pins" -e ".[import,rl,dev,silicon]"
+        "$VENV/bin/python" -m pip install -q -c "$pins" -e ".[import,rl,dev,silicon,peer]"
         echo "$want" > "$stamp"
     fi
 }

@@ -37,6 +37,7 @@ EXTRA_OF = {
     "sb3_contrib": "rl",
     "playwright": "dev",
     "aiconfigurator_core": "silicon",
+    "aiconfigurator": "peer",
     "pyarrow": "silicon",
 }
 
