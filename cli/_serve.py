@@ -126,10 +126,10 @@ def serve_tune(
         say(f"checking the chosen deployment with the simulator ({VERIFY_REQUESTS} requests)")
     data = _result_data(problem, plat, result, simulate=simulate, seed=seed)
     data["tuner"] = tuner
-    if output is not None and result.best is not None:
+    if output is not None and data["deployment"] is not None:  # only a deployment the simulator's check kept
         import json
 
-        output.write_text(json.dumps(result.best.deployment.to_dict(), indent=2) + "\n")
+        output.write_text(json.dumps(data["deployment"], indent=2) + "\n")
         data["deployment_file"] = str(output)
     if out_dir is not None:
         from ..study._serve_tune import write_serve_tune
