@@ -204,14 +204,29 @@ def _json_default(value: Any) -> Any:
 
 
 def problem_from_options(
-    scenario: Path | None, model: str | None, platform: str | None, fields: dict[str, Any], limits: dict[str, Any]
+    scenario: Path | None,
+    model: str | None,
+    platform: str | None,
+    fields: dict[str, Any],
+    limits: dict[str, Any],
+    *,
+    command: Callable[..., Any] | None = None,
 ) -> Any:
-    """The problem the options describe: ``--scenario FILE``, or ``--model/--platform`` with fields and limits."""
+    """The problem the options describe: ``--scenario FILE``, or ``--model/--platform`` with fields and limits.
+
+    With ``--scenario`` the file sets every field: an option of ``command`` set away from its default beside it
+    would be silently dropped, so it is an error that names it.
+    """
     from ..search import Limits, Problem
 
     if scenario is not None:
         if model or platform:
             raise ValueError("give either --scenario or --model/--platform, not both")
+        defaults = signature_defaults(command) if command is not None else {}
+        ignored = [k for k, v in {**fields, **limits}.items() if k in defaults and v != defaults[k]]
+        if ignored:
+            flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+            raise ValueError(f"--scenario sets the whole problem; {flags} would be ignored: set that in the file")
         return Problem.load(scenario)
     if not model or not platform:
         raise ValueError("--model and --platform are required (or --scenario FILE)")
@@ -230,6 +245,14 @@ def problem_from_options(
         if cap > n:
             raise ValueError(f"--max-devices is {cap} but platform {platform!r} has {n} devices; give at most {n}")
     return problem
+
+
+def signature_defaults(command: Callable[..., Any]) -> dict[str, Any]:
+    """The default value of each parameter of a command function (what an option is when the user omits it)."""
+    import inspect
+
+    params = inspect.signature(command).parameters.items()
+    return {name: p.default for name, p in params if p.default is not inspect.Parameter.empty}
 
 
 def output_file(path: Path, option: str = "-o", *, example: str = "plan.json") -> Path:

@@ -187,7 +187,7 @@ def transfer_command(
 
     limits: dict[str, Any] = {"memory_gib": memory_gib}
     fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context, granularity=granularity)
-    problem = problem_from_options(scenario, model, platform, fields, limits)
+    problem = problem_from_options(scenario, model, platform, fields, limits, command=transfer_command)
     report = transfer(
         problem, policy=policy, finetune_steps=finetune_steps, rollouts=rollouts, seed=seed, temperature=temperature
     )

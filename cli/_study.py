@@ -128,7 +128,7 @@ def granularity(
 ) -> None:
     """Every tuner at every granularity: best value, gap, wall time, evaluations, search-space size."""
     fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context)
-    problem = problem_from_options(scenario, model, platform, fields, {"memory_gib": memory_gib})
+    problem = problem_from_options(scenario, model, platform, fields, {"memory_gib": memory_gib}, command=granularity)
     options = {"tuners": _names(tuners, "--tuners"), "granularities": _names(granularities, "--granularities")}
     options = {k: v for k, v in options.items() if v}
     data = _run("granularity", problem, options, budget, seed, output, as_json)
@@ -156,7 +156,9 @@ def static_vs_runtime(
 ) -> None:
     """One static plan vs per-shape optima vs K precompiled plans over a workload of request shapes."""
     fields = dict(phase=phase, objective=objective)
-    problem = problem_from_options(scenario, model, platform, fields, {"memory_gib": memory_gib})
+    problem = problem_from_options(
+        scenario, model, platform, fields, {"memory_gib": memory_gib}, command=static_vs_runtime
+    )
     try:
         k_values = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:

@@ -141,7 +141,7 @@ def tune(
         memory_gib=memory_gib, tbt_ms=tbt_ms, ttft_ms=ttft_ms, max_devices=max_devices, calibrated_only=calibrated_only
     )
     fields = dict(phase=phase, objective=objective, batch=batch, seq=seq, context=context, granularity=granularity)
-    problem = problem_from_options(scenario, model, platform, fields, limits)
+    problem = problem_from_options(scenario, model, platform, fields, limits, command=tune)
     options: dict[str, Any] = {"storage": storage} if storage else {}
     if storage and not tuner.startswith("optuna-"):
         raise ValueError(f"--storage applies to the optuna-* tuners, not {tuner!r}")

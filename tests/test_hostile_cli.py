@@ -127,6 +127,8 @@ VALUES = [
     ([*OPTUNA, "--storage", "sqlite:///garbage.db"], ["--storage", "garbage.db", "not a database"]),
     (["tune", *M, "--scenario", "list.yaml"], ["give either"]),
     (["tune", "--scenario", "list.yaml"], ["list.yaml"]),
+    (["tune", "--scenario", "list.yaml", "-g", "layers:8"], ["--granularity", "would be ignored"]),
+    (["tune", "--scenario", "list.yaml", "--memory-gib", "40"], ["--memory-gib", "set that in the file"]),
     (["tune", "--scenario", "py.yaml"], ["py.yaml", "python"]),
     (["models", "show", "py.yaml"], ["python"]),  # 4 lines before
     (["models", "show", "bad.yaml"], ["line 3", "column"]),  # 8 lines before
