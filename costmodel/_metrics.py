@@ -25,6 +25,9 @@ class Metrics:
     fitted to measurements and nothing in the prediction lies outside what it was
     fitted on; ``expected_error_pct`` is the time-weighted held-out error of the
     kernels and collectives it sums (None for a hand-set profile).
+    ``memory_breakdown`` splits the need of the most loaded device into bytes of
+    ``weights``, ``gradients``, ``optimizer_state``, ``activations``, ``kv_cache`` and
+    ``buffers`` (empty where an evaluator does not split it).
     """
 
     feasible: bool
@@ -46,6 +49,7 @@ class Metrics:
     warnings: list[str] = field(default_factory=list)
     calibrated: bool = False
     expected_error_pct: float | None = None
+    memory_breakdown: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
