@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from paratune.costmodel import Plan, Simulator, get_platform
+from paratune.costmodel import AnalyticEvaluator, Plan, Simulator, get_platform
 from paratune.costmodel._pipeline import training_makespan
 from paratune.costmodel._simbuild import build_input
 from paratune.costmodel._simengine import FORWARD
@@ -142,3 +142,26 @@ def test_chunks_of_a_stage_must_recompute_alike() -> None:
     stages[2] = dataclasses.replace(stages[2], recompute=True)
     res = sim.run(dataclasses.replace(base, stages=tuple(stages))).metrics
     assert not res.feasible and "stage 2: recompute must match chunk 0" in res.reason
+
+
+@pytest.mark.parametrize("granularity", ["layer", "op"])
+def test_interleaved_plans_agree_with_the_analytic_evaluator(granularity: str) -> None:
+    """Plans with only ``virtual_stages`` set: the same step (same slots, same prices), the same static memory,
+    and activation lifetimes within the usual slack of the analytic's stash (uniform chunks)."""
+    sim = _sim(granularity=granularity)
+    ev = AnalyticEvaluator(sim.graph, PLATFORM)
+    meta = sim.graph.meta
+    hidden = meta.hidden * meta.batch * meta.seq * 2
+    for pp, v, m, r, tp, rc in PLANS[:4]:
+        plan = Plan.uniform(8, tp=tp, pp=pp, micro_batches=m, replicas=r, recompute=rc, virtual_stages=v)
+        res, a = sim.run(plan, timeline=False), ev.evaluate(plan)
+        s = res.metrics
+        assert s.feasible and a.feasible
+        assert s.step_s == pytest.approx(a.step_s, rel=1e-6), plan.to_dict()
+        assert s.mfu == pytest.approx(a.mfu, rel=1e-6)
+        for k, st in enumerate(plan.physical_stages):
+            analytic_act = a.peak_memory_bytes[st.devices[0]] - res.static_memory_bytes[k]
+            assert res.activation_bytes[k] <= analytic_act + 2.0 * hidden / (r * m), (plan.to_dict(), k)
+        worst = max(range(pp), key=lambda k: a.peak_memory_bytes[plan.stages[k].devices[0]])
+        state = sum(a.memory_breakdown[x] for x in ("weights", "gradients", "optimizer_state"))
+        assert res.static_memory_bytes[worst] == pytest.approx(state, rel=1e-4)
