@@ -275,6 +275,6 @@ def _interleaved_makespan(
     crosses + the slowest tail.
     """
     if _VIRTUAL:
-        return float(training_makespan(fwds, backs, hops, ends, m, False, virtual=v))  # type: ignore[call-arg]
+        return float(training_makespan(fwds, backs, hops, ends, m, False, virtual=v))
     per_group = [sum(fwds[k] + backs[k] for k in range(s, len(fwds), p)) for s in range(p)]
     return (m + (p - 1) / v) * max(per_group) + 2.0 * sum(hops) + max(ends)
