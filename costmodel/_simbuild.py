@@ -26,7 +26,7 @@ optimizer) come from :mod:`._simtech`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +35,7 @@ from ..graphs import Phase
 from ._plan import Plan
 from ._pricing import GroupLink, group_terms, p2p_time, pair_link
 from ._simengine import BACKWARD, SimInput
-from ._simtech import dp_tails, shard_group, zero3_gathers
+from ._simtech import dp_tails, shard_group, tp_overlap_keep, zero3_gathers
 
 if TYPE_CHECKING:
     from ._simulator import Simulator
@@ -53,6 +53,9 @@ class Built:
     x_bytes: list[float]  # bytes of each transfer, whole batch
     per_stage: list[StagePrices]
     links: list[GroupLink]  # collective terms of each stage's group
+    extra: list[float] = field(default_factory=list)  # per task: collective seconds beyond its ops (ZeRO-3 gathers)
+    ar_keep: list[float] = field(default_factory=list)  # per task: share of its TP all-reduces left exposed
+    once_share: float = 1.0  # share of the once tasks' work each rank does (ZeRO: 1 / N_d)
 
 
 def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -> Built:
@@ -70,6 +73,12 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         k_times, k_sums = sim.kernels(st.tp, scale)
         a_times, a_sums = sim.allreduces(st.tp, scale, links[s])
         per_stage.append((k_times, k_sums, a_times, a_sums))
+    train = sim.phase == Phase.TRAIN
+    kernels = [0.0 if sim.once[i] else per_stage[group_of[i]][1][i] for i in range(T)]
+    keep = [1.0] * T
+    if train and plan.tp_overlap:
+        ars = [0.0 if sim.once[i] else per_stage[group_of[i]][3][i] for i in range(T)]
+        keep = tp_overlap_keep(sim, plan, stage_of, ars)
     dur, ar_part = [0.0] * T, [0.0] * T
     for i in range(T):
         s = group_of[i]
@@ -78,22 +87,22 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
             k_sums, a_sums = sim.kernels(tp, 1.0)[1], sim.allreduces(tp, 1.0, links[s])[1]
         else:
             k_sums, a_sums = per_stage[s][1], per_stage[s][3]
-        kern, ar = k_sums[i], a_sums[i]
+        kern, ar = k_sums[i], a_sums[i] * keep[i]
         f = sim.fwd_of[i]
         if f >= 0 and chunks[stage_of[i]].recompute:
-            kern, ar = kern + k_sums[f], ar + a_sums[f]
+            kern, ar = kern + k_sums[f], ar + a_sums[f] * keep[f]
         dur[i], ar_part[i] = kern + ar, ar
-    train = sim.phase == Phase.TRAIN
+    extra = [0.0] * T
+    once_share = 1.0
     if train and plan.zero:
-        group = shard_group(plan)
-        kernels = [0.0 if sim.once[i] else per_stage[group_of[i]][1][i] for i in range(T)]
-        for i, extra in enumerate(zero3_gathers(sim, plan, stage_of, kernels)):
-            dur[i] += extra
-            ar_part[i] += extra
-        for i in range(T):  # each rank updates its shard of the parameters
-            if sim.once[i]:
-                dur[i] /= group
-                ar_part[i] /= group
+        once_share = 1.0 / shard_group(plan)
+        extra = zero3_gathers(sim, plan, stage_of, kernels)
+        for i in range(T):
+            dur[i] += extra[i]
+            ar_part[i] += extra[i]
+            if sim.once[i]:  # each rank updates its shard of the parameters
+                dur[i] *= once_share
+                ar_part[i] *= once_share
     local_succ: list[list[int]] = [[] for _ in range(T)]
     sends: list[list[int]] = [[] for _ in range(T)]
     groups: dict[tuple[int, int, int], int] = {}
@@ -153,4 +162,4 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         warmup=[min(m, p - s) for s in range(p)], dp_dur=dp, strict=train and plan.is_layered,
         chunk_of=stage_of, virtual=plan.virtual_stages,
     )  # fmt: skip
-    return Built(inp, ar_part, x_bytes, per_stage, links)
+    return Built(inp, ar_part, x_bytes, per_stage, links, extra, keep, once_share)

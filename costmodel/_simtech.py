@@ -15,6 +15,9 @@ the same terms as the analytic evaluator (:mod:`._techniques`), so the two agree
   backward slot (spread over the slot's tasks by their weight bytes; a fully recomputing
   chunk gathers again for its recomputed forward); the optimizer updates 1/N_d of the
   parameters;
+* ``tp_overlap``: each chunk's TP all-reduces of a direction hide behind the chunk's
+  TP-split GEMMs of that direction (matmul and MoE ops, not replicated, not the
+  attention core), up to their time; a recomputed forward keeps its forward's share;
 * ``overlap``: the stage's gradient reduction hides behind one micro-batch's backward
   slots but never below one layer's bucket, the ZeRO-1/2 all-gather stays exposed;
   ZeRO-3's gathers in a slot hide behind the slot's kernels but never below the first
@@ -29,11 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..graphs import DTYPE_BYTES
 from ._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
 from ._plan import Plan
 from ._pricing import group_link
 from ._simengine import BACKWARD, FORWARD
+from ._technique_tables import ATTENTION_CORE
 from ._techniques import exposed, gradient_sync, model_state, zero3_slot_traffic
 
 if TYPE_CHECKING:
@@ -153,3 +159,42 @@ def dp_tails(sim: Simulator, plan: Plan, group_of: list[int], backward: list[flo
             grad = exposed(grad, backward[s], grad * largest / total if total > 0 else grad)
         out.append(grad + gather)
     return out
+
+
+def gemm_ops(sim: Simulator) -> np.ndarray:
+    """Ops TP collectives hide behind: TP-split GEMMs (matmul, MoE), not replicated, not the attention core."""
+    names = [op.name for task in sim.tasks for op in task.ops]
+    kinds = list(sim.table.kinds)
+    core = np.array(
+        [k == "attention" or any(part in n for part in ATTENTION_CORE) for n, k in zip(names, kinds, strict=True)]
+    )
+    gemm = np.isin(np.array(kinds), ["matmul", "moe"])
+    return gemm & ~sim.table.replicated & ~core
+
+
+def tp_overlap_keep(sim: Simulator, plan: Plan, chunk_of: list[int], allreduces: list[float]) -> list[float]:
+    """Per task: the share of its TP all-reduce seconds (``allreduces``) left exposed by ``tp_overlap``."""
+    T = len(sim.ids)
+    keep = [1.0] * T
+    mask = gemm_ops(sim)
+    n = len(plan.stages)
+    comm = [[0.0, 0.0] for _ in range(n)]
+    gemm = [[0.0, 0.0] for _ in range(n)]
+    per_tp: dict[int, list[float]] = {}
+    scale = 1.0 / (plan.replicas * plan.micro_batches)
+    for st in plan.stages:
+        if st.tp not in per_tp:
+            times = sim.kernels(st.tp, scale)[0]
+            per_tp[st.tp] = np.add.reduceat(np.where(mask, times, 0.0), sim.offsets).tolist()
+    for i, k in enumerate(chunk_of):
+        step = sim.step[i]
+        if sim.once[i] or step not in (FORWARD, BACKWARD):
+            continue
+        comm[k][step] += allreduces[i]
+        gemm[k][step] += per_tp[plan.stages[k].tp][i]
+    for i, k in enumerate(chunk_of):
+        step = sim.step[i]
+        if sim.once[i] or step not in (FORWARD, BACKWARD) or comm[k][step] <= 0.0:
+            continue
+        keep[i] = 1.0 - min(comm[k][step], gemm[k][step]) / comm[k][step]
+    return keep

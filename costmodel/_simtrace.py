@@ -16,6 +16,7 @@ from ._plan import Plan
 from ._simengine import SimInput, SimOutput
 
 if TYPE_CHECKING:
+    from ._simbuild import Built
     from ._simulator import Simulator
 
 
@@ -54,13 +55,15 @@ def critical_breakdown(
     return compute, comm, idle
 
 
-def _segments(offsets: np.ndarray, last_op: np.ndarray, i: int, kt: Any, at: Any) -> list[tuple[str, float]]:
-    """A task's ops as bars: consecutive kernels merged, each all-reduce its own bar."""
+def _segments(
+    offsets: np.ndarray, last_op: np.ndarray, i: int, kt: Any, at: Any, keep: float = 1.0
+) -> list[tuple[str, float]]:
+    """A task's ops as bars: consecutive kernels merged, each all-reduce its own bar (``keep`` of it exposed)."""
     segs: list[tuple[str, float]] = []
     acc = 0.0
     for o in range(int(offsets[i]), int(last_op[i]) + 1):
         acc += float(kt[o])
-        a = float(at[o])
+        a = float(at[o]) * keep
         if a > 0.0:
             segs.append(("compute", acc))
             segs.append(("allreduce", a))
@@ -70,10 +73,14 @@ def _segments(offsets: np.ndarray, last_op: np.ndarray, i: int, kt: Any, at: Any
     return segs
 
 
-def timeline_events(
-    sim: Simulator, plan: Plan, inp: SimInput, out: SimOutput, per_stage: list[Any], links: list[Any], event: type
-) -> list[Any]:
-    """Every compute bar, all-reduce and transfer of the run, in start order."""
+def timeline_events(sim: Simulator, plan: Plan, inp: SimInput, out: SimOutput, built: Built, event: type) -> list[Any]:
+    """Every compute bar, collective and transfer of the run, in start order.
+
+    A task's ZeRO-3 gathers come first (its weights before its kernels); the bars of a
+    once task (optimizer) are scaled to the share of the work one rank does.
+    """
+    per_stage, links = built.per_stage, built.links
+    extra, keeps = built.extra or [0.0] * len(sim.ids), built.ar_keep or [1.0] * len(sim.ids)
     T, Q, NX, D0, X0 = out.tasks, out.instances, out.nx, out.dp0, out.x0
     start, end = out.start, out.end
     decode = sim.phase == Phase.DECODE
@@ -90,11 +97,13 @@ def timeline_events(
                 kt, at = sim.kernels(st.tp, 1.0)[0], sim.allreduces(st.tp, 1.0, links[s])[0]
             else:
                 kt, at = per_stage[s][0], per_stage[s][2]
-            segs = []
+            segs = [("allreduce", extra[i])] if extra[i] > 0.0 else []
             f = sim.fwd_of[i]
             if f >= 0 and st.recompute:
-                segs += _segments(sim.offsets, sim.last_op, f, kt, at)
-            segs += _segments(sim.offsets, sim.last_op, i, kt, at)
+                segs += _segments(sim.offsets, sim.last_op, f, kt, at, keeps[f])
+            segs += _segments(sim.offsets, sim.last_op, i, kt, at, keeps[i])
+            if once and built.once_share != 1.0:
+                segs = [(kind, d * built.once_share) for kind, d in segs]
             seg_cache[(i, once)] = segs
         return segs
 

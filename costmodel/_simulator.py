@@ -32,11 +32,11 @@ Semantics (the same as the analytic's where both apply):
   the p device groups, each running its chunks' slots in Megatron-Core's order
   (:func:`~._pipeline.stage_order`), as :func:`~._pipeline.training_makespan` does;
   a stage's memory, stage time and data-parallel all-reduce cover all its chunks;
-* ZeRO (``zero``, ``shard_group``) and ``overlap``: model state by term, data-parallel
-  tails, ZeRO-3's per-slot gathers and the sharded optimizer by the analytic
-  evaluator's conventions (:mod:`._simtech`);
+* ZeRO (``zero``, ``shard_group``), ``overlap`` and ``tp_overlap``: model state by
+  term, data-parallel tails, ZeRO-3's per-slot gathers, the sharded optimizer and the
+  exposed TP collectives by the analytic evaluator's conventions (:mod:`._simtech`);
 * the other training techniques of the plan (``sequence_parallel``,
-  ``selective_recompute``, ``cp``, ``ep``, ``tp_overlap``) are not simulated yet: such
+  ``selective_recompute``, ``cp``, ``ep``) are not simulated yet: such
   a plan is infeasible with a reason naming the field
   (:meth:`Simulator.unsupported`), never priced as if the field were absent;
 * breakdown: compute, communication and idle along the critical path (the chain of
@@ -91,7 +91,7 @@ from ._trust import annotate
 #: Profile range keys checked for extrapolation (as the analytic evaluator does).
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
 #: Plan-wide training techniques the simulator runs (the others are refused by name).
-SIMULATED = frozenset({"virtual_stages", "zero", "shard_group", "overlap"})
+SIMULATED = frozenset({"virtual_stages", "zero", "shard_group", "overlap", "tp_overlap"})
 STEP_CODE = {"forward": FORWARD, "backward": BACKWARD, "optimizer": OPTIMIZER}
 
 
@@ -111,7 +111,7 @@ class TimelineEvent:
     micro_batch: int
     start: float
     end: float
-    kind: str  # compute | allreduce | transfer
+    kind: str  # compute | allreduce (any collective: TP all-reduce, ZeRO-3 gather) | transfer
     step: int = 0
     dst_stage: int = -1
 
@@ -370,7 +370,7 @@ class Simulator:
             if not self.once[i]:
                 kern += built.per_stage[s][1][i]
                 error += errs[s][i]
-                comm += built.per_stage[s][3][i]
+                comm += built.per_stage[s][3][i] * built.ar_keep[i] + built.extra[i]
         comm += sum(built.inp.x_dur)
         annotate(metrics, self.pricer.errors, self.platform, plan, error, kern, comm)
 
@@ -449,5 +449,5 @@ class Simulator:
             memory_breakdown={**terms[needs.index(worst)], "activations": acts[needs.index(worst)]},
         )  # fmt: skip
         self._annotate(metrics, plan, group_of, built, scale)
-        events = timeline_events(self, plan, inp, out, built.per_stage, built.links, TimelineEvent) if keep else []
+        events = timeline_events(self, plan, inp, out, built, TimelineEvent) if keep else []
         return SimulationResult(metrics, events, curves, static, acts)

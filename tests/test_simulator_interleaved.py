@@ -110,7 +110,7 @@ def test_interleaved_stash_follows_the_schedule() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("sequence_parallel", True), ("selective_recompute", True), ("cp", 2), ("tp_overlap", True)],
+    [("sequence_parallel", True), ("selective_recompute", True), ("cp", 2)],
 )
 def test_unpriced_techniques_are_refused_by_name(field: str, value: object) -> None:
     sim = _sim()
@@ -170,15 +170,15 @@ ZERO_PLANS = [  # (pp, virtual, micro-batches, replicas, tp, recompute)
 
 @pytest.mark.parametrize(("pp", "v", "m", "r", "tp", "rc"), ZERO_PLANS)
 def test_zero_and_overlap_agree_with_the_analytic_evaluator(pp: int, v: int, m: int, r: int, tp: int, rc: bool) -> None:
-    """Every ZeRO stage, hybrid sharding, overlap on and off: the same step and the same model state by term."""
+    """Every ZeRO stage, hybrid sharding, overlap and TP overlap on and off: the same step and model state by term."""
     sim = _sim()
     ev = AnalyticEvaluator(sim.graph, PLATFORM)
-    for zero, group, overlap in itertools.product((0, 1, 2, 3), (0, 2), (False, True)):
+    for zero, group, overlap, tp_overlap in itertools.product((0, 1, 2, 3), (0, 2), (False, True), (False, True)):
         if group and not zero:
             continue
         plan = Plan.uniform(
             8, tp=tp, pp=pp, micro_batches=m, replicas=r, recompute=rc, virtual_stages=v,
-            zero=zero, shard_group=group, overlap=overlap,
+            zero=zero, shard_group=group, overlap=overlap, tp_overlap=tp_overlap,
         )  # fmt: skip
         s, a = sim.evaluate(plan), ev.evaluate(plan)
         assert s.feasible and a.feasible, (s.reason, a.reason)
@@ -214,3 +214,17 @@ def test_zero3_gathers_cost_time_and_overlap_hides_some() -> None:
     assert steps[(0, True)] < steps[(0, False)] and steps[(3, True)] < steps[(3, False)]
     res = sim.run(dataclasses.replace(plan, zero=3))
     assert res.metrics.breakdown["communication_s"] > sim.run(plan).metrics.breakdown["communication_s"]
+
+
+@pytest.mark.parametrize("granularity", ["layer", "op"])
+def test_timeline_bars_cover_every_job_with_techniques(granularity: str) -> None:
+    """ZeRO-3 gathers, the sharded optimizer and TP overlap are drawn as they are priced: bars sum to the jobs."""
+    sim = _sim("llama2-7b:layers=4", granularity)
+    for rc in (False, True):
+        plan = Plan.uniform(4, tp=2, pp=2, micro_batches=2, replicas=4, recompute=rc, zero=3, tp_overlap=True)
+        res = sim.run(plan)
+        inp = build_input(sim, plan, sim.placement(plan), 1.0 / 8).inp
+        jobs = sum(d * (1 if once else 2) for d, once in zip(inp.dur, inp.once, strict=True)) + sum(inp.dp_dur or [])
+        bars = sum(e.end - e.start for e in res.timeline if e.kind != "transfer")
+        assert bars == pytest.approx(jobs, rel=1e-9)
+        assert any(e.kind == "allreduce" and e.task.endswith(".bwd") for e in res.timeline)
