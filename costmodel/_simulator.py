@@ -73,6 +73,7 @@ from ._simbuild import Built, build_input
 from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
 from ._simmemory import TensorSizes, activation_peaks
 from ._simtrace import critical_breakdown, timeline_events
+from ._stash import StashColumns
 from ._trust import annotate
 
 #: Profile range keys checked for extrapolation (as the analytic evaluator does).
@@ -137,6 +138,7 @@ class Simulator:
         self.index = {tid: i for i, tid in enumerate(self.ids)}
         ops = [op for t in tasks for op in t.ops]
         self.table = OpTable.from_ops(ops)
+        self._stash_cols = StashColumns.for_graph(ops, meta)
         counts = np.array([len(t.ops) for t in tasks], dtype=np.intp)
         self.offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
         self.last_op = self.offsets + counts - 1
@@ -225,6 +227,7 @@ class Simulator:
                 out=per_op[self.last_op].tolist(),
                 inner=np.add.reduceat(inner, self.offsets).tolist(),
                 largest_inner=np.maximum.reduceat(inner, self.offsets).tolist(),
+                saved=np.add.reduceat(self._stash_cols.per_device(self.table, tp), self.offsets).tolist(),
             )
         return sizes
 
