@@ -27,6 +27,15 @@ Semantics (the same as the analytic's where both apply):
   micro-batch (1F1B or GPipe), then on each stage the data-parallel gradient
   all-reduce and the optimizer tasks (once, at full batch); recompute re-runs a
   backward's forward kernels and all-reduces first;
+* interleaved 1F1B (``virtual_stages`` v > 1): the plan's p x v stages are model
+  chunks; chunk k runs on the devices of chunk k mod p, so the event loop's stages are
+  the p device groups, each running its chunks' slots in Megatron-Core's order
+  (:func:`~._pipeline.stage_order`), as :func:`~._pipeline.training_makespan` does;
+  a stage's memory, stage time and data-parallel all-reduce cover all its chunks;
+* the other training techniques of the plan (``zero``, ``sequence_parallel``,
+  ``selective_recompute``, ``cp``, ``ep``, ``overlap``, ``tp_overlap``) are not
+  simulated yet: such a plan is infeasible with a reason naming the field
+  (:meth:`Simulator.unsupported`), never priced as if the field were absent;
 * breakdown: compute, communication and idle along the critical path (the chain of
   jobs that each started when the previous one ended), clipped to the measured
   window, so the three sum to the latency.
@@ -78,6 +87,8 @@ from ._trust import annotate
 
 #: Profile range keys checked for extrapolation (as the analytic evaluator does).
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
+#: Plan-wide training techniques the simulator runs (the others are refused by name).
+SIMULATED = frozenset({"virtual_stages"})
 STEP_CODE = {"forward": FORWARD, "backward": BACKWARD, "optimizer": OPTIMIZER}
 
 
@@ -257,6 +268,8 @@ class Simulator:
     def run(self, plan: Plan, *, timeline: bool = True) -> SimulationResult:
         """Simulate ``plan``; an invalid plan gives ``feasible=False`` with its problems, never an exception."""
         problems = plan.problems(self.graph, self.platform)  # a malformed plan gives reasons, a bug raises
+        if not problems:
+            problems = self.unsupported(plan)
         if problems:
             metrics = Metrics(
                 feasible=False, reason="invalid plan: " + "; ".join(problems), phase=self.phase,
@@ -265,6 +278,28 @@ class Simulator:
             )  # fmt: skip
             return SimulationResult(metrics, [])
         return self._run(plan, timeline)
+
+    @staticmethod
+    def unsupported(plan: Plan) -> list[str]:
+        """The plan's training techniques this simulator does not price yet, each named by its field.
+
+        Interleaved 1F1B (``virtual_stages``) is simulated; its chunks on one stage must
+        agree on ``recompute`` (activation lifetimes are followed per stage).
+        """
+        out = [
+            f"{name} = {value!r} is not simulated yet (the discrete-event simulator prices "
+            "virtual_stages only; use the analytic evaluator)"
+            for name, value in plan.techniques().items()
+            if name not in SIMULATED
+        ]
+        p = plan.pp
+        for k in range(p, len(plan.stages)):
+            if plan.stages[k].recompute != plan.stages[k % p].recompute:
+                out.append(
+                    f"stage {k}: recompute must match chunk {k % p} of the same devices (virtual_stages "
+                    f"{plan.virtual_stages}): the simulator follows activation memory per stage"
+                )
+        return out
 
     def _stage_ops(self, stage_of: list[int], s: int) -> OpTable:
         on_stage = np.array(stage_of, dtype=np.intp)[self.op_task] == s
@@ -275,11 +310,16 @@ class Simulator:
         return weight_memory(self._stage_ops(stage_of, s), tp)
 
     def static_memory(self, plan: Plan, stage_of: list[int] | None = None) -> list[float]:
-        """Per stage: weights + training state (train) or the KV cache of batch/r sequences (inference)."""
+        """Per stage: weights + training state (train) or the KV cache of batch/r sequences (inference).
+
+        ``stage_of`` gives each task's entry of ``plan.stages``; an interleaved stage holds all its chunks.
+        """
         stage_of = self.placement(plan) if stage_of is None else stage_of
+        p = plan.pp
+        group_of = [k % p for k in stage_of]
         out = []
-        for s, st in enumerate(plan.stages):
-            table = self._stage_ops(stage_of, s)
+        for s, st in enumerate(plan.physical_stages):
+            table = self._stage_ops(group_of, s)
             need = weight_memory(table, st.tp)
             if self.phase == Phase.TRAIN:
                 need += training_state_memory(table, st.tp, self.graph.meta.dtype)
@@ -302,7 +342,7 @@ class Simulator:
         """Calibrated-or-not and the expected error, from the same sums as the analytic evaluator."""
         if self.pricer.errors is None:
             return
-        errs = [self.kernel_errors(st.tp, scale) for st in plan.stages]
+        errs = [self.kernel_errors(st.tp, scale) for st in plan.physical_stages]
         kern = error = comm = 0.0
         for i, s in enumerate(stage_of):
             if not self.once[i]:
@@ -318,6 +358,8 @@ class Simulator:
         stage_of = self.placement(plan)
         built = build_input(self, plan, stage_of, scale)
         inp = built.inp
+        group_of = inp.stage_of  # the device group (pipeline stage) of each task
+        stages = plan.physical_stages
         out: SimOutput = simulate(inp)
         if min(out.inst_last, default=0) < 0:
             raise RuntimeError("simulation stalled: some task instances never ran (a bug: please report the plan)")
@@ -332,15 +374,15 @@ class Simulator:
         latency = w1 - w0
         compute, comm, idle = critical_breakdown(inp, out, built.ar_part, final, w0, w1)
         static = self.static_memory(plan, stage_of)
-        recompute = [st.recompute and self.phase == Phase.TRAIN for st in plan.stages]
-        sizes = [self.tensor_sizes(st.tp) for st in plan.stages]
+        recompute = [st.recompute and self.phase == Phase.TRAIN for st in stages]
+        sizes = [self.tensor_sizes(st.tp) for st in stages]
         acts, curves = activation_peaks(
             inp, out, sizes, built.x_bytes, self.bwd_of, recompute, scale, keep_timeline=keep
         )
         needs = [a + b for a, b in zip(static, acts, strict=True)]
         dpr = plan.devices_per_replica
         memory = [0.0] * self.platform.num_devices
-        for st, need in zip(plan.stages, needs, strict=True):
+        for st, need in zip(stages, needs, strict=True):
             for d in st.devices:
                 for k in range(r):
                     memory[d + k * dpr] = need
@@ -350,20 +392,20 @@ class Simulator:
         if worst > usable:
             s = needs.index(worst)
             reason = (
-                f"device {plan.stages[s].devices[0]} (stage {s}) needs {worst / GIB:.1f} GiB > {usable / GIB:.1f} GiB "
+                f"device {stages[s].devices[0]} (stage {s}) needs {worst / GIB:.1f} GiB > {usable / GIB:.1f} GiB "
                 f"usable (over by {(worst - usable) / GIB:.1f} GiB)"
             )
         stage_times = [0.0] * plan.pp
         outside = [0.0] * plan.pp
-        counts = [self.outside(st.tp, scale) for st in plan.stages]
-        for i, s in enumerate(stage_of):
+        counts = [self.outside(st.tp, scale) for st in stages]
+        for i, s in enumerate(group_of):
             if not self.once[i]:
                 stage_times[s] += inp.dur[i]
                 outside[s] += counts[s][i]
         warnings = [
             f"stage {s} (tp {st.tp}): {int(n)} kernel(s) run per-device work outside the calibrated range of "
             f"profile {self.platform.profile.name}: the prediction extrapolates"
-            for s, (st, n) in enumerate(zip(plan.stages, outside, strict=True))
+            for s, (st, n) in enumerate(zip(stages, outside, strict=True))
             if n > 0.5
         ]
         tokens = meta.batch if self.phase == Phase.DECODE else meta.batch * meta.seq
@@ -382,6 +424,6 @@ class Simulator:
             breakdown={"compute_s": compute, "communication_s": comm, "idle_s": idle},
             stage_times_s=stage_times, devices_used=plan.num_devices, warnings=warnings,
         )  # fmt: skip
-        self._annotate(metrics, plan, stage_of, built, scale)
+        self._annotate(metrics, plan, group_of, built, scale)
         events = timeline_events(self, plan, inp, out, built.per_stage, built.links, TimelineEvent) if keep else []
         return SimulationResult(metrics, events, curves, static, acts)
