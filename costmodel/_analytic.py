@@ -264,24 +264,30 @@ class AnalyticEvaluator:
 
     def _quick_valid(self, plan: Plan) -> bool:
         """True only when :meth:`problems` would find nothing (its checks, without the graph walk it repeats)."""
-        if uses_techniques(plan):  # problems() checks them
-            return False
+        cp, p = 1, len(plan.stages)
+        if uses_techniques(plan):  # the plan's own technique checks (no graph walk), then what this evaluator refuses
+            if plan._technique_problems(self.graph) or technique_refusals(plan):
+                return False
+            cp, p = plan.cp, plan.pp
         stages = plan.stages
         m, r = plan.micro_batches, plan.replicas
         if not stages or plan.schedule not in SCHEDULES or m < 1 or r < 1 or self.batch % (m * r):
             return False
         heads, starts, expected, dpr = self.graph.meta.heads, self._starts, 0, 0
         seen: set[int] = set()
-        for st in stages:
+        for i, st in enumerate(stages):
             t, layers = st.tp, st.layers
-            if t < 1 or heads % t or len(st.devices) != t or layers is None:
+            if t < 1 or heads % t or len(st.devices) != t * cp or layers is None:
                 return False
             a, b = layers
             if a != expected or b < a or not starts[a]:
                 return False
             expected = b + 1
-            seen.update(st.devices)
-            dpr += t
+            if i < p:
+                seen.update(st.devices)
+                dpr += t * cp
+            elif st.devices != stages[i % p].devices or t != stages[i % p].tp:  # a later interleaved chunk
+                return False
         n_dev = self.platform.num_devices
         return (
             expected == self.n_layers

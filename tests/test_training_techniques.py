@@ -292,3 +292,30 @@ def test_expert_parallel_divides_expert_weights_and_adds_all_to_alls() -> None:
     assert w4 == pytest.approx(share * (dense + expert / 4), rel=0.05)
     assert four.breakdown["communication_s"] != pytest.approx(one.breakdown["communication_s"], rel=1e-3)
     assert four.step_s > 0.0
+
+
+def test_fast_validity_check_never_passes_a_plan_that_problems_refuses() -> None:
+    ev = _ev("mixtral-8x7b", batch=16)
+    rng = np.random.default_rng(5)
+    fields = {
+        "zero": [0, 1, 2, 3, 4],
+        "shard_group": [0, 2, 3],
+        "sequence_parallel": [False, True],
+        "virtual_stages": [1, 2, 3],
+        "cp": [1, 2],
+        "ep": [1, 2, 3],
+        "overlap": [False, True],
+    }
+    passed = 0
+    for _ in range(300):
+        kw = {k: v[rng.integers(len(v))] for k, v in fields.items()}
+        tp, pp = int(rng.choice([1, 2, 4])), int(rng.choice([1, 2, 4]))
+        try:
+            plan = Plan.uniform(32, tp=tp, pp=pp, replicas=int(rng.choice([1, 2])), micro_batches=4, **kw)
+        except ValueError:
+            continue
+        fast = ev._valid_fast(plan)
+        if fast:
+            passed += 1
+            assert ev.problems(plan) == [], plan.techniques()
+    assert passed > 10
