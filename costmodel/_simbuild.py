@@ -19,6 +19,9 @@ transfers between groups use the directed link of that pair of groups, whichever
 chunks they join (with p = 2, forward activations and backward gradients can share
 a direction); each group reduces the gradients of all its chunks in one
 data-parallel all-reduce.
+
+ZeRO and ``overlap`` (data-parallel tails, ZeRO-3's per-slot gathers, the sharded
+optimizer) come from :mod:`._simtech`.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import numpy as np
 
 from ..graphs import Phase
 from ._plan import Plan
-from ._pricing import GroupLink, allreduce_time, group_link, group_terms, p2p_time, pair_link
+from ._pricing import GroupLink, group_terms, p2p_time, pair_link
 from ._simengine import BACKWARD, SimInput
+from ._simtech import dp_tails, shard_group, zero3_gathers
 
 if TYPE_CHECKING:
     from ._simulator import Simulator
@@ -79,6 +83,17 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         if f >= 0 and chunks[stage_of[i]].recompute:
             kern, ar = kern + k_sums[f], ar + a_sums[f]
         dur[i], ar_part[i] = kern + ar, ar
+    train = sim.phase == Phase.TRAIN
+    if train and plan.zero:
+        group = shard_group(plan)
+        kernels = [0.0 if sim.once[i] else per_stage[group_of[i]][1][i] for i in range(T)]
+        for i, extra in enumerate(zero3_gathers(sim, plan, stage_of, kernels)):
+            dur[i] += extra
+            ar_part[i] += extra
+        for i in range(T):  # each rank updates its shard of the parameters
+            if sim.once[i]:
+                dur[i] /= group
+                ar_part[i] /= group
     local_succ: list[list[int]] = [[] for _ in range(T)]
     sends: list[list[int]] = [[] for _ in range(T)]
     groups: dict[tuple[int, int, int], int] = {}
@@ -120,16 +135,14 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         x_dur.append(p2p_time(nbytes * scale, *terms))
         x_dur_once.append(p2p_time(nbytes, *terms))
         x_bytes.append(nbytes)
-    train = sim.phase == Phase.TRAIN
-    m, r = plan.micro_batches, plan.replicas
+    m = plan.micro_batches
     dp = None
     if train:
-        dpr = plan.devices_per_replica
-        dp = []
-        for s, st in enumerate(stages):
-            weights = sim.stage_weights(group_of, s, st.tp)
-            group = tuple(st.devices[0] + k * dpr for k in range(r))
-            dp.append(allreduce_time(weights, r, *group_link(sim.platform, group)) if r > 1 else 0.0)
+        backward = [0.0] * p
+        for i, s in enumerate(group_of):
+            if sim.step[i] == BACKWARD and not sim.once[i]:
+                backward[s] += dur[i]
+        dp = dp_tails(sim, plan, group_of, backward)
     inp = SimInput(
         n_stages=p, n_links=len(link_id), stage_of=group_of, step=sim.step, once=sim.once, dur=dur,
         local_succ=local_succ, sends=sends, x_link=x_link, x_dur=x_dur, x_dur_once=x_dur_once, x_dst=x_dst,

@@ -32,9 +32,12 @@ Semantics (the same as the analytic's where both apply):
   the p device groups, each running its chunks' slots in Megatron-Core's order
   (:func:`~._pipeline.stage_order`), as :func:`~._pipeline.training_makespan` does;
   a stage's memory, stage time and data-parallel all-reduce cover all its chunks;
-* the other training techniques of the plan (``zero``, ``sequence_parallel``,
-  ``selective_recompute``, ``cp``, ``ep``, ``overlap``, ``tp_overlap``) are not
-  simulated yet: such a plan is infeasible with a reason naming the field
+* ZeRO (``zero``, ``shard_group``) and ``overlap``: model state by term, data-parallel
+  tails, ZeRO-3's per-slot gathers and the sharded optimizer by the analytic
+  evaluator's conventions (:mod:`._simtech`);
+* the other training techniques of the plan (``sequence_parallel``,
+  ``selective_recompute``, ``cp``, ``ep``, ``tp_overlap``) are not simulated yet: such
+  a plan is infeasible with a reason naming the field
   (:meth:`Simulator.unsupported`), never priced as if the field were absent;
 * breakdown: compute, communication and idle along the critical path (the chain of
   jobs that each started when the previous one ended), clipped to the measured
@@ -72,7 +75,7 @@ import numpy as np
 
 from ..graphs import Phase, TaskGraph
 from ._bounds import lower_bound_s
-from ._memory import kv_cache_memory, training_state_memory, weight_memory
+from ._memory import kv_cache_memory, weight_memory
 from ._metrics import Metrics
 from ._plan import Plan
 from ._platform import GIB, Platform
@@ -81,6 +84,7 @@ from ._profile import in_range
 from ._simbuild import Built, build_input
 from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
 from ._simmemory import TensorSizes, activation_peaks
+from ._simtech import model_states
 from ._simtrace import critical_breakdown, timeline_events
 from ._stash import StashColumns
 from ._trust import annotate
@@ -88,7 +92,7 @@ from ._trust import annotate
 #: Profile range keys checked for extrapolation (as the analytic evaluator does).
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
 #: Plan-wide training techniques the simulator runs (the others are refused by name).
-SIMULATED = frozenset({"virtual_stages"})
+SIMULATED = frozenset({"virtual_stages", "zero", "shard_group", "overlap"})
 STEP_CODE = {"forward": FORWARD, "backward": BACKWARD, "optimizer": OPTIMIZER}
 
 
@@ -178,6 +182,7 @@ class Simulator:
         self._ars: dict[tuple[int, float, GroupLink], tuple[np.ndarray, list[float]]] = {}
         self._sizes: dict[int, TensorSizes] = {}
         self._outside: dict[tuple[int, float], list[float]] = {}
+        self._task_weights: dict[int, list[float]] = {}
         self._work_ops = step_of_op != OPTIMIZER
         self._lower: float | None = None
 
@@ -288,7 +293,7 @@ class Simulator:
         """
         out = [
             f"{name} = {value!r} is not simulated yet (the discrete-event simulator prices "
-            "virtual_stages only; use the analytic evaluator)"
+            f"{', '.join(sorted(SIMULATED))} only; use the analytic evaluator)"
             for name, value in plan.techniques().items()
             if name not in SIMULATED
         ]
@@ -309,24 +314,44 @@ class Simulator:
         """Weight bytes per device of stage ``s`` (what its data-parallel all-reduce moves)."""
         return weight_memory(self._stage_ops(stage_of, s), tp)
 
-    def static_memory(self, plan: Plan, stage_of: list[int] | None = None) -> list[float]:
-        """Per stage: weights + training state (train) or the KV cache of batch/r sequences (inference).
+    def task_weights(self, tp: int) -> list[float]:
+        """Per task: weight bytes per device of its ops on a TP group of ``tp`` (forward tasks hold the weights)."""
+        hit = self._task_weights.get(tp)
+        if hit is None:
+            per_op = self.table.param_bytes / self.table.split(tp)
+            hit = self._task_weights[tp] = np.add.reduceat(per_op, self.offsets).tolist()
+        return hit
 
-        ``stage_of`` gives each task's entry of ``plan.stages``; an interleaved stage holds all its chunks.
+    def memory_terms(self, plan: Plan, stage_of: list[int] | None = None) -> list[dict[str, float]]:
+        """Per stage, memory that does not depend on the schedule, by term (``Metrics.memory_breakdown``'s keys).
+
+        Training: weights, gradients, optimizer state (ZeRO-sharded, :mod:`._simtech`) and
+        ZeRO-3's gathered-layer buffers; inference: weights and the KV cache of batch/r
+        sequences. ``stage_of`` gives each task's entry of ``plan.stages``; an interleaved
+        stage holds all its chunks.
         """
         stage_of = self.placement(plan) if stage_of is None else stage_of
         p = plan.pp
         group_of = [k % p for k in stage_of]
+        if self.phase == Phase.TRAIN:
+            state = model_states(self, plan, group_of)
+            return [
+                {"weights": w, "gradients": g, "optimizer_state": o, "kv_cache": 0.0, "buffers": b}
+                for w, g, o, b in zip(state.weights, state.gradients, state.optimizer_state, state.buffers, strict=True)
+            ]
         out = []
         for s, st in enumerate(plan.physical_stages):
             table = self._stage_ops(group_of, s)
-            need = weight_memory(table, st.tp)
-            if self.phase == Phase.TRAIN:
-                need += training_state_memory(table, st.tp, self.graph.meta.dtype)
-            else:
-                need += kv_cache_memory(table, st.tp, self.graph.meta.batch // plan.replicas, self.kv_len)
-            out.append(need)
+            kv = kv_cache_memory(table, st.tp, self.graph.meta.batch // plan.replicas, self.kv_len)
+            out.append(
+                {"weights": weight_memory(table, st.tp), "gradients": 0.0, "optimizer_state": 0.0, "kv_cache": kv,
+                 "buffers": 0.0}
+            )  # fmt: skip
         return out
+
+    def static_memory(self, plan: Plan, stage_of: list[int] | None = None) -> list[float]:
+        """Per stage: weights + training state (train) or the KV cache of batch/r sequences (inference)."""
+        return [sum(terms.values()) for terms in self.memory_terms(plan, stage_of)]
 
     def _pipelined(self, tokens: float, latency: float, plan: Plan, stage_times: list[float], built: Built) -> float:
         """Steady-state tokens/s of a stream of batches (prefill: the bottleneck stage or link sets the pace)."""
@@ -373,7 +398,8 @@ class Simulator:
             w0, w1 = 0.0, out.end[final]
         latency = w1 - w0
         compute, comm, idle = critical_breakdown(inp, out, built.ar_part, final, w0, w1)
-        static = self.static_memory(plan, stage_of)
+        terms = self.memory_terms(plan, stage_of)
+        static = [sum(x.values()) for x in terms]
         recompute = [st.recompute and self.phase == Phase.TRAIN for st in stages]
         sizes = [self.tensor_sizes(st.tp) for st in stages]
         acts, curves = activation_peaks(
@@ -423,6 +449,7 @@ class Simulator:
             memory_capacity_bytes=usable, lower_bound_s=self.lower_bound,
             breakdown={"compute_s": compute, "communication_s": comm, "idle_s": idle},
             stage_times_s=stage_times, devices_used=plan.num_devices, warnings=warnings,
+            memory_breakdown={**terms[needs.index(worst)], "activations": acts[needs.index(worst)]},
         )  # fmt: skip
         self._annotate(metrics, plan, group_of, built, scale)
         events = timeline_events(self, plan, inp, out, built.per_stage, built.links, TimelineEvent) if keep else []

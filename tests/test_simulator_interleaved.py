@@ -1,4 +1,4 @@
-"""The simulator runs interleaved 1F1B as the analytic makespan does, and refuses the techniques it does not price."""
+"""The simulator runs interleaved 1F1B, ZeRO and overlap as the analytic evaluator prices them, and refuses the rest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from paratune.costmodel import Plan, Simulator, get_platform
+from paratune.costmodel import AnalyticEvaluator, Plan, Simulator, get_platform
 from paratune.costmodel._pipeline import training_makespan
 from paratune.costmodel._simbuild import build_input
 from paratune.costmodel._simengine import FORWARD
@@ -110,14 +110,7 @@ def test_interleaved_stash_follows_the_schedule() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [
-        ("zero", 1),
-        ("sequence_parallel", True),
-        ("selective_recompute", True),
-        ("cp", 2),
-        ("overlap", True),
-        ("tp_overlap", True),
-    ],
+    [("sequence_parallel", True), ("selective_recompute", True), ("cp", 2), ("tp_overlap", True)],
 )
 def test_unpriced_techniques_are_refused_by_name(field: str, value: object) -> None:
     sim = _sim()
@@ -142,3 +135,82 @@ def test_chunks_of_a_stage_must_recompute_alike() -> None:
     stages[2] = dataclasses.replace(stages[2], recompute=True)
     res = sim.run(dataclasses.replace(base, stages=tuple(stages))).metrics
     assert not res.feasible and "stage 2: recompute must match chunk 0" in res.reason
+
+
+@pytest.mark.parametrize("granularity", ["layer", "op"])
+def test_interleaved_plans_agree_with_the_analytic_evaluator(granularity: str) -> None:
+    """Plans with only ``virtual_stages`` set: the same step (same slots, same prices), the same static memory,
+    and activation lifetimes within the usual slack of the analytic's stash (uniform chunks)."""
+    sim = _sim(granularity=granularity)
+    ev = AnalyticEvaluator(sim.graph, PLATFORM)
+    meta = sim.graph.meta
+    hidden = meta.hidden * meta.batch * meta.seq * 2
+    for pp, v, m, r, tp, rc in PLANS[:4]:
+        plan = Plan.uniform(8, tp=tp, pp=pp, micro_batches=m, replicas=r, recompute=rc, virtual_stages=v)
+        res, a = sim.run(plan, timeline=False), ev.evaluate(plan)
+        s = res.metrics
+        assert s.feasible and a.feasible
+        assert s.step_s == pytest.approx(a.step_s, rel=1e-6), plan.to_dict()
+        assert s.mfu == pytest.approx(a.mfu, rel=1e-6)
+        for k, st in enumerate(plan.physical_stages):
+            analytic_act = a.peak_memory_bytes[st.devices[0]] - res.static_memory_bytes[k]
+            assert res.activation_bytes[k] <= analytic_act + 2.0 * hidden / (r * m), (plan.to_dict(), k)
+        worst = max(range(pp), key=lambda k: a.peak_memory_bytes[plan.stages[k].devices[0]])
+        state = sum(a.memory_breakdown[x] for x in ("weights", "gradients", "optimizer_state"))
+        assert res.static_memory_bytes[worst] == pytest.approx(state, rel=1e-4)
+
+
+ZERO_PLANS = [  # (pp, virtual, micro-batches, replicas, tp, recompute)
+    (2, 1, 4, 4, 1, False),
+    (2, 2, 4, 2, 2, False),
+    (1, 1, 2, 8, 1, False),
+    (4, 2, 4, 2, 1, True),
+]
+
+
+@pytest.mark.parametrize(("pp", "v", "m", "r", "tp", "rc"), ZERO_PLANS)
+def test_zero_and_overlap_agree_with_the_analytic_evaluator(pp: int, v: int, m: int, r: int, tp: int, rc: bool) -> None:
+    """Every ZeRO stage, hybrid sharding, overlap on and off: the same step and the same model state by term."""
+    sim = _sim()
+    ev = AnalyticEvaluator(sim.graph, PLATFORM)
+    for zero, group, overlap in itertools.product((0, 1, 2, 3), (0, 2), (False, True)):
+        if group and not zero:
+            continue
+        plan = Plan.uniform(
+            8, tp=tp, pp=pp, micro_batches=m, replicas=r, recompute=rc, virtual_stages=v,
+            zero=zero, shard_group=group, overlap=overlap,
+        )  # fmt: skip
+        s, a = sim.evaluate(plan), ev.evaluate(plan)
+        assert s.feasible and a.feasible, (s.reason, a.reason)
+        assert s.step_s == pytest.approx(a.step_s, rel=1e-6), plan.techniques()
+        for term in ("weights", "gradients", "optimizer_state"):
+            assert s.memory_breakdown[term] == pytest.approx(a.memory_breakdown[term], rel=1e-4), (term, plan)
+
+
+def test_zero_shards_model_state_as_the_zero_paper_says() -> None:
+    """2W + 2W + 12W per device (K = 12); ZeRO-1 / 2 / 3 divide optimizer / + gradients / + weights by N_d."""
+    sim = _sim()
+    n = 8
+    base = sim.evaluate(Plan.uniform(8, replicas=n, micro_batches=2)).memory_breakdown
+    w = base["weights"]
+    assert base["gradients"] == pytest.approx(w) and base["optimizer_state"] == pytest.approx(6 * w)
+    expected = {1: (w, w, 6 * w / n), 2: (w, w / n, 6 * w / n), 3: (w / n, w / n, 6 * w / n)}
+    for zero, (ew, eg, eo) in expected.items():
+        mb = sim.evaluate(Plan.uniform(8, replicas=n, micro_batches=2, zero=zero)).memory_breakdown
+        assert (mb["weights"], mb["gradients"], mb["optimizer_state"]) == pytest.approx((ew, eg, eo), rel=1e-9)
+        assert (mb["buffers"] > 0) == (zero == 3)  # one gathered layer under ZeRO-3
+    hybrid = sim.evaluate(Plan.uniform(8, replicas=n, micro_batches=2, zero=1, shard_group=2)).memory_breakdown
+    assert hybrid["optimizer_state"] == pytest.approx(6 * w / 2, rel=1e-9)
+
+
+def test_zero3_gathers_cost_time_and_overlap_hides_some() -> None:
+    """ZeRO-3 moves 1.5x ZeRO-0's bytes, per micro-batch; overlap hides the reduction behind the backward."""
+    sim = _sim()
+    plan = Plan.uniform(8, tp=2, pp=2, micro_batches=4, replicas=4)
+    steps = {
+        (z, o): sim.evaluate(dataclasses.replace(plan, zero=z, overlap=o)).step_s for z in (0, 3) for o in (False, True)
+    }
+    assert steps[(3, False)] > steps[(0, False)]
+    assert steps[(0, True)] < steps[(0, False)] and steps[(3, True)] < steps[(3, False)]
+    res = sim.run(dataclasses.replace(plan, zero=3))
+    assert res.metrics.breakdown["communication_s"] > sim.run(plan).metrics.breakdown["communication_s"]
