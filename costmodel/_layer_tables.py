@@ -158,6 +158,8 @@ class TpTables:
     lists: dict[str, list[float]]
     out_max_l: list[list[float]]
     stash_max_l: list[list[float]]
+    #: Sparse tables of per-unit ``stash_sp`` (full recomputation with SP rebuilds one unit at a time).
+    stash_sp_max_l: list[list[float]]
 
     @classmethod
     def build(cls, idx: UnitIndex, pricer: KernelPricer, tp: int, dtype: str) -> TpTables:
@@ -205,6 +207,7 @@ class TpTables:
             lists={k: v.tolist() for k, v in arrays.items()},
             out_max_l=om.tolist(),
             stash_max_l=sm.tolist(),
+            stash_sp_max_l=sparse_table(stash_sp).tolist(),
         )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from paratune.costmodel import AnalyticEvaluator, Plan, Simulator, get_platform
+from paratune.costmodel._layer_tables import range_max
 from paratune.graphs import build_graph, coarsen, get_model
 
 PLATFORM = get_platform("dgx-h100x2")
@@ -107,3 +108,25 @@ def test_simulator_keeps_what_backward_reads(unfused: AnalyticEvaluator) -> None
     stash = unfused.tp_tables(2).lists["stash"]
     assert res.activation_bytes[0] >= 0.9 * stash[-1]  # the whole stash is alive when backward starts
     assert res.activation_bytes[0] <= analytic_act + 2 * S * B * H * 2
+
+
+def test_recompute_with_sp_rebuilds_the_split_stash(unfused: AnalyticEvaluator) -> None:
+    tt = unfused.tp_tables(4)
+    per_unit = np.diff(tt.lists["stash_sp"])
+    assert range_max(tt.stash_sp_max_l, 1, 3) == pytest.approx(per_unit[1:3].max(), rel=1e-12)
+    assert range_max(tt.stash_sp_max_l, 0, 4) == pytest.approx(per_unit.max(), rel=1e-12)
+
+
+@pytest.mark.parametrize(("pp", "tp", "m", "recompute"), [(2, 1, 2, False), (2, 2, 4, False), (2, 2, 2, True)])
+def test_simulator_agrees_on_dropout_graphs(
+    unfused: AnalyticEvaluator, pp: int, tp: int, m: int, recompute: bool
+) -> None:
+    """The dropout ops are priced alike (step within 1%) and the lifetimes stay within the analytic stash + slack."""
+    g = build_graph(SMALL, phase="train", batch=B * 2, seq=S)
+    ev, sim = AnalyticEvaluator(g, PLATFORM), Simulator(g, PLATFORM)
+    plan = Plan.uniform(2, tp=tp, pp=pp, micro_batches=m, recompute=recompute)
+    a, res = ev.evaluate(plan), sim.run(plan, timeline=False)
+    assert res.metrics.step_s == pytest.approx(a.step_s, rel=0.01)
+    hidden = S * B * 2 * H * 2 / m  # one hidden-state tensor of a micro-batch
+    for st, static, act in zip(plan.stages, res.static_memory_bytes, res.activation_bytes, strict=True):
+        assert act <= a.peak_memory_bytes[st.devices[0]] - static + 2 * hidden
