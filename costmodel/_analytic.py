@@ -108,7 +108,7 @@ from ._metrics import Metrics
 from ._plan import SCHEDULES, Plan
 from ._platform import GIB, Platform
 from ._pricing import GroupLink, KernelPricer, group_link, group_terms, pair_link, tp_allreduce_time
-from ._technique_tables import TechScaled, TechUnits, attention_core_mask
+from ._technique_tables import TechScaled, TechUnits
 from ._techniques import uses_techniques
 
 
@@ -153,7 +153,6 @@ class AnalyticEvaluator:
         self._tech_scaled: dict[tuple[int, int, int], TechScaled] = {}
         self._tech_units: dict[int, TechUnits] = {}
         self._groups: dict[tuple[int, ...], tuple[float, float]] = {}
-        self._core: np.ndarray | None = None
 
     # -- cached tables ----------------------------------------------------
     def tp_tables(self, tp: int) -> TpTables:
@@ -169,17 +168,12 @@ class AnalyticEvaluator:
             tables = self._scaled[(tp, share)] = ScaledTables.build(self.units, self.pricer, tp, 1.0 / share)
         return tables
 
-    def _core_mask(self) -> np.ndarray:
-        if self._core is None:
-            self._core = attention_core_mask(self.graph, self.units)
-        return self._core
-
     def tech_scaled(self, tp: int, share: int, ep: int = 1) -> TechScaled:
         """Kernel tables the training techniques read (:class:`TechScaled`), cached by (tp, share, ep)."""
         key = (tp, share, ep)
         tables = self._tech_scaled.get(key)
         if tables is None:
-            tables = TechScaled.build(self.units, self.pricer, self._core_mask(), tp, share, ep)
+            tables = TechScaled.build(self.units, self.pricer, tp, share, ep)
             self._tech_scaled[key] = tables
         return tables
 
@@ -187,7 +181,7 @@ class AnalyticEvaluator:
         """Per-unit facts the training techniques read (:class:`TechUnits`), cached by TP degree."""
         tables = self._tech_units.get(tp)
         if tables is None:
-            tables = self._tech_units[tp] = TechUnits.build(self.units, self._core_mask(), tp)
+            tables = self._tech_units[tp] = TechUnits.build(self.units, tp)
         return tables
 
     def group(self, devices: tuple[int, ...]) -> tuple[float, float]:
@@ -270,24 +264,30 @@ class AnalyticEvaluator:
 
     def _quick_valid(self, plan: Plan) -> bool:
         """True only when :meth:`problems` would find nothing (its checks, without the graph walk it repeats)."""
-        if uses_techniques(plan):  # problems() checks them
-            return False
+        cp, p = 1, len(plan.stages)
+        if uses_techniques(plan):  # the plan's own technique checks (no graph walk), then what this evaluator refuses
+            if plan._technique_problems(self.graph) or technique_refusals(plan):
+                return False
+            cp, p = plan.cp, plan.pp
         stages = plan.stages
         m, r = plan.micro_batches, plan.replicas
         if not stages or plan.schedule not in SCHEDULES or m < 1 or r < 1 or self.batch % (m * r):
             return False
         heads, starts, expected, dpr = self.graph.meta.heads, self._starts, 0, 0
         seen: set[int] = set()
-        for st in stages:
+        for i, st in enumerate(stages):
             t, layers = st.tp, st.layers
-            if t < 1 or heads % t or len(st.devices) != t or layers is None:
+            if t < 1 or heads % t or len(st.devices) != t * cp or layers is None:
                 return False
             a, b = layers
             if a != expected or b < a or not starts[a]:
                 return False
             expected = b + 1
-            seen.update(st.devices)
-            dpr += t
+            if i < p:
+                seen.update(st.devices)
+                dpr += t * cp
+            elif st.devices != stages[i % p].devices or t != stages[i % p].tp:  # a later interleaved chunk
+                return False
         n_dev = self.platform.num_devices
         return (
             expected == self.n_layers

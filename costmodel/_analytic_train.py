@@ -8,24 +8,20 @@ plans that use a technique pay.
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING
 
 from ..graphs import DTYPE_BYTES
 from ._layer_tables import range_max
 from ._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
 from ._metrics import Metrics
-from ._pipeline import training_makespan
+from ._pipeline import peak_stash, training_makespan
 from ._plan import Plan, Schedule
 from ._pricing import alltoall_time, p2p_time, tp_allreduce_time
-from ._techniques import exposed, gradient_sync, interleaved_in_flight, model_state, zero3_slot_traffic
+from ._techniques import exposed, gradient_sync, model_state, zero3_slot_traffic
 from ._trust import annotate
 
 if TYPE_CHECKING:
     from ._analytic import AnalyticEvaluator
-
-#: Whether :func:`training_makespan` runs interleaved schedules (``virtual``); else a closed form prices them.
-_VIRTUAL = "virtual" in inspect.signature(training_makespan).parameters
 
 
 def technique_refusals(plan: Plan) -> list[str]:
@@ -72,6 +68,7 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
     tokens_mb = ev.tokens * scale  # tokens per rank and micro-batch (CP: its share of the sequence)
 
     fwds: list[float] = []
+    chunk_stash: list[float] = []  # activation bytes one micro-batch leaves on each chunk
     backs: list[float] = []
     hops: list[float] = []
     warnings: list[str] = []
@@ -145,21 +142,18 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
             else:
                 comm_f += ag_f
                 comm_b += ag_b
-        kept = (m if gpipe else min(m, p - s)) if v == 1 else interleaved_in_flight(p, m, v, s) / v
         if st.recompute:  # only layer inputs stashed; one unit's full stash rebuilt at a time
             kern_b += kern_f
             comm_b += comm_f
-            inputs = (tl["inputs"][hi] - tl["inputs"][lo]) / (t if sp else 1)
-            act[s] += inputs * scale * kept
+            chunk_stash.append((tl["inputs"][hi] - tl["inputs"][lo]) * scale / (t if sp else 1))
             rebuild[s] = max(rebuild[s], range_max(tt.stash_max_l, lo, hi) * scale / (t if sp else 1))
         else:
             if sel:  # selective: the attention core's forward re-runs in backward, its tensors not stashed
                 kern_b += attn_f
-                name = "stash_sel_sp" if sp else "stash_sel"
+                col = tl["stash_sel_sp" if sp else "stash_sel"]
             else:
-                name = "stash_sp" if sp else "stash"
-            col = tl.get(name) or xu.fallback[name]
-            act[s] += (col[hi] - col[lo]) * scale * kept
+                col = tl["stash_sp" if sp else "stash"]
+            chunk_stash.append((col[hi] - col[lo]) * scale)
         work[s] = max(work[s], 2.0 * range_max(tt.out_max_l, lo, hi) * scale)
         w_dense[s] += dense_w
         w_expert[s] += expert_w
@@ -183,6 +177,11 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
             alpha, bw = ev.pair(st.devices, nxt)
             hops.append(p2p_time(ev.cut[b + 1] * scale, alpha, bw))
 
+    for s in range(p):  # micro-batches in flight at the schedule's peak
+        if v == 1:
+            act[s] = chunk_stash[s] * (m if gpipe else min(m, p - s))
+        else:
+            act[s] = peak_stash(p, m, s, chunk_stash[s::p])
     ends: list[float] = []
     dps: list[float] = []
     needs: list[float] = []
@@ -213,16 +212,15 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
         parts.append((w, g, o, activations, buffers))
         needs.append(w + g + o + activations + buffers)
 
-    if v == 1:
-        step = training_makespan(fwds, backs, hops, ends, m, gpipe)
-    else:
-        step = _interleaved_makespan(fwds, backs, hops, ends, m, p, v)
+    step = float(training_makespan(fwds, backs, hops, ends, m, gpipe, virtual=v))
     sum_k, sum_c, sum_hop = sum(kern_s), sum(comm_s), sum(hops)
     taus = [k + c for k, c in zip(kern_s, comm_s, strict=True)]
     bot = taus.index(max(taus))
     tail = max(range(p), key=lambda x: ends[x])
-    compute = sum_k + (m - 1) * kern_s[bot] + opt[tail]
-    comm = sum_c + 2.0 * sum_hop + (m - 1) * comm_s[bot] + dps[tail]
+    # the path: the first micro-batch through every chunk, the rest on the bottleneck stage (1/v of the
+    # other stages' work at each end when interleaved; sum + (m - 1) x bottleneck when not)
+    compute = m * kern_s[bot] + (sum_k - kern_s[bot]) / v + opt[tail]
+    comm = m * comm_s[bot] + (sum_c - comm_s[bot]) / v + 2.0 * sum_hop + dps[tail]
     idle = step - compute - comm
     if idle < 0.0:
         compute, idle = step - comm, 0.0
@@ -263,18 +261,3 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
 def _dp_ranks(devices: tuple[int, ...], tp: int, cp: int, replicas: int, dpr: int) -> tuple[int, ...]:
     """Devices holding the same shard as ``devices[0]``: its CP ranks (fastest) in every replica."""
     return tuple(devices[j * tp] + k * dpr for k in range(replicas) for j in range(cp))
-
-
-def _interleaved_makespan(
-    fwds: list[float], backs: list[float], hops: list[float], ends: list[float], m: int, p: int, v: int
-) -> float:
-    """Interleaved 1F1B step: the pipeline's slot schedule where it has one, else the closed form.
-
-    Closed form (uniform chunks; uneven ones priced by the slowest device group):
-    (m + (p - 1)/v) x max over groups of its per-micro-batch work + hops the first micro-batch
-    crosses + the slowest tail.
-    """
-    if _VIRTUAL:
-        return float(training_makespan(fwds, backs, hops, ends, m, False, virtual=v))
-    per_group = [sum(fwds[k] + backs[k] for k in range(s, len(fwds), p)) for s in range(p)]
-    return (m + (p - 1) / v) * max(per_group) + 2.0 * sum(hops) + max(ends)

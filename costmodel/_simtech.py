@@ -39,7 +39,7 @@ from ._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
 from ._plan import Plan
 from ._pricing import group_link
 from ._simengine import BACKWARD, FORWARD
-from ._technique_tables import ATTENTION_CORE
+from ._stash import is_attention_core
 from ._techniques import exposed, gradient_sync, model_state, zero3_slot_traffic
 
 if TYPE_CHECKING:
@@ -163,12 +163,8 @@ def dp_tails(sim: Simulator, plan: Plan, group_of: list[int], backward: list[flo
 
 def gemm_ops(sim: Simulator) -> np.ndarray:
     """Ops TP collectives hide behind: TP-split GEMMs (matmul, MoE), not replicated, not the attention core."""
-    names = [op.name for task in sim.tasks for op in task.ops]
-    kinds = list(sim.table.kinds)
-    core = np.array(
-        [k == "attention" or any(part in n for part in ATTENTION_CORE) for n, k in zip(names, kinds, strict=True)]
-    )
-    gemm = np.isin(np.array(kinds), ["matmul", "moe"])
+    core = np.array([is_attention_core(op) for task in sim.tasks for op in task.ops], dtype=bool)
+    gemm = np.isin(np.array(sim.table.kinds), ["matmul", "moe"])
     return gemm & ~sim.table.replicated & ~core
 
 

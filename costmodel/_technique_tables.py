@@ -11,9 +11,8 @@
   MoE block, transformer-layer units, and a range-maximum table of one unit's weights
   (ZeRO-3's gathered layer, one gradient bucket).
 
-The attention core is found by op name (``.attention``, ``.attn_scores``, ``.attn_softmax``,
-``.attn_context``, ``.attn_dropout``: the zoo's fused and unfused forms) or, for imported
-graphs, by kind ``attention``.
+The attention core and the replicated ops are :class:`UnitIndex`'s ``core`` and ``repl``
+masks (:mod:`._stash`), as in :class:`ScaledTables`.
 """
 
 from __future__ import annotations
@@ -22,24 +21,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..graphs import TaskGraph
 from ._layer_tables import UnitIndex, _prefix, sparse_table
 from ._pricing import KernelPricer, OpTable
-
-#: Op-name parts of the attention core (forward names; backward ops add ".bwd").
-ATTENTION_CORE = (".attention", ".attn_scores", ".attn_softmax", ".attn_context", ".attn_dropout", ".attn_probs")
-
-
-def attention_core_mask(graph: TaskGraph, idx: UnitIndex) -> np.ndarray:
-    """Rows of ``idx.table`` that belong to the attention core (same op order as :class:`UnitIndex`)."""
-    names = [op.name for task in graph.tasks for op in task.ops]
-    kinds = idx.table.kinds
-    if len(names) != len(kinds):  # cannot happen: UnitIndex walks the same lists
-        raise RuntimeError("attention-core mask: op lists of the graph and its unit index differ")
-    return np.array(
-        [k == "attention" or any(part in n for part in ATTENTION_CORE) for n, k in zip(names, kinds, strict=True)],
-        dtype=bool,
-    )
 
 
 def expert_split_table(table: OpTable, ep: int) -> OpTable:
@@ -70,8 +53,8 @@ class TechScaled:
     repl_b_l: list[float]
 
     @classmethod
-    def build(cls, idx: UnitIndex, pricer: KernelPricer, core: np.ndarray, tp: int, share: int, ep: int) -> TechScaled:
-        table = expert_split_table(idx.table, ep)
+    def build(cls, idx: UnitIndex, pricer: KernelPricer, tp: int, share: int, ep: int) -> TechScaled:
+        table, core, repl = expert_split_table(idx.table, ep), idx.core, idx.repl
         times = pricer.op_times(table, tp, 1.0 / share)
         kinds = np.array(table.kinds)
         gemm = ((kinds == "matmul") | (kinds == "moe")) & ~table.replicated & ~core
@@ -83,7 +66,7 @@ class TechScaled:
         f, b = idx.fwd, idx.bwd
         return cls(
             col(f), col(b), col(f & core), col(b & core), col(f & gemm), col(b & gemm),
-            col(f & table.replicated), col(b & table.replicated),
+            col(f & repl), col(b & repl),
         )  # fmt: skip
 
 
@@ -95,26 +78,10 @@ class TechUnits:
     moe_l: list[float]  # prefix count of units holding expert ops
     layer_l: list[float]  # prefix count of transformer-layer units
     weight_max_l: list[list[float]]  # sparse table of per-unit weight bytes per device
-    #: Stash columns used when :class:`TpTables` has none of that name (op outputs, as its ``stash``):
-    #: ``stash_sp`` every output split over TP; ``stash_sel`` / ``stash_sel_sp`` without the attention core's.
-    fallback: dict[str, list[float]]
 
     @classmethod
-    def build(cls, idx: UnitIndex, core: np.ndarray, tp: int) -> TechUnits:
+    def build(cls, idx: UnitIndex, tp: int) -> TechUnits:
         n = idx.n_units
-        table, unit, fwd = idx.table, idx.unit, idx.fwd
-        split = table.split(tp)
-        out, out_sp = table.output_bytes / split, table.output_bytes / tp
-
-        def col(values: np.ndarray, mask: np.ndarray) -> list[float]:
-            return _prefix(np.bincount(unit[mask], weights=values[mask], minlength=n)).tolist()
-
-        sp = np.where(table.replicated, out_sp, out)
-        fallback = {
-            "stash_sp": col(sp, fwd),
-            "stash_sel": col(out, fwd & ~core),
-            "stash_sel_sp": col(sp, fwd & ~core),
-        }
         weights = np.zeros(n)
         expert = np.zeros(n)
         moe = np.zeros(n)
@@ -129,6 +96,5 @@ class TechUnits:
         layer = np.zeros(n)
         layer[1 : n - 1] = 1.0
         return cls(
-            _prefix(expert).tolist(), _prefix(moe).tolist(), _prefix(layer).tolist(), sparse_table(weights).tolist(),
-            fallback,
-        )  # fmt: skip
+            _prefix(expert).tolist(), _prefix(moe).tolist(), _prefix(layer).tolist(), sparse_table(weights).tolist()
+        )

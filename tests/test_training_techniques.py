@@ -7,10 +7,10 @@ from functools import cache
 import numpy as np
 import pytest
 
-from paratune.costmodel import AnalyticEvaluator, Plan, PlanBatch, get_platform
+from paratune.costmodel import AnalyticEvaluator, Plan, PlanBatch, Stage, get_platform
 from paratune.costmodel._analytic_eval import evaluate_plan
 from paratune.costmodel._analytic_train import evaluate_techniques
-from paratune.costmodel._pricing import allgather_time, allreduce_time, alltoall_time
+from paratune.costmodel._pricing import allgather_time, allreduce_time, alltoall_time, p2p_time
 from paratune.costmodel._techniques import gradient_sync, interleaved_in_flight, model_state, zero3_slot_traffic
 from paratune.graphs import DTYPE_BYTES, build_graph, coarsen
 
@@ -175,3 +175,147 @@ def test_alltoall_and_in_flight_formulas() -> None:
     # Korthikanti et al.: the first stage of an interleaved pipeline holds p (1 + (p-1)/(p v)) micro-batches' worth
     p, v = 4, 2
     assert interleaved_in_flight(p, 16, v, 0) / v == pytest.approx(p * (1 + (p - 1) / (p * v)))
+
+
+# -- sequence parallelism, selective recomputation, TP overlap ------------------------------
+
+
+def test_sequence_parallel_splits_activations_and_replicated_kernels_keeps_tp_traffic() -> None:
+    ev = _ev()
+    plain = ev.evaluate(Plan.uniform(32, tp=4, micro_batches=4))
+    sp = ev.evaluate(Plan.uniform(32, tp=4, micro_batches=4, sequence_parallel=True))
+    assert sp.memory_breakdown["activations"] < plain.memory_breakdown["activations"]
+    tl = ev.tp_tables(4).lists
+    ratio = tl["stash_sp"][-1] / tl["stash"][-1]
+    assert sp.memory_breakdown["activations"] / plain.memory_breakdown["activations"] == pytest.approx(ratio, rel=1e-9)
+    assert sp.breakdown["communication_s"] == pytest.approx(plain.breakdown["communication_s"], rel=1e-9)
+    assert sp.breakdown["compute_s"] < plain.breakdown["compute_s"]
+    assert sp.memory_breakdown["weights"] == pytest.approx(plain.memory_breakdown["weights"], rel=1e-12)
+
+
+def test_selective_recompute_reruns_the_attention_core_forward() -> None:
+    ev = _ev()
+    m = 4
+    plain = ev.evaluate(Plan.uniform(32, tp=2, micro_batches=m))
+    sel = ev.evaluate(Plan.uniform(32, tp=2, micro_batches=m, selective_recompute=True))
+    full = ev.evaluate(Plan.uniform(32, tp=2, micro_batches=m, recompute=True))
+    attention = ev.scaled_tables(2, m).attn_fwd_l[-1]  # the attention core's forward kernels, one micro-batch
+    assert attention > 0.0
+    # one stage: the step is m x (forward + backward)
+    assert sel.breakdown["compute_s"] - plain.breakdown["compute_s"] == pytest.approx(m * attention, rel=1e-6)
+    acts = [x.memory_breakdown["activations"] for x in (full, sel, plain)]
+    assert acts[0] < acts[1] <= acts[2]
+    assert plain.step_s < sel.step_s < full.step_s
+
+
+def test_full_recompute_wins_over_selective_on_the_same_stage() -> None:
+    ev = _ev()
+    both = ev.evaluate(Plan.uniform(32, tp=2, micro_batches=4, recompute=True, selective_recompute=True))
+    full = ev.evaluate(Plan.uniform(32, tp=2, micro_batches=4, recompute=True))
+    assert both.step_s == pytest.approx(full.step_s, rel=1e-12)
+    assert both.max_memory_bytes == pytest.approx(full.max_memory_bytes, rel=1e-12)
+
+
+def test_tp_overlap_hides_tp_collectives_behind_gemms() -> None:
+    ev = _ev()
+    plain = ev.evaluate(Plan.uniform(32, tp=8, micro_batches=2))
+    over = ev.evaluate(Plan.uniform(32, tp=8, micro_batches=2, tp_overlap=True))
+    assert plain.breakdown["communication_s"] > 0.0
+    assert over.breakdown["communication_s"] < plain.breakdown["communication_s"]
+    assert over.breakdown["compute_s"] == pytest.approx(plain.breakdown["compute_s"], rel=1e-9)
+
+
+# -- interleaved 1F1B ---------------------------------------------------------------------------
+
+
+def test_interleaving_shrinks_the_bubble_and_costs_korthikanti_memory() -> None:
+    ev = _ev(batch=32)
+    p, m = 4, 8
+    one = ev.evaluate(Plan.uniform(32, pp=p, micro_batches=m))
+    two = ev.evaluate(Plan.uniform(32, pp=p, micro_batches=m, virtual_stages=2))
+    assert two.feasible == one.feasible
+    assert two.step_s < one.step_s
+    assert two.breakdown["compute_s"] < one.breakdown["compute_s"]  # the bubble is on the compute path
+    bubble = one.step_s - two.step_s  # (p - 1)/m - (p - 1)/(v m) of the ideal step, within hops
+    ideal = one.step_s / (1 + (p - 1) / m)
+    assert bubble == pytest.approx(ideal * ((p - 1) / m - (p - 1) / (2 * m)), rel=0.2)
+    # stage 0 holds p (1 + (p - 1)/(p v)) micro-batches' worth instead of p
+    ratio = two.memory_breakdown["activations"] / one.memory_breakdown["activations"]
+    assert ratio == pytest.approx(1 + (p - 1) / (p * 2), rel=0.05)
+    # a device holds all its chunks' weights: the same model state as without interleaving
+    assert two.memory_breakdown["weights"] == pytest.approx(one.memory_breakdown["weights"], rel=0.02)
+
+
+# -- context parallelism ----------------------------------------------------------------------
+
+
+def test_context_parallel_halves_activations_and_spreads_the_kernels() -> None:
+    ev = _ev(seq=4096, batch=4)
+    one = ev.evaluate(Plan.uniform(32, tp=2, micro_batches=2))
+    two = ev.evaluate(Plan.uniform(32, tp=2, micro_batches=2, cp=2))
+    assert two.devices_used == 2 * one.devices_used
+    assert two.memory_breakdown["activations"] == pytest.approx(one.memory_breakdown["activations"] / 2, rel=1e-9)
+    assert two.memory_breakdown["weights"] == pytest.approx(one.memory_breakdown["weights"], rel=1e-12)
+    assert two.breakdown["compute_s"] < 0.6 * one.breakdown["compute_s"]
+    # gradients are reduced over the cp ranks too: communication beyond the TP all-reduces
+    assert two.breakdown["communication_s"] > 0.5 * one.breakdown["communication_s"]
+
+
+def test_ring_attention_is_exposed_beyond_the_attention_kernels() -> None:
+    ev = _ev("llama2-7b", "dgx-h100x2", seq=512, batch=4)
+    m = 2
+    # TP 1, the two CP ranks on two nodes (devices 0 and 8): the ring crosses the network
+    plan = Plan((Stage(tp=1, devices=(0, 8), layers=(0, 31)),), micro_batches=m, cp=2, zero=1)
+    got = ev.evaluate(plan)
+    assert got.feasible, got.reason
+    meta = ev.graph.meta
+    kv_dim = meta.hidden // meta.heads * meta.kv_heads
+    tokens = meta.batch * meta.seq / (m * 2)  # one rank's half of a micro-batch
+    ring = 32 * p2p_time(2 * kv_dim * 2 * tokens, *ev.group((0, 8)))
+    attention = ev.tech_scaled(1, m * 2).attn_f_l[-1]
+    assert ring > attention  # short sequences: the ring is longer than the attention it hides behind
+    assert got.breakdown["communication_s"] >= m * 3 * (ring - attention) * 0.999
+
+
+# -- expert parallelism ------------------------------------------------------------------------
+
+
+def test_expert_parallel_divides_expert_weights_and_adds_all_to_alls() -> None:
+    ev = _ev("mixtral-8x7b", batch=16)
+    ops = [op for task in ev.graph.tasks if task.step == "forward" for op in task.ops]
+    expert = sum(op.param_bytes for op in ops if op.shard == "experts")
+    dense = sum(op.param_bytes for op in ops) - expert
+    one = ev.evaluate(Plan.uniform(32, tp=1, pp=2, replicas=8, micro_batches=2))
+    four = ev.evaluate(Plan.uniform(32, tp=1, pp=2, replicas=8, micro_batches=2, ep=4))
+    w1, w4 = one.memory_breakdown["weights"], four.memory_breakdown["weights"]
+    share = w1 / (dense + expert)  # this stage's part of the model
+    assert w4 == pytest.approx(share * (dense + expert / 4), rel=0.05)
+    assert four.breakdown["communication_s"] != pytest.approx(one.breakdown["communication_s"], rel=1e-3)
+    assert four.step_s > 0.0
+
+
+def test_fast_validity_check_never_passes_a_plan_that_problems_refuses() -> None:
+    ev = _ev("mixtral-8x7b", batch=16)
+    rng = np.random.default_rng(5)
+    fields = {
+        "zero": [0, 1, 2, 3, 4],
+        "shard_group": [0, 2, 3],
+        "sequence_parallel": [False, True],
+        "virtual_stages": [1, 2, 3],
+        "cp": [1, 2],
+        "ep": [1, 2, 3],
+        "overlap": [False, True],
+    }
+    passed = 0
+    for _ in range(300):
+        kw = {k: v[rng.integers(len(v))] for k, v in fields.items()}
+        tp, pp = int(rng.choice([1, 2, 4])), int(rng.choice([1, 2, 4]))
+        try:
+            plan = Plan.uniform(32, tp=tp, pp=pp, replicas=int(rng.choice([1, 2])), micro_batches=4, **kw)
+        except ValueError:
+            continue
+        fast = ev._valid_fast(plan)
+        if fast:
+            passed += 1
+            assert ev.problems(plan) == [], plan.techniques()
+    assert passed > 10
