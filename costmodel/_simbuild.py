@@ -56,6 +56,7 @@ class Built:
     extra: list[float] = field(default_factory=list)  # per task: collective seconds beyond its ops (ZeRO-3 gathers)
     ar_keep: list[float] = field(default_factory=list)  # per task: share of its TP all-reduces left exposed
     once_share: float = 1.0  # share of the once tasks' work each rank does (ZeRO: 1 / N_d)
+    rerun: list[float] = field(default_factory=list)  # per task: recomputed attention-core seconds (selective)
 
 
 def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -> Built:
@@ -69,12 +70,20 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
     stages = plan.physical_stages
     links = [group_terms(sim.platform, st.devices) for st in stages]
     per_stage: list[StagePrices] = []
+    train = sim.phase == Phase.TRAIN
+    sp = train and plan.sequence_parallel
     for s, st in enumerate(stages):
-        k_times, k_sums = sim.kernels(st.tp, scale)
+        k_times, k_sums = sim.kernels_sp(st.tp, scale) if sp and st.tp > 1 else sim.kernels(st.tp, scale)
         a_times, a_sums = sim.allreduces(st.tp, scale, links[s])
         per_stage.append((k_times, k_sums, a_times, a_sums))
-    train = sim.phase == Phase.TRAIN
     kernels = [0.0 if sim.once[i] else per_stage[group_of[i]][1][i] for i in range(T)]
+    rerun = [0.0] * T  # selective recomputation: the attention core's forward, re-run before a backward
+    if train and plan.selective_recompute:
+        cores = [sim.core_kernels(k_times) for k_times, *_ in per_stage]
+        for i in range(T):
+            f = sim.fwd_of[i]
+            if f >= 0 and not sim.once[i] and not chunks[stage_of[i]].recompute:
+                rerun[i] = cores[group_of[i]][f]
     keep = [1.0] * T
     if train and plan.tp_overlap:
         ars = [0.0 if sim.once[i] else per_stage[group_of[i]][3][i] for i in range(T)]
@@ -87,7 +96,7 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
             k_sums, a_sums = sim.kernels(tp, 1.0)[1], sim.allreduces(tp, 1.0, links[s])[1]
         else:
             k_sums, a_sums = per_stage[s][1], per_stage[s][3]
-        kern, ar = k_sums[i], a_sums[i] * keep[i]
+        kern, ar = k_sums[i] + rerun[i], a_sums[i] * keep[i]
         f = sim.fwd_of[i]
         if f >= 0 and chunks[stage_of[i]].recompute:
             kern, ar = kern + k_sums[f], ar + a_sums[f] * keep[f]
@@ -162,4 +171,4 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         warmup=[min(m, p - s) for s in range(p)], dp_dur=dp, strict=train and plan.is_layered,
         chunk_of=stage_of, virtual=plan.virtual_stages,
     )  # fmt: skip
-    return Built(inp, ar_part, x_bytes, per_stage, links, extra, keep, once_share)
+    return Built(inp, ar_part, x_bytes, per_stage, links, extra, keep, once_share, rerun)

@@ -76,11 +76,13 @@ def _segments(
 def timeline_events(sim: Simulator, plan: Plan, inp: SimInput, out: SimOutput, built: Built, event: type) -> list[Any]:
     """Every compute bar, collective and transfer of the run, in start order.
 
-    A task's ZeRO-3 gathers come first (its weights before its kernels); the bars of a
+    A task's ZeRO-3 gathers come first (its weights before its kernels), then a selective
+    recomputation's attention core; the bars of a
     once task (optimizer) are scaled to the share of the work one rank does.
     """
     per_stage, links = built.per_stage, built.links
-    extra, keeps = built.extra or [0.0] * len(sim.ids), built.ar_keep or [1.0] * len(sim.ids)
+    T = len(sim.ids)
+    extra, keeps, rerun = built.extra or [0.0] * T, built.ar_keep or [1.0] * T, built.rerun or [0.0] * T
     T, Q, NX, D0, X0 = out.tasks, out.instances, out.nx, out.dp0, out.x0
     start, end = out.start, out.end
     decode = sim.phase == Phase.DECODE
@@ -98,6 +100,8 @@ def timeline_events(sim: Simulator, plan: Plan, inp: SimInput, out: SimOutput, b
             else:
                 kt, at = per_stage[s][0], per_stage[s][2]
             segs = [("allreduce", extra[i])] if extra[i] > 0.0 else []
+            if rerun[i] > 0.0:  # selective recomputation of the attention core
+                segs.append(("compute", rerun[i]))
             f = sim.fwd_of[i]
             if f >= 0 and st.recompute:
                 segs += _segments(sim.offsets, sim.last_op, f, kt, at, keeps[f])

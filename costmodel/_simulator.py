@@ -35,8 +35,11 @@ Semantics (the same as the analytic's where both apply):
 * ZeRO (``zero``, ``shard_group``), ``overlap`` and ``tp_overlap``: model state by
   term, data-parallel tails, ZeRO-3's per-slot gathers, the sharded optimizer and the
   exposed TP collectives by the analytic evaluator's conventions (:mod:`._simtech`);
-* the other training techniques of the plan (``sequence_parallel``,
-  ``selective_recompute``, ``cp``, ``ep``) are not simulated yet: such
+  ``sequence_parallel``: replicated ops' kernels on 1/t of the tokens, their stash split
+  over TP (TP collectives and pipeline transfers keep their size, as the analytic's);
+  ``selective_recompute``: a backward of a chunk that does not recompute fully re-runs
+  its forward's attention-core kernels first, the stash leaves out the core's tensors;
+* the other training techniques of the plan (``cp``, ``ep``) are not simulated yet: such
   a plan is infeasible with a reason naming the field
   (:meth:`Simulator.unsupported`), never priced as if the field were absent;
 * breakdown: compute, communication and idle along the critical path (the chain of
@@ -86,13 +89,15 @@ from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
 from ._simmemory import TensorSizes, activation_peaks
 from ._simtech import model_states
 from ._simtrace import critical_breakdown, timeline_events
-from ._stash import StashColumns
+from ._stash import StashColumns, is_attention_core, is_replicated
 from ._trust import annotate
 
 #: Profile range keys checked for extrapolation (as the analytic evaluator does).
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
 #: Plan-wide training techniques the simulator runs (the others are refused by name).
-SIMULATED = frozenset({"virtual_stages", "zero", "shard_group", "overlap", "tp_overlap"})
+SIMULATED = frozenset(
+    {"virtual_stages", "zero", "shard_group", "overlap", "tp_overlap", "sequence_parallel", "selective_recompute"}
+)
 STEP_CODE = {"forward": FORWARD, "backward": BACKWARD, "optimizer": OPTIMIZER}
 
 
@@ -154,6 +159,8 @@ class Simulator:
         ops = [op for t in tasks for op in t.ops]
         self.table = OpTable.from_ops(ops)
         self._stash_cols = StashColumns.for_graph(ops, meta)
+        self._core = np.array([is_attention_core(op) for op in ops], dtype=bool)
+        self._replicated = np.array([is_replicated(op) for op in ops], dtype=bool)
         counts = np.array([len(t.ops) for t in tasks], dtype=np.intp)
         self.offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
         self.last_op = self.offsets + counts - 1
@@ -180,7 +187,8 @@ class Simulator:
         self._inner_mask = ~is_last
         self._kernels: dict[tuple[int, float], tuple[np.ndarray, list[float]]] = {}
         self._ars: dict[tuple[int, float, GroupLink], tuple[np.ndarray, list[float]]] = {}
-        self._sizes: dict[int, TensorSizes] = {}
+        self._sizes: dict[tuple[int, bool, bool], TensorSizes] = {}
+        self._kernels_sp: dict[tuple[int, float], tuple[np.ndarray, list[float]]] = {}
         self._outside: dict[tuple[int, float], list[float]] = {}
         self._task_weights: dict[int, list[float]] = {}
         self._work_ops = step_of_op != OPTIMIZER
@@ -234,18 +242,36 @@ class Simulator:
             hit = self._outside[key] = np.add.reduceat(counts, self.offsets).tolist()
         return hit
 
-    def tensor_sizes(self, tp: int) -> TensorSizes:
-        sizes = self._sizes.get(tp)
+    def tensor_sizes(self, tp: int, *, sequence_parallel: bool = False, selective: bool = False) -> TensorSizes:
+        """Per-task tensor bytes per device; ``saved`` (the stash, :mod:`._stash`) with SP / selective recomputation."""
+        key = (tp, sequence_parallel, selective)
+        sizes = self._sizes.get(key)
         if sizes is None:
             per_op = self.table.output_bytes / self.table.split(tp)
             inner = np.where(self._inner_mask, per_op, 0.0)
-            sizes = self._sizes[tp] = TensorSizes(
+            saved = self._stash_cols.per_device(
+                self.table, tp, sequence_parallel=sequence_parallel, selective=selective
+            )
+            sizes = self._sizes[key] = TensorSizes(
                 out=per_op[self.last_op].tolist(),
                 inner=np.add.reduceat(inner, self.offsets).tolist(),
                 largest_inner=np.maximum.reduceat(inner, self.offsets).tolist(),
-                saved=np.add.reduceat(self._stash_cols.per_device(self.table, tp), self.offsets).tolist(),
+                saved=np.add.reduceat(saved, self.offsets).tolist(),
             )
         return sizes
+
+    def kernels_sp(self, tp: int, scale: float) -> tuple[np.ndarray, list[float]]:
+        """:meth:`kernels` under SP: replicated ops (norms, residuals, dropouts) on 1/tp of the tokens."""
+        key = (tp, scale)
+        hit = self._kernels_sp.get(key)
+        if hit is None:
+            times = np.where(self._replicated, self.kernels(tp, scale / tp)[0], self.kernels(tp, scale)[0])
+            hit = self._kernels_sp[key] = (times, np.add.reduceat(times, self.offsets).tolist())
+        return hit
+
+    def core_kernels(self, times: np.ndarray) -> list[float]:
+        """Per task: the seconds of its attention-core ops in ``times`` (what selective recomputation re-runs)."""
+        return np.add.reduceat(np.where(self._core, times, 0.0), self.offsets).tolist()
 
     # -- placement --------------------------------------------------------------------
     def placement(self, plan: Plan) -> list[int]:
@@ -401,7 +427,8 @@ class Simulator:
         terms = self.memory_terms(plan, stage_of)
         static = [sum(x.values()) for x in terms]
         recompute = [st.recompute and self.phase == Phase.TRAIN for st in stages]
-        sizes = [self.tensor_sizes(st.tp) for st in stages]
+        sp, sel = plan.sequence_parallel and self.phase == Phase.TRAIN, plan.selective_recompute
+        sizes = [self.tensor_sizes(st.tp, sequence_parallel=sp, selective=sel and not st.recompute) for st in stages]
         acts, curves = activation_peaks(
             inp, out, sizes, built.x_bytes, self.bwd_of, recompute, scale, keep_timeline=keep
         )
