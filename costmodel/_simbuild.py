@@ -35,7 +35,7 @@ from ..graphs import Phase
 from ._plan import Plan
 from ._pricing import GroupLink, group_terms, p2p_time, pair_link
 from ._simengine import BACKWARD, SimInput
-from ._simtech import dp_tails, shard_group, tp_overlap_keep, zero3_gathers
+from ._simtech import dp_tails, ring_attention, shard_group, tp_overlap_keep, zero3_gathers
 
 if TYPE_CHECKING:
     from ._simulator import Simulator
@@ -68,7 +68,7 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
     p = plan.pp
     group_of = [k % p for k in stage_of]  # the device group (pipeline stage) running each task
     stages = plan.physical_stages
-    links = [group_terms(sim.platform, st.devices) for st in stages]
+    links = [group_terms(sim.platform, plan.tp_group(s)) for s in range(p)]  # CP rank 0's TP group
     per_stage: list[StagePrices] = []
     train = sim.phase == Phase.TRAIN
     sp = train and plan.sequence_parallel
@@ -103,12 +103,20 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         dur[i], ar_part[i] = kern + ar, ar
     extra = [0.0] * T
     once_share = 1.0
+    if train and plan.cp > 1:
+        cores = [sim.core_kernels(k_times) for k_times, *_ in per_stage]
+        ring = ring_attention(sim, plan, stage_of, [cores[g][i] for i, g in enumerate(group_of)])
+        for i in range(T):
+            dur[i] += ring[i]
+            ar_part[i] += ring[i]
+            extra[i] += ring[i]
     if train and plan.zero:
         once_share = 1.0 / shard_group(plan)
-        extra = zero3_gathers(sim, plan, stage_of, kernels)
+        gathers = zero3_gathers(sim, plan, stage_of, kernels)
         for i in range(T):
-            dur[i] += extra[i]
-            ar_part[i] += extra[i]
+            extra[i] += gathers[i]
+            dur[i] += gathers[i]
+            ar_part[i] += gathers[i]
             if sim.once[i]:  # each rank updates its shard of the parameters
                 dur[i] *= once_share
                 ar_part[i] *= once_share

@@ -18,6 +18,11 @@ the same terms as the analytic evaluator (:mod:`._techniques`), so the two agree
 * ``tp_overlap``: each chunk's TP all-reduces of a direction hide behind the chunk's
   TP-split GEMMs of that direction (matmul and MoE ops, not replicated, not the
   attention core), up to their time; a recomputed forward keeps its forward's share;
+* ``cp``: the sequence split over the CP ranks (kernels at 1/cp of the tokens, one
+  rank simulated, the others identical); ring attention per transformer layer sends
+  (cp - 1) K, V chunks in the forward, twice that in the backward, on the CP ring's
+  link, hidden behind the chunk's attention-core kernels of that direction (exposed =
+  max(0, ring - core)); gradients are reduced over replicas x cp ranks;
 * ``overlap``: the stage's gradient reduction hides behind one micro-batch's backward
   slots but never below one layer's bucket, the ZeRO-1/2 all-gather stays exposed;
   ZeRO-3's gathers in a slot hide behind the slot's kernels but never below the first
@@ -37,7 +42,7 @@ import numpy as np
 from ..graphs import DTYPE_BYTES
 from ._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
 from ._plan import Plan
-from ._pricing import group_link
+from ._pricing import group_link, p2p_time
 from ._simengine import BACKWARD, FORWARD
 from ._stash import is_attention_core
 from ._techniques import exposed, gradient_sync, model_state, zero3_slot_traffic
@@ -63,9 +68,9 @@ def shard_group(plan: Plan) -> int:
 
 
 def _dp_ranks(plan: Plan, stage: int) -> tuple[int, ...]:
-    """The devices holding the same shard as the first device of ``stage``, one per replica."""
-    first, dpr = plan.stages[stage].devices[0], plan.devices_per_replica
-    return tuple(first + k * dpr for k in range(plan.replicas))
+    """The devices holding the same shard as the first device of ``stage``: its CP ranks (fastest) in every replica."""
+    st, dpr = plan.stages[stage], plan.devices_per_replica
+    return tuple(st.devices[j * st.tp] + k * dpr for k in range(plan.replicas) for j in range(plan.cp))
 
 
 def model_states(sim: Simulator, plan: Plan, group_of: list[int]) -> StageState:
@@ -177,7 +182,7 @@ def tp_overlap_keep(sim: Simulator, plan: Plan, chunk_of: list[int], allreduces:
     comm = [[0.0, 0.0] for _ in range(n)]
     gemm = [[0.0, 0.0] for _ in range(n)]
     per_tp: dict[int, list[float]] = {}
-    scale = 1.0 / (plan.replicas * plan.micro_batches)
+    scale = 1.0 / (plan.replicas * plan.micro_batches * plan.cp)
     for st in plan.stages:
         if st.tp not in per_tp:
             times = sim.kernels(st.tp, scale)[0]
@@ -194,3 +199,46 @@ def tp_overlap_keep(sim: Simulator, plan: Plan, chunk_of: list[int], allreduces:
             continue
         keep[i] = 1.0 - min(comm[k][step], gemm[k][step]) / comm[k][step]
     return keep
+
+
+def ring_attention(sim: Simulator, plan: Plan, chunk_of: list[int], kernels: list[float]) -> list[float]:
+    """Per task: exposed ring-attention seconds of context parallelism (0 when ``cp`` is 1).
+
+    Priced per chunk and direction, then spread over the chunk's tasks by their
+    attention-core kernels (``kernels`` are per-op seconds of each task's stage, the
+    share of one CP rank); a fully recomputing chunk's backward also re-runs its
+    forward's exchange.
+    """
+    T, cp = len(sim.ids), plan.cp
+    extra = [0.0] * T
+    if cp <= 1:
+        return extra
+    meta = sim.graph.meta
+    elem = DTYPE_BYTES[meta.dtype]
+    hidden = meta.hidden or int(meta.spec.get("hidden", 0) or 0)
+    kv_dim = hidden // max(meta.heads, 1) * meta.kv_heads
+    tokens = meta.batch * meta.seq / (plan.replicas * plan.micro_batches * cp)
+    n_layers = meta.n_layers
+    for k, st in enumerate(plan.stages):
+        tasks = [i for i, c in enumerate(chunk_of) if c == k and not sim.once[i]]
+        layers = len({sim.layer[i] for i in tasks if 0 <= sim.layer[i] < n_layers})
+        if not layers:
+            continue
+        ring_link = group_link(sim.platform, tuple(st.devices[j * st.tp] for j in range(cp)))
+        kv_bytes = 2.0 * kv_dim * elem / min(st.tp, meta.kv_heads) * tokens
+        ring_f = layers * (cp - 1) * p2p_time(kv_bytes, *ring_link)
+        for step, ring in ((FORWARD, ring_f), (BACKWARD, 2.0 * ring_f)):
+            mine = [i for i in tasks if sim.step[i] == step]
+            core = [kernels[i] for i in mine]
+            left = max(0.0, ring - sum(core))
+            if left <= 0.0 or not mine:
+                continue
+            total = sum(core)
+            for i, c in zip(mine, core, strict=True):
+                extra[i] += left * (c / total if total > 0.0 else (1.0 if i == mine[0] else 0.0))
+        if st.recompute:
+            for i in tasks:
+                b = sim.bwd_of[i]
+                if sim.step[i] == FORWARD and b >= 0:
+                    extra[b] += extra[i]
+    return extra

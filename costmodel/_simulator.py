@@ -16,7 +16,7 @@ static memory through :mod:`._memory`, the bound through :mod:`._bounds`.
 Semantics (the same as the analytic's where both apply):
 
 * batch split: replicas are identical, so replica 0 is simulated; each instance is a
-  micro-batch of batch/(r m) sequences, kernels priced with scale 1/(r m);
+  micro-batch of batch/(r m) sequences (of one CP rank: 1/cp of each), kernels priced with scale 1/(r m cp);
 * a task runs its ops back to back; an op with ``allreduce_bytes`` is followed by an
   all-reduce of those bytes x scale on its stage's group;
 * a tensor crossing stages is sent once per consumer stage, a gradient summed over
@@ -39,7 +39,9 @@ Semantics (the same as the analytic's where both apply):
   over TP (TP collectives and pipeline transfers keep their size, as the analytic's);
   ``selective_recompute``: a backward of a chunk that does not recompute fully re-runs
   its forward's attention-core kernels first, the stash leaves out the core's tensors;
-* the other training techniques of the plan (``cp``, ``ep``) are not simulated yet: such
+  ``cp``: one CP rank at 1/cp of the sequence, ring attention's exposed exchange
+  (:func:`._simtech.ring_attention`), gradients reduced over replicas x cp;
+* the other training techniques of the plan (``ep``) are not simulated yet: such
   a plan is infeasible with a reason naming the field
   (:meth:`Simulator.unsupported`), never priced as if the field were absent;
 * breakdown: compute, communication and idle along the critical path (the chain of
@@ -96,7 +98,7 @@ from ._trust import annotate
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
 #: Plan-wide training techniques the simulator runs (the others are refused by name).
 SIMULATED = frozenset(
-    {"virtual_stages", "zero", "shard_group", "overlap", "tp_overlap", "sequence_parallel", "selective_recompute"}
+    {"virtual_stages", "zero", "shard_group", "overlap", "tp_overlap", "sequence_parallel", "selective_recompute", "cp"}
 )
 STEP_CODE = {"forward": FORWARD, "backward": BACKWARD, "optimizer": OPTIMIZER}
 
@@ -405,7 +407,7 @@ class Simulator:
 
     def _run(self, plan: Plan, keep: bool) -> SimulationResult:
         meta, m, r = self.graph.meta, plan.micro_batches, plan.replicas
-        scale = 1.0 / (r * m)
+        scale = 1.0 / (r * m * plan.cp)  # one CP rank's share: the sequence is split over the CP ranks
         stage_of = self.placement(plan)
         built = build_input(self, plan, stage_of, scale)
         inp = built.inp
