@@ -35,7 +35,7 @@ from ..graphs import Phase
 from ._plan import Plan
 from ._pricing import GroupLink, group_terms, p2p_time, pair_link
 from ._simengine import BACKWARD, SimInput
-from ._simtech import dp_tails, ring_attention, shard_group, tp_overlap_keep, zero3_gathers
+from ._simtech import dp_tails, expert_alltoalls, ring_attention, shard_group, tp_overlap_keep, zero3_gathers
 
 if TYPE_CHECKING:
     from ._simulator import Simulator
@@ -73,7 +73,8 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
     train = sim.phase == Phase.TRAIN
     sp = train and plan.sequence_parallel
     for s, st in enumerate(stages):
-        k_times, k_sums = sim.kernels_sp(st.tp, scale) if sp and st.tp > 1 else sim.kernels(st.tp, scale)
+        ep = plan.ep if train else 1
+        k_times, k_sums = sim.kernels_sp(st.tp, scale, ep) if sp and st.tp > 1 else sim.kernels(st.tp, scale, ep)
         a_times, a_sums = sim.allreduces(st.tp, scale, links[s])
         per_stage.append((k_times, k_sums, a_times, a_sums))
     kernels = [0.0 if sim.once[i] else per_stage[group_of[i]][1][i] for i in range(T)]
@@ -110,6 +111,11 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
             dur[i] += ring[i]
             ar_part[i] += ring[i]
             extra[i] += ring[i]
+    if train and plan.ep > 1:
+        for i, a2a in enumerate(expert_alltoalls(sim, plan, stage_of)):
+            dur[i] += a2a
+            ar_part[i] += a2a
+            extra[i] += a2a
     if train and plan.zero:
         once_share = 1.0 / shard_group(plan)
         gathers = zero3_gathers(sim, plan, stage_of, kernels)

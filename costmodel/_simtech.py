@@ -23,6 +23,11 @@ the same terms as the analytic evaluator (:mod:`._techniques`), so the two agree
   (cp - 1) K, V chunks in the forward, twice that in the backward, on the CP ring's
   link, hidden behind the chunk's attention-core kernels of that direction (exposed =
   max(0, ring - core)); gradients are reduced over replicas x cp ranks;
+* ``ep``: expert ops priced with 1/ep of the experts' weights; per MoE layer and
+  micro-batch 2 all-to-alls (dispatch, combine) in the forward and 2 in the backward of
+  tokens x top_k x hidden elements (/ t with SP) on the EP group (ep consecutive
+  data-parallel ranks); expert state / ep, its gradients reduced over the N / ep ranks
+  holding the same experts;
 * ``overlap``: the stage's gradient reduction hides behind one micro-batch's backward
   slots but never below one layer's bucket, the ZeRO-1/2 all-gather stays exposed;
   ZeRO-3's gathers in a slot hide behind the slot's kernels but never below the first
@@ -42,7 +47,7 @@ import numpy as np
 from ..graphs import DTYPE_BYTES
 from ._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
 from ._plan import Plan
-from ._pricing import group_link, p2p_time
+from ._pricing import alltoall_time, group_link, p2p_time
 from ._simengine import BACKWARD, FORWARD
 from ._stash import is_attention_core
 from ._techniques import exposed, gradient_sync, model_state, zero3_slot_traffic
@@ -78,9 +83,11 @@ def model_states(sim: Simulator, plan: Plan, group_of: list[int]) -> StageState:
     k_ratio = OPTIMIZER_STATE_BYTES_PER_PARAM / DTYPE_BYTES[sim.graph.meta.dtype]
     group = shard_group(plan)
     out = StageState([], [], [], [], group)
+    ep = plan.ep
+    expert_shard = group if ep == 1 else plan.data_parallel // ep
     for s, st in enumerate(plan.physical_stages):
-        total = sim.stage_weights(group_of, s, st.tp)
-        w, g, o = model_state(total, 0.0, k_ratio, plan.zero, group, group)
+        dense, expert = _dense_expert(sim, plan, group_of, s)
+        w, g, o = model_state(dense, expert, k_ratio, plan.zero, group, expert_shard)
         out.weights.append(w)
         out.gradients.append(g)
         out.optimizer_state.append(o)
@@ -89,6 +96,17 @@ def model_states(sim: Simulator, plan: Plan, group_of: list[int]) -> StageState:
             buffer = max(_unit_weights(sim, group_of, s, st.tp).values(), default=0.0) * (2.0 if plan.overlap else 1.0)
         out.buffers.append(buffer)
     return out
+
+
+def _dense_expert(sim: Simulator, plan: Plan, group_of: list[int], s: int) -> tuple[float, float]:
+    """(dense, expert) weight bytes per device of stage ``s``; the expert ones split over ``ep`` ranks."""
+    tp = plan.stages[s].tp
+    total = sim.stage_weights(group_of, s, tp)
+    if plan.ep == 1:
+        return total, 0.0
+    per_task = sim.task_weights(tp, experts=True)
+    expert = sum(per_task[i] for i, g in enumerate(group_of) if g == s and sim.step[i] == FORWARD)
+    return total - expert, expert / plan.ep
 
 
 def _unit_weights(sim: Simulator, group_of: list[int], s: int, tp: int) -> dict[int, float]:
@@ -149,16 +167,22 @@ def dp_tails(sim: Simulator, plan: Plan, group_of: list[int], backward: list[flo
     ``backward`` holds each stage's backward slots of one micro-batch (seconds), what
     the bucketed reduction hides behind with ``overlap``.
     """
-    dp, group, zero = plan.data_parallel, shard_group(plan), plan.zero
+    dp, group, zero, ep = plan.data_parallel, shard_group(plan), plan.zero, plan.ep
     out = []
     for s, st in enumerate(plan.physical_stages):
-        total = sim.stage_weights(group_of, s, st.tp)
+        dense, expert = _dense_expert(sim, plan, group_of, s)
+        total = dense + expert
         ranks = _dp_ranks(plan, s)
         inner = outer = (0.0, 1.0)
         if dp > 1:
             inner = group_link(sim.platform, ranks[: group if zero else dp])
             outer = group_link(sim.platform, ranks[::group]) if zero and group < dp else inner
-        grad, gather = gradient_sync(total, dp, zero, group if zero else dp, inner, outer)
+        grad, gather = gradient_sync(total if ep == 1 else dense, dp, zero, group if zero else dp, inner, outer)
+        if ep > 1 and expert > 0.0:  # expert gradients: over the ranks holding the same experts
+            edp = dp // ep
+            e_link = group_link(sim.platform, ranks[::ep]) if edp > 1 else (0.0, 1.0)
+            g_e, a_e = gradient_sync(expert, edp, zero, edp, e_link, e_link)
+            grad, gather = grad + g_e, gather + a_e
         if plan.overlap and grad > 0.0:
             largest = max(_unit_weights(sim, group_of, s, st.tp).values(), default=0.0)
             grad = exposed(grad, backward[s], grad * largest / total if total > 0 else grad)
@@ -241,4 +265,40 @@ def ring_attention(sim: Simulator, plan: Plan, chunk_of: list[int], kernels: lis
                 b = sim.bwd_of[i]
                 if sim.step[i] == FORWARD and b >= 0:
                     extra[b] += extra[i]
+    return extra
+
+
+def expert_alltoalls(sim: Simulator, plan: Plan, chunk_of: list[int]) -> list[float]:
+    """Per task: all-to-all seconds of expert parallelism (dispatch + combine), 0 when ``ep`` is 1.
+
+    Each MoE layer's first forward task holding expert ops carries the layer's two
+    forward all-to-alls, its backward the two backward ones (and, when the chunk
+    recomputes fully, the forward's again).
+    """
+    T, ep = len(sim.ids), plan.ep
+    extra = [0.0] * T
+    experts = sim.table.experts
+    if ep <= 1 or experts is None:
+        return extra
+    meta = sim.graph.meta
+    elem = DTYPE_BYTES[meta.dtype]
+    hidden = meta.hidden or int(meta.spec.get("hidden", 0) or 0)
+    top_k = int(meta.spec.get("top_k", 1) or 1)
+    tokens = meta.batch * meta.seq / (plan.replicas * plan.micro_batches * plan.cp)
+    has_experts = np.logical_or.reduceat(experts, sim.offsets).tolist()
+    dpr, cp = plan.devices_per_replica, plan.cp
+    seen: set[tuple[int, int]] = set()
+    for i, k in enumerate(chunk_of):
+        if sim.once[i] or sim.step[i] != FORWARD or not has_experts[i] or (k, sim.layer[i]) in seen:
+            continue
+        seen.add((k, sim.layer[i]))
+        st = plan.stages[k]
+        t = st.tp
+        group = tuple(st.devices[(q % cp) * t] + (q // cp) * dpr for q in range(ep))
+        nbytes = tokens * top_k * hidden * elem / (t if plan.sequence_parallel else 1)
+        a2a = 2.0 * alltoall_time(nbytes, ep, *group_link(sim.platform, group))
+        extra[i] += a2a
+        b = sim.bwd_of[i]
+        if b >= 0:
+            extra[b] += a2a * (2.0 if st.recompute else 1.0)
     return extra

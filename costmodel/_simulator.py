@@ -41,9 +41,11 @@ Semantics (the same as the analytic's where both apply):
   its forward's attention-core kernels first, the stash leaves out the core's tensors;
   ``cp``: one CP rank at 1/cp of the sequence, ring attention's exposed exchange
   (:func:`._simtech.ring_attention`), gradients reduced over replicas x cp;
-* the other training techniques of the plan (``ep``) are not simulated yet: such
-  a plan is infeasible with a reason naming the field
-  (:meth:`Simulator.unsupported`), never priced as if the field were absent;
+  ``ep``: expert ops priced with 1/ep of the experts' weights, 2 all-to-alls forward
+  and 2 backward per MoE layer (:func:`._simtech.expert_alltoalls`), expert state / ep
+  and its gradients reduced over the replicas x cp / ep ranks holding the same experts;
+* combinations the analytic evaluator refuses (ZeRO-3 or ``shard_group`` with ``ep``)
+  are refused here too, by name (:meth:`Simulator.unsupported`);
 * breakdown: compute, communication and idle along the critical path (the chain of
   jobs that each started when the previous one ended), clipped to the measured
   window, so the three sum to the latency.
@@ -92,13 +94,24 @@ from ._simmemory import TensorSizes, activation_peaks
 from ._simtech import model_states
 from ._simtrace import critical_breakdown, timeline_events
 from ._stash import StashColumns, is_attention_core, is_replicated
+from ._technique_tables import expert_split_table
 from ._trust import annotate
 
 #: Profile range keys checked for extrapolation (as the analytic evaluator does).
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
 #: Plan-wide training techniques the simulator runs (the others are refused by name).
 SIMULATED = frozenset(
-    {"virtual_stages", "zero", "shard_group", "overlap", "tp_overlap", "sequence_parallel", "selective_recompute", "cp"}
+    {
+        "virtual_stages",
+        "zero",
+        "shard_group",
+        "overlap",
+        "tp_overlap",
+        "sequence_parallel",
+        "selective_recompute",
+        "cp",
+        "ep",
+    }
 )
 STEP_CODE = {"forward": FORWARD, "backward": BACKWARD, "optimizer": OPTIMIZER}
 
@@ -187,12 +200,12 @@ class Simulator:
         is_last = np.zeros(len(ops), dtype=bool)
         is_last[self.last_op] = True
         self._inner_mask = ~is_last
-        self._kernels: dict[tuple[int, float], tuple[np.ndarray, list[float]]] = {}
+        self._kernels: dict[tuple[int, float] | tuple[int, float, int], tuple[np.ndarray, list[float]]] = {}
         self._ars: dict[tuple[int, float, GroupLink], tuple[np.ndarray, list[float]]] = {}
         self._sizes: dict[tuple[int, bool, bool], TensorSizes] = {}
-        self._kernels_sp: dict[tuple[int, float], tuple[np.ndarray, list[float]]] = {}
+        self._kernels_sp: dict[tuple[int, float, int], tuple[np.ndarray, list[float]]] = {}
         self._outside: dict[tuple[int, float], list[float]] = {}
-        self._task_weights: dict[int, list[float]] = {}
+        self._task_weights: dict[tuple[int, bool], list[float]] = {}
         self._work_ops = step_of_op != OPTIMIZER
         self._lower: float | None = None
 
@@ -203,12 +216,17 @@ class Simulator:
             self._lower = lower_bound_s(self.graph, self.platform)
         return self._lower
 
-    def kernels(self, tp: int, scale: float) -> tuple[np.ndarray, list[float]]:
-        """Seconds of every op, and their sums per task, on a TP group of ``tp`` for a ``scale`` share."""
-        key = (tp, scale)
+    def kernels(self, tp: int, scale: float, ep: int = 1) -> tuple[np.ndarray, list[float]]:
+        """Seconds of every op, and their sums per task, on a TP group of ``tp`` for a ``scale`` share.
+
+        With ``ep`` > 1 the expert ops hold 1/ep of the experts' weights (expert parallelism:
+        :func:`._technique_tables.expert_split_table`, as the analytic evaluator prices them).
+        """
+        key = (tp, scale) if ep == 1 else (tp, scale, ep)
         hit = self._kernels.get(key)
         if hit is None:
-            times = self.pricer.op_times(self.table, tp, scale)
+            table = self.table if ep == 1 else expert_split_table(self.table, ep)
+            times = self.pricer.op_times(table, tp, scale)
             hit = self._kernels[key] = (times, np.add.reduceat(times, self.offsets).tolist())
         return hit
 
@@ -262,12 +280,12 @@ class Simulator:
             )
         return sizes
 
-    def kernels_sp(self, tp: int, scale: float) -> tuple[np.ndarray, list[float]]:
+    def kernels_sp(self, tp: int, scale: float, ep: int = 1) -> tuple[np.ndarray, list[float]]:
         """:meth:`kernels` under SP: replicated ops (norms, residuals, dropouts) on 1/tp of the tokens."""
-        key = (tp, scale)
+        key = (tp, scale, ep)
         hit = self._kernels_sp.get(key)
         if hit is None:
-            times = np.where(self._replicated, self.kernels(tp, scale / tp)[0], self.kernels(tp, scale)[0])
+            times = np.where(self._replicated, self.kernels(tp, scale / tp, ep)[0], self.kernels(tp, scale, ep)[0])
             hit = self._kernels_sp[key] = (times, np.add.reduceat(times, self.offsets).tolist())
         return hit
 
@@ -314,10 +332,11 @@ class Simulator:
 
     @staticmethod
     def unsupported(plan: Plan) -> list[str]:
-        """The plan's training techniques this simulator does not price yet, each named by its field.
+        """What of the plan this simulator does not price, each named by its field (empty: all of it).
 
-        Interleaved 1F1B (``virtual_stages``) is simulated; its chunks on one stage must
-        agree on ``recompute`` (activation lifetimes are followed per stage).
+        Every training technique is simulated, but not ZeRO-3 or hybrid sharding with
+        expert parallelism (nor does the analytic evaluator price them); the chunks of an
+        interleaved stage must agree on ``recompute`` (activation lifetimes are followed per stage).
         """
         out = [
             f"{name} = {value!r} is not simulated yet (the discrete-event simulator prices "
@@ -325,6 +344,10 @@ class Simulator:
             for name, value in plan.techniques().items()
             if name not in SIMULATED
         ]
+        if plan.ep > 1 and plan.zero == 3:
+            out.append("zero 3 with ep > 1: expert weights sharded over expert-data-parallel ranks are not priced")
+        if plan.ep > 1 and plan.shard_group:
+            out.append("shard_group with ep > 1: hybrid sharding of expert state is not priced")
         p = plan.pp
         for k in range(p, len(plan.stages)):
             if plan.stages[k].recompute != plan.stages[k % p].recompute:
@@ -342,12 +365,18 @@ class Simulator:
         """Weight bytes per device of stage ``s`` (what its data-parallel all-reduce moves)."""
         return weight_memory(self._stage_ops(stage_of, s), tp)
 
-    def task_weights(self, tp: int) -> list[float]:
-        """Per task: weight bytes per device of its ops on a TP group of ``tp`` (forward tasks hold the weights)."""
-        hit = self._task_weights.get(tp)
+    def task_weights(self, tp: int, *, experts: bool = False) -> list[float]:
+        """Per task: weight bytes per device of its ops on a TP group of ``tp`` (forward tasks hold the weights).
+
+        ``experts``: only the expert ops' weights (before expert parallelism splits them).
+        """
+        key = (tp, experts)
+        hit = self._task_weights.get(key)
         if hit is None:
             per_op = self.table.param_bytes / self.table.split(tp)
-            hit = self._task_weights[tp] = np.add.reduceat(per_op, self.offsets).tolist()
+            if experts:
+                per_op = np.where(self.table.experts, per_op, 0.0) if self.table.experts is not None else 0.0 * per_op
+            hit = self._task_weights[key] = np.add.reduceat(per_op, self.offsets).tolist()
         return hit
 
     def memory_terms(self, plan: Plan, stage_of: list[int] | None = None) -> list[dict[str, float]]:

@@ -1,4 +1,4 @@
-"""The simulator runs interleaved 1F1B, ZeRO and overlap as the analytic evaluator prices them, and refuses the rest."""
+"""The simulator runs interleaved 1F1B and every training technique as the analytic evaluator prices them."""
 
 from __future__ import annotations
 
@@ -108,12 +108,16 @@ def test_interleaved_stash_follows_the_schedule() -> None:
     assert all(b > a for a, b in zip(one, two, strict=True))
 
 
-def test_expert_parallelism_is_refused_by_name() -> None:
+def test_expert_parallelism_with_zero3_or_hybrid_sharding_is_refused_by_name() -> None:
     sim = _sim("mixtral-8x7b:layers=2")
-    plan = Plan.uniform(2, pp=1, micro_batches=2, replicas=2, ep=2)
-    assert not plan.problems(sim.graph, PLATFORM)
-    res = sim.run(plan).metrics
-    assert not res.feasible and "ep = 2 is not simulated" in res.reason
+    for extra, name in (
+        ({"zero": 3}, "zero 3 with ep > 1"),
+        ({"zero": 1, "shard_group": 2}, "shard_group with ep > 1"),
+    ):
+        plan = Plan.uniform(2, pp=1, micro_batches=2, replicas=4, ep=2, **extra)
+        assert not plan.problems(sim.graph, PLATFORM)
+        res = sim.run(plan).metrics
+        assert not res.feasible and name in res.reason
 
 
 def test_chunks_of_a_stage_must_recompute_alike() -> None:
@@ -300,3 +304,25 @@ def test_ring_attention_is_exposed_across_nodes_and_cp_splits_activations() -> N
     one, eight = sim.run(plan, timeline=False), sim.run(wide, timeline=False)
     assert eight.activation_bytes[0] < one.activation_bytes[0] / 4
     assert eight.metrics.step_s < one.metrics.step_s
+
+
+@pytest.mark.parametrize("granularity", ["layer", "op"])
+def test_expert_parallelism_agrees_with_the_analytic_evaluator(granularity: str) -> None:
+    """EP (with CP, SP, ZeRO-1/2, overlap, recomputation): the same step and model state by term."""
+    sim = _sim("mixtral-8x7b:layers=2", granularity)
+    ev = AnalyticEvaluator(sim.graph, PLATFORM)
+    shapes = [(2, 2, 4, 1, 1, 2), (2, 2, 2, 2, 2, 4), (1, 2, 8, 1, 1, 8)]  # pp, m, r, tp, cp, ep
+    for (pp, m, r, tp, cp, ep), sp, rc, zero in itertools.product(shapes, (False, True), (False, True), (0, 2)):
+        plan = Plan.uniform(
+            2, tp=tp, pp=pp, micro_batches=m, replicas=r, recompute=rc, sequence_parallel=sp, zero=zero, cp=cp,
+            ep=ep, overlap=zero > 0,
+        )  # fmt: skip
+        s, a = sim.evaluate(plan), ev.evaluate(plan)
+        assert s.step_s == pytest.approx(a.step_s, rel=1e-6), plan.techniques()
+        for term in ("weights", "gradients", "optimizer_state"):
+            assert s.memory_breakdown[term] == pytest.approx(a.memory_breakdown[term], rel=1e-4), (term, plan)
+    plain = Plan.uniform(2, micro_batches=2, replicas=8)
+    split = dataclasses.replace(plain, ep=8)
+    assert sim.evaluate(split).memory_breakdown["weights"] < 0.5 * sim.evaluate(plain).memory_breakdown["weights"]
+    built = build_input(sim, split, sim.placement(split), 1.0 / 16)
+    assert sum(built.extra) > 0.0  # the dispatch and combine all-to-alls
