@@ -326,3 +326,17 @@ def test_expert_parallelism_agrees_with_the_analytic_evaluator(granularity: str)
     assert sim.evaluate(split).memory_breakdown["weights"] < 0.5 * sim.evaluate(plain).memory_breakdown["weights"]
     built = build_input(sim, split, sim.placement(split), 1.0 / 16)
     assert sum(built.extra) > 0.0  # the dispatch and combine all-to-alls
+
+
+@pytest.mark.parametrize("phase", ["train", "prefill", "decode"])
+def test_memory_breakdown_sums_to_the_most_loaded_device(phase: str) -> None:
+    g = coarsen(
+        build_graph("llama2-7b:layers=4", phase=phase, batch=8, seq=1 if phase == "decode" else 256, context=256),
+        "layer",
+    )
+    m = Simulator(g, PLATFORM).evaluate(Plan.uniform(4, tp=2, pp=2, micro_batches=2))
+    terms = ("weights", "gradients", "optimizer_state", "activations", "kv_cache", "buffers")
+    assert set(m.memory_breakdown) == set(terms)
+    assert sum(m.memory_breakdown.values()) == pytest.approx(m.max_memory_bytes, rel=1e-9)
+    assert (m.memory_breakdown["kv_cache"] > 0) == (phase != "train")
+    assert (m.memory_breakdown["optimizer_state"] > 0) == (phase == "train")
