@@ -75,7 +75,11 @@ the fast path above, and the general path gives it the same numbers):
 * ``ep``: expert weights / ep (expert GEMMs priced with 1/ep of the weights for the same
   routed tokens); 2 all-to-alls forward + 2 backward per MoE layer and micro-batch of
   tokens x top_k x hidden x elem (/ t with SP) on the EP group (ep consecutive DP ranks);
-  expert gradients reduced over the N / ep ranks holding the same experts.
+  expert gradients reduced over the N / ep ranks holding the same experts. Dropless routing with
+  balanced load: no capacity factor (tokens dropped or padded) is modelled.
+* Refused by name (``technique_refusals``): ``zero`` 3 or ``shard_group`` with ``ep`` > 1.
+* DP, CP, EP and shard groups are priced on :func:`group_link` (the slowest link, one NIC's
+  bandwidth when the group spans nodes), like today's data-parallel all-reduce.
 
 Memory per device (the same for every device of a stage and every replica):
 weights + [train: gradients and optimizer state + activation stash] + [prefill /
