@@ -103,7 +103,7 @@ import numpy as np
 
 from ..graphs import Phase, TaskGraph
 from ._analytic_eval import evaluate_plan
-from ._analytic_train import technique_refusals
+from ._analytic_train import evaluate_techniques, technique_refusals
 from ._batch import BatchResult, PlanBatch, random_plans
 from ._batch_eval import evaluate_batch
 from ._bounds import lower_bound_s
@@ -260,16 +260,16 @@ class AnalyticEvaluator:
                     )
         return out
 
-    def _valid_fast(self, plan: Plan) -> bool:
+    def _valid_fast(self, plan: Plan, tech: bool | None = None) -> bool:
         try:
-            return self._quick_valid(plan)
+            return self._quick_valid(plan, uses_techniques(plan) if tech is None else tech)
         except (TypeError, ValueError, IndexError):  # malformed: let problems() say what is wrong
             return False
 
-    def _quick_valid(self, plan: Plan) -> bool:
+    def _quick_valid(self, plan: Plan, tech: bool) -> bool:
         """True only when :meth:`problems` would find nothing (its checks, without the graph walk it repeats)."""
         cp, p = 1, len(plan.stages)
-        if uses_techniques(plan):  # the plan's own technique checks (no graph walk), then what this evaluator refuses
+        if tech:  # the plan's own technique checks (no graph walk), then what this evaluator refuses
             if plan._technique_problems(self.graph) or technique_refusals(plan):
                 return False
             cp, p = plan.cp, plan.pp
@@ -307,7 +307,8 @@ class AnalyticEvaluator:
 
         ``check=False`` skips validation (for tuners whose plans are valid by construction).
         """
-        if check and not self._valid_fast(plan):
+        tech = uses_techniques(plan)
+        if check and not self._valid_fast(plan, tech):
             problems = self.problems(plan)
             if problems:
                 return Metrics(
@@ -315,7 +316,7 @@ class AnalyticEvaluator:
                     latency_s=float("inf"), memory_capacity_bytes=self.usable, lower_bound_s=self.lower_bound,
                     devices_used=plan.num_devices,
                 )  # fmt: skip
-        return evaluate_plan(self, plan)
+        return evaluate_techniques(self, plan) if tech else evaluate_plan(self, plan)
 
     # -- many plans ---------------------------------------------------------
     def evaluate_batch(self, batch: PlanBatch) -> BatchResult:

@@ -349,3 +349,15 @@ def test_context_parallel_ranks_reduce_gradients_and_hide_the_ring_on_long_seque
     assert ring < ev.tech_scaled(1, 2).attn_f_l[-1]  # long sequences: attention outlasts the ring
     # only the gradient reduce-scatter + all-gather over the two CP ranks is left
     assert got.breakdown["communication_s"] == pytest.approx(allreduce_time(weights, 2, *ev.group((0, 1))), rel=1e-9)
+
+
+def test_fast_technique_test_agrees_with_plan_techniques() -> None:
+    from paratune.costmodel._plan import TECHNIQUE_DEFAULTS
+    from paratune.costmodel._techniques import uses_techniques
+
+    plain = Plan.uniform(32, tp=2, pp=2)
+    assert not uses_techniques(plain) and not plain.techniques()
+    for name, default in TECHNIQUE_DEFAULTS.items():
+        other = (not default) if isinstance(default, bool) else default + 2
+        plan = Plan(plain.stages, micro_batches=2, **{name: other})
+        assert uses_techniques(plan) and name in plan.techniques()
