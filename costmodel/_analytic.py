@@ -59,7 +59,7 @@ the fast path above, and the general path gives it the same numbers):
 * ``sequence_parallel``: TP collective time unchanged (reduce-scatter + all-gather = one
   all-reduce in the ring model); replicated ops (norms, residuals) priced on 1/t of the
   tokens (their kernel tables at share x t); activations from the ``stash_sp`` column
-  (layer inputs / t with full recomputation).
+  (layer inputs / t and one rebuilt unit of ``stash_sp`` with full recomputation).
 * ``selective_recompute`` (stages without full recompute): backward += the attention
   core's forward kernels; activations from ``stash_sel`` / ``stash_sel_sp``.
 * ``tp_overlap``: each direction's TP collectives hidden behind the stage's TP-split GEMMs,
@@ -75,7 +75,11 @@ the fast path above, and the general path gives it the same numbers):
 * ``ep``: expert weights / ep (expert GEMMs priced with 1/ep of the weights for the same
   routed tokens); 2 all-to-alls forward + 2 backward per MoE layer and micro-batch of
   tokens x top_k x hidden x elem (/ t with SP) on the EP group (ep consecutive DP ranks);
-  expert gradients reduced over the N / ep ranks holding the same experts.
+  expert gradients reduced over the N / ep ranks holding the same experts. Dropless routing with
+  balanced load: no capacity factor (tokens dropped or padded) is modelled.
+* Refused by name (``technique_refusals``): ``zero`` 3 or ``shard_group`` with ``ep`` > 1.
+* DP, CP, EP and shard groups are priced on :func:`group_link` (the slowest link, one NIC's
+  bandwidth when the group spans nodes), like today's data-parallel all-reduce.
 
 Memory per device (the same for every device of a stage and every replica):
 weights + [train: gradients and optimizer state + activation stash] + [prefill /
@@ -99,7 +103,7 @@ import numpy as np
 
 from ..graphs import Phase, TaskGraph
 from ._analytic_eval import evaluate_plan
-from ._analytic_train import technique_refusals
+from ._analytic_train import evaluate_techniques, technique_refusals
 from ._batch import BatchResult, PlanBatch, random_plans
 from ._batch_eval import evaluate_batch
 from ._bounds import lower_bound_s
@@ -256,16 +260,16 @@ class AnalyticEvaluator:
                     )
         return out
 
-    def _valid_fast(self, plan: Plan) -> bool:
+    def _valid_fast(self, plan: Plan, tech: bool | None = None) -> bool:
         try:
-            return self._quick_valid(plan)
+            return self._quick_valid(plan, uses_techniques(plan) if tech is None else tech)
         except (TypeError, ValueError, IndexError):  # malformed: let problems() say what is wrong
             return False
 
-    def _quick_valid(self, plan: Plan) -> bool:
+    def _quick_valid(self, plan: Plan, tech: bool) -> bool:
         """True only when :meth:`problems` would find nothing (its checks, without the graph walk it repeats)."""
         cp, p = 1, len(plan.stages)
-        if uses_techniques(plan):  # the plan's own technique checks (no graph walk), then what this evaluator refuses
+        if tech:  # the plan's own technique checks (no graph walk), then what this evaluator refuses
             if plan._technique_problems(self.graph) or technique_refusals(plan):
                 return False
             cp, p = plan.cp, plan.pp
@@ -303,7 +307,8 @@ class AnalyticEvaluator:
 
         ``check=False`` skips validation (for tuners whose plans are valid by construction).
         """
-        if check and not self._valid_fast(plan):
+        tech = uses_techniques(plan)
+        if check and not self._valid_fast(plan, tech):
             problems = self.problems(plan)
             if problems:
                 return Metrics(
@@ -311,7 +316,7 @@ class AnalyticEvaluator:
                     latency_s=float("inf"), memory_capacity_bytes=self.usable, lower_bound_s=self.lower_bound,
                     devices_used=plan.num_devices,
                 )  # fmt: skip
-        return evaluate_plan(self, plan)
+        return evaluate_techniques(self, plan) if tech else evaluate_plan(self, plan)
 
     # -- many plans ---------------------------------------------------------
     def evaluate_batch(self, batch: PlanBatch) -> BatchResult:

@@ -10,13 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..graphs import Phase
-from ._analytic_train import evaluate_techniques
 from ._layer_tables import range_max
 from ._metrics import Metrics
 from ._pipeline import training_makespan
 from ._plan import Plan, Schedule
 from ._pricing import allreduce_time, p2p_time, tp_allreduce_time
-from ._techniques import uses_techniques
 from ._trust import annotate
 
 if TYPE_CHECKING:
@@ -24,10 +22,11 @@ if TYPE_CHECKING:
 
 
 def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
-    """Metrics of a valid layered ``plan`` (not checked here); plans with training techniques go to
-    :func:`._analytic_train.evaluate_techniques`, the rest stay on this fast path."""
-    if uses_techniques(plan):
-        return evaluate_techniques(ev, plan)
+    """Metrics of a valid layered ``plan`` without training techniques (not checked here).
+
+    :meth:`AnalyticEvaluator.evaluate` sends plans that use a technique to
+    :func:`._analytic_train.evaluate_techniques` instead; this fast path ignores them.
+    """
     n_layers, phase = ev.n_layers, ev.phase
     r, m = plan.replicas, plan.micro_batches
     share = r * m

@@ -146,7 +146,7 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
             kern_b += kern_f
             comm_b += comm_f
             chunk_stash.append((tl["inputs"][hi] - tl["inputs"][lo]) * scale / (t if sp else 1))
-            rebuild[s] = max(rebuild[s], range_max(tt.stash_max_l, lo, hi) * scale / (t if sp else 1))
+            rebuild[s] = max(rebuild[s], range_max(tt.stash_sp_max_l if sp else tt.stash_max_l, lo, hi) * scale)
         else:
             if sel:  # selective: the attention core's forward re-runs in backward, its tensors not stashed
                 kern_b += attn_f

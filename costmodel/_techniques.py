@@ -35,19 +35,16 @@ if TYPE_CHECKING:
 Link = tuple[float, float]  # (alpha seconds, bytes/s)
 
 
+#: The plan-wide technique fields at their defaults, in :func:`uses_techniques`' order.
+_PLAIN = (0, 0, 1, 1, 1, False, False, False, False)
+
+
 def uses_techniques(plan: Plan) -> bool:
     """True when any plan-wide training technique differs from its default (``Plan.techniques``, faster)."""
-    return bool(
-        plan.zero != 0
-        or plan.virtual_stages != 1
-        or plan.cp != 1
-        or plan.ep != 1
-        or plan.sequence_parallel is not False
-        or plan.selective_recompute is not False
-        or plan.overlap is not False
-        or plan.tp_overlap is not False
-        or plan.shard_group != 0
-    )
+    return (
+        plan.zero, plan.shard_group, plan.virtual_stages, plan.cp, plan.ep, plan.sequence_parallel,
+        plan.selective_recompute, plan.overlap, plan.tp_overlap,
+    ) != _PLAIN  # fmt: skip
 
 
 def model_state(
