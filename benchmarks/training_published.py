@@ -93,7 +93,7 @@ def main() -> None:
 def _print(figures: dict[str, Any]) -> None:
     head = (
         f"{'point':36s} {'split':5s} {'GPUs':>5s} {'TP/PP/CP/EP/VP x DP':20s} {'meas s':>8s} {'pred s':>8s} "
-        f"{'error':>7s} {'TFLOP/s meas/pred':>18s} {'mem GiB':>13s}  techniques / status"
+        f"{'error':>7s} {'TFLOP/s meas/pred':>18s} {'mem GiB':>9s} {'comp/comm/idle s':>20s}  techniques / status"
     )
     print(head)
     print("-" * len(head))
@@ -104,9 +104,11 @@ def _print(figures: dict[str, Any]) -> None:
         status = "" if r["feasible"] else ("  OOM: " if r["called_oom"] else "  INFEASIBLE: ") + r["reason"][:70]
         tflops = f"{r['measured_tflops_per_gpu']:.0f}/{r['predicted_tflops_per_gpu']:.0f} {r['flops_convention'][:2]}"
         mem = f"{r['peak_memory_gib']:.0f}/{r['memory_capacity_gib']:.0f}"
+        b = r["breakdown"]
+        parts = f"{b.get('compute_s', 0):.2f}/{b.get('communication_s', 0):.2f}/{b.get('idle_s', 0):.2f}"
         print(
             f"{r['id']:36s} {r['split']:5s} {r['gpus']:5d} {shape:20s} {r['measured_step_s']:8.3f} "
-            f"{r['predicted_step_s']:8.3f} {r['error_pct']:+6.1f}% {tflops:>18s} {mem:>13s}  {tech}{status}"
+            f"{r['predicted_step_s']:8.3f} {r['error_pct']:+6.1f}% {tflops:>18s} {mem:>9s} {parts:>20s}  {tech}{status}"
         )
     s = figures["summary"]
     for pid, err in s["evaluator_errors"].items():
