@@ -15,8 +15,11 @@ Summary: median |error| over the ``check`` points (target <= 10%), and the runs 
 (target: none). Megatron-LM's SC'21 Table 1, which the project was calibrated on, is printed
 apart as ``tune`` and not counted.
 
-Run: ``python benchmarks/training_published.py [--source KEY] [--json] [--out FILE]`` (about
-20 s on one core).
+``--sensitivity`` also prices each point under the other plausible value of what its source
+leaves unstated (micro-batch 2, VP 2): how much of an error may be the assumption's.
+
+Run: ``python benchmarks/training_published.py [--source KEY] [--sensitivity] [--json] [--out FILE]``
+(about 20 s on one core; a minute with ``--sensitivity``).
 """
 
 from __future__ import annotations
@@ -52,10 +55,20 @@ def _tuned_on() -> list[dict[str, Any]]:
 def main() -> None:
     from _figures import emit, figure_parser, provenance
 
-    from paratune.costmodel.calibration._published_training import compare_point, load_training_points, summarize
+    from paratune.costmodel.calibration._published_training import (
+        assumption_variants,
+        compare_point,
+        load_training_points,
+        summarize,
+    )
 
     parser = figure_parser(__doc__)
     parser.add_argument("--source", default="", help="only the points of these sources (comma-separated keys)")
+    parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="also price each point under the other value of what its source leaves unstated (micro-batch, VP)",
+    )
     args = parser.parse_args()
     points = load_training_points()
     wanted = {s for s in args.source.split(",") if s}
@@ -71,6 +84,18 @@ def main() -> None:
             rows.append(compare_point(point))
         except Exception as exc:  # an evaluator that cannot price a plan yet is reported, not fatal
             failed[point.id] = f"{type(exc).__name__}: {exc}"
+    sensitivity: dict[str, dict[str, Any]] = {}
+    if args.sensitivity:
+        for row in rows:
+            for label, variant in assumption_variants(row.point).items():
+                try:
+                    alt = compare_point(variant)
+                    sensitivity.setdefault(row.point.id, {})[label] = {
+                        "error_pct": alt.error_pct,
+                        "feasible": alt.feasible,
+                    }
+                except Exception as exc:  # as above: reported, not fatal
+                    sensitivity.setdefault(row.point.id, {})[label] = {"error": f"{type(exc).__name__}: {exc}"}
     summary = summarize(rows)
     summary["evaluator_errors"] = failed
     summary["target_median_abs_error_pct"] = TARGET_MEDIAN_PCT
@@ -82,6 +107,7 @@ def main() -> None:
         "points": [r.to_dict() for r in rows],
         "tuned_on": _tuned_on(),
         "summary": summary,
+        "sensitivity": sensitivity,
         "sources": {p.source.key: {"title": p.source.title, "url": p.source.url} for p in points},
         "provenance": provenance(),
     }
@@ -113,6 +139,15 @@ def _print(figures: dict[str, Any]) -> None:
     s = figures["summary"]
     for pid, err in s["evaluator_errors"].items():
         print(f"{pid:36s} evaluator error: {err[:110]}")
+    if figures["sensitivity"]:
+        print()
+        print("if the unstated settings were otherwise (step error; the data keep the stated choice):")
+        for pid, alts in figures["sensitivity"].items():
+            shown = ", ".join(
+                f"{k}: {v['error_pct']:+.1f}%" if "error_pct" in v else f"{k}: {v['error'][:40]}"
+                for k, v in alts.items()
+            )
+            print(f"  {pid:36s} {shown}")
     print()
     print("tuned on (Megatron-LM SC'21 Table 1, not counted):")
     for r in figures["tuned_on"]:

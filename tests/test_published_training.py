@@ -20,6 +20,7 @@ from paratune.costmodel.calibration._published_training import (
     SPLITS,
     TrainingComparison,
     TrainingPoint,
+    assumption_variants,
     compare_point,
     load_training_points,
     summarize,
@@ -171,3 +172,13 @@ def test_summary_takes_the_median_over_check_points_and_lists_runs_called_oom(
     assert s["check"]["max_abs_error_pct"] == pytest.approx(30.0)
     assert s["called_oom"] == [c.id] and set(s["infeasible"]) == {c.id}
     assert s["tune"]["median_abs_error_pct"] is None
+
+
+def test_assumption_variants_change_only_what_the_source_leaves_unstated(points: list[TrainingPoint]) -> None:
+    by_id = {p.id: p for p in points}
+    alts = assumption_variants(by_id["korthikanti-175b-full"])
+    assert set(alts) == {"micro_batch=2", "virtual_stages=2"}
+    assert alts["micro_batch=2"].micro_batches == 32 and alts["micro_batch=2"].plan().replicas == 1
+    assert alts["virtual_stages=2"].plan().pp == 8 and len(alts["virtual_stages=2"].plan().stages) == 16
+    assert set(assumption_variants(by_id["korthikanti-22b-full"])) == {"micro_batch=2"}  # no pipeline: no VP
+    assert assumption_variants(by_id["torchtitan-a100-llama2-70b-full"]) == {}  # everything stated

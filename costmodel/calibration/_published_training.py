@@ -31,7 +31,7 @@ Conventions:
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -332,6 +332,21 @@ def load_training_points(path: Path | None = None) -> list[TrainingPoint]:
                 assumed=tuple(str(a) for a in raw.get("assumed") or ()),
             )
         )
+    return out
+
+
+def assumption_variants(point: TrainingPoint) -> dict[str, TrainingPoint]:
+    """The point under the other plausible value of each setting its source leaves unstated.
+
+    ``micro_batch`` assumed 1: also 2 (when the batch allows); ``virtual_stages`` assumed 1:
+    also 2 (when the layers allow). How far the prediction moves says how much of an error
+    may be the assumption's rather than the cost model's; nothing is chosen by it.
+    """
+    out: dict[str, TrainingPoint] = {}
+    if "micro_batch" in point.assumed and point.global_batch % (point.replicas * 2 * point.micro_batch) == 0:
+        out["micro_batch=2"] = replace(point, micro_batch=2 * point.micro_batch)
+    if "virtual_stages" in point.assumed and point.pp > 1 and point.model.layers >= 2 * point.pp:
+        out["virtual_stages=2"] = replace(point, virtual_stages=2)
     return out
 
 
