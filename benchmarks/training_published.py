@@ -3,8 +3,9 @@
 The runs (``configs/published/training.yaml``; sources in the README beside it) are
 Korthikanti et al. 2022 (GPT 22B..1T on A100, full recomputation and SP + selective
 recomputation), the Megatron-LM README's H100 weak scaling (GPT 1.7B..462B, distributed
-optimizer, SP, overlap), torchtitan's FSDP2 runs on 64 A100 (Llama 2 / 3), and Megatron-Core's
-Mixtral 8x7B (EP, interleaved 1F1B). Each is built as a paratune problem and plan with the
+optimizer, SP, overlap), torchtitan's FSDP2 runs on 64 A100 (Llama 2 / 3), the Llama 3 paper's
+405B runs on 8K-16K H100 (TP, PP, CP 16 at 128K tokens) and Megatron-Core's Mixtral 8x7B (EP,
+interleaved 1F1B). Each is built as a paratune problem and plan with the
 techniques it used, and evaluated. Printed per run: the measured and predicted step time,
 the error ``predicted / measured - 1`` (positive: paratune is slower), model TFLOP/s per GPU
 counted the source's way (``megatron`` or ``torchtitan``, see
