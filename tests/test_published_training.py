@@ -77,7 +77,7 @@ def test_two_published_figures_of_one_run_agree(points: list[TrainingPoint]) -> 
             continue
         checked += 1
         assert max(steps) / min(steps) - 1 <= 0.025, (p.id, dict(zip(p.measured, steps, strict=True)))
-    assert checked >= 22
+    assert checked >= 19
 
 
 def test_megatron_flops_of_gpt3_match_the_papers_formula(points: list[TrainingPoint]) -> None:
