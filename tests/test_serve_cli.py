@@ -45,6 +45,28 @@ def test_json_contract(result) -> None:
     assert len(cdf) == 101 and all(a <= b for a, b in itertools.pairwise(cdf))
 
 
+def test_the_default_margin_is_auto_and_the_json_records_both_targets(result) -> None:
+    m = result["slo_margin"]
+    assert m["requested"] == "auto" and m["source"] == "auto"
+    assert 1.0 < m["ttft_pct"] < 20.0 and 1.0 < m["tpot_pct"] < 20.0
+    assert result["slo"]["tpot_ms"] == 20.0 and result["slo"]["ttft_ms"] == 500.0  # the user's, unchanged
+    plan = m["planning_slo"]
+    assert plan["tpot_ms"] == pytest.approx(20.0 / (1 + m["tpot_pct"] / 100), rel=1e-12)
+    assert plan["ttft_ms"] == pytest.approx(500.0 / (1 + m["ttft_pct"] / 100), rel=1e-12)
+    assert result["tpot_ms"]["p90"] <= plan["tpot_ms"] and result["ttft_ms"]["p90"] <= plan["ttft_ms"]
+    assert result["problem"]["slo_margin"] == "auto"
+
+
+def test_margin_zero_plans_at_the_slo_itself() -> None:
+    args = [*BASE, "--ttft-ms", "500", "--tpot-ms", "20", "--no-simulate", "--json"]
+    zero = json.loads(runner.invoke(app, [*args, "--slo-margin", "0"]).stdout)
+    auto = json.loads(runner.invoke(app, [*args]).stdout)
+    assert zero["slo_margin"]["planning_slo"]["tpot_ms"] == 20.0 and zero["slo_margin"]["source"] == "fixed"
+    assert zero["analytic"]["tpot_ms"]["p90"] <= 20.0
+    assert auto["load"] < zero["load"]  # the headroom is paid in load
+    assert auto["tokens_per_s_per_gpu"] < zero["tokens_per_s_per_gpu"]
+
+
 def test_the_study_folder_reads_back(result) -> None:
     r = runner.invoke(app, ["study", "show", str(result["_out"]), "--json"])
     assert r.exit_code == 0, r.output
@@ -62,6 +84,8 @@ def test_the_study_folder_reads_back(result) -> None:
         (["--workload", "fixed:0/fixed:1"], "fixed"),
         (["--kv-dtype", "int4"], "--kv-dtype"),
         (["--tuner", "dp"], "--tuner"),
+        (["--slo-margin", "lots"], "--slo-margin"),
+        (["--slo-margin", "-5"], "--slo-margin"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(extra: list[str], message: str) -> None:
