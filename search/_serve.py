@@ -330,18 +330,50 @@ class Evaluator:
         margins = self.margins(deployment, costs)
         return self.slo if margins is None else margins.planning(self.slo)
 
+    def load_factor(self, deployment: Deployment, costs: Mapping[str, IterationCost] | None = None) -> float:
+        """How much more load the headroom check runs ``deployment`` at: 1 + its larger margin (open loop).
+
+        Every step ``e`` slower at load L is the model's steps at load L (1 + e) with every time (1 + e) longer
+        (time dilation): the check at L (1 + e) against SLO / (1 + e) is then exact for a uniform error. A closed
+        loop dilates at the same users. No SLO, no margin.
+        """
+        if self.slo is None or self.slo_margin == 0.0 or self.traffic.concurrency is not None:
+            return 1.0
+        margins = self.margins(deployment, costs)
+        return 1.0 if margins is None else 1.0 + max(margins.ttft_pct, margins.tpot_pct) / 100.0
+
     def at(self, deployment: Deployment, load: float) -> ServingMetrics | None:
-        """The metrics at ``load``; ``meets_slo`` says whether they meet the planning targets."""
+        """The metrics at ``load``; with a margin, ``meets_slo`` is the headroom check's (:meth:`ok`)."""
         costs = self.costs(deployment)
         if costs is None:
             return None
+        m = self._evaluate(deployment, load, costs)
+        factor = self.load_factor(deployment, costs)
+        if factor > 1.0 and m.meets_slo is not False:
+            check = self._evaluate(deployment, load * factor, costs)
+            m = replace(m, meets_slo=check.meets_slo is not False and not check.saturated)
+        return m
+
+    def _evaluate(self, deployment: Deployment, load: float, costs: Mapping[str, IterationCost]) -> ServingMetrics:
         self.calls += 1
         return self.evaluate(deployment, with_load(self.traffic, load), costs, self.planning_slo(deployment, costs))
 
     def ok(self, deployment: Deployment, load: float) -> ServingMetrics | None:
-        """The metrics at ``load`` when the deployment sustains it within the SLO, else None."""
-        m = self.at(deployment, load)
-        if m is None or m.saturated or (self.slo is not None and m.meets_slo is False):
+        """The metrics at ``load`` when the deployment sustains it within the SLO, else None.
+
+        With a margin (:mod:`paratune.serving._margin`), within it: the deployment must also sustain
+        ``load`` x :meth:`load_factor` within the planning targets, checked first (the cheaper answer when it fails).
+        """
+        costs = self.costs(deployment)
+        if costs is None:
+            return None
+        factor = self.load_factor(deployment, costs)
+        if factor > 1.0:
+            check = self._evaluate(deployment, load * factor, costs)
+            if check.saturated or check.meets_slo is False:
+                return None
+        m = self._evaluate(deployment, load, costs)
+        if m.saturated or (self.slo is not None and m.meets_slo is False):
             return None
         return m
 
@@ -542,7 +574,9 @@ def finish(ev: Evaluator, candidates: list[Candidate], space: ServingSpace, star
     return ServingSearchResult(
         best=best,
         slo_margin=ev.slo_margin,
-        margins=None if margins is None else margins.to_dict(slo),
+        margins=None
+        if margins is None or best is None
+        else {**margins.to_dict(slo), "load_factor": ev.load_factor(best.deployment)},
         front=pareto(points, lambda c: (c.metrics.tokens_per_s_per_gpu, c.metrics.tokens_per_s_per_user)),
         ttft_front=pareto(
             points,

@@ -1,9 +1,17 @@
-"""Planning headroom: the SLO a search plans against, below the user's by the cost model's own error.
+"""Planning headroom: a deployment that still meets its SLO when the cost model is off by its known error.
 
-A deployment chosen at the very edge of its SLO breaks on the first few percent of model error or load
-noise: a decode step priced 3% fast puts a TPOT run at 39.9 ms over a 40 ms target. Operators size for a
-margin; ``slo_margin`` says how much. The search then requires TTFT <= target / (1 + margin) and TPOT <=
-target / (1 + margin), the *planning* targets, and reports the user's targets beside them.
+A deployment chosen at the very edge of its SLO breaks on the first few percent of model error or load noise:
+a decode step priced 3% fast puts a TPOT run at 39.9 ms over a 40 ms target. Operators size for a margin;
+``slo_margin`` says how much. With a margin ``e`` a deployment is accepted at a load L only when the model's
+metrics at L (1 + e) meet TTFT <= target / (1 + e) and TPOT <= target / (1 + e), the *planning* targets.
+
+Why both: when every iteration is ``e`` slower than the model says, serving L requests/s is the model's own
+serving of L (1 + e) requests/s with every time (1 + e) longer (time dilation: the same queue, on a slower
+clock). Dividing the targets alone (``SLO / (1 + e)`` at L) misses the queueing: a deployment near its batch
+cap or KV capacity then breaks on a 10% slower step although its latencies had 10% to spare
+(``benchmarks/serving_margin.py`` measures it). A closed loop dilates at the same users: only the targets
+shrink. Without an SLO there is nothing to plan for: no margin. The disaggregated pools' own errors differ; the
+load is scaled by the larger.
 
 ``slo_margin`` is a percent (``0``: plan at the SLO itself, the behaviour before the option) or ``"auto"``:
 the cost model's own held-out error for the iterations that make each latency, per deployment:
