@@ -22,9 +22,9 @@ How the question is posed to paratune (:func:`pose`), so that both tools answer 
   ``tokens/s/gpu_cluster``; paratune's default ranks per GPU used, and would leave 2-4 GPUs of a budget idle for
   a better figure per GPU used, which the peer's figure counts as a loss.
 * **SLO percentile**: the median (the peer's TTFT and TPOT are steady-state means of identical requests).
-* **Planning headroom** (``--slo-margin``, default ``auto`` as ``serve-tune``'s): paratune's search plans for
-  SLO / (1 + margin), the margin its cost model's held-out error (:mod:`paratune.serving._margin`); the peer's
-  choice is still priced by paratune against the SLO itself, and paratune's choice by the peer likewise.
+* **Planning headroom** (``--slo-margin``, default ``0`` as ``serve-tune``'s): with ``auto`` or a percent,
+  paratune's search keeps that headroom (:mod:`paratune.serving._margin`); the peer's choice is still priced by
+  paratune against the SLO itself, and paratune's choice by the peer likewise. The peer plans at its edge.
 * **Hand-off** (:func:`handoff`): AIConfigurator prices a batch that is *always full* (its ``bs``), paratune a
   batch *cap* (``--max-num-seqs``) with the batch the load gives. paratune's choice goes to the peer with each
   decoding pool's cap set to its operating batch (requests per instance x the time each holds a slot, Little's
@@ -489,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--slo-margin",
-        default="auto",
-        help="paratune's planning headroom (serve-tune --slo-margin): auto, or a percent (0: plan at the SLO)",
+        default="0",
+        help="paratune's planning headroom (serve-tune --slo-margin): auto, or a percent (0, the default: none)",
     )
     args = parser.parse_args(argv)
     from paratune.serving._margin import check_margin

@@ -61,10 +61,11 @@ def serve_tune(
         str,
         typer.Option(
             "--slo-margin",
-            help="Planning headroom: plan for SLO / (1 + margin). auto = the cost model's held-out error of the "
-            "deployment's steps; PCT = that percent; 0 = at the SLO itself.",
+            help="Planning headroom: the deployment must meet SLO / (1 + margin) at its load x (1 + margin), so "
+            "it still meets the SLO with every step that much slower. auto = the cost model's held-out error of "
+            "the deployment's steps; PCT = that percent; 0 = at the edge of the SLO.",
         ),
-    ] = "auto",
+    ] = "0",
     engine: Annotated[str, typer.Option("--engine", help="vllm | sglang | trtllm.")] = "vllm",
     dtype: Annotated[str, typer.Option("--dtype", help="bf16 | fp8 weights and GEMMs.")] = "bf16",
     kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="bf16 | fp8 KV cache.")] = "bf16",

@@ -45,26 +45,30 @@ def test_json_contract(result) -> None:
     assert len(cdf) == 101 and all(a <= b for a, b in itertools.pairwise(cdf))
 
 
-def test_the_default_margin_is_auto_and_the_json_records_both_targets(result) -> None:
+def test_the_default_margin_is_zero_and_the_json_says_so(result) -> None:
     m = result["slo_margin"]
+    assert m["requested"] == 0.0 and m["source"] == "fixed" and m["load_factor"] == 1.0
+    assert m["planning_slo"] == {"ttft_ms": 500.0, "tpot_ms": 20.0, "percentile": 90.0}
+    assert result["problem"]["slo_margin"] == 0.0
+
+
+def test_auto_margin_records_both_targets_and_pays_in_load() -> None:
+    args = [*BASE, "--ttft-ms", "500", "--tpot-ms", "20", "--no-simulate", "--json"]
+    zero = json.loads(runner.invoke(app, [*args, "--slo-margin", "0"]).stdout)
+    r = runner.invoke(app, [*args, "--slo-margin", "auto"])
+    assert r.exit_code == 0, r.output
+    auto = json.loads(r.stdout)
+    m = auto["slo_margin"]
     assert m["requested"] == "auto" and m["source"] == "auto"
     assert 1.0 < m["ttft_pct"] < 20.0 and 1.0 < m["tpot_pct"] < 20.0
-    assert result["slo"]["tpot_ms"] == 20.0 and result["slo"]["ttft_ms"] == 500.0  # the user's, unchanged
+    assert m["load_factor"] == pytest.approx(1 + max(m["ttft_pct"], m["tpot_pct"]) / 100, rel=1e-12)
+    assert auto["slo"]["tpot_ms"] == 20.0 and auto["slo"]["ttft_ms"] == 500.0  # the user's, unchanged
     plan = m["planning_slo"]
     assert plan["tpot_ms"] == pytest.approx(20.0 / (1 + m["tpot_pct"] / 100), rel=1e-12)
     assert plan["ttft_ms"] == pytest.approx(500.0 / (1 + m["ttft_pct"] / 100), rel=1e-12)
-    assert result["tpot_ms"]["p90"] <= plan["tpot_ms"] and result["ttft_ms"]["p90"] <= plan["ttft_ms"]
-    assert result["problem"]["slo_margin"] == "auto"
-
-
-def test_margin_zero_plans_at_the_slo_itself() -> None:
-    args = [*BASE, "--ttft-ms", "500", "--tpot-ms", "20", "--no-simulate", "--json"]
-    zero = json.loads(runner.invoke(app, [*args, "--slo-margin", "0"]).stdout)
-    auto = json.loads(runner.invoke(app, [*args]).stdout)
-    assert zero["slo_margin"]["planning_slo"]["tpot_ms"] == 20.0 and zero["slo_margin"]["source"] == "fixed"
-    assert zero["analytic"]["tpot_ms"]["p90"] <= 20.0
-    assert auto["load"] < zero["load"]  # the headroom is paid in load
-    assert auto["tokens_per_s_per_gpu"] < zero["tokens_per_s_per_gpu"]
+    assert auto["tpot_ms"]["p90"] <= plan["tpot_ms"] and auto["ttft_ms"]["p90"] <= plan["ttft_ms"]
+    assert auto["problem"]["slo_margin"] == "auto"
+    assert auto["tokens_per_s_per_gpu"] < zero["tokens_per_s_per_gpu"]  # the headroom is paid in load
 
 
 def test_the_study_folder_reads_back(result) -> None:

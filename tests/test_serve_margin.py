@@ -150,3 +150,40 @@ def test_deployment_margins_fixed_is_the_percent_given(h100) -> None:
     assert (m.ttft_pct, m.tpot_pct, m.source) == (3.0, 3.0, "fixed")
     plan = m.planning(SLO)
     assert plan is not None and plan.ttft_ms == pytest.approx(1000.0 / 1.03) and plan.percentile == 90.0
+
+
+class _Slower:
+    """Every iteration ``factor`` times as long as the model says (the model off by its error)."""
+
+    def __init__(self, cost: Any, factor: float) -> None:
+        self._cost, self._factor = cost, factor
+
+    def latency_s(self, mix: Any) -> float:
+        return self._cost.latency_s(mix) * self._factor
+
+    def interval_s(self, mix: Any) -> float:
+        return self._cost.interval_s(mix) * self._factor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cost, name)
+
+
+@pytest.mark.parametrize("tpot_ms", [30.0, 15.0])
+def test_a_deployment_planned_with_a_margin_meets_the_slo_when_every_step_is_that_much_slower(h100, tpot_ms) -> None:
+    from paratune.search._serve import with_load
+    from paratune.serving import analytic
+
+    slo = Slo(ttft_ms=1000.0, tpot_ms=tpot_ms)
+    planned = _ev(h100, 10, slo).capacity(MIXED)
+    # The targets alone divided (no load headroom): what the margin is not.
+    targets_only = _ev(h100, 0, Slo(ttft_ms=1000.0 / 1.1, tpot_ms=tpot_ms / 1.1)).capacity(MIXED)
+    assert planned is not None and targets_only is not None
+    costs = _ev(h100, 0, slo).costs(MIXED)
+    assert costs is not None
+    slower = {role: _Slower(c, 1.1) for role, c in costs.items()}
+    kept = analytic(MIXED, with_load(CHAT, planned.load), slower, slo)
+    assert kept.meets_slo is True and not kept.saturated
+    assert kept.tpot_ms["p90"] <= tpot_ms * (1 + 1e-9)
+    # Dividing the targets alone leaves no room in the queue: 10% slower steps break it (30 ms: saturated).
+    broken = analytic(MIXED, with_load(CHAT, targets_only.load), slower, slo)
+    assert broken.meets_slo is False
