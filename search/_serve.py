@@ -19,6 +19,9 @@ How it searches (exhaustive over a grid, so the answer is the optimum *of that g
 4. **Pareto fronts**: every candidate at its capacity and at lighter loads: tokens/s/GPU against tokens/s/user, and
    against TTFT.
 
+With a planning headroom (``slo_margin``, :mod:`paratune.serving._margin`) every "within the SLO" above means: at
+the load x (1 + margin), within SLO / (1 + margin), so the choice survives steps that much slower than priced.
+
 The evaluator is a parameter: the analytic steady-state model by default (thousands of evaluations a second), the
 request-level simulator to check the chosen deployment.
 """
