@@ -22,6 +22,9 @@ How the question is posed to paratune (:func:`pose`), so that both tools answer 
   ``tokens/s/gpu_cluster``; paratune's default ranks per GPU used, and would leave 2-4 GPUs of a budget idle for
   a better figure per GPU used, which the peer's figure counts as a loss.
 * **SLO percentile**: the median (the peer's TTFT and TPOT are steady-state means of identical requests).
+* **Planning headroom** (``--slo-margin``, default ``0`` as ``serve-tune``'s): with ``auto`` or a percent,
+  paratune's search keeps that headroom (:mod:`paratune.serving._margin`); the peer's choice is still priced by
+  paratune against the SLO itself, and paratune's choice by the peer likewise. The peer plans at its edge.
 * **Hand-off** (:func:`handoff`): AIConfigurator prices a batch that is *always full* (its ``bs``), paratune a
   batch *cap* (``--max-num-seqs``) with the batch the load gives. paratune's choice goes to the peer with each
   decoding pool's cap set to its operating batch (requests per instance x the time each holds a slot, Little's
@@ -143,8 +146,12 @@ def figures(metrics: Any, gpus_used: int, budget: int) -> dict[str, Any]:
     }
 
 
-def paratune_search(scenario: Mapping[str, Any]) -> tuple[Any, Any, float]:
-    """paratune's search on ``scenario``: (the search result, the problem's evaluator, wall seconds of the search)."""
+def paratune_search(scenario: Mapping[str, Any], slo_margin: float | str = 0.0) -> tuple[Any, Any, float]:
+    """paratune's search on ``scenario``: (the search result, the problem's evaluator, wall seconds of the search).
+
+    ``slo_margin``: paratune's planning headroom (``serve-tune --slo-margin``), for its search only; the evaluator
+    returned (which prices the peer's choice) checks the scenario's SLO itself.
+    """
     from paratune.costmodel import get_platform
     from paratune.graphs import get_model
     from paratune.search._serve import Evaluator, ServingSpace, search_deployments
@@ -156,7 +163,7 @@ def paratune_search(scenario: Mapping[str, Any]) -> tuple[Any, Any, float]:
     start = time.perf_counter()
     result = search_deployments(
         q["model"], platform, q["traffic"], q["slo"], gpus=q["gpus"], engine=q["engine"], dtype=q["dtype"],
-        kv_dtype=q["kv_dtype"], space=space, fill_budget=True,
+        kv_dtype=q["kv_dtype"], space=space, fill_budget=True, slo_margin=slo_margin,
     )  # fmt: skip
     wall = time.perf_counter() - start
     proto = Deployment((Pool(),), engine=q["engine"], dtype=q["dtype"], kv_dtype=q["kv_dtype"])
@@ -257,7 +264,9 @@ def refit(
     }
 
 
-def run_scenario(scenario: Mapping[str, Any], models: Any, *, refit_batch: bool = True) -> dict[str, Any]:
+def run_scenario(
+    scenario: Mapping[str, Any], models: Any, *, refit_batch: bool = True, slo_margin: float | str = 0.0
+) -> dict[str, Any]:
     """Both searches and both cross-evaluations of one scenario (a row; ``status`` ok / none / error).
 
     ``refit_batch``: also :func:`refit` paratune's layout in the peer's model (``layout_ratio``).
@@ -266,8 +275,9 @@ def run_scenario(scenario: Mapping[str, Any], models: Any, *, refit_batch: bool 
 
     budget = int(scenario["gpus"])
     row: dict[str, Any] = {"scenario": scenario["name"], "spec": dict(scenario)}
-    result, ev, wall = paratune_search(scenario)
+    result, ev, wall = paratune_search(scenario, slo_margin)
     row["paratune_wall_s"] = wall
+    row["slo_margin"] = result.to_dict()["slo_margin"]
     row["paratune_evaluations"] = result.evaluations
     found = aic_search(scenario, models=models)
     row["peer_wall_s"] = float(found["wall_s"])
@@ -312,7 +322,11 @@ def run_scenario(scenario: Mapping[str, Any], models: Any, *, refit_batch: bool 
 
 
 def run(
-    scenarios: list[dict[str, Any]], say: Callable[[str], None] = print, *, refit_batch: bool = True
+    scenarios: list[dict[str, Any]],
+    say: Callable[[str], None] = print,
+    *,
+    refit_batch: bool = True,
+    slo_margin: float | str = 0.0,
 ) -> list[dict[str, Any]]:
     """Every scenario in turn, errors kept as rows (a peer's or paratune's exception is a figure, not a crash)."""
     from peer_aiconfigurator import _PeerModels
@@ -322,7 +336,7 @@ def run(
     try:
         for scenario in scenarios:
             try:
-                row = run_scenario(scenario, models, refit_batch=refit_batch)
+                row = run_scenario(scenario, models, refit_batch=refit_batch, slo_margin=slo_margin)
             except Exception as exc:
                 row = {"scenario": scenario["name"], "status": "error", "error": f"{type(exc).__name__}: {exc}"}
             ratio = row.get("ratio")
@@ -331,11 +345,19 @@ def run(
                 + (f" ratio {ratio:.3f}" if ratio is not None else "")
                 + (f" (layout {row['layout_ratio']:.3f})" if "layout_ratio" in row else "")
                 + f" paratune {row.get('paratune_wall_s', 0.0):.1f} s, peer {row.get('peer_wall_s', 0.0):.1f} s"
+                + _margin_text(row.get("slo_margin"))
             )
             rows.append(row)
     finally:
         models.close()
     return rows
+
+
+def _margin_text(margin: Mapping[str, Any] | None) -> str:
+    """``, margin TTFT 8.1% TPOT 7.3%`` for a row searched with a margin, else nothing."""
+    if not margin or not (margin.get("ttft_pct") or margin.get("tpot_pct")):
+        return ""
+    return f", margin TTFT {margin['ttft_pct']:.1f}% TPOT {margin['tpot_pct']:.1f}%"
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -465,7 +487,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-refit", action="store_true", help="skip re-fitting paratune's batch in the peer's model (layout ratio)"
     )
+    parser.add_argument(
+        "--slo-margin",
+        default="0",
+        help="paratune's planning headroom (serve-tune --slo-margin): auto, or a percent (0, the default: none)",
+    )
     args = parser.parse_args(argv)
+    from paratune.serving._margin import check_margin
+
+    margin = check_margin(args.slo_margin, "--slo-margin")
     if not peer_available():
         print(
             "aiconfigurator is not installed: pip install aiconfigurator (the peer of this benchmark)", file=sys.stderr
@@ -478,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     import paratune.search._serve  # noqa: F401  (imports are not the searches' wall time)
 
     start = time.perf_counter()
-    rows = run(scenarios, say=say, refit_batch=not args.no_refit)
+    rows = run(scenarios, say=say, refit_batch=not args.no_refit, slo_margin=margin)
     summary = summarise(rows)
     from importlib.metadata import version as dist_version
 
@@ -489,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "objective": "output tokens/s per GPU of the budget (fill_budget)",
             "load": "open loop, each candidate at its capacity within the SLO",
             "slo_percentile": 50.0,
+            "slo_margin": margin,
             "handoff": "decoding pools' batch cap at their operating batch, prefill pools' prompts per step",
             "layout_ratio": "labelled posing: paratune's layout with the decoding batch re-fit in the peer's model",
         },
@@ -499,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     if emit(_finite(json.loads(json.dumps(out, default=str))), args.out, args.json):
         return 0
     _print(rows, summary)
+    print(f"paratune's planning headroom: --slo-margin {margin} (the peer's choice is priced against the SLO itself)")
     return 0
 
 

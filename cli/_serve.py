@@ -57,6 +57,15 @@ def serve_tune(
     percentile: Annotated[
         float, typer.Option("--percentile", min=1.0, max=99.9, help="Percentile the SLO applies to.")
     ] = 90.0,
+    slo_margin: Annotated[
+        str,
+        typer.Option(
+            "--slo-margin",
+            help="Planning headroom: the deployment must meet SLO / (1 + margin) at its load x (1 + margin), so "
+            "it still meets the SLO with every step that much slower. auto = the cost model's held-out error of "
+            "the deployment's steps; PCT = that percent; 0 = at the edge of the SLO.",
+        ),
+    ] = "0",
     engine: Annotated[str, typer.Option("--engine", help="vllm | sglang | trtllm.")] = "vllm",
     dtype: Annotated[str, typer.Option("--dtype", help="bf16 | fp8 weights and GEMMs.")] = "bf16",
     kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="bf16 | fp8 KV cache.")] = "bf16",
@@ -87,6 +96,7 @@ def serve_tune(
     from ..search._serve import VERIFY_REQUESTS, ServingProblem, search_deployments
     from ..search._serve_tuners import SERVING_TUNERS, serve_tune
     from ..serving import ENGINES, Slo, traffic_from_spec
+    from ..serving._margin import check_margin
 
     if output is not None:
         output_file(output, example="deployment.json")
@@ -101,6 +111,7 @@ def serve_tune(
             raise ValueError(f"{flag} is {value!r}; allowed: bf16, fp16, fp8")
     if rate is not None and concurrency is not None:
         raise ValueError("give --rate or --concurrency, not both")
+    margin = check_margin(slo_margin, "--slo-margin")
     wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not wanted or any(m not in ("agg", "disagg") for m in wanted):
         raise ValueError(f"--modes is {modes!r}; allowed: agg, disagg, or agg,disagg")
@@ -111,14 +122,16 @@ def serve_tune(
     carry = rate is not None or concurrency is not None
     traffic = traffic_from_spec(workload, rate=rate if carry else 1.0, concurrency=concurrency)
     slo = Slo(ttft_ms=ttft_ms, tpot_ms=tpot_ms, percentile=percentile) if (ttft_ms or tpot_ms) else None
-    problem = ServingProblem(model, platform, traffic, slo, gpus_used, engine, dtype, kv_dtype, carry, modes=wanted)
+    problem = ServingProblem(
+        model, platform, traffic, slo, gpus_used, engine, dtype, kv_dtype, carry, modes=wanted, slo_margin=margin
+    )
     if tuner not in SERVING_TUNERS:
         raise ValueError(f"--tuner is {tuner!r}; allowed: {', '.join(SERVING_TUNERS)}")
     say = None if as_json else (lambda msg: console.print(f"[dim]{escape(msg)}[/dim]"))
     if tuner == "exhaustive":
         result = search_deployments(
             model, plat, traffic, slo, gpus=gpus_used, engine=engine, dtype=dtype, kv_dtype=kv_dtype, carry=carry,
-            space=problem.space(), progress=say,
+            space=problem.space(), progress=say, slo_margin=margin,
         )  # fmt: skip
     else:
         result = serve_tune(problem, tuner, budget=budget, seed=seed)
@@ -149,6 +162,8 @@ def _result_data(problem: Any, platform: Any, result: Any, *, simulate: bool, se
 
     With the check, the headline figures are the simulator's: when it says the SLO is missed at the load the
     analytic model chose, the load is lowered until it is met (``verified``), and tokens/s per GPU follow.
+    Both models check the planning targets (``slo_margin.planning_slo``: the SLO less the headroom); ``slo``
+    stays the user's.
     """
     from .. import __version__
     from .._provenance import library_versions
@@ -165,7 +180,10 @@ def _result_data(problem: Any, platform: Any, result: Any, *, simulate: bool, se
         "seed": seed,
         "paratune_version": __version__,
         "versions": library_versions(),
-        "search": {k: v for k, v in result.to_dict().items() if k not in ("best", "pareto_front", "ttft_front")},
+        "slo_margin": result.to_dict()["slo_margin"],
+        "search": {
+            k: v for k, v in result.to_dict().items() if k not in ("best", "pareto_front", "ttft_front", "slo_margin")
+        },
         "pareto_front": [_point(c) for c in result.front],
         "ttft_front": [_point(c) for c in result.ttft_front],
         "deployment": None,
@@ -262,7 +280,7 @@ def _print(d: dict[str, Any]) -> None:
         if source != "analytic":
             text += " | analytic " + _percentiles(d["analytic"][name])
         table.add_row(name.replace("_ms", " ms"), text)
-    table.add_row("meets SLO", str(d["meets_slo"]))
+    table.add_row("meets SLO", str(d["meets_slo"]) + _planning(d))
     table.add_row("search", f"{d['search']['evaluations']} evaluations in {d['search']['wall_s']:.2f} s")
     table.add_row("Pareto front", f"{len(d['pareto_front'])} points (--json for all)")
     for line in d["launch"][:1]:
@@ -271,6 +289,19 @@ def _print(d: dict[str, Any]) -> None:
         if line["router"]:
             table.add_row(f"{line['engine']} router", escape(line["router"]))
     console.print(table)
+
+
+def _planning(d: dict[str, Any]) -> str:
+    """`` (planned for TTFT 920 ms, TPOT 37.1 ms: auto margin 8.7% / 7.8%)`` when a margin was used."""
+    m = d.get("slo_margin") or {}
+    plan = m.get("planning_slo")
+    if not plan or (not m.get("ttft_pct") and not m.get("tpot_pct")):
+        return ""
+    targets = ", ".join(
+        f"{name} {plan[key]:.4g} ms" for name, key in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms")) if plan[key]
+    )
+    kind = "auto" if str(m.get("source", "")).startswith("auto") else "fixed"
+    return f" (planned for {targets}: {kind} margin {m['ttft_pct']:.1f}% / {m['tpot_pct']:.1f}%)"
 
 
 def _percentiles(row: dict[str, Any]) -> str:

@@ -19,6 +19,9 @@ How it searches (exhaustive over a grid, so the answer is the optimum *of that g
 4. **Pareto fronts**: every candidate at its capacity and at lighter loads: tokens/s/GPU against tokens/s/user, and
    against TTFT.
 
+With a planning headroom (``slo_margin``, :mod:`paratune.serving._margin`) every "within the SLO" above means: at
+the load x (1 + margin), within SLO / (1 + margin), so the choice survives steps that much slower than priced.
+
 The evaluator is a parameter: the analytic steady-state model by default (thousands of evaluations a second), the
 request-level simulator to check the chosen deployment.
 """
@@ -37,6 +40,7 @@ from ..costmodel._fields import FieldReader
 from ..graphs import ModelSpec, get_model
 from ..serving import ENGINES, Deployment, IterationCost, Lengths, Pool, ServingMetrics, Slo, Traffic, instance_cost
 from ..serving import analytic as analytic_model
+from ..serving._margin import MAX_MARGIN_PCT, Margins, SloMargin, check_margin, deployment_margins
 
 Evaluate = Callable[[Deployment, Traffic, Mapping[str, IterationCost], Slo | None], ServingMetrics]
 
@@ -92,10 +96,14 @@ class ServingProblem:
     carry: bool = False
     name: str = ""
     modes: tuple[str, ...] = ("agg", "disagg")
+    #: Planning headroom (:mod:`paratune.serving._margin`): "auto" or a percent; 0 plans at the SLO itself, what
+    #: a problem written before the field means.
+    slo_margin: SloMargin = 0.0
 
     def __post_init__(self) -> None:
         if not self.modes or any(m not in ("agg", "disagg") for m in self.modes):
             raise ValueError(f"modes {list(self.modes)}; allowed: agg, disagg (one or both)")
+        object.__setattr__(self, "slo_margin", check_margin(self.slo_margin))
 
     def resolved_platform(self) -> Platform:
         from ..costmodel import get_platform
@@ -114,7 +122,7 @@ class ServingProblem:
         proto = Deployment((Pool(),), engine=self.engine, dtype=self.dtype, kv_dtype=self.kv_dtype)
         return Evaluator(
             self.model, self.resolved_platform(), self.traffic, self.slo, gpus=self.gpus, target=self.target(),
-            proto=proto, evaluate=evaluate or analytic_model,
+            proto=proto, evaluate=evaluate or analytic_model, slo_margin=self.slo_margin,
         )  # fmt: skip
 
     def space(self) -> ServingSpace:
@@ -139,6 +147,7 @@ class ServingProblem:
             "kv_dtype": self.kv_dtype,
             "carry": self.carry,
             "modes": list(self.modes),
+            "slo_margin": self.slo_margin,
         }
 
     @classmethod
@@ -195,6 +204,7 @@ class ServingProblem:
             carry=bool(r.raw("carry", False) is True),
             name=r.text("name", ""),
             modes=_modes(r),
+            slo_margin=_margin(r),
         )
         r.finish()
         return problem
@@ -224,10 +234,15 @@ class ServingSearchResult:
     space: ServingSpace
     reason: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
+    #: The headroom asked for ("auto" or a percent) and what it gave the best deployment (ttft_pct, tpot_pct,
+    #: source, planning_slo); None without an SLO or a best deployment.
+    slo_margin: SloMargin = 0.0
+    margins: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "best": None if self.best is None else self.best.to_dict(),
+            "slo_margin": {"requested": self.slo_margin, **(self.margins or {})},
             "pareto_front": [c.to_dict() for c in self.front],
             "ttft_front": [c.to_dict() for c in self.ttft_front],
             "evaluations": self.evaluations,
@@ -264,14 +279,18 @@ class Evaluator:
         proto: Deployment,
         evaluate: Evaluate = analytic_model,
         fill_budget: bool = False,
+        slo_margin: SloMargin = 0.0,
     ) -> None:
         self.model, self.platform, self.traffic, self.slo = model, platform, traffic, slo
         self.gpus, self.target, self.proto, self.evaluate = gpus, target, proto, evaluate
         self.fill_budget = fill_budget  # rank per GPU of the budget (idle GPUs count): see search_deployments
+        #: Headroom below the SLO every check plans with (``slo`` stays the user's targets).
+        self.slo_margin = check_margin(slo_margin)
         self.calls = 0
         self.skipped: dict[str, int] = {}
         self._costs: dict[Pool, IterationCost | None] = {}
         self._sides: dict[tuple[Pool, Pool], float | None] = {}
+        self._margins: dict[tuple[Pool, ...], Margins] = {}
 
     def deployment(self, *pools: Pool) -> Deployment:
         return replace(self.proto, pools=pools)
@@ -296,17 +315,68 @@ class Evaluator:
             out[pool.role] = c
         return out
 
+    def margins(self, deployment: Deployment, costs: Mapping[str, IterationCost] | None = None) -> Margins | None:
+        """The headroom ``deployment`` is planned with (per shape: replicas do not change a step's error)."""
+        key = tuple(replace(p, replicas=1) for p in deployment.pools)
+        hit = self._margins.get(key)
+        if hit is None:
+            costs = costs if costs is not None else self.costs(deployment)
+            if costs is None:
+                return None
+            hit = self._margins[key] = deployment_margins(self.slo_margin, deployment, dict(costs), self.traffic)
+        return hit
+
+    def planning_slo(self, deployment: Deployment, costs: Mapping[str, IterationCost] | None = None) -> Slo | None:
+        """The targets ``deployment`` must meet: the SLO's, each divided by 1 + its margin."""
+        if self.slo is None or self.slo_margin == 0.0:
+            return self.slo
+        margins = self.margins(deployment, costs)
+        return self.slo if margins is None else margins.planning(self.slo)
+
+    def load_factor(self, deployment: Deployment, costs: Mapping[str, IterationCost] | None = None) -> float:
+        """How much more load the headroom check runs ``deployment`` at: 1 + its larger margin (open loop).
+
+        Every step ``e`` slower at load L is the model's steps at load L (1 + e) with every time (1 + e) longer
+        (time dilation): the check at L (1 + e) against SLO / (1 + e) is then exact for a uniform error. A closed
+        loop dilates at the same users. No SLO, no margin.
+        """
+        if self.slo is None or self.slo_margin == 0.0 or self.traffic.concurrency is not None:
+            return 1.0
+        margins = self.margins(deployment, costs)
+        return 1.0 if margins is None else 1.0 + max(margins.ttft_pct, margins.tpot_pct) / 100.0
+
     def at(self, deployment: Deployment, load: float) -> ServingMetrics | None:
+        """The metrics at ``load``; with a margin, ``meets_slo`` is the headroom check's (:meth:`ok`)."""
         costs = self.costs(deployment)
         if costs is None:
             return None
+        m = self._evaluate(deployment, load, costs)
+        factor = self.load_factor(deployment, costs)
+        if factor > 1.0 and m.meets_slo is not False:
+            check = self._evaluate(deployment, load * factor, costs)
+            m = replace(m, meets_slo=check.meets_slo is not False and not check.saturated)
+        return m
+
+    def _evaluate(self, deployment: Deployment, load: float, costs: Mapping[str, IterationCost]) -> ServingMetrics:
         self.calls += 1
-        return self.evaluate(deployment, with_load(self.traffic, load), costs, self.slo)
+        return self.evaluate(deployment, with_load(self.traffic, load), costs, self.planning_slo(deployment, costs))
 
     def ok(self, deployment: Deployment, load: float) -> ServingMetrics | None:
-        """The metrics at ``load`` when the deployment sustains it within the SLO, else None."""
-        m = self.at(deployment, load)
-        if m is None or m.saturated or (self.slo is not None and m.meets_slo is False):
+        """The metrics at ``load`` when the deployment sustains it within the SLO, else None.
+
+        With a margin (:mod:`paratune.serving._margin`), within it: the deployment must also sustain
+        ``load`` x :meth:`load_factor` within the planning targets, checked first (the cheaper answer when it fails).
+        """
+        costs = self.costs(deployment)
+        if costs is None:
+            return None
+        factor = self.load_factor(deployment, costs)
+        if factor > 1.0:
+            check = self._evaluate(deployment, load * factor, costs)
+            if check.saturated or check.meets_slo is False:
+                return None
+        m = self._evaluate(deployment, load, costs)
+        if m.saturated or (self.slo is not None and m.meets_slo is False):
             return None
         return m
 
@@ -435,6 +505,7 @@ def search_deployments(
     evaluate: Evaluate = analytic_model,
     progress: Callable[[str], None] | None = None,
     fill_budget: bool = False,
+    slo_margin: SloMargin = 0.0,
 ) -> ServingSearchResult:
     """The deployment of at most ``gpus`` GPUs with the most output tokens/s per GPU within the SLO, and the fronts.
 
@@ -444,7 +515,9 @@ def search_deployments(
     capacity and fills the budget with replicas. ``fill_budget``: rank by output tokens/s per GPU of the whole
     budget, idle GPUs counted (AIConfigurator's ``tokens/s/gpu_cluster``: the GPUs are bought, what do they serve),
     rather than per GPU used (idle ones can serve something else); a disaggregated pair then takes the ratio x:y
-    that serves the most within the budget.
+    that serves the most within the budget. ``slo_margin``: planning headroom, "auto" (the cost model's held-out
+    error of each deployment's steps) or a percent; every candidate must meet SLO / (1 + margin)
+    (:mod:`paratune.serving._margin`); 0 plans at the SLO itself.
     """
     started = time.perf_counter()
     spec = get_model(model) if isinstance(model, str) else model
@@ -453,7 +526,7 @@ def search_deployments(
     proto = Deployment((Pool(),), engine=engine, dtype=dtype, kv_dtype=kv_dtype)
     ev = Evaluator(
         model, platform, traffic, slo, gpus=gpus, target=target, proto=proto, evaluate=evaluate,
-        fill_budget=fill_budget,
+        fill_budget=fill_budget, slo_margin=slo_margin,
     )  # fmt: skip
     say = progress or (lambda _msg: None)
 
@@ -474,6 +547,14 @@ def _modes(r: FieldReader) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def _margin(r: FieldReader) -> SloMargin:
+    raw = r.raw("slo_margin", 0.0)
+    try:
+        return check_margin(raw)
+    except ValueError:
+        raise r.error("slo_margin", f"must be auto or a percent in 0..{MAX_MARGIN_PCT:g}, got {raw!r}") from None
+
+
 def finish(ev: Evaluator, candidates: list[Candidate], space: ServingSpace, started: float) -> ServingSearchResult:
     """The best feasible candidate and the fronts, from every candidate a search evaluated."""
     slo, target, gpus = ev.slo, ev.target, ev.gpus
@@ -492,8 +573,13 @@ def finish(ev: Evaluator, candidates: list[Candidate], space: ServingSpace, star
         )
         if target is not None:
             reason += f" at {target:g} requests/s within {gpus} GPUs"
+    margins = None if best is None or slo is None else ev.margins(best.deployment)
     return ServingSearchResult(
         best=best,
+        slo_margin=ev.slo_margin,
+        margins=None
+        if margins is None or best is None
+        else {**margins.to_dict(slo), "load_factor": ev.load_factor(best.deployment)},
         front=pareto(points, lambda c: (c.metrics.tokens_per_s_per_gpu, c.metrics.tokens_per_s_per_user)),
         ttft_front=pareto(
             points,

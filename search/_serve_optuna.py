@@ -17,6 +17,7 @@ from typing import Any
 from ..costmodel import Platform
 from ..graphs import ModelSpec, get_model
 from ..serving import Deployment, Pool, Slo, Traffic
+from ..serving._margin import SloMargin
 from ._serve import (
     Candidate,
     Evaluate,
@@ -48,8 +49,12 @@ def optuna_deployments(
     carry: bool = False,
     space: ServingSpace | None = None,
     evaluate: Evaluate = analytic_model,
+    slo_margin: SloMargin = 0.0,
 ) -> ServingSearchResult:
-    """Sample ``trials`` deployments with Optuna's ``sampler`` (seeded); the best and the fronts of what it saw."""
+    """Sample ``trials`` deployments with Optuna's ``sampler`` (seeded); the best and the fronts of what it saw.
+
+    ``slo_margin``: planning headroom below the SLO, as in :func:`~._serve.search_deployments`.
+    """
     import optuna
 
     if sampler not in SAMPLERS:
@@ -59,7 +64,9 @@ def optuna_deployments(
     space = space or ServingSpace.default(spec, platform, gpus)
     target = (traffic.rate if traffic.rate is not None else traffic.concurrency) if carry else None
     proto = Deployment((Pool(),), engine=engine, dtype=dtype, kv_dtype=kv_dtype)
-    ev = Evaluator(model, platform, traffic, slo, gpus=gpus, target=target, proto=proto, evaluate=evaluate)
+    ev = Evaluator(
+        model, platform, traffic, slo, gpus=gpus, target=target, proto=proto, evaluate=evaluate, slo_margin=slo_margin
+    )
     ample = ample_shapes(space, gpus)
     modes = [m for m in space.modes if m == "agg" or (ample is not None and gpus >= 2)]
     if not modes:

@@ -37,7 +37,7 @@ def _exhaustive(problem: ServingProblem, *, budget: int | None, seed: int) -> Se
     return search_deployments(
         problem.model, problem.resolved_platform(), problem.traffic, problem.slo, gpus=problem.gpus,
         engine=problem.engine, dtype=problem.dtype, kv_dtype=problem.kv_dtype, carry=problem.carry,
-        space=problem.space(),
+        space=problem.space(), slo_margin=problem.slo_margin,
     )  # fmt: skip
 
 
@@ -51,7 +51,7 @@ def _optuna(sampler: str) -> ServingTuner:
         return optuna_deployments(
             problem.model, problem.resolved_platform(), problem.traffic, problem.slo, gpus=problem.gpus,
             trials=trials, seed=seed, sampler=sampler, engine=problem.engine, dtype=problem.dtype,
-            kv_dtype=problem.kv_dtype, carry=problem.carry, space=problem.space(),
+            kv_dtype=problem.kv_dtype, carry=problem.carry, space=problem.space(), slo_margin=problem.slo_margin,
         )  # fmt: skip
 
     return run

@@ -45,6 +45,32 @@ def test_json_contract(result) -> None:
     assert len(cdf) == 101 and all(a <= b for a, b in itertools.pairwise(cdf))
 
 
+def test_the_default_margin_is_zero_and_the_json_says_so(result) -> None:
+    m = result["slo_margin"]
+    assert m["requested"] == 0.0 and m["source"] == "fixed" and m["load_factor"] == 1.0
+    assert m["planning_slo"] == {"ttft_ms": 500.0, "tpot_ms": 20.0, "percentile": 90.0}
+    assert result["problem"]["slo_margin"] == 0.0
+
+
+def test_auto_margin_records_both_targets_and_pays_in_load() -> None:
+    args = [*BASE, "--ttft-ms", "500", "--tpot-ms", "20", "--no-simulate", "--json"]
+    zero = json.loads(runner.invoke(app, [*args, "--slo-margin", "0"]).stdout)
+    r = runner.invoke(app, [*args, "--slo-margin", "auto"])
+    assert r.exit_code == 0, r.output
+    auto = json.loads(r.stdout)
+    m = auto["slo_margin"]
+    assert m["requested"] == "auto" and m["source"] == "auto"
+    assert 1.0 < m["ttft_pct"] < 20.0 and 1.0 < m["tpot_pct"] < 20.0
+    assert m["load_factor"] == pytest.approx(1 + max(m["ttft_pct"], m["tpot_pct"]) / 100, rel=1e-12)
+    assert auto["slo"]["tpot_ms"] == 20.0 and auto["slo"]["ttft_ms"] == 500.0  # the user's, unchanged
+    plan = m["planning_slo"]
+    assert plan["tpot_ms"] == pytest.approx(20.0 / (1 + m["tpot_pct"] / 100), rel=1e-12)
+    assert plan["ttft_ms"] == pytest.approx(500.0 / (1 + m["ttft_pct"] / 100), rel=1e-12)
+    assert auto["tpot_ms"]["p90"] <= plan["tpot_ms"] and auto["ttft_ms"]["p90"] <= plan["ttft_ms"]
+    assert auto["problem"]["slo_margin"] == "auto"
+    assert auto["tokens_per_s_per_gpu"] < zero["tokens_per_s_per_gpu"]  # the headroom is paid in load
+
+
 def test_the_study_folder_reads_back(result) -> None:
     r = runner.invoke(app, ["study", "show", str(result["_out"]), "--json"])
     assert r.exit_code == 0, r.output
@@ -62,6 +88,8 @@ def test_the_study_folder_reads_back(result) -> None:
         (["--workload", "fixed:0/fixed:1"], "fixed"),
         (["--kv-dtype", "int4"], "--kv-dtype"),
         (["--tuner", "dp"], "--tuner"),
+        (["--slo-margin", "lots"], "--slo-margin"),
+        (["--slo-margin", "-5"], "--slo-margin"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(extra: list[str], message: str) -> None:
