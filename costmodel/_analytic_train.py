@@ -131,17 +131,6 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
         expert = xu.expert_w_l[hi] - xu.expert_w_l[lo]
         biggest = range_max(xu.weight_max_l, lo, hi)
         dense_w, expert_w = weights - expert, expert / ep
-        if zero == 3 and group > 1:  # per layer, per micro-batch: gather forward, gather + reduce-scatter backward
-            shard_link = ev.group(_dp_ranks(st.devices, t, cp, r, dpr)[:group])
-            total = dense_w + expert_w
-            ag_f, ag_b = zero3_slot_traffic(total, group, hi - lo, shard_link)
-            if overlap:
-                first = ag_f * biggest / total if total > 0 else 0.0
-                comm_f += exposed(ag_f, kern_f, first)
-                comm_b += exposed(ag_b, kern_b, 2.0 * first)
-            else:
-                comm_f += ag_f
-                comm_b += ag_b
         if st.recompute:  # only layer inputs stashed; one unit's full stash rebuilt at a time
             kern_b += kern_f
             comm_b += comm_f
@@ -154,6 +143,20 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
             else:
                 col = tl["stash_sp" if sp else "stash"]
             chunk_stash.append((col[hi] - col[lo]) * scale)
+        # ZeRO-3, per layer and micro-batch: gather in forward, gather + reduce-scatter in backward. Priced after
+        # recomputation: a recomputed forward runs inside the backward's gather (FSDP's pre-backward all-gather
+        # serves the checkpointed forward and the backward), so it does not gather again.
+        if zero == 3 and group > 1:
+            shard_link = ev.group(_dp_ranks(st.devices, t, cp, r, dpr)[:group])
+            total = dense_w + expert_w
+            ag_f, ag_b = zero3_slot_traffic(total, group, hi - lo, shard_link)
+            if overlap:
+                first = ag_f * biggest / total if total > 0 else 0.0
+                comm_f += exposed(ag_f, kern_f, first)
+                comm_b += exposed(ag_b, kern_b, 2.0 * first)
+            else:
+                comm_f += ag_f
+                comm_b += ag_b
         work[s] = max(work[s], 2.0 * range_max(tt.out_max_l, lo, hi) * scale)
         w_dense[s] += dense_w
         w_expert[s] += expert_w

@@ -13,7 +13,8 @@ the same terms as the analytic evaluator (:mod:`._techniques`), so the two agree
   (+ an all-reduce of W/g across groups when hybrid); ZeRO-3 per micro-batch one
   all-gather per layer in each chunk's forward slot, all-gather + reduce-scatter in its
   backward slot (spread over the slot's tasks by their weight bytes; a fully recomputing
-  chunk gathers again for its recomputed forward); the optimizer updates 1/N_d of the
+  chunk's recomputed forward runs on the backward's gather, as FSDP's pre-backward
+  all-gather serves both); the optimizer updates 1/N_d of the
   parameters;
 * ``tp_overlap``: each chunk's TP all-reduces of a direction hide behind the chunk's
   TP-split GEMMs of that direction (matmul and MoE ops, not replicated, not the
@@ -151,13 +152,14 @@ def zero3_gathers(sim: Simulator, plan: Plan, chunk_of: list[int], kernels: list
             first = ag_f * max(units.values()) / total
             ag_f = exposed(ag_f, sum(kernels[i] for i in fwd), first)
             back = [i for i in tasks if sim.step[i] == BACKWARD and sim.fwd_of[i] >= 0]
-            ag_b = exposed(ag_b, sum(kernels[i] for i in back), 2.0 * first)
+            hide = sum(kernels[i] for i in back) + (sum(kernels[i] for i in fwd) if st.recompute else 0.0)
+            ag_b = exposed(ag_b, hide, 2.0 * first)  # the recomputed forward runs in the backward slot too
         for i in fwd:
             share = weights[i] / total
             extra[i] = ag_f * share
             b = sim.bwd_of[i]
             if b >= 0:
-                extra[b] = ag_b * share + (extra[i] if st.recompute else 0.0)
+                extra[b] = ag_b * share  # a recomputed forward reuses the backward's gather
     return extra
 
 
