@@ -8,7 +8,7 @@ from __future__ import annotations
 from ._analytic import AnalyticEvaluator
 from ._batch import BatchResult, PlanBatch, random_plans
 from ._metrics import Metrics
-from ._plan import SCHEDULES, Plan, Schedule, Stage
+from ._plan import SCHEDULES, TECHNIQUE_DEFAULTS, ZERO_STAGES, Plan, Schedule, Stage
 from ._platform import Device, Link, Platform, get_platform, platform_from_dict, platforms_dir, preset_names
 from ._pricing import KernelPricer, OpTable, allgather_time, allreduce_time, group_link, p2p_time, pair_link
 from ._profile import Efficiency, LinkCalibration, Profile, load_profile
@@ -17,6 +17,8 @@ from ._toy import toy_platform
 
 __all__ = [
     "SCHEDULES",
+    "TECHNIQUE_DEFAULTS",
+    "ZERO_STAGES",
     "AnalyticEvaluator",
     "BatchResult",
     "Device",

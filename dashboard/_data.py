@@ -728,6 +728,7 @@ class PlanView:
     latency_s: float | None
     simulated_s: float | None
     notes: list[str]
+    memory_breakdown: dict[str, float] = field(default_factory=dict)
 
 
 def plan_view(job: Job, problem: dict[str, Any], *, max_events: int = 20_000) -> PlanView | None:
@@ -779,6 +780,7 @@ def plan_view(job: Job, problem: dict[str, Any], *, max_events: int = 20_000) ->
         metrics.get("latency_s"),
         simulated,
         notes,
+        {str(k): float(v) for k, v in (metrics.get("memory_breakdown") or {}).items()},
     )
 
 

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from ..campaign import JobState, Role
+from ..costmodel import TECHNIQUE_DEFAULTS
 from ._data import (
     BEST_KNOWN,
     GIB,
@@ -423,6 +424,9 @@ def stages_figure(view: PlanView, title: str = "") -> go.Figure:
         f"{len(view.stages)} stage(s), {plan.get('micro_batches', 1)} micro-batch(es), "
         f"{plan.get('replicas', 1)} replica(s), {plan.get('schedule', '1f1b')}"
     )
+    techniques = [f"{k} {plan[k]}" if not isinstance(plan[k], bool) else k for k in TECHNIQUE_DEFAULTS if k in plan]
+    if techniques:  # plan-wide training techniques (ZeRO, SP, interleaving...): the plan JSON lists only those set
+        sub += " · " + ", ".join(text(t.replace("_", " ")) for t in techniques)
     fig.update_layout(
         title=f"{title}stages over layers<br><sup>{sub}</sup>",
         barmode="overlay",
@@ -493,8 +497,9 @@ def memory_figure(view: PlanView, title: str = "") -> go.Figure:
             annotation_text=f"limit {view.limit_bytes / GIB:.1f} GiB",
             annotation_position="bottom right",
         )
+    terms = ", ".join(f"{k.replace('_', ' ')} {v / GIB:.1f}" for k, v in view.memory_breakdown.items() if v > 0)
     fig.update_layout(
-        title=f"{title}peak memory per device",
+        title=f"{title}peak memory per device" + (f"<br><sup>most loaded device (GiB): {terms}</sup>" if terms else ""),
         xaxis_title="device",
         yaxis_title="GiB",
         xaxis_type="category",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from ..problem import Problem
 from ._layered_space import LayeredSpace
 from ._options import LayeredOptions, TunerOptions, about
+from ._techniques import technique_choices, with_techniques
 from ._tuner import Family, Recorder, Tuner
 
 DEFAULT_MAX_PLANS = 200_000
@@ -28,6 +29,13 @@ class EnumerateOptions(LayeredOptions):
 
     max_plans: int = field(
         default=DEFAULT_MAX_PLANS, metadata=about("refuse spaces of more plans than this", minimum=1)
+    )
+    techniques: Literal["off", "search"] = field(
+        default="off",
+        metadata=about(
+            "training: 'search' tries every combination of ZeRO stage, sequence parallelism, selective "
+            "recomputation, overlap and interleaving on each layout; 'off' (default) plans without them"
+        ),
     )
 
 
@@ -52,7 +60,8 @@ class Enumerate(Tuner):
             replicas=opts.replicas,
             micro_batches=opts.micro_batches,
         )
-        total = space.count_plans()
+        choices = technique_choices(opts.techniques) if problem.phase == "train" else [{}]
+        total = space.count_plans() * len(choices)
         if total > cap:
             raise ValueError(
                 f"enumerate: the space of {problem.name} holds {total} plans, more than the cap of {cap}; "
@@ -61,8 +70,12 @@ class Enumerate(Tuner):
         for r, m in space.pairs:
             for stages in _compositions(space, 0, space.max_devices // r):
                 for flags in _flags(space.recompute, len(stages)):
-                    recorder.record(problem.score(space.plan(stages, r, m, flags)))
-        notes = [f"enumerated all {total} plans of the layered space"]
+                    layout = space.plan(stages, r, m, flags)
+                    # a technique that does not apply to the layout is dropped: score each distinct plan once
+                    for plan in dict.fromkeys(with_techniques(layout, c) for c in choices):
+                        recorder.record(problem.score(plan))
+        what = "plans of the layered space" if len(choices) == 1 else f"layouts x {len(choices)} technique sets"
+        notes = [f"enumerated all {total} {what}"]
         if recorder.best is None:
             notes.append("no plan of the space is feasible (memory, SLOs, device cap or calibrated range)")
         recorder.certified = not recorder.stopped

@@ -109,6 +109,14 @@ class OptunaOptions(TunerOptions):
         ),
     )
 
+    techniques: Literal["off", "search"] = field(
+        default="off",
+        metadata=about(
+            "training: 'search' adds ZeRO stage, sequence parallelism, selective recomputation, overlap and "
+            "interleaving to the layered spaces; 'off' (default) keeps plans without them"
+        ),
+    )
+
     def __post_init__(self) -> None:
         if self.storage is not None:  # when the options are read (a campaign spec loads), not when a study starts
             check_storage(self.storage)
@@ -191,6 +199,7 @@ class OptunaTuner(Tuner):
             ordinal_only=self.sampler_name in ORDINAL_ONLY,
             granularities=self.config.granularities,
             max_stages=self.config.max_stages,
+            techniques=self.config.techniques,
         )
         directions = [
             optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE

@@ -36,6 +36,7 @@ from .._limits import DOC, MAX_MICRO_BATCHES, MAX_PLACEMENT_CHOICES
 from ..costmodel import Plan, Stage
 from ..graphs import Phase, parse_granularity
 from ..problem import Problem, contiguous_plan, divisors
+from ._techniques import SEARCHED, TECHNIQUE_MODES, with_techniques
 
 if TYPE_CHECKING:
     from optuna.trial import Trial
@@ -57,10 +58,14 @@ class Space(ABC):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, problem: Problem, *, ordinal_only: bool = False) -> None:
+    def __init__(self, problem: Problem, *, ordinal_only: bool = False, techniques: str = "off") -> None:
+        if techniques not in TECHNIQUE_MODES:
+            raise ValueError(f"option 'techniques' is {techniques!r}; allowed: {', '.join(TECHNIQUE_MODES)}")
         self.problem = problem
         self.ordinal_only = ordinal_only
         self.train = problem.phase == Phase.TRAIN
+        #: Plan-wide training techniques searched as parameters ``t_<name>`` (an index into ``SEARCHED``).
+        self.techniques = techniques == "search" and self.train
         batch = problem.graph().meta.batch
         self.batch = batch
         self.replica_choices = [r for r in divisors(batch) if r <= problem.max_devices]
@@ -110,6 +115,14 @@ class Space(ABC):
                     for mi in (0, len(self.micro_choices) - 1):
                         out.append((ti, pp, ri, mi))
         return list(dict.fromkeys(out))
+
+    def _with_techniques(self, trial: Trial, plan: Plan) -> Plan:
+        """``plan`` with the trial's plan-wide techniques (``techniques="search"``, training only), repaired
+        where they do not apply to its layout (:func:`with_techniques`); the plan itself otherwise."""
+        if not self.techniques:
+            return plan
+        choice = {k: values[trial.suggest_int(f"t_{k}", 0, len(values) - 1)] for k, values in SEARCHED.items()}
+        return with_techniques(plan, choice)
 
     def _index(self, trial: Trial, name: str, n: int, *, nominal: bool = False) -> int:
         """An index in 0..n-1: an integer parameter, or a categorical one for nominal choices."""
@@ -189,9 +202,14 @@ class UniformSpace(Space):
     GLOBALS = ("tp", "pp", "replicas", "micro_batches")
 
     def __init__(
-        self, problem: Problem, *, ordinal_only: bool = False, granularities: Sequence[str] | None = None
+        self,
+        problem: Problem,
+        *,
+        ordinal_only: bool = False,
+        granularities: Sequence[str] | None = None,
+        techniques: str = "off",
     ) -> None:
-        super().__init__(problem, ordinal_only=ordinal_only)
+        super().__init__(problem, ordinal_only=ordinal_only, techniques=techniques)
         grans = list(granularities) if granularities else default_granularities(problem)
         if not grans:
             raise ValueError("option 'granularities' must name at least one granularity")
@@ -215,9 +233,10 @@ class UniformSpace(Space):
         pp = max(1, min(pp, len(units), self.problem.max_devices // tp))
         replicas, micro = self._replicas_micro(trial, tp * pp)
         stages = units.stages(_even(len(units), pp), [tp] * pp)
-        return contiguous_plan(
+        plan = contiguous_plan(
             stages, micro_batches=micro, replicas=replicas, granularity=units.granularity, recompute=recompute
         )
+        return self._with_techniques(trial, plan)
 
     def warm_start(self) -> list[dict[str, int | float]]:
         out: list[dict[str, int | float]] = []
@@ -245,8 +264,10 @@ class HybridSpace(Space):
 
     name = "hybrid"
 
-    def __init__(self, problem: Problem, *, ordinal_only: bool = False, max_stages: int | None = None) -> None:
-        super().__init__(problem, ordinal_only=ordinal_only)
+    def __init__(
+        self, problem: Problem, *, ordinal_only: bool = False, max_stages: int | None = None, techniques: str = "off"
+    ) -> None:
+        super().__init__(problem, ordinal_only=ordinal_only, techniques=techniques)
         _check_layered(problem, problem.granularity, self.name)
         self.units = _LayerUnits(problem, problem.granularity)
         self.tps = problem.tp_degrees()
@@ -267,13 +288,14 @@ class HybridSpace(Space):
             tps[s] = max(t for t in self.tps if t < tps[s])
         sizes = _proportional(len(self.units), [w * t for w, t in zip(weights, tps, strict=False)])
         replicas, micro = self._replicas_micro(trial, sum(tps))
-        return contiguous_plan(
+        plan = contiguous_plan(
             self.units.stages(sizes, tps),
             micro_batches=micro,
             replicas=replicas,
             granularity=self.units.granularity,
             recompute=flags[:pp] if self.train else False,
         )
+        return self._with_techniques(trial, plan)
 
     GLOBALS = ("stages", "replicas", "micro_batches")
 
@@ -386,14 +408,21 @@ def make_space(
     ordinal_only: bool = False,
     granularities: Sequence[str] | None = None,
     max_stages: int | None = None,
+    techniques: str = "off",
 ) -> Space:
-    """The space ``name`` (None: ``hybrid`` for layered graphs, ``placement`` otherwise) for ``problem``."""
+    """The space ``name`` (None: ``hybrid`` for layered graphs, ``placement`` otherwise) for ``problem``.
+
+    ``techniques="search"`` adds the plan-wide training techniques (:mod:`._techniques`) to the
+    layered spaces; the placement space (priced by the simulator) keeps plans without them.
+    """
     if name is None:
         name = "hybrid" if problem.graph(problem.granularity).is_layered else "placement"
     if name == "uniform":
-        return UniformSpace(problem, ordinal_only=ordinal_only, granularities=granularities)
+        return UniformSpace(problem, ordinal_only=ordinal_only, granularities=granularities, techniques=techniques)
     if name == "hybrid":
-        return HybridSpace(problem, ordinal_only=ordinal_only, max_stages=max_stages)
+        return HybridSpace(problem, ordinal_only=ordinal_only, max_stages=max_stages, techniques=techniques)
     if name == "placement":
+        if techniques != "off":
+            raise ValueError("option 'techniques' applies to the layered spaces (uniform, hybrid), not to 'placement'")
         return PlacementSpace(problem, ordinal_only=ordinal_only)
     raise ValueError(f"unknown search space {name!r}; allowed: {', '.join(SPACES)}")
