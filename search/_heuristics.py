@@ -17,7 +17,8 @@ Shared conventions (documented once, used by every rule):
   number of micro-batches be a multiple of the stages, here 4x, to shrink the
   1F1B bubble), ``PP`` for inference (one batch in flight per stage, which is
   what vLLM's pipeline "virtual engines" do); both clipped to the largest
-  divisor of the per-replica batch.
+  divisor of the per-replica batch. The data-parallel recipes (``fsdp``,
+  ``deepspeed-zero3``) have no pipeline and state their own (gradient accumulation).
 * A plan "fits" when its peak memory per device is within the problem's memory
   limit (SLOs are not part of the rule: a plan that fits but misses an SLO is
   what the practitioner would launch, and is reported infeasible).
