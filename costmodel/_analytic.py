@@ -42,6 +42,45 @@ degree t_s on devices D_s (replica k uses D_s shifted by k x devices per replica
   bottleneck; idle = latency - both. For decode the path is one micro-batch's,
   so idle = TBT - path: the wait when m x bottleneck > path.
 
+Training techniques (plan-wide fields, :mod:`._analytic_train`; a plan without them takes
+the fast path above, and the general path gives it the same numbers):
+
+* ZeRO ``zero`` z, shard degree N_d (``shard_group`` g, else all DP ranks N = replicas x cp):
+  model state per device W (weights) + W (gradients) + K/elem W (optimizer, K = 12), z >= 1
+  divides the optimizer state by N_d, z >= 2 the gradients, z = 3 the weights (+ one layer's
+  gathered weights as a buffer, two with ``overlap``). DP traffic per physical stage:
+  z = 0 all-reduce of W over N; z = 1, 2 reduce-scatter + all-gather inside the shard group
+  (+ all-reduce of W/g across groups when hybrid), once per step; z = 3 per micro-batch an
+  all-gather per layer in the forward slot and all-gather + reduce-scatter in the backward
+  slot. The optimizer kernels run on 1/N_d of the parameters.
+* ``overlap``: tail DP = max(reduction - the stage's backward slot, one layer's bucket) +
+  the weight all-gather (z = 1, 2); z = 3 gathers in a slot: max(first layer's, gathers -
+  the slot's kernels).
+* ``sequence_parallel``: TP collective time unchanged (reduce-scatter + all-gather = one
+  all-reduce in the ring model); replicated ops (norms, residuals) priced on 1/t of the
+  tokens (their kernel tables at share x t); activations from the ``stash_sp`` column
+  (layer inputs / t with full recomputation).
+* ``selective_recompute`` (stages without full recompute): backward += the attention
+  core's forward kernels; activations from ``stash_sel`` / ``stash_sel_sp``.
+* ``tp_overlap``: each direction's TP collectives hidden behind the stage's TP-split GEMMs,
+  up to their time: comm -= min(comm, GEMM kernels).
+* ``virtual_stages`` v: ``stages`` lists p x v chunks; slot times per chunk, p x v - 1 hops
+  (chunk k -> k + 1), tails and memory per physical stage (the sum of its chunks); stage s
+  holds min(m v, 2(p - s - 1) + (v - 1) p + 1) chunk-micro-batches of stash (Megatron-Core's
+  warm-up + 1; p (1 + (p-1)/(p v)) micro-batches' worth on stage 0, Korthikanti et al.).
+* ``cp``: kernels priced at share x cp (each rank 1/cp of the sequence); ring attention per
+  layer sends (cp - 1) K,V chunks of 2 kv_dim elem / min(t, kv_heads) bytes per token in
+  the forward, twice that in the backward, each on the CP ring's link, exposed = max(0,
+  ring - attention-core kernels); DP over replicas x cp ranks.
+* ``ep``: expert weights / ep (expert GEMMs priced with 1/ep of the weights for the same
+  routed tokens); 2 all-to-alls forward + 2 backward per MoE layer and micro-batch of
+  tokens x top_k x hidden x elem (/ t with SP) on the EP group (ep consecutive DP ranks);
+  expert gradients reduced over the N / ep ranks holding the same experts. Dropless routing with
+  balanced load: no capacity factor (tokens dropped or padded) is modelled.
+* Refused by name (``technique_refusals``): ``zero`` 3 or ``shard_group`` with ``ep`` > 1.
+* DP, CP, EP and shard groups are priced on :func:`group_link` (the slowest link, one NIC's
+  bandwidth when the group spans nodes), like today's data-parallel all-reduce.
+
 Memory per device (the same for every device of a stage and every replica):
 weights + [train: gradients and optimizer state + activation stash] + [prefill /
 decode: KV cache of batch/r sequences of seq (prefill) or context+1 (decode)
@@ -64,6 +103,7 @@ import numpy as np
 
 from ..graphs import Phase, TaskGraph
 from ._analytic_eval import evaluate_plan
+from ._analytic_train import technique_refusals
 from ._batch import BatchResult, PlanBatch, random_plans
 from ._batch_eval import evaluate_batch
 from ._bounds import lower_bound_s
@@ -72,6 +112,8 @@ from ._metrics import Metrics
 from ._plan import SCHEDULES, Plan
 from ._platform import GIB, Platform
 from ._pricing import GroupLink, KernelPricer, group_link, group_terms, pair_link, tp_allreduce_time
+from ._technique_tables import TechScaled, TechUnits
+from ._techniques import uses_techniques
 
 
 class AnalyticEvaluator:
@@ -112,6 +154,9 @@ class AnalyticEvaluator:
         self._lower: float | None = None
         self._contiguous: dict[str, np.ndarray] | None = None
         self._batch: dict[Any, Any] = {}  # stacked tables of the batched evaluator
+        self._tech_scaled: dict[tuple[int, int, int], TechScaled] = {}
+        self._tech_units: dict[int, TechUnits] = {}
+        self._groups: dict[tuple[int, ...], tuple[float, float]] = {}
 
     # -- cached tables ----------------------------------------------------
     def tp_tables(self, tp: int) -> TpTables:
@@ -126,6 +171,29 @@ class AnalyticEvaluator:
         if tables is None:
             tables = self._scaled[(tp, share)] = ScaledTables.build(self.units, self.pricer, tp, 1.0 / share)
         return tables
+
+    def tech_scaled(self, tp: int, share: int, ep: int = 1) -> TechScaled:
+        """Kernel tables the training techniques read (:class:`TechScaled`), cached by (tp, share, ep)."""
+        key = (tp, share, ep)
+        tables = self._tech_scaled.get(key)
+        if tables is None:
+            tables = TechScaled.build(self.units, self.pricer, tp, share, ep)
+            self._tech_scaled[key] = tables
+        return tables
+
+    def tech_units(self, tp: int) -> TechUnits:
+        """Per-unit facts the training techniques read (:class:`TechUnits`), cached by TP degree."""
+        tables = self._tech_units.get(tp)
+        if tables is None:
+            tables = self._tech_units[tp] = TechUnits.build(self.units, tp)
+        return tables
+
+    def group(self, devices: tuple[int, ...]) -> tuple[float, float]:
+        """(alpha, bytes/s) of any device group (:func:`group_link`): DP, CP, EP and shard groups."""
+        terms = self._groups.get(devices)
+        if terms is None:
+            terms = self._groups[devices] = group_link(self.platform, devices)
+        return terms
 
     def link(self, devices: tuple[int, ...]) -> GroupLink:
         """Collective terms of a TP group (:func:`group_terms`), cached by its devices."""
@@ -181,6 +249,8 @@ class AnalyticEvaluator:
         if not out and not plan.is_layered:
             out.append("the analytic evaluator prices layer ranges: give each stage 'layers' or use the simulator")
         if not out:
+            out.extend(technique_refusals(plan))
+        if not out:
             starts = self.units.allowed_start
             for i, st in enumerate(plan.stages):
                 if not starts[st.layers[0]]:  # type: ignore[index]
@@ -198,22 +268,30 @@ class AnalyticEvaluator:
 
     def _quick_valid(self, plan: Plan) -> bool:
         """True only when :meth:`problems` would find nothing (its checks, without the graph walk it repeats)."""
+        cp, p = 1, len(plan.stages)
+        if uses_techniques(plan):  # the plan's own technique checks (no graph walk), then what this evaluator refuses
+            if plan._technique_problems(self.graph) or technique_refusals(plan):
+                return False
+            cp, p = plan.cp, plan.pp
         stages = plan.stages
         m, r = plan.micro_batches, plan.replicas
         if not stages or plan.schedule not in SCHEDULES or m < 1 or r < 1 or self.batch % (m * r):
             return False
         heads, starts, expected, dpr = self.graph.meta.heads, self._starts, 0, 0
         seen: set[int] = set()
-        for st in stages:
+        for i, st in enumerate(stages):
             t, layers = st.tp, st.layers
-            if t < 1 or heads % t or len(st.devices) != t or layers is None:
+            if t < 1 or heads % t or len(st.devices) != t * cp or layers is None:
                 return False
             a, b = layers
             if a != expected or b < a or not starts[a]:
                 return False
             expected = b + 1
-            seen.update(st.devices)
-            dpr += t
+            if i < p:
+                seen.update(st.devices)
+                dpr += t * cp
+            elif st.devices != stages[i % p].devices or t != stages[i % p].tp:  # a later interleaved chunk
+                return False
         n_dev = self.platform.num_devices
         return (
             expected == self.n_layers

@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..graphs import Phase
+from ._analytic_train import evaluate_techniques
 from ._layer_tables import range_max
 from ._metrics import Metrics
 from ._pipeline import training_makespan
 from ._plan import Plan, Schedule
 from ._pricing import allreduce_time, p2p_time, tp_allreduce_time
+from ._techniques import uses_techniques
 from ._trust import annotate
 
 if TYPE_CHECKING:
@@ -22,7 +24,10 @@ if TYPE_CHECKING:
 
 
 def evaluate_plan(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
-    """Metrics of a valid layered ``plan`` (not checked here)."""
+    """Metrics of a valid layered ``plan`` (not checked here); plans with training techniques go to
+    :func:`._analytic_train.evaluate_techniques`, the rest stay on this fast path."""
+    if uses_techniques(plan):
+        return evaluate_techniques(ev, plan)
     n_layers, phase = ev.n_layers, ev.phase
     r, m = plan.replicas, plan.micro_batches
     share = r * m
@@ -188,4 +193,34 @@ def _finish(
         stage_times_s=taus,
         devices_used=dpr * r,
         warnings=warnings,
+        memory_breakdown=_breakdown(ev, plan, needs.index(worst), worst),
     )
+
+
+def _breakdown(ev: AnalyticEvaluator, plan: Plan, s: int, need: float) -> dict[str, float]:
+    """Bytes by term on a device of stage ``s`` (the most loaded), the terms of its ``need``.
+
+    Training: weights, gradients (the weights' dtype) and optimizer state, activations
+    (the stash, or with recomputation the layer inputs and one rebuilt unit); inference:
+    weights and KV cache; both: the workspace of the largest op's input and output as buffers.
+    """
+    st = plan.stages[s]
+    a, b = st.layers  # type: ignore[misc]
+    lo = 0 if a == 0 else a + 1
+    hi = ev.n_layers + 2 if b == ev.n_layers - 1 else b + 2
+    tt = ev._tp.get(st.tp) or ev.tp_tables(st.tp)
+    tl = tt.lists
+    weights = tl["weights"][hi] - tl["weights"][lo]
+    buffers = 2.0 * range_max(tt.out_max_l, lo, hi) / (plan.replicas * plan.micro_batches)
+    if ev.phase == Phase.TRAIN:
+        state = tl["state"][hi] - tl["state"][lo]
+        rest = need - weights - state - buffers
+        return {
+            "weights": weights, "gradients": weights, "optimizer_state": state - weights,
+            "activations": rest if rest > 0.0 else 0.0, "kv_cache": 0.0, "buffers": buffers,
+        }  # fmt: skip
+    rest = need - weights - buffers
+    return {
+        "weights": weights, "gradients": 0.0, "optimizer_state": 0.0, "activations": 0.0,
+        "kv_cache": rest if rest > 0.0 else 0.0, "buffers": buffers,
+    }  # fmt: skip

@@ -82,11 +82,21 @@ class PlanBatch:
 
     @classmethod
     def from_plans(cls, plans: list[Plan]) -> PlanBatch:
-        """Pack layered plans whose stages use contiguous devices from 0 (raise ``ValueError`` otherwise)."""
+        """Pack layered plans whose stages use contiguous devices from 0 (raise ``ValueError`` otherwise).
+
+        A batch has no training-technique fields (``zero``, ``cp``, ...): a plan that uses one
+        is refused, naming them, rather than packed without them.
+        """
         n, width = len(plans), max((p.pp for p in plans), default=1)
         first, last, tp = (np.zeros((n, width), dtype=np.int64) for _ in range(3))
         recompute = np.zeros((n, width), dtype=bool)
         for i, plan in enumerate(plans):
+            used = plan.techniques()
+            if used:
+                raise ValueError(
+                    f"plan {i}: uses {', '.join(f'{k}={v}' for k, v in used.items())}; a plan batch holds plans "
+                    "without training techniques (evaluate it with AnalyticEvaluator.evaluate)"
+                )
             start = 0
             for s, st in enumerate(plan.stages):
                 if st.layers is None:

@@ -16,6 +16,15 @@ kept for the batched evaluator.
 
 Bytes that scale with the micro-batch (activations, boundaries, all-reduce
 buffers) are stored for the whole batch and multiplied by the share at use.
+
+The activation stash is what backward reads, each tensor once (:mod:`._stash`,
+Korthikanti et al. 2022), in four columns: ``stash`` (plain), ``stash_sp``
+(sequence parallelism: every stashed tensor split over TP), ``stash_sel`` /
+``stash_sel_sp`` (selective recomputation: without the attention core's
+internal tensors). For the time of selective recomputation and SP,
+:class:`ScaledTables` adds ``attn_fwd_l`` (forward kernels of the attention
+core, re-run in backward) and ``repl_fwd_l`` / ``repl_bwd_l`` (kernels of
+replicated ops, norms, residuals, dropouts: SP runs them on 1/t of the tokens).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from ..graphs import TaskGraph
 from ._memory import kv_cache_memory, training_state_memory, weight_memory
 from ._platform import Platform
 from ._pricing import KernelPricer, OpTable, group_terms, pair_link
+from ._stash import StashColumns, is_attention_core, is_replicated
 
 #: Profile range keys checked for extrapolation, and the per-device quantity each bounds.
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
@@ -81,6 +91,10 @@ class UnitIndex:
                 units.append(u)
                 steps.append(op.step)
         self.table = OpTable.from_ops(ops)
+        #: Per-op stash bytes by split rule (see :mod:`._stash`).
+        self.stash_cols = StashColumns.for_graph(ops, graph.meta)
+        self.core = np.array([is_attention_core(op) for op in ops], dtype=bool)
+        self.repl = np.array([is_replicated(op) for op in ops], dtype=bool)
         self.unit = np.array(units, dtype=np.intp)
         step = np.array(steps)
         self.fwd = step == "forward"
@@ -129,7 +143,10 @@ class TpTables:
     weights: np.ndarray  # weight bytes per device
     state: np.ndarray  # gradients + optimizer state bytes per device (train)
     kv: np.ndarray  # KV bytes per token per device
-    stash: np.ndarray  # forward outputs per device, whole batch
+    stash: np.ndarray  # what backward reads per device, whole batch (see _stash)
+    stash_sp: np.ndarray  # the same with sequence parallelism (every stashed tensor split over TP)
+    stash_sel: np.ndarray  # selective recomputation: without the attention core's internal tensors
+    stash_sel_sp: np.ndarray  # selective recomputation and SP
     inputs: np.ndarray  # bytes entering each unit, whole batch (recompute keeps these)
     ar_fwd_n: np.ndarray  # forward ops that all-reduce
     ar_fwd_b: np.ndarray  # their bytes, whole batch
@@ -141,6 +158,8 @@ class TpTables:
     lists: dict[str, list[float]]
     out_max_l: list[list[float]]
     stash_max_l: list[list[float]]
+    #: Sparse tables of per-unit ``stash_sp`` (full recomputation with SP rebuilds one unit at a time).
+    stash_sp_max_l: list[list[float]]
 
     @classmethod
     def build(cls, idx: UnitIndex, pricer: KernelPricer, tp: int, dtype: str) -> TpTables:
@@ -155,7 +174,11 @@ class TpTables:
         state = np.array([training_state_memory(t, tp, dtype) for t in idx.fwd_tables])
         kv = np.array([kv_cache_memory(t, tp, sequences=1, kv_len=1) for t in idx.fwd_tables])
         out = table.output_bytes / split
-        stash = per_unit(out, idx.fwd)
+        cols = idx.stash_cols
+        stash = per_unit(cols.per_device(table, tp), idx.fwd)
+        stash_sp = per_unit(cols.per_device(table, tp, sequence_parallel=True), idx.fwd)
+        stash_sel = per_unit(cols.per_device(table, tp, selective=True), idx.fwd)
+        stash_sel_sp = per_unit(cols.per_device(table, tp, sequence_parallel=True, selective=True), idx.fwd)
         out_max = np.zeros(n)
         np.maximum.at(out_max, unit[idx.fwd], out[idx.fwd])
         has_ar = (table.allreduce_bytes > 0).astype(float)
@@ -165,6 +188,9 @@ class TpTables:
             "state": _prefix(state),
             "kv": _prefix(kv),
             "stash": _prefix(stash),
+            "stash_sp": _prefix(stash_sp),
+            "stash_sel": _prefix(stash_sel),
+            "stash_sel_sp": _prefix(stash_sel_sp),
             "inputs": _prefix(idx.inputs),
             "ar_fwd_n": _prefix(per_unit(has_ar, idx.fwd)),
             "ar_fwd_b": _prefix(per_unit(table.allreduce_bytes, idx.fwd)),
@@ -181,6 +207,7 @@ class TpTables:
             lists={k: v.tolist() for k, v in arrays.items()},
             out_max_l=om.tolist(),
             stash_max_l=sm.tolist(),
+            stash_sp_max_l=sparse_table(stash_sp).tolist(),
         )
 
 
@@ -196,6 +223,11 @@ class ScaledTables:
     outside_l: list[float]
     #: Prefix sums of kernel seconds x held-out error of their kind (forward + backward).
     error_l: list[float]
+    #: Forward kernel seconds of the attention core (selective recomputation re-runs them in backward).
+    attn_fwd_l: list[float]
+    #: Forward / backward kernel seconds of replicated ops (norms, residuals, dropouts; SP divides them by t).
+    repl_fwd_l: list[float]
+    repl_bwd_l: list[float]
 
     @classmethod
     def build(cls, idx: UnitIndex, pricer: KernelPricer, tp: int, scale: float) -> ScaledTables:
@@ -218,7 +250,20 @@ class ScaledTables:
         weighted = times * pricer.error_weights(table)
         work = idx.fwd | idx.bwd
         error = _prefix(np.bincount(unit[work], weights=weighted[work], minlength=n))
-        return cls(fwd, bwd, fwd.tolist(), bwd.tolist(), _prefix(outside).tolist(), error.tolist())
+        attn = _prefix(np.bincount(unit[idx.fwd & idx.core], weights=times[idx.fwd & idx.core], minlength=n))
+        repl_f = _prefix(np.bincount(unit[idx.fwd & idx.repl], weights=times[idx.fwd & idx.repl], minlength=n))
+        repl_b = _prefix(np.bincount(unit[idx.bwd & idx.repl], weights=times[idx.bwd & idx.repl], minlength=n))
+        return cls(
+            fwd,
+            bwd,
+            fwd.tolist(),
+            bwd.tolist(),
+            _prefix(outside).tolist(),
+            error.tolist(),
+            attn.tolist(),
+            repl_f.tolist(),
+            repl_b.tolist(),
+        )
 
 
 def contiguous_links(platform: Platform, candidates: list[int]) -> dict[str, np.ndarray]:

@@ -372,6 +372,17 @@ def allgather_time(nbytes: float, ranks: int, alpha: float, bandwidth: float) ->
     return (ranks - 1) * alpha + (ranks - 1) / ranks * nbytes / bandwidth
 
 
+def alltoall_time(nbytes: float, ranks: int, alpha: float, bandwidth: float) -> float:
+    """All-to-all where each rank sends ``nbytes`` in total, 1/ranks of it to each rank (itself included).
+
+    Pairwise exchange: (ranks - 1) steps of alpha, and the (ranks - 1)/ranks of the bytes
+    that leave the rank at the group's bandwidth (expert parallelism's dispatch and combine).
+    """
+    if ranks <= 1 or nbytes <= 0:
+        return 0.0
+    return (ranks - 1) * alpha + (ranks - 1) / ranks * nbytes / bandwidth
+
+
 class GroupLink(NamedTuple):
     """Collective terms of a device group: the ring's (alpha, bytes/s) and the fitted TP all-reduce.
 

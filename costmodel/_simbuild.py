@@ -10,6 +10,18 @@ producer, capped by the bytes of the edges it feeds there: two ops of the next
 layer read the hidden state, it is sent once); gradients flowing into one backward
 task from several producers on another stage are summed there and sent once, with
 the size of the forward tensor they are the gradient of (what autograd does).
+
+Interleaved 1F1B (``virtual_stages`` v > 1): ``stage_of`` gives each task's model
+chunk (of p x v); the event loop's stages are the p device groups, chunk k on group
+k mod p. Prices depend only on the group (its TP degree and devices), recomputation
+on the chunk; a tensor between two chunks of one group stays there (no transfer);
+transfers between groups use the directed link of that pair of groups, whichever
+chunks they join (with p = 2, forward activations and backward gradients can share
+a direction); each group reduces the gradients of all its chunks in one
+data-parallel all-reduce.
+
+ZeRO and ``overlap`` (data-parallel tails, ZeRO-3's per-slot gathers, the sharded
+optimizer) come from :mod:`._simtech`.
 """
 
 from __future__ import annotations
@@ -21,8 +33,9 @@ import numpy as np
 
 from ..graphs import Phase
 from ._plan import Plan
-from ._pricing import GroupLink, allreduce_time, group_link, group_terms, p2p_time, pair_link
+from ._pricing import GroupLink, group_terms, p2p_time, pair_link
 from ._simengine import BACKWARD, SimInput
+from ._simtech import dp_tails, shard_group, zero3_gathers
 
 if TYPE_CHECKING:
     from ._simulator import Simulator
@@ -43,8 +56,14 @@ class Built:
 
 
 def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -> Built:
-    """Per-task durations, transfers and the schedule of ``plan`` for the event loop."""
-    T, stages = len(sim.ids), plan.stages
+    """Per-task durations, transfers and the schedule of ``plan`` for the event loop.
+
+    ``stage_of`` is each task's entry of ``plan.stages`` (a model chunk when interleaved).
+    """
+    T, chunks = len(sim.ids), plan.stages
+    p = plan.pp
+    group_of = [k % p for k in stage_of]  # the device group (pipeline stage) running each task
+    stages = plan.physical_stages
     links = [group_terms(sim.platform, st.devices) for st in stages]
     per_stage: list[StagePrices] = []
     for s, st in enumerate(stages):
@@ -53,7 +72,7 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         per_stage.append((k_times, k_sums, a_times, a_sums))
     dur, ar_part = [0.0] * T, [0.0] * T
     for i in range(T):
-        s = stage_of[i]
+        s = group_of[i]
         if sim.once[i]:
             tp = stages[s].tp
             k_sums, a_sums = sim.kernels(tp, 1.0)[1], sim.allreduces(tp, 1.0, links[s])[1]
@@ -61,9 +80,20 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
             k_sums, a_sums = per_stage[s][1], per_stage[s][3]
         kern, ar = k_sums[i], a_sums[i]
         f = sim.fwd_of[i]
-        if f >= 0 and stages[s].recompute:
+        if f >= 0 and chunks[stage_of[i]].recompute:
             kern, ar = kern + k_sums[f], ar + a_sums[f]
         dur[i], ar_part[i] = kern + ar, ar
+    train = sim.phase == Phase.TRAIN
+    if train and plan.zero:
+        group = shard_group(plan)
+        kernels = [0.0 if sim.once[i] else per_stage[group_of[i]][1][i] for i in range(T)]
+        for i, extra in enumerate(zero3_gathers(sim, plan, stage_of, kernels)):
+            dur[i] += extra
+            ar_part[i] += extra
+        for i in range(T):  # each rank updates its shard of the parameters
+            if sim.once[i]:
+                dur[i] /= group
+                ar_part[i] /= group
     local_succ: list[list[int]] = [[] for _ in range(T)]
     sends: list[list[int]] = [[] for _ in range(T)]
     groups: dict[tuple[int, int, int], int] = {}
@@ -75,7 +105,7 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
     step = sim.step
     for u, v, nbytes in sim.edges:
         su, sv = stage_of[u], stage_of[v]
-        if su == sv:
+        if group_of[u] == group_of[v]:  # same chunk, or two chunks of one device group
             local_succ[u].append(v)
             continue
         # A tensor goes once to each consumer stage; gradients for one consumer are summed, then sent once.
@@ -98,30 +128,29 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
     link_id: dict[tuple[int, int], int] = {}
     x_link, x_dur, x_dur_once, x_bytes = [], [], [], []
     for x, srcs in enumerate(x_src):
-        su, sv = stage_of[srcs[0]], stage_of[x_dst[x][0]]
+        su, sv = group_of[srcs[0]], group_of[x_dst[x][0]]
         nbytes = min(x_cap[x], x_sum[x]) if x_cap[x] > 0 else x_sum[x]
         terms = pair_link(sim.platform, stages[su].devices, stages[sv].devices)
         x_link.append(link_id.setdefault((su, sv), len(link_id)))
         x_dur.append(p2p_time(nbytes * scale, *terms))
         x_dur_once.append(p2p_time(nbytes, *terms))
         x_bytes.append(nbytes)
-    train = sim.phase == Phase.TRAIN
-    m, r, p = plan.micro_batches, plan.replicas, plan.pp
+    m = plan.micro_batches
     dp = None
     if train:
-        dpr = plan.devices_per_replica
-        dp = []
-        for s, st in enumerate(stages):
-            weights = sim.stage_weights(stage_of, s, st.tp)
-            group = tuple(st.devices[0] + k * dpr for k in range(r))
-            dp.append(allreduce_time(weights, r, *group_link(sim.platform, group)) if r > 1 else 0.0)
+        backward = [0.0] * p
+        for i, s in enumerate(group_of):
+            if sim.step[i] == BACKWARD and not sim.once[i]:
+                backward[s] += dur[i]
+        dp = dp_tails(sim, plan, group_of, backward)
     inp = SimInput(
-        n_stages=p, n_links=len(link_id), stage_of=stage_of, step=sim.step, once=sim.once, dur=dur,
+        n_stages=p, n_links=len(link_id), stage_of=group_of, step=sim.step, once=sim.once, dur=dur,
         local_succ=local_succ, sends=sends, x_link=x_link, x_dur=x_dur, x_dur_once=x_dur_once, x_dst=x_dst,
         x_src=x_src, x_label=x_label,
         instances=m * sim.decode_steps if sim.phase == Phase.DECODE else m,
         chain=m if sim.phase == Phase.DECODE else 0,
         schedule=plan.schedule if train else "plain",
         warmup=[min(m, p - s) for s in range(p)], dp_dur=dp, strict=train and plan.is_layered,
+        chunk_of=stage_of, virtual=plan.virtual_stages,
     )  # fmt: skip
     return Built(inp, ar_part, x_bytes, per_stage, links)

@@ -22,7 +22,9 @@ stage i keeps at most ``warmup[i]`` micro-batches in flight; GPipe holds
 backwards until the stage's forwards are all done). With ``strict`` (layered
 training pipelines, as Megatron-LM runs them) a stage goes through its slots
 (forward or backward of one micro-batch) in the schedule's fixed order, each slot
-whole: 1F1B is F0..F(w-1), then B0 F(w), B1 F(w+1), ..., then the last backwards. Events closer than a
+whole: 1F1B is F0..F(w-1), then B0 F(w), B1 F(w+1), ..., then the last backwards; interleaved
+1F1B (``virtual`` > 1) runs the chunks ``chunk_of`` of each stage in
+:func:`~._pipeline.stage_order`'s order, the order the analytic makespan uses. Events closer than a
 relative 1e-10 are handled as simultaneous, so float rounding of sums that are
 equal on paper never changes which job a machine picks.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+from ._pipeline import stage_order
 from ._plan import SCHEDULES, Schedule
 
 FORWARD, BACKWARD, OPTIMIZER = 0, 1, 2
@@ -58,9 +61,11 @@ class SimInput:
     instances: int  # Q
     chain: int = 0  # >0: instance q's sources wait for instance q - chain to finish (decode steps)
     schedule: str = "plain"  # plain | 1f1b | gpipe
-    warmup: list[int] = field(default_factory=list)
+    warmup: list[int] = field(default_factory=list)  # 1F1B depth per stage when not ``strict``
     dp_dur: list[float] | None = None  # per stage; None when there is no data-parallel all-reduce
     strict: bool = False  # stages run whole (step, micro-batch) slots in the schedule's fixed order
+    chunk_of: list[int] | None = None  # interleaved 1F1B: each task's model chunk (chunk k on stage k mod n_stages)
+    virtual: int = 1  # model chunks per stage (interleaved 1F1B when > 1)
 
 
 @dataclass
@@ -134,6 +139,7 @@ def simulate(p: SimInput) -> SimOutput:
     done_b = [0] * S
     warm = [p.warmup[s] if gate_f and nb[s] else Q + 1 for s in range(S)] if gate_f else [Q + 1] * S
     strict = p.strict and sched in SCHEDULES
+    chunk_of = p.chunk_of if p.chunk_of is not None else stage_of
     slot_pos, slot_size, slot_seq = _slots(p, regular, strict)
     ptr = [0] * S
     slot_left = [slot_size[s][0] if slot_size[s] else 0 for s in range(S)]
@@ -169,7 +175,7 @@ def simulate(p: SimInput) -> SimOutput:
 
     def eligible(q: int, i: int, s: int) -> bool:
         if strict:
-            return slot_pos[(s * 2 + step[i]) * Q + q] == ptr[s]
+            return slot_pos[(chunk_of[i] * 2 + step[i]) * Q + q] == ptr[s]
         if gate_f and step[i] == FORWARD:
             return q < warm[s] + done_b[s]
         if gate_b and step[i] == BACKWARD:
@@ -337,30 +343,27 @@ def simulate(p: SimInput) -> SimOutput:
 
 
 def _slots(p: SimInput, regular: list[int], strict: bool) -> tuple[list[int], list[list[int]], list[list[int]]]:
-    """Each stage's slot order: position of (stage, step, instance), slot sizes and the slot sequence."""
-    S, Q = p.n_stages, p.instances
-    pos = [-1] * (S * 2 * Q)
+    """Each stage's slot order: position of (chunk, step, instance), slot sizes and the slot sequence.
+
+    A slot of a chunk with no task of that step (a stage without backward tasks) is skipped.
+    """
+    S, Q, v = p.n_stages, p.instances, p.virtual
+    chunk_of = p.chunk_of if p.chunk_of is not None else p.stage_of
+    pos = [-1] * (S * v * 2 * Q)
     sizes: list[list[int]] = [[] for _ in range(S)]
     seqs: list[list[int]] = [[] for _ in range(S)]
     if not strict:
         return pos, sizes, seqs
-    count = [[0, 0] for _ in range(S)]
+    count = [[0, 0] for _ in range(S * v)]
     for i in regular:
         if p.step[i] in (FORWARD, BACKWARD):
-            count[p.stage_of[i]][p.step[i]] += 1
+            count[chunk_of[i]][p.step[i]] += 1
+    gpipe = p.schedule == Schedule.GPIPE
     for s in range(S):
-        if p.schedule == Schedule.GPIPE:
-            order = [(FORWARD, q) for q in range(Q)] + [(BACKWARD, q) for q in range(Q)]
-        else:
-            w = min(p.warmup[s], Q)
-            order = [(FORWARD, q) for q in range(w)]
-            for q in range(Q):
-                order.append((BACKWARD, q))
-                if q + w < Q:
-                    order.append((FORWARD, q + w))
-        for st, q in order:
-            if count[s][st]:
-                pos[(s * 2 + st) * Q + q] = len(seqs[s])
+        for k, back, q in stage_order(S, Q, gpipe, s, v):
+            st = BACKWARD if back else FORWARD
+            if count[k][st]:
+                pos[(k * 2 + st) * Q + q] = len(seqs[s])
                 seqs[s].append(st)
-                sizes[s].append(count[s][st])
+                sizes[s].append(count[k][st])
     return pos, sizes, seqs

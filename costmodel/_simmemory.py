@@ -10,11 +10,13 @@ the whole tensor on every device of the group, as a pipeline receive does).
 Beyond task outputs:
 
 * training: a forward task whose backward (``id + ".bwd"``) runs on the same
-  stage also keeps its inner op outputs (a merged task's intermediates) until that
-  backward ends, so the stash is the same at every granularity; with recompute,
-  forward outputs are freed after their forward consumers, the received inputs are
-  kept until their consumers' backward ends (the checkpoints), and each backward
-  re-materialises its forward's outputs while it runs;
+  stage keeps its stash (what that backward reads, :mod:`._stash`: the same
+  bytes the analytic evaluator sums, at every granularity) until that backward
+  ends; its output is freed after its forward consumers and transfers (the
+  backward reads the stash, not the output). With recompute nothing is stashed
+  in forward: the received inputs are kept until their consumers' backward ends
+  (the checkpoints), and each backward re-materialises its forward's stash while
+  it runs;
 * a merged task holds its largest inner op output while it runs (workspace).
 
 Edges into optimizer tasks are gradient-ready dependencies, not activations
@@ -38,6 +40,7 @@ class TensorSizes:
     out: list[float]  # the task's output
     inner: list[float]  # outputs of its other ops (stashed for backward in training)
     largest_inner: list[float]  # workspace while it runs
+    saved: list[float]  # training: what its backward reads (the stash), see _stash
 
 
 def activation_peaks(
@@ -65,8 +68,8 @@ def activation_peaks(
     # Consumers that extend a tensor's life, per task (placement-dependent, instance-independent).
     keep_succ = []
     for i in range(T):
-        rc = recompute[stage_of[i]] and step[i] == FORWARD
-        keep_succ.append([v for v in local_succ[i] if not once[v] and not (rc and step[v] == BACKWARD)])
+        fwd = step[i] == FORWARD
+        keep_succ.append([v for v in local_succ[i] if not once[v] and not (fwd and step[v] == BACKWARD)])
     keep_x = []
     for x in range(NX):
         dst = [v for v in x_dst[x] if not once[v]]
@@ -96,18 +99,12 @@ def activation_peaks(
             t1_l.append(t1)
             b_l.append(sz.out[i] * scale)
             b = bwd_of[i]
-            if step[i] == FORWARD and b >= 0 and stage_of[b] == s:
-                if recompute[s]:
-                    st_l += [s, s]
-                    t0_l += [t0, start[base + b]]
-                    t1_l += [end[j], end[base + b]]
-                    b_l += [sz.inner[i] * scale, (sz.inner[i] + sz.out[i]) * scale]
-                else:
-                    st_l.append(s)
-                    t0_l.append(t0)
-                    t1_l.append(end[base + b])
-                    b_l.append(sz.inner[i] * scale)
-            elif sz.largest_inner[i] > 0.0:
+            if step[i] == FORWARD and b >= 0 and stage_of[b] == s and sz.saved[i] > 0.0:
+                st_l.append(s)
+                t0_l.append(start[base + b] if recompute[s] else t0)
+                t1_l.append(end[base + b])
+                b_l.append(sz.saved[i] * scale)
+            if sz.largest_inner[i] > 0.0:
                 st_l.append(s)
                 t0_l.append(t0)
                 t1_l.append(end[j])

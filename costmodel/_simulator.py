@@ -27,6 +27,18 @@ Semantics (the same as the analytic's where both apply):
   micro-batch (1F1B or GPipe), then on each stage the data-parallel gradient
   all-reduce and the optimizer tasks (once, at full batch); recompute re-runs a
   backward's forward kernels and all-reduces first;
+* interleaved 1F1B (``virtual_stages`` v > 1): the plan's p x v stages are model
+  chunks; chunk k runs on the devices of chunk k mod p, so the event loop's stages are
+  the p device groups, each running its chunks' slots in Megatron-Core's order
+  (:func:`~._pipeline.stage_order`), as :func:`~._pipeline.training_makespan` does;
+  a stage's memory, stage time and data-parallel all-reduce cover all its chunks;
+* ZeRO (``zero``, ``shard_group``) and ``overlap``: model state by term, data-parallel
+  tails, ZeRO-3's per-slot gathers and the sharded optimizer by the analytic
+  evaluator's conventions (:mod:`._simtech`);
+* the other training techniques of the plan (``sequence_parallel``,
+  ``selective_recompute``, ``cp``, ``ep``, ``tp_overlap``) are not simulated yet: such
+  a plan is infeasible with a reason naming the field
+  (:meth:`Simulator.unsupported`), never priced as if the field were absent;
 * breakdown: compute, communication and idle along the critical path (the chain of
   jobs that each started when the previous one ended), clipped to the measured
   window, so the three sum to the latency.
@@ -63,7 +75,7 @@ import numpy as np
 
 from ..graphs import Phase, TaskGraph
 from ._bounds import lower_bound_s
-from ._memory import kv_cache_memory, training_state_memory, weight_memory
+from ._memory import kv_cache_memory, weight_memory
 from ._metrics import Metrics
 from ._plan import Plan
 from ._platform import GIB, Platform
@@ -72,11 +84,15 @@ from ._profile import in_range
 from ._simbuild import Built, build_input
 from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
 from ._simmemory import TensorSizes, activation_peaks
+from ._simtech import model_states
 from ._simtrace import critical_breakdown, timeline_events
+from ._stash import StashColumns
 from ._trust import annotate
 
 #: Profile range keys checked for extrapolation (as the analytic evaluator does).
 RANGE_KEYS = ("flops_per_device", "bytes_per_device")
+#: Plan-wide training techniques the simulator runs (the others are refused by name).
+SIMULATED = frozenset({"virtual_stages", "zero", "shard_group", "overlap"})
 STEP_CODE = {"forward": FORWARD, "backward": BACKWARD, "optimizer": OPTIMIZER}
 
 
@@ -137,6 +153,7 @@ class Simulator:
         self.index = {tid: i for i, tid in enumerate(self.ids)}
         ops = [op for t in tasks for op in t.ops]
         self.table = OpTable.from_ops(ops)
+        self._stash_cols = StashColumns.for_graph(ops, meta)
         counts = np.array([len(t.ops) for t in tasks], dtype=np.intp)
         self.offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
         self.last_op = self.offsets + counts - 1
@@ -165,6 +182,7 @@ class Simulator:
         self._ars: dict[tuple[int, float, GroupLink], tuple[np.ndarray, list[float]]] = {}
         self._sizes: dict[int, TensorSizes] = {}
         self._outside: dict[tuple[int, float], list[float]] = {}
+        self._task_weights: dict[int, list[float]] = {}
         self._work_ops = step_of_op != OPTIMIZER
         self._lower: float | None = None
 
@@ -225,6 +243,7 @@ class Simulator:
                 out=per_op[self.last_op].tolist(),
                 inner=np.add.reduceat(inner, self.offsets).tolist(),
                 largest_inner=np.maximum.reduceat(inner, self.offsets).tolist(),
+                saved=np.add.reduceat(self._stash_cols.per_device(self.table, tp), self.offsets).tolist(),
             )
         return sizes
 
@@ -254,6 +273,8 @@ class Simulator:
     def run(self, plan: Plan, *, timeline: bool = True) -> SimulationResult:
         """Simulate ``plan``; an invalid plan gives ``feasible=False`` with its problems, never an exception."""
         problems = plan.problems(self.graph, self.platform)  # a malformed plan gives reasons, a bug raises
+        if not problems:
+            problems = self.unsupported(plan)
         if problems:
             metrics = Metrics(
                 feasible=False, reason="invalid plan: " + "; ".join(problems), phase=self.phase,
@@ -263,6 +284,28 @@ class Simulator:
             return SimulationResult(metrics, [])
         return self._run(plan, timeline)
 
+    @staticmethod
+    def unsupported(plan: Plan) -> list[str]:
+        """The plan's training techniques this simulator does not price yet, each named by its field.
+
+        Interleaved 1F1B (``virtual_stages``) is simulated; its chunks on one stage must
+        agree on ``recompute`` (activation lifetimes are followed per stage).
+        """
+        out = [
+            f"{name} = {value!r} is not simulated yet (the discrete-event simulator prices "
+            f"{', '.join(sorted(SIMULATED))} only; use the analytic evaluator)"
+            for name, value in plan.techniques().items()
+            if name not in SIMULATED
+        ]
+        p = plan.pp
+        for k in range(p, len(plan.stages)):
+            if plan.stages[k].recompute != plan.stages[k % p].recompute:
+                out.append(
+                    f"stage {k}: recompute must match chunk {k % p} of the same devices (virtual_stages "
+                    f"{plan.virtual_stages}): the simulator follows activation memory per stage"
+                )
+        return out
+
     def _stage_ops(self, stage_of: list[int], s: int) -> OpTable:
         on_stage = np.array(stage_of, dtype=np.intp)[self.op_task] == s
         return self.table.rows(np.flatnonzero(on_stage & self.fwd_ops))
@@ -271,19 +314,44 @@ class Simulator:
         """Weight bytes per device of stage ``s`` (what its data-parallel all-reduce moves)."""
         return weight_memory(self._stage_ops(stage_of, s), tp)
 
+    def task_weights(self, tp: int) -> list[float]:
+        """Per task: weight bytes per device of its ops on a TP group of ``tp`` (forward tasks hold the weights)."""
+        hit = self._task_weights.get(tp)
+        if hit is None:
+            per_op = self.table.param_bytes / self.table.split(tp)
+            hit = self._task_weights[tp] = np.add.reduceat(per_op, self.offsets).tolist()
+        return hit
+
+    def memory_terms(self, plan: Plan, stage_of: list[int] | None = None) -> list[dict[str, float]]:
+        """Per stage, memory that does not depend on the schedule, by term (``Metrics.memory_breakdown``'s keys).
+
+        Training: weights, gradients, optimizer state (ZeRO-sharded, :mod:`._simtech`) and
+        ZeRO-3's gathered-layer buffers; inference: weights and the KV cache of batch/r
+        sequences. ``stage_of`` gives each task's entry of ``plan.stages``; an interleaved
+        stage holds all its chunks.
+        """
+        stage_of = self.placement(plan) if stage_of is None else stage_of
+        p = plan.pp
+        group_of = [k % p for k in stage_of]
+        if self.phase == Phase.TRAIN:
+            state = model_states(self, plan, group_of)
+            return [
+                {"weights": w, "gradients": g, "optimizer_state": o, "kv_cache": 0.0, "buffers": b}
+                for w, g, o, b in zip(state.weights, state.gradients, state.optimizer_state, state.buffers, strict=True)
+            ]
+        out = []
+        for s, st in enumerate(plan.physical_stages):
+            table = self._stage_ops(group_of, s)
+            kv = kv_cache_memory(table, st.tp, self.graph.meta.batch // plan.replicas, self.kv_len)
+            out.append(
+                {"weights": weight_memory(table, st.tp), "gradients": 0.0, "optimizer_state": 0.0, "kv_cache": kv,
+                 "buffers": 0.0}
+            )  # fmt: skip
+        return out
+
     def static_memory(self, plan: Plan, stage_of: list[int] | None = None) -> list[float]:
         """Per stage: weights + training state (train) or the KV cache of batch/r sequences (inference)."""
-        stage_of = self.placement(plan) if stage_of is None else stage_of
-        out = []
-        for s, st in enumerate(plan.stages):
-            table = self._stage_ops(stage_of, s)
-            need = weight_memory(table, st.tp)
-            if self.phase == Phase.TRAIN:
-                need += training_state_memory(table, st.tp, self.graph.meta.dtype)
-            else:
-                need += kv_cache_memory(table, st.tp, self.graph.meta.batch // plan.replicas, self.kv_len)
-            out.append(need)
-        return out
+        return [sum(terms.values()) for terms in self.memory_terms(plan, stage_of)]
 
     def _pipelined(self, tokens: float, latency: float, plan: Plan, stage_times: list[float], built: Built) -> float:
         """Steady-state tokens/s of a stream of batches (prefill: the bottleneck stage or link sets the pace)."""
@@ -299,7 +367,7 @@ class Simulator:
         """Calibrated-or-not and the expected error, from the same sums as the analytic evaluator."""
         if self.pricer.errors is None:
             return
-        errs = [self.kernel_errors(st.tp, scale) for st in plan.stages]
+        errs = [self.kernel_errors(st.tp, scale) for st in plan.physical_stages]
         kern = error = comm = 0.0
         for i, s in enumerate(stage_of):
             if not self.once[i]:
@@ -315,6 +383,8 @@ class Simulator:
         stage_of = self.placement(plan)
         built = build_input(self, plan, stage_of, scale)
         inp = built.inp
+        group_of = inp.stage_of  # the device group (pipeline stage) of each task
+        stages = plan.physical_stages
         out: SimOutput = simulate(inp)
         if min(out.inst_last, default=0) < 0:
             raise RuntimeError("simulation stalled: some task instances never ran (a bug: please report the plan)")
@@ -328,16 +398,17 @@ class Simulator:
             w0, w1 = 0.0, out.end[final]
         latency = w1 - w0
         compute, comm, idle = critical_breakdown(inp, out, built.ar_part, final, w0, w1)
-        static = self.static_memory(plan, stage_of)
-        recompute = [st.recompute and self.phase == Phase.TRAIN for st in plan.stages]
-        sizes = [self.tensor_sizes(st.tp) for st in plan.stages]
+        terms = self.memory_terms(plan, stage_of)
+        static = [sum(x.values()) for x in terms]
+        recompute = [st.recompute and self.phase == Phase.TRAIN for st in stages]
+        sizes = [self.tensor_sizes(st.tp) for st in stages]
         acts, curves = activation_peaks(
             inp, out, sizes, built.x_bytes, self.bwd_of, recompute, scale, keep_timeline=keep
         )
         needs = [a + b for a, b in zip(static, acts, strict=True)]
         dpr = plan.devices_per_replica
         memory = [0.0] * self.platform.num_devices
-        for st, need in zip(plan.stages, needs, strict=True):
+        for st, need in zip(stages, needs, strict=True):
             for d in st.devices:
                 for k in range(r):
                     memory[d + k * dpr] = need
@@ -347,20 +418,20 @@ class Simulator:
         if worst > usable:
             s = needs.index(worst)
             reason = (
-                f"device {plan.stages[s].devices[0]} (stage {s}) needs {worst / GIB:.1f} GiB > {usable / GIB:.1f} GiB "
+                f"device {stages[s].devices[0]} (stage {s}) needs {worst / GIB:.1f} GiB > {usable / GIB:.1f} GiB "
                 f"usable (over by {(worst - usable) / GIB:.1f} GiB)"
             )
         stage_times = [0.0] * plan.pp
         outside = [0.0] * plan.pp
-        counts = [self.outside(st.tp, scale) for st in plan.stages]
-        for i, s in enumerate(stage_of):
+        counts = [self.outside(st.tp, scale) for st in stages]
+        for i, s in enumerate(group_of):
             if not self.once[i]:
                 stage_times[s] += inp.dur[i]
                 outside[s] += counts[s][i]
         warnings = [
             f"stage {s} (tp {st.tp}): {int(n)} kernel(s) run per-device work outside the calibrated range of "
             f"profile {self.platform.profile.name}: the prediction extrapolates"
-            for s, (st, n) in enumerate(zip(plan.stages, outside, strict=True))
+            for s, (st, n) in enumerate(zip(stages, outside, strict=True))
             if n > 0.5
         ]
         tokens = meta.batch if self.phase == Phase.DECODE else meta.batch * meta.seq
@@ -378,7 +449,8 @@ class Simulator:
             memory_capacity_bytes=usable, lower_bound_s=self.lower_bound,
             breakdown={"compute_s": compute, "communication_s": comm, "idle_s": idle},
             stage_times_s=stage_times, devices_used=plan.num_devices, warnings=warnings,
+            memory_breakdown={**terms[needs.index(worst)], "activations": acts[needs.index(worst)]},
         )  # fmt: skip
-        self._annotate(metrics, plan, stage_of, built, scale)
+        self._annotate(metrics, plan, group_of, built, scale)
         events = timeline_events(self, plan, inp, out, built.per_stage, built.links, TimelineEvent) if keep else []
         return SimulationResult(metrics, events, curves, static, acts)

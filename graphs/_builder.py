@@ -103,6 +103,12 @@ def _pointwise(name: str, kind: str, elems_in: float, elems_out: float, dt: int,
     )
 
 
+def _dropout(name: str, elems: float, dt: int, *, shard: str, shard_max: int = 0) -> Op:
+    """A training dropout: reads x, writes the result and a 1-byte mask (what its backward reads)."""
+    op = _pointwise(name, "elementwise", elems, elems, dt, shard=shard)
+    return _with(op, bytes=op.bytes + elems, shard_max=shard_max)
+
+
 def _attention(b: _Builder, i: int, inputs: list[str], tokens: float, q_len: int, kv_len: int) -> str:
     """Attention core of layer ``i``: one fused kernel (flash) or scores, softmax and context (unfused).
 
@@ -133,7 +139,7 @@ def _attention(b: _Builder, i: int, inputs: list[str], tokens: float, q_len: int
         return b.add(op, layer=i, block="attn", scope=scope + ".core", inputs=inputs)
     scores = batch * s.heads * q_len * kv_len * dt
     half_kv = kv_read / 2  # K for the scores, V for the context
-    ops = (
+    ops: tuple[Op, ...] = (
         Op(
             name=f"L{i}.attn_scores",
             kind="matmul",
@@ -162,7 +168,12 @@ def _attention(b: _Builder, i: int, inputs: list[str], tokens: float, q_len: int
             shard_max=s.kv_heads,
         ),
     )
-    names = ("scores", "softmax", "context")
+    names: tuple[str, ...] = ("scores", "softmax", "context")
+    if b.spec.dropout and phase == Phase.TRAIN:
+        elems = scores / dt
+        drop = _dropout(f"L{i}.attn_probs_dropout", elems, dt, shard="heads", shard_max=s.kv_heads)
+        ops = (ops[0], ops[1], drop, ops[2])
+        names = ("scores", "softmax", "attn_dropout", "context")
     for op, name in zip(ops, names, strict=True):
         inputs = [b.add(op, layer=i, block="attn", scope=f"{scope}.{name}", inputs=inputs)]
     return inputs[0]
@@ -209,6 +220,15 @@ def _layer(b: _Builder, i: int, x: str, tokens: float, q_len: int, kv_len: int) 
         scope=scope + ".attn.o_proj",
         inputs=[core],
     )
+    dropout = s.dropout and b.meta.phase == Phase.TRAIN
+    if dropout:
+        out = b.add(
+            _dropout(p + "attn_dropout", th, dt, shard="replicated"),
+            layer=i,
+            block="attn",
+            scope=scope + ".attn.resid_dropout",
+            inputs=[out],
+        )
     res1 = b.add(
         _pointwise(p + "attn_residual", "elementwise", 2 * th, th, dt, shard="replicated"),
         layer=i,
@@ -296,6 +316,14 @@ def _layer(b: _Builder, i: int, x: str, tokens: float, q_len: int, kv_len: int) 
             block="mlp",
             scope=scope + ".mlp.down_proj",
             inputs=[act],
+        )
+    if dropout:
+        down = b.add(
+            _dropout(p + "mlp_dropout", th, dt, shard="replicated"),
+            layer=i,
+            block="mlp",
+            scope=scope + ".mlp.dropout",
+            inputs=[down],
         )
     return b.add(
         _pointwise(p + "mlp_residual", "elementwise", 2 * th, th, dt, shard="replicated"),

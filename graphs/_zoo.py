@@ -72,6 +72,10 @@ class ModelSpec:
             ``unfused`` (scores materialised, as in Megatron-LM before FlashAttention).
         kv_dtype: dtype of the KV cache (bf16, fp16, fp8); empty: ``dtype``. An fp8 cache
             (what serving engines offer for bf16 models) halves the KV bytes stored and read.
+        dropout: training graphs carry dropout ops, as GPT-3 / Megatron-LM train: after the
+            attention output projection and the MLP (hidden dropouts, a 1-byte mask each) and,
+            with unfused attention, on the attention probabilities (a flash kernel draws its
+            mask inside and stores none). Off by default; inference graphs never have them.
     """
 
     name: str
@@ -93,6 +97,7 @@ class ModelSpec:
     type_vocab: int = 0
     attention: str = "flash"
     kv_dtype: str = ""
+    dropout: bool = False
 
     def __post_init__(self) -> None:
         where = f"model {self.name!r}"
@@ -186,6 +191,8 @@ class ModelSpec:
         out = dataclasses.asdict(self)
         if not self.kv_dtype:
             del out["kv_dtype"]  # the default: files written before the field stay the same
+        if not self.dropout:
+            del out["dropout"]
         return out
 
     def describe(self) -> dict[str, Any]:
