@@ -335,21 +335,21 @@ class MinTpReplicas(_Heuristic):
 
 
 def _sharded_fallbacks(
-    shape: _Shape, tp: int, replicas: int, checkpointing: tuple[str, ...], **techniques: object
+    shape: _Shape, tp: int, replicas: int, checkpointing: tuple[str, ...], layouts: list[dict[str, Any]]
 ) -> list[Plan]:
-    """One ZeRO-3 layout, then each activation-checkpointing mode, then one sequence per micro-batch.
+    """ZeRO-3 plans: each activation-checkpointing mode over every layout, then one sequence per micro-batch.
 
     The whole per-rank batch runs as one micro-batch first (torchtitan's and DeepSpeed's default: no
     gradient accumulation); the last resort keeps the strongest checkpointing and accumulates gradients
-    over micro-batches of one sequence (``gradient_accumulation_steps`` = the per-rank batch).
+    over micro-batches of one sequence (``gradient_accumulation_steps`` = the per-rank batch). Layouts
+    (the techniques of each sharding choice) are tried in order at each step, so a preferred layout
+    never costs more recomputation than the next one needs.
     """
-    plans = [_training_plan(shape, tp, 1, 1, replicas, ac, **techniques) for ac in checkpointing]
     per_rank = shape.batch // replicas
+    steps = [(ac, 1) for ac in checkpointing]
     if per_rank > 1:
-        plans.append(
-            _training_plan(shape, tp, 1, min(per_rank, MAX_MICRO_BATCHES), replicas, checkpointing[-1], **techniques)
-        )
-    return plans
+        steps.append((checkpointing[-1], min(per_rank, MAX_MICRO_BATCHES)))
+    return [_training_plan(shape, tp, 1, m, replicas, ac, **techniques) for ac, m in steps for techniques in layouts]
 
 
 def _training_only(shape: _Shape, problem: Problem, name: str) -> None:
@@ -375,11 +375,13 @@ class Fsdp(_Heuristic):
 
     Rule (training only): TP = 1, PP = 1, every device a data-parallel rank
     (the largest count dividing the batch), the whole per-rank batch as one
-    micro-batch, ``zero`` 3 with overlap. On more than one node, hybrid sharding
-    first (``shard_group`` = the GPUs of a node), then sharding over all ranks.
-    At each layout: no checkpointing, selective, full, then full with one
-    sequence per micro-batch (gradient accumulation). If nothing fits, the next
-    TP degree inside a node (dividing the heads), with sequence parallelism.
+    micro-batch, ``zero`` 3 with overlap. Memory fallbacks in order: no
+    checkpointing, selective, full, then full with one sequence per micro-batch
+    (gradient accumulation); at each, on more than one node, hybrid sharding
+    first (``shard_group`` = the GPUs of a node: all-gathers stay on NVLink),
+    then sharding over all ranks (less memory, all-gathers across nodes). If
+    nothing fits, the next TP degree inside a node (dividing the heads), with
+    sequence parallelism.
     """
 
     name = "fsdp"
@@ -392,9 +394,11 @@ class Fsdp(_Heuristic):
             replicas = _fill_replicas(shape, tp)
             group = shape.per_node // tp
             groups = [group] if shape.nodes > 1 and 1 < group < replicas and replicas % group == 0 else []
-            for shard_group in [*groups, 0]:
-                techniques = {"zero": 3, "shard_group": shard_group, "overlap": True, "sequence_parallel": tp > 1}
-                plans += _sharded_fallbacks(shape, tp, replicas, (_NO_AC, _SELECTIVE_AC, _FULL_AC), **techniques)
+            layouts = [
+                {"zero": 3, "shard_group": shard_group, "overlap": True, "sequence_parallel": tp > 1}
+                for shard_group in [*groups, 0]
+            ]
+            plans += _sharded_fallbacks(shape, tp, replicas, (_NO_AC, _SELECTIVE_AC, _FULL_AC), layouts)
         return self._probe(problem, recorder, plans)
 
 
@@ -422,7 +426,7 @@ class DeepSpeedZero3(_Heuristic):
     def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
         _training_only(shape, problem, self.name)
         replicas = _fill_replicas(shape, 1)
-        plans = _sharded_fallbacks(shape, 1, replicas, (_NO_AC, _FULL_AC), zero=3, overlap=True)
+        plans = _sharded_fallbacks(shape, 1, replicas, (_NO_AC, _FULL_AC), [{"zero": 3, "overlap": True}])
         return self._probe(problem, recorder, plans)
 
 

@@ -70,16 +70,19 @@ def test_megatron_training_uses_megatron_core_defaults() -> None:
     assert [s.layers for s in plan.stages] == [(0, 3), (4, 7), (8, 11), (12, 15)]
     assert plan.stages[2].devices == plan.stages[0].devices == tuple(range(8))
     assert _ac(plan) == "none" and not plan.problems(p.graph("layer"), p.resolved_platform)
+    assert tune(p, "megatron").best_plan == plan  # it fits: the rule's first plan is its answer
+    bare = Plan.uniform(16, tp=8, pp=2, micro_batches=8)  # the 2021 recipe: same layout, no techniques
+    assert p.score(plan).metrics.max_memory_bytes < 0.98 * p.score(bare).metrics.max_memory_bytes  # SP's split
 
 
 def test_megatron_training_falls_back_selective_then_full_then_more_stages() -> None:
-    p = Problem("llama2-7b:layers=6,heads=4,kv_heads=4,hidden=512", "dgx-a100x2", phase="train", batch=16, seq=128)
+    p = Problem("llama2-7b:layers=8,heads=4,kv_heads=4,hidden=512", "dgx-a100x2", phase="train", batch=16, seq=128)
     plans, notes = _tried(p.with_(limits=NOTHING_FITS), "megatron")
     # TP 4 (the heads) x PP 2 (the nodes), then PP 3 and 4 while 4 x PP <= 16 devices; three fallbacks each.
     assert [(pl.pp, _ac(pl)) for pl in plans] == [(pp, ac) for pp in (2, 3, 4) for ac in ("none", "selective", "full")]
     assert all(pl.zero == 1 and pl.sequence_parallel and pl.overlap for pl in plans)
     assert [pl.replicas for pl in plans[::3]] == [2, 1, 1]  # 8 of 16 devices at PP 2: a second replica
-    assert all(pl.virtual_stages == 1 for pl in plans)  # 3 or 2 layers per stage: chunks of 1 are not worth it
+    assert [pl.virtual_stages for pl in plans[::3]] == [2, 1, 1]  # 8 layers: 2 chunks of 2 at PP 2; none at 3, 4
     assert len(notes) == 1 and notes[0].startswith("megatron: ") and "full recomputation" in notes[0]
 
 
@@ -99,8 +102,8 @@ def test_fsdp_shards_everything_hybrid_across_nodes_first_tp_only_when_needed() 
     assert (first.zero, first.shard_group, first.overlap, first.sequence_parallel) == (3, 8, True, False)
     plans, notes = _tried(p.with_(limits=NOTHING_FITS), "fsdp")
     steps = [(pl.stages[0].tp, pl.shard_group, _ac(pl), pl.micro_batches) for pl in plans]
-    per_layout = [("none", 1), ("selective", 1), ("full", 1), ("full", 4)]  # 4 sequences per rank at TP 1
-    assert steps[:8] == [(1, g, ac, m) for g in (8, 0) for ac, m in per_layout]
+    fallbacks = [("none", 1), ("selective", 1), ("full", 1), ("full", 4)]  # 4 sequences per rank at TP 1
+    assert steps[:8] == [(1, g, ac, m) for ac, m in fallbacks for g in (8, 0)]  # hybrid, then over all ranks
     assert steps[8] == (2, 4, "none", 1) and plans[8].sequence_parallel  # TP 2: 8 ranks, hybrid over 4
     assert {pl.stages[0].tp for pl in plans} == {1, 2, 4, 8} and all(pl.pp == 1 and pl.zero == 3 for pl in plans)
     assert notes and notes[0].startswith("fsdp: ")
