@@ -202,6 +202,49 @@ def evaluate(
     ] = 1,
     schedule: Annotated[str, typer.Option("--schedule", help="Training schedule: 1f1b | gpipe.")] = "1f1b",
     recompute: Annotated[bool, typer.Option("--recompute", help="Full activation recomputation (train).")] = False,
+    zero: Annotated[
+        int,
+        typer.Option(
+            "--zero", min=0, max=3, help="ZeRO stage (train): 1 = distributed optimizer, 2 + gradients, 3 = FSDP."
+        ),
+    ] = 0,
+    shard_group: Annotated[
+        int,
+        typer.Option(
+            "--shard-group",
+            min=0,
+            callback=at_most(MAX_DEVICES),
+            help="Hybrid sharding (train): ZeRO shards over groups of N data-parallel ranks (0: all).",
+        ),
+    ] = 0,
+    sequence_parallel: Annotated[
+        bool, typer.Option("--sequence-parallel", help="Megatron sequence parallelism over each TP group (train).")
+    ] = False,
+    recompute_granularity: Annotated[
+        str | None,
+        typer.Option(
+            "--recompute-granularity", help="Activation recomputation (train): selective (attention core) | full."
+        ),
+    ] = None,
+    virtual_stages: Annotated[
+        int,
+        typer.Option(
+            "--virtual-stages", min=1, max=MAX_PLAN_DEGREE, help="Model chunks per pipeline stage (interleaved 1F1B)."
+        ),
+    ] = 1,
+    cp: Annotated[
+        int, typer.Option("--cp", min=1, max=MAX_PLAN_DEGREE, help="Context-parallel degree (train, ring attention).")
+    ] = 1,
+    ep: Annotated[
+        int, typer.Option("--ep", min=1, max=MAX_PLAN_DEGREE, help="Expert-parallel degree (train, MoE models).")
+    ] = 1,
+    overlap: Annotated[
+        bool,
+        typer.Option("--overlap/--no-overlap", help="Overlap data-parallel gradient reduction with backward (train)."),
+    ] = False,
+    tp_overlap: Annotated[
+        bool, typer.Option("--tp-overlap", help="Overlap TP collectives with the GEMMs they feed (train).")
+    ] = False,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="A plan JSON file instead of --tp/--pp.")] = None,
     granularity: GranOpt = "layer",
     simulate: Annotated[bool, typer.Option("--simulate", help="Use the discrete-event simulator.")] = False,
@@ -209,24 +252,45 @@ def evaluate(
 ) -> None:
     """Predict latency, throughput and memory of a parallel plan on a platform."""
     from ..costmodel import Plan, get_platform
+    from ..costmodel._plan import TECHNIQUE_DEFAULTS
     from ..costmodel._trust import calibration_reason
 
-    if phase != "train" and (recompute or schedule != "1f1b"):  # only a training step has a backward pass
-        flag = "--recompute" if recompute else f"--schedule {schedule}"
+    if recompute_granularity not in (None, "selective", "full"):
+        raise ValueError(f"--recompute-granularity is {recompute_granularity!r}; allowed: selective, full")
+    if recompute and recompute_granularity == "selective":
+        raise ValueError("--recompute means full recomputation; it contradicts --recompute-granularity selective")
+    techniques = {
+        "zero": zero,
+        "shard_group": shard_group,
+        "sequence_parallel": sequence_parallel,
+        "selective_recompute": recompute_granularity == "selective",
+        "virtual_stages": virtual_stages,
+        "cp": cp,
+        "ep": ep,
+        "overlap": overlap,
+        "tp_overlap": tp_overlap,
+    }
+    techniques = {k: v for k, v in techniques.items() if v != TECHNIQUE_DEFAULTS[k]}  # the flags given
+    full = "--recompute" if recompute else "--recompute-granularity full"
+    recompute = recompute or recompute_granularity == "full"
+    flags = [f for f, on in ((full, recompute), (f"--schedule {schedule}", schedule != "1f1b")) if on]
+    flags += [_technique_flag(k, v) for k, v in techniques.items()]
+    if phase != "train" and flags:  # only a training step has a backward pass (and these techniques)
         raise ValueError(
-            f"{flag} applies to training (--phase train) only, not {phase}: a {phase} step runs no backward"
+            f"{flags[0]} applies to training (--phase train) only, not {phase}: a {phase} step runs no backward"
         )
-    if plan_file is not None and (recompute or schedule != "1f1b" or (tp, pp, micro_batches, replicas) != (1, 1, 1, 1)):
+    if plan_file is not None and (flags or (tp, pp, micro_batches, replicas) != (1, 1, 1, 1)):
+        given = f" (given: {', '.join(flags)})" if flags else ""
         raise ValueError("--plan FILE gives the whole plan: leave out --tp, --pp, --micro-batches, --replicas, "
-                         "--schedule and --recompute")  # fmt: skip
-    check_at_most(tp * pp, MAX_DEVICES, f"--tp x --pp ({tp} x {pp})")  # before Plan.uniform names 'tp x pp'
+                         f"--schedule, --recompute and the technique flags{given}")  # fmt: skip
+    check_at_most(tp * cp * pp, MAX_DEVICES, f"--tp x --cp x --pp ({tp} x {cp} x {pp})")  # before Plan.uniform
     plat = get_platform(platform)
     if plan_file is not None:
         plan = Plan.load(plan_file)
         granularity = plan.granularity
     graph = _load_graph(model, phase, batch, seq, context, granularity)
     if plan_file is None:
-        _check_uniform_flags(graph, pp, replicas, micro_batches)
+        _check_uniform_flags(graph, pp, replicas, micro_batches, virtual_stages)
         plan = Plan.uniform(
             graph.meta.n_layers,
             tp=tp,
@@ -235,6 +299,7 @@ def evaluate(
             replicas=replicas,
             schedule=schedule,
             recompute=recompute,
+            **techniques,
         )
     plan.check(graph, plat)
     if simulate or not graph.is_layered or not plan.is_layered:
@@ -260,11 +325,36 @@ def evaluate(
     _metrics_table(data, plat.device.usable_memory)
 
 
-def _check_uniform_flags(graph: Any, pp: int, replicas: int, micro_batches: int) -> None:
+#: The ``evaluate`` flag that sets each plan-wide training technique (for messages that name what was typed).
+_TECHNIQUE_FLAGS = {
+    "zero": "--zero",
+    "shard_group": "--shard-group",
+    "sequence_parallel": "--sequence-parallel",
+    "selective_recompute": "--recompute-granularity selective",
+    "virtual_stages": "--virtual-stages",
+    "cp": "--cp",
+    "ep": "--ep",
+    "overlap": "--overlap",
+    "tp_overlap": "--tp-overlap",
+}
+
+
+def _technique_flag(name: str, value: Any) -> str:
+    """The flag as typed: ``--zero 3``, ``--sequence-parallel``."""
+    flag = _TECHNIQUE_FLAGS[name]
+    return flag if isinstance(value, bool) or " " in flag else f"{flag} {value}"
+
+
+def _check_uniform_flags(graph: Any, pp: int, replicas: int, micro_batches: int, virtual_stages: int = 1) -> None:
     """What ``Plan.uniform`` and ``Plan.check`` refuse in their words (``pp``, ``micro_batches``), named as typed."""
     n_layers, batch = graph.meta.n_layers, graph.meta.batch
     if pp > n_layers:
         raise ValueError(f"--pp is {pp} but the model has {n_layers} layers; give at most {n_layers}")
+    if pp * virtual_stages > n_layers:
+        raise ValueError(
+            f"--pp x --virtual-stages is {pp} x {virtual_stages} = {pp * virtual_stages} model chunks but the "
+            f"model has {n_layers} layers; each chunk needs at least one"
+        )
     if batch % (replicas * micro_batches):
         raise ValueError(
             f"--replicas x --micro-batches ({replicas} x {micro_batches}) must divide the batch ({batch}, --batch)"
@@ -306,6 +396,13 @@ def _metrics_table(d: dict[str, Any], usable: float) -> None:
         f"{len(stages)} stage(s), tp {[s['tp'] for s in stages]}, micro-batches "
         f"{d['plan']['micro_batches']}, replicas {d['plan']['replicas']}",
     )
+    techniques = {k: v for k, v in d["plan"].items() if k in _TECHNIQUE_FLAGS}
+    if techniques:
+        table.add_row("techniques", escape(", ".join(f"{k} {v}" for k, v in techniques.items())))
+    if d.get("memory_breakdown"):
+        gib = 1024**3
+        terms = ", ".join(f"{k} {v / gib:.2f}" for k, v in d["memory_breakdown"].items() if v)
+        table.add_row("memory by term", escape(f"{terms} GiB (busiest device)"))
     for w in d.get("warnings", []):
         table.add_row("[yellow]warning[/yellow]", escape(w))
     console.print(table)

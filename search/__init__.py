@@ -24,6 +24,8 @@ for _name, _target in (
     ("serving-default", "paratune.search._heuristics:ServingDefault"),
     ("min-tp-replicas", "paratune.search._heuristics:MinTpReplicas"),
     ("balanced-pp", "paratune.search._heuristics:BalancedPP"),
+    ("fsdp", "paratune.search._heuristics:Fsdp"),
+    ("deepspeed-zero3", "paratune.search._heuristics:DeepSpeedZero3"),
     ("dp", "paratune.search._dp:DPSolver"),
     ("enumerate", "paratune.search._enumerate:Enumerate"),
     ("dag-exact", "paratune.search._dag_exact:DagExact"),

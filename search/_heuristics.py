@@ -17,7 +17,8 @@ Shared conventions (documented once, used by every rule):
   number of micro-batches be a multiple of the stages, here 4x, to shrink the
   1F1B bubble), ``PP`` for inference (one batch in flight per stage, which is
   what vLLM's pipeline "virtual engines" do); both clipped to the largest
-  divisor of the per-replica batch.
+  divisor of the per-replica batch. The data-parallel recipes (``fsdp``,
+  ``deepspeed-zero3``) have no pipeline and state their own (gradient accumulation).
 * A plan "fits" when its peak memory per device is within the problem's memory
   limit (SLOs are not part of the rule: a plan that fits but misses an SLO is
   what the practitioner would launch, and is reported infeasible).
@@ -26,6 +27,7 @@ Shared conventions (documented once, used by every rule):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +105,47 @@ def _variants(shape: _Shape, stages: list[tuple[int, int, int]], micro_batches: 
     ]
 
 
+#: Activation-memory fallbacks in the order practitioners turn them on: none, then Megatron's selective
+#: recomputation of the attention core (Korthikanti et al. 2022), then full recomputation of every layer.
+_NO_AC, _SELECTIVE_AC, _FULL_AC = "none", "selective", "full"
+
+
+def _training_plan(
+    shape: _Shape, tp: int, pp: int, micro_batches: int, replicas: int, ac: str, **techniques: Any
+) -> Plan:
+    """A uniform training plan (even layers, contiguous devices) with activation checkpointing ``ac``."""
+    if ac == _SELECTIVE_AC:
+        techniques["selective_recompute"] = True
+    return Plan.uniform(
+        shape.n_layers,
+        tp=tp,
+        pp=pp,
+        micro_batches=micro_batches,
+        replicas=replicas,
+        recompute=ac == _FULL_AC,
+        **techniques,
+    )
+
+
+def interleave_degree(n_layers: int, pp: int, micro_batches: int) -> int:
+    """Virtual stages per pipeline stage for interleaved 1F1B, or 1 where the layer count does not allow it.
+
+    Megatron-Core's ``--num-layers-per-virtual-pipeline-stage`` needs the layers to split evenly over the
+    ``pp`` stages and each stage's layers evenly over its chunks, and the micro-batches to be a multiple of
+    ``pp``. Among the degrees that allow, the largest that keeps at least 4 layers per chunk (NeMo's
+    Llama-3 70B recipe: 80 layers, PP 4, 5 virtual stages of 4 layers), else at least 2: the bubble shrinks
+    as ``(p - 1) / (v m)`` while each extra chunk adds pipeline point-to-point hops.
+    """
+    if pp < 2 or n_layers % pp or micro_batches % pp:
+        return 1
+    per_stage = n_layers // pp
+    for min_chunk in (4, 2):
+        allowed = [v for v in divisors(per_stage) if v >= 2 and per_stage // v >= min_chunk]
+        if allowed:
+            return max(allowed)
+    return 1
+
+
 def _fits(problem: Problem, ev: Evaluation) -> bool:
     m = ev.metrics
     if m.reason.startswith("invalid plan") or m.latency_s == float("inf"):
@@ -114,6 +157,10 @@ def _miss(problem: Problem, plan: Plan, ev: Evaluation, rule: str) -> str:
     """Why the rule's plan is not feasible, in words a user can act on."""
     tp = "/".join(str(t) for t in sorted({s.tp for s in plan.stages}))
     where = f"TP {tp} x PP {plan.pp} x {plan.replicas} replica(s) ({plan.num_devices} devices)"
+    if plan.techniques():
+        where += " with " + ", ".join(f"{k} {v}" for k, v in plan.techniques().items())
+    if any(s.recompute for s in plan.stages):
+        where += " and full recomputation"
     if not _fits(problem, ev):
         if ev.metrics.reason.startswith("invalid plan"):
             return f"{rule}: {where} is not a valid plan: {ev.metrics.reason}"
@@ -166,29 +213,38 @@ class _Heuristic(Tuner):
 
 
 class Megatron(_Heuristic):
-    """Megatron-LM's recipe: TP inside a node, PP across nodes, even layers, 4 x PP micro-batches.
+    """Megatron-LM's recipe with Megatron-Core's training defaults: TP inside a node, PP across nodes.
 
     Source: Narayanan et al., "Efficient Large-Scale Language Model Training on
     GPU Clusters Using Megatron-LM" (SC'21), takeaways 1-3 (tensor parallelism
     up to the GPUs of a server, pipeline parallelism across servers, data
-    parallelism for the rest; micro-batches a multiple of the stages), and the
-    Megatron-LM README (``--tensor-model-parallel-size 8``,
-    ``--pipeline-model-parallel-size`` = servers, layers divided evenly).
+    parallelism for the rest; micro-batches a multiple of the stages; the
+    interleaved schedule), the Megatron-LM README (``--tensor-model-parallel-size 8``,
+    ``--pipeline-model-parallel-size`` = servers, layers divided evenly), and
+    Megatron-Core's and NeMo's training recipes (``--sequence-parallel`` with TP > 1,
+    ``--use-distributed-optimizer``, ``--overlap-grad-reduce`` and
+    ``--overlap-param-gather``, ``--recompute-granularity selective`` before
+    ``full``: Korthikanti et al., "Reducing Activation Recomputation in Large
+    Transformer Models", MLSys 2023).
 
     Rule: TP = the GPUs per node reduced to the largest degree dividing the heads
     (``problem.tp_degrees()[-1]``); PP = the number of nodes (capped at the
-    layers); layers split evenly (earlier stages take the remainder); training
-    uses ``4 x PP`` micro-batches and replicates over the devices left (data
-    parallel; none are left when TP is the full node), inference runs one
-    replica with PP micro-batches. If that does not fit memory: more stages
-    while the devices allow it (only when TP < GPUs per node), and for training
-    full activation recomputation (``--recompute-granularity full``) on the
-    same layout, which is what a Megatron-LM user turns on first.
+    layers); layers split evenly (earlier stages take the remainder). Inference
+    runs one replica with PP micro-batches. Training uses ``4 x PP``
+    micro-batches, replicates over the devices left (data parallel; none are
+    left when TP is the full node), and turns on what Megatron-Core's recipes do:
+    sequence parallelism when TP > 1, the distributed optimizer (``zero`` 1),
+    gradient-reduce and parameter-gather overlap, and the interleaved schedule
+    when PP > 1 and the layer count allows (:func:`interleave_degree`). If that
+    does not fit memory: selective recomputation, then full recomputation
+    (``--recompute-granularity full``) on the same layout, then more stages while
+    the devices allow it (only when TP < GPUs per node), each with the same fallbacks.
     """
 
     name = "megatron"
     description = (
-        "TP = GPUs per node (dividing the heads), PP across nodes, even layers, 4 x PP micro-batches when training"
+        "TP = GPUs per node (dividing the heads), PP across nodes, even layers; training: 4 x PP micro-batches, "
+        "SP, distributed optimizer, overlap, interleaving, selective then full recomputation"
     )
 
     def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
@@ -199,7 +255,18 @@ class Megatron(_Heuristic):
                 break
             replicas = _fill_replicas(shape, tp * pp) if shape.train else 1
             m = _micro_batches(shape, pp, replicas)
-            plans += _variants(shape, even_cuts(shape.n_layers, pp, tp), m, replicas)
+            if not shape.train:
+                plans += _variants(shape, even_cuts(shape.n_layers, pp, tp), m, replicas)
+                continue
+            techniques = {
+                "zero": 1,
+                "sequence_parallel": tp > 1,
+                "overlap": True,
+                "virtual_stages": interleave_degree(shape.n_layers, pp, m),
+            }
+            plans += [
+                _training_plan(shape, tp, pp, m, replicas, ac, **techniques) for ac in (_NO_AC, _SELECTIVE_AC, _FULL_AC)
+            ]
         return self._probe(problem, recorder, plans)
 
 
@@ -264,6 +331,102 @@ class MinTpReplicas(_Heuristic):
                 plans += _variants(shape, even_cuts(shape.n_layers, pp, tp), m, replicas)
             if shape.tps[0] * (pp + 1) > shape.devices:
                 break
+        return self._probe(problem, recorder, plans)
+
+
+def _sharded_fallbacks(
+    shape: _Shape, tp: int, replicas: int, checkpointing: tuple[str, ...], layouts: list[dict[str, Any]]
+) -> list[Plan]:
+    """ZeRO-3 plans: each activation-checkpointing mode over every layout, then one sequence per micro-batch.
+
+    The whole per-rank batch runs as one micro-batch first (torchtitan's and DeepSpeed's default: no
+    gradient accumulation); the last resort keeps the strongest checkpointing and accumulates gradients
+    over micro-batches of one sequence (``gradient_accumulation_steps`` = the per-rank batch). Layouts
+    (the techniques of each sharding choice) are tried in order at each step, so a preferred layout
+    never costs more recomputation than the next one needs.
+    """
+    per_rank = shape.batch // replicas
+    steps = [(ac, 1) for ac in checkpointing]
+    if per_rank > 1:
+        steps.append((checkpointing[-1], min(per_rank, MAX_MICRO_BATCHES)))
+    return [_training_plan(shape, tp, 1, m, replicas, ac, **techniques) for ac, m in steps for techniques in layouts]
+
+
+def _training_only(shape: _Shape, problem: Problem, name: str) -> None:
+    if not shape.train:
+        raise _NoPlan(
+            f"{name}: a training recipe (it shards optimizer state, gradients and weights); "
+            f"this is a {problem.phase} problem: use megatron, serving-default or min-tp-replicas"
+        )
+
+
+class Fsdp(_Heuristic):
+    """torchtitan's FSDP2 recipe: shard everything over the data-parallel ranks, TP only when needed.
+
+    Source: Liang et al., "TorchTitan: One-stop PyTorch native solution for
+    production ready LLM pre-training" (ICLR 2025) and torchtitan's training
+    configs: FSDP2 (``fully_shard``, i.e. ZeRO-3) over ``data_parallel_shard_degree``
+    ranks, HSDP (``data_parallel_replicate_degree`` > 1) to keep the parameter
+    all-gathers inside a node on multi-node jobs, tensor parallelism (always with
+    sequence parallelism, torchtitan's TP plan) added inside a node only for
+    models FSDP alone cannot hold, and ``[activation_checkpoint] mode`` =
+    ``selective`` or ``full`` when memory is short; FSDP2 prefetches the next
+    layer's all-gather during compute (overlap on).
+
+    Rule (training only): TP = 1, PP = 1, every device a data-parallel rank
+    (the largest count dividing the batch), the whole per-rank batch as one
+    micro-batch, ``zero`` 3 with overlap. Memory fallbacks in order: no
+    checkpointing, selective, full, then full with one sequence per micro-batch
+    (gradient accumulation); at each, on more than one node, hybrid sharding
+    first (``shard_group`` = the GPUs of a node: all-gathers stay on NVLink),
+    then sharding over all ranks (less memory, all-gathers across nodes). If
+    nothing fits, the next TP degree inside a node (dividing the heads), with
+    sequence parallelism.
+    """
+
+    name = "fsdp"
+    description = "torchtitan FSDP2: ZeRO-3 over all ranks (HSDP across nodes first), TP in a node only when needed"
+
+    def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
+        _training_only(shape, problem, self.name)
+        plans = []
+        for tp in shape.tps:
+            replicas = _fill_replicas(shape, tp)
+            group = shape.per_node // tp
+            groups = [group] if shape.nodes > 1 and 1 < group < replicas and replicas % group == 0 else []
+            layouts = [
+                {"zero": 3, "shard_group": shard_group, "overlap": True, "sequence_parallel": tp > 1}
+                for shard_group in [*groups, 0]
+            ]
+            plans += _sharded_fallbacks(shape, tp, replicas, (_NO_AC, _SELECTIVE_AC, _FULL_AC), layouts)
+        return self._probe(problem, recorder, plans)
+
+
+class DeepSpeedZero3(_Heuristic):
+    """DeepSpeed ZeRO-3: pure data parallelism with everything sharded, full checkpointing when short.
+
+    Source: Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training
+    Trillion Parameter Models" (SC'20) and DeepSpeed's configuration docs
+    (``zero_optimization.stage`` 3 with ``overlap_comm`` and
+    ``contiguous_gradients``; ``activation_checkpointing`` through
+    ``deepspeed.checkpointing``, which checkpoints whole layers), the setup of the
+    Hugging Face ``Trainer`` / Accelerate integration most DeepSpeed users run.
+
+    Rule (training only): no TP, no PP; every device a data-parallel rank (the
+    largest count dividing the batch); ``zero`` 3 over all ranks with overlap; the
+    whole per-rank batch as one micro-batch. If that does not fit: full
+    activation checkpointing, then one sequence per micro-batch with gradient
+    accumulation. There is no fallback beyond: DeepSpeed's ZeRO-3 has no model
+    parallelism of its own, so a model whose layer does not fit is reported infeasible.
+    """
+
+    name = "deepspeed-zero3"
+    description = "DeepSpeed ZeRO-3 over all ranks, no TP/PP, full activation checkpointing when short of memory"
+
+    def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
+        _training_only(shape, problem, self.name)
+        replicas = _fill_replicas(shape, 1)
+        plans = _sharded_fallbacks(shape, 1, replicas, (_NO_AC, _FULL_AC), [{"zero": 3, "overlap": True}])
         return self._probe(problem, recorder, plans)
 
 

@@ -77,6 +77,26 @@ def test_evaluate_json_contract(phase: str, extra: list[str], key: str) -> None:
         assert 0 < data["mfu"] < 1
 
 
+def test_evaluate_technique_flags_reach_the_plan_and_its_json() -> None:
+    """Each training-technique flag sets its plan field; ``--json`` shows the plan keys and the memory terms."""
+    train = [*EVAL, "--phase", "train", "--seq", "2048", "--batch", "8", "--tp", "4", "--pp", "2"]
+    data = run_json(*train, "--micro-batches", "4", "--zero", "1", "--shard-group", "2", "--sequence-parallel",
+                    "--virtual-stages", "2", "--cp", "2", "--overlap", "--tp-overlap",
+                    "--recompute-granularity", "selective")  # fmt: skip
+    assert isinstance(data, dict) and "memory_breakdown" in data
+    plan = data["plan"]
+    assert {k: plan.get(k) for k in ("zero", "shard_group", "sequence_parallel", "selective_recompute")} == {
+        "zero": 1, "shard_group": 2, "sequence_parallel": True, "selective_recompute": True}  # fmt: skip
+    assert (plan["virtual_stages"], plan["cp"], plan["overlap"], plan["tp_overlap"]) == (2, 2, True, True)
+    stages = plan["stages"]  # p x v = 4 chunks of 20 layers; chunk k on the tp x cp = 8 devices of chunk k mod 2
+    assert [s["layers"] for s in stages] == [[0, 19], [20, 39], [40, 59], [60, 79]]
+    assert stages[2]["devices"] == stages[0]["devices"] == list(range(8)) and stages[1]["devices"] == list(range(8, 16))
+    assert not any(s.get("recompute") for s in stages)
+    full = run_json(*train, "--recompute-granularity", "full", "--no-overlap")
+    assert isinstance(full, dict) and all(s["recompute"] for s in full["plan"]["stages"])
+    assert not {"selective_recompute", "overlap", "zero", "cp"} & set(full["plan"])  # defaults stay out of the file
+
+
 def test_evaluate_plan_file_and_simulator_agree(tmp_path: Path) -> None:
     plan = {
         "granularity": "layer",

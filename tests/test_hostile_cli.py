@@ -102,6 +102,43 @@ VALUES = [
     (["evaluate", *M, "--phase", "prefill", "--recompute"], ["--recompute", "prefill"]),
     (["evaluate", *M, "--plan", "plan.json", "--tp", "2"], ["--plan", "--tp"]),  # --tp ignored before
     (["evaluate", *M, "--phase", "train", "--schedule", "nope"], ["schedule", "nope"]),
+    # the training techniques of issue 18: bounds where the flag is read, combinations from Plan.problems
+    (["evaluate", *M, "--phase", "train", "--zero", "4"], ["--zero"]),
+    (["evaluate", *M, "--phase", "train", "--cp", "0"], ["--cp"]),
+    (["evaluate", *M, "--phase", "train", "--ep", "0"], ["--ep"]),
+    (["evaluate", *M, "--phase", "train", "--virtual-stages", "0"], ["--virtual-stages"]),
+    (["evaluate", *M, "--phase", "train", "--shard-group", "-1"], ["--shard-group"]),
+    (
+        [
+            "evaluate",
+            *M,
+            "--phase",
+            "train",
+            "--pp",
+            "2",
+            "--virtual-stages",
+            "2",
+            "--micro-batches",
+            "3",
+            "--batch",
+            "3",
+        ],
+        ["micro_batches (3)", "multiple of the 2 pipeline stages"],
+    ),
+    (["evaluate", *M, "--phase", "train", "--pp", "2", "--virtual-stages", "3"], ["--virtual-stages", "4 layers"]),
+    (["evaluate", *M, "--phase", "train", "--virtual-stages", "2"], ["virtual_stages", "2 pipeline stages"]),
+    (["evaluate", *M, "--phase", "train", "--ep", "2"], ["ep 2", "no experts"]),
+    (["evaluate", *M, "--phase", "train", "--shard-group", "2"], ["shard_group 2", "zero"]),
+    (["evaluate", *M, "--phase", "train", "--cp", "3", "--seq", "100"], ["cp 3", "sequence (100)"]),
+    (["evaluate", *M, "--zero", "1"], ["--zero 1", "train", "decode"]),  # training-only, like --recompute
+    (["evaluate", *M, "--phase", "prefill", "--sequence-parallel"], ["--sequence-parallel", "prefill"]),
+    (["evaluate", *M, "--overlap"], ["--overlap", "train"]),
+    (["evaluate", *M, "--phase", "train", "--recompute-granularity", "some"], ["--recompute-granularity", "selective"]),
+    (
+        ["evaluate", *M, "--phase", "train", "--recompute", "--recompute-granularity", "selective"],
+        ["--recompute", "selective"],
+    ),
+    (["evaluate", *M, "--phase", "train", "--plan", "plan.json", "--zero", "1"], ["--plan", "--zero 1"]),
     (["study", "granularity", "-o", "out", *M, "--tuners", ""], ["--tuners"]),  # ran every tuner before
     (["study", "granularity", "-o", "out", *M, "--granularities", ","], ["--granularities"]),
     (["study", "granularity", "-o", "out", *M, "--tuners", "nope"], ["--tuners", "nope"]),  # "option 'tuners'" before
