@@ -27,7 +27,7 @@ Shared conventions (documented once, used by every rule):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -178,6 +178,10 @@ def _miss(problem: Problem, plan: Plan, ev: Evaluation, rule: str) -> str:
 class _Heuristic(Tuner):
     """Shared driver: ask the rule for candidate plans, record each, stop at the rule's choice."""
 
+    #: Whether its training plans use plan-wide techniques (ZeRO, SP, interleaving...): an Optuna study that
+    #: does not search them does not start from such plans (its space could not hold them).
+    uses_techniques: ClassVar[bool] = False
+
     family = Family.HEURISTIC
     stochastic = False
     exact = False
@@ -242,6 +246,7 @@ class Megatron(_Heuristic):
     """
 
     name = "megatron"
+    uses_techniques = True
     description = (
         "TP = GPUs per node (dividing the heads), PP across nodes, even layers; training: 4 x PP micro-batches, "
         "SP, distributed optimizer, overlap, interleaving, selective then full recomputation"
@@ -385,6 +390,7 @@ class Fsdp(_Heuristic):
     """
 
     name = "fsdp"
+    uses_techniques = True
     description = "torchtitan FSDP2: ZeRO-3 over all ranks (HSDP across nodes first), TP in a node only when needed"
 
     def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:
@@ -421,6 +427,7 @@ class DeepSpeedZero3(_Heuristic):
     """
 
     name = "deepspeed-zero3"
+    uses_techniques = True
     description = "DeepSpeed ZeRO-3 over all ranks, no TP/PP, full activation checkpointing when short of memory"
 
     def _rule(self, problem: Problem, shape: _Shape, recorder: Recorder) -> list[str]:

@@ -275,9 +275,12 @@ class OptunaTuner(Tuner):
         for entry in tuner_entries():
             if entry.family != Family.HEURISTIC or recorder.done or recorder.evaluations >= end:
                 continue
+            tuner = make_tuner(entry.name)
+            if problem.phase == "train" and getattr(tuner, "uses_techniques", False) and not space.techniques:
+                continue  # its plans lie outside a space without techniques (option techniques='off')
             with recorder.scope(end - recorder.evaluations) as scope:
                 try:
-                    make_tuner(entry.name)._search(problem, recorder, rng, seed)
+                    tuner._search(problem, recorder, rng, seed)
                 except ValueError:
                     continue
             params = None if scope.best is None else space.params_of(scope.best.plan)

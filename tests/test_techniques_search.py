@@ -79,3 +79,10 @@ def test_optuna_space_draws_techniques_only_when_asked() -> None:
         make_space("placement", problem, techniques="search")
     res = tune(problem, "optuna-tpe", budget=30, seed=3, techniques="search")
     assert res.best_plan is not None and res.options.get("techniques") == "search"
+
+
+def test_a_study_without_techniques_does_not_start_from_the_technique_heuristics() -> None:
+    """megatron / fsdp / deepspeed-zero3 plan with ZeRO and SP; with techniques='off' their plans stay out."""
+    problem = _problem()
+    res = tune(problem, "optuna-tpe", budget=200, seed=0)
+    assert res.best_plan is not None and not res.best_plan.techniques()
