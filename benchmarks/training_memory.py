@@ -20,7 +20,8 @@ breakdown yet, (b) says so and checks only the transcription.
 
 (c) The first pipeline stage of GPT-3 175B (t = 8, p = 8, 1F1B with 8 micro-batches of
 b = 1) keeps L layers' worth of activations (Korthikanti et al., section 4.2.3): the
-per-layer formulas of (a) times L = 96, against ``memory_breakdown["activations"]``.
+per-layer formulas of (a) times L = 96, against ``memory_breakdown["activations"]`` of
+the analytic evaluator and of the simulator.
 
 Usage: ``python benchmarks/training_memory.py [--json] [--out FILE] [--check]``
 (``--check``: exit 1 when a figure misses the 5% target).
@@ -123,28 +124,33 @@ def pipeline_rows() -> tuple[list[dict[str, Any]], str]:
     With 1F1B the first of p stages keeps p micro-batches of its L/p layers: L layers'
     worth, whatever p, so the paper's total is L times the per-layer bytes (its
     embedding-dropout and output-layer terms, under 1% here, left out). Compared with
-    ``memory_breakdown["activations"]`` of the analytic evaluator (the most loaded device).
+    ``memory_breakdown["activations"]`` (the most loaded device) of the analytic evaluator and
+    of the simulator (tensor lifetimes).
     """
-    from paratune.costmodel import AnalyticEvaluator, Plan, get_platform
-    from paratune.graphs import build_graph
+    from paratune.costmodel import AnalyticEvaluator, Plan, Simulator, get_platform
+    from paratune.graphs import build_graph, coarsen
 
     h, a, b = SHAPES["gpt3-175b"]
     layers, t, p = 96, 8, 8
     model = "gpt3-175b:attention=unfused,dropout=true,vocab=51200"
-    ev = AnalyticEvaluator(build_graph(model, phase="train", batch=b * p, seq=SEQ), get_platform("dgx-h100x8"))
+    graph = coarsen(build_graph(model, phase="train", batch=b * p, seq=SEQ), "layer")
+    platform = get_platform("dgx-h100x8")
+    evaluators = {
+        "analytic": AnalyticEvaluator(graph, platform).evaluate,
+        "simulator": Simulator(graph, platform).evaluate,
+    }
     rows: list[dict[str, Any]] = []
     notes = []
-    for mode, (_, sp, sel) in MODES.items():
-        plan = Plan.uniform(layers, tp=t, pp=p, micro_batches=p, sequence_parallel=sp, selective_recompute=sel)
-        met = ev.evaluate(plan)
-        if not met.memory_breakdown:
-            return rows, "the analytic evaluator does not fill Metrics.memory_breakdown yet: no first-stage figures"
-        got = met.memory_breakdown.get("activations")
-        if got is None:  # an evaluator that refuses the technique says why
-            notes.append(f"{mode}: no activation figure ({met.reason or 'no activations in the breakdown'})")
-            continue
-        ref = layers * korthikanti_bytes(SEQ, b, h, a, t, sp=sp, selective=sel)
-        rows.append(_row("first stage 1F1B", f"175B t{t} p{p} m{p}", mode, got, ref))
+    for name, evaluate in evaluators.items():
+        for mode, (_, sp, sel) in MODES.items():
+            plan = Plan.uniform(layers, tp=t, pp=p, micro_batches=p, sequence_parallel=sp, selective_recompute=sel)
+            met = evaluate(plan)
+            got = met.memory_breakdown.get("activations")
+            if got is None:  # not filled, or an evaluator that refuses the technique: it says why
+                notes.append(f"{name} {mode}: no activation figure ({met.reason or 'memory_breakdown not filled'})")
+                continue
+            ref = layers * korthikanti_bytes(SEQ, b, h, a, t, sp=sp, selective=sel)
+            rows.append(_row(f"first stage {name}", f"175B t{t} p{p} m{p}", mode, got, ref))
     return rows, "; ".join(notes)
 
 
@@ -181,10 +187,10 @@ def main() -> int:
         "notes": [n for n in (note, pnote) if n],
     }
     if not emit(figures, args.out, args.json):
-        print(f"{'part':<20} {'case':<14} {'mode':<28} {'paratune GiB':>13} {'formula GiB':>12} {'error':>8}")
+        print(f"{'part':<26} {'case':<14} {'mode':<28} {'paratune GiB':>13} {'formula GiB':>12} {'error':>8}")
         for r in rows:
             print(
-                f"{r['part']:<20} {r['case']:<14} {r['mode']:<28} {r['paratune_gib']:>13.4f} "
+                f"{r['part']:<26} {r['case']:<14} {r['mode']:<28} {r['paratune_gib']:>13.4f} "
                 f"{r['formula_gib']:>12.4f} {100 * r['rel_error']:>7.2f}%{'' if r['within_target'] else '  MISSED'}"
             )
         print(f"max |error| {100 * figures['max_abs_rel_error']:.2f}% (target {100 * TARGET_REL_ERROR:.0f}%)")

@@ -130,3 +130,19 @@ def test_simulator_agrees_on_dropout_graphs(
     hidden = S * B * 2 * H * 2 / m  # one hidden-state tensor of a micro-batch
     for st, static, act in zip(plan.stages, res.static_memory_bytes, res.activation_bytes, strict=True):
         assert act <= a.peak_memory_bytes[st.devices[0]] - static + 2 * hidden
+
+
+@pytest.mark.parametrize(("sp", "selective"), [(False, False), (True, False), (False, True), (True, True)])
+def test_first_1f1b_stage_keeps_l_layers_worth(sp: bool, selective: bool) -> None:
+    """Korthikanti et al. 4.2.3: the first of p stages keeps p micro-batches of L/p layers, in both evaluators."""
+    layers, t, p = 4, 2, 2
+    g = coarsen(build_graph(SMALL.replace("layers=2", f"layers={layers}"), phase="train", batch=B * p, seq=S), "layer")
+    plan = Plan.uniform(layers, tp=t, pp=p, micro_batches=p, sequence_parallel=sp, selective_recompute=selective)
+    expected = layers * korthikanti(t, sp=sp, selective=selective)
+    analytic = AnalyticEvaluator(g, PLATFORM).evaluate(plan).memory_breakdown
+    simulated = Simulator(g, PLATFORM).evaluate(plan).memory_breakdown["activations"]
+    assert analytic["activations"] == pytest.approx(expected, rel=0.05)
+    # the lifetimes count the workspace (the analytic's buffers) with the activations, and at most two more
+    # hidden-state tensors of a micro-batch (see the simulator's docstring)
+    hidden = S * B * H * 2
+    assert expected <= simulated <= expected + analytic["buffers"] + 2 * hidden
