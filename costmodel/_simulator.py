@@ -91,7 +91,7 @@ from ._profile import in_range
 from ._simbuild import Built, build_input
 from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
 from ._simmemory import TensorSizes, activation_peaks
-from ._simtech import model_states
+from ._simtech import gemm_ops, model_states
 from ._simtrace import critical_breakdown, timeline_events
 from ._stash import StashColumns, is_attention_core, is_replicated
 from ._technique_tables import expert_split_table
@@ -206,6 +206,8 @@ class Simulator:
         self._kernels_sp: dict[tuple[int, float, int], tuple[np.ndarray, list[float]]] = {}
         self._outside: dict[tuple[int, float], list[float]] = {}
         self._task_weights: dict[tuple[int, bool], list[float]] = {}
+        self._gemm_mask: np.ndarray | None = None  # built on the first tp_overlap plan
+        self._gemm_sums: dict[tuple[int, float], list[float]] = {}
         self._work_ops = step_of_op != OPTIMIZER
         self._lower: float | None = None
 
@@ -287,6 +289,21 @@ class Simulator:
         if hit is None:
             times = np.where(self._replicated, self.kernels(tp, scale / tp, ep)[0], self.kernels(tp, scale, ep)[0])
             hit = self._kernels_sp[key] = (times, np.add.reduceat(times, self.offsets).tolist())
+        return hit
+
+    def gemm_kernels(self, tp: int, scale: float) -> list[float]:
+        """Per task: seconds of its TP-split GEMMs (:func:`._simtech.gemm_ops`), what ``tp_overlap`` hides behind.
+
+        The op mask depends on the graph only and the sums on (TP, share), so both are
+        cached: a tuner evaluating many ``tp_overlap`` plans builds them once, not per plan.
+        """
+        key = (tp, scale)
+        hit = self._gemm_sums.get(key)
+        if hit is None:
+            if self._gemm_mask is None:
+                self._gemm_mask = gemm_ops(self)
+            times = np.where(self._gemm_mask, self.kernels(tp, scale)[0], 0.0)
+            hit = self._gemm_sums[key] = np.add.reduceat(times, self.offsets).tolist()
         return hit
 
     def core_kernels(self, times: np.ndarray) -> list[float]:
