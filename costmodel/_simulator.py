@@ -36,7 +36,8 @@ Semantics (the same as the analytic's where both apply):
   term, data-parallel tails, ZeRO-3's per-slot gathers, the sharded optimizer and the
   exposed TP collectives by the analytic evaluator's conventions (:mod:`._simtech`);
   ``sequence_parallel``: replicated ops' kernels on 1/t of the tokens, their stash split
-  over TP (TP collectives and pipeline transfers keep their size, as the analytic's);
+  over TP, pipeline transfers sent as TP shards by the rank pairs in parallel (TP collectives
+  keep their size, as the analytic's);
   ``selective_recompute``: a backward of a chunk that does not recompute fully re-runs
   its forward's attention-core kernels first, the stash leaves out the core's tensors;
   ``cp``: one CP rank at 1/cp of the sequence, ring attention's exposed exchange
