@@ -259,7 +259,13 @@ def _print_result(d: dict[str, Any]) -> None:
     table.add_row(
         "", f"micro-batches {plan['micro_batches']}, replicas {plan['replicas']}, {m['devices_used']} devices"
     )
+    techniques = _techniques(plan)
+    if techniques:
+        table.add_row("techniques", escape(techniques))
     table.add_row("peak memory", f"{max(m['peak_memory_bytes'], default=0) / 2**30:.1f} GiB per device")
+    terms = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in (m.get("memory_breakdown") or {}).items() if v)
+    if terms:
+        table.add_row("memory by term", escape(f"{terms} GiB (busiest device)"))
     table.add_row("evaluations", f"{d['evaluations']} in {d['wall_s']:.2f} s")
     if d["pareto"] and len(d["pareto"]) > 1:
         front = "; ".join(f"{v[0]:.4g} s / {v[1] / 2**30:.1f} GiB" for v in (p["values"] for p in d["pareto"]))
@@ -272,6 +278,17 @@ def _print_result(d: dict[str, Any]) -> None:
     if d["plan_file"]:
         table.add_row("plan file", escape(f"{d['plan_file']} (paratune evaluate --plan {d['plan_file']} ...)"))
     console.print(table)
+
+
+def _techniques(plan: dict[str, Any]) -> str:
+    """The plan's training techniques as ``evaluate`` shows them (``zero 1, sequence_parallel True``); '' for none.
+
+    A plan dict carries only the techniques that differ from their defaults, in
+    :data:`TECHNIQUE_DEFAULTS`' order.
+    """
+    from ..costmodel import TECHNIQUE_DEFAULTS
+
+    return ", ".join(f"{k} {plan[k]}" for k in TECHNIQUE_DEFAULTS if k in plan)
 
 
 def register(app: typer.Typer) -> None:

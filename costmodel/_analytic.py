@@ -59,7 +59,8 @@ the fast path above, and the general path gives it the same numbers):
 * ``sequence_parallel``: TP collective time unchanged (reduce-scatter + all-gather = one
   all-reduce in the ring model); replicated ops (norms, residuals) priced on 1/t of the
   tokens (their kernel tables at share x t); activations from the ``stash_sp`` column
-  (layer inputs / t and one rebuilt unit of ``stash_sp`` with full recomputation).
+  (layer inputs / t and one rebuilt unit of ``stash_sp`` with full recomputation); a pipeline
+  hop moves 1/min(t, t') of the tensor per TP rank pair, the pairs in parallel (:mod:`._analytic_train`).
 * ``selective_recompute`` (stages without full recompute): backward += the attention
   core's forward kernels; activations from ``stash_sel`` / ``stash_sel_sp``.
 * ``tp_overlap``: each direction's TP collectives hidden behind the stage's TP-split GEMMs,

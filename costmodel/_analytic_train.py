@@ -1,6 +1,17 @@
 """The analytic evaluator's training step with techniques (ZeRO, SP, selective recomputation, interleaved 1F1B, CP, EP,
 overlap); formulas in :mod:`._analytic`'s docstring, terms in :mod:`._techniques`.
 
+Pipeline hops under sequence parallelism: Megatron-Core sends the pipeline tensor sharded
+over TP (``get_tensor_shapes`` divides the sequence by the TP size), each TP rank to its peer
+in the next stage over its own link (its own NIC across nodes), the t pairs in parallel. A hop
+then moves 1/t of the boundary tensor on the boundary pair's terms (:func:`._pricing.pair_link`;
+the other pairs are taken to be alike, as they are on a switch or a rail-optimised network).
+Between stages of different TP degrees the smaller one sets the shards: min(t, t') ranks each
+send or receive 1/min(t, t') of the tensor. Without SP every TP rank sends its whole
+(replicated) copy to its peer, in parallel: one whole tensor per pair, as Megatron-Core does
+(the older ``scatter_gather_tensors_in_pipeline``, 1/t per pair and a TP all-gather after it,
+left Megatron-Core in 2023 and is not modelled).
+
 Plans without techniques take :func:`._analytic_eval.evaluate_plan`'s fast path; this one
 gives the same numbers for them (tests check it) and is a few times slower, which only
 plans that use a technique pay.
@@ -175,10 +186,11 @@ def evaluate_techniques(ev: AnalyticEvaluator, plan: Plan) -> Metrics:
                 f"stage {i} (tp {t}): {int(outside)} kernel(s) run per-device work outside the calibrated "
                 f"range of profile {ev.platform.profile.name}: the prediction extrapolates"
             )
-        if i < len(stages) - 1:
-            nxt = stages[i + 1].devices
-            alpha, bw = ev.pair(st.devices, nxt)
-            hops.append(p2p_time(ev.cut[b + 1] * scale, alpha, bw))
+        if i < len(stages) - 1:  # SP: each TP rank pair sends one shard (see the module's docstring)
+            nxt = stages[i + 1]
+            alpha, bw = ev.pair(st.devices, nxt.devices)
+            shards = min(t, nxt.tp) if sp else 1
+            hops.append(p2p_time(ev.cut[b + 1] * scale / shards, alpha, bw))
 
     for s in range(p):  # micro-batches in flight at the schedule's peak
         if v == 1:

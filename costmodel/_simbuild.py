@@ -20,6 +20,11 @@ chunks they join (with p = 2, forward activations and backward gradients can sha
 a direction); each group reduces the gradients of all its chunks in one
 data-parallel all-reduce.
 
+Sequence parallelism: the tensor crossing stages is sharded over TP, each of the
+min(t, t') TP rank pairs sends 1/min(t, t') of it in parallel on the pair's terms, as the
+analytic evaluator prices a hop (:mod:`._analytic_train`); ``x_bytes`` (what the receiver
+holds in the lifetimes) keeps the whole tensor.
+
 ZeRO and ``overlap`` (data-parallel tails, ZeRO-3's per-slot gathers, the sharded
 optimizer) come from :mod:`._simtech`.
 """
@@ -163,9 +168,10 @@ def build_input(sim: Simulator, plan: Plan, stage_of: list[int], scale: float) -
         su, sv = group_of[srcs[0]], group_of[x_dst[x][0]]
         nbytes = min(x_cap[x], x_sum[x]) if x_cap[x] > 0 else x_sum[x]
         terms = pair_link(sim.platform, stages[su].devices, stages[sv].devices)
+        shards = min(stages[su].tp, stages[sv].tp) if sp else 1  # SP: each TP rank pair sends its shard
         x_link.append(link_id.setdefault((su, sv), len(link_id)))
-        x_dur.append(p2p_time(nbytes * scale, *terms))
-        x_dur_once.append(p2p_time(nbytes, *terms))
+        x_dur.append(p2p_time(nbytes * scale / shards, *terms))
+        x_dur_once.append(p2p_time(nbytes / shards, *terms))
         x_bytes.append(nbytes)
     m = plan.micro_batches
     dp = None

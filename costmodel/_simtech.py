@@ -193,7 +193,10 @@ def dp_tails(sim: Simulator, plan: Plan, group_of: list[int], backward: list[flo
 
 
 def gemm_ops(sim: Simulator) -> np.ndarray:
-    """Ops TP collectives hide behind: TP-split GEMMs (matmul, MoE), not replicated, not the attention core."""
+    """Ops TP collectives hide behind: TP-split GEMMs (matmul, MoE), not replicated, not the attention core.
+
+    A mask over the graph's ops; :meth:`Simulator.gemm_kernels` builds it once per simulator.
+    """
     core = np.array([is_attention_core(op) for task in sim.tasks for op in task.ops], dtype=bool)
     gemm = np.isin(np.array(sim.table.kinds), ["matmul", "moe"])
     return gemm & ~sim.table.replicated & ~core
@@ -203,22 +206,17 @@ def tp_overlap_keep(sim: Simulator, plan: Plan, chunk_of: list[int], allreduces:
     """Per task: the share of its TP all-reduce seconds (``allreduces``) left exposed by ``tp_overlap``."""
     T = len(sim.ids)
     keep = [1.0] * T
-    mask = gemm_ops(sim)
     n = len(plan.stages)
     comm = [[0.0, 0.0] for _ in range(n)]
     gemm = [[0.0, 0.0] for _ in range(n)]
-    per_tp: dict[int, list[float]] = {}
     scale = 1.0 / (plan.replicas * plan.micro_batches * plan.cp)
-    for st in plan.stages:
-        if st.tp not in per_tp:
-            times = sim.kernels(st.tp, scale)[0]
-            per_tp[st.tp] = np.add.reduceat(np.where(mask, times, 0.0), sim.offsets).tolist()
+    per_chunk = [sim.gemm_kernels(st.tp, scale) for st in plan.stages]  # cached per (TP, share) by the simulator
     for i, k in enumerate(chunk_of):
         step = sim.step[i]
         if sim.once[i] or step not in (FORWARD, BACKWARD):
             continue
         comm[k][step] += allreduces[i]
-        gemm[k][step] += per_tp[plan.stages[k].tp][i]
+        gemm[k][step] += per_chunk[k][i]
     for i, k in enumerate(chunk_of):
         step = sim.step[i]
         if sim.once[i] or step not in (FORWARD, BACKWARD) or comm[k][step] <= 0.0:

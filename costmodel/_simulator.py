@@ -36,7 +36,8 @@ Semantics (the same as the analytic's where both apply):
   term, data-parallel tails, ZeRO-3's per-slot gathers, the sharded optimizer and the
   exposed TP collectives by the analytic evaluator's conventions (:mod:`._simtech`);
   ``sequence_parallel``: replicated ops' kernels on 1/t of the tokens, their stash split
-  over TP (TP collectives and pipeline transfers keep their size, as the analytic's);
+  over TP, pipeline transfers sent as TP shards by the rank pairs in parallel (TP collectives
+  keep their size, as the analytic's);
   ``selective_recompute``: a backward of a chunk that does not recompute fully re-runs
   its forward's attention-core kernels first, the stash leaves out the core's tensors;
   ``cp``: one CP rank at 1/cp of the sequence, ring attention's exposed exchange
@@ -91,7 +92,7 @@ from ._profile import in_range
 from ._simbuild import Built, build_input
 from ._simengine import BACKWARD, FORWARD, OPTIMIZER, SimOutput, simulate
 from ._simmemory import TensorSizes, activation_peaks
-from ._simtech import model_states
+from ._simtech import gemm_ops, model_states
 from ._simtrace import critical_breakdown, timeline_events
 from ._stash import StashColumns, is_attention_core, is_replicated
 from ._technique_tables import expert_split_table
@@ -206,6 +207,8 @@ class Simulator:
         self._kernels_sp: dict[tuple[int, float, int], tuple[np.ndarray, list[float]]] = {}
         self._outside: dict[tuple[int, float], list[float]] = {}
         self._task_weights: dict[tuple[int, bool], list[float]] = {}
+        self._gemm_mask: np.ndarray | None = None  # built on the first tp_overlap plan
+        self._gemm_sums: dict[tuple[int, float], list[float]] = {}
         self._work_ops = step_of_op != OPTIMIZER
         self._lower: float | None = None
 
@@ -287,6 +290,21 @@ class Simulator:
         if hit is None:
             times = np.where(self._replicated, self.kernels(tp, scale / tp, ep)[0], self.kernels(tp, scale, ep)[0])
             hit = self._kernels_sp[key] = (times, np.add.reduceat(times, self.offsets).tolist())
+        return hit
+
+    def gemm_kernels(self, tp: int, scale: float) -> list[float]:
+        """Per task: seconds of its TP-split GEMMs (:func:`._simtech.gemm_ops`), what ``tp_overlap`` hides behind.
+
+        The op mask depends on the graph only and the sums on (TP, share), so both are
+        cached: a tuner evaluating many ``tp_overlap`` plans builds them once, not per plan.
+        """
+        key = (tp, scale)
+        hit = self._gemm_sums.get(key)
+        if hit is None:
+            if self._gemm_mask is None:
+                self._gemm_mask = gemm_ops(self)
+            times = np.where(self._gemm_mask, self.kernels(tp, scale)[0], 0.0)
+            hit = self._gemm_sums[key] = np.add.reduceat(times, self.offsets).tolist()
         return hit
 
     def core_kernels(self, times: np.ndarray) -> list[float]:

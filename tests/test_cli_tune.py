@@ -1,10 +1,11 @@
-"""``paratune tune`` and ``paratune tuners list``: the JSON contract, the plan file round trip, user errors."""
+"""``paratune tune`` and ``paratune tuners list``: the JSON contract, the table, the plan file, user errors."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from paratune.cli import app
@@ -65,3 +66,40 @@ def test_tune_reports_no_feasible_plan_with_exit_1() -> None:
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["best_plan"] is None and data["notes"]
+
+
+TRAIN = ["--model", "llama2-7b:layers=8", "--platform", "dgx-a100", "--phase", "train", "--batch", "8", "--seq", "512"]
+
+
+def _row(output: str, label: str) -> str:
+    """The text of the table row named ``label`` ('' when the table has none)."""
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 2 and cells[0] == label:
+            return cells[1]
+    return ""
+
+
+def test_tune_table_shows_the_plan_techniques_and_its_memory_by_term() -> None:
+    args = ["tune", "--tuner", "megatron", *TRAIN, "--no-optimum"]
+    data = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    plan, metrics = data["best_plan"], data["best_metrics"]
+    assert (plan["zero"], plan["sequence_parallel"], plan["overlap"]) == (1, True, True)  # Megatron's defaults
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert _row(result.output, "techniques") == "zero 1, sequence_parallel True, overlap True"
+    terms = _row(result.output, "memory by term")
+    assert terms.endswith("GiB (busiest device)"), result.output
+    shown = dict(part.split(" ") for part in terms.removesuffix(" GiB (busiest device)").split(", "))
+    expected = {k: v / 2**30 for k, v in metrics["memory_breakdown"].items() if v}
+    assert shown.keys() == expected.keys()
+    for key, value in expected.items():
+        assert float(shown[key]) == pytest.approx(value, abs=0.006), key
+    assert sum(expected.values()) == pytest.approx(max(metrics["peak_memory_bytes"]) / 2**30, rel=1e-9)
+
+
+def test_tune_table_shows_no_techniques_row_for_a_plan_without_them() -> None:
+    result = runner.invoke(app, ["tune", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert _row(result.output, "techniques") == ""
+    assert "kv_cache" in _row(result.output, "memory by term")  # a decode plan's memory: weights and the KV cache

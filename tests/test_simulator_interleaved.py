@@ -233,7 +233,7 @@ def test_sequence_parallel_and_selective_agree_with_the_analytic_evaluator(model
 
     With SP and *full* recomputation only the step is compared: the analytic divides every
     checkpointed layer input and the rebuilt unit by t, while the simulator keeps the
-    stage's received input whole (a pipeline transfer keeps its size in both evaluators).
+    stage's received input whole in memory (its transfer is sent as TP shards, its buffer is not).
     """
     sim = _sim(model, granularity)
     ev = AnalyticEvaluator(sim.graph, PLATFORM)
