@@ -283,7 +283,8 @@ def evaluate(
         given = f" (given: {', '.join(flags)})" if flags else ""
         raise ValueError("--plan FILE gives the whole plan: leave out --tp, --pp, --micro-batches, --replicas, "
                          f"--schedule, --recompute and the technique flags{given}")  # fmt: skip
-    check_at_most(tp * cp * pp, MAX_DEVICES, f"--tp x --cp x --pp ({tp} x {cp} x {pp})")  # before Plan.uniform
+    what = f"--tp x --pp ({tp} x {pp})" if cp == 1 else f"--tp x --cp x --pp ({tp} x {cp} x {pp})"
+    check_at_most(tp * cp * pp, MAX_DEVICES, what)  # before Plan.uniform
     plat = get_platform(platform)
     if plan_file is not None:
         plan = Plan.load(plan_file)

@@ -458,6 +458,11 @@ def p2p_time(nbytes: float, alpha: float, bandwidth: float) -> float:
 def group_link(platform: Platform, devices: tuple[int, ...] | list[int]) -> tuple[float, float]:
     """(alpha, bytes/s) for collectives of a device group: its slowest link, mesh hops included.
 
+    A group spanning nodes runs one ring per rail (NCCL's multi-rail rings): each member
+    brings its own NIC (``inter`` is a bandwidth per device), so a group with k members
+    on each node gets k NICs' bandwidth, capped by the ``intra`` link its rings also
+    cross (:func:`rails`); a group with one member per node gets one NIC, as before.
+
     The link class's per-collective base latency is spread over the 2(n-1) steps of a
     ring all-reduce of the group's n ranks, so every evaluator keeps the ring formula
     (and its linearity in alpha) and an all-reduce costs base + 2(n-1)·alpha + ...;
@@ -466,10 +471,27 @@ def group_link(platform: Platform, devices: tuple[int, ...] | list[int]) -> tupl
     link_class = platform.link_class(devices)
     alpha, bw = platform.link_terms(link_class)
     alpha *= platform.hops(devices)
+    if link_class == "inter" and "intra" in platform.links and (k := rails(platform, devices)) > 1:
+        bw = min(bw * k, platform.link_terms("intra")[1])  # the rings also cross NVLink inside each node
     base = platform.profile.link(link_class).base_latency_s
     if base and len(devices) > 1:
         alpha += base / (2 * (len(devices) - 1))
     return alpha, bw
+
+
+def rails(platform: Platform, devices: tuple[int, ...] | list[int]) -> int:
+    """NICs a group's rings cross nodes on: its fewest members on any node it spans (1 inside a node).
+
+    Why the fewest: every ring visits every node, so the node with the fewest members
+    (and NICs) is where the rings queue. Groups that share nodes (the DP groups of TP
+    ranks) each use their own members' NICs, so pricing them one at a time double
+    counts nothing.
+    """
+    counts: dict[int, int] = {}
+    for d in devices:
+        node = platform.node_of(d)
+        counts[node] = counts.get(node, 0) + 1
+    return min(counts.values()) if len(counts) > 1 else 1
 
 
 def pair_link(platform: Platform, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[float, float]:

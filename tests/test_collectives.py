@@ -15,7 +15,7 @@ from paratune.costmodel import AnalyticEvaluator, Plan, Simulator, allreduce_tim
 from paratune.costmodel._collectives import Collectives, bus_factor
 from paratune.costmodel._fields import FieldReader
 from paratune.costmodel._platform import Platform, platforms_dir
-from paratune.costmodel._pricing import GroupLink, group_terms, tp_allreduce_array, tp_allreduce_time
+from paratune.costmodel._pricing import GroupLink, group_terms, rails, tp_allreduce_array, tp_allreduce_time
 from paratune.costmodel._profile import Profile
 from paratune.graphs import build_graph, coarsen
 from paratune.search import Problem, tune
@@ -207,3 +207,46 @@ def test_fitted_fragment_loads_and_prices_the_measured_all_reduce() -> None:
     link = group_terms(platform, tuple(range(8)))
     pred = np.array([tp_allreduce_time(s, 1, 8, link) for s in curve.nbytes])
     np.testing.assert_allclose(pred, curve.seconds, rtol=0.15)
+
+
+def test_groups_across_nodes_get_one_nic_per_member_on_each_node_capped_by_nvlink() -> None:
+    """NCCL runs one ring per rail: k members per node cross nodes on k NICs, one per node on one; never past NVLink."""
+    platform = get_platform("dgx-a100x8")
+    alpha_nic, nic = platform.link_terms("inter")
+    _, nvlink = platform.link_terms("intra")
+    assert 2 * nic < nvlink < 64 * nic
+    one_per_node = tuple(range(0, 64, 8))
+    assert group_link(platform, one_per_node)[1] == pytest.approx(nic, rel=1e-12)
+    assert group_link(platform, (0, 1, 8, 9))[1] == pytest.approx(2 * nic, rel=1e-12)
+    assert group_link(platform, tuple(range(64)))[1] == pytest.approx(min(8 * nic, nvlink), rel=1e-12)
+    assert rails(platform, (0, 1, 2, 3, 8)) == 1  # the node with the fewest members sets the rings' NICs
+    assert rails(platform, tuple(range(8))) == 1 and rails(platform, tuple(range(64))) == 8
+    # Latency is the link's whatever the rails; a group inside one node is priced as before.
+    base = platform.profile.link("inter").base_latency_s
+    assert group_link(platform, tuple(range(64)))[0] == pytest.approx(alpha_nic + base / 126, rel=1e-12)
+    assert group_link(platform, tuple(range(8)))[1] == nvlink
+    wide = dataclasses.replace(
+        platform, links={**platform.links, "inter": dataclasses.replace(platform.links["inter"], bandwidth=1e15)}
+    )
+    assert group_link(wide, tuple(range(16)))[1] == pytest.approx(nvlink, rel=1e-12)
+    assert group_link(wide, (0, 8))[1] == pytest.approx(1e15 * platform.profile.link("inter").efficiency, rel=1e-12)
+
+
+def test_data_parallel_across_nodes_is_cheaper_with_more_members_per_node_in_both_evaluators() -> None:
+    """TP-1 replicas put 8 DP members on each node: 8 rails. The evaluators agree, and the all-reduce costs several
+    times less than where NVLink is as slow as one NIC (which caps the rings at one NIC's bandwidth)."""
+    graph = coarsen(build_graph("llama2-7b:layers=2", phase="train", batch=16, seq=256), "layer")
+    platform = get_platform("dgx-a100x2")
+    prof = platform.profile
+    one_nic = platform.links["inter"].bandwidth * prof.link("inter").efficiency / prof.link("intra").efficiency
+    slow = dataclasses.replace(
+        platform, links={**platform.links, "intra": dataclasses.replace(platform.links["intra"], bandwidth=one_nic)}
+    )
+    assert group_link(slow, tuple(range(16)))[1] == pytest.approx(platform.link_terms("inter")[1], rel=1e-9)
+    comm = {}
+    for name, plat in (("rails", platform), ("one NIC", slow)):
+        plan = Plan.uniform(2, tp=1, replicas=16)
+        a, s = AnalyticEvaluator(graph, plat).evaluate(plan), Simulator(graph, plat).evaluate(plan)
+        assert s.step_s == pytest.approx(a.step_s, rel=0.01), name
+        comm[name] = a.breakdown["communication_s"]
+    assert 0 < comm["rails"] < comm["one NIC"] / 4
