@@ -626,55 +626,58 @@ class TrainDP:
                             ok &= ~plain
                         if not rc:
                             plain = ok
-                        if not ok.any():
+                        # Only first cuts where the stage fits and leaves its prefix enough devices: the
+                        # children are priced on those columns alone (a few of the i_next), same numbers.
+                        cols = np.flatnonzero(ok & (min_dev[:i_next] <= d0))
+                        if d0 > 0:
+                            cols = cols[cols > 0]
+                        if not len(cols):
                             continue
-                        b, tail = b_all[:i_next, j], tail_all[:i_next, j]
-                        shape = (len(items), i_next)
+                        f, b, tail = f[cols], b_all[cols, j], tail_all[cols, j]
+                        need = need[cols]
+                        shape = (len(items), len(cols))
                         terms = _prepend(P, Q, TRIP, f, b, hop, tail, k, m, NEXT)
                         p2, q2, trip2 = (np.broadcast_to(x, shape) for x in terms)
                         mem2 = np.broadcast_to(need, shape) if k == 0 else np.maximum(MEM, need)
-                        first = np.arange(i_next)
-                        complete = first == 0
+                        complete = cols == 0
                         rest = np.maximum(
-                            p2 + np.maximum(pre_fb[first], pack_fb[first, d0]),
-                            q2 + np.maximum(pre_f[first], pack_f[first, d0]),
+                            p2 + np.maximum(pre_fb[cols], pack_fb[cols, d0]),
+                            q2 + np.maximum(pre_f[cols], pack_f[cols, d0]),
                         )
                         if d0 > 0:
-                            rest = np.maximum(rest, pre_w[first] / d0)
+                            rest = np.maximum(rest, pre_w[cols] / d0)
                             ta, tb, taq, tf = prefix_tabs[min(k + 1, followers)]
                             rest = np.maximum(
                                 rest,
                                 np.maximum(
-                                    np.maximum(ta[first, d0], taq[first, d0]),
-                                    np.maximum(tb[first, d0] + p2, tf[first, d0] + q2),
+                                    np.maximum(ta[cols, d0], taq[cols, d0]),
+                                    np.maximum(tb[cols, d0] + p2, tf[cols, d0] + q2),
                                 ),
                             )
                         lb = np.where(complete, np.maximum(p2 + tail, q2), rest)
-                        place = ok & ((first > 0) | (d0 == 0)) & (min_dev[first] <= d0)
-                        keep = np.broadcast_to(place, lb.shape).copy()
+                        keep = np.ones(lb.shape, dtype=bool)
                         if self.multi:
                             for fl, fm in self.front:
                                 keep &= ~((fl <= lb * (1 - SLACK)) & (fm <= mem2))
                         else:
                             keep &= lb * (1 - SLACK) < self.best
                         self.labels += int(keep.sum())
-                        for a, i in zip(*np.nonzero(keep), strict=True):
-                            stage = (int(i), j, t, rc, float(f[i]), float(b[i]), hop, float(tail[i]))
-                            lab = (
-                                float(p2[a, i]),
-                                float(q2[a, i]),
-                                float(mem2[a, i]),
-                                items[a],
-                                stage,
-                                float(trip2[a, i]),
-                            )
+                        rows, cs = np.nonzero(keep)
+                        firsts = cols[cs].tolist()
+                        fs, bs, tails = f[cs].tolist(), b[cs].tolist(), tail[cs].tolist()
+                        ps, qs, mems = p2[rows, cs].tolist(), q2[rows, cs].tolist(), mem2[rows, cs].tolist()
+                        trips, lbs = trip2[rows, cs].tolist(), lb[rows, cs].tolist()
+                        for n_, a in enumerate(rows.tolist()):
+                            i = firsts[n_]
+                            stage = (i, j, t, rc, fs[n_], bs[n_], hop, tails[n_])
+                            lab = (ps[n_], qs[n_], mems[n_], items[a], stage, trips[n_])
                             if i == 0:
-                                pending.append((float(lb[a, i]), float(mem2[a, i]), m, lab))
+                                pending.append((lbs[n_], mems[n_], m, lab))
                                 if len(pending) >= CHUNK:
                                     self._price(pending, r, m, dev)
                                     pending = []
                             else:
-                                states.setdefault((int(i), dsuf + t, k + 1), []).append(lab)
+                                states.setdefault((i, dsuf + t, k + 1), []).append(lab)
                 if self.labels > self.max_labels:  # run() falls back on this combination's root bound
                     self._price(pending, r, m, dev)
                     return
