@@ -38,7 +38,13 @@ CHUNK = 512
 #: rungs cost more than the exact pass itself on the 64-GPU cases: gpt3-175b's 0.5 % pass twice its 1 %).
 GAPS = (0.05, 0.02, 0.01)
 #: Prefix tables (see TrainDP._prefix_tables) kept apart per number of following stages up to this one.
-EXACT_FOLLOWERS = 16
+EXACT_FOLLOWERS = 24
+#: Floors on a suffix's round trip for which the exact pass keeps prefix tables, as fractions of the whole
+#: model's cheapest traversal (see TrainDP._trip_tables); a label uses the highest floor below its trip.
+TRIP_FLOORS = (0.0, 0.45, 0.9, 1.15, 1.4, 1.6)
+#: The exact pass prices the trip floors (one prefix table each) only after a first pass of at least this many
+#: labels: on small problems the extra tables cost more than the labels they save.
+TRIP_MIN_LABELS = 5_000
 
 
 def _waits(trip: Any, f: Any, b: Any, w: Any, m: int) -> Any:
@@ -315,8 +321,11 @@ class TrainDP:
         """K: the prefix tables are exact for prefixes followed by k < K stages, and share one table beyond."""
         return min(m, EXACT_FOLLOWERS)
 
-    def _prefix_tables(self, r: int, m: int, cap: float = math.inf) -> list[tuple[np.ndarray, ...]]:
+    def _prefix_tables(self, r: int, m: int, cap: float = math.inf, trip: float = 0.0) -> list[tuple[np.ndarray, ...]]:
         """Admissible completions of a suffix by any prefix of cuts[:i] on devices [0, d): ``(A, B, Aq, F)[i, d]``.
+
+        ``trip``: a floor on the suffix's round trip (micro-batch 0 through its stages and
+        hops); valid for suffixes whose trip is at least this (:meth:`_trip_tables`).
 
         Prepending a prefix to a suffix of bound terms (P, Q) gives the plan's bound
         max(A, B + P, Aq, F + Q): A and Aq are the prefix's own 1F1B terms (its stages'
@@ -338,7 +347,7 @@ class TrainDP:
         it cannot complete a plan that beats a value <= cap), valid for pruning against
         any incumbent <= cap.
         """
-        key = ("prefix_tables", r, m, cap)
+        key = ("prefix_tables", r, m, cap, trip)
         if key in self.space._cache:
             return self.space._cache[key]
         space = self.space
@@ -356,6 +365,7 @@ class TrainDP:
         rest = np.maximum(  # [followers, i, d used]
             (cum_fb[-1] - cum_fb)[None, :, None], self._rest_by_followers(share, m, dev, K)[:, :, ::-1]
         )
+        rest = np.maximum(rest, trip)  # every prefix stage's round trip runs through the suffix
         # warm-up forwards per table (the last holds stages keeping min(m, K + 1) up to m: m is the least wait)
         warm = np.array([*levels[:-1], m])[:, None, None]
         #: (t, d values of one link class, fits per table, f, f + b, tail)
@@ -404,6 +414,36 @@ class TrainDP:
         self.space._cache[key] = tables
         return tables
 
+    def _trip_tables(
+        self, r: int, m: int, floors: tuple[float, ...]
+    ) -> tuple[np.ndarray, list[tuple[np.ndarray, ...]]]:
+        """Prefix tables at floors on the suffix's round trip: (floors in s, per table (A, B, Aq, F)[g, i, d]).
+
+        A prefix stage waits for micro-batch 0's round trip through every stage after it
+        (:func:`_waits`), the suffix's included, so a suffix whose trip is at least a floor
+        completes only with prefixes whose own terms are priced with that floor: their A and
+        Aq grow, and under the cap fewer prefixes remain for B and F. Deep suffixes of many
+        small stages have long trips, and the prefixes that would complete them cheaply in the
+        trip-free tables cannot (llama3-405b on 64 H200: 1.45M labels in the exact pass without
+        floors, 0.27M with). ``floors`` are fractions of the whole model's cheapest traversal;
+        the first must be 0 (every trip is at least 0).
+        """
+        cap = self._caps.get((r, m), math.inf) if not self.multi and math.isfinite(self.best) else math.inf
+        key = ("trip_tables", r, m, cap, floors)
+        if key in self.space._cache:
+            return self.space._cache[key]
+        scale = float(self._prefix_bounds(r * m, self.space.max_devices // r)[0][-1])
+        grid = np.array([g * scale for g in floors])
+        tabs = [self._prefix_tables(r, m, cap, float(g)) for g in grid]
+        by_trip = [tuple(np.stack([t[lv][q] for t in tabs]) for q in range(4)) for lv in range(len(tabs[0]))]
+        self.space._cache[key] = out = (grid, by_trip)
+        return out
+
+    def _drop_tables(self, r: int, m: int, cap: float) -> None:
+        """Forget the prefix tables of one cap (they are large), at every trip floor."""
+        for key in [k for k in self.space._cache if k[0] in ("prefix_tables", "trip_tables") and k[1:4] == (r, m, cap)]:
+            del self.space._cache[key]
+
     def _capped_tables(self, r: int, m: int) -> list[tuple[np.ndarray, ...]]:
         """The prefix tables capped near the incumbent (recomputed when it has dropped by 1% since)."""
         if self.multi or not math.isfinite(self.best):
@@ -411,7 +451,7 @@ class TrainDP:
         cap = self._caps.get((r, m))
         if cap is None or self.best < 0.99 * cap:
             if cap is not None:  # tables are large: keep one cap's per batch split
-                self.space._cache.pop(("prefix_tables", r, m, cap), None)
+                self._drop_tables(r, m, cap)
             cap = self._caps[(r, m)] = self.best * (1 + 1e-6)
         return self._prefix_tables(r, m, cap)
 
@@ -523,7 +563,7 @@ class TrainDP:
                 continue
             self.best, self.best_item, self.labels = threshold, None, 0
             for (r, m), cap in self._caps.items():  # prefix tables capped at the threshold prune far more
-                self.space._cache.pop(("prefix_tables", r, m, cap), None)
+                self._drop_tables(r, m, cap)
             self._caps.clear()
             finished = True
             cap, self.max_labels = self.max_labels, self.max_labels - spent  # what the passes before left
@@ -578,6 +618,8 @@ class TrainDP:
         prefix_tabs, followers = self._capped_tables(r, m), self._followers(m)
         if prefix_tabs[0][0][n, dev] * (1 - SLACK) >= self.best:  # no whole plan within the cap beats the best
             return
+        floors = TRIP_FLOORS if not self.dominance and self.first_pass >= TRIP_MIN_LABELS else (0.0,)
+        grid, by_trip = self._trip_tables(r, m, floors)
         # stage tables per (t, rc, first device)
         tables: dict[tuple[int, bool, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for t in space.tps:
@@ -646,12 +688,14 @@ class TrainDP:
                         )
                         if d0 > 0:
                             rest = np.maximum(rest, pre_w[cols] / d0)
-                            ta, tb, taq, tf = prefix_tabs[min(k + 1, followers)]
+                            ta, tb, taq, tf = by_trip[min(k + 1, followers)]
+                            g = np.searchsorted(grid, trip2, side="right") - 1  # the highest floor <= the trip
+                            cc = np.broadcast_to(cols, g.shape)
                             rest = np.maximum(
                                 rest,
                                 np.maximum(
-                                    np.maximum(ta[cols, d0], taq[cols, d0]),
-                                    np.maximum(tb[cols, d0] + p2, tf[cols, d0] + q2),
+                                    np.maximum(ta[g, cc, d0], taq[g, cc, d0]),
+                                    np.maximum(tb[g, cc, d0] + p2, tf[g, cc, d0] + q2),
                                 ),
                             )
                         lb = np.where(complete, np.maximum(p2 + tail, q2), rest)
