@@ -132,6 +132,7 @@ class TrainDP:
         self.proven_static = False  # infeasible for any plan: the weights and state exceed the devices
         self.stopped = False  # the label cap stopped the search (see cap_note)
         self.gap_labels = 0  # labels of the passes that prove a gap after the cap (see _gap_passes)
+        self.floors = False  # the exact pass prices trip floors (see _trip_tables)
         self._caps: dict[tuple[int, int], float] = {}  # the cap of each (r, m)'s capped prefix tables
 
     # -- bounds -----------------------------------------------------------------------
@@ -519,6 +520,9 @@ class TrainDP:
                 self._solve(r, m, d)
         self.dominance = False
         self.first_pass, self.labels = self.labels, 0
+        # gap passes prune against lower thresholds, where the floors' extra tables (one per cap) cost more than
+        # the labels they save (gpt3-175b on 64 A100)
+        self.floors = self.first_pass >= TRIP_MIN_LABELS
         for k, (root, r, m, d) in enumerate(combos):
             if not self.multi and root * (1 - SLACK) >= self.best:
                 continue
@@ -555,6 +559,7 @@ class TrainDP:
         the cap cuts short with the finest gap proven so far.
         """
         exact_labels = self.labels
+        self.floors = False
         saved = self.best, self.best_item
         spent = 0
         for gap in GAPS:
@@ -618,8 +623,7 @@ class TrainDP:
         prefix_tabs, followers = self._capped_tables(r, m), self._followers(m)
         if prefix_tabs[0][0][n, dev] * (1 - SLACK) >= self.best:  # no whole plan within the cap beats the best
             return
-        floors = TRIP_FLOORS if not self.dominance and self.first_pass >= TRIP_MIN_LABELS else (0.0,)
-        grid, by_trip = self._trip_tables(r, m, floors)
+        grid, by_trip = self._trip_tables(r, m, TRIP_FLOORS if self.floors else (0.0,))
         # stage tables per (t, rc, first device)
         tables: dict[tuple[int, bool, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for t in space.tps:
