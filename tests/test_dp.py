@@ -85,7 +85,7 @@ def test_dp_with_trip_floors_on_every_problem_equals_enumerate(objective: str, m
 
     monkeypatch.setattr(_dp_train, "TRIP_MIN_LABELS", 0)
     rng = np.random.default_rng(77 + len(objective))
-    for _ in range(8):
+    for _ in range(5):
         _check(_random_problem(rng, "train", objective))
 
 
@@ -366,16 +366,17 @@ def test_prefix_tables_with_trip_floors_never_exceed_the_makespan() -> None:
 
     rng = np.random.default_rng(5)
     checked = raised = 0
-    while checked < 300:
+    while checked < 150:
         p = _random_problem(rng, "train", "step")
         space = LayeredSpace.build(p, max_micro_batches=4)
         dp = TrainDP(space, Recorder(p, "dp", None), 10**6)
-        for r, m in space.pairs:
+        for k in rng.choice(len(space.pairs), min(2, len(space.pairs)), replace=False):
+            r, m = space.pairs[int(k)]
             share, budget = r * m, space.max_devices // r
             grid, tabs = dp._trip_tables(r, m, TRIP_FLOORS)
             assert grid[0] == 0.0 and np.all(np.diff(grid) > 0)
             K = dp._followers(m)
-            for _ in range(10):
+            for _ in range(40):
                 n_st = int(rng.integers(1, min(space.n_cuts, budget) + 1))
                 cuts = sorted(rng.choice(np.arange(1, space.n_cuts), n_st - 1, replace=False).tolist())
                 bounds = list(zip([0, *cuts], [c - 1 for c in cuts] + [space.n_cuts - 1], strict=True))
