@@ -39,7 +39,8 @@ per two micro-batches, so two bottleneck stages across a slow link cost more tha
 either alone), which brings the bound of heterogeneous plans within a fraction of a
 percent of their makespan. Suffixes whose bound (completed by
 an admissible prefix: the cheapest sums, and prefix tables that price the prefix's
-own pipeline terms with its stages' memory at their 1F1B positions) reaches the
+own pipeline terms with its stages' memory at their 1F1B positions, and in the exact
+pass their waits with a floor on the suffix's round trip) reaches the
 incumbent are dropped; every complete plan left is priced exactly (the makespan
 recursion on numpy arrays, many plans at once) in increasing bound order until the
 next bound reaches the best value. Nothing is dropped except by a valid bound, so

@@ -38,7 +38,13 @@ CHUNK = 512
 #: rungs cost more than the exact pass itself on the 64-GPU cases: gpt3-175b's 0.5 % pass twice its 1 %).
 GAPS = (0.05, 0.02, 0.01)
 #: Prefix tables (see TrainDP._prefix_tables) kept apart per number of following stages up to this one.
-EXACT_FOLLOWERS = 16
+EXACT_FOLLOWERS = 24
+#: Floors on a suffix's round trip for which the exact pass keeps prefix tables, as fractions of the whole
+#: model's cheapest traversal (see TrainDP._trip_tables); a label uses the highest floor below its trip.
+TRIP_FLOORS = (0.0, 0.45, 0.9, 1.15, 1.4, 1.6)
+#: The exact pass prices the trip floors (one prefix table each) only after a first pass of at least this many
+#: labels: on small problems the extra tables cost more than the labels they save.
+TRIP_MIN_LABELS = 5_000
 
 
 def _waits(trip: Any, f: Any, b: Any, w: Any, m: int) -> Any:
@@ -126,6 +132,7 @@ class TrainDP:
         self.proven_static = False  # infeasible for any plan: the weights and state exceed the devices
         self.stopped = False  # the label cap stopped the search (see cap_note)
         self.gap_labels = 0  # labels of the passes that prove a gap after the cap (see _gap_passes)
+        self.floors = False  # the exact pass prices trip floors (see _trip_tables)
         self._caps: dict[tuple[int, int], float] = {}  # the cap of each (r, m)'s capped prefix tables
 
     # -- bounds -----------------------------------------------------------------------
@@ -315,8 +322,11 @@ class TrainDP:
         """K: the prefix tables are exact for prefixes followed by k < K stages, and share one table beyond."""
         return min(m, EXACT_FOLLOWERS)
 
-    def _prefix_tables(self, r: int, m: int, cap: float = math.inf) -> list[tuple[np.ndarray, ...]]:
+    def _prefix_tables(self, r: int, m: int, cap: float = math.inf, trip: float = 0.0) -> list[tuple[np.ndarray, ...]]:
         """Admissible completions of a suffix by any prefix of cuts[:i] on devices [0, d): ``(A, B, Aq, F)[i, d]``.
+
+        ``trip``: a floor on the suffix's round trip (micro-batch 0 through its stages and
+        hops); valid for suffixes whose trip is at least this (:meth:`_trip_tables`).
 
         Prepending a prefix to a suffix of bound terms (P, Q) gives the plan's bound
         max(A, B + P, Aq, F + Q): A and Aq are the prefix's own 1F1B terms (its stages'
@@ -338,7 +348,7 @@ class TrainDP:
         it cannot complete a plan that beats a value <= cap), valid for pruning against
         any incumbent <= cap.
         """
-        key = ("prefix_tables", r, m, cap)
+        key = ("prefix_tables", r, m, cap, trip)
         if key in self.space._cache:
             return self.space._cache[key]
         space = self.space
@@ -356,6 +366,7 @@ class TrainDP:
         rest = np.maximum(  # [followers, i, d used]
             (cum_fb[-1] - cum_fb)[None, :, None], self._rest_by_followers(share, m, dev, K)[:, :, ::-1]
         )
+        rest = np.maximum(rest, trip)  # every prefix stage's round trip runs through the suffix
         # warm-up forwards per table (the last holds stages keeping min(m, K + 1) up to m: m is the least wait)
         warm = np.array([*levels[:-1], m])[:, None, None]
         #: (t, d values of one link class, fits per table, f, f + b, tail)
@@ -404,6 +415,36 @@ class TrainDP:
         self.space._cache[key] = tables
         return tables
 
+    def _trip_tables(
+        self, r: int, m: int, floors: tuple[float, ...]
+    ) -> tuple[np.ndarray, list[tuple[np.ndarray, ...]]]:
+        """Prefix tables at floors on the suffix's round trip: (floors in s, per table (A, B, Aq, F)[g, i, d]).
+
+        A prefix stage waits for micro-batch 0's round trip through every stage after it
+        (:func:`_waits`), the suffix's included, so a suffix whose trip is at least a floor
+        completes only with prefixes whose own terms are priced with that floor: their A and
+        Aq grow, and under the cap fewer prefixes remain for B and F. Deep suffixes of many
+        small stages have long trips, and the prefixes that would complete them cheaply in the
+        trip-free tables cannot (llama3-405b on 64 H200: 1.45M labels in the exact pass without
+        floors, 0.27M with). ``floors`` are fractions of the whole model's cheapest traversal;
+        the first must be 0 (every trip is at least 0).
+        """
+        cap = self._caps.get((r, m), math.inf) if not self.multi and math.isfinite(self.best) else math.inf
+        key = ("trip_tables", r, m, cap, floors)
+        if key in self.space._cache:
+            return self.space._cache[key]
+        scale = float(self._prefix_bounds(r * m, self.space.max_devices // r)[0][-1])
+        grid = np.array([g * scale for g in floors])
+        tabs = [self._prefix_tables(r, m, cap, float(g)) for g in grid]
+        by_trip = [tuple(np.stack([t[lv][q] for t in tabs]) for q in range(4)) for lv in range(len(tabs[0]))]
+        self.space._cache[key] = out = (grid, by_trip)
+        return out
+
+    def _drop_tables(self, r: int, m: int, cap: float) -> None:
+        """Forget the prefix tables of one cap (they are large), at every trip floor."""
+        for key in [k for k in self.space._cache if k[0] in ("prefix_tables", "trip_tables") and k[1:4] == (r, m, cap)]:
+            del self.space._cache[key]
+
     def _capped_tables(self, r: int, m: int) -> list[tuple[np.ndarray, ...]]:
         """The prefix tables capped near the incumbent (recomputed when it has dropped by 1% since)."""
         if self.multi or not math.isfinite(self.best):
@@ -411,7 +452,7 @@ class TrainDP:
         cap = self._caps.get((r, m))
         if cap is None or self.best < 0.99 * cap:
             if cap is not None:  # tables are large: keep one cap's per batch split
-                self.space._cache.pop(("prefix_tables", r, m, cap), None)
+                self._drop_tables(r, m, cap)
             cap = self._caps[(r, m)] = self.best * (1 + 1e-6)
         return self._prefix_tables(r, m, cap)
 
@@ -479,6 +520,9 @@ class TrainDP:
                 self._solve(r, m, d)
         self.dominance = False
         self.first_pass, self.labels = self.labels, 0
+        # gap passes prune against lower thresholds, where the floors' extra tables (one per cap) cost more than
+        # the labels they save (gpt3-175b on 64 A100)
+        self.floors = self.first_pass >= TRIP_MIN_LABELS
         for k, (root, r, m, d) in enumerate(combos):
             if not self.multi and root * (1 - SLACK) >= self.best:
                 continue
@@ -515,6 +559,7 @@ class TrainDP:
         the cap cuts short with the finest gap proven so far.
         """
         exact_labels = self.labels
+        self.floors = False
         saved = self.best, self.best_item
         spent = 0
         for gap in GAPS:
@@ -523,7 +568,7 @@ class TrainDP:
                 continue
             self.best, self.best_item, self.labels = threshold, None, 0
             for (r, m), cap in self._caps.items():  # prefix tables capped at the threshold prune far more
-                self.space._cache.pop(("prefix_tables", r, m, cap), None)
+                self._drop_tables(r, m, cap)
             self._caps.clear()
             finished = True
             cap, self.max_labels = self.max_labels, self.max_labels - spent  # what the passes before left
@@ -578,6 +623,7 @@ class TrainDP:
         prefix_tabs, followers = self._capped_tables(r, m), self._followers(m)
         if prefix_tabs[0][0][n, dev] * (1 - SLACK) >= self.best:  # no whole plan within the cap beats the best
             return
+        grid, by_trip = self._trip_tables(r, m, TRIP_FLOORS if self.floors else (0.0,))
         # stage tables per (t, rc, first device)
         tables: dict[tuple[int, bool, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for t in space.tps:
@@ -626,55 +672,60 @@ class TrainDP:
                             ok &= ~plain
                         if not rc:
                             plain = ok
-                        if not ok.any():
+                        # Only first cuts where the stage fits and leaves its prefix enough devices: the
+                        # children are priced on those columns alone (a few of the i_next), same numbers.
+                        cols = np.flatnonzero(ok & (min_dev[:i_next] <= d0))
+                        if d0 > 0:
+                            cols = cols[cols > 0]
+                        if not len(cols):
                             continue
-                        b, tail = b_all[:i_next, j], tail_all[:i_next, j]
-                        shape = (len(items), i_next)
+                        f, b, tail = f[cols], b_all[cols, j], tail_all[cols, j]
+                        need = need[cols]
+                        shape = (len(items), len(cols))
                         terms = _prepend(P, Q, TRIP, f, b, hop, tail, k, m, NEXT)
                         p2, q2, trip2 = (np.broadcast_to(x, shape) for x in terms)
                         mem2 = np.broadcast_to(need, shape) if k == 0 else np.maximum(MEM, need)
-                        first = np.arange(i_next)
-                        complete = first == 0
+                        complete = cols == 0
                         rest = np.maximum(
-                            p2 + np.maximum(pre_fb[first], pack_fb[first, d0]),
-                            q2 + np.maximum(pre_f[first], pack_f[first, d0]),
+                            p2 + np.maximum(pre_fb[cols], pack_fb[cols, d0]),
+                            q2 + np.maximum(pre_f[cols], pack_f[cols, d0]),
                         )
                         if d0 > 0:
-                            rest = np.maximum(rest, pre_w[first] / d0)
-                            ta, tb, taq, tf = prefix_tabs[min(k + 1, followers)]
+                            rest = np.maximum(rest, pre_w[cols] / d0)
+                            ta, tb, taq, tf = by_trip[min(k + 1, followers)]
+                            g = np.searchsorted(grid, trip2, side="right") - 1  # the highest floor <= the trip
+                            cc = np.broadcast_to(cols, g.shape)
                             rest = np.maximum(
                                 rest,
                                 np.maximum(
-                                    np.maximum(ta[first, d0], taq[first, d0]),
-                                    np.maximum(tb[first, d0] + p2, tf[first, d0] + q2),
+                                    np.maximum(ta[g, cc, d0], taq[g, cc, d0]),
+                                    np.maximum(tb[g, cc, d0] + p2, tf[g, cc, d0] + q2),
                                 ),
                             )
                         lb = np.where(complete, np.maximum(p2 + tail, q2), rest)
-                        place = ok & ((first > 0) | (d0 == 0)) & (min_dev[first] <= d0)
-                        keep = np.broadcast_to(place, lb.shape).copy()
+                        keep = np.ones(lb.shape, dtype=bool)
                         if self.multi:
                             for fl, fm in self.front:
                                 keep &= ~((fl <= lb * (1 - SLACK)) & (fm <= mem2))
                         else:
                             keep &= lb * (1 - SLACK) < self.best
                         self.labels += int(keep.sum())
-                        for a, i in zip(*np.nonzero(keep), strict=True):
-                            stage = (int(i), j, t, rc, float(f[i]), float(b[i]), hop, float(tail[i]))
-                            lab = (
-                                float(p2[a, i]),
-                                float(q2[a, i]),
-                                float(mem2[a, i]),
-                                items[a],
-                                stage,
-                                float(trip2[a, i]),
-                            )
+                        rows, cs = np.nonzero(keep)
+                        firsts = cols[cs].tolist()
+                        fs, bs, tails = f[cs].tolist(), b[cs].tolist(), tail[cs].tolist()
+                        ps, qs, mems = p2[rows, cs].tolist(), q2[rows, cs].tolist(), mem2[rows, cs].tolist()
+                        trips, lbs = trip2[rows, cs].tolist(), lb[rows, cs].tolist()
+                        for n_, a in enumerate(rows.tolist()):
+                            i = firsts[n_]
+                            stage = (i, j, t, rc, fs[n_], bs[n_], hop, tails[n_])
+                            lab = (ps[n_], qs[n_], mems[n_], items[a], stage, trips[n_])
                             if i == 0:
-                                pending.append((float(lb[a, i]), float(mem2[a, i]), m, lab))
+                                pending.append((lbs[n_], mems[n_], m, lab))
                                 if len(pending) >= CHUNK:
                                     self._price(pending, r, m, dev)
                                     pending = []
                             else:
-                                states.setdefault((int(i), dsuf + t, k + 1), []).append(lab)
+                                states.setdefault((i, dsuf + t, k + 1), []).append(lab)
                 if self.labels > self.max_labels:  # run() falls back on this combination's root bound
                     self._price(pending, r, m, dev)
                     return

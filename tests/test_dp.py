@@ -78,6 +78,17 @@ def test_dp_equals_enumerate(phase: str, objective: str) -> None:
         _check(_random_problem(rng, phase, objective))
 
 
+@pytest.mark.parametrize("objective", ["step", "throughput", "step+memory"])
+def test_dp_with_trip_floors_on_every_problem_equals_enumerate(objective: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trip-floor prefix tables (used only after large first passes) forced on tiny problems: still exact."""
+    from paratune.search import _dp_train
+
+    monkeypatch.setattr(_dp_train, "TRIP_MIN_LABELS", 0)
+    rng = np.random.default_rng(77 + len(objective))
+    for _ in range(5):
+        _check(_random_problem(rng, "train", objective))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("phase", "objective"), OBJECTIVES)
 def test_dp_equals_enumerate_more(phase: str, objective: str) -> None:
@@ -339,3 +350,62 @@ def test_gap_ladder_runs_coarse_passes_first_and_keeps_the_finest_proven(monkeyp
     dp._gap_passes(combos)
     assert [round(t, 3) for t in dp.thresholds] == [95.238, 98.039, 99.01]
     assert dp.open_bound == pytest.approx(100 / 1.02, rel=1e-12) and dp.max_labels == 1500
+
+
+def test_prefix_tables_with_trip_floors_never_exceed_the_makespan() -> None:
+    """Every split of random feasible training plans: the prefix tables at the suffix's trip floor bound the step.
+
+    The exact pass completes a suffix with the tables of the highest floor below its round
+    trip (``TrainDP._trip_tables``); the completed bound must stay below the slot-level 1F1B
+    makespan of every plan, and the floors must raise the prefix's own terms on some splits (else the
+    test sees nothing).
+    """
+    from paratune.costmodel._pipeline import training_makespan
+    from paratune.search._dp_train import TRIP_FLOORS, TrainDP, _prepend
+    from paratune.search._tuner import Recorder
+
+    rng = np.random.default_rng(5)
+    checked = raised = 0
+    while checked < 150:
+        p = _random_problem(rng, "train", "step")
+        space = LayeredSpace.build(p, max_micro_batches=4)
+        dp = TrainDP(space, Recorder(p, "dp", None), 10**6)
+        for k in rng.choice(len(space.pairs), min(2, len(space.pairs)), replace=False):
+            r, m = space.pairs[int(k)]
+            share, budget = r * m, space.max_devices // r
+            grid, tabs = dp._trip_tables(r, m, TRIP_FLOORS)
+            assert grid[0] == 0.0 and np.all(np.diff(grid) > 0)
+            K = dp._followers(m)
+            for _ in range(40):
+                n_st = int(rng.integers(1, min(space.n_cuts, budget) + 1))
+                cuts = sorted(rng.choice(np.arange(1, space.n_cuts), n_st - 1, replace=False).tolist())
+                bounds = list(zip([0, *cuts], [c - 1 for c in cuts] + [space.n_cuts - 1], strict=True))
+                tps = [int(rng.choice([t for t in space.tps if t <= budget])) for _ in bounds]
+                if sum(tps) > budget:
+                    continue
+                dev, stages, d0 = sum(tps), [], 0
+                for s, ((i, j), t) in enumerate(zip(bounds, tps, strict=True)):
+                    kept = min(m, n_st - s)
+                    rc = bool(rng.integers(2)) and True in space.recompute
+                    fits = space.train_need(t, share, m, kept, rc)[i, j] <= space.limit
+                    f, b = space.train_times(t, share, space.group_link(t, d0), rc)
+                    tail = space.train_tail(t, share, d0, dev, r)[i, j]
+                    hop = space.hop(j + 1, d0 + t, share) if s < n_st - 1 else 0.0
+                    stages.append((i, d0, fits and space.allowed(t, share)[i, j], f[i, j], b[i, j], tail, hop))
+                    d0 += t
+                if not all(st[2] for st in stages):
+                    continue
+                fwd, back = [st[3] for st in stages], [st[4] for st in stages]
+                step = training_makespan(fwd, back, [st[6] for st in stages[:-1]], [st[5] for st in stages], m, False)
+                P = Q = trip = 0.0
+                for k, s in enumerate(range(n_st - 1, 0, -1)):  # suffixes stages[s:], prefixes stages[:s]
+                    i, d0, _ok, f, b, tail, hop = stages[s]
+                    c_next = fwd[s + 1] + back[s + 1] if s < n_st - 1 else None
+                    P, Q, trip = (float(x) for x in _prepend(P, Q, trip, f, b, hop, tail, k, m, c_next))
+                    ta, tb, taq, tf = tabs[min(k + 1, K)]
+                    g = int(np.searchsorted(grid, trip, side="right")) - 1
+                    bound = max(ta[g, i, d0], tb[g, i, d0] + P, taq[g, i, d0], tf[g, i, d0] + Q)
+                    assert bound <= step * (1 + 1e-9), (p, r, m, stages, s, bound, step)
+                    raised += max(ta[g, i, d0], taq[g, i, d0]) > max(ta[0, i, d0], taq[0, i, d0])
+                    checked += 1
+    assert raised > 0
