@@ -124,6 +124,14 @@ def tune(
     policy: Annotated[
         Path | None, typer.Option("--policy", help="Policy file for --tuner rl (default: the shipped policy).")
     ] = None,
+    techniques: Annotated[
+        str | None,
+        typer.Option(
+            "--techniques",
+            help="Training: 'search' adds ZeRO, SP, selective recomputation, overlap and interleaving to the "
+            "search (enumerate, optuna-*, rl); 'off' plans without them (the tuner's default).",
+        ),
+    ] = None,
     optimum: Annotated[
         bool, typer.Option("--optimum/--no-optimum", help="Also run dp for the gap to the optimum.")
     ] = True,
@@ -149,6 +157,15 @@ def tune(
         if tuner != "rl":
             raise ValueError(f"--policy applies to --tuner rl, not {tuner!r}")
         options["policy"] = str(policy)
+    if techniques is not None:
+        from ..search import tuner_entries
+
+        takes = sorted(e.name for e in tuner_entries() if any(o.name == "techniques" for o in e.options))
+        if tuner not in takes:
+            raise ValueError(
+                f"--techniques applies to {', '.join(takes)}, not {tuner!r} (it plans without training techniques)"
+            )
+        options["techniques"] = techniques
     try:
         runner = make_tuner(tuner, **options)  # checks --storage and --policy (the files, the URL) now
     except ValueError as exc:

@@ -153,6 +153,8 @@ VALUES = [
     (["tune", "-m", "llama2-7b", "-p", "dgx-a100:device.memory_gib=-5"], ["memory_gib"]),
     (["tune", *M, "--tuner", ""], ["tuner"]),
     (["tune", *M, "--tuner", "dp", "--policy", "x.zip"], ["--policy"]),
+    (["tune", *M, "--tuner", "dp", "--techniques", "search"], ["--techniques", "dp"]),
+    (["tune", *M, "--tuner", "optuna-tpe", "--techniques", "all"], ["--techniques", "all", "off, search"]),
     (["tune", *M, "--tuner", "dp", "--storage", "sqlite:///x.db"], ["--storage"]),
     (["tune", *M, "--tuner", "rl", "--policy", "adir"], ["--policy", "adir"]),  # "option 'policy'" before
     (["tune", *M, "--tuner", "rl", "--policy", "x.zip"], ["--policy", "x.zip"]),
