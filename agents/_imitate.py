@@ -53,6 +53,10 @@ def plan_actions(env: Any, plan: Any, train: bool) -> list[int]:
     setup = [int(math.log2(fixed["replicas"])), int(math.log2(fixed["micro_batches"]))]
     if train:
         setup.append(int(fixed["recompute"]))
+        if env.techniques:
+            if "techniques" not in fixed:
+                raise ValueError(f"plan techniques {plan.techniques()} are no bundle of Mapping-v0's techniques menu")
+            setup.append(int(fixed["techniques"]))
     starts = {st.layers[0]: st.tp for st in plan.stages}
     return setup + [1 + TP_MENU.index(starts[s]) if s in starts else 0 for s in env._sc.starts]
 

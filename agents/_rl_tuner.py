@@ -82,7 +82,13 @@ def make_env(policy: Policy, problem: Problem) -> Any:
 
     from .. import envs  # noqa: F401  (registers the ids)
 
-    return gym.make(policy.env_id, scenarios=[problem]).unwrapped
+    return gym.make(policy.env_id, scenarios=[problem], **env_options(policy)).unwrapped
+
+
+def env_options(policy: Policy) -> dict[str, Any]:
+    """The options of the policy's environment that change its decisions (Mapping-v0's ``techniques``)."""
+    kwargs = policy.metadata.get("env_kwargs") or {}
+    return {"techniques": True} if policy.env_id == "paratune/Mapping-v0" and kwargs.get("techniques") else {}
 
 
 def rollout(
@@ -151,16 +157,17 @@ def rollout(
 def allowed_setups(
     problem: Problem, env: Any, *, granularity: str | None = None, weigh: Any = None
 ) -> list[tuple[float, dict[str, Any]]]:
-    """Every setup (replicas, micro-batches, recompute) the Mapping-v0 masks allow on ``problem``, with a weight.
+    """Every setup (replicas, micro-batches, recompute, techniques) the Mapping-v0 masks allow on ``problem``, with
+    a weight.
 
     ``env`` is a raw Mapping-v0 instance; ``weigh(obs, mask)`` gives the
     probability of each action at a setup decision (None: 1 each), and a
     setup's weight is the product along its decisions. Menu order.
     """
-    from ..envs._mapping import COUNT_MENU
+    from ..envs._mapping import COUNT_MENU, SETUP
 
     gran = granularity or problem.granularity
-    names = ("replicas", "micro_batches", "recompute")
+    names = SETUP
     leaves: list[tuple[float, dict[str, Any]]] = []
 
     def walk(fixed: dict[str, Any], prob: float) -> None:
@@ -172,7 +179,8 @@ def allowed_setups(
         mask = env.action_masks()
         probs = weigh(obs, mask) if weigh is not None else np.ones(len(mask))
         for a in np.flatnonzero(mask):
-            value: Any = bool(a) if names[decision] == "recompute" else COUNT_MENU[a]
+            name = names[decision]
+            value: Any = bool(a) if name == "recompute" else int(a) if name == "techniques" else COUNT_MENU[a]
             walk({**fixed, names[decision]: value}, prob * float(probs[a]))
 
     walk({}, 1.0)
@@ -289,7 +297,7 @@ class RLTuner(Tuner):
         while not recorder.done:
             remaining = recorder.remaining
             k = ROLLOUT_BATCH if remaining is None else min(ROLLOUT_BATCH, remaining)
-            fixed = [setup_of(recorder.best.plan)] * k if swept and recorder.best is not None else None
+            fixed = [self._setup(policy, recorder.best.plan)] * k if swept and recorder.best is not None else None
             for info in rollout(
                 policy, problem, n=k, rng=rng, granularity=gran, envs=envs, temperature=temperature, setups=fixed
             ):
@@ -325,6 +333,14 @@ class RLTuner(Tuner):
                     self._variants += 1
         return ev
 
+    @staticmethod
+    def _setup(policy: Policy, plan: Any) -> dict[str, Any]:
+        """The setup of ``plan`` as reset options of the policy's env (a bundle only where it decides one)."""
+        setup = setup_of(plan)
+        if not env_options(policy).get("techniques"):
+            setup.pop("techniques", None)
+        return setup
+
     def _techniques_note(self) -> list[str]:
         if len(self._choices) <= 1:
             return []
@@ -353,9 +369,16 @@ def same_setup(fixed: dict[str, Any], done: dict[str, Any]) -> bool:
 
 
 def setup_of(plan: Any) -> dict[str, Any]:
-    """The setup decisions of a Mapping-v0 plan, as ``reset`` options."""
-    return {
+    """The setup decisions of a Mapping-v0 plan, as ``reset`` options (``techniques``: its bundle, left out
+    when the plan's techniques are no bundle of Mapping-v0's menu)."""
+    from ..envs._mapping import bundle_of
+
+    out = {
         "replicas": plan.replicas,
         "micro_batches": plan.micro_batches,
         "recompute": any(st.recompute for st in plan.stages),
     }
+    bundle = bundle_of(plan)
+    if bundle is not None:
+        out["techniques"] = bundle
+    return out
