@@ -124,17 +124,17 @@ MAPPING_OBS_SIZE = (
 
 #: Mapping-v0's technique bundles (``techniques=True``): action ``k`` of the techniques decision puts
 #: bundle ``k``'s plan-wide training techniques on the plan. Few on purpose (each is one more setup to
-#: learn and to sweep): ZeRO-1 with sequence parallelism and overlap (Megatron-Core's usual setting),
-#: ZeRO-3 with prefetch (FSDP), and the first with selective recomputation. Interleaving, CP and EP
-#: are left to the other tuners (the rl tuner's option ``techniques=search`` puts them on its plans).
+#: learn and to sweep), chosen from what ``benchmarks/training_techniques.py`` shows the best plans use
+#: (December 2026, 10 training scenarios: sequence parallelism in 8, overlap in 6, ZeRO-1 + SP + overlap
+#: in 4, SP + overlap without ZeRO in 3, ZeRO-3 + overlap in 1, selective recomputation in none):
+#: ZeRO-1 + SP + overlap (Megatron-Core's usual setting), ZeRO-3 with prefetch (FSDP), SP + overlap.
+#: Interleaving (3 of 10), CP and EP are left to the other tuners (the rl tuner's option
+#: ``techniques=search`` puts every combination on its plans).
 TECHNIQUE_BUNDLES: tuple[tuple[str, dict[str, object]], ...] = (
     ("none", {}),
     ("zero1_sp_overlap", {"zero": 1, "sequence_parallel": True, "overlap": True}),
     ("zero3_overlap", {"zero": 3, "overlap": True}),
-    (
-        "zero1_sp_selective_overlap",
-        {"zero": 1, "sequence_parallel": True, "selective_recompute": True, "overlap": True},
-    ),
+    ("sp_overlap", {"sequence_parallel": True, "overlap": True}),
 )
 
 #: Appended to the Mapping-v0 observation when the env has the techniques decision: deciding it now,

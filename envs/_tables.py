@@ -101,7 +101,7 @@ class ScenarioTables:
         self.k_ratio = OPTIMIZER_STATE_BYTES_PER_PARAM / DTYPE_BYTES[graph.meta.dtype]
         self.train = problem.phase == Phase.TRAIN
         self.reference: Reference = reference(problem)
-        self._splits: dict[tuple[int, int, bool], SplitTables] = {}
+        self._splits: dict[tuple[int, int, bool, int], SplitTables] = {}
         base = self.split(1, 1, False)
         self.context = clip_array(np.array(context_features(problem, total_need=base.total_need1, kv_len=ev.kv_len)))
 
@@ -144,8 +144,9 @@ class SplitTables:
                     flight = tt.inputs * scale / (t if sp else 1)
                 else:
                     flight = getattr(tt, "stash" + ("_sel" if sel else "") + ("_sp" if sp else "")) * scale
-                w, g, o = model_state(tt.weights, 0.0, sc.k_ratio, zero, replicas, replicas)
-                add = w + g + o + flight
+                weights: Any = tt.weights  # model_state is linear: it divides prefix arrays as it divides bytes
+                state_w, state_g, state_o = model_state(weights, 0.0, sc.k_ratio, zero, replicas, replicas)
+                add = state_w + state_g + state_o + flight
                 kern = st.fwd + st.bwd + (st.fwd if recompute else 0.0)
                 if sel and not recompute:  # the attention core's forward re-runs in backward
                     kern = kern + np.asarray(ev.tech_scaled(t, share).attn_f_l)

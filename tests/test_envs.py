@@ -452,7 +452,7 @@ def test_stage_memory_tables_match_the_evaluator_under_bundles(
         infos, _, _ = _masked_rollout(env, rng, options={"techniques": bundle})
         raw = env.unwrapped
         sc, sp, plan = raw._sc, raw._split, infos[-1]["plan"]
-        assert bundle_of(plan) is not None and plan.zero == TECHNIQUE_BUNDLES[bundle][1]["zero"]
+        assert bundle_of(plan) is not None and plan.zero == TECHNIQUE_BUNDLES[bundle][1].get("zero", 0)
         p, m = len(plan.stages), plan.micro_batches
         kept = [
             sp.stages[st.tp].need(
@@ -471,13 +471,14 @@ def test_stage_memory_tables_match_the_evaluator_under_bundles(
 def test_masks_allow_every_feasible_plan_under_bundles() -> None:
     """Plans that fit only with a bundle (ZeRO shards the state over replicas) replay through the masks.
 
-    On the tight scenario (1 GiB per device) 27 uniform plans fit only with techniques: the env
+    On the tight scenario (1 GiB per device) 14 uniform layouts fit only with a bundle: the env
     without the option cannot build them, the env with it must allow each one's actions.
     """
     problem = load_pool([TIGHT_TRAIN])[0]
     env = gym.make("paratune/Mapping-v0", scenarios=[problem], techniques=True)
     n = problem.graph().meta.n_layers
-    only, replayed = 0, 0
+    only: set[tuple[int, ...]] = set()
+    replayed = 0
     for tp in problem.tp_degrees():
         for pp in (1, 2, 4, 8):
             for r in (1, 2, 4, 8):
@@ -496,5 +497,6 @@ def test_masks_allow_every_feasible_plan_under_bundles() -> None:
                             info = _replay(env, plan, True)
                             assert info["feasible"] and info["plan"] == plan
                             replayed += 1
-                            only += not plain
-    assert only >= 20 and replayed > only
+                            if not plain:
+                                only.add((tp, pp, r, m, rc))
+    assert len(only) >= 10 and replayed > len(only)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from paratune.agents import RLTuner
 from paratune.agents._policy import default_policy_path
-from paratune.search import Problem
+from paratune.search import Problem, tune
 
 pytestmark = pytest.mark.needs("torch", "sb3_contrib")
 
@@ -67,3 +72,65 @@ def test_search_changes_nothing_for_inference() -> None:
 def test_unknown_techniques_mode_names_the_option() -> None:
     with pytest.raises(ValueError, match="techniques"):
         RLTuner(techniques="all").tune(_train(), budget=1)
+
+
+# -- policies trained on Mapping-v0 with the techniques decision (observation schema 4) ----------------------
+
+TINY = "llama2-7b:layers=4,hidden=512,heads=8,kv_heads=8"
+TRAIN_POOL = [
+    {"name": "tiny-train", "model": TINY, "platform": "dgx-a100", "phase": "train", "batch": 8, "seq": 128},
+    {"name": "tiny-decode", "model": TINY, "platform": "dgx-a100", "phase": "decode", "batch": 8, "seq": 256},
+]
+
+
+@pytest.fixture(scope="module")
+def technique_policy(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from paratune.agents import train
+
+    out = tmp_path_factory.mktemp("tech")
+    return train(TRAIN_POOL, timesteps=256, seed=0, out=out, n_envs=1, progress_bar=False, techniques=True)
+
+
+def test_a_techniques_policy_records_schema_4_and_tunes(technique_policy: Any) -> None:
+    from paratune.agents import load_policy
+    from paratune.envs._features import mapping_obs_spec
+
+    meta = json.loads(technique_policy.policy_path.with_suffix(".json").read_text())
+    assert meta["env_kwargs"]["techniques"] is True
+    assert (meta["obs_schema_version"], meta["obs_size"]) == mapping_obs_spec(True)
+    policy = load_policy(technique_policy.policy_path)
+    problem = Problem(TINY, "dgx-a100", phase="train", batch=8, seq=128)
+    result = RLTuner(policy=policy).tune(problem, budget=8, seed=0)
+    assert result.best_plan is not None and problem.score(result.best_plan).feasible
+    # the sweep covers the bundles too: every setup of the techniques env names one
+    from paratune.agents._rl_tuner import setup_order
+
+    order = setup_order(policy, problem)
+    assert {f["techniques"] for f in order} == {0, 1, 2, 3}
+
+
+def test_techniques_metadata_is_checked(technique_policy: Any, tmp_path: Path) -> None:
+    from paratune.agents import load_policy
+
+    src = technique_policy.policy_path
+    for value, message in (("yes", "must be true or false"), (False, "observation schema version 4")):
+        meta = json.loads(src.with_suffix(".json").read_text())
+        meta["env_kwargs"]["techniques"] = value
+        dst = tmp_path / f"p{value}.zip"
+        shutil.copy(src, dst)
+        dst.with_suffix(".json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=message):
+            load_policy(dst)
+
+
+def test_imitation_with_techniques_clones_the_best_bundle() -> None:
+    from paratune.agents._imitate import best_bundle, demonstrations
+    from paratune.envs import load_pool
+
+    pool = load_pool(TRAIN_POOL[:1])
+    demos = demonstrations(pool, techniques=True)
+    plain = demonstrations(pool)
+    assert len(demos.actions) == len(plain.actions) + 1  # one more setup decision: the bundle
+    chosen = best_bundle(pool[0], tune(pool[0], "dp").best_plan)
+    assert chosen.techniques()  # on this small model a bundle beats dp's plain optimum
+    assert demos.returns[0] >= plain.returns[0]
