@@ -134,3 +134,29 @@ def test_imitation_with_techniques_clones_the_best_bundle() -> None:
     chosen = best_bundle(pool[0], tune(pool[0], "dp").best_plan)
     assert chosen.techniques()  # on this small model a bundle beats dp's plain optimum
     assert demos.returns[0] >= plain.returns[0]
+
+
+def test_train_cli_techniques_flag(tmp_path: Path) -> None:
+    """``paratune train --techniques`` trains on the techniques env; on another env it is a user error (exit 2)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from paratune.cli._rl import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:  # keeps "train" a subcommand
+        pass
+
+    register(app)
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(f"- {{name: t, model: '{TINY}', platform: dgx-a100, phase: train, batch: 8, seq: 128}}\n")
+    base = ["train", "--scenarios", str(pool), "--timesteps", "32", "--n-envs", "1", "--no-progress"]
+    bad = CliRunner().invoke(
+        app, [*base, "--env", "paratune/Placement-v0", "--techniques", "--out", str(tmp_path / "a")]
+    )
+    assert bad.exit_code == 2 and "techniques applies to paratune/Mapping-v0 only" in bad.output
+    ok = CliRunner().invoke(app, [*base, "--techniques", "--out", str(tmp_path / "b")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "b" / "policy.json").read_text())["env_kwargs"] == {"techniques": True}
