@@ -276,6 +276,7 @@ class RLTuner(Tuner):
         self._choices = technique_choices(self.config.techniques) if problem.phase == "train" else [{}]
         self._expanded: set[Any] = set()
         self._variants = 0
+        self._best_rollout: Evaluation | None = None  # the best rollout plan itself, technique variants aside
         envs: list[Any] = []
         greedy = rollout(policy, problem, granularity=gran, envs=envs)[0]
         first = self._record(problem, recorder, greedy)
@@ -297,7 +298,10 @@ class RLTuner(Tuner):
         while not recorder.done:
             remaining = recorder.remaining
             k = ROLLOUT_BATCH if remaining is None else min(ROLLOUT_BATCH, remaining)
-            fixed = [self._setup(policy, recorder.best.plan)] * k if swept and recorder.best is not None else None
+            # under the setup of the best rollout (not of a technique variant), so that techniques=search runs the
+            # same rollouts as off and can only add plans
+            best = self._best_rollout
+            fixed = [self._setup(policy, best.plan)] * k if swept and best is not None else None
             for info in rollout(
                 policy, problem, n=k, rng=rng, granularity=gran, envs=envs, temperature=temperature, setups=fixed
             ):
@@ -325,6 +329,9 @@ class RLTuner(Tuner):
         ``techniques``) with a count of 0, each layout expanded once (sampled rollouts repeat plans)."""
         plan = info["plan"]
         ev = recorder.record(problem.score(plan, info["metrics"]))
+        top = self._best_rollout
+        if ev.feasible and (top is None or problem.resolved_objective.better(ev.value, top.value)):
+            self._best_rollout = ev
         if len(self._choices) > 1 and plan not in self._expanded:
             self._expanded.add(plan)
             for variant in dict.fromkeys(with_techniques(plan, c) for c in self._choices):

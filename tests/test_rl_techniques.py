@@ -160,3 +160,16 @@ def test_train_cli_techniques_flag(tmp_path: Path) -> None:
     ok = CliRunner().invoke(app, [*base, "--techniques", "--out", str(tmp_path / "b")])
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "b" / "policy.json").read_text())["env_kwargs"] == {"techniques": True}
+
+
+def test_search_is_never_worse_with_a_techniques_policy(technique_policy: Any) -> None:
+    """The sampled rollouts follow the best rollout's setup, not a variant's: search runs off's rollouts and adds."""
+    from paratune.agents import load_policy
+
+    policy = load_policy(technique_policy.policy_path)
+    problem = Problem(TINY, "dgx-a100", phase="train", batch=8, seq=128)
+    for seed in (0, 1, 2):
+        off = RLTuner(policy=policy).tune(problem, budget=24, seed=seed)
+        on = RLTuner(policy=policy, techniques="search").tune(problem, budget=24, seed=seed)
+        assert off.objective_value is not None and on.objective_value is not None
+        assert on.objective_value <= off.objective_value * (1 + 1e-12)
