@@ -53,8 +53,31 @@ def plan_actions(env: Any, plan: Any, train: bool) -> list[int]:
     setup = [int(math.log2(fixed["replicas"])), int(math.log2(fixed["micro_batches"]))]
     if train:
         setup.append(int(fixed["recompute"]))
+        if env.techniques:
+            if "techniques" not in fixed:
+                raise ValueError(f"plan techniques {plan.techniques()} are no bundle of Mapping-v0's techniques menu")
+            setup.append(int(fixed["techniques"]))
     starts = {st.layers[0]: st.tp for st in plan.stages}
     return setup + [1 + TP_MENU.index(starts[s]) if s in starts else 0 for s in env._sc.starts]
+
+
+def best_bundle(problem: Problem, plan: Any) -> Any:
+    """``plan`` under the technique bundle of Mapping-v0 that scores best on ``problem`` (``plan`` if none helps).
+
+    dp searches plans without techniques, so its optimum's layout is kept and only the bundle chosen:
+    the expert of the techniques decision.
+    """
+    from ..envs._features import TECHNIQUE_BUNDLES
+    from ..envs._mapping import bundle_plan
+
+    best, best_ev = plan, problem.score(plan)
+    obj = problem.resolved_objective
+    for k in range(1, len(TECHNIQUE_BUNDLES)):
+        candidate = bundle_plan(plan, k)
+        ev = problem.score(candidate)
+        if ev.feasible and (not best_ev.feasible or obj.better(ev.value, best_ev.value)):
+            best, best_ev = candidate, ev
+    return best
 
 
 def batch_variants(problem: Problem) -> list[Problem]:
@@ -99,6 +122,7 @@ def demonstrations(
     variants: bool = False,
     setups: int = 0,
     seed: int = 0,
+    techniques: bool = False,
 ) -> Demonstrations:
     """Replay each scenario's ``dp`` plan through Mapping-v0 and record (observation, mask, action).
 
@@ -110,7 +134,9 @@ def demonstrations(
     tuner's setup sweep asks the policy for. Scenarios without a
     feasible dp plan, multi-objective ones (no single optimum) and plans the
     action menu cannot express (a TP degree outside ``TP_MENU``, counts that
-    are not powers of two) are skipped and named.
+    are not powers of two) are skipped and named. ``techniques``: replay through
+    Mapping-v0 with the techniques decision, each dp plan (dp plans without
+    techniques) under the bundle that scores best on it (:func:`best_bundle`).
     """
     from ..envs import TP_MENU, MappingEnv
 
@@ -135,7 +161,9 @@ def demonstrations(
         if any(st.tp not in TP_MENU for st in plan.stages) or any(c & (c - 1) for c in counts):
             skipped.append(f"{label}: the dp plan is outside the action menu")
             continue
-        env = MappingEnv(scenarios=[problem], granularity=granularity)
+        if techniques and problem.phase == Phase.TRAIN:
+            plan = best_bundle(problem, plan)
+        env = MappingEnv(scenarios=[problem], granularity=granularity, techniques=techniques)
         o, _ = env.reset(seed=0)
         steps = plan_actions(env, plan, problem.phase == Phase.TRAIN)
         for a in steps:

@@ -88,24 +88,25 @@ def metadata_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def env_spaces(env_id: str) -> tuple[Any, Any]:
-    """(observation space, action space) of the registered env ``env_id`` on this installation."""
+def env_spaces(env_id: str, techniques: bool = False) -> tuple[Any, Any]:
+    """(observation space, action space) of the registered env ``env_id`` on this installation
+    (``techniques``: Mapping-v0's option that adds the techniques decision and schema 4)."""
     import gymnasium as gym
 
     from .. import envs
 
     if env_id not in envs.ENV_IDS:
         raise ValueError(f"unknown env id {env_id!r}; this paratune registers {', '.join(envs.ENV_IDS)}")
-    env = gym.make(env_id)
+    env = gym.make(env_id, **({"techniques": True} if techniques else {}))
     try:
         return env.observation_space, env.action_space
     finally:
         env.close()
 
 
-def env_spec_of(env_id: str) -> tuple[int, int]:
+def env_spec_of(env_id: str, techniques: bool = False) -> tuple[int, int]:
     """(observation size, action count) of the registered env ``env_id`` on this installation."""
-    obs_space, action_space = env_spaces(env_id)
+    obs_space, action_space = env_spaces(env_id, techniques)
     shape = obs_space.shape
     if shape is None:  # every paratune env has a flat Box observation
         raise TypeError(f"{env_id}: observation space {obs_space} has no shape")
@@ -129,6 +130,8 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
         )
     check_fields(meta, where)
     from ..envs import _serving
+    from ..envs._features import mapping_obs_spec
+    from ._settings import DEFAULT_ENV_ID
 
     env_id = meta.get("env_id")
     if not isinstance(env_id, str) or env_id not in envs.ENV_IDS:
@@ -137,7 +140,10 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
             f"(it registers {', '.join(envs.ENV_IDS)}); retrain it with `paratune train`"
         )
     serving = env_id == SERVING_ENV_ID  # its own observation schema, action count and scenarios
-    want_schema = _serving.SERVING_OBS_SCHEMA_VERSION if serving else envs.OBS_SCHEMA_VERSION
+    techniques = _techniques(meta)
+    if techniques and env_id != DEFAULT_ENV_ID:
+        raise ValueError(f"{where}: field 'env_kwargs.techniques' applies to {DEFAULT_ENV_ID} only, not {env_id}")
+    want_schema = _serving.SERVING_OBS_SCHEMA_VERSION if serving else mapping_obs_spec(techniques)[0]
     schema = meta.get("obs_schema_version")
     if not is_int(schema) or schema != want_schema:
         raise ValueError(
@@ -156,16 +162,21 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
         )
     if serving:
         _check_serving_scenarios(meta.get("scenarios", []), where)
-    obs_size, _ = env_spec_of(env_id)
+    obs_size, _ = env_spec_of(env_id, techniques)
     if not is_int(meta.get("obs_size")) or meta.get("obs_size") != obs_size:
         raise ValueError(
             f"{where}: the policy's observation has {shown(meta.get('obs_size'))} features but {env_id} has "
-            f"{obs_size} at observation schema version {envs.OBS_SCHEMA_VERSION}; retrain it with `paratune train`"
+            f"{obs_size} at observation schema version {want_schema}; retrain it with `paratune train`"
         )
     algo = meta.get("algo")
     if not isinstance(algo, str) or algo not in ALGOS:
         raise ValueError(f"{where}: field 'algo' is {shown(algo)}; allowed: {', '.join(ALGOS)}")
     model_kwargs(meta, algo, where)
+
+
+def _techniques(meta: dict[str, Any]) -> bool:
+    """Whether the policy's Mapping-v0 had the techniques decision (its ``env_kwargs``, checked)."""
+    return bool((meta.get("env_kwargs") or {}).get("techniques"))
 
 
 def _check_serving_scenarios(scenarios: list[Any], where: str) -> None:
@@ -192,7 +203,7 @@ def build_model(meta: dict[str, Any], *, env: Any = None, **overrides: Any) -> A
         model = algo_class(algo)(
             "MlpPolicy", None, device="cpu", _init_setup_model=False, seed=meta.get("seed"), **kwargs
         )
-        model.observation_space, model.action_space = env_spaces(str(meta["env_id"]))
+        model.observation_space, model.action_space = env_spaces(str(meta["env_id"]), _techniques(meta))
         model.n_envs = 1
         model._setup_model()
         return model

@@ -45,7 +45,7 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "a2c": (*(k for k in _FLOAT_BOUNDS if k != "clip_range"), "n_steps", "policy_kwargs"),
 }
 #: Environment options a policy may have been trained with (passed to ``gymnasium.make`` by fine-tuning).
-ENV_KWARGS = ("random_setup",)
+ENV_KWARGS = ("random_setup", "techniques")
 
 #: Optional fields and the JSON types they must have when present (None allowed where listed).
 _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
@@ -107,7 +107,10 @@ def check_fields(meta: dict[str, Any], where: str) -> None:
         field = f"field 'env_kwargs.{shown(key, 40)[1:-1]}'"
         if key not in ENV_KWARGS:
             raise ValueError(f"{where}: {field} is not an env option; allowed: {', '.join(ENV_KWARGS)}")
-        if not _number_in(value, 0.0, 1.0):
+        if key == "techniques":
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: {field} must be true or false, got {shown(value)}")
+        elif not _number_in(value, 0.0, 1.0):
             raise ValueError(f"{where}: {field} must be a number in [0, 1], got {shown(value)}")
 
 

@@ -26,7 +26,16 @@ policy is fixed, the sampling uses the tuner's generator). Options:
 default: the shipped default policy), ``granularity`` (default: the
 problem's), ``sweep`` (default true; false skips step 2) and ``temperature``
 of the sampled rollouts (default 1: the policy's own distribution; above 1
-explores more, which helps where the trained policy is confident and wrong).
+explores more, which helps where the trained policy is confident and wrong),
+and ``techniques`` (``off``, the default, or ``search``, training only): every
+distinct plan a rollout ends with (greedy, swept or sampled) is also priced
+with each combination of plan-wide training techniques put on it
+(:func:`~paratune.search._techniques.with_techniques`: ZeRO, sequence
+parallelism, selective recomputation, overlap, interleaving), so the rl tuner
+finds the technique plans the other tuners find on its layouts. The budget
+counts rollouts: the technique variants are priced on top of it (each layout
+once, at most 47 more analytic evaluations), recorded with a count of 0 and
+reported in the notes.
 
 The policy's actions pick TP degrees from a fixed menu (``envs.TP_MENU``, up to 16):
 on a wide NVLink domain (72 GPUs on ``gb200-nvl72``) the degrees a problem allows
@@ -38,12 +47,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from ..problem import Evaluation, Problem
 from ..search import Family, Recorder, Tuner, TunerOptions, about
+from ..search._techniques import technique_choices, with_techniques
 from ._policy import Policy, default_policy_path, load_policy
 
 #: Episodes stepped together in the sampled phase (one network call per step for all of them).
@@ -72,7 +82,13 @@ def make_env(policy: Policy, problem: Problem) -> Any:
 
     from .. import envs  # noqa: F401  (registers the ids)
 
-    return gym.make(policy.env_id, scenarios=[problem]).unwrapped
+    return gym.make(policy.env_id, scenarios=[problem], **env_options(policy)).unwrapped
+
+
+def env_options(policy: Policy) -> dict[str, Any]:
+    """The options of the policy's environment that change its decisions (Mapping-v0's ``techniques``)."""
+    kwargs = policy.metadata.get("env_kwargs") or {}
+    return {"techniques": True} if policy.env_id == "paratune/Mapping-v0" and kwargs.get("techniques") else {}
 
 
 def rollout(
@@ -141,16 +157,17 @@ def rollout(
 def allowed_setups(
     problem: Problem, env: Any, *, granularity: str | None = None, weigh: Any = None
 ) -> list[tuple[float, dict[str, Any]]]:
-    """Every setup (replicas, micro-batches, recompute) the Mapping-v0 masks allow on ``problem``, with a weight.
+    """Every setup (replicas, micro-batches, recompute, techniques) the Mapping-v0 masks allow on ``problem``, with
+    a weight.
 
     ``env`` is a raw Mapping-v0 instance; ``weigh(obs, mask)`` gives the
     probability of each action at a setup decision (None: 1 each), and a
     setup's weight is the product along its decisions. Menu order.
     """
-    from ..envs._mapping import COUNT_MENU
+    from ..envs._mapping import COUNT_MENU, SETUP
 
     gran = granularity or problem.granularity
-    names = ("replicas", "micro_batches", "recompute")
+    names = SETUP
     leaves: list[tuple[float, dict[str, Any]]] = []
 
     def walk(fixed: dict[str, Any], prob: float) -> None:
@@ -162,7 +179,8 @@ def allowed_setups(
         mask = env.action_masks()
         probs = weigh(obs, mask) if weigh is not None else np.ones(len(mask))
         for a in np.flatnonzero(mask):
-            value: Any = bool(a) if names[decision] == "recompute" else COUNT_MENU[a]
+            name = names[decision]
+            value: Any = bool(a) if name == "recompute" else int(a) if name == "techniques" else COUNT_MENU[a]
             walk({**fixed, names[decision]: value}, prob * float(probs[a]))
 
     walk({}, 1.0)
@@ -196,8 +214,17 @@ class RLOptions(TunerOptions):
     )
     temperature: float = field(default=1.0, metadata=about("temperature of the sampled rollouts (> 0)"))
     sweep: bool = field(default=True, metadata=about("greedy rollouts over the other setups before sampling"))
+    techniques: Literal["off", "search"] = field(
+        default="off",
+        metadata=about(
+            "training: 'search' also prices every rollout's plan under each combination of ZeRO stage, sequence "
+            "parallelism, selective recomputation, overlap and interleaving (not counted in the budget); "
+            "'off' (default) plans without them"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        technique_choices(self.techniques)  # names the option and the allowed values
         if not self.temperature > 0:
             raise ValueError(f"option 'temperature' must be > 0, got {self.temperature}")
         if isinstance(self.policy, (str, Path)):  # a campaign spec names a missing file when it loads, not at run time
@@ -246,6 +273,10 @@ class RLTuner(Tuner):
                 f"rl tuner: policy {policy.path or '(in memory)'} maps layered graphs (paratune/Mapping-v0), but "
                 f"{problem.name!r} at granularity {gran!r} is not layered; use granularity layer or layers:k"
             )
+        self._choices = technique_choices(self.config.techniques) if problem.phase == "train" else [{}]
+        self._expanded: set[Any] = set()
+        self._variants = 0
+        self._best_rollout: Evaluation | None = None  # the best rollout plan itself, technique variants aside
         envs: list[Any] = []
         greedy = rollout(policy, problem, granularity=gran, envs=envs)[0]
         first = self._record(problem, recorder, greedy)
@@ -267,7 +298,10 @@ class RLTuner(Tuner):
         while not recorder.done:
             remaining = recorder.remaining
             k = ROLLOUT_BATCH if remaining is None else min(ROLLOUT_BATCH, remaining)
-            fixed = [setup_of(recorder.best.plan)] * k if swept and recorder.best is not None else None
+            # under the setup of the best rollout (not of a technique variant), so that techniques=search runs the
+            # same rollouts as off and can only add plans
+            best = self._best_rollout
+            fixed = [self._setup(policy, best.plan)] * k if swept and best is not None else None
             for info in rollout(
                 policy, problem, n=k, rng=rng, granularity=gran, envs=envs, temperature=temperature, setups=fixed
             ):
@@ -286,12 +320,41 @@ class RLTuner(Tuner):
             + (" + fine-tuning" if "finetuned" in meta else ""),
             f"greedy rollout: {greedy_text}; then {swept} greedy rollout(s) over other setups, "
             f"{sampled} sampled rollout(s)",
+            *self._techniques_note(),
             *_menu_note(problem),
         ]
 
+    def _record(self, problem: Problem, recorder: Recorder, info: dict[str, Any]) -> Evaluation:
+        """Record a rollout's plan (one evaluation of the budget), then its technique variants (option
+        ``techniques``) with a count of 0, each layout expanded once (sampled rollouts repeat plans)."""
+        plan = info["plan"]
+        ev = recorder.record(problem.score(plan, info["metrics"]))
+        top = self._best_rollout
+        if ev.feasible and (top is None or problem.resolved_objective.better(ev.value, top.value)):
+            self._best_rollout = ev
+        if len(self._choices) > 1 and plan not in self._expanded:
+            self._expanded.add(plan)
+            for variant in dict.fromkeys(with_techniques(plan, c) for c in self._choices):
+                if variant != plan:
+                    recorder.record(problem.score(variant), count=0)
+                    self._variants += 1
+        return ev
+
     @staticmethod
-    def _record(problem: Problem, recorder: Recorder, info: dict[str, Any]) -> Evaluation:
-        return recorder.record(problem.score(info["plan"], info["metrics"]))
+    def _setup(policy: Policy, plan: Any) -> dict[str, Any]:
+        """The setup of ``plan`` as reset options of the policy's env (a bundle only where it decides one)."""
+        setup = setup_of(plan)
+        if not env_options(policy).get("techniques"):
+            setup.pop("techniques", None)
+        return setup
+
+    def _techniques_note(self) -> list[str]:
+        if len(self._choices) <= 1:
+            return []
+        return [
+            f"techniques: {len(self._expanded)} distinct rollout plan(s), each priced under the "
+            f"{len(self._choices)} technique combinations: {self._variants} more plan(s), not counted in the budget"
+        ]
 
 
 def _menu_note(problem: Problem) -> list[str]:
@@ -313,9 +376,16 @@ def same_setup(fixed: dict[str, Any], done: dict[str, Any]) -> bool:
 
 
 def setup_of(plan: Any) -> dict[str, Any]:
-    """The setup decisions of a Mapping-v0 plan, as ``reset`` options."""
-    return {
+    """The setup decisions of a Mapping-v0 plan, as ``reset`` options (``techniques``: its bundle, left out
+    when the plan's techniques are no bundle of Mapping-v0's menu)."""
+    from ..envs._mapping import bundle_of
+
+    out = {
         "replicas": plan.replicas,
         "micro_batches": plan.micro_batches,
         "recompute": any(st.recompute for st in plan.stages),
     }
+    bundle = bundle_of(plan)
+    if bundle is not None:
+        out["techniques"] = bundle
+    return out

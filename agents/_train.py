@@ -133,6 +133,7 @@ def train(
     random_setup: float = TRAIN.random_setup,
     imitate: bool = TRAIN.imitate,
     imitate_setups: int = TRAIN.imitate_setups,
+    techniques: bool = False,
 ) -> TrainResult:
     """Train a policy on a scenario pool and save it as ``OUT/policy.zip`` + ``OUT/policy.json``.
 
@@ -156,6 +157,8 @@ def train(
         imitate_setups: with ``imitate``, also clone the dp optimum of each pool scenario
             under this many other setups, drawn with ``seed`` (the block decisions the rl
             tuner's setup sweep asks for).
+        techniques: Mapping-v0 only: train on the env with the techniques decision
+            (observation schema 4; the cloned dp plans carry their best bundle).
 
     Raises:
         ValueError: unknown algo, bad pool file or field (the message names it), bad sizes.
@@ -164,7 +167,8 @@ def train(
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
     from stable_baselines3.common.utils import set_random_seed
 
-    from ..envs import OBS_SCHEMA_VERSION, load_pool
+    from ..envs import load_pool
+    from ..envs._features import mapping_obs_spec
 
     if algo not in ALGOS:
         raise ValueError(f"unknown algo {algo!r}; allowed: {', '.join(ALGOS)}")
@@ -182,19 +186,32 @@ def train(
         raise ValueError(f"random_setup applies to {DEFAULT_ENV_ID} only, not {env_id}")
     if imitate and env_id != DEFAULT_ENV_ID:
         raise ValueError(f"imitate applies to {DEFAULT_ENV_ID} only, not {env_id}")
+    if techniques and env_id != DEFAULT_ENV_ID:
+        raise ValueError(f"techniques applies to {DEFAULT_ENV_ID} only, not {env_id}")
     pool = load_pool(scenarios)
-    obs_size, n_actions = env_spec_of(env_id)
+    obs_size, n_actions = env_spec_of(env_id, techniques)
+    obs_schema = mapping_obs_spec(techniques)[0]  # schema 3 for both plan envs without the techniques decision
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     set_random_seed(seed)
     torch.set_num_threads(1)  # small MLPs: more threads only contend (STACK.md: up to 3x faster)
 
     start = time.perf_counter()
-    env_kwargs = {"random_setup": random_setup} if random_setup else {}
+    env_kwargs: dict[str, Any] = {"random_setup": random_setup} if random_setup else {}
+    if techniques:
+        env_kwargs["techniques"] = True
     vec = make_vec_env(
         env_id, pool, n_envs=n_envs, seed=seed, granularity=granularity, vec_env=vec_env, env_kwargs=env_kwargs
     )
-    eval_env = make_vec_env(env_id, pool, n_envs=1, seed=seed + 10_000, granularity=granularity, vec_env="dummy")
+    eval_env = make_vec_env(
+        env_id,
+        pool,
+        n_envs=1,
+        seed=seed + 10_000,
+        granularity=granularity,
+        vec_env="dummy",
+        env_kwargs={"techniques": True} if techniques else None,
+    )
     steps, batch = _sizes(timesteps, n_envs, n_steps)
     cls = algo_class(algo)
     kwargs: dict[str, Any] = dict(HYPERPARAMS[algo], n_steps=steps, policy_kwargs={"net_arch": NET_ARCH})
@@ -206,7 +223,9 @@ def train(
     if imitate:
         from ._imitate import clone, demonstrations
 
-        demos = demonstrations(pool, granularity=granularity, variants=True, setups=imitate_setups, seed=seed)
+        demos = demonstrations(
+            pool, granularity=granularity, variants=True, setups=imitate_setups, seed=seed, techniques=techniques
+        )
         imitation = clone(model, demos, seed=seed)
         imitation["setups_per_scenario"] = imitate_setups
 
@@ -233,7 +252,7 @@ def train(
     meta = policy_metadata(
         model,
         env_id=env_id,
-        obs_schema_version=OBS_SCHEMA_VERSION,
+        obs_schema_version=obs_schema,
         obs_size=obs_size,
         n_actions=n_actions,
         algo=algo,

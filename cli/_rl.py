@@ -82,6 +82,10 @@ def train_command(
             help="Mapping-v0, with --imitate: also clone the dp optimum under this many other setups per scenario.",
         ),
     ] = TRAIN.imitate_setups,
+    techniques: Annotated[
+        bool,
+        typer.Option("--techniques/--no-techniques", help="Mapping-v0: add the technique-bundle setup decision."),
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -107,6 +111,7 @@ def train_command(
         random_setup=random_setup,
         imitate=imitate,
         imitate_setups=imitate_setups,
+        techniques=techniques,
     )
     meta = result.metadata
     data = {

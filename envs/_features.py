@@ -22,8 +22,12 @@ import numpy as np
 
 from ..problem import Problem
 
-#: Version of both observation layouts (Mapping-v0 and Placement-v0).
+#: Version of both observation layouts (Mapping-v0 and Placement-v0) without the techniques decision.
 OBS_SCHEMA_VERSION = 3
+
+#: Version of Mapping-v0's layout with the techniques decision (``techniques=True``): schema 3's
+#: vector followed by :data:`TECHNIQUE_FEATURES`.
+TECHNIQUES_OBS_SCHEMA_VERSION = 4
 
 #: Upper bound of every feature (lower bound 0): ratios are clipped here.
 FEATURE_MAX = 5.0
@@ -117,6 +121,25 @@ MAPPING_OBS_SIZE = (
     + len(TP_MENU) * len(CUT_FEATURES)
     + N_ACTIONS
 )
+
+#: Mapping-v0's technique bundles (``techniques=True``): action ``k`` of the techniques decision puts
+#: bundle ``k``'s plan-wide training techniques on the plan. Few on purpose (each is one more setup to
+#: learn and to sweep), chosen from what ``benchmarks/training_techniques.py`` shows the best plans use
+#: (December 2026, 10 training scenarios: sequence parallelism in 8, overlap in 6, ZeRO-1 + SP + overlap
+#: in 4, SP + overlap without ZeRO in 3, ZeRO-3 + overlap in 1, selective recomputation in none):
+#: ZeRO-1 + SP + overlap (Megatron-Core's usual setting), ZeRO-3 with prefetch (FSDP), SP + overlap.
+#: Interleaving (3 of 10), CP and EP are left to the other tuners (the rl tuner's option
+#: ``techniques=search`` puts every combination on its plans).
+TECHNIQUE_BUNDLES: tuple[tuple[str, dict[str, object]], ...] = (
+    ("none", {}),
+    ("zero1_sp_overlap", {"zero": 1, "sequence_parallel": True, "overlap": True}),
+    ("zero3_overlap", {"zero": 3, "overlap": True}),
+    ("sp_overlap", {"sequence_parallel": True, "overlap": True}),
+)
+
+#: Appended to the Mapping-v0 observation when the env has the techniques decision: deciding it now,
+#: and the chosen bundle (one-hot, all 0 while undecided).
+TECHNIQUE_FEATURES = ("decision_techniques", *(f"bundle_{name}" for name, _ in TECHNIQUE_BUNDLES))
 
 #: Placement-v0's per-task features (the current task and the lookahead).
 TASK_FEATURES = (
@@ -212,13 +235,22 @@ def one_hot(index: int, size: int) -> list[float]:
     return out
 
 
-def mapping_feature_names() -> list[str]:
-    """Names of the Mapping-v0 observation, position by position."""
+def mapping_feature_names(techniques: bool = False) -> list[str]:
+    """Names of the Mapping-v0 observation, position by position (``techniques``: the env's option)."""
     names = [f"block{k}_{f}" for k in range(LOOKAHEAD + 1) for f in BLOCK_FEATURES]
     names += list(MAPPING_STATE_FEATURES) + list(CONTEXT_FEATURES)
     names += [f"cut_tp{t}_{f}" for t in TP_MENU for f in CUT_FEATURES]
     names += [f"mask_{a}" for a in range(N_ACTIONS)]
+    if techniques:
+        names += list(TECHNIQUE_FEATURES)
     return names
+
+
+def mapping_obs_spec(techniques: bool = False) -> tuple[int, int]:
+    """(observation schema version, observation size) of Mapping-v0 with or without the techniques decision."""
+    if techniques:
+        return TECHNIQUES_OBS_SCHEMA_VERSION, MAPPING_OBS_SIZE + len(TECHNIQUE_FEATURES)
+    return OBS_SCHEMA_VERSION, MAPPING_OBS_SIZE
 
 
 def placement_feature_names() -> list[str]:

@@ -4,9 +4,11 @@ An episode builds one contiguous plan (:func:`~paratune.search.contiguous_plan`)
 
 1. **Setup decisions** (each skipped when fixed by the constructor or by
    ``reset(options=...)``): ``replicas``, then ``micro_batches``, then
-   ``recompute`` (training only). Action ``k`` means the value ``2**k``
-   (``recompute``: 0 off, 1 on); masks keep ``replicas x micro_batches`` a
-   divisor of the batch and leave room for one device per replica.
+   ``recompute`` (training only), then ``techniques`` (training only, and only
+   when the env is made with ``techniques=True``). Action ``k`` means the value
+   ``2**k`` (``recompute``: 0 off, 1 on; ``techniques``: bundle ``k`` of
+   :data:`._features.TECHNIQUE_BUNDLES`, 0 none); masks keep ``replicas x
+   micro_batches`` a divisor of the batch and leave room for one device per replica.
 2. **Block decisions**, one per block of the coarsened graph (a block is a
    layer, or a merged task of ``k`` layers at granularity ``layers:k``, so cuts
    fall only where a task starts): action 0 keeps the block in the current
@@ -17,6 +19,16 @@ An episode builds one contiguous plan (:func:`~paratune.search.contiguous_plan`)
 The granularity is chosen through ``reset(options={"granularity": ...})``
 (default: the constructor's ``granularity``, else the scenario's own). It is not
 an action, so an episode's length is known from its first step.
+
+With ``techniques=True`` the episode's plan carries the chosen bundle's
+plan-wide techniques (ZeRO over the replicas, sequence parallelism, selective
+recomputation, overlap; sequence parallelism is dropped when no stage has TP > 1,
+selective recomputation when every stage recomputes, as the tuners' technique
+search does), the stage-memory tables price memory under it, and the masks let a
+setup through when some bundle fits it: a plan feasible only with ZeRO is
+reachable. The observation then has :data:`._features.TECHNIQUE_FEATURES` appended
+(schema :data:`._features.TECHNIQUES_OBS_SCHEMA_VERSION`); without it, the
+environment and its observation are those of schema 3, unchanged.
 
 Masks forbid: a TP degree that does not divide the heads or exceeds a node or
 the devices left for a replica, keeping block 0, and every action after which
@@ -47,6 +59,7 @@ feasible plan for infeasible ones). ``info`` at the end carries ``plan``,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -55,7 +68,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ..costmodel import Schedule
+from ..costmodel import Plan, Schedule
+from ..costmodel._plan import TECHNIQUE_DEFAULTS
 from ..problem import Objective, contiguous_plan
 from ._features import (
     BLOCK_FEATURES,
@@ -66,8 +80,10 @@ from ._features import (
     MAPPING_OBS_SIZE,
     MAPPING_STATE_FEATURES,
     N_ACTIONS,
+    TECHNIQUE_BUNDLES,
     TP_MENU,
     clip,
+    mapping_obs_spec,
 )
 from ._pool import Scenarios, load_pool, pick_scenario, problem_key, reset_options
 from ._reward import episode_end
@@ -77,6 +93,11 @@ from ._tables import UNREACHABLE, ScenarioTables, SplitTables
 COUNT_MENU: tuple[int, ...] = tuple(2**k for k in range(N_ACTIONS))
 
 KEEP = 0
+
+#: The setup decisions in episode order; ``_decision`` is their index, then :data:`BLOCK`.
+SETUP = ("replicas", "micro_batches", "recompute", "techniques")
+#: ``_decision`` while the blocks are decided.
+BLOCK = len(SETUP)
 
 _ROWS = LOOKAHEAD + 1
 _NB = _ROWS * len(BLOCK_FEATURES)  # end of the block features
@@ -98,6 +119,9 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             asked from the agent, so the agent learns the block decisions under
             every setup, not only the ones it favours (a training aid; the rl
             tuner's setup sweep relies on it). Default 0: the agent decides.
+        techniques: add the techniques setup decision (training): a bundle of
+            :data:`._features.TECHNIQUE_BUNDLES` (see the module). Default False:
+            plans without techniques and the schema-3 observation.
 
     Example:
         >>> import gymnasium, paratune.envs
@@ -119,16 +143,23 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         recompute: bool | None = None,
         schedule: str = "1f1b",
         random_setup: float = 0.0,
+        techniques: bool = False,
     ) -> None:
         if not 0.0 <= random_setup <= 1.0:
             raise ValueError(f"random_setup must be a probability in [0, 1], got {random_setup!r}")
         self.random_setup = float(random_setup)
         self.pool = load_pool(scenarios)
         self.granularity = granularity
-        self.fixed: dict[str, Any] = {"replicas": replicas, "micro_batches": micro_batches, "recompute": recompute}
+        if not isinstance(techniques, bool):
+            raise ValueError(f"techniques must be true or false, got {techniques!r}")
+        self.techniques = techniques
+        self.fixed: dict[str, Any] = {
+            "replicas": replicas, "micro_batches": micro_batches, "recompute": recompute, "techniques": None
+        }  # fmt: skip
         self.schedule = schedule
         self.action_space = spaces.Discrete(N_ACTIONS)
-        self.observation_space = spaces.Box(0.0, FEATURE_MAX, shape=(MAPPING_OBS_SIZE,), dtype=np.float32)
+        self.obs_schema_version, self._obs_size = mapping_obs_spec(techniques)
+        self.observation_space = spaces.Box(0.0, FEATURE_MAX, shape=(self._obs_size,), dtype=np.float32)
         self._tables: dict[tuple[str, str], ScenarioTables] = {}
         self._mask = np.zeros(N_ACTIONS, dtype=bool)
         self._sc: ScenarioTables | None = None
@@ -136,7 +167,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
     # -- gymnasium API -------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        opts = reset_options(options, ("scenario", "granularity", "replicas", "micro_batches", "recompute"))
+        opts = reset_options(options, ("scenario", "granularity", *SETUP))
         problem = pick_scenario(opts.get("scenario"), self.pool, self.np_random)
         gran = opts.get("granularity") or self.granularity or problem.granularity
         key = (problem_key(problem), gran)
@@ -151,8 +182,11 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         self.replicas = fixed["replicas"]
         self.micro_batches = fixed["micro_batches"]
         self.recompute = bool(fixed["recompute"]) if sc.train and fixed["recompute"] is not None else None
+        self.bundle: int | None = fixed["techniques"]
         if not sc.train:
             self.recompute = False
+        if not sc.train or not self.techniques:
+            self.bundle = 0
         # partial plan
         self._stages: list[tuple[int, int, int]] = []
         self._block = 0
@@ -170,7 +204,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         self._log_m = math.log2(self.micro_batches or 1) / 8.0
         self._advance_setup()
         if self.random_setup and self.np_random.random() < self.random_setup:
-            while self._decision < 3:  # draw the open setup decisions uniformly among the allowed values
+            while self._decision < BLOCK:  # draw the open setup decisions uniformly among the allowed values
                 self._setup_step(int(self.np_random.choice(np.flatnonzero(self._mask))))
         return self._observe(), {"scenario": problem.name, "granularity": gran}
 
@@ -183,7 +217,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         if not (0 <= a < N_ACTIONS and mask[a]):
             a = _nearest(mask, a)
             info["invalid_action"] = True
-        if self._decision == 3:
+        if self._decision == BLOCK:
             done = self._block_step(a)
         else:
             self._setup_step(a)
@@ -201,8 +235,12 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         return self._mask.copy()
 
     # -- setup checks -----------------------------------------------------------------
-    @staticmethod
-    def _check_fixed(sc: ScenarioTables, fixed: dict[str, Any]) -> None:
+    def _check_fixed(self, sc: ScenarioTables, fixed: dict[str, Any]) -> None:
+        b = fixed["techniques"]
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < len(TECHNIQUE_BUNDLES)):
+            raise ValueError(f"techniques must be a bundle index in [0, {len(TECHNIQUE_BUNDLES) - 1}], got {b!r}")
+        if b and not self.techniques:
+            raise ValueError("techniques: this env has no techniques decision; make it with techniques=True")
         r, m = fixed["replicas"], fixed["micro_batches"]
         for name, v in (("replicas", r), ("micro_batches", m)):
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -220,8 +258,10 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         elif self._decision == 1:
             self.micro_batches = COUNT_MENU[a]
             self._log_m = a / 8.0
-        else:
+        elif self._decision == 2:
             self.recompute = a == 1
+        else:
+            self.bundle = a
         self._advance_setup()
 
     def _advance_setup(self) -> None:
@@ -243,8 +283,13 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             self._decision = 2
             self._set_mask([k < 2 for k in range(N_ACTIONS)], recompute=(False, True))
             return
-        self._decision = 3
-        self._split = sc.split(self.replicas, self.micro_batches, bool(self.recompute))
+        if self.bundle is None:
+            self._decision = 3
+            n = len(TECHNIQUE_BUNDLES)
+            self._set_mask([k < n for k in range(N_ACTIONS)], techniques=tuple(range(n)))
+            return
+        self._decision = BLOCK
+        self._split = sc.split(self.replicas, self.micro_batches, bool(self.recompute), self.bundle)
         self._budget = sc.max_devices // self.replicas
         self._block_mask()
 
@@ -281,10 +326,12 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         r = value.get("replicas", self.replicas)
         m = value.get("micro_batches", self.micro_batches)
         rc = value.get("recompute", self.recompute)
+        b = value.get("techniques", self.bundle)
         per = sc.batch // r
         ms = [m] if m is not None else [v for v in reversed(COUNT_MENU) if per % v == 0]
         rcs = [rc] if rc is not None else ([True, False] if sc.train else [False])
-        return any(self._split_fits(sc.split(r, mb, c), sc.max_devices // r) for mb in ms for c in rcs)
+        bs = [b] if b is not None else list(range(len(TECHNIQUE_BUNDLES)))
+        return any(self._split_fits(sc.split(r, mb, c, k), sc.max_devices // r) for mb in ms for c in rcs for k in bs)
 
     @staticmethod
     def _split_fits(sp: SplitTables, budget: int) -> bool:
@@ -391,6 +438,8 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             schedule=self.schedule,
             recompute=bool(self.recompute),
         )
+        if self.bundle:
+            plan = bundle_plan(plan, self.bundle)
         # the evaluator directly: Problem.evaluate would re-walk the graph to check it is layered
         evaluation = self._problem.score(plan, sc.ev.evaluate(plan))
         r = episode_end(self._problem, evaluation, sc.reference, self._doomed, info)
@@ -410,7 +459,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         assert sc is not None
         j = self._block
         d = self._decision
-        budget = self._budget if d == 3 else sc.max_devices
+        budget = self._budget if d == BLOCK else sc.max_devices
         used = self._used
         total = sp.total_time
         limit = sc.limit
@@ -430,7 +479,7 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
         else:
             need = stage_time = share = reach = 0.0
             balanced = 1.0
-        md = sp.min_devices[min(j, sc.n_blocks)] if d == 3 else 0
+        md = sp.min_devices[min(j, sc.n_blocks)] if d == BLOCK else 0
         tight = clip(md / left) if left > 0 else (FEATURE_MAX if md > 0 else 0.0)
         cap = left * limit + (limit - need) * cur_t
         rem = sp.rem_need1[j]
@@ -458,14 +507,19 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             1.0 if d == 0 else 0.0,
             1.0 if d == 1 else 0.0,
             1.0 if d == 2 else 0.0,
-            1.0 if d == 3 else 0.0,
+            1.0 if d == BLOCK else 0.0,
         )
-        out = np.empty(MAPPING_OBS_SIZE, dtype=np.float32)
+        out = np.empty(self._obs_size, dtype=np.float32)
         out[:_NB] = sp.block_features[j : j + _ROWS].ravel()
         out[_NB:_NS] = state
         out[_NS:_NC] = sc.context
-        out[_NC:_NX] = self._cut_features(left) if d == 3 and j < sc.n_blocks else 0.0
-        out[_NX:] = self._mask
+        out[_NC:_NX] = self._cut_features(left) if d == BLOCK and j < sc.n_blocks else 0.0
+        out[_NX:MAPPING_OBS_SIZE] = self._mask
+        if self.techniques:
+            out[MAPPING_OBS_SIZE:] = 0.0
+            out[MAPPING_OBS_SIZE] = 1.0 if d == 3 else 0.0
+            if self.bundle is not None:
+                out[MAPPING_OBS_SIZE + 1 + self.bundle] = 1.0
         return out
 
     def _cut_features(self, left: int) -> list[float]:
@@ -502,6 +556,37 @@ class MappingEnv(gym.Env[np.ndarray, np.int64]):
             for i, u in uniform.items():
                 out[width * i + 3] = clip(u / fastest) if fastest > 0 else 1.0
         return out
+
+
+def bundle_plan(plan: Plan, bundle: int) -> Plan:
+    """``plan`` with the techniques of bundle ``bundle``, leaving out what does not apply to its layout.
+
+    Sequence parallelism needs a stage with TP > 1, selective recomputation a
+    stage that does not recompute fully (the tuners' ``with_techniques`` repairs
+    the same way; the env does not import the tuners).
+    """
+    fields = dict(TECHNIQUE_BUNDLES[bundle][1])
+    if fields.get("sequence_parallel") and all(st.tp == 1 for st in plan.stages):
+        fields["sequence_parallel"] = False
+    if fields.get("selective_recompute") and all(st.recompute for st in plan.stages):
+        fields["selective_recompute"] = False
+    return dataclasses.replace(plan, **fields)  # type: ignore[arg-type]
+
+
+def bundle_of(plan: Plan) -> int | None:
+    """The bundle index whose techniques ``plan`` carries (as :func:`bundle_plan` puts them), else None."""
+    used = plan.techniques()
+    if set(used) - _BUNDLED:
+        return None
+    plain = dataclasses.replace(plan, **{k: TECHNIQUE_DEFAULTS[k] for k in used})
+    for k in range(len(TECHNIQUE_BUNDLES)):
+        if bundle_plan(plain, k).techniques() == used:
+            return k
+    return None
+
+
+#: The plan fields the bundles set.
+_BUNDLED = frozenset(k for _, fields in TECHNIQUE_BUNDLES for k in fields)
 
 
 def _nearest(mask: np.ndarray, a: int) -> int:

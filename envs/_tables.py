@@ -12,6 +12,14 @@ exact memory.
 
 Times (for observations only) are kernel seconds plus TP all-reduces on a group
 inside one node, at the batch share the episode chose.
+
+A split may carry a technique bundle (:data:`._features.TECHNIQUE_BUNDLES`,
+training only): the model state is then divided over the replicas as ZeRO
+divides it (:func:`~paratune.costmodel._techniques.model_state`, the evaluator's
+function), the stash is the layer tables' column for sequence parallelism and
+selective recomputation (``stash_sp``, ``stash_sel``, ``stash_sel_sp``; recomputed
+inputs split over TP under SP), and ZeRO-3 holds the largest gathered unit's
+weights (twice with overlap's prefetch), as the analytic evaluator prices them.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from ..costmodel._layer_tables import range_max
+from ..costmodel._memory import OPTIMIZER_STATE_BYTES_PER_PARAM
 from ..costmodel._pricing import p2p_time, tp_allreduce_time
-from ..graphs import Phase
+from ..costmodel._techniques import model_state
+from ..graphs import DTYPE_BYTES, Phase
 from ..problem import Problem
-from ._features import BLOCK_FEATURES, LOOKAHEAD, TP_MENU, clip_array, context_features
+from ._features import BLOCK_FEATURES, LOOKAHEAD, TECHNIQUE_BUNDLES, TP_MENU, clip_array, context_features
 from ._reward import Reference, reference
 
 #: ``min_devices`` of blocks no number of devices can hold.
@@ -43,6 +53,8 @@ class StageTables:
     time: list[float]  # forward (+ backward) kernel + TP all-reduce seconds
     scale: float
     flight: list[float] | None = None  # training: what one more micro-batch in flight keeps (stash or inputs)
+    buffer_max: list[list[float]] | None = None  # ZeRO-3: sparse table of per-unit weights (gathered buffer)
+    buffers: float = 0.0  # how many gathered units ZeRO-3 holds (2 with overlap's prefetch)
 
     def need(self, lo: int, hi: int, kept: int = 1) -> float:
         """Memory per device of a stage holding units [lo, hi) with ``kept`` micro-batches in flight.
@@ -55,6 +67,8 @@ class StageTables:
             n += range_max(self.stash_max, lo, hi) * self.scale
         if kept > 1 and self.flight is not None:
             n += (kept - 1) * (self.flight[hi] - self.flight[lo])
+        if self.buffer_max is not None:
+            n += range_max(self.buffer_max, lo, hi) * self.buffers
         return n
 
 
@@ -84,14 +98,16 @@ class ScenarioTables:
         self.limit = problem.memory_limit_bytes
         self.per_node = max(1, min(problem.resolved_platform.devices_per_node, self.max_devices))
         self.batch = graph.meta.batch
+        self.k_ratio = OPTIMIZER_STATE_BYTES_PER_PARAM / DTYPE_BYTES[graph.meta.dtype]
         self.train = problem.phase == Phase.TRAIN
         self.reference: Reference = reference(problem)
-        self._splits: dict[tuple[int, int, bool], SplitTables] = {}
+        self._splits: dict[tuple[int, int, bool, int], SplitTables] = {}
         base = self.split(1, 1, False)
         self.context = clip_array(np.array(context_features(problem, total_need=base.total_need1, kv_len=ev.kv_len)))
 
-    def split(self, replicas: int, micro_batches: int, recompute: bool) -> SplitTables:
-        key = (replicas, micro_batches, recompute and self.train)
+    def split(self, replicas: int, micro_batches: int, recompute: bool, bundle: int = 0) -> SplitTables:
+        """The tables of one batch split and technique bundle (an index into ``TECHNIQUE_BUNDLES``, training)."""
+        key = (replicas, micro_batches, recompute and self.train, bundle if self.train else 0)
         tables = self._splits.get(key)
         if tables is None:
             tables = self._splits[key] = SplitTables(self, *key)
@@ -99,10 +115,14 @@ class ScenarioTables:
 
 
 class SplitTables:
-    """Tables of one batch split (replicas x micro-batches, recompute): stage tables and block features."""
+    """Tables of one batch split (replicas x micro-batches, recompute, technique bundle): stage tables and
+    block features."""
 
-    def __init__(self, sc: ScenarioTables, replicas: int, micro_batches: int, recompute: bool) -> None:
+    def __init__(self, sc: ScenarioTables, replicas: int, micro_batches: int, recompute: bool, bundle: int = 0) -> None:
         ev = sc.ev
+        tech = TECHNIQUE_BUNDLES[bundle][1]
+        zero = int(tech.get("zero", 0))  # type: ignore[call-overload]
+        sp, sel, overlap = (bool(tech.get(k)) for k in ("sequence_parallel", "selective_recompute", "overlap"))
         share = replicas * micro_batches
         scale = 1.0 / share
         sequences = sc.batch / replicas
@@ -114,10 +134,24 @@ class SplitTables:
             link = ev.link(devices)
             add = tt.weights.copy()
             flight = None
-            if sc.train:
+            buffer_max, buffers = None, 0.0
+            if sc.train and not tech:
                 flight = (tt.inputs if recompute else tt.stash) * scale
                 add = add + tt.state + flight
                 kern = st.fwd + st.bwd + (st.fwd if recompute else 0.0)
+            elif sc.train:  # the analytic evaluator's terms (costmodel/_analytic_train.py), ZeRO over the replicas
+                if recompute:
+                    flight = tt.inputs * scale / (t if sp else 1)
+                else:
+                    flight = getattr(tt, "stash" + ("_sel" if sel else "") + ("_sp" if sp else "")) * scale
+                weights: Any = tt.weights  # model_state is linear: it divides prefix arrays as it divides bytes
+                state_w, state_g, state_o = model_state(weights, 0.0, sc.k_ratio, zero, replicas, replicas)
+                add = state_w + state_g + state_o + flight
+                kern = st.fwd + st.bwd + (st.fwd if recompute else 0.0)
+                if sel and not recompute:  # the attention core's forward re-runs in backward
+                    kern = kern + np.asarray(ev.tech_scaled(t, share).attn_f_l)
+                if zero == 3 and replicas > 1:
+                    buffer_max, buffers = ev.tech_units(t).weight_max_l, 2.0 if overlap else 1.0
             else:
                 add = add + tt.kv * (sequences * ev.kv_len)
                 kern = st.fwd
@@ -135,10 +169,12 @@ class SplitTables:
                 t,
                 add.tolist(),
                 tt.out_max_l,
-                tt.stash_max_l if recompute and sc.train else None,
+                (tt.stash_sp_max_l if sp else tt.stash_max_l) if recompute and sc.train else None,
                 time.tolist(),
                 scale,
                 None if flight is None else flight.tolist(),
+                buffer_max,
+                buffers,
             )
         one = self.stages[1]
         nb = sc.n_blocks

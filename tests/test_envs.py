@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 import paratune.envs as envs
 from paratune.costmodel import Plan
 from paratune.envs import ENV_IDS, FEATURE_MAX, N_ACTIONS, PLAN_ENV_IDS, TP_MENU, load_pool
+from paratune.envs._features import TECHNIQUE_BUNDLES, TECHNIQUE_FEATURES, mapping_obs_spec
+from paratune.envs._mapping import BLOCK, bundle_of, bundle_plan
 from paratune.search import Problem, make_tuner
 
 TINY = "llama2-7b:layers=4,hidden=512,heads=8,kv_heads=8"
@@ -342,7 +345,7 @@ def test_random_setup_draws_allowed_setups_from_the_seed(fuzz_pool: list[Problem
         for _ in range(30):
             obs, _ = env.reset()
             raw = env.unwrapped
-            assert raw._decision == 3 and obs[envs.mapping_feature_names().index("decision_block")] == 1.0
+            assert raw._decision == BLOCK and obs[envs.mapping_feature_names().index("decision_block")] == 1.0
             assert raw._sc.batch % (raw.replicas * raw.micro_batches) == 0
             out.append((raw.replicas, raw.micro_batches, bool(raw.recompute)))
         return out
@@ -378,3 +381,122 @@ def test_cut_features_price_uniform_tp_against_the_best_degree() -> None:
         assert feats[t] == pytest.approx(want, rel=1e-5)
     assert min(v for v in feats.values() if v > 0) == pytest.approx(1.0)
     assert len({round(v, 6) for t, v in feats.items() if t in expect}) > 1  # the degrees differ: it says something
+
+
+# -- the techniques decision (Mapping-v0, techniques=True) -------------------------------------------------
+
+
+@pytest.mark.needs("stable_baselines3")
+def test_check_env_with_techniques() -> None:
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    pool = [p for p in FUZZ_POOL if p["name"] in ("train", "decode")]
+    check_env(gym.make("paratune/Mapping-v0", scenarios=pool, techniques=True).unwrapped, skip_render_check=True)
+    sb3_check_env(gym.make("paratune/Mapping-v0", scenarios=pool, techniques=True).unwrapped, warn=True)
+
+
+def test_default_observation_keeps_schema_3() -> None:
+    """Without the option the observation is the one the shipped policy was trained on (schema 3, 124 values)."""
+    assert mapping_obs_spec() == (envs.OBS_SCHEMA_VERSION, 124) and envs.OBS_SCHEMA_VERSION == 3
+    version, size = mapping_obs_spec(True)
+    assert version == 4 and size == 124 + len(TECHNIQUE_FEATURES)
+    env = gym.make("paratune/Mapping-v0", techniques=True)
+    assert env.observation_space.shape == (size,) and len(envs.mapping_feature_names(True)) == size
+    assert gym.make("paratune/Mapping-v0").observation_space.shape == (124,)
+
+
+def test_techniques_decision_puts_the_bundle_on_the_plan(fuzz_pool: list[Problem]) -> None:
+    env = gym.make("paratune/Mapping-v0", scenarios=fuzz_pool, techniques=True)
+    raw = env.unwrapped
+    names = envs.mapping_feature_names(True)
+    for k, (_, fields) in enumerate(TECHNIQUE_BUNDLES):
+        obs, _ = env.reset(seed=0, options={"scenario": "train", "replicas": 2, "micro_batches": 2, "recompute": False})
+        assert raw._decision == 3 and obs[names.index("decision_techniques")] == 1.0
+        assert obs[names.index("decision_block")] == 0.0 and not obs[names.index("bundle_none") :][1:].any()
+        mask = raw.action_masks()
+        assert mask[: len(TECHNIQUE_BUNDLES)].all() and not mask[len(TECHNIQUE_BUNDLES) :].any()
+        obs, *_ = env.step(k)
+        assert raw._decision == BLOCK and obs[names.index(f"bundle_{TECHNIQUE_BUNDLES[k][0]}")] == 1.0
+        rng = np.random.default_rng(k)
+        while True:
+            obs, _, done, _, info = env.step(int(rng.choice(np.flatnonzero(raw.action_masks()))))
+            if done:
+                break
+        plan = info["plan"]
+        assert plan == bundle_plan(
+            dataclasses.replace(plan, **{f: Plan.__dataclass_fields__[f].default for f in fields}), k
+        )
+        assert bundle_of(plan) == k and plan.problems(raw._problem.graph(), raw._problem.resolved_platform) == []
+    # inference: no techniques decision; a bundle cannot be fixed on an env without the decision
+    env.reset(seed=0, options={"scenario": "decode", "replicas": 1, "micro_batches": 1})
+    assert raw._decision == BLOCK and raw.bundle == 0
+    with pytest.raises(ValueError, match="no techniques decision"):
+        gym.make("paratune/Mapping-v0", scenarios=fuzz_pool).reset(options={"scenario": "train", "techniques": 2})
+    with pytest.raises(ValueError, match="bundle index"):
+        env.reset(options={"scenario": "train", "techniques": 9})
+
+
+@pytest.mark.parametrize("bundle", range(1, len(TECHNIQUE_BUNDLES)))
+@pytest.mark.parametrize("name", ["train", "tight-train"])
+def test_stage_memory_tables_match_the_evaluator_under_bundles(
+    name: str, bundle: int, fuzz_pool: list[Problem]
+) -> None:
+    """Under a bundle the tables are the analytic evaluator's memory too (ZeRO, SP, selective, ZeRO-3 buffers)."""
+    problem = next((p for p in fuzz_pool if p.name == name), None) or load_pool([TIGHT_TRAIN])[0]
+    env = gym.make("paratune/Mapping-v0", scenarios=[problem], techniques=True)
+    rng = np.random.default_rng(bundle)
+    env.reset(seed=bundle)
+    checked = 0
+    for _ in range(12):
+        infos, _, _ = _masked_rollout(env, rng, options={"techniques": bundle})
+        raw = env.unwrapped
+        sc, sp, plan = raw._sc, raw._split, infos[-1]["plan"]
+        assert bundle_of(plan) is not None and plan.zero == TECHNIQUE_BUNDLES[bundle][1].get("zero", 0)
+        p, m = len(plan.stages), plan.micro_batches
+        kept = [
+            sp.stages[st.tp].need(
+                sc.lo[sc.starts.index(st.layers[0])], sc.hi[sc.ends.index(st.layers[1])], min(m, p - i)
+            )
+            for i, st in enumerate(plan.stages)
+        ]
+        metrics = infos[-1]["metrics"]
+        if metrics.latency_s == math.inf:
+            continue
+        assert max(kept) == pytest.approx(metrics.max_memory_bytes, rel=1e-9), plan.to_dict()
+        checked += 1
+    assert checked >= 6
+
+
+def test_masks_allow_every_feasible_plan_under_bundles() -> None:
+    """Plans that fit only with a bundle (ZeRO shards the state over replicas) replay through the masks.
+
+    On the tight scenario (1 GiB per device) 14 uniform layouts fit only with a bundle: the env
+    without the option cannot build them, the env with it must allow each one's actions.
+    """
+    problem = load_pool([TIGHT_TRAIN])[0]
+    env = gym.make("paratune/Mapping-v0", scenarios=[problem], techniques=True)
+    n = problem.graph().meta.n_layers
+    only: set[tuple[int, ...]] = set()
+    replayed = 0
+    for tp in problem.tp_degrees():
+        for pp in (1, 2, 4, 8):
+            for r in (1, 2, 4, 8):
+                if tp * pp * r > problem.max_devices:
+                    continue
+                for m in (1, 2, 4):
+                    if problem.batch % (r * m):
+                        continue
+                    for rc in (False, True):
+                        base = Plan.uniform(n, tp=tp, pp=pp, micro_batches=m, recompute=rc, replicas=r)
+                        plain = problem.score(base).feasible
+                        for k in range(len(TECHNIQUE_BUNDLES)):
+                            plan = bundle_plan(base, k)
+                            if not problem.score(plan).feasible:
+                                continue
+                            info = _replay(env, plan, True)
+                            assert info["feasible"] and info["plan"] == plan
+                            replayed += 1
+                            if not plain:
+                                only.add((tp, pp, r, m, rc))
+    assert len(only) >= 10 and replayed > len(only)
