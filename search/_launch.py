@@ -295,17 +295,25 @@ def _heredoc(path: str, text: str, command: str) -> str:
     return f"cat > {path} <<'EOF'\n{text}\nEOF\n{command}"
 
 
+def _config_line(
+    framework: str, plan: Plan, problem: Problem, build: Any, path: str, dump: Any, run: str
+) -> LaunchLine:
+    """Write ``build(plan, problem)`` to ``path`` with ``dump`` and launch ``run`` (``{nodes}``, ``{per_node}``
+    filled in); a plan the framework cannot run gives no command and the reason."""
+    try:
+        config = build(plan, problem)
+    except NotExpressible as exc:
+        return LaunchLine(framework, None, str(exc))
+    nodes, per_node = _launcher(plan, problem)
+    return LaunchLine(framework, _heredoc(path, dump(config), run.format(nodes=nodes, per_node=per_node)))
+
+
 def torchtitan_line(plan: Plan, problem: Problem) -> LaunchLine:
     """Write the torchtitan job config and launch ``torchtitan.train`` on it (model settings are the user's)."""
-    try:
-        config = torchtitan_config(plan, problem)
-    except NotExpressible as exc:
-        return LaunchLine("torchtitan", None, str(exc))
-    nodes, per_node = _launcher(plan, problem)
     run = (
-        f"torchrun --nnodes {nodes} --nproc-per-node {per_node} -m torchtitan.train --job.config_file {TORCHTITAN_FILE}"
+        "torchrun --nnodes {nodes} --nproc-per-node {per_node} -m torchtitan.train --job.config_file " + TORCHTITAN_FILE
     )
-    return LaunchLine("torchtitan", _heredoc(TORCHTITAN_FILE, _toml(config), run))
+    return _config_line("torchtitan", plan, problem, torchtitan_config, TORCHTITAN_FILE, _toml, run)
 
 
 def deepspeed_config(plan: Plan, problem: Problem) -> dict[str, Any]:
@@ -359,15 +367,12 @@ def deepspeed_config(plan: Plan, problem: Problem) -> dict[str, Any]:
 
 def deepspeed_line(plan: Plan, problem: Problem) -> LaunchLine:
     """Write the DeepSpeed config and launch the user's training script on it."""
-    try:
-        config = deepspeed_config(plan, problem)
-    except NotExpressible as exc:
-        return LaunchLine("deepspeed", None, str(exc))
-    nodes, per_node = _launcher(plan, problem)
     run = (
-        f"deepspeed --num_nodes {nodes} --num_gpus {per_node} train.py --deepspeed --deepspeed_config {DEEPSPEED_FILE}"
+        "deepspeed --num_nodes {nodes} --num_gpus {per_node} train.py --deepspeed --deepspeed_config " + DEEPSPEED_FILE
     )
-    return LaunchLine("deepspeed", _heredoc(DEEPSPEED_FILE, json.dumps(config, indent=2), run))
+    return _config_line(
+        "deepspeed", plan, problem, deepspeed_config, DEEPSPEED_FILE, lambda c: json.dumps(c, indent=2), run
+    )
 
 
 def launch_lines(plan: Plan, problem: Problem) -> list[LaunchLine]:
